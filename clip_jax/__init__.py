@@ -1,0 +1,1 @@
+"""clip_jax: OpenAI CLIP in JAX/Flax NNX."""

@@ -1,0 +1,454 @@
+"""CLIP in flax.nnx, laid out like OpenAI's `clip/model.py`.
+
+Every attribute path mirrors the PyTorch name (`visual.transformer.resblocks.3.attn.in_proj`, `ln_final`,
+`visual.layer2.0.downsample.0`, ...), so converting a checkpoint is a short table of leaf renames and
+transposes (see checkpoint/convert.py). Images are NHWC.
+
+Numerics follow the reference, and not Flax's defaults, where the two differ: LayerNorm eps 1e-5, in
+float32 with the two-pass variance; QuickGELU or exact erf GELU; BatchNorm on running statistics. With a
+bfloat16/float16 compute dtype, LayerNorm, softmax, the feature normalization and the logits stay float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .config import CLIPConfig, TextConfig, VisionConfig
+from .inputs import check_images, check_tokens
+
+Dtype = jnp.dtype | type
+
+
+def _dense(din: int, dout: int, dtype, precision, rngs: nnx.Rngs, std: float | None = None) -> nnx.Linear:
+    init = nnx.initializers.normal(std) if std else nnx.initializers.lecun_normal()
+    return nnx.Linear(din, dout, dtype=dtype, precision=precision, kernel_init=init, rngs=rngs)
+
+
+def _layer_norm(width: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # float32 whatever the compute dtype, as OpenAI's LayerNorm subclass does; the two-pass variance
+    # (Flax's fast E[x^2] - E[x]^2 loses digits) to match torch.
+    return nnx.LayerNorm(width, epsilon=eps, dtype=jnp.float32, use_fast_variance=False, rngs=rngs)
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+# Exact erf GELU, as torch.nn.GELU(); Flax's gelu defaults to the tanh approximation.
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": partial(jax.nn.gelu, approximate=False)}
+
+
+def _matmul_precision(precision: str | None):
+    return jax.default_matmul_precision(precision) if precision else contextlib.nullcontext()
+
+
+class MultiheadAttention(nnx.Module):
+    """torch.nn.MultiheadAttention (batch first): q, k, v stacked in `in_proj`, then `out_proj`."""
+
+    def __init__(self, width: int, heads: int, *, dtype, precision, attention: str | None, rngs: nnx.Rngs):
+        self.heads = heads
+        self.attention = attention
+        self.precision = precision
+        self.in_proj = _dense(width, 3 * width, dtype, precision, rngs, std=width**-0.5)
+        self.out_proj = _dense(width, width, dtype, precision, rngs, std=width**-0.5)
+
+    def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
+        """x: [B, L, D] -> [B, L, D]."""
+        b, length, d = x.shape
+        q, k, v = jnp.split(self.in_proj(x).reshape(b, length, 3 * self.heads, d // self.heads), 3, axis=2)
+        # Softmax runs in float32 inside jax.nn.dot_product_attention for every input dtype.
+        with _matmul_precision(self.precision):
+            out = jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=self.attention)
+        return self.out_proj(out.reshape(b, length, d))
+
+
+class MLP(nnx.Module):
+    def __init__(self, width: int, hidden: int, activation: str, *, dtype, precision, rngs: nnx.Rngs):
+        self.c_fc = _dense(width, hidden, dtype, precision, rngs, std=(2 * width) ** -0.5)
+        self.c_proj = _dense(hidden, width, dtype, precision, rngs, std=width**-0.5)
+        self.activation = activation
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.c_proj(ACTIVATIONS[self.activation](self.c_fc(x)))
+
+
+class ResidualAttentionBlock(nnx.Module):
+    def __init__(self, width: int, heads: int, mlp_width: int, cfg: CLIPConfig, *, dtype, precision, attention, rngs):
+        self.dtype = dtype
+        self.ln_1 = _layer_norm(width, cfg.layer_norm_eps, rngs)
+        self.attn = MultiheadAttention(width, heads, dtype=dtype, precision=precision, attention=attention, rngs=rngs)
+        self.ln_2 = _layer_norm(width, cfg.layer_norm_eps, rngs)
+        self.mlp = MLP(width, mlp_width, cfg.activation, dtype=dtype, precision=precision, rngs=rngs)
+
+    def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
+        # LayerNorm returns float32; cast back so the residual stream stays in the compute dtype.
+        x = x + self.attn(self.ln_1(x).astype(self.dtype), causal=causal)
+        return x + self.mlp(self.ln_2(x).astype(self.dtype))
+
+
+class Transformer(nnx.Module):
+    def __init__(self, width: int, layers: int, heads: int, mlp_width: int, cfg: CLIPConfig, **kw):
+        self.resblocks = nnx.List([ResidualAttentionBlock(width, heads, mlp_width, cfg, **kw) for _ in range(layers)])
+
+    def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
+        for block in self.resblocks:
+            x = block(x, causal=causal)
+        return x
+
+
+class VisionTransformer(nnx.Module):
+    def __init__(self, cfg: CLIPConfig, *, dtype, precision, attention, rngs: nnx.Rngs):
+        v: VisionConfig = cfg.vision
+        self.dtype = dtype
+        scale = v.width**-0.5
+        self.conv1 = nnx.Conv(
+            3, v.width, (v.patch_size, v.patch_size), strides=v.patch_size, padding="VALID", use_bias=False,
+            dtype=dtype, precision=precision, rngs=rngs,
+        )
+        self.class_embedding = nnx.Param(scale * jax.random.normal(rngs.params(), (v.width,)))
+        self.positional_embedding = nnx.Param(scale * jax.random.normal(rngs.params(), (v.grid_size**2 + 1, v.width)))
+        self.ln_pre = _layer_norm(v.width, cfg.layer_norm_eps, rngs)
+        self.transformer = Transformer(
+            v.width, v.layers, v.heads, v.mlp_width, cfg, dtype=dtype, precision=precision, attention=attention,
+            rngs=rngs,
+        )
+        self.ln_post = _layer_norm(v.width, cfg.layer_norm_eps, rngs)
+        self.proj = nnx.Param(scale * jax.random.normal(rngs.params(), (v.width, cfg.embed_dim)))
+        self.precision = precision
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [N, H, W, 3] normalized -> [N, embed_dim] float32."""
+        x = self.conv1(x.astype(self.dtype))  # [N, grid, grid, width]
+        n, gh, gw, width = x.shape
+        x = x.reshape(n, gh * gw, width)
+        cls = jnp.broadcast_to(self.class_embedding[...].astype(x.dtype), (n, 1, width))
+        x = jnp.concatenate([cls, x], axis=1) + self.positional_embedding[...].astype(x.dtype)
+        x = self.ln_pre(x).astype(self.dtype)
+        x = self.transformer(x)
+        x = self.ln_post(x[:, 0])
+        return _project(x, self.proj[...], self.dtype, self.precision)
+
+
+def _project(x: jax.Array, proj: jax.Array, dtype, precision) -> jax.Array:
+    """x @ proj in the compute dtype, accumulated and returned in float32."""
+    return jnp.dot(x.astype(dtype), proj.astype(dtype), precision=precision, preferred_element_type=jnp.float32)
+
+
+# --- ModifiedResNet -------------------------------------------------------------------------------
+
+
+def _conv(din: int, dout: int, k: int, *, stride: int = 1, dtype, precision, rngs) -> nnx.Conv:
+    # Explicit padding as torch's padding=1 ('SAME' pads differently for stride 2).
+    pad = (k - 1) // 2
+    return nnx.Conv(
+        din, dout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
+        precision=precision, rngs=rngs,
+    )
+
+
+def _batch_norm(width: int, eps: float, dtype, rngs) -> nnx.BatchNorm:
+    # Inference: running statistics, torch's eps; momentum 0.9 is torch's 0.1 in Flax's convention.
+    return nnx.BatchNorm(width, use_running_average=True, epsilon=eps, momentum=0.9, dtype=dtype, rngs=rngs)
+
+
+def _avg_pool(x: jax.Array, k: int) -> jax.Array:
+    # torch.nn.AvgPool2d(k): kernel = stride = k, no padding.
+    return x if k == 1 else nnx.avg_pool(x, (k, k), strides=(k, k))
+
+
+class Bottleneck(nnx.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int, eps: float, *, dtype, precision, rngs):
+        kw = dict(dtype=dtype, precision=precision, rngs=rngs)
+        self.stride = stride
+        self.conv1 = _conv(inplanes, planes, 1, **kw)
+        self.bn1 = _batch_norm(planes, eps, dtype, rngs)
+        self.conv2 = _conv(planes, planes, 3, **kw)
+        self.bn2 = _batch_norm(planes, eps, dtype, rngs)
+        self.conv3 = _conv(planes, planes * self.expansion, 1, **kw)
+        self.bn3 = _batch_norm(planes * self.expansion, eps, dtype, rngs)
+        self.downsample = nnx.data(None)
+        if stride > 1 or inplanes != planes * self.expansion:
+            # torch: Sequential("-1": AvgPool2d(stride), "0": conv 1x1, "1": BatchNorm); the pool has no params.
+            self.downsample = nnx.data(nnx.List(
+                [_conv(inplanes, planes * self.expansion, 1, **kw), _batch_norm(planes * self.expansion, eps, dtype, rngs)]
+            ))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out = jax.nn.relu(self.bn1(self.conv1(x)))
+        out = jax.nn.relu(self.bn2(self.conv2(out)))
+        # All convolutions have stride 1; an avgpool does the downsampling (OpenAI's anti-aliasing choice).
+        out = self.bn3(self.conv3(_avg_pool(out, self.stride)))
+        identity = x
+        if self.downsample is not None:
+            conv, bn = self.downsample
+            identity = bn(conv(_avg_pool(x, self.stride)))
+        return jax.nn.relu(out + identity)
+
+
+class AttentionPool2d(nnx.Module):
+    """Attention pooling where only the mean token queries the feature map."""
+
+    def __init__(self, spacial_dim: int, embed_dim: int, num_heads: int, output_dim: int, *, dtype, precision,
+                 attention, rngs):
+        self.num_heads = num_heads
+        self.attention = attention
+        self.precision = precision
+        self.positional_embedding = nnx.Param(
+            jax.random.normal(rngs.params(), (spacial_dim**2 + 1, embed_dim)) / embed_dim**0.5
+        )
+        std = embed_dim**-0.5
+        self.k_proj = _dense(embed_dim, embed_dim, dtype, precision, rngs, std=std)
+        self.q_proj = _dense(embed_dim, embed_dim, dtype, precision, rngs, std=std)
+        self.v_proj = _dense(embed_dim, embed_dim, dtype, precision, rngs, std=std)
+        self.c_proj = _dense(embed_dim, output_dim, dtype, precision, rngs, std=std)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [N, H, W, C] -> [N, output_dim]."""
+        n, h, w, c = x.shape
+        x = x.reshape(n, h * w, c)
+        x = jnp.concatenate([x.mean(axis=1, keepdims=True), x], axis=1)
+        x = x + self.positional_embedding[...].astype(x.dtype)
+        head_dim = c // self.num_heads
+        q = self.q_proj(x[:, :1]).reshape(n, 1, self.num_heads, head_dim)
+        k = self.k_proj(x).reshape(n, h * w + 1, self.num_heads, head_dim)
+        v = self.v_proj(x).reshape(n, h * w + 1, self.num_heads, head_dim)
+        with _matmul_precision(self.precision):
+            out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention)
+        return self.c_proj(out.reshape(n, c))
+
+
+class ModifiedResNet(nnx.Module):
+    """OpenAI's ResNet: a 3-conv stem with avgpool, anti-aliased strided blocks, an attention pool."""
+
+    def __init__(self, cfg: CLIPConfig, *, dtype, precision, attention, rngs: nnx.Rngs):
+        v: VisionConfig = cfg.vision
+        eps = cfg.layer_norm_eps  # torch BatchNorm2d's default eps is the same 1e-5
+        kw = dict(dtype=dtype, precision=precision, rngs=rngs)
+        width = v.width
+        self.dtype = dtype
+        self.conv1 = _conv(3, width // 2, 3, stride=2, **kw)
+        self.bn1 = _batch_norm(width // 2, eps, dtype, rngs)
+        self.conv2 = _conv(width // 2, width // 2, 3, **kw)
+        self.bn2 = _batch_norm(width // 2, eps, dtype, rngs)
+        self.conv3 = _conv(width // 2, width, 3, **kw)
+        self.bn3 = _batch_norm(width, eps, dtype, rngs)
+
+        inplanes = width
+        stages = []
+        for i, blocks in enumerate(v.layers):
+            planes, stride = width * 2**i, (1 if i == 0 else 2)
+            stage = [Bottleneck(inplanes, planes, stride, eps, **kw)]
+            inplanes = planes * Bottleneck.expansion
+            stage += [Bottleneck(inplanes, planes, 1, eps, **kw) for _ in range(1, blocks)]
+            stages.append(nnx.List(stage))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.attnpool = AttentionPool2d(
+            v.grid_size, width * 32, v.heads, cfg.embed_dim, attention=attention, **kw
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [N, H, W, 3] normalized -> [N, embed_dim] float32."""
+        x = x.astype(self.dtype)
+        x = jax.nn.relu(self.bn1(self.conv1(x)))
+        x = jax.nn.relu(self.bn2(self.conv2(x)))
+        x = jax.nn.relu(self.bn3(self.conv3(x)))
+        x = _avg_pool(x, 2)
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in stage:
+                x = block(x)
+        return self.attnpool(x).astype(jnp.float32)
+
+
+# --- CLIP -----------------------------------------------------------------------------------------
+
+
+class TextTransformer(nnx.Module):
+    """The text tower. Its parts sit at the top level of CLIP (CLIP subclasses it), as in OpenAI's CLIP,
+    so `token_embedding`, `transformer.resblocks.0...`, `ln_final` keep their PyTorch names."""
+
+    def __init__(self, cfg: CLIPConfig, *, dtype, precision, attention, rngs: nnx.Rngs):
+        t: TextConfig = cfg.text
+        self.dtype = dtype
+        self.precision = precision
+        self.token_embedding = nnx.Embed(
+            t.vocab_size, t.width, dtype=dtype, embedding_init=nnx.initializers.normal(0.02), rngs=rngs
+        )
+        self.positional_embedding = nnx.Param(0.01 * jax.random.normal(rngs.params(), (t.context_length, t.width)))
+        self.transformer = Transformer(
+            t.width, t.layers, t.heads, t.mlp_width, cfg, dtype=dtype, precision=precision, attention=attention,
+            rngs=rngs,
+        )
+        self.ln_final = _layer_norm(t.width, cfg.layer_norm_eps, rngs)
+        self.text_projection = nnx.Param(t.width**-0.5 * jax.random.normal(rngs.params(), (t.width, cfg.embed_dim)))
+
+    def text_features(self, tokens: jax.Array) -> jax.Array:
+        """tokens: int [N, L], L <= context_length -> [N, embed_dim] float32 (not normalized).
+
+        Causal mask only: id 0 is a real token ("!"), so there is no padding mask. Pooling takes the EOT
+        position, which is argmax(tokens) because EOT (49407) is the largest id.
+        """
+        n, length = tokens.shape
+        x = self.token_embedding(tokens) + self.positional_embedding[:length].astype(self.dtype)
+        x = self.transformer(x, causal=True)
+        x = x[jnp.arange(n), jnp.argmax(tokens, axis=-1)]
+        x = self.ln_final(x)  # per-token, so pooling first gives the same numbers for less work
+        return _project(x, self.text_projection[...], self.dtype, self.precision)
+
+
+class CLIP(TextTransformer):
+    """CLIP: `visual` (VisionTransformer or ModifiedResNet), the text tower, `logit_scale`.
+
+    Args:
+      config: the architecture.
+      dtype: compute dtype (float32, bfloat16, float16). Params keep `param_dtype`.
+      param_dtype: dtype of the stored parameters.
+      attention: `jax.nn.dot_product_attention` implementation: None (JAX picks), "xla" or "cudnn".
+      precision: matmul precision; defaults to "highest" for float32 so GPUs don't silently use TF32
+        (PyTorch's fp32 matmuls don't), and to the backend default for 16-bit compute.
+    """
+
+    def __init__(
+        self,
+        config: CLIPConfig,
+        *,
+        dtype: Dtype = jnp.float32,
+        param_dtype: Dtype = jnp.float32,
+        attention: str | None = None,
+        precision: str | None = None,
+        rngs: nnx.Rngs,
+    ):
+        dtype = jnp.dtype(dtype)
+        if precision is None and dtype == jnp.float32:
+            precision = "highest"
+        kw = dict(dtype=dtype, precision=precision, attention=attention, rngs=rngs)
+        super().__init__(config, **kw)
+        self.config = config
+        self.visual = (ModifiedResNet if config.vision.is_resnet else VisionTransformer)(config, **kw)
+        self.logit_scale = nnx.Param(jnp.asarray(jnp.log(1 / 0.07), jnp.float32))
+        if jnp.dtype(param_dtype) != jnp.float32:
+            cast = lambda x: x.astype(param_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+            nnx.update(self, jax.tree.map(cast, nnx.state(self, nnx.Param)))
+
+    def encode_image(self, images) -> jax.Array:
+        """images: [N, H, W, 3] float normalized or uint8 pixels -> [N, embed_dim] float32, not normalized.
+        Jit-compiled."""
+        return _encode_image(self, check_images(images, self.config.vision.image_size))
+
+    def encode_text(self, tokens) -> jax.Array:
+        """tokens: int [N, L], L <= context_length -> [N, embed_dim] float32, not normalized. Jit-compiled."""
+        t = self.config.text
+        return _encode_text(self, check_tokens(tokens, t.context_length, t.vocab_size))
+
+    # The unjitted bodies, for use inside your own jitted code.
+
+    def image_features(self, images: jax.Array) -> jax.Array:
+        """images: [N, H, W, 3], float normalized or uint8 pixels -> [N, embed_dim] float32."""
+        if images.dtype == jnp.uint8:
+            images = normalize_pixels(images, self.config.image_mean, self.config.image_std)
+        return self.visual(images)
+
+    def __call__(self, images: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """-> (logits_per_image [N_img, N_txt], logits_per_text [N_txt, N_img]), float32."""
+        return logits(self.image_features(images), self.text_features(tokens), self.logit_scale[...])
+
+
+def normalize_pixels(pixels: jax.Array, mean, std) -> jax.Array:
+    """uint8 [..., 3] pixels -> float32 (x / 255 - mean) / std, torchvision's ToTensor + Normalize."""
+    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+    return (pixels.astype(jnp.float32) / 255.0 - mean) / std
+
+
+def normalize(x: jax.Array) -> jax.Array:
+    """L2-normalize features along the last axis, in float32 (x / ||x||, as OpenAI does)."""
+    x = x.astype(jnp.float32)
+    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def logits(image_features: jax.Array, text_features: jax.Array, logit_scale: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """exp(logit_scale) * normalized image features @ normalized text features^T, in float32."""
+    per_image = jnp.exp(logit_scale.astype(jnp.float32)) * jnp.dot(
+        normalize(image_features), normalize(text_features).T, precision="highest"
+    )
+    return per_image, per_image.T
+
+
+# --- jitted entry points --------------------------------------------------------------------------
+
+
+@nnx.jit
+def _encode_image(model: CLIP, images: jax.Array) -> jax.Array:
+    return model.image_features(images)
+
+
+@nnx.jit
+def _encode_text(model: CLIP, tokens: jax.Array) -> jax.Array:
+    return model.text_features(tokens)
+
+
+@nnx.jit
+def _clip_logits(model: CLIP, images: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return model(images, tokens)
+
+
+def clip_logits(model: CLIP, images, tokens) -> tuple[jax.Array, jax.Array]:
+    """Jit-compiled CLIP scores.
+
+    images: [N_img, H, W, 3] float normalized or uint8 pixels; tokens: int [N_txt, L], L <= context_length.
+    -> (logits_per_image [N_img, N_txt], logits_per_text [N_txt, N_img]), float32:
+    exp(logit_scale) * normalized image features @ normalized text features^T.
+    """
+    c = model.config
+    return _clip_logits(model, check_images(images, c.vision.image_size), check_tokens(tokens, c.text.context_length, c.text.vocab_size))
+
+
+def functional(model: CLIP, method: str = "__call__") -> tuple[Callable, nnx.State]:
+    """The pure form of a model: (fn, params), fn(params, *args) = getattr(model, method)(*args).
+
+    `params` is an ordinary pytree (an nnx.State), so fn works under jax.jit, jax.pmap, shard_map and
+    jax.grad. method: "__call__" (images, tokens) -> logits, "image_features" or "text_features".
+    """
+    graphdef, params = nnx.split(model)
+
+    def fn(params: nnx.State, *args):
+        return getattr(nnx.merge(graphdef, params), method)(*args)
+
+    return fn, params
+
+
+def build(
+    config: CLIPConfig,
+    params: Mapping[str, Any] | None = None,
+    *,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    attention: str | None = None,
+    seed: int = 0,
+) -> CLIP:
+    """A CLIP holding `params` (flat clip_jax names, e.g. from checkpoint.store.load), cast to
+    `param_dtype`; random init from `seed` when params is None. Names and shapes are checked first."""
+    make = lambda: CLIP(config, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=nnx.Rngs(seed))
+    if params is None:
+        return make()
+    from .checkpoint.convert import check_params
+
+    check_params(params, config)
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    leaves = [
+        (path, var.replace(jnp.asarray(params[".".join(map(str, path))], dtype=var.dtype)))
+        for path, var in nnx.to_flat_state(abstract)
+    ]
+    return nnx.merge(graphdef, nnx.from_flat_state(leaves))
+
+
+def flat_params(model: CLIP) -> dict[str, jax.Array]:
+    """The model's params and BatchNorm statistics by clip_jax name (the converted file's keys)."""
+    return {".".join(map(str, path)): var[...] for path, var in nnx.to_flat_state(nnx.state(model))}
