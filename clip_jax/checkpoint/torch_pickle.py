@@ -1,0 +1,649 @@
+"""Safe, torch-free reader for PyTorch checkpoints.
+
+``load_state_dict(path)`` returns a flat ``{name: numpy.ndarray}`` dict from
+
+* ``torch.save`` zip archives (the default format since torch 1.6),
+* the legacy non-zip ``torch.save`` format (``_use_new_zipfile_serialization=False``),
+* TorchScript archives written by ``torch.jit.save`` (scripted or traced modules;
+  OpenAI's original CLIP ``.pt`` files are of this kind),
+* open_clip training checkpoints (``{'state_dict': ..., 'optimizer': ...}``), with
+  ``module.`` / ``_orig_mod.`` prefixes removed,
+* ``.safetensors`` files.
+
+The format is chosen from the file's first bytes, not its suffix.
+
+Pickle is a small programming language: a checkpoint can name any importable
+callable and have the loader call it.  This module therefore never uses
+``pickle.load`` or ``torch.load``.  It unpickles with an ``Unpickler`` whose
+``find_class`` answers only from a fixed allow-list of inert stand-ins (a few
+torch names are mapped to local functions that merely *record* what the file
+describes), and it accepts persistent ids only of the exact shape torch writes
+for tensor storages.  Tensors are materialised afterwards from raw bytes, after
+every view has been bounds-checked against its storage.  torch itself is never
+imported.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import math
+import os
+import pickle
+import re
+import struct
+import zipfile
+from typing import Any, BinaryIO, Callable
+
+import ml_dtypes  # noqa: F401  (also registers 'bfloat16' with numpy for safetensors)
+import numpy as np
+
+__all__ = ["CheckpointError", "load_state_dict"]
+
+
+class CheckpointError(ValueError):
+    """The checkpoint was refused or could not be read.
+
+    The message always starts with the file's path and says what was wrong.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Inert stand-ins for the objects a checkpoint's pickle may mention
+# ---------------------------------------------------------------------------
+
+
+class _Inert:
+    """Base of every object the file can get its hands on (via find_class or
+    persistent_load).  The pickle BUILD opcode calls ``__setstate__`` when it
+    exists, otherwise it writes attributes; refusing here means a file can
+    neither alter shared stand-ins (and so poison later loads) nor tensors.
+    Plain functions are never handed out for the same reason: BUILD could set
+    their ``__defaults__``.
+    """
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        raise CheckpointError(f"pickle tried to modify {self!r}")
+
+
+class _Function(_Inert):
+    """An allow-listed callable, as the file sees it."""
+
+    __slots__ = ("qualified_name", "func")
+
+    def __init__(self, qualified_name: str, func: Callable[..., Any]):
+        self.qualified_name = qualified_name
+        self.func = func
+
+    def __call__(self, *args: Any) -> Any:
+        return self.func(*args)
+
+    def __repr__(self) -> str:
+        return self.qualified_name
+
+
+class _StorageType(_Inert):
+    """Stand-in for ``torch.FloatStorage`` & co: only knows its element dtype.
+
+    Instances (not classes) are handed to the unpickler, so the pickle cannot
+    instantiate them with NEWOBJ / REDUCE / INST.
+    """
+
+    __slots__ = ("name", "dtype")
+
+    def __init__(self, name: str, dtype: np.dtype):
+        self.name = name
+        self.dtype = np.dtype(dtype)
+
+    def __repr__(self) -> str:
+        return f"torch.{self.name}"
+
+
+# Storage classes torch writes for each supported dtype (torch 2.x still writes
+# these legacy "typed storage" names for tensors of the classic dtypes).
+_STORAGE_TYPES = {
+    name: _StorageType(name, dtype)
+    for name, dtype in {
+        "FloatStorage": np.float32,
+        "HalfStorage": np.float16,
+        "BFloat16Storage": ml_dtypes.bfloat16,
+        "DoubleStorage": np.float64,
+        "LongStorage": np.int64,
+        "IntStorage": np.int32,
+        "ShortStorage": np.int16,
+        "CharStorage": np.int8,
+        "ByteStorage": np.uint8,
+        "BoolStorage": np.bool_,
+    }.items()
+}
+
+
+class _StorageRef(_Inert):
+    """A storage the pickle referred to: where its bytes live, not the bytes."""
+
+    __slots__ = ("key", "dtype", "numel")
+
+    def __init__(self, key: str, dtype: np.dtype, numel: int):
+        self.key = key
+        self.dtype = dtype
+        self.numel = numel
+
+    def __repr__(self) -> str:
+        return f"storage {self.key!r}"
+
+
+class _TensorRef(_Inert):
+    """A bounds-checked view (offset, size, stride) into a storage."""
+
+    __slots__ = ("storage", "offset", "size", "stride")
+
+    def __init__(self, storage: _StorageRef, offset: int, size: tuple, stride: tuple):
+        self.storage = storage
+        self.offset = offset
+        self.size = size
+        self.stride = stride
+
+    def __repr__(self) -> str:
+        return f"tensor {self.size} in {self.storage!r}"
+
+
+class _ScriptObject:
+    """Stand-in for every TorchScript class ``__torch__.<...>.<Name>``.
+
+    The pickle creates these with NEWOBJ and fills them with BUILD; we only
+    record the state dict.  No code from the archive (``code/``) is ever read.
+    """
+
+    __slots__ = ("state",)
+    qualified_name = "__torch__"
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _state_of(obj: _ScriptObject) -> Any:
+    return getattr(obj, "state", None)  # unset when the pickle never BUILDs it
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # bool is an int subclass; torch never writes it here
+
+
+def _int_tuple(value: Any, what: str) -> tuple:
+    if not isinstance(value, (tuple, list)) or not all(_is_int(v) for v in value):
+        raise CheckpointError(f"tensor {what} must be a tuple of ints, got {value!r:.100}")
+    if len(value) > 64:  # numpy's limit on dimensions
+        raise CheckpointError(f"tensor has {len(value)} dimensions; at most 64 are supported")
+    return tuple(value)
+
+
+def _check_view(storage: _StorageRef, offset: int, size: tuple, stride: tuple) -> None:
+    """Refuse any view that would read outside its storage."""
+    if len(size) != len(stride):
+        raise CheckpointError(f"tensor size {size} and stride {stride} differ in length")
+    if offset < 0 or any(n < 0 for n in size) or any(s < 0 for s in stride):
+        raise CheckpointError(
+            f"tensor view offset={offset} size={size} stride={stride} has negative entries"
+        )
+    if math.prod(size) == 0:
+        end = offset  # an empty view may sit at the very end of its storage
+    else:
+        end = offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
+    if end > storage.numel:
+        raise CheckpointError(
+            f"tensor view offset={offset} size={size} stride={stride} needs {end} elements, "
+            f"past the end of storage {storage.key!r} ({storage.numel} elements)"
+        )
+
+
+def _rebuild_tensor_v2(
+    storage: Any,
+    storage_offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any = False,
+    backward_hooks: Any = None,
+    metadata: Any = None,
+) -> _TensorRef:
+    """Replaces ``torch._utils._rebuild_tensor_v2``: validate and record the view."""
+    if not isinstance(storage, _StorageRef):
+        raise CheckpointError(f"tensor storage must come from a persistent id, got {type(storage).__name__}")
+    if not _is_int(storage_offset):
+        raise CheckpointError(f"tensor storage offset must be an int, got {storage_offset!r:.100}")
+    size = _int_tuple(size, "size")
+    stride = _int_tuple(stride, "stride")
+    # Metadata only ever carries the conj/neg view bits; a set bit would change
+    # the values, which we do not emulate.
+    if metadata and (not isinstance(metadata, dict) or any(metadata.values())):
+        raise CheckpointError(f"tensor metadata {metadata!r:.100} (conj/neg views) is not supported")
+    _check_view(storage, storage_offset, size, stride)
+    return _TensorRef(storage, storage_offset, size, stride)
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None) -> Any:
+    """Replaces ``torch._utils._rebuild_parameter``: a Parameter is just its data."""
+    if not isinstance(data, _TensorRef):
+        raise CheckpointError(f"parameter data must be a tensor, got {type(data).__name__}")
+    return data
+
+
+def _rebuild_parameter_with_state(data: Any, requires_grad: Any, backward_hooks: Any, state: Any) -> Any:
+    """Replaces ``torch._utils._rebuild_parameter_with_state``; the state is dropped."""
+    return _rebuild_parameter(data)
+
+
+def _identity(value: Any, *type_tag: Any) -> Any:
+    """Replaces ``torch.jit._pickle`` helpers that only attach TorchScript type tags."""
+    return value
+
+
+def _functions(module: str, **funcs: Callable[..., Any]) -> dict[tuple[str, str], _Function]:
+    return {(module, name): _Function(f"{module}.{name}", f) for name, f in funcs.items()}
+
+
+# Exact (module, name) -> object the pickle receives.  Nothing else resolves.
+_TORCH_GLOBALS: dict[tuple[str, str], Any] = {
+    # A C type: immutable, and calling it with any arguments only builds a dict.
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    **_functions(
+        "torch._utils",
+        _rebuild_tensor_v2=_rebuild_tensor_v2,
+        _rebuild_parameter=_rebuild_parameter,
+        _rebuild_parameter_with_state=_rebuild_parameter_with_state,
+    ),
+    **{("torch", name): storage_type for name, storage_type in _STORAGE_TYPES.items()},
+}
+
+# Extra names TorchScript's data.pkl uses for typed attributes (Dict[str, int],
+# List[int], ...).  Module objects themselves come from `_script_class`.
+_TORCHSCRIPT_GLOBALS: dict[tuple[str, str], Any] = {
+    **_TORCH_GLOBALS,
+    **_functions(
+        "torch.jit._pickle",
+        restore_type_tag=_identity,
+        build_intlist=_identity,
+        build_doublelist=_identity,
+        build_boollist=_identity,
+        build_tensorlist=_identity,
+    ),
+}
+
+ALLOWED_GLOBALS = frozenset(f"{m}.{n}" for m, n in _TORCHSCRIPT_GLOBALS) | {"__torch__.*"}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that resolves globals only from an allow-list.
+
+    ``find_class`` is the single place the C unpickler turns names into objects
+    (GLOBAL, STACK_GLOBAL, INST, OBJ and EXT all go through it), so an exact
+    allow-list here means the file can only ever call our inert stand-ins.
+    """
+
+    def __init__(
+        self,
+        file: BinaryIO,
+        allowed: dict[tuple[str, str], Any],
+        persistent_load: Callable[[Any], Any] | None = None,
+        torchscript: bool = False,
+    ):
+        super().__init__(file, fix_imports=False, encoding="ASCII")
+        self._allowed = allowed
+        self._load_persistent = persistent_load
+        self._torchscript = torchscript
+        self._script_classes: dict[str, type] = {}  # per load: nothing outlives it
+
+    def find_class(self, module: str, name: str) -> Any:
+        if self._torchscript and (module == "__torch__" or module.startswith("__torch__.")):
+            return self._script_class(f"{module}.{name}")
+        try:
+            return self._allowed[(module, name)]
+        except (KeyError, TypeError):
+            raise CheckpointError(f"refused global {module}.{name}: not on the allow-list") from None
+
+    def _script_class(self, qualified_name: str) -> type:
+        """One inert ``_ScriptObject`` subclass per TorchScript class name."""
+        cls = self._script_classes.get(qualified_name)
+        if cls is None:
+            name = qualified_name.rpartition(".")[2]
+            cls = type(name, (_ScriptObject,), {"__slots__": (), "qualified_name": qualified_name})
+            self._script_classes[qualified_name] = cls
+        return cls
+
+    def persistent_load(self, pid: Any) -> Any:
+        if self._load_persistent is None:
+            raise CheckpointError(f"unexpected persistent id {pid!r:.100}")
+        return self._load_persistent(pid)
+
+
+# Storage keys torch writes are decimal numbers; anything else (notably "../x")
+# is refused before it can be used to look up a file.
+_KEY_RE = re.compile(r"[0-9A-Za-z_]{1,64}")
+
+
+class _StorageTable:
+    """Validates persistent ids and remembers every storage the pickle uses."""
+
+    def __init__(self, legacy: bool):
+        self.legacy = legacy
+        self.storages: dict[str, _StorageRef] = {}
+
+    def __call__(self, pid: Any) -> _StorageRef:
+        kind = pid[0] if isinstance(pid, tuple) and pid else pid
+        if not isinstance(pid, tuple) or kind != "storage":
+            raise CheckpointError(f"refused persistent id of kind {kind!r:.60}: only 'storage' is allowed")
+        expected = 6 if self.legacy else 5
+        if len(pid) != expected:
+            raise CheckpointError(f"storage persistent id has {len(pid)} fields, expected {expected}")
+        _, storage_type, key, location, numel = pid[:5]
+        if not isinstance(storage_type, _StorageType):
+            raise CheckpointError(f"storage type {storage_type!r:.60} is not a known torch storage class")
+        if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+            raise CheckpointError(f"refused storage key {key!r:.100}: not a plain storage name")
+        if not isinstance(location, str) or not _is_int(numel) or numel < 0:
+            raise CheckpointError(f"malformed storage persistent id {pid!r:.200}")
+        if self.legacy and pid[5] is not None:
+            raise CheckpointError(f"storage view metadata {pid[5]!r:.100} (pre-1.0 files) is not supported")
+
+        ref = self.storages.get(key)
+        if ref is None:
+            ref = self.storages[key] = _StorageRef(key, storage_type.dtype, numel)
+        elif ref.dtype != storage_type.dtype or ref.numel != numel:
+            # torch.save itself refuses to write this; a file that does is malformed.
+            raise CheckpointError(f"storage {key!r} is referenced with two different types or sizes")
+        return ref
+
+
+def _unpickle(data: bytes | BinaryIO, allowed: dict, persistent_load=None, torchscript=False) -> Any:
+    file = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    return _RestrictedUnpickler(file, allowed, persistent_load, torchscript).load()
+
+
+# ---------------------------------------------------------------------------
+# From unpickled object tree to named tensors
+# ---------------------------------------------------------------------------
+
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _strip_prefixes(name: str) -> str:
+    """Drop DataParallel/DDP (``module.``) and torch.compile (``_orig_mod.``) prefixes."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _PREFIXES:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix):], True
+    return name
+
+
+def _named_tensors_from_dict(obj: Any) -> dict[str, _TensorRef]:
+    """A state dict, or an open_clip training checkpoint wrapping one."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"expected a state dict at the top level, found {type(obj).__name__}")
+    if isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]  # open_clip: {'epoch', 'state_dict', 'optimizer', ...}
+    out: dict[str, _TensorRef] = {}
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"state dict key {key!r:.60} is not a string")
+        if not isinstance(value, _TensorRef):
+            continue  # e.g. bookkeeping entries; a state dict's payload is its tensors
+        name = _strip_prefixes(key)
+        if name in out:
+            raise CheckpointError(f"two entries map to {name!r} after removing module./_orig_mod. prefixes")
+        out[name] = value
+    if obj and not out:
+        keys = ", ".join(map(str, list(obj)[:8]))
+        raise CheckpointError(f"no tensors at the top level of the state dict (keys: {keys})")
+    return out
+
+
+def _named_tensors_from_script_module(root: Any) -> dict[str, _TensorRef]:
+    """Dotted names for a TorchScript module tree, as ``ScriptModule.state_dict()``.
+
+    Every tensor attribute of a module is taken, and we recurse into attributes
+    that are themselves modules (TorchScript objects carrying ``training``).
+    Without reading ``code/`` we cannot tell a parameter/buffer from a plain
+    tensor attribute of a *scripted* module; traced modules only ever hold
+    parameters, buffers and submodules, so for them the names match exactly.
+    """
+    if not isinstance(root, _ScriptObject):
+        raise CheckpointError(f"TorchScript data.pkl holds {type(root).__name__}, not a module")
+    out: dict[str, _TensorRef] = {}
+    active: set[int] = set()  # modules on the current path, to refuse cycles
+
+    def walk(module: _ScriptObject, prefix: str) -> None:
+        state = _state_of(module)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"TorchScript object {module.qualified_name} has no attribute dict")
+        if id(module) in active:
+            raise CheckpointError(f"TorchScript module tree has a cycle at {prefix[:-1]!r}")
+        active.add(id(module))
+        for attr, value in state.items():
+            if not isinstance(attr, str):
+                raise CheckpointError(f"TorchScript attribute name {attr!r:.60} is not a string")
+            if isinstance(value, _TensorRef):
+                out[prefix + attr] = value
+            elif isinstance(value, _ScriptObject) and isinstance(_state_of(value), dict) \
+                    and "training" in _state_of(value):  # modules carry `training`; other objects are not walked
+                walk(value, f"{prefix}{attr}.")
+        active.discard(id(module))
+
+    walk(root, "")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# From raw storage bytes to numpy arrays
+# ---------------------------------------------------------------------------
+
+
+def _storage_array(buf: bytearray, ref: _StorageRef, big_endian: bool) -> np.ndarray:
+    """View a storage's bytes as a flat native-endian array of ``ref.numel`` items."""
+    nbytes = ref.numel * ref.dtype.itemsize
+    if len(buf) < nbytes:
+        raise CheckpointError(
+            f"storage {ref.key!r} has {len(buf)} bytes but {ref.numel} x {ref.dtype} needs {nbytes}"
+        )
+    raw = np.frombuffer(buf, dtype=np.uint8, count=nbytes)
+    if big_endian and ref.dtype.itemsize > 1:
+        raw.view(f"u{ref.dtype.itemsize}").byteswap(inplace=True)
+    if ref.dtype == np.bool_:
+        np.minimum(raw, 1, out=raw)  # any nonzero byte is True in torch
+    return raw.view(ref.dtype)
+
+
+def _materialize(named: dict[str, _TensorRef], storages: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Turn checked views into arrays; copy unless a tensor solely owns a whole storage."""
+    uses = collections.Counter(ref.storage.key for ref in named.values())
+    out: dict[str, np.ndarray] = {}
+    for name, ref in named.items():
+        flat = storages[ref.storage.key]
+        itemsize = flat.dtype.itemsize
+        view = np.lib.stride_tricks.as_strided(
+            flat[ref.offset:],
+            shape=ref.size,
+            strides=tuple(s * itemsize for s in ref.stride),
+            writeable=False,
+        )
+        owns_storage = (
+            uses[ref.storage.key] == 1
+            and ref.offset == 0
+            and view.size == flat.size
+            and view.flags.c_contiguous
+        )
+        # Reshaping the storage itself avoids a second copy of the weights.
+        out[name] = flat.reshape(ref.size) if owns_storage else view.copy()
+    return out
+
+
+def _read_exact(file: BinaryIO, nbytes: int, what: str) -> bytearray:
+    buf = bytearray(nbytes)
+    got = file.readinto(buf)
+    if got != nbytes:
+        raise CheckpointError(f"{what}: file ends after {got} of {nbytes} bytes")
+    return buf
+
+
+# ---------------------------------------------------------------------------
+# Formats
+# ---------------------------------------------------------------------------
+
+
+def _zip_root(names: list[str]) -> str:
+    """The archive's top folder; refuse entry names that could escape a folder."""
+    if len(set(names)) != len(names):
+        raise CheckpointError("zip archive has duplicate entry names")
+    for name in names:
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+            raise CheckpointError(f"refused zip entry name {name!r}: absolute or path-traversing")
+    roots = [n[: -len("/data.pkl")] for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
+    if len(roots) != 1:
+        raise CheckpointError(f"expected one <root>/data.pkl in the zip archive, found {len(roots)}")
+    return roots[0]
+
+
+def _load_zip(path: str) -> dict[str, np.ndarray]:
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        root = _zip_root(names)
+        entries = set(names)
+
+        big_endian = False
+        if f"{root}/byteorder" in entries:
+            with zf.open(f"{root}/byteorder") as f:
+                order = f.read(16).strip()
+            if order not in (b"little", b"big"):
+                raise CheckpointError(f"unknown byteorder {order[:20]!r}")
+            big_endian = order == b"big"
+
+        # TorchScript archives carry compiled code and a constants table.
+        torchscript = f"{root}/constants.pkl" in entries or any(n.startswith(f"{root}/code/") for n in names)
+        table = _StorageTable(legacy=False)
+        obj = _unpickle(
+            zf.read(f"{root}/data.pkl"),
+            _TORCHSCRIPT_GLOBALS if torchscript else _TORCH_GLOBALS,
+            table,
+            torchscript,
+        )
+        named = _named_tensors_from_script_module(obj) if torchscript else _named_tensors_from_dict(obj)
+
+        # Check every storage's size up front (cheap), then read only those needed.
+        for ref in table.storages.values():
+            entry = f"{root}/data/{ref.key}"
+            if entry not in entries:
+                raise CheckpointError(f"storage {ref.key!r} is missing from the archive ({entry})")
+            size = zf.getinfo(entry).file_size
+            if size < ref.numel * ref.dtype.itemsize:
+                raise CheckpointError(
+                    f"storage {ref.key!r} has {size} bytes but {ref.numel} x {ref.dtype} "
+                    f"needs {ref.numel * ref.dtype.itemsize}"
+                )
+        storages = {}
+        for key in {ref.storage.key for ref in named.values()}:
+            ref = table.storages[key]
+            with zf.open(f"{root}/data/{key}") as f:
+                buf = _read_exact(f, ref.numel * ref.dtype.itemsize, f"storage {key!r}")
+                while f.read(1 << 20):  # drain to the end so zipfile verifies the CRC
+                    pass
+            storages[key] = _storage_array(buf, ref, big_endian)
+    return _materialize(named, storages)
+
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+
+
+def _load_legacy(path: str) -> dict[str, np.ndarray]:
+    """``torch.save(..., _use_new_zipfile_serialization=False)``: a run of pickles, then storages."""
+    with open(path, "rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
+        if _unpickle(f, {}) != _LEGACY_MAGIC:
+            raise CheckpointError("not a torch checkpoint: legacy magic number missing")
+        if _unpickle(f, {}) != _LEGACY_PROTOCOL:
+            raise CheckpointError("unsupported legacy torch protocol version")
+        sys_info = _unpickle(f, {})
+        if not isinstance(sys_info, dict):
+            raise CheckpointError("legacy sys_info header is not a dict")
+
+        table = _StorageTable(legacy=True)
+        obj = _unpickle(f, _TORCH_GLOBALS, table)
+        named = _named_tensors_from_dict(obj)
+        keys = _unpickle(f, {})
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise CheckpointError("legacy storage key list is malformed")
+        if set(keys) != set(table.storages) or len(keys) != len(table.storages):
+            raise CheckpointError("legacy storage key list does not match the storages the pickle uses")
+
+        # Storages follow in key-list order: <int64 LE element count><raw LE bytes>.
+        # Unneeded ones (e.g. optimizer state) are skipped with a seek.
+        needed = {ref.storage.key for ref in named.values()}
+        storages = {}
+        for key in keys:
+            ref = table.storages[key]
+            (count,) = struct.unpack("<q", _read_exact(f, 8, f"storage {key!r} header"))
+            if count != ref.numel:
+                raise CheckpointError(f"storage {key!r} holds {count} elements but the pickle says {ref.numel}")
+            nbytes = count * ref.dtype.itemsize
+            if nbytes > file_size - f.tell():
+                raise CheckpointError(f"storage {key!r}: file ends before its {nbytes} bytes")
+            if key in needed:
+                storages[key] = _storage_array(_read_exact(f, nbytes, f"storage {key!r}"), ref, False)
+            else:
+                f.seek(nbytes, os.SEEK_CUR)
+    return _materialize(named, storages)
+
+
+def _looks_like_safetensors(head: bytes, file_size: int) -> bool:
+    """safetensors: <u64 LE header length><JSON header starting with '{'>."""
+    if len(head) < 9:
+        return False
+    (header_len,) = struct.unpack("<Q", head[:8])
+    return 2 <= header_len <= file_size - 8 and head[8:9] == b"{"
+
+
+def _load_safetensors(path: str) -> dict[str, np.ndarray]:
+    # The package does its own bounds checks.  Its numpy path names dtypes by
+    # string ('bfloat16'), which works because importing ml_dtypes registers it.
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(path, framework="np") as f:
+        for key in f.keys():
+            name = _strip_prefixes(key)
+            if name in out:
+                raise CheckpointError(f"two entries map to {name!r} after removing module./_orig_mod. prefixes")
+            out[name] = f.get_tensor(key)
+    return out
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a PyTorch checkpoint without torch and without running code from it.
+
+    Returns a flat ``{name: numpy.ndarray}`` dict (bfloat16 as
+    ``ml_dtypes.bfloat16``).  Raises ``CheckpointError`` naming the file and
+    the problem for anything refused, malformed or unreadable.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            file_size = os.fstat(f.fileno()).st_size
+        if file_size == 0:
+            raise CheckpointError("file is empty")
+        if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+            return _load_zip(path)
+        if _looks_like_safetensors(head, file_size):
+            return _load_safetensors(path)
+        if head.startswith(b"\x80"):  # pickle PROTO opcode: legacy torch.save
+            return _load_legacy(path)
+        raise CheckpointError(f"not a PyTorch checkpoint (unrecognised header {head[:8]!r})")
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    except zipfile.BadZipFile as err:
+        raise CheckpointError(f"{path}: corrupt or truncated zip archive ({err})") from err
+    except Exception as err:  # malformed input surfaces as many exception types
+        raise CheckpointError(f"{path}: cannot read checkpoint: {type(err).__name__}: {err}") from err
