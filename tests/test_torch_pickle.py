@@ -55,6 +55,13 @@ def assert_same(ours: dict, reference: dict) -> None:
         assert got.tobytes() == expected.tobytes(), name  # bit-exact, NaN-safe
 
 
+def jit_state_dict(path) -> dict:
+    """The reference for TorchScript files: torch.jit.load(path).state_dict()."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.* deprecation notices
+        return torch.jit.load(path).state_dict()
+
+
 def reference_state_dict() -> collections.OrderedDict:
     g = torch.Generator().manual_seed(0)
     sd = collections.OrderedDict()
@@ -227,7 +234,7 @@ def test_dispatch_is_by_content_not_suffix(files, tmp_path):
 
 @pytest.mark.parametrize("name", ["traced.pt", "scripted.pt"])
 def test_torchscript_matches_jit_state_dict(files, name):
-    reference = torch.jit.load(files / name).state_dict()
+    reference = jit_state_dict(files / name)
     ours = load_state_dict(files / name)
     assert_same(ours, reference)
     assert ours["head.0.weight"].dtype == np.float16
@@ -252,7 +259,7 @@ def test_scripted_plain_tensor_attribute_is_reported(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.script(WithAttr()), path)
-    reference = torch.jit.load(path).state_dict()
+    reference = jit_state_dict(path)
     ours = load_state_dict(path)
     assert set(ours) - set(reference) == {"plain"}
     assert_same({k: ours[k] for k in reference}, reference)
