@@ -50,7 +50,8 @@ def atomic_write(path: str | os.PathLike, write) -> None:
 
 def save(path: str | os.PathLike, params: Mapping[str, np.ndarray], config: CLIPConfig, dtype: str = "keep") -> None:
     """Write params + config to `path` atomically."""
-    tensors = {k: np.ascontiguousarray(v) for k, v in cast_params(params, dtype).items()}
+    # np.asarray, not np.ascontiguousarray, which turns the 0-d logit_scale into shape (1,).
+    tensors = {k: np.asarray(v, order="C") for k, v in cast_params(params, dtype).items()}
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_json()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 

@@ -1,0 +1,1 @@
+"""`python -m convert SRC [-o DST] [--dtype D]` from the repository root: the same as `clip-jax convert`."""

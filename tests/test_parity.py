@@ -1,0 +1,125 @@
+"""Parity with open_clip (the PyTorch reference) for all nine OpenAI architectures, each loaded from one
+of the on-disk formats users have.
+
+Tolerances, float32 with matmul precision "highest": normalized features agree to 2e-6 absolute (float32
+rounding over a dozen layers; measured <= 2e-7) and logits, at logit scale 50, to 1e-4 (50 x 2e-6).
+A LayerNorm eps of 1e-6 instead of 1e-5 moves features by >= 1e-4 and logits by >= 5e-3 on these models
+(test_tolerance_catches_wrong_eps), so these tolerances fail it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import clip_jax
+from clip_jax.checkpoint.convert import from_torch
+
+from .reference import (
+    inputs,
+    reference_model,
+    reference_outputs,
+    round_to_fp16_mix,
+    save,
+    save_torchscript,
+    state_dict,
+)
+
+FEATURE_ATOL = 2e-6
+LOGIT_ATOL = 1e-4
+ROOT = Path(__file__).resolve().parents[1]
+
+# (OpenAI name, open_clip name, vision layers, text layers, file format). Full size for RN50 and ViT-B/32;
+# the others keep their widths, heads and resolution with fewer layers.
+CASES = [
+    ("RN50", "RN50", None, None, "zip"),
+    ("ViT-B/32", "ViT-B-32", None, None, "safetensors"),
+    ("RN101", "RN101", [2, 1, 1, 1], 2, "legacy"),
+    ("RN50x4", "RN50x4", [2, 1, 1, 1], 2, "training"),
+    ("RN50x16", "RN50x16", [1, 1, 1, 2], 1, "compiled"),
+    ("RN50x64", "RN50x64", [1, 1, 1, 1], 1, "converted"),
+    ("ViT-B/16", "ViT-B-16", 2, 2, "torchscript"),
+    ("ViT-L/14", "ViT-L-14", 2, 1, "legacy"),
+    ("ViT-L/14@336px", "ViT-L-14-336", 1, 1, "torchscript"),
+]
+
+
+def write_checkpoint(model, fmt: str, tmp_path: Path) -> Path:
+    if fmt == "torchscript":
+        path = tmp_path / "model.pt"
+        save_torchscript(model, path)  # also rounds `model`'s weights to OpenAI's fp16 mix
+        round_to_fp16_mix(model)
+        return path
+    if fmt == "converted":
+        src = tmp_path / "model.bin"
+        save(model, src, "zip")
+        subprocess.run([sys.executable, "-m", "convert", str(src)], cwd=ROOT, check=True, capture_output=True)
+        return src.with_suffix(".safetensors")
+    path = tmp_path / f"model.{ 'safetensors' if fmt == 'safetensors' else 'pt'}"
+    save(model, path, fmt)
+    return path
+
+
+def assert_matches(model, ref, images, tokens):
+    with jax.default_matmul_precision("highest"):
+        img = clip_jax.normalize(model.encode_image(images))
+        txt = clip_jax.normalize(model.encode_text(tokens))
+        per_image, per_text = clip_jax.clip_logits(model, images, tokens)
+    np.testing.assert_allclose(img, ref["image"], atol=FEATURE_ATOL, rtol=0)
+    np.testing.assert_allclose(txt, ref["text"], atol=FEATURE_ATOL, rtol=0)
+    np.testing.assert_allclose(per_image, ref["logits_per_image"], atol=LOGIT_ATOL, rtol=0)
+    np.testing.assert_array_equal(per_text, np.asarray(per_image).T)
+
+
+@pytest.mark.parametrize("name,oc_name,vision_layers,text_layers,fmt", CASES, ids=[c[0] for c in CASES])
+def test_parity(name, oc_name, vision_layers, text_layers, fmt, tmp_path):
+    ref_model = reference_model(oc_name, vision_layers, text_layers)
+    path = write_checkpoint(ref_model, fmt, tmp_path)
+    images, tokens = inputs(ref_model)
+    ref = reference_outputs(ref_model, images, tokens)
+
+    model, preprocess = clip_jax.load(path)
+    preset = clip_jax.CLIPConfig.from_name(name)
+    got = model.config
+    # Same architecture as OpenAI's preset, up to the layer counts this test shrinks.
+    assert dataclasses.replace(got.vision, layers=preset.vision.layers) == preset.vision
+    assert dataclasses.replace(got.text, layers=preset.text.layers) == preset.text
+    assert got.embed_dim == preset.embed_dim
+    assert_matches(model, ref, images, tokens)
+
+
+def test_tolerance_catches_wrong_eps():
+    """The parity tolerance is tight enough to see Flax's default LayerNorm eps (1e-6) instead of 1e-5."""
+    ref_model = reference_model("ViT-B-32", 2, 2)
+    images, tokens = inputs(ref_model)
+    ref = reference_outputs(ref_model, images, tokens)
+    config, params = from_torch({k: v.numpy() for k, v in state_dict(ref_model).items()})
+    assert_matches(clip_jax.build(config, params), ref, images, tokens)
+    wrong = clip_jax.build(dataclasses.replace(config, layer_norm_eps=1e-6), params)
+    with pytest.raises(AssertionError):
+        assert_matches(wrong, ref, images, tokens)
+    txt = clip_jax.normalize(wrong.encode_text(tokens))
+    assert np.abs(txt - ref["text"]).max() > 20 * FEATURE_ATOL
+
+
+def test_bf16_features_close_to_float32():
+    """bfloat16 compute (LayerNorm, softmax, normalization and logits in float32): features keep cosine
+    >= 0.995 with the float32 reference; bf16 has 8 mantissa bits, so ~0.4% relative error per op."""
+    ref_model = reference_model("ViT-B-32")
+    images, tokens = inputs(ref_model)
+    ref = reference_outputs(ref_model, images, tokens)
+    config, params = from_torch({k: v.numpy() for k, v in state_dict(ref_model).items()})
+    model = clip_jax.build(config, params, dtype="bfloat16")
+    img = np.asarray(clip_jax.normalize(model.encode_image(images)))
+    txt = np.asarray(clip_jax.normalize(model.encode_text(tokens)))
+    assert img.dtype == np.float32 and txt.dtype == np.float32
+    assert (img * ref["image"]).sum(-1).min() >= 0.995
+    assert (txt * ref["text"]).sum(-1).min() >= 0.995
+    per_image, _ = clip_jax.clip_logits(model, images, tokens)
+    np.testing.assert_allclose(per_image, ref["logits_per_image"], atol=0.5)
