@@ -10,9 +10,10 @@ The reference pipeline (OpenAI ``clip._transform`` and open_clip
 
 Steps 1-3 are done here with the very same Pillow calls and the same integer
 geometry as torchvision, so the uint8 pixels are identical. Step 4 is done
-either on the host (``ImageTransform.__call__``, the same float32 operations in
-the same order as torchvision, so bit-identical) or on the device inside ``jit`` (:func:`normalize`), which lets the host ship 4x fewer
-bytes (uint8 instead of float32).
+either on the host (``ImageTransform.__call__``: the same float32 operations in
+the same order as torchvision, so bit-identical) or on the device inside
+``jit`` (:func:`normalize`, a table lookup, also bit-identical), which lets the
+host ship 4x fewer bytes (uint8 instead of float32).
 
 No EXIF orientation is applied (OpenAI does not apply it either).
 """
@@ -34,6 +35,7 @@ RESIZE_MODES = ("shortest", "longest", "squash")
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
+_SOURCE_TYPES = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)
 
 __all__ = [
     "OPENAI_MEAN",
@@ -114,7 +116,7 @@ def normalize_np(pixels: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD, out: np.n
     w = pixels.shape[-2]
     rows_in = pixels.reshape(-1, w * 3)
     rows = out.reshape(-1, w * 3)  # a view: out is C-contiguous when we allocate it
-    if not np.shares_memory(rows, out):
+    if not np.may_share_memory(rows, out):
         raise ValueError("out must be C-contiguous")
     np.copyto(rows, rows_in, casting="unsafe")
     np.divide(rows, np.float32(255), out=rows)
@@ -340,15 +342,15 @@ class ImageTransform:
         return img
 
     def _run(self, source: ImageSource, fn):
+        if not isinstance(source, _SOURCE_TYPES):
+            raise TypeError(f"expected a path, bytes or a PIL image, got {type(source).__name__}")
         try:
-            img = _open(source)
-            return fn(self._prepare_pil(img))
-        except TypeError:
-            raise
+            img = self._prepare_pil(_open(source))
         except _Bad as e:
             raise ImageError(_describe(source), str(e)) from None
         except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, zlib.error, ...
             raise ImageError(_describe(source), _reason(e)) from e
+        return fn(img)
 
     # -- public API ---------------------------------------------------------------
     def prepare(self, source: ImageSource) -> Image.Image:
@@ -359,9 +361,9 @@ class ImageTransform:
         """uint8 [n_px, n_px, 3] RGB pixels after resize + crop (no normalization)."""
 
         def to_array(im):
-            a = np.asarray(im)
+            a = np.asarray(im)  # read-only view of Pillow's bytes
             if out is None:
-                return a
+                return a.copy()
             out[...] = a
             return out
 
@@ -373,7 +375,7 @@ class ImageTransform:
 
     def __call__(self, source: ImageSource) -> np.ndarray:
         """float32 [n_px, n_px, 3] normalized, HWC."""
-        return self.normalize(self.pixels(source))
+        return self._run(source, lambda im: self.normalize(np.asarray(im)))
 
 
 def image_transform(
