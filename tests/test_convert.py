@@ -1,0 +1,151 @@
+"""The converter (name rules, error collection), the converted file, and `python -m convert`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+import clip_jax
+from clip_jax.checkpoint import ConversionError, read_params, store
+from clip_jax.checkpoint.convert import from_torch, to_torch_state_dict
+
+from .reference import reference_model, save, state_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def small_sd():
+    model = reference_model("ViT-B-32", vision_layers=1, text_layers=1)
+    return {k: v.numpy() for k, v in state_dict(model).items()}
+
+
+@pytest.fixture(scope="module")
+def small_rn_sd():
+    model = reference_model("RN50", vision_layers=[1, 1, 1, 1], text_layers=1)
+    return {k: v.numpy() for k, v in state_dict(model).items()}
+
+
+def test_round_trip_names_and_layouts(small_sd, small_rn_sd):
+    for sd in (small_sd, small_rn_sd):
+        _, params = from_torch(sd)
+        back = to_torch_state_dict(params)
+        ignored = {k for k in sd if k.endswith("num_batches_tracked")}
+        assert set(back) == set(sd) - ignored
+        for k, v in back.items():
+            np.testing.assert_array_equal(v, sd[k].reshape(v.shape), err_msg=k)
+
+
+def test_layouts(small_sd, small_rn_sd):
+    _, p = from_torch(small_sd)
+    # Linear [out, in] -> kernel [in, out]; q, k, v stay stacked along the output axis.
+    np.testing.assert_array_equal(p["transformer.resblocks.0.mlp.c_fc.kernel"], small_sd["transformer.resblocks.0.mlp.c_fc.weight"].T)
+    np.testing.assert_array_equal(p["visual.transformer.resblocks.0.attn.in_proj.kernel"], small_sd["visual.transformer.resblocks.0.attn.in_proj_weight"].T)
+    # conv [O, I, kh, kw] -> (kh, kw, I, O); proj and text_projection are [in, out] already.
+    np.testing.assert_array_equal(p["visual.conv1.kernel"], small_sd["visual.conv1.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(p["text_projection"], small_sd["text_projection"])
+    np.testing.assert_array_equal(p["visual.proj"], small_sd["visual.proj"])
+    assert p["logit_scale"].shape == ()
+    _, r = from_torch(small_rn_sd)
+    np.testing.assert_array_equal(r["visual.layer1.0.downsample.1.var"], small_rn_sd["visual.layer1.0.downsample.1.running_var"])
+    np.testing.assert_array_equal(r["visual.bn1.scale"], small_rn_sd["visual.bn1.weight"])
+
+
+def test_logit_scale_1d_and_extra_keys(small_sd):
+    sd = dict(small_sd)
+    sd["logit_scale"] = sd["logit_scale"].reshape(1)
+    for key in ("input_resolution", "context_length", "vocab_size", "attn_mask"):
+        sd[key] = np.array(7)
+    _, params = from_torch(sd)
+    assert params["logit_scale"].shape == ()
+
+
+def test_all_errors_reported_together(small_sd):
+    sd = dict(small_sd)
+    del sd["ln_final.bias"]
+    sd["visual.extra_thing"] = np.zeros(3, np.float32)
+    sd["visual.ln_post.weight"] = np.zeros(5, np.float32)
+    with pytest.raises(ConversionError) as e:
+        from_torch(sd)
+    msg = str(e.value)
+    assert "1 missing: ln_final.bias" in msg
+    assert "1 unexpected: visual.extra_thing" in msg
+    assert "1 wrong shape: visual.ln_post.weight: (5,), expected (768,)" in msg
+
+
+def test_not_clip():
+    with pytest.raises(ConversionError, match="not a CLIP checkpoint.*ln_final.weight|not a CLIP checkpoint"):
+        from_torch({"foo": np.zeros(2)})
+
+
+def test_store_round_trip_and_dtypes(small_sd, tmp_path):
+    config, params = from_torch(small_sd)
+    path = tmp_path / "m.safetensors"
+    store.save(path, params, config)
+    config2, params2 = store.load(path)
+    assert config2 == config
+    assert set(params2) == set(params)
+    for k in params:
+        np.testing.assert_array_equal(params2[k], params[k])
+    store.save(path, params, config, dtype="bfloat16")
+    _, bf = store.load(path)
+    assert bf["visual.proj"].dtype == ml_dtypes.bfloat16
+    assert not list(tmp_path.glob("*.tmp"))  # the temporary file was renamed away
+
+
+def test_python_m_convert(small_sd, tmp_path):
+    src = tmp_path / "ViT-tiny.pt"
+    torch.save({k: torch.from_numpy(v) for k, v in small_sd.items()}, src)
+    out = subprocess.run([sys.executable, "-m", "convert", str(src)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    dst = src.with_suffix(".safetensors")
+    assert dst.is_file() and str(dst) in out.stdout
+    config, params = read_params(dst)
+    _, direct = read_params(src)
+    for k in direct:
+        np.testing.assert_array_equal(params[k], direct[k])
+
+    other = tmp_path / "sub.safetensors"
+    out = subprocess.run([sys.executable, "-m", "convert", str(src), "-o", str(other), "--dtype", "float16"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert read_params(other)[1]["visual.proj"].dtype == np.float16
+
+
+@pytest.mark.parametrize("content,expect", [
+    (b"", "empty"),
+    (b"\x00garbage" * 100, "not a"),
+])
+def test_cli_failure_is_one_line_no_output(tmp_path, content, expect):
+    src = tmp_path / "bad.pt"
+    src.write_bytes(content)
+    out = subprocess.run([sys.executable, "-m", "convert", str(src)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "bad.pt" in lines[0]
+    assert not src.with_suffix(".safetensors").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bad.pt"]  # no temporary left behind either
+
+
+def test_cli_conversion_error_names_keys(small_sd, tmp_path):
+    sd = {k: torch.from_numpy(v) for k, v in small_sd.items() if k != "ln_final.bias"}
+    src = tmp_path / "broken.pt"
+    save(sd, src, "zip")
+    out = subprocess.run([sys.executable, "-m", "clip_jax.cli", "convert", str(src)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "broken.pt" in out.stderr and "missing: ln_final.bias" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not src.with_suffix(".safetensors").exists()
+
+
+def test_missing_file_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        clip_jax.load(tmp_path / "nope.pt")

@@ -1,0 +1,152 @@
+"""Configs, input checks and the pure functional form (jit, pmap, grad)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import open_clip
+import pytest
+
+import clip_jax
+from clip_jax.config import PRESETS, CLIPConfig, TextConfig, VisionConfig, canonical_name
+from clip_jax.checkpoint.convert import expected_params
+
+TINY = CLIPConfig(
+    embed_dim=32,
+    vision=VisionConfig(image_size=32, layers=2, width=64, patch_size=16),
+    text=TextConfig(context_length=16, width=64, heads=2, layers=2),
+)
+TINY_RN = CLIPConfig(
+    embed_dim=32,
+    vision=VisionConfig(image_size=64, layers=(1, 1, 1, 1), width=16, patch_size=None),
+    text=TextConfig(context_length=16, width=64, heads=2, layers=1),
+)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_match_open_clip_configs(name):
+    """The nine presets equal open_clip's configs of the same OpenAI models."""
+    oc = open_clip.get_model_config(name.replace("/", "-").replace("@336px", "-336"))
+    cfg = PRESETS[name]
+    v, t = oc["vision_cfg"], oc["text_cfg"]
+    assert cfg.embed_dim == oc["embed_dim"]
+    assert cfg.vision.image_size == v["image_size"]
+    assert cfg.vision.width == v["width"]
+    assert cfg.vision.layers == (tuple(v["layers"]) if isinstance(v["layers"], list) else v["layers"])
+    assert cfg.vision.patch_size == v.get("patch_size")
+    assert (cfg.text.width, cfg.text.heads, cfg.text.layers) == (t["width"], t["heads"], t["layers"])
+    assert canonical_name(name.replace("/", "-").replace("@", "-")) == name
+
+
+def test_config_json_round_trip():
+    for cfg in (TINY, TINY_RN, PRESETS["RN50x64"]):
+        assert CLIPConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ValueError, match="unknown config fields"):
+        CLIPConfig.from_dict({"embed_dim": 3, "bogus": 1})
+    with pytest.raises(ValueError, match="activation"):
+        CLIPConfig(activation="relu")
+
+
+def test_expected_params_are_state_dict_names():
+    """Converting the names back gives exactly open_clip's state_dict keys for RN50 and ViT-B/32."""
+    from clip_jax.checkpoint.convert import torch_name
+
+    for oc_name, name in (("RN50", "RN50"), ("ViT-B-32", "ViT-B/32")):
+        import torch
+
+        with torch.device("meta"):
+            ref = open_clip.model.CLIP(**open_clip.get_model_config(oc_name), quick_gelu=True)
+        want = {k: tuple(v.shape) for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
+        got = {torch_name(k)[0]: s for k, s in expected_params(PRESETS[name]).items()}
+        assert set(got) == set(want)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return clip_jax.build(TINY, seed=0)
+
+
+def batch(cfg=TINY, n=2):
+    rng = np.random.RandomState(0)
+    images = rng.randn(n, cfg.vision.image_size, cfg.vision.image_size, 3).astype(np.float32)
+    tokens = np.zeros((3, cfg.text.context_length), np.int32)
+    tokens[:, 0] = 49406
+    tokens[np.arange(3), [3, 5, 9]] = 49407
+    tokens[0, 1:3] = [320, 1929]
+    return images, tokens
+
+
+def test_channels_first_is_refused(tiny):
+    images, tokens = batch()
+    with pytest.raises(ValueError, match="channels-first.*transpose"):
+        clip_jax.clip_logits(tiny, images.transpose(0, 3, 1, 2), tokens)
+    with pytest.raises(ValueError, match="32x32"):
+        tiny.encode_image(np.zeros((1, 48, 48, 3), np.float32))
+    with pytest.raises(ValueError, match=r"images\[None\]"):
+        tiny.encode_image(images[0])
+    with pytest.raises(TypeError, match="int32|dtype"):
+        tiny.encode_image(images.astype(np.int32))
+
+
+def test_token_checks(tiny):
+    _, tokens = batch()
+    with pytest.raises(ValueError, match="context_length 16"):
+        tiny.encode_text(np.zeros((1, 77), np.int32))
+    with pytest.raises(TypeError, match="integers"):
+        tiny.encode_text(tokens.astype(np.float32))
+    with pytest.raises(ValueError, match=r"\[0, 49408\)"):
+        tiny.encode_text(tokens + 100)
+    with pytest.raises(ValueError, match=r"\[N, L\]"):
+        tiny.encode_text(tokens[0])
+
+
+def test_uint8_images_normalized_on_device(tiny):
+    pixels = np.random.RandomState(1).randint(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    mean, std = np.array(TINY.image_mean, np.float32), np.array(TINY.image_std, np.float32)
+    floats = ((pixels.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+    np.testing.assert_allclose(tiny.encode_image(pixels), tiny.encode_image(floats), atol=1e-6)
+
+
+def test_functional_under_jit_pmap_and_grad(tiny):
+    images, tokens = batch()
+    want, _ = clip_jax.clip_logits(tiny, images, tokens)
+
+    fn, params = clip_jax.functional(tiny)
+    got, _ = jax.jit(fn)(params, images, tokens)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+    n = jax.local_device_count()
+    stacked_images = np.broadcast_to(images, (n, *images.shape))
+    stacked_tokens = np.broadcast_to(tokens, (n, *tokens.shape))
+    pm, _ = jax.pmap(fn, in_axes=(None, 0, 0))(params, stacked_images, stacked_tokens)
+    np.testing.assert_allclose(pm[0], want, atol=1e-6)
+
+    def loss(p):
+        per_image, _ = fn(p, images, tokens)
+        return jax.nn.logsumexp(per_image, axis=1).mean()
+
+    grads = jax.grad(loss)(params)
+    g = grads["visual"]["conv1"]["kernel"][...]
+    assert g.shape == (16, 16, 3, 64) and float(jnp.abs(g).max()) > 0
+    assert float(jnp.abs(grads["logit_scale"][...])) > 0
+
+
+def test_resnet_builds_and_runs():
+    model = clip_jax.build(TINY_RN, seed=0)
+    images, tokens = batch(TINY_RN)
+    per_image, per_text = clip_jax.clip_logits(model, images, tokens)
+    assert per_image.shape == (2, 3) and per_text.shape == (3, 2)
+    assert np.isfinite(np.asarray(per_image)).all()
+
+
+def test_build_checks_params():
+    params = {k: np.asarray(v) for k, v in clip_jax.flat_params(clip_jax.build(TINY)).items()}
+    rebuilt = clip_jax.build(TINY, params)
+    images, tokens = batch()
+    np.testing.assert_array_equal(
+        clip_jax.clip_logits(rebuilt, images, tokens)[0], clip_jax.clip_logits(clip_jax.build(TINY), images, tokens)[0]
+    )
+    del params["ln_final.bias"]
+    with pytest.raises(ValueError, match="missing: ln_final.bias"):
+        clip_jax.build(TINY, params)
