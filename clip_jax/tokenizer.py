@@ -5,7 +5,7 @@ The vocabulary (``assets/bpe_simple_vocab_16e6.txt.gz``, MIT License, Copyright 
 
 1. ``ftfy.fix_text``, then ``html.unescape`` twice, then ``strip``;
 2. whitespace runs collapsed to one space, then ``lower()``;
-3. the pre-split regex ``<|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|
+3. the pre-split regex ``<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|
    [\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+`` (``regex`` package, IGNORECASE);
 4. each piece is UTF-8 encoded, mapped through the reversible byte->unicode table,
    the last symbol gets ``</w>``, and BPE merges are applied lowest rank first.
@@ -20,8 +20,9 @@ any output:
 
 * ``ftfy.fix_text`` (most of the cost) is computed by a step-by-step mirror of
   ftfy's own driver that skips every ftfy fixer whose trigger characters are absent
-  from the text (see "Text cleaning" below); pure-ASCII text without control
-  characters and ``&`` skips cleaning altogether.
+  from the text (see "Text cleaning" below); pure-ASCII text with no ``&`` and no
+  control character other than tab, line feed and form feed skips ftfy and
+  ``html.unescape`` altogether.
 * Cleaned text is split on spaces and each space-free chunk is cached
   (chunk -> ids). No pre-split match can contain whitespace and the pattern has no
   look-around, so pre-splitting chunk by chunk gives the same pieces as pre-splitting
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import gzip
 import html
+import operator
 import os
 import re
 import threading
@@ -126,59 +128,75 @@ _EVERYDAY_CHARS = frozenset(
 )
 
 
+try:
+    from re import _constants as _sre_constants, _parser as _sre_parse  # Python >= 3.11
+except ImportError:  # pragma: no cover - Python 3.10
+    import sre_constants as _sre_constants
+    import sre_parse as _sre_parse
+
+
+def _element_chars(op, av) -> set[str] | None:
+    """Characters one parsed regex element can match, if it is a plain literal or a
+    positive class of literals and ranges (``None`` otherwise)."""
+    if op is _sre_constants.LITERAL:
+        return {chr(av)}
+    if op is not _sre_constants.IN:
+        return None
+    chars = set()
+    for sub_op, sub_av in av:
+        if sub_op is _sre_constants.LITERAL:
+            chars.add(chr(sub_av))
+        elif sub_op is _sre_constants.RANGE:
+            chars.update(map(chr, range(sub_av[0], sub_av[1] + 1)))
+        else:  # NEGATE, CATEGORY, ...: not a closed set
+            return None
+    return chars
+
+
+def _parse(pattern: re.Pattern) -> list | None:
+    if pattern.flags & re.IGNORECASE:
+        return None
+    try:
+        return list(_sre_parse.parse(pattern.pattern, pattern.flags))
+    except Exception:  # pragma: no cover - private parser changed
+        return None
+
+
+def _class_chars(pattern: re.Pattern) -> frozenset[str] | None:
+    """Characters a regex made of one literal or character class can match."""
+    items = _parse(pattern)
+    if items is None or len(items) != 1:
+        return None
+    chars = _element_chars(*items[0])
+    return frozenset(chars) if chars else None
+
+
 def _mojibake_triggers(badness_re: re.Pattern) -> frozenset[str] | None:
     """Characters one of which every match of ftfy's ``BADNESS_RE`` must contain.
 
     Returns ``None`` when that cannot be established from the regex structure.
     """
-    try:
-        try:
-            from re import _constants as sre_constants, _parser as sre_parse  # Python >= 3.11
-        except ImportError:  # pragma: no cover - Python 3.10
-            import sre_constants
-            import sre_parse
-        if badness_re.flags & re.IGNORECASE:
-            return None
-        tree = sre_parse.parse(badness_re.pattern, badness_re.flags)
-        items = list(tree)
-        if len(items) == 1 and items[0][0] is sre_constants.BRANCH:
-            alternatives = items[0][1][1]
-        else:
-            alternatives = [tree]
-
-        def element_chars(op, av):
-            # The set of characters a single mandatory element can match, if it is a
-            # plain literal or a positive class of literals and ranges.
-            if op is sre_constants.LITERAL:
-                return {chr(av)}
-            if op is not sre_constants.IN:
-                return None
-            chars = set()
-            for sub_op, sub_av in av:
-                if sub_op is sre_constants.LITERAL:
-                    chars.add(chr(sub_av))
-                elif sub_op is sre_constants.RANGE:
-                    chars.update(map(chr, range(sub_av[0], sub_av[1] + 1)))
-                else:  # NEGATE, CATEGORY, ...: not a closed set
-                    return None
-            return chars
-
-        triggers: set[str] = set()
-        for alt in alternatives:
-            best = None
-            for op, av in alt:  # top-level items of the sequence: each matches once
-                chars = element_chars(op, av)
-                if not chars or any(c < "\x80" for c in chars):
-                    continue
-                key = (len(chars & _EVERYDAY_CHARS), len(chars))
-                if best is None or key < best[0]:
-                    best = (key, chars)
-            if best is None:
-                return None
-            triggers |= best[1]
-        return frozenset(triggers)
-    except Exception:  # pragma: no cover - unexpected regex structure
+    items = _parse(badness_re)
+    if items is None:
         return None
+    if len(items) == 1 and items[0][0] is _sre_constants.BRANCH:
+        alternatives = items[0][1][1]
+    else:
+        alternatives = [items]
+    triggers: set[str] = set()
+    for alt in alternatives:
+        best = None
+        for op, av in alt:  # top-level items of the sequence: each matches exactly once
+            chars = _element_chars(op, av)
+            if not chars or any(c < "\x80" for c in chars):
+                continue
+            key = (len(chars & _EVERYDAY_CHARS), len(chars))
+            if best is None or key < best[0]:
+                best = (key, chars)
+        if best is None:
+            return None
+        triggers |= best[1]
+    return frozenset(triggers)
 
 
 def _char_class(chars) -> str:
@@ -194,15 +212,22 @@ def _build_ftfy_mirror():
     if ftfy.__version__.split(".")[:2] != ["6", "3"]:
         return None
     mojibake = _mojibake_triggers(badness.BADNESS_RE)
-    if mojibake is None:
+    c1 = _class_chars(chardata.C1_CONTROL_RE)
+    single_quotes = _class_chars(chardata.SINGLE_QUOTE_RE)
+    double_quotes = _class_chars(chardata.DOUBLE_QUOTE_RE)
+    surrogate_chars = _class_chars(fixes.SURROGATE_RE)
+    if None in (mojibake, c1, single_quotes, double_quotes, surrogate_chars):
         return None
-    c1 = set(map(chr, range(0x80, 0xA0)))
+    if not (chardata.HTML_ENTITY_RE.pattern.startswith("&") and fixes.ANSI_RE.pattern.startswith("\033")):
+        return None
+    quotes = single_quotes | double_quotes
     ligatures = set(map(chr, chardata.LIGATURES))
     widths = set(map(chr, chardata.WIDTH_MAP))
-    quotes = {"\u02bc", *map(chr, range(0x2018, 0x201C)), *map(chr, range(0x201C, 0x2020))}
-    line_breaks = {"\r", "\u0085", "\u2028", "\u2029"}
+    line_breaks = {"\r", "\u0085", "\u2028", "\u2029"}  # fixes.fix_line_breaks
     controls = set(map(chr, chardata.CONTROL_CHARS))
     surrogates = "\ud800-\udfff"
+    if surrogate_chars != frozenset(map(chr, range(0xD800, 0xE000))):
+        return None
     everything = mojibake | c1 | ligatures | widths | quotes | line_breaks | controls | {"\x1b", "&"}
     return {
         "fixes": fixes,
@@ -339,8 +364,11 @@ class SimpleTokenizer:
         special_tokens: tuple[str, str] = (SOT_TOKEN, EOT_TOKEN),
         max_cache_entries: int = 1 << 20,
     ):
-        if len(special_tokens) != 2 or not all(isinstance(t, str) and t for t in special_tokens):
-            raise ValueError("special_tokens must be two non-empty strings (start, end)")
+        if len(special_tokens) != 2 or not all(
+            isinstance(t, str) and t and not any(c.isspace() for c in t) for t in special_tokens
+        ):
+            # Whitespace-free, so that no pre-split piece ever spans a space.
+            raise ValueError("special_tokens must be two non-empty strings without whitespace (start, end)")
         byte_encoder = bytes_to_unicode()
         self.byte_encoder = byte_encoder
         self.byte_decoder = {v: k for k, v in byte_encoder.items()}
@@ -375,8 +403,9 @@ class SimpleTokenizer:
         self._byte_ids = [encoder[byte_encoder[b]] for b in range(256)]
         self._byte_end_ids = [encoder[byte_encoder[b] + "</w>"] for b in range(256)]
         # id -> the bytes of its symbols (``</w>`` kept literally, as OpenAI's decode does).
+        to_latin1 = {ord(c): chr(b) for b, c in byte_encoder.items()}  # then .encode("latin-1")
         self._id_bytes = [
-            bytes(self.byte_decoder[c] for c in self.decoder[i])
+            self.decoder[i].translate(to_latin1).encode("latin-1")
             for i in range(self.vocab_size - len(special_tokens))
         ] + [t.encode("utf-8") for t in special_tokens]
         self._pat = regex.compile(
@@ -474,7 +503,7 @@ class SimpleTokenizer:
         n = len(id_bytes)
         parts = []
         for t in tokens:
-            i = int(t)
+            i = operator.index(t)
             if not 0 <= i < n:
                 raise ValueError(f"token id {t!r} is outside the vocabulary [0, {n})")
             parts.append(id_bytes[i])

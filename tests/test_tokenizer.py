@@ -98,6 +98,8 @@ def test_bad_special_tokens():
         T.SimpleTokenizer(special_tokens=("a", "<|endoftext|>"))
     with pytest.raises(ValueError):
         T.SimpleTokenizer(special_tokens=("<x>",))
+    with pytest.raises(ValueError):
+        T.SimpleTokenizer(special_tokens=("<start text>", "<end>"))
 
 
 def test_fast_path_enabled():
@@ -304,6 +306,21 @@ def test_mojibake_triggers_cover_every_badness_alternative():
         assert not ftfy.badness.is_bad(text), repr(text)
 
 
+def test_mojibake_trigger_analysis_refuses_unprovable_patterns():
+    import re
+
+    # One mandatory non-ASCII element per alternative: é or è, and the class [À-Â].
+    assert T._mojibake_triggers(re.compile("\u00e9\u00e8|[\u00c0-\u00c2]x")) in (
+        frozenset("\u00e9\u00c0\u00c1\u00c2"),
+        frozenset("\u00e8\u00c0\u00c1\u00c2"),
+    )
+    assert T._mojibake_triggers(re.compile("\u00e9|ab")) is None  # an all-ASCII alternative
+    assert T._mojibake_triggers(re.compile("[^a]\u00e9?")) is None  # only optional / negated parts
+    assert T._mojibake_triggers(re.compile("\u00e9", re.IGNORECASE)) is None
+    assert T._class_chars(re.compile("[a-c\u00e9]")) == frozenset("abc\u00e9")
+    assert T._class_chars(re.compile("ab")) is None
+
+
 @FUZZ
 @given(st.text(st.sampled_from(_NON_TRIGGER + list(" \tazAZ.,!?-09")), min_size=1, max_size=40))
 def test_fuzz_no_trigger_means_not_bad(text):
@@ -345,6 +362,8 @@ def test_decode_rejects_unknown_ids():
     for bad in (-1, 49408, 10**9):
         with pytest.raises(ValueError, match="outside the vocabulary"):
             OURS.decode([bad])
+    with pytest.raises(TypeError):
+        OURS.decode([1.5])
 
 
 # ---------------------------------------------------------------------------
