@@ -1,0 +1,427 @@
+"""Sharded scoring over every device of a host, and over many hosts.
+
+A mesh has two axes: "data" (the batch is split along it) and "model" (size 1 by default; above 1, the
+big attention and MLP kernels are split along it, for towers too big for one device). Batches are padded
+to one fixed size (a multiple of the data axis, so every device gets equal rows and nothing recompiles),
+moved to the devices by a background thread while the previous batch computes, and unpadded after.
+Images travel as uint8 (4x fewer bytes than float32) and are normalized on the device, inside the jit.
+
+Multi-host: call `initialize(...)` (jax.distributed) in every process first. Every process then runs the
+same calls on the same global inputs; each one loads only its own rows of every batch (the rows its
+devices hold), and the results come back to every process in input order.
+
+    sharded = ShardedCLIP(model, batch_size=256)
+    feats = sharded.encode_image(uint8_images)            # [N, embed_dim] float32, on the host
+    for start, feats, ok, errors in sharded.embed_image_files(paths, preprocess): ...
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import queue
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from .model import CLIP, functional, logits, normalize
+
+DATA, MODEL = "data", "model"
+
+__all__ = [
+    "DATA", "MODEL", "ShardedCLIP", "EmbeddedBatch", "initialize", "make_mesh", "param_specs", "shard_params",
+    "pmap_logits", "prefetch", "gather",
+]
+
+
+# --- meshes and parameter placement -----------------------------------------------------------------
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, **kwargs: Any) -> None:
+    """jax.distributed.initialize, once per process, before any other JAX call. With no arguments JAX
+    detects the cluster (SLURM, TPU pods, ...). On the CPU backend it also turns on gloo collectives,
+    which cross-process gathers need there."""
+    if (num_processes or 1) > 1 or coordinator_address:
+        try:  # the default CPU collectives cannot cross processes; must be set before the backend starts
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        except (AttributeError, ValueError):  # an option a later jax renamed or made the default
+            pass
+    jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
+
+
+def make_mesh(model_parallel: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ("data", "model") mesh over `devices` (default: all devices of all processes).
+
+    model_parallel: size of the "model" axis (1: params replicated everywhere). Devices are ordered by
+    process first, so each process's devices hold one contiguous block of every batch.
+    """
+    devices = sorted(devices if devices is not None else jax.devices(), key=lambda d: (d.process_index, d.id))
+    n = len(devices)
+    if model_parallel < 1 or n % model_parallel:
+        raise ValueError(f"model_parallel={model_parallel} must divide the number of devices ({n})")
+    # Auto axes: shardings are given at the jit boundary and XLA propagates them inside (GSPMD).
+    auto = (jax.sharding.AxisType.Auto,) * 2
+    return jax.make_mesh((n // model_parallel, model_parallel), (DATA, MODEL), axis_types=auto, devices=devices)
+
+
+# Megatron-style split for the "model" axis: the first matmul of each pair is split along its output
+# columns, the second along its input rows, so each device holds 1/M of every big kernel. Names are the
+# clip_jax (= PyTorch) parameter paths. Anything else (LayerNorms, embeddings, projections) is replicated.
+SHARDING_RULES: tuple[tuple[str, tuple], ...] = (
+    (r"attn\.in_proj\.kernel$", (None, MODEL)),
+    (r"attn\.in_proj\.bias$", (MODEL,)),
+    (r"attn\.out_proj\.kernel$", (MODEL, None)),
+    (r"mlp\.c_fc\.kernel$", (None, MODEL)),
+    (r"mlp\.c_fc\.bias$", (MODEL,)),
+    (r"mlp\.c_proj\.kernel$", (MODEL, None)),
+    (r"attnpool\.[qkv]_proj\.kernel$", (None, MODEL)),
+    (r"attnpool\.[qkv]_proj\.bias$", (MODEL,)),
+    (r"attnpool\.c_proj\.kernel$", (MODEL, None)),
+    (r"conv\d\.kernel$", (None, None, None, MODEL)),  # ResNet convs: split the output channels
+)
+
+
+def _path_name(path) -> str:
+    keys = [getattr(k, "key", getattr(k, "idx", None)) for k in path if not isinstance(k, jax.tree_util.GetAttrKey)]
+    return ".".join(str(k) for k in keys)
+
+
+def param_specs(params: Any, mesh: Mesh) -> Any:
+    """A PartitionSpec for every leaf of `params` (an nnx.State or any pytree of arrays), following
+    SHARDING_RULES; a dim the "model" axis does not divide stays replicated."""
+    m = mesh.shape[MODEL]
+
+    def spec(path, x) -> P:
+        if m == 1:
+            return P()
+        name = _path_name(path)
+        for pattern, axes in SHARDING_RULES:
+            if re.search(pattern, name) and len(axes) == x.ndim:
+                if all(a is None or x.shape[i] % m == 0 for i, a in enumerate(axes)):
+                    return P(*axes)
+                return P()
+        return P()
+
+    return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def shard_params(params: Any, mesh: Mesh) -> Any:
+    """Place `params` on the mesh: replicated along "data", split along "model" by param_specs.
+    Every process must pass the same values (e.g. loaded from the same file)."""
+    specs = param_specs(params, mesh)
+
+    def place(x, spec):
+        sharding = NamedSharding(mesh, spec)
+        if jax.process_count() == 1:
+            return jax.device_put(x, sharding)
+        host = np.asarray(x)  # the same on every process; each one fills its own devices
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree.map(place, params, specs)
+
+
+def gather(x: jax.Array) -> np.ndarray:
+    """A global array -> numpy on this host, whole and in order (an all-gather across processes)."""
+    if jax.process_count() == 1 or x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+# --- host-to-device prefetch ------------------------------------------------------------------------
+
+
+class _Raised(NamedTuple):
+    error: BaseException
+
+
+_END = object()
+
+
+def prefetch(items: Iterable, size: int = 2) -> Iterator:
+    """Iterate `items` in a background thread, `size` ahead of the consumer.
+
+    Used with a generator that loads a batch and device_puts it: the transfer and the loading of batch
+    i+1 overlap the compute of batch i. An exception in the producer is re-raised in the consumer;
+    closing the consumer early stops the producer.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, size))
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in items:
+                if not put(item):
+                    return
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            put(_Raised(e))
+            return
+        put(_END)
+
+    thread = threading.Thread(target=produce, name="clip_jax_prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, _Raised):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+# --- the sharded model ------------------------------------------------------------------------------
+
+
+class EmbeddedBatch(NamedTuple):
+    """One batch of `embed_image_files`.
+
+    start: input index of the first row; features: float32 [n, D] (rows of bad files are zeros);
+    ok: bool [n], False for bad files; errors: [(path, reason)] of the bad files this process read.
+    """
+
+    start: int
+    features: np.ndarray
+    ok: np.ndarray
+    errors: list
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+    if len(x) == rows:
+        return x
+    out = np.zeros((rows,) + x.shape[1:], x.dtype)  # zero pixels / token id 0: any valid input will do
+    out[: len(x)] = x
+    return out
+
+
+class ShardedCLIP:
+    """A CLIP whose batches are split over a mesh (params replicated, or split along "model").
+
+    Args:
+      model: a clip_jax CLIP (any compute dtype).
+      mesh: from make_mesh; default: all devices along "data".
+      batch_size: global rows per step, rounded up to a multiple of the "data" axis. Every batch is
+        padded to this size (a call with fewer rows uses the smallest multiple that holds them), so one
+        compiled program serves a whole job.
+      prefetch: batches moved to the devices ahead of the compute.
+      text_buckets: token lengths the text batches are trimmed to (exact: see tokenizer.trim_tokens).
+    """
+
+    def __init__(self, model: CLIP, mesh: Mesh | None = None, batch_size: int = 256, prefetch: int = 2,
+                 text_buckets: Sequence[int] = (16, 32, 48, 64, 77)):
+        self.mesh = mesh if mesh is not None else make_mesh()
+        self.n_data = self.mesh.shape[DATA]
+        self.batch_size = _round_up(max(1, batch_size), self.n_data)
+        self.prefetch = prefetch
+        self.config = model.config
+        self.text_buckets = tuple(sorted(text_buckets))
+        self.rows = NamedSharding(self.mesh, P(DATA))  # any rank: the trailing dims are replicated
+        image_fn, params = functional(model, "image_features")
+        text_fn, _ = functional(model, "text_features")
+        self.params = shard_params(params, self.mesh)
+        shardings = jax.tree.map(lambda s: NamedSharding(self.mesh, s), param_specs(params, self.mesh))
+        self.logit_scale = float(np.asarray(model.logit_scale[...]))
+
+        def jitted(fn, norm: bool):
+            def run(p, x):
+                y = fn(p, x)
+                return normalize(y) if norm else y
+
+            return jax.jit(run, in_shardings=(shardings, self.rows), out_shardings=self.rows)
+
+        self._fns = {(kind, norm): jitted(fn, norm) for kind, fn in (("image", image_fn), ("text", text_fn))
+                     for norm in (False, True)}
+
+    # -- which rows this process feeds --
+
+    def local_rows(self, batch_rows: int) -> slice:
+        """The rows of a [batch_rows, ...] global batch that this process's devices hold (contiguous)."""
+        idx = self.rows.addressable_devices_indices_map((batch_rows,))
+        starts = sorted({s[0].start or 0 for s in idx.values()})
+        stops = sorted({s[0].stop if s[0].stop is not None else batch_rows for s in idx.values()})
+        lo, hi = starts[0], stops[-1]
+        if sum(b - a for a, b in zip(starts, stops)) != hi - lo:
+            raise ValueError("this process's devices do not hold a contiguous block of the batch; use make_mesh")
+        return slice(lo, hi)
+
+    def _to_device(self, local: np.ndarray, global_rows: int) -> jax.Array:
+        if jax.process_count() == 1:
+            return jax.device_put(local, self.rows)
+        return jax.make_array_from_process_local_data(self.rows, local, (global_rows,) + local.shape[1:])
+
+    def _step_rows(self, n: int) -> int:
+        return min(self.batch_size, _round_up(max(n, 1), self.n_data))
+
+    def _stream(self, kind: str, n: int, load: Callable[[int, int, slice], tuple[np.ndarray, Any]],
+                normalized: bool) -> Iterator[tuple[int, np.ndarray, Any]]:
+        """Yield (start, features [rows, D], info) per global batch, in order.
+
+        load(start, stop, local) -> (this process's rows of the batch [start, stop), info); `local` is
+        the slice of the padded batch those rows fill. Loading and the transfer run in the prefetch
+        thread; one batch stays in flight on the devices while the previous result comes back.
+        """
+        bs = self._step_rows(n)
+        local = self.local_rows(bs)
+        fn = self._fns[kind, normalized]
+
+        def host_batches():
+            for start in range(0, n, bs):
+                stop = min(start + bs, n)
+                x, info = load(start, stop, local)
+                yield start, stop, self._to_device(_pad_rows(x, local.stop - local.start), bs), info
+
+        pending: collections.deque = collections.deque()
+        for start, stop, x, info in prefetch(host_batches(), self.prefetch):
+            pending.append((start, stop, fn(self.params, x), info))
+            if len(pending) > 1:  # dispatch batch i+1 before waiting on batch i
+                s, e, y, i = pending.popleft()
+                yield s, gather(y)[: e - s], i
+        while pending:
+            s, e, y, i = pending.popleft()
+            yield s, gather(y)[: e - s], i
+
+    # -- arrays in memory --
+
+    def encode_image(self, images: np.ndarray, normalized: bool = False) -> np.ndarray:
+        """images: [N, H, W, 3] uint8 pixels (normalized on the device) or float normalized, the same
+        global array in every process -> float32 [N, embed_dim] on the host (L2-normalized if asked)."""
+        from .inputs import check_images
+
+        images = check_images(images, self.config.vision.image_size)
+        n = len(images)
+
+        def load(start, stop, local):
+            return np.asarray(images[start + local.start: min(start + local.stop, stop)]), None
+
+        parts = [y for _, y, _ in self._stream("image", n, load, normalized)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.config.embed_dim), np.float32)
+
+    def encode_text(self, tokens: np.ndarray, normalized: bool = False) -> np.ndarray:
+        """tokens: int [N, L] (clip_jax.tokenize), the same in every process -> float32 [N, embed_dim].
+        Each batch is cut to the shortest bucket that holds its end tokens (identical features)."""
+        from .inputs import check_tokens
+        from .tokenizer import trim_tokens
+
+        t = self.config.text
+        tokens = np.asarray(check_tokens(tokens, t.context_length, t.vocab_size), np.int32)
+        n = len(tokens)
+
+        def load(start, stop, local):
+            # Trim on the global batch, so every process picks the same length.
+            width = trim_tokens(tokens[start:stop], self.text_buckets).shape[1]
+            return tokens[start + local.start: min(start + local.stop, stop), :width], None
+
+        parts = [y for _, y, _ in self._stream("text", n, load, normalized)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.config.embed_dim), np.float32)
+
+    def clip_logits(self, images: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """-> (logits_per_image [N_img, N_txt], logits_per_text), float32, as clip_jax.clip_logits."""
+        img = self.encode_image(images)
+        txt = self.encode_text(tokens)
+        per_image, per_text = logits(jnp.asarray(img), jnp.asarray(txt), jnp.asarray(self.logit_scale))
+        return np.asarray(per_image), np.asarray(per_text)
+
+    # -- files --
+
+    def embed_image_files(self, paths: Sequence[str], transform, num_threads: int | None = None,
+                          normalized: bool = True) -> Iterator[EmbeddedBatch]:
+        """Embed image files batch by batch, in input order; bad files are skipped, not fatal.
+
+        paths: the global list (the same in every process); each process decodes only its rows.
+        transform: clip_jax.image.image_transform(...) (its uint8 `pixels` path is used).
+        num_threads: decoding threads per process (default: the CPU count). Decoding runs ahead of the
+        devices by `prefetch` batches.
+        """
+        from .image import ImageError
+
+        n = len(paths)
+        bs = self._step_rows(n)
+        local = self.local_rows(bs)
+        shape = (self.config.vision.image_size,) * 2 + (3,)
+        if tuple(transform.shape) != shape:
+            raise ValueError(f"transform makes {transform.shape} images; this model takes {shape}")
+        threads = max(1, num_threads or os.cpu_count() or 1)
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clip_jax_decode")
+        futures: dict[int, tuple[np.ndarray, list[Future]]] = {}
+        ahead = self.prefetch + 1  # batches being decoded beyond the one the devices need next
+
+        def read(path, out):
+            try:
+                transform.pixels(path, out=out)
+                return None
+            except ImageError as e:
+                return (os.fspath(path), e.reason)
+
+        def submit(start):
+            if start >= n or start in futures:
+                return
+            stop = min(start + bs, n)
+            lo, hi = start + local.start, min(start + local.stop, stop)
+            buf = np.zeros((max(hi - lo, 0),) + shape, np.uint8)
+            futures[start] = (buf, [pool.submit(read, paths[i], buf[i - lo]) for i in range(lo, hi)])
+
+        def load(start, stop, local_):
+            for k in range(ahead + 1):
+                submit(start + k * bs)
+            buf, futs = futures.pop(start)
+            errs = [f.result() for f in futs]
+            ok = np.array([e is None for e in errs], bool)
+            return buf, (ok, [e for e in errs if e is not None])
+
+        try:
+            for start, feats, (ok_local, errs) in self._stream("image", n, load, normalized):
+                ok = self._gather_mask(ok_local, bs)[: len(feats)]
+                feats = np.where(ok[:, None], feats, 0).astype(np.float32)
+                yield EmbeddedBatch(start, feats, ok, errs)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _gather_mask(self, ok_local: np.ndarray, bs: int) -> np.ndarray:
+        """This process's per-row flags -> the whole batch's, in order (padding rows are False)."""
+        rows = self.local_rows(bs)
+        padded = _pad_rows(ok_local, rows.stop - rows.start)
+        if jax.process_count() == 1:
+            out = np.zeros(bs, bool)
+            out[rows] = padded
+            return out
+        return gather(self._to_device(padded, bs)).astype(bool)
+
+
+# --- pmap -------------------------------------------------------------------------------------------
+
+
+def pmap_logits(model: CLIP) -> Callable[[Any, Any], jax.Array]:
+    """clip_logits under jax.pmap, params replicated (the older per-device API many TPU codebases use).
+
+    Returns f(images [n_dev, B, H, W, 3], tokens [n_dev, T, L]) -> logits_per_image [n_dev, B, T]: each
+    device scores its own images against its own texts.
+    """
+    fn, params = functional(model)
+    scores = jax.pmap(lambda p, im, tok: fn(p, im, tok)[0], in_axes=(None, 0, 0))
+    return lambda images, tokens: scores(params, images, tokens)

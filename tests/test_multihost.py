@@ -1,0 +1,113 @@
+"""Multi-host: two processes on this machine (CPU, 4 devices each, coordinator on 127.0.0.1) embed the same
+files as one process, each decoding only its own rows, and both get every row back in input order.
+
+Tolerance: 1e-5 absolute on normalized features (float32; the two runs split batches differently over
+devices, so XLA's CPU matmuls round differently; measured <= 4e-7). A row out of order differs by ~1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .tiny import save_tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "multihost_worker.py"
+TIMEOUT = 240  # seconds for the whole two-process run; a hang fails the test instead of stalling the suite
+ATOL = 1e-5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], devices: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(ROOT)}
+    # A session of its own, so a hung worker and anything it started can be killed as a group.
+    return subprocess.Popen([sys.executable, str(WORKER), *args], env=env, cwd=ROOT, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_all(procs: list[subprocess.Popen], logs: list[Path]) -> None:
+    try:
+        for p in procs:
+            p.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, f"worker exited {p.returncode}:\n{log.read_text()[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("multihost")
+    rng = np.random.RandomState(0)
+    paths = []
+    for i in range(19):
+        p = tmp / f"img{i:02d}.png"
+        Image.fromarray(rng.randint(0, 256, (36 + i, 44, 3)).astype(np.uint8)).save(p)
+        paths.append(str(p))
+    (tmp / "bad.png").write_bytes(b"\x89PNG broken")
+    paths.insert(6, str(tmp / "bad.png"))
+    (tmp / "paths.txt").write_text("\n".join(paths) + "\n")
+    (tmp / "captions.txt").write_text("\n".join(f"photo number {i} of a small dog" for i in range(13)) + "\n")
+    model = save_tiny(tmp / "tiny.safetensors")
+    common = [str(model), str(tmp / "paths.txt"), str(tmp / "captions.txt"), str(tmp)]
+    coordinator = f"127.0.0.1:{free_port()}"
+    logs = [tmp / f"log{i}.txt" for i in range(3)]
+    procs = [start(common + [coordinator, "2", str(i)], 4, logs[i]) for i in range(2)]
+    procs.append(start(common + ["-", "1", "9"], 1, logs[2]))  # the one-process reference, one device
+    wait_all(procs, logs)
+    results = {i: dict(np.load(tmp / f"result_{i}.npz")) for i in (0, 1, 9)}
+    return paths, results
+
+
+def test_two_processes_see_eight_devices(job):
+    _, r = job
+    assert r[0]["devices"].tolist() == [8, 4]
+    assert r[1]["devices"].tolist() == [8, 4]
+    assert r[9]["devices"].tolist() == [1, 1]
+
+
+def test_each_process_reads_its_own_slice(job):
+    paths, r = job
+    read0, read1 = set(r[0]["read"]), set(r[1]["read"])
+    assert len(r[0]["read"]) == len(read0) and len(r[1]["read"]) == len(read1)  # no file decoded twice
+    assert not read0 & read1
+    assert read0 | read1 == set(paths)
+    assert read0 and read1
+
+
+def test_results_in_input_order_equal_one_process(job):
+    paths, r = job
+    ok = np.array([not p.endswith("bad.png") for p in paths])
+    for pid in (0, 1):
+        np.testing.assert_array_equal(r[pid]["ok"], ok)
+        np.testing.assert_allclose(r[pid]["image"], r[9]["image"], atol=ATOL, rtol=0)
+        np.testing.assert_allclose(r[pid]["text"], r[9]["text"], atol=ATOL, rtol=0)
+    assert r[0]["image"].shape == (20, 16) and r[0]["text"].shape == (13, 16)
+    # Rows are distinct images, so equality above pins the order.
+    assert np.abs(r[9]["image"][ok][1:] - r[9]["image"][ok][:-1]).max() > 0.1
+
+
+def test_bad_file_reported_by_the_process_that_read_it(job):
+    _, r = job
+    errors = list(r[0]["errors"]) + list(r[1]["errors"])
+    assert len(errors) == 1 and errors[0].split("\t")[0].endswith("bad.png")
