@@ -1,0 +1,117 @@
+"""Zero-shot classification with prompt ensembles, as in OpenAI's "Prompt Engineering for ImageNet"
+notebook (and open_clip's build_zero_shot_classifier).
+
+A class's weight is the mean of its normalized prompt embeddings ("a photo of a {}.", "a sketch of
+the {}.", ...), renormalized; an image's class probabilities are softmax(logit_scale * cos(image, class)).
+
+    weights = zeroshot_classifier(model, ["dog", "cat"])     # [embed_dim, 2]
+    probs, idx = classify(model, images, weights, k=2)       # [N, 2] each
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["IMAGENET_TEMPLATES", "zeroshot_classifier", "classify", "top_k", "logit_scale", "read_templates"]
+
+# The 80 templates of OpenAI's notebook, in its order.
+IMAGENET_TEMPLATES: tuple[str, ...] = (
+    "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.", "a photo of the hard to see {}.",
+    "a low resolution photo of the {}.", "a rendering of a {}.", "graffiti of a {}.", "a bad photo of the {}.",
+    "a cropped photo of the {}.", "a tattoo of a {}.", "the embroidered {}.", "a photo of a hard to see {}.",
+    "a bright photo of a {}.", "a photo of a clean {}.", "a photo of a dirty {}.", "a dark photo of the {}.",
+    "a drawing of a {}.", "a photo of my {}.", "the plastic {}.", "a photo of the cool {}.",
+    "a close-up photo of a {}.", "a black and white photo of the {}.", "a painting of the {}.",
+    "a painting of a {}.", "a pixelated photo of the {}.", "a sculpture of the {}.", "a bright photo of the {}.",
+    "a cropped photo of a {}.", "a plastic {}.", "a photo of the dirty {}.", "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.", "a photo of the {}.", "a good photo of the {}.", "a rendering of the {}.",
+    "a {} in a video game.", "a photo of one {}.", "a doodle of a {}.", "a close-up photo of the {}.",
+    "a photo of a {}.", "the origami {}.", "the {} in a video game.", "a sketch of a {}.", "a doodle of the {}.",
+    "a origami {}.", "a low resolution photo of a {}.", "the toy {}.", "a rendition of the {}.",
+    "a photo of the clean {}.", "a photo of a large {}.", "a rendition of a {}.", "a photo of a nice {}.",
+    "a photo of a weird {}.", "a blurry photo of a {}.", "a cartoon {}.", "art of a {}.", "a sketch of the {}.",
+    "a embroidered {}.", "a pixelated photo of a {}.", "itap of the {}.", "a jpeg corrupted photo of the {}.",
+    "a good photo of a {}.", "a plushie {}.", "a photo of the nice {}.", "a photo of the small {}.",
+    "a photo of the weird {}.", "the cartoon {}.", "art of the {}.", "a drawing of the {}.",
+    "a photo of the large {}.", "a black and white photo of a {}.", "the plushie {}.", "a dark photo of a {}.",
+    "itap of a {}.", "graffiti of the {}.", "a toy {}.", "itap of my {}.", "a photo of a cool {}.",
+    "a photo of a small {}.", "a tattoo of the {}.",
+)
+
+
+def read_templates(spec: str) -> tuple[str, ...]:
+    """--templates: "imagenet" (the 80 above), a file of templates (one a line), or one template."""
+    if spec == "imagenet":
+        return IMAGENET_TEMPLATES
+    if os.path.isfile(spec):
+        templates = tuple(line for line in Path(spec).read_text(encoding="utf-8").splitlines() if line.strip())
+    else:
+        templates = (spec,)
+    bad = [t for t in templates if "{}" not in t]
+    if not templates or bad:
+        raise ValueError(f"templates must each contain {{}} where the label goes; got {bad or 'none'} (from {spec!r})")
+    return templates
+
+
+def _text_features(model, tokens: np.ndarray) -> np.ndarray:
+    from .model import normalize
+
+    # A CLIP (jitted encode_text) or a parallel.ShardedCLIP (sharded, already on the host): same result.
+    return np.asarray(normalize(np.asarray(model.encode_text(tokens))))
+
+
+def zeroshot_classifier(model, classnames: Sequence[str], templates: Sequence[str] = IMAGENET_TEMPLATES,
+                        classes_per_batch: int = 10) -> np.ndarray:
+    """Class weights for zero-shot classification -> float32 [embed_dim, num_classes].
+
+    For each class: the prompts template.format(name), each text embedding L2-normalized, their mean,
+    L2-normalized again. model: a CLIP or a parallel.ShardedCLIP. Prompts too long for the context are
+    an error (tokenize raises), not silently cut.
+    """
+    from .tokenizer import tokenize
+
+    classnames, templates = list(classnames), list(templates)
+    if not classnames:
+        raise ValueError("no class names")
+    if not templates:
+        raise ValueError("no templates")
+    context = model.config.text.context_length
+    columns = []
+    for i in range(0, len(classnames), classes_per_batch):
+        names = classnames[i: i + classes_per_batch]
+        tokens = tokenize([t.format(c) for c in names for t in templates], context_length=context)
+        feats = _text_features(model, tokens).reshape(len(names), len(templates), -1).mean(axis=1)
+        columns.append(feats / np.linalg.norm(feats, axis=-1, keepdims=True))
+    return np.concatenate(columns).T.astype(np.float32)
+
+
+def classify(model, images, weights: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """images [N, H, W, 3] (uint8 or normalized float) -> (probabilities [N, k], class indices [N, k]),
+    best first: softmax over all classes of exp(logit_scale) * normalized image features @ weights."""
+    from .model import normalize
+
+    feats = np.asarray(normalize(np.asarray(model.encode_image(images))))
+    return top_k(feats, weights, logit_scale(model), k)
+
+
+def logit_scale(model) -> float:
+    """exp(logit_scale) of a CLIP (an nnx.Param) or a parallel.ShardedCLIP (a float): 100 for OpenAI's."""
+    from flax import nnx
+
+    value = model.logit_scale
+    return float(np.exp(np.asarray(value[...] if isinstance(value, nnx.Variable) else value)))
+
+
+def top_k(image_features: np.ndarray, weights: np.ndarray, scale: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalized image features [N, D], class weights [D, C] -> (probabilities [N, k], indices [N, k])."""
+    logits = scale * (image_features.astype(np.float64) @ weights.astype(np.float64))
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=1, keepdims=True)
+    k = min(k, probs.shape[1])
+    idx = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(probs, idx, axis=1).astype(np.float32), idx
