@@ -147,12 +147,14 @@ def main(argv=None):
     # interleaved: every round times every case, so a busy neighbour hurts all alike;
     # the best round of each case is kept
     best = {name: float("inf") for name, _ in cases}
+    cpu = {name: float("inf") for name, _ in cases}
     outs = {}
     for _ in range(args.repeat):
         for name, fn in cases:
-            t = time.perf_counter()
+            c, t = time.process_time(), time.perf_counter()
             outs[name] = fn()
             best[name] = min(best[name], time.perf_counter() - t)
+            cpu[name] = min(cpu[name], time.process_time() - c)
     del dl
     rows = [(name, best[name]) for name, _ in cases]
     # the baseline is open_clip's faster plain loop
@@ -172,9 +174,11 @@ def main(argv=None):
     assert np.array_equal(u8, single8), "threaded uint8 differs"
     diff_dev = float(np.abs(np.asarray(dev) - ref_hwc).max())
 
-    print(f"{'':46s} {'images/s':>10s} {'vs best open_clip loop':>23s}")
+    print(f"{'':46s} {'images/s':>10s} {'vs best open_clip loop':>23s} {'CPU ms/image':>13s}")
     for name, t in rows:
-        print(f"{name:46s} {len(paths) / t:10.1f} {t_ref / t:22.2f}x")
+        c = "n/a" if "DataLoader" in name else f"{cpu[name] / len(paths) * 1e3:.2f}"  # workers not counted
+        print(f"{name:46s} {len(paths) / t:10.1f} {t_ref / t:22.2f}x {c:>13s}")
+    print("(CPU ms/image: this process's CPU time, all threads; on a busy machine it is the steadier figure)")
     print(f"outputs: float32 paths bit-identical to open_clip; jit path max |diff| = {diff_dev:.2e}")
     if tmp is not None:
         tmp.cleanup()
