@@ -7,9 +7,12 @@
 from .checkpoint import convert
 from .config import CLIPConfig, TextConfig, VisionConfig, config_from_state_dict
 from .hub import available_models, load
+from .image import ImageError, image_transform, load_images
 from .model import CLIP, build, clip_logits, flat_params, functional, normalize
+from .tokenizer import tokenize, trim_tokens
 
 __all__ = [
     "CLIP", "CLIPConfig", "TextConfig", "VisionConfig", "available_models", "build", "clip_logits",
-    "config_from_state_dict", "convert", "flat_params", "functional", "load", "normalize",
+    "config_from_state_dict", "convert", "flat_params", "functional", "ImageError", "image_transform", "load",
+    "load_images", "normalize", "tokenize", "trim_tokens",
 ]
