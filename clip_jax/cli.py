@@ -1,9 +1,13 @@
-"""The `clip-jax` command line."""
+"""The `clip-jax` command line: convert, embed, classify, search."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+
+import numpy as np
 
 from .checkpoint import CheckpointError, ConversionError, convert
 
@@ -24,22 +28,168 @@ def run_convert(args: argparse.Namespace) -> None:
     print(f"wrote {dst}")
 
 
+DTYPES = ["float32", "bfloat16", "float16"]
+
+
+def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", "-m", required=required,
+                   help="a converted clip_jax .safetensors or a PyTorch CLIP checkpoint (anything clip_jax.load takes)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="compute dtype (default: float32)")
+    p.add_argument("--batch-size", type=int, default=256, help="images or texts per step, over all devices (default: 256)")
+
+
+def _add_distributed_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("multi-host (jax.distributed); run the same command in every process")
+    g.add_argument("--coordinator", help="host:port of process 0's coordinator")
+    g.add_argument("--num-processes", type=int, help="number of processes")
+    g.add_argument("--process-id", type=int, help="this process's index, 0 to num_processes - 1")
+
+
+def _initialize(args: argparse.Namespace) -> None:
+    """jax.distributed must start before any other JAX call."""
+    if args.coordinator or args.num_processes or args.process_id is not None:
+        from .parallel import initialize
+
+        initialize(args.coordinator, args.num_processes, args.process_id)
+
+
+def add_embed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="image folders (recursive), .txt lists of image paths, globs, or image files")
+    p.add_argument("-o", "--output", required=True, help="output folder (clip-retrieval's layout); rerun to resume")
+    p.add_argument("--captions", metavar="FILE",
+                   help="a text file of captions, one a line (with images: line i is image i's caption)")
+    _add_model_args(p)
+    p.add_argument("--emb-dtype", default="float16", choices=["float16", "float32"],
+                   help="dtype of the stored embeddings (default: float16, as clip-retrieval)")
+    p.add_argument("--shard-size", type=int, default=100_000,
+                   help="rows per output file, and the unit a rerun resumes from (default: 100000)")
+    p.add_argument("--num-threads", type=int, help="image decoding threads per process (default: CPU count)")
+    p.add_argument("--model-parallel", type=int, default=1,
+                   help="devices each model is split over (the mesh's 'model' axis; default 1: replicated)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_distributed_args(p)
+    p.set_defaults(run=run_embed)
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    _initialize(args)
+    from .embed import ERRORS, embed
+
+    if not args.inputs and not args.captions:
+        raise ValueError("nothing to embed: give image INPUTs and/or --captions FILE")
+    s = embed(args.inputs, args.output, args.model, captions=args.captions, batch_size=args.batch_size,
+              dtype=args.dtype, emb_dtype=args.emb_dtype, shard_size=args.shard_size, num_threads=args.num_threads,
+              model_parallel=args.model_parallel, progress=not args.no_progress)
+    import jax
+
+    if jax.process_index() == 0:
+        skipped = f", {s.skipped} skipped (see {Path(args.output) / ERRORS})" if s.skipped else ""
+        print(f"{args.output}: {s.rows} rows of {s.items} items in {s.shards} shards{skipped}; "
+              f"{s.shards_done_now} shards done in this run, {s.seconds:.1f} s")
+    return 0
+
+
+def add_classify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders, globs or .txt lists")
+    labels = p.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--labels", help="comma-separated class names, e.g. dog,cat,'a red car'")
+    labels.add_argument("--labels-file", metavar="FILE", help="class names, one a line")
+    p.add_argument("--templates", default="imagenet",
+                   help="prompt ensemble: 'imagenet' (OpenAI's 80 templates, default), a file of templates one a "
+                        "line, or one template such as 'a photo of a {}.'")
+    p.add_argument("-k", "--top-k", type=int, default=5, help="classes to print per image (default: 5)")
+    _add_model_args(p)
+    p.set_defaults(run=run_classify)
+
+
+def _labels(args: argparse.Namespace) -> list[str]:
+    if args.labels is not None:
+        labels = [s.strip() for s in args.labels.split(",")]
+    else:
+        labels = [s.strip() for s in Path(args.labels_file).read_text(encoding="utf-8").splitlines()]
+    labels = [s for s in labels if s]
+    if not labels:
+        raise ValueError("no labels given")
+    return labels
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    import jax.numpy as jnp
+
+    from .embed import collect_images
+    from .hub import load
+    from .parallel import ShardedCLIP
+    from .zeroshot import logit_scale, read_templates, top_k, zeroshot_classifier
+
+    labels, templates = _labels(args), read_templates(args.templates)
+    paths = collect_images(args.images)
+    if not paths:
+        raise ValueError("no images found in the inputs")
+    model, preprocess = load(args.model, dtype=jnp.dtype(args.dtype))
+    sharded = ShardedCLIP(model, batch_size=args.batch_size)
+    weights = zeroshot_classifier(sharded, labels, templates)
+    scale, failed = logit_scale(model), 0
+    for batch in sharded.embed_image_files(paths, preprocess):
+        for path, reason in batch.errors:
+            print(f"clip-jax: {path}: {reason}", file=sys.stderr)
+        failed += len(batch.errors)
+        probs, idx = top_k(batch.features, weights, scale, args.top_k)
+        for row in np.flatnonzero(batch.ok):
+            print(paths[batch.start + row])
+            for prob, c in zip(probs[row], idx[row]):
+                print(f"  {prob:7.2%}  {labels[c]}")
+    return 1 if failed else 0
+
+
+def add_search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="an embedding folder written by `clip-jax embed`")
+    p.add_argument("query", help="the text to search for")
+    p.add_argument("-k", "--top-k", type=int, default=10, help="results (default: 10)")
+    p.add_argument("--model", "-m", help="the model (default: the one the folder was embedded with)")
+    p.add_argument("--dtype", default=None, choices=DTYPES, help="compute dtype (default: the folder's)")
+    p.set_defaults(run=run_search)
+
+
+def run_search(args: argparse.Namespace) -> int:
+    import jax.numpy as jnp
+
+    from .embed import MANIFEST
+    from .hub import load
+    from .search import search
+    from .tokenizer import tokenize
+
+    manifest = Path(args.folder) / MANIFEST
+    info = json.loads(manifest.read_text()) if manifest.exists() else {}
+    model_path = args.model or info.get("model")
+    if not model_path:
+        raise ValueError(f"{args.folder}: no {MANIFEST} naming the model; pass --model")
+    model, _ = load(model_path, dtype=jnp.dtype(args.dtype or info.get("dtype", "float32")))
+    query = np.asarray(model.encode_text(tokenize([args.query], context_length=model.config.text.context_length)))
+    for hit in search(args.folder, query, k=args.top_k)[0]:
+        print(f"{hit.score:.4f}\t{hit.value}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clip-jax", description="OpenAI CLIP in JAX")
     sub = p.add_subparsers(dest="command", required=True)
     add_convert_args(sub.add_parser("convert", help="convert a PyTorch CLIP checkpoint to a clip_jax .safetensors"))
+    add_embed_args(sub.add_parser("embed", help="embed images and/or captions into a clip-retrieval folder"))
+    add_classify_args(sub.add_parser("classify", help="zero-shot classify images with prompt ensembles"))
+    add_search_args(sub.add_parser("search", help="the top-k images of an embedding folder for a text query"))
     return p
 
 
 def run(p: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse and run; a user error prints one line on stderr and returns 1 (no traceback)."""
     args = p.parse_args(argv)
     try:
-        args.run(args)
+        return args.run(args) or 0
     except USER_ERRORS as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"{p.prog}: error: {msg}", file=sys.stderr)
         return 1
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

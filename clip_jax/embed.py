@@ -1,0 +1,385 @@
+"""The embedding job behind `clip-jax embed`: images and/or captions -> clip-retrieval's folder layout.
+
+    OUT/img_emb/img_emb_{k}.npy          float16 [rows_k, embed_dim], L2-normalized (clip-retrieval's choice)
+    OUT/text_emb/text_emb_{k}.npy        the same for captions
+    OUT/metadata/metadata_{k}.parquet    columns image_path and/or caption, row i = row i of the .npy files
+    OUT/errors.tsv                       path <TAB> reason, for the files that could not be read (skipped)
+    OUT/manifest.json                    the job and the shards done: what a rerun resumes from
+
+k is zero-padded to the same width as clip-retrieval's (int(log10(shards)) + 1), so a name sort is the
+shard order, which is how clip-retrieval, autofaiss and embedding-reader read the folder.
+
+Shard k holds input items [k * shard_size, (k + 1) * shard_size) minus the unreadable ones. Each file is
+written atomically, and a shard counts as done only once the manifest (also written atomically) says so.
+Killed at any point, a rerun redoes at most the shard in progress, and rewrites its files whole: no row
+is lost or written twice.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint.store import atomic_write
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+MANIFEST = "manifest.json"
+ERRORS = "errors.tsv"
+FORMAT = "clip_jax.embed"
+FORMAT_VERSION = 1
+# Test hook: SIGKILL this process right after shard K's data files are written, before the manifest
+# says the shard is done (the worst moment to die).
+KILL_AFTER_FILES_ENV = "CLIP_JAX_TEST_KILL_AFTER_FILES"
+
+
+# --- inputs ------------------------------------------------------------------------------------------
+
+
+def _is_glob(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def _folder_images(folder: Path) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()
+        found += [os.path.join(root, f) for f in sorted(files) if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+    return found
+
+
+def _file_list(path: Path) -> list[str]:
+    """A .txt of image paths, one a line; relative paths are relative to the list's folder."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            p = Path(line).expanduser()
+            out.append(str(p if p.is_absolute() else path.parent / p))
+    return out
+
+
+def collect_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Image paths from folders (recursive, by extension), .txt file lists, globs and plain files, in
+    the order given (sorted within a folder or glob).
+
+    A .txt input is a list of image paths (captions go through `read_captions` / --captions). A missing
+    input raises FileNotFoundError; an unreadable image is not checked here (the job skips it).
+    """
+    paths: list[str] = []
+    for item in inputs:
+        s = os.fspath(item)
+        p = Path(s).expanduser()
+        if p.is_dir():
+            paths += _folder_images(p)
+        elif p.is_file() and p.suffix.lower() == ".txt":
+            paths += _file_list(p)
+        elif p.exists():
+            paths.append(str(p))
+        elif _is_glob(s):
+            matches = sorted(glob.glob(os.path.expanduser(s), recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"{s}: no file matches this pattern")
+            for m in matches:
+                paths += _folder_images(Path(m)) if os.path.isdir(m) else [m]
+        else:
+            raise FileNotFoundError(f"{s}: no such file or folder")
+    return paths
+
+
+def read_captions(path: str | os.PathLike) -> list[str]:
+    """One caption a line (UTF-8); every line counts, so line i pairs with image i."""
+    text = Path(path).read_text(encoding="utf-8")
+    return text.splitlines()
+
+
+# --- the job -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    """What a run did: items in the job, rows written (now and before), files skipped, shards."""
+
+    items: int
+    rows: int
+    skipped: int
+    shards: int
+    shards_done_now: int
+    seconds: float
+    errors: list = field(default_factory=list)
+
+
+def _digits(num_shards: int) -> int:
+    return int(math.log10(max(num_shards, 1))) + 1  # clip-retrieval's zero padding
+
+
+def _fingerprint(images: Sequence[str] | None, captions: Sequence[str] | None) -> str:
+    h = hashlib.sha256()
+    for name, items in (("images", images), ("captions", captions)):
+        h.update(f"{name}:{'-' if items is None else len(items)}\n".encode())
+        for s in items or ():
+            h.update(s.encode("utf-8", "surrogateescape") + b"\0")
+    return h.hexdigest()
+
+
+def _write_json(path: Path, obj) -> None:
+    data = json.dumps(obj, indent=1, sort_keys=True).encode()
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.save(path) would append ".npy" to the temp name
+            np.save(f, array)
+
+    atomic_write(path, write)
+
+
+def _write_parquet(path: Path, columns: dict[str, list[str]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({k: pa.array(v, pa.string()) for k, v in columns.items()})
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def _tsv(s: str) -> str:
+    return s.replace("\t", " ").replace("\n", " ")
+
+
+class EmbedJob:
+    """One output folder: its manifest, which shards are done, and writing a shard.
+
+    The job's identity (the inputs, the model file, shard size, dtypes) is checked against an existing
+    manifest, so a rerun with other inputs cannot mix two jobs in one folder.
+    """
+
+    def __init__(self, output: str | os.PathLike, images: Sequence[str] | None, captions: Sequence[str] | None,
+                 *, model: str, dtype: str, emb_dtype: str, shard_size: int):
+        if images is None and captions is None:
+            raise ValueError("nothing to embed: give image inputs and/or --captions")
+        if images is not None and captions is not None and len(images) != len(captions):
+            raise ValueError(
+                f"{len(images)} images but {len(captions)} captions: with both, caption line i pairs with image i"
+            )
+        if shard_size < 1:
+            raise ValueError(f"shard size must be positive, got {shard_size}")
+        self.out = Path(output)
+        self.images, self.captions = images, captions
+        self.items = len(images if images is not None else captions)
+        self.shard_size = shard_size
+        self.num_shards = max(1, math.ceil(self.items / shard_size)) if self.items else 0
+        self.digits = _digits(self.num_shards)
+        self.emb_dtype = emb_dtype
+        self.identity = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "inputs_sha256": _fingerprint(images, captions),
+            "items": self.items, "shard_size": shard_size, "num_shards": self.num_shards, "model": model,
+            "dtype": dtype, "emb_dtype": emb_dtype, "image": images is not None, "text": captions is not None,
+        }
+        self.done: dict[str, dict] = {}
+
+    # -- the folder --
+
+    def open(self) -> None:
+        """Create the folder, or check it holds this same job and load what is done."""
+        manifest = self.out / MANIFEST
+        if manifest.exists():
+            try:
+                old = json.loads(manifest.read_text())
+            except ValueError as e:
+                raise ValueError(f"{manifest}: not a valid manifest ({e})") from None
+            diff = [k for k in self.identity if old.get(k) != self.identity[k]]
+            if diff:
+                detail = ", ".join(f"{k}: {old.get(k)!r} there, {self.identity[k]!r} now" for k in diff)
+                raise ValueError(f"{self.out} holds another embedding job ({detail}); use a new output folder")
+            self.done = {k: v for k, v in old.get("shards", {}).items() if self._files_exist(int(k))}
+        elif self.out.exists() and any(self.out.iterdir()):
+            raise ValueError(f"{self.out}: folder is not empty and has no {MANIFEST}; use a new output folder")
+        for sub in ["metadata"] + (["img_emb"] if self.images is not None else []) + (
+                ["text_emb"] if self.captions is not None else []):
+            (self.out / sub).mkdir(parents=True, exist_ok=True)
+        self._commit()
+
+    def paths(self, k: int) -> dict[str, Path]:
+        key = str(k).zfill(self.digits)
+        out = {"metadata": self.out / "metadata" / f"metadata_{key}.parquet"}
+        if self.images is not None:
+            out["image"] = self.out / "img_emb" / f"img_emb_{key}.npy"
+        if self.captions is not None:
+            out["text"] = self.out / "text_emb" / f"text_emb_{key}.npy"
+        return out
+
+    def _files_exist(self, k: int) -> bool:
+        return all(p.exists() for p in self.paths(k).values())
+
+    def todo(self) -> list[int]:
+        return [k for k in range(self.num_shards) if str(k) not in self.done]
+
+    def rows_done(self) -> int:
+        return sum(s["rows"] for s in self.done.values())
+
+    def items_done(self) -> int:
+        return sum(s["items"] for s in self.done.values())
+
+    def errors(self) -> list[tuple[str, str]]:
+        return [tuple(e) for k in sorted(self.done, key=int) for e in self.done[k]["errors"]]
+
+    def bounds(self, k: int) -> tuple[int, int]:
+        return k * self.shard_size, min((k + 1) * self.shard_size, self.items)
+
+    # -- writing --
+
+    def write_shard(self, k: int, image_emb: np.ndarray | None, text_emb: np.ndarray | None, keep: np.ndarray,
+                    errors: list[tuple[str, str]]) -> None:
+        """keep: bool [items in shard k], False for the skipped rows (their image could not be read)."""
+        lo, hi = self.bounds(k)
+        paths = self.paths(k)
+        columns = {}
+        if self.images is not None:
+            _write_npy(paths["image"], image_emb[keep].astype(self.emb_dtype))
+            columns["image_path"] = [p for p, ok in zip(self.images[lo:hi], keep) if ok]
+        if self.captions is not None:
+            _write_npy(paths["text"], text_emb[keep].astype(self.emb_dtype))
+            columns["caption"] = [c for c, ok in zip(self.captions[lo:hi], keep) if ok]
+        _write_parquet(paths["metadata"], columns)
+        if os.environ.get(KILL_AFTER_FILES_ENV) == str(k):
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.done[str(k)] = {"items": hi - lo, "rows": int(keep.sum()), "errors": [list(e) for e in errors]}
+        self._commit()
+
+    def _commit(self) -> None:
+        # The error list first: the manifest is the commit point, and errors.tsv is derived from it.
+        lines = ["path\treason"] + [f"{_tsv(p)}\t{_tsv(r)}" for p, r in self.errors()]
+        data = ("\n".join(lines) + "\n").encode()
+        atomic_write(self.out / ERRORS, lambda tmp: Path(tmp).write_bytes(data))
+        _write_json(self.out / MANIFEST, {**self.identity, "shards": self.done})
+
+
+def _progress(total: int, initial: int, unit: str, enabled: bool):
+    from tqdm import tqdm
+
+    # stderr, so stdout stays clean for the summary; items/s is tqdm's rate.
+    return tqdm(total=total, initial=initial, unit=unit, disable=not enabled, file=sys.stderr, smoothing=0.1,
+                dynamic_ncols=True)
+
+
+def embed(
+    inputs: Sequence[str | os.PathLike] = (),
+    output: str | os.PathLike = "embeddings",
+    model: str | os.PathLike | None = None,
+    *,
+    captions: str | os.PathLike | Sequence[str] | None = None,
+    batch_size: int = 256,
+    dtype: str = "float32",
+    emb_dtype: str = "float16",
+    shard_size: int = 100_000,
+    num_threads: int | None = None,
+    model_parallel: int = 1,
+    progress: bool = True,
+) -> Summary:
+    """Embed image files and/or captions into `output`, resuming a run that was stopped.
+
+    inputs: folders (recursive), .txt lists of image paths, globs, image files (see collect_images).
+    captions: a text file (one caption a line) or a list of strings. With images too, caption i pairs
+      with image i (same row of metadata_k), and a row whose image cannot be read is dropped from both.
+    model: anything clip_jax.load takes. dtype: compute dtype (float32, bfloat16, float16).
+    emb_dtype: stored embeddings, float16 (clip-retrieval's) or float32.
+    shard_size: rows per output file; also the unit of resumption.
+    In a multi-process run (after parallel.initialize) every process calls this with the same
+    arguments; each decodes its own rows and process 0 writes the files.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from . import parallel
+    from .hub import load
+    from .tokenizer import tokenize
+
+    if model is None:
+        raise ValueError("no model: pass --model (a converted .safetensors or a PyTorch checkpoint)")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    if emb_dtype not in ("float16", "float32"):
+        raise ValueError(f"embedding dtype must be float16 or float32, got {emb_dtype!r}")
+    t0 = time.perf_counter()
+    images = collect_images(inputs) if inputs else None
+    if isinstance(captions, (str, os.PathLike)):
+        captions = read_captions(captions)
+    elif captions is not None:
+        captions = list(captions)
+    model_id = str(Path(model).resolve()) if Path(model).exists() else str(model)
+    job = EmbedJob(output, images, captions, model=model_id, dtype=dtype, emb_dtype=emb_dtype, shard_size=shard_size)
+    writer = jax.process_index() == 0
+    if writer:
+        job.open()
+    todo = job.todo() if writer else []
+    if jax.process_count() > 1:  # everyone must run the same shards, in step: process 0's list
+        from jax.experimental import multihost_utils
+
+        flags = np.zeros(job.num_shards, np.int32)
+        flags[todo] = 1
+        todo = [int(k) for k in np.flatnonzero(multihost_utils.broadcast_one_to_all(flags))]
+    if not todo:
+        return Summary(job.items, job.rows_done(), len(job.errors()), job.num_shards, 0,
+                       time.perf_counter() - t0, job.errors())
+
+    clip, preprocess = load(model, dtype=jnp.dtype(dtype))
+    sharded = parallel.ShardedCLIP(clip, parallel.make_mesh(model_parallel), batch_size=batch_size)
+    done_items = job.items_done() if writer else 0
+    bar = _progress(job.items, done_items, "img" if images is not None else "text", progress and writer)
+    try:
+        for k in todo:
+            lo, hi = job.bounds(k)
+            keep = np.ones(hi - lo, bool)
+            errors: list[tuple[str, str]] = []
+            image_emb = text_emb = None
+            if images is not None:
+                feats = []
+                for batch in sharded.embed_image_files(images[lo:hi], preprocess, num_threads=num_threads):
+                    feats.append(batch.features)
+                    keep[batch.start: batch.start + len(batch.ok)] = batch.ok
+                    errors += batch.errors
+                    bar.update(len(batch.ok))
+                image_emb = np.concatenate(feats)
+                errors = _all_errors(images[lo:hi], keep, errors, preprocess) if writer else errors
+            if captions is not None:
+                # clip-retrieval truncates long captions too (an over-long caption is not an error).
+                tokens = tokenize(captions[lo:hi], context_length=clip.config.text.context_length, truncate=True)
+                text_emb = sharded.encode_text(tokens, normalized=True)
+                if images is None:
+                    bar.update(hi - lo)
+            if writer:
+                job.write_shard(k, image_emb, text_emb, keep, errors)
+    finally:
+        bar.close()
+    return Summary(job.items, job.rows_done(), len(job.errors()), job.num_shards, len(todo),
+                   time.perf_counter() - t0, job.errors())
+
+
+def _all_errors(paths: Sequence[str], keep: np.ndarray, local: list[tuple[str, str]], transform) -> list:
+    """Every skipped row of a shard with its reason. In a multi-process run another process decoded some
+    of them: their reason is found by trying the file again here (bad files are few)."""
+    from .image import ImageError
+
+    known = {p: r for p, r in local}
+    out = []
+    for i in np.flatnonzero(~keep):
+        path = os.fspath(paths[i])
+        if path not in known:
+            try:
+                transform.pixels(path)
+                known[path] = "could not be read by another process"
+            except ImageError as e:
+                known[path] = e.reason
+        out.append((path, known[path]))
+    return out

@@ -1,0 +1,320 @@
+"""`clip-jax embed / classify / search`, the clip-retrieval layout, resuming after a SIGKILL, and search.
+
+Embeddings are stored as float16 (clip-retrieval's choice), so rows are compared with the float32 model
+output to 5e-4: unit vectors of 16 dims have entries below 1, where the float16 spacing is <= 2^-11 and
+rounding moves a value by at most half of it (2.5e-4). A wrong image/row pairing moves rows by > 0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+import clip_jax
+from clip_jax import cli
+from clip_jax.embed import KILL_AFTER_FILES_ENV, collect_images
+from clip_jax.search import search
+
+from .tiny import save_tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+FP16_ATOL = 5e-4
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """14 images in nested folders (RGB, RGBA, grayscale, palette; JPEG and PNG) plus one corrupt file."""
+    tmp = tmp_path_factory.mktemp("cli")
+    rng = np.random.RandomState(0)
+    imgs = tmp / "imgs"
+    paths = []
+    for i in range(14):
+        folder = imgs / ("a" if i < 5 else "b/c")
+        folder.mkdir(parents=True, exist_ok=True)
+        arr = rng.randint(0, 256, (30 + 5 * i, 40 + 3 * (i % 4), 3)).astype(np.uint8)
+        img = Image.fromarray(arr)
+        img = [img, img.convert("RGBA"), img.convert("L"), img.convert("P")][i % 4]
+        p = folder / f"{i:02d}.{'jpg' if i % 4 == 0 else 'png'}"
+        img.save(p)
+        paths.append(p)
+    (imgs / "b" / "notes.md").write_text("not an image")  # ignored: not an image extension
+    (imgs / "a" / "04b_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    model = save_tiny(tmp / "tiny.safetensors")
+    return tmp, imgs, model
+
+
+def main(*argv: str) -> int:
+    return cli.main([str(a) for a in argv])
+
+
+def embed_args(inputs, out, model, *extra) -> list:
+    return ["embed", *inputs, "-o", out, "--model", model, "--shard-size", 4, "--batch-size", 4, "--no-progress", *extra]
+
+
+def read_folder(out: Path) -> dict:
+    """Every file of an embedding folder: arrays as they are, parquet as dicts."""
+    got = {}
+    for p in sorted(out.rglob("*")):
+        if p.suffix == ".npy":
+            got[str(p.relative_to(out))] = np.load(p)
+        elif p.suffix == ".parquet":
+            got[str(p.relative_to(out))] = pq.read_table(p).to_pydict()
+        elif p.is_file():
+            got[str(p.relative_to(out))] = p.read_text()
+    return got
+
+
+def model_rows(model_path: Path, paths: list[str]) -> np.ndarray:
+    model, preprocess = clip_jax.load(model_path)
+    return np.asarray(clip_jax.normalize(model.encode_image(np.stack([preprocess.pixels(p) for p in paths]))))
+
+
+# --- inputs ------------------------------------------------------------------------------------------
+
+
+def test_collect_images_folders_lists_globs(data, tmp_path):
+    _, imgs, _ = data
+    found = collect_images([imgs])
+    names = [Path(p).name for p in found]
+    assert names == ["00.jpg", "01.png", "02.png", "03.png", "04.jpg", "04b_corrupt.png"] + [
+        f"{i:02d}.{'jpg' if i % 4 == 0 else 'png'}" for i in range(5, 14)]  # sorted, recursive, .md left out
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"# a comment\n{imgs / 'a' / '01.png'}\n\nrel.png\n")
+    assert collect_images([lst]) == [str(imgs / "a" / "01.png"), str(tmp_path / "rel.png")]
+    pattern = str(imgs / "**" / "1*.png")
+    assert [Path(p).name for p in collect_images([pattern])] == ["10.png", "11.png", "13.png"]
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        collect_images([tmp_path / "missing"])
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        collect_images([str(tmp_path / "*.nothing")])
+
+
+# --- embed -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def full_run(data):
+    tmp, imgs, model = data
+    out = tmp / "full"
+    assert main(*embed_args([imgs], out, model)) == 0
+    return out
+
+
+def test_embed_writes_clip_retrieval_layout(data, full_run, capsys):
+    _, imgs, model = data
+    files = read_folder(full_run)
+    assert sorted(files) == [
+        "errors.tsv", "img_emb/img_emb_0.npy", "img_emb/img_emb_1.npy", "img_emb/img_emb_2.npy",
+        "img_emb/img_emb_3.npy", "manifest.json", "metadata/metadata_0.parquet", "metadata/metadata_1.parquet",
+        "metadata/metadata_2.parquet", "metadata/metadata_3.parquet",
+    ]
+    emb = np.concatenate([files[f"img_emb/img_emb_{k}.npy"] for k in range(4)])
+    meta = sum((files[f"metadata/metadata_{k}.parquet"]["image_path"] for k in range(4)), [])
+    assert emb.dtype == np.float16 and emb.shape == (14, 16)
+    assert [len(files[f"img_emb/img_emb_{k}.npy"]) for k in range(4)] == [4, 3, 4, 3]  # the bad file is in shard 1
+    good = [p for p in collect_images([imgs]) if "corrupt" not in p]
+    assert meta == good
+    np.testing.assert_allclose(emb.astype(np.float32), model_rows(model, good), atol=FP16_ATOL, rtol=0)
+    np.testing.assert_allclose(np.linalg.norm(emb.astype(np.float32), axis=1), 1, atol=2e-3)
+    lines = files["errors.tsv"].splitlines()
+    assert lines[0] == "path\treason" and len(lines) == 2
+    assert lines[1].startswith(str(imgs / "a" / "04b_corrupt.png") + "\t")
+
+
+def test_embed_resumes_after_sigkill(data, full_run, tmp_path):
+    _, imgs, model = data
+    out = tmp_path / "resumed"
+    env = {**os.environ, KILL_AFTER_FILES_ENV: "1", "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, "-m", "clip_jax.cli", *map(str, embed_args([imgs], out, model))],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    # Killed right after shard 1's files were written, before the manifest said it was done.
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert sorted(json.loads((out / "manifest.json").read_text())["shards"]) == ["0"]
+    assert (out / "img_emb" / "img_emb_1.npy").exists()
+    assert not (out / "img_emb" / "img_emb_2.npy").exists()
+
+    assert main(*embed_args([imgs], out, model)) == 0
+    want, got = read_folder(full_run), read_folder(out)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        if name.endswith(".npy"):
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)  # the same computation, bit for bit
+        elif name != "manifest.json":
+            assert got[name] == want[name], name
+    manifest = json.loads((out / "manifest.json").read_text())
+    full_manifest = json.loads((full_run / "manifest.json").read_text())
+    assert manifest["shards"] == full_manifest["shards"]
+
+
+def test_embed_rerun_of_a_finished_job_does_nothing(data, full_run, capsys):
+    _, imgs, model = data
+    before = {p: p.stat().st_mtime_ns for p in full_run.rglob("*.npy")}
+    assert main(*embed_args([imgs], full_run, model)) == 0
+    assert "0 shards done in this run" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in full_run.rglob("*.npy")} == before
+
+
+def test_embed_refuses_another_job_in_the_same_folder(data, full_run, capsys):
+    _, imgs, model = data
+    assert main(*embed_args([imgs / "a"], full_run, model)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds another embedding job" in err[0] and "inputs_sha256" in err[0]
+
+
+def test_embed_captions_only(data, tmp_path):
+    _, _, model = data
+    captions = ["a dog", "a cat on a mat", "", "two red cars " * 30]  # empty, and too long: truncated
+    (tmp_path / "caps.txt").write_text("\n".join(captions) + "\n")
+    out = tmp_path / "out"
+    assert main(*embed_args([], out, model, "--captions", tmp_path / "caps.txt", "--emb-dtype", "float32")) == 0
+    files = read_folder(out)
+    assert sorted(files) == ["errors.tsv", "manifest.json", "metadata/metadata_0.parquet", "text_emb/text_emb_0.npy"]
+    assert files["metadata/metadata_0.parquet"] == {"caption": captions}
+    m, _ = clip_jax.load(model)
+    want = clip_jax.normalize(m.encode_text(clip_jax.tokenizer.tokenize(captions, truncate=True)))
+    assert files["text_emb/text_emb_0.npy"].dtype == np.float32
+    np.testing.assert_allclose(files["text_emb/text_emb_0.npy"], want, atol=1e-5, rtol=0)
+
+
+def test_embed_pairs_images_with_captions(data, tmp_path):
+    _, imgs, model = data
+    paths = collect_images([imgs / "a"])  # 5 images and the corrupt one (5th of 6)
+    captions = [f"caption {i}" for i in range(len(paths))]
+    (tmp_path / "caps.txt").write_text("\n".join(captions) + "\n")
+    out = tmp_path / "out"
+    assert main(*embed_args([imgs / "a"], out, model, "--captions", tmp_path / "caps.txt")) == 0
+    files = read_folder(out)
+    m0, m1 = files["metadata/metadata_0.parquet"], files["metadata/metadata_1.parquet"]
+    meta = {k: m0[k] + m1[k] for k in m0}
+    keep = [i for i, p in enumerate(paths) if "corrupt" not in p]
+    assert meta == {"image_path": [paths[i] for i in keep], "caption": [captions[i] for i in keep]}
+    text = np.concatenate([files["text_emb/text_emb_0.npy"], files["text_emb/text_emb_1.npy"]])
+    m, _ = clip_jax.load(model)
+    want = clip_jax.normalize(m.encode_text(clip_jax.tokenizer.tokenize([captions[i] for i in keep])))
+    assert text.shape == (5, 16)
+    np.testing.assert_allclose(text.astype(np.float32), want, atol=FP16_ATOL, rtol=0)  # the caption of row i
+
+
+def test_embed_user_errors_are_one_line(data, tmp_path, capsys):
+    _, imgs, model = data
+    (tmp_path / "caps.txt").write_text("one\ntwo\n")
+    cases = [
+        (embed_args([imgs], tmp_path / "o1", tmp_path / "missing.safetensors"), "missing.safetensors"),
+        (embed_args([imgs], tmp_path / "o2", model, "--captions", tmp_path / "caps.txt"), "15 images but 2 captions"),
+        (embed_args([tmp_path / "nope"], tmp_path / "o3", model), "nope: no such file or folder"),
+        (["embed", "-o", tmp_path / "o4", "--model", model], "nothing to embed"),
+    ]
+    for argv, message in cases:
+        assert main(*argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("clip-jax: error:") and message in err[0], err
+
+
+# --- classify ----------------------------------------------------------------------------------------
+
+
+def test_classify_prints_top_k(data, capsys):
+    _, imgs, model = data
+    good, bad = imgs / "a" / "01.png", imgs / "a" / "04b_corrupt.png"
+    labels = ["dog", "cat", "car"]
+    rc = main("classify", good, bad, "--labels", ",".join(labels), "-k", "2", "--model", model,
+              "--templates", "a photo of a {}.")
+    out, err = capsys.readouterr()
+    assert rc == 1  # one image could not be read
+    (line,) = err.splitlines()  # one line per unreadable image, with the reason (image.py's wording)
+    assert line.startswith(f"clip-jax: {bad}: ") and len(line) > len(f"clip-jax: {bad}: ")
+    lines = out.splitlines()
+    assert lines[0] == str(good) and len(lines) == 3
+
+    from clip_jax.zeroshot import classify, zeroshot_classifier
+
+    m, preprocess = clip_jax.load(model)
+    probs, idx = classify(m, preprocess.pixels(good)[None], zeroshot_classifier(m, labels, ["a photo of a {}."]), k=2)
+    for line, p, c in zip(lines[1:], probs[0], idx[0]):
+        assert line.split() == [f"{p:.2%}", labels[c]]
+
+
+def test_classify_labels_file_and_ensemble(data, tmp_path, capsys):
+    _, imgs, model = data
+    (tmp_path / "labels.txt").write_text("dog\ncat\n\n")
+    assert main("classify", imgs / "a" / "01.png", "--labels-file", tmp_path / "labels.txt", "--model", model) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and {line.split()[1] for line in lines[1:]} == {"dog", "cat"}
+    assert abs(sum(float(line.split()[0].rstrip("%")) for line in lines[1:]) - 100) < 0.02
+
+
+# --- search ------------------------------------------------------------------------------------------
+
+
+def test_search_cli_returns_brute_force_top_k(data, full_run, capsys):
+    _, _, model = data
+    assert main("search", full_run, "a photo of a dog", "-k", "3") == 0  # the model from the manifest
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 3
+    m, _ = clip_jax.load(model)
+    q = np.asarray(clip_jax.normalize(m.encode_text(clip_jax.tokenizer.tokenize(["a photo of a dog"]))))[0]
+    emb = np.concatenate([np.load(full_run / "img_emb" / f"img_emb_{k}.npy") for k in range(4)]).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    paths = sum((pq.read_table(full_run / "metadata" / f"metadata_{k}.parquet").column("image_path").to_pylist()
+                 for k in range(4)), [])
+    order = np.argsort(-(emb @ q), kind="stable")[:3]
+    assert [path for _, path in lines] == [paths[i] for i in order]
+    np.testing.assert_allclose([float(s) for s, _ in lines], (emb @ q)[order], atol=1e-4)
+
+
+def write_folder(out: Path, shards: list[np.ndarray]) -> list[str]:
+    import pyarrow as pa
+
+    (out / "img_emb").mkdir(parents=True)
+    (out / "metadata").mkdir()
+    names, i = [], 0
+    for k, emb in enumerate(shards):
+        np.save(out / "img_emb" / f"img_emb_{k:02d}.npy", emb)
+        rows = [f"img{i + r}" for r in range(len(emb))]
+        pq.write_table(pa.table({"image_path": rows}), out / "metadata" / f"metadata_{k:02d}.parquet")
+        names += rows
+        i += len(emb)
+    return names
+
+
+def test_search_is_exact_across_shards_and_chunks(tmp_path):
+    rng = np.random.RandomState(1)
+    shards = [rng.randn(n, 8).astype(np.float16) for n in (7, 1, 12, 5)] + [rng.randn(11, 8).astype(np.float16) for _ in range(7)]
+    names = write_folder(tmp_path, shards)  # 11 shards: k zero-padded to 2 digits, sorted as numbers
+    allemb = np.concatenate(shards).astype(np.float32)
+    allemb /= np.linalg.norm(allemb, axis=1, keepdims=True)
+    queries = rng.randn(3, 8).astype(np.float32)
+    for chunk in (3, 1000):
+        hits = search(tmp_path, queries, k=6, chunk_rows=chunk)
+        for q, h in zip(queries, hits):
+            scores = allemb @ (q / np.linalg.norm(q))
+            order = np.argsort(-scores, kind="stable")[:6]
+            assert [x.value for x in h] == [names[i] for i in order]
+            np.testing.assert_allclose([x.score for x in h], scores[order], atol=1e-6)
+
+
+def test_search_ties_go_to_the_earlier_row(tmp_path):
+    row = np.array([[1, 0, 0, 0]], np.float16)
+    other = np.array([[0, 1, 0, 0]], np.float16)
+    names = write_folder(tmp_path, [np.concatenate([other, row]), np.concatenate([row, row, other])])
+    hits = search(tmp_path, np.array([1.0, 0, 0, 0]), k=2, chunk_rows=1)[0]
+    assert [(h.value, h.shard, h.row) for h in hits] == [(names[1], 0, 1), (names[2], 1, 0)]
+    assert [h.score for h in hits] == [1.0, 1.0]
+
+
+def test_search_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no img_emb_"):
+        search(tmp_path, np.ones(4), k=1)
+    write_folder(tmp_path, [np.ones((2, 4), np.float16)])
+    with pytest.raises(ValueError, match="queries have dimension 3"):
+        search(tmp_path, np.ones(3), k=1)
