@@ -111,3 +111,35 @@ def test_bad_file_reported_by_the_process_that_read_it(job):
     _, r = job
     errors = list(r[0]["errors"]) + list(r[1]["errors"])
     assert len(errors) == 1 and errors[0].split("\t")[0].endswith("bad.png")
+
+
+def test_embed_command_on_two_processes_equals_one(job, tmp_path):
+    """`clip-jax embed --coordinator ...` in two processes: process 0 writes the same folder as one process,
+    the bad file listed once. Rows are stored as float16: a 4e-7 float32 difference can round to the
+    neighbouring float16, one spacing (<= 2^-11 below 1) away, hence 5e-4 here."""
+    paths, _ = job
+    folder = Path(paths[0]).parent
+    model = folder / "tiny.safetensors"
+
+    def args(out):
+        return ["-m", "clip_jax.cli", "embed", str(folder / "paths.txt"), "-o", str(out), "--model", str(model),
+                "--shard-size", "6", "--batch-size", "4", "--no-progress"]
+
+    def run(argv, devices, log):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+               "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+        return subprocess.Popen([sys.executable, *argv], env=env, cwd=ROOT, stdout=log.open("w"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    coordinator = ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2"]
+    logs = [tmp_path / f"log{i}.txt" for i in range(3)]
+    procs = [run(args(tmp_path / "two") + coordinator + ["--process-id", str(i)], 2, logs[i]) for i in range(2)]
+    procs.append(run(args(tmp_path / "one"), 1, logs[2]))
+    wait_all(procs, logs)
+    for k in range(4):
+        two = np.load(tmp_path / "two" / "img_emb" / f"img_emb_{k}.npy").astype(np.float32)
+        one = np.load(tmp_path / "one" / "img_emb" / f"img_emb_{k}.npy").astype(np.float32)
+        np.testing.assert_allclose(two, one, atol=5e-4, rtol=0)
+    for name in ["errors.tsv"] + [f"metadata/metadata_{k}.parquet" for k in range(4)]:
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    assert (tmp_path / "two" / "errors.tsv").read_text().count("bad.png") == 1
