@@ -286,6 +286,7 @@ def embed(
     num_threads: int | None = None,
     model_parallel: int = 1,
     progress: bool = True,
+    sharded=None,
 ) -> Summary:
     """Embed image files and/or captions into `output`, resuming a run that was stopped.
 
@@ -295,6 +296,8 @@ def embed(
     model: anything clip_jax.load takes. dtype: compute dtype (float32, bfloat16, float16).
     emb_dtype: stored embeddings, float16 (clip-retrieval's) or float32.
     shard_size: rows per output file; also the unit of resumption.
+    sharded: a parallel.ShardedCLIP of `model` to use instead of loading it (reuses its compiled programs
+      across calls; `model` still names the job in the manifest).
     In a multi-process run (after parallel.initialize) every process calls this with the same
     arguments; each decodes its own rows and process 0 writes the files.
     """
@@ -303,6 +306,7 @@ def embed(
 
     from . import parallel
     from .hub import load
+    from .image import image_transform
     from .tokenizer import tokenize
 
     if model is None:
@@ -313,6 +317,8 @@ def embed(
         raise ValueError(f"embedding dtype must be float16 or float32, got {emb_dtype!r}")
     t0 = time.perf_counter()
     images = collect_images(inputs) if inputs else None
+    if images is not None and not images:
+        raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in the inputs")
     if isinstance(captions, (str, os.PathLike)):
         captions = read_captions(captions)
     elif captions is not None:
@@ -333,8 +339,12 @@ def embed(
         return Summary(job.items, job.rows_done(), len(job.errors()), job.num_shards, 0,
                        time.perf_counter() - t0, job.errors())
 
-    clip, preprocess = load(model, dtype=jnp.dtype(dtype))
-    sharded = parallel.ShardedCLIP(clip, parallel.make_mesh(model_parallel), batch_size=batch_size)
+    if sharded is None:
+        clip, _ = load(model, dtype=jnp.dtype(dtype))
+        sharded = parallel.ShardedCLIP(clip, parallel.make_mesh(model_parallel), batch_size=batch_size)
+    c = sharded.config
+    preprocess = image_transform(c.vision.image_size, mean=c.image_mean, std=c.image_std,
+                                 resize_mode=c.resize_mode, interpolation=c.interpolation)
     done_items = job.items_done() if writer else 0
     bar = _progress(job.items, done_items, "img" if images is not None else "text", progress and writer)
     try:
@@ -354,7 +364,7 @@ def embed(
                 errors = _all_errors(images[lo:hi], keep, errors, preprocess) if writer else errors
             if captions is not None:
                 # clip-retrieval truncates long captions too (an over-long caption is not an error).
-                tokens = tokenize(captions[lo:hi], context_length=clip.config.text.context_length, truncate=True)
+                tokens = tokenize(captions[lo:hi], context_length=c.text.context_length, truncate=True)
                 text_emb = sharded.encode_text(tokens, normalized=True)
                 if images is None:
                     bar.update(hi - lo)

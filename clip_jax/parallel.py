@@ -18,7 +18,6 @@ devices hold), and the results come back to every process in input order.
 from __future__ import annotations
 
 import collections
-import math
 import os
 import queue
 import re
@@ -231,6 +230,8 @@ class ShardedCLIP:
         compiled program serves a whole job.
       prefetch: batches moved to the devices ahead of the compute.
       text_buckets: token lengths the text batches are trimmed to (exact: see tokenizer.trim_tokens).
+
+    Attributes: mesh, batch_size, config, params (the sharded pytree), logit_scale (a float, log scale).
     """
 
     def __init__(self, model: CLIP, mesh: Mesh | None = None, batch_size: int = 256, prefetch: int = 2,

@@ -109,7 +109,7 @@ def full_run(data):
     return out
 
 
-def test_embed_writes_clip_retrieval_layout(data, full_run, capsys):
+def test_embed_writes_clip_retrieval_layout(data, full_run):
     _, imgs, model = data
     files = read_folder(full_run)
     assert sorted(files) == [
