@@ -47,13 +47,8 @@ __all__ = [
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, **kwargs: Any) -> None:
     """jax.distributed.initialize, once per process, before any other JAX call. With no arguments JAX
-    detects the cluster (SLURM, TPU pods, ...). On the CPU backend it also turns on gloo collectives,
-    which cross-process gathers need there."""
-    if (num_processes or 1) > 1 or coordinator_address:
-        try:  # the default CPU collectives cannot cross processes; must be set before the backend starts
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        except (AttributeError, ValueError):  # an option a later jax renamed or made the default
-            pass
+    detects the cluster (SLURM, Open MPI, TPU pods, ...). On the CPU backend, cross-process collectives
+    use gloo (the default in jax 0.10), which is how the tests run two processes on one machine."""
     jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
 
 
