@@ -17,6 +17,8 @@ from typing import Any
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 ACTIVATIONS = ("quick_gelu", "gelu")
+VISION_POOL_TYPES = ("tok", "avg")  # open_clip's 'none' returns every token, not a CLIP feature
+TEXT_POOL_TYPES = ("argmax", "last", "first", "eos")  # open_clip's 'none' likewise
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,14 @@ class VisionConfig:
     patch_size: int | None = 32  # None for ModifiedResNet
     heads: int | None = None  # derived as OpenAI's build_model does when None
     mlp_ratio: float = 4.0
+    # open_clip's ViT options (names as in its CLIPVisionCfg). ls_init_value: LayerScale after attention
+    # and MLP (params ls_1.gamma, ls_2.gamma; the value only seeds a random init). pool_type: class token
+    # ('tok') or the mean of the patch tokens ('avg'). final_ln_after_pool: ln_post on the pooled vector
+    # instead of on every token (differs for 'avg'). no_ln_pre: no LayerNorm before the transformer.
+    ls_init_value: float | None = None
+    pool_type: str = "tok"
+    final_ln_after_pool: bool = False
+    no_ln_pre: bool = False
 
     def __post_init__(self):
         if isinstance(self.layers, list):
@@ -36,11 +46,17 @@ class VisionConfig:
         if self.heads is None:
             # OpenAI: ViT heads = width // 64; ResNet attention pool heads = width * 32 // 64.
             object.__setattr__(self, "heads", self.width * 32 // 64 if self.is_resnet else self.width // 64)
+        if self.pool_type not in VISION_POOL_TYPES:
+            raise ValueError(f"not supported: vision pool_type={self.pool_type!r} (one of {VISION_POOL_TYPES})")
         if self.is_resnet:
             if len(self.layers) != 4:
                 raise ValueError(f"ModifiedResNet needs 4 stage depths, got layers={self.layers}")
             if self.image_size % 32:
                 raise ValueError(f"ModifiedResNet image_size must be a multiple of 32, got {self.image_size}")
+            vit_only = {"ls_init_value": None, "pool_type": "tok", "final_ln_after_pool": False, "no_ln_pre": False}
+            for name, default in vit_only.items():
+                if getattr(self, name) != default:
+                    raise ValueError(f"not supported: {name}={getattr(self, name)!r} with a ModifiedResNet (ViT only)")
         else:
             if not self.patch_size:
                 raise ValueError("a ViT needs patch_size")
@@ -71,10 +87,32 @@ class TextConfig:
     heads: int = 8
     layers: int = 12
     mlp_ratio: float = 4.0
+    # open_clip's text options (names as in its CLIPTextCfg). no_causal_mask: bidirectional attention.
+    # pool_type: the token whose feature is the text's: 'argmax' (the EOT, the largest id), 'last', 'first',
+    # or 'eos' (the first position holding eos_id). proj_bias: text_projection is a Linear with a bias.
+    ls_init_value: float | None = None
+    no_causal_mask: bool = False
+    pool_type: str = "argmax"
+    eos_id: int = 2  # open_clip's default; read only by pool_type 'eos'
+    proj_bias: bool = False
 
     def __post_init__(self):
         if self.width % self.heads:
             raise ValueError(f"text width {self.width} is not divisible by heads {self.heads}")
+        if self.pool_type not in TEXT_POOL_TYPES:
+            raise ValueError(f"not supported: text pool_type={self.pool_type!r} (one of {TEXT_POOL_TYPES})")
+
+    @property
+    def causal(self) -> bool:
+        """True when each position attends only to itself and earlier positions."""
+        return not self.no_causal_mask
+
+    @property
+    def trimmable(self) -> bool:
+        """Whether cutting tokens after the batch's last EOT leaves the features unchanged: true for a
+        causal tower pooled at the EOT (argmax) or the first token; not so for bidirectional attention
+        (padding is attended to) or 'last' pooling (the last position moves)."""
+        return self.causal and self.pool_type in ("argmax", "first")
 
     @property
     def mlp_width(self) -> int:
@@ -95,6 +133,7 @@ class CLIPConfig:
     image_std: tuple[float, float, float] = OPENAI_STD
     resize_mode: str = "shortest"
     interpolation: str = "bicubic"
+    fill_color: int = 0  # padding value of open_clip's "longest" resize mode
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
@@ -169,9 +208,13 @@ def canonical_name(name: str) -> str:
 
 
 def config_from_state_dict(state_dict: Mapping[str, Any], activation: str = "quick_gelu") -> CLIPConfig:
-    """Infer the architecture from OpenAI-named tensors, exactly as OpenAI's `build_model` does.
+    """Infer the architecture from OpenAI-named tensors, exactly as OpenAI's `build_model` does, plus the
+    open_clip options that leave a trace in the weights (LayerScale gammas, a text projection bias, no
+    ln_pre).
 
-    Only shapes are read. The activation can't be seen in the weights: OpenAI's models use QuickGELU.
+    Only shapes are read. What can't be seen in the weights takes OpenAI's values: QuickGELU, heads of
+    width 64, causal text pooled at the EOT, class-token vision pooling. open_clip models that differ
+    (e.g. ViT-H-14's head width 80, exact-GELU models) need their config: see `config_from_open_clip`.
     """
 
     def shape(key: str) -> tuple[int, ...]:
@@ -182,13 +225,17 @@ def config_from_state_dict(state_dict: Mapping[str, Any], activation: str = "qui
     def count(prefix: str, pos: int) -> int:
         return len({k.split(".")[pos] for k in state_dict if k.startswith(prefix)})
 
+    # LayerScale's init value isn't in the weights; 1e-5 is open_clip's LayerScale default (init only).
+    layer_scale = lambda prefix: 1e-5 if f"{prefix}resblocks.0.ls_1.gamma" in state_dict else None
+
     if "visual.proj" in state_dict:
         width, _, patch_size, _ = shape("visual.conv1.weight")
         layers = len([k for k in state_dict if k.startswith("visual.") and k.endswith(".attn.in_proj_weight")])
         grid = round((shape("visual.positional_embedding")[0] - 1) ** 0.5)
         mlp = shape("visual.transformer.resblocks.0.mlp.c_fc.weight")[0]
         vision = VisionConfig(
-            image_size=patch_size * grid, layers=layers, width=width, patch_size=patch_size, mlp_ratio=mlp / width
+            image_size=patch_size * grid, layers=layers, width=width, patch_size=patch_size, mlp_ratio=mlp / width,
+            ls_init_value=layer_scale("visual.transformer."), no_ln_pre="visual.ln_pre.weight" not in state_dict,
         )
     else:
         layers = tuple(count(f"visual.layer{b}", 2) for b in (1, 2, 3, 4))
@@ -200,6 +247,7 @@ def config_from_state_dict(state_dict: Mapping[str, Any], activation: str = "qui
         vision = VisionConfig(image_size=grid * 32, layers=layers, width=width, patch_size=None)
 
     text_width = shape("ln_final.weight")[0]
+    proj_bias = "text_projection.weight" in state_dict  # open_clip's proj_bias: an nn.Linear [out, in]
     text = TextConfig(
         context_length=shape("positional_embedding")[0],
         vocab_size=shape("token_embedding.weight")[0],
@@ -207,5 +255,172 @@ def config_from_state_dict(state_dict: Mapping[str, Any], activation: str = "qui
         heads=text_width // 64,
         layers=count("transformer.resblocks", 2),
         mlp_ratio=shape("transformer.resblocks.0.mlp.c_fc.weight")[0] / text_width,
+        ls_init_value=layer_scale("transformer."),
+        proj_bias=proj_bias,
     )
-    return CLIPConfig(embed_dim=shape("text_projection")[1], vision=vision, text=text, activation=activation)
+    embed_dim = shape("text_projection.weight")[0] if proj_bias else shape("text_projection")[1]
+    return CLIPConfig(embed_dim=embed_dim, vision=vision, text=text, activation=activation)
+
+
+# --- open_clip's model configs --------------------------------------------------------------------
+#
+# open_clip describes a model by a JSON model_cfg (embed_dim, vision_cfg, text_cfg, quick_gelu, ...) and a
+# preprocess_cfg. Every field either maps to this config, provably changes nothing for inference in
+# open_clip's CLIP class (listed in _NO_OP with the reason), or is refused: a field we don't know might
+# change the numbers, and a silently different model is worse than an error.
+
+_NO_OP = {
+    "patch_dropout": "drops patches in training only",
+    "output_tokens": "changes what open_clip returns, not the features",
+    "attn_pooler_queries": "read only with attentional_pool",
+    "attn_pooler_heads": "read only with attentional_pool",
+    "pad_id": "open_clip's CLIP text tower has no padding mask",
+    "final_ln_after_pool": "the text LayerNorm is per token, so pooling first changes nothing",
+    "init_logit_scale": "initial value only",
+    "nonscalar_logit_scale": "logit_scale of shape [1] instead of []",
+    "output_dict": "changes what open_clip returns",
+    "cast_dtype": "a runtime choice: pass dtype= to clip_jax",
+    "timm_model_pretrained": "read only with timm_model_name",
+    "timm_pool": "read only with timm_model_name",
+    "timm_proj": "read only with timm_model_name",
+    "timm_proj_bias": "read only with timm_model_name",
+    "timm_drop": "read only with timm_model_name",
+    "timm_drop_path": "read only with timm_model_name",
+    "hf_model_pretrained": "read only with hf_model_name",
+    "hf_proj_type": "read only with hf_model_name",
+    "hf_pooler_type": "read only with hf_model_name",
+}
+
+# Fields that change the model in ways clip_jax doesn't implement: refused unless they hold this value.
+_REFUSED_UNLESS = {
+    "timm_model_name": None, "hf_model_name": None, "attentional_pool": False, "embed_cls": False,
+    "block_type": ("default", None), "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
+    "scale_attn_inner": False, "scale_attn": False, "scale_fc": False, "act_kwargs": (None, {}),
+    "proj_type": "linear", "pos_embed_type": ("learnable", "sin_cos_2d"), "custom_text": False,
+    "init_logit_bias": None, "multimodal_cfg": None,
+    # clip_jax.tokenize is OpenAI's BPE: a model trained on another tokenizer's ids would get wrong input.
+    "hf_tokenizer_name": (None, ""), "tokenizer_mode": None, "tokenizer_kwargs": (None, {}),
+}
+
+
+def _refuse(where: str, field_name: str, value: Any, why: str = "") -> None:
+    raise ValueError(f"not supported: {where}{field_name}={value!r}" + (f" ({why})" if why else ""))
+
+
+def _check_fields(cfg: Mapping[str, Any], supported: set[str], where: str) -> None:
+    for name, value in cfg.items():
+        if name in supported or name in _NO_OP:
+            continue
+        if name in _REFUSED_UNLESS:
+            allowed = _REFUSED_UNLESS[name]
+            allowed = allowed if isinstance(allowed, tuple) else (allowed,)
+            if not any(value == a for a in allowed):
+                _refuse(where, name, value)
+            continue
+        _refuse(where, name, value, "an open_clip field clip_jax doesn't know")
+
+
+def _square(value: Any, where: str) -> int:
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2 or value[0] != value[1]:
+            _refuse(where, "", value, "only square sizes")
+        return int(value[0])
+    return int(value)
+
+
+def _norm_eps(cfg: Mapping[str, Any], where: str) -> float | None:
+    kwargs = cfg.get("norm_kwargs") or {}
+    extra = set(kwargs) - {"eps"}
+    if extra:
+        _refuse(where, "norm_kwargs", kwargs, "only eps")
+    return kwargs.get("eps")
+
+
+_VISION_FIELDS = {
+    "layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size", "ls_init_value", "pool_type",
+    "final_ln_after_pool", "no_ln_pre", "norm_kwargs",
+}
+_TEXT_FIELDS = {
+    "context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value", "no_causal_mask",
+    "pool_type", "eos_id", "proj_bias", "norm_kwargs",
+}
+_MODEL_FIELDS = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu"}
+_PREPROCESS_FIELDS = {"size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color"}
+
+
+def config_from_open_clip(
+    model_cfg: Mapping[str, Any], preprocess_cfg: Mapping[str, Any] | None = None, *, quick_gelu: bool | None = None
+) -> CLIPConfig:
+    """An open_clip model config (`open_clip.get_model_config(name)`, or "model_cfg" of a Hub
+    open_clip_config.json) and its "preprocess_cfg" -> CLIPConfig.
+
+    quick_gelu overrides the model config's flag (a pretrained tag records the activation it was trained
+    with). Raises ValueError("not supported: <field>=<value>") for any field clip_jax does not implement.
+    """
+    model_cfg = dict(model_cfg)
+    _check_fields(model_cfg, _MODEL_FIELDS, "")
+    v, t = dict(model_cfg.get("vision_cfg") or {}), dict(model_cfg.get("text_cfg") or {})
+    _check_fields(v, _VISION_FIELDS, "vision_cfg.")
+    _check_fields(t, _TEXT_FIELDS, "text_cfg.")
+    if quick_gelu is None:
+        quick_gelu = bool(model_cfg.get("quick_gelu", False))
+
+    # open_clip's defaults (CLIPVisionCfg / CLIPTextCfg) for the fields a config may leave out.
+    layers = v.get("layers", 12)
+    resnet = isinstance(layers, (list, tuple))
+    width = int(v.get("width", 768))
+    head_width = int(v.get("head_width", 64))
+    if width * (32 if resnet else 1) % head_width:
+        _refuse("vision_cfg.", "head_width", head_width, f"does not divide the width {width}")
+    vision = VisionConfig(
+        image_size=_square(v.get("image_size", 224), "vision_cfg.image_size"),
+        layers=tuple(layers) if resnet else int(layers),
+        width=width,
+        patch_size=None if resnet else _square(v.get("patch_size", 16), "vision_cfg.patch_size"),
+        heads=width * 32 // head_width if resnet else width // head_width,
+        mlp_ratio=float(v.get("mlp_ratio", 4.0)),
+        ls_init_value=v.get("ls_init_value"),
+        pool_type=v.get("pool_type", "tok"),
+        final_ln_after_pool=bool(v.get("final_ln_after_pool", False)),
+        no_ln_pre=bool(v.get("no_ln_pre", False)),
+    )
+    text = TextConfig(
+        context_length=int(t.get("context_length", 77)),
+        vocab_size=int(t.get("vocab_size", 49408)),
+        width=int(t.get("width", 512)),
+        heads=int(t.get("heads", 8)),
+        layers=int(t.get("layers", 12)),
+        mlp_ratio=float(t.get("mlp_ratio", 4.0)),
+        ls_init_value=t.get("ls_init_value"),
+        no_causal_mask=bool(t.get("no_causal_mask", False)),
+        pool_type=t.get("pool_type", "argmax"),
+        eos_id=int(t.get("eos_id", 2)),
+        proj_bias=bool(t.get("proj_bias", False)),
+    )
+
+    # One LayerNorm eps for the model: open_clip's norm_kwargs may set it per tower (the vision one is
+    # read only by a ViT); a ResNet's BatchNorm keeps torch's 1e-5.
+    text_eps = _norm_eps(t, "text_cfg.")
+    vision_eps = None if resnet else _norm_eps(v, "vision_cfg.")
+    eps = {e if e is not None else 1e-5 for e in (text_eps, vision_eps)}
+    if len(eps) > 1 or (resnet and eps != {1e-5}):
+        _refuse("", "norm_kwargs", {"vision": vision_eps, "text": text_eps}, "one LayerNorm eps for both towers")
+
+    pp = dict(preprocess_cfg or {})
+    unknown = set(pp) - _PREPROCESS_FIELDS
+    if unknown:
+        _refuse("preprocess_cfg.", sorted(unknown)[0], pp[sorted(unknown)[0]], "an unknown preprocessing field")
+    if pp.get("mode", "RGB") != "RGB":
+        _refuse("preprocess_cfg.", "mode", pp["mode"])
+    return CLIPConfig(
+        embed_dim=int(model_cfg.get("embed_dim", 512)),
+        vision=vision,
+        text=text,
+        activation="quick_gelu" if quick_gelu else "gelu",
+        layer_norm_eps=eps.pop(),
+        image_mean=tuple(pp.get("mean") or OPENAI_MEAN),
+        image_std=tuple(pp.get("std") or OPENAI_STD),
+        resize_mode=pp.get("resize_mode") or "shortest",
+        interpolation=pp.get("interpolation") or "bicubic",
+        fill_color=int(pp.get("fill_color") or 0),
+    )

@@ -12,12 +12,14 @@ bfloat16/float16 compute dtype, LayerNorm, softmax, the feature normalization an
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Mapping
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from .config import CLIPConfig, TextConfig, VisionConfig
@@ -79,18 +81,36 @@ class MLP(nnx.Module):
         return self.c_proj(ACTIVATIONS[self.activation](self.c_fc(x)))
 
 
+class LayerScale(nnx.Module):
+    """open_clip's LayerScale: x * gamma, one learned gain per channel."""
+
+    def __init__(self, width: int, init_value: float):
+        self.gamma = nnx.Param(jnp.full((width,), init_value, jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x * self.gamma[...].astype(x.dtype)
+
+
 class ResidualAttentionBlock(nnx.Module):
-    def __init__(self, width: int, heads: int, mlp_width: int, cfg: CLIPConfig, *, dtype, precision, attention, rngs):
+    def __init__(self, width: int, heads: int, mlp_width: int, cfg: CLIPConfig, *, ls_init_value: float | None = None,
+                 dtype, precision, attention, rngs):
         self.dtype = dtype
         self.ln_1 = _layer_norm(width, cfg.layer_norm_eps, rngs)
         self.attn = MultiheadAttention(width, heads, dtype=dtype, precision=precision, attention=attention, rngs=rngs)
         self.ln_2 = _layer_norm(width, cfg.layer_norm_eps, rngs)
         self.mlp = MLP(width, mlp_width, cfg.activation, dtype=dtype, precision=precision, rngs=rngs)
+        # open_clip: ls_1 / ls_2 scale the attention and MLP branches (Identity when ls_init_value is None).
+        if ls_init_value is not None:
+            self.ls_1 = LayerScale(width, ls_init_value)
+            self.ls_2 = LayerScale(width, ls_init_value)
+        self.layer_scale = ls_init_value is not None
 
     def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
         # LayerNorm returns float32; cast back so the residual stream stays in the compute dtype.
-        x = x + self.attn(self.ln_1(x).astype(self.dtype), causal=causal)
-        return x + self.mlp(self.ln_2(x).astype(self.dtype))
+        attn = self.attn(self.ln_1(x).astype(self.dtype), causal=causal)
+        x = x + (self.ls_1(attn) if self.layer_scale else attn)
+        mlp = self.mlp(self.ln_2(x).astype(self.dtype))
+        return x + (self.ls_2(mlp) if self.layer_scale else mlp)
 
 
 class Transformer(nnx.Module):
@@ -114,14 +134,18 @@ class VisionTransformer(nnx.Module):
         )
         self.class_embedding = nnx.Param(scale * jax.random.normal(rngs.params(), (v.width,)))
         self.positional_embedding = nnx.Param(scale * jax.random.normal(rngs.params(), (v.grid_size**2 + 1, v.width)))
-        self.ln_pre = _layer_norm(v.width, cfg.layer_norm_eps, rngs)
+        if not v.no_ln_pre:  # open_clip's no_ln_pre: nn.Identity, no params
+            self.ln_pre = _layer_norm(v.width, cfg.layer_norm_eps, rngs)
         self.transformer = Transformer(
-            v.width, v.layers, v.heads, v.mlp_width, cfg, dtype=dtype, precision=precision, attention=attention,
-            rngs=rngs,
+            v.width, v.layers, v.heads, v.mlp_width, cfg, ls_init_value=v.ls_init_value, dtype=dtype,
+            precision=precision, attention=attention, rngs=rngs,
         )
         self.ln_post = _layer_norm(v.width, cfg.layer_norm_eps, rngs)
         self.proj = nnx.Param(scale * jax.random.normal(rngs.params(), (v.width, cfg.embed_dim)))
         self.precision = precision
+        self.pool_type = v.pool_type
+        self.final_ln_after_pool = v.final_ln_after_pool
+        self.no_ln_pre = v.no_ln_pre
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [N, H, W, 3] normalized -> [N, embed_dim] float32."""
@@ -130,9 +154,15 @@ class VisionTransformer(nnx.Module):
         x = x.reshape(n, gh * gw, width)
         cls = jnp.broadcast_to(self.class_embedding[...].astype(x.dtype), (n, 1, width))
         x = jnp.concatenate([cls, x], axis=1) + self.positional_embedding[...].astype(x.dtype)
-        x = self.ln_pre(x).astype(self.dtype)
+        if not self.no_ln_pre:
+            x = self.ln_pre(x).astype(self.dtype)
         x = self.transformer(x)
-        x = self.ln_post(x[:, 0])
+        if self.pool_type == "tok":  # LayerNorm is per token: normalizing only the class token is the same
+            x = self.ln_post(x[:, 0])
+        elif self.final_ln_after_pool:  # 'avg', as open_clip's CLIPA models: mean of patch tokens, then LN
+            x = self.ln_post(x[:, 1:].astype(jnp.float32).mean(axis=1))
+        else:  # 'avg': LN on every token, then the mean of the patch tokens
+            x = self.ln_post(x[:, 1:]).mean(axis=1)
         return _project(x, self.proj[...], self.dtype, self.precision)
 
 
@@ -284,24 +314,51 @@ class TextTransformer(nnx.Module):
         )
         self.positional_embedding = nnx.Param(0.01 * jax.random.normal(rngs.params(), (t.context_length, t.width)))
         self.transformer = Transformer(
-            t.width, t.layers, t.heads, t.mlp_width, cfg, dtype=dtype, precision=precision, attention=attention,
-            rngs=rngs,
+            t.width, t.layers, t.heads, t.mlp_width, cfg, ls_init_value=t.ls_init_value, dtype=dtype,
+            precision=precision, attention=attention, rngs=rngs,
         )
         self.ln_final = _layer_norm(t.width, cfg.layer_norm_eps, rngs)
-        self.text_projection = nnx.Param(t.width**-0.5 * jax.random.normal(rngs.params(), (t.width, cfg.embed_dim)))
+        if t.proj_bias:  # open_clip's proj_bias: an nn.Linear (weight [out, in] + bias) instead of a matrix
+            self.text_projection = _dense(t.width, cfg.embed_dim, dtype, precision, rngs, std=t.width**-0.5)
+        else:
+            self.text_projection = nnx.Param(
+                t.width**-0.5 * jax.random.normal(rngs.params(), (t.width, cfg.embed_dim))
+            )
+        self.text_config = t
 
     def text_features(self, tokens: jax.Array) -> jax.Array:
         """tokens: int [N, L], L <= context_length -> [N, embed_dim] float32 (not normalized).
 
-        Causal mask only: id 0 is a real token ("!"), so there is no padding mask. Pooling takes the EOT
-        position, which is argmax(tokens) because EOT (49407) is the largest id.
+        No padding mask: id 0 is a real token ("!"). With OpenAI's settings the mask is causal and pooling
+        takes the EOT position, argmax(tokens) (EOT, 49407, is the largest id); then L may be anything up
+        to context_length. Towers that aren't `trimmable` (bidirectional, or pooled at the last position)
+        need L == context_length, as open_clip always runs them.
         """
+        t = self.text_config
         n, length = tokens.shape
+        if length != t.context_length and not t.trimmable:
+            raise ValueError(
+                f"this text tower (no_causal_mask={t.no_causal_mask}, pool_type={t.pool_type!r}) needs all "
+                f"{t.context_length} token columns; got {length}: don't trim its tokens"
+            )
         x = self.token_embedding(tokens) + self.positional_embedding[:length].astype(self.dtype)
-        x = self.transformer(x, causal=True)
-        x = x[jnp.arange(n), jnp.argmax(tokens, axis=-1)]
+        x = self.transformer(x, causal=t.causal)
+        x = x[jnp.arange(n), _pool_index(tokens, t)]
         x = self.ln_final(x)  # per-token, so pooling first gives the same numbers for less work
+        if t.proj_bias:
+            proj, bias = self.text_projection.kernel[...], self.text_projection.bias[...]
+            return _project(x, proj, self.dtype, self.precision) + bias.astype(jnp.float32)
         return _project(x, self.text_projection[...], self.dtype, self.precision)
+
+
+def _pool_index(tokens: jax.Array, t: TextConfig) -> jax.Array:
+    """The position each row's text feature is read from (open_clip's text_global_pool)."""
+    n, length = tokens.shape
+    if t.pool_type == "argmax":
+        return jnp.argmax(tokens, axis=-1)
+    if t.pool_type == "eos":  # the first eos_id; 0 when a row has none, as torch's argmax of all-False
+        return jnp.argmax(tokens == t.eos_id, axis=-1)
+    return jnp.full((n,), 0 if t.pool_type == "first" else length - 1)
 
 
 class CLIP(TextTransformer):
@@ -362,9 +419,11 @@ class CLIP(TextTransformer):
 
 
 def normalize_pixels(pixels: jax.Array, mean, std) -> jax.Array:
-    """uint8 [..., 3] pixels -> float32 (x / 255 - mean) / std, torchvision's ToTensor + Normalize."""
-    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
-    return (pixels.astype(jnp.float32) / 255.0 - mean) / std
+    """uint8 [..., 3] pixels -> float32 (x / 255 - mean) / std, bit-identical to torchvision's ToTensor +
+    Normalize (a 768-entry table lookup: XLA would turn / 255 into * (1 / 255), 1 ulp off)."""
+    from .image import normalize as normalize_uint8
+
+    return normalize_uint8(pixels, mean, std)
 
 
 def normalize(x: jax.Array) -> jax.Array:
@@ -435,13 +494,12 @@ def build(
 ) -> CLIP:
     """A CLIP holding `params` (flat clip_jax names, e.g. from checkpoint.store.load), cast to
     `param_dtype`; random init from `seed` when params is None. Names and shapes are checked first."""
-    make = lambda: CLIP(config, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=nnx.Rngs(seed))
     if params is None:
-        return make()
+        return CLIP(config, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=nnx.Rngs(seed))
     from .checkpoint.convert import check_params
 
     check_params(params, config)
-    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    graphdef, abstract = abstract_model(config, dtype=dtype, param_dtype=param_dtype, attention=attention)
     leaves = [
         (path, var.replace(jnp.asarray(params[".".join(map(str, path))], dtype=var.dtype)))
         for path, var in nnx.to_flat_state(abstract)
@@ -449,6 +507,95 @@ def build(
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
 
+class _ShapeOnlyRngs:
+    """Stands in for nnx.Rngs when only shapes are wanted: every draw is the same key. With flax 0.12
+    each real draw under tracing updates a counter whose check builds an error message that walks the
+    whole trace so far, so a big model's abstract construction takes time quadratic in its size (20 s
+    for ViT-bigG-14; 1.6 s with this)."""
+
+    def params(self) -> jax.Array:
+        return jax.random.key(0)
+
+
+@lru_cache(maxsize=16)
+def abstract_model(
+    config: CLIPConfig, *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, attention: str | None = None
+) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, state of jax.ShapeDtypeStruct) of CLIP(config, ...), without allocating it. Cached."""
+
+    def make(rngs) -> CLIP:
+        return CLIP(config, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=rngs)
+
+    try:
+        return nnx.split(nnx.eval_shape(lambda: make(_ShapeOnlyRngs())))
+    except (TypeError, AttributeError):  # a flax that insists on a real Rngs
+        return nnx.split(nnx.eval_shape(lambda: make(nnx.Rngs(0))))
+
+
 def flat_params(model: CLIP) -> dict[str, jax.Array]:
     """The model's params and BatchNorm statistics by clip_jax name (the converted file's keys)."""
     return {".".join(map(str, path)): var[...] for path, var in nnx.to_flat_state(nnx.state(model))}
+
+
+# --- positional-embedding interpolation -----------------------------------------------------------
+
+
+def _cubic(x: np.ndarray, a: float) -> np.ndarray:
+    """Keys' cubic convolution kernel with parameter a (torch: -0.75 plain, -0.5 antialiased, as PIL)."""
+    x = np.abs(x)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+
+
+def bicubic_weights(in_size: int, out_size: int, antialias: bool = True) -> np.ndarray:
+    """[out_size, in_size] float64 matrix of torch's F.interpolate(mode="bicubic", align_corners=False)
+    along one axis.
+
+    antialias=True is torch's separable "aa" kernel (as PIL): a = -0.5, taps over the input pixels that
+    fall inside the support (stretched by the scale when downsampling), weights normalized to sum 1.
+    antialias=False is the plain kernel: a = -0.75, four taps with indices clamped at the border.
+    jax.image.resize's bicubic matches neither (a = -0.5 and a different border), hence this table.
+    """
+    scale = in_size / out_size
+    out = np.zeros((out_size, in_size))
+    if antialias:
+        # aten/src/ATen/native/cpu/UpSampleKernel.cpp, _compute_indices_min_size_weights_aa.
+        support = 2.0 * scale if scale >= 1.0 else 2.0
+        invscale = 1.0 / scale if scale >= 1.0 else 1.0
+        for i in range(out_size):
+            center = scale * (i + 0.5)
+            lo = max(int(center - support + 0.5), 0)  # int() truncates toward zero, like static_cast
+            hi = min(int(center + support + 0.5), in_size)
+            w = _cubic((np.arange(lo, hi) - center + 0.5) * invscale, -0.5)
+            out[i, lo:hi] = w / w.sum() if w.sum() != 0 else w
+        return out
+    for i in range(out_size):
+        real = scale * (i + 0.5) - 0.5  # not clamped at 0 for cubic (area_pixel_compute_source_index)
+        base = int(np.floor(real))
+        t = real - base
+        for k, w in zip(range(-1, 3), _cubic(np.array([t + 1, t, 1 - t, 2 - t]), -0.75)):
+            out[i, min(max(base + k, 0), in_size - 1)] += w
+    return out
+
+
+def resize_pos_embed(pos_embed, grid_size: int, antialias: bool = True) -> np.ndarray:
+    """A ViT's positional embedding [1 + g*g, D] (class token first) -> [1 + grid_size**2, D].
+
+    As open_clip's resize_pos_embed: the class token's row is kept, the g x g grid is resized with
+    torch's bicubic F.interpolate(align_corners=False, antialias=True). Computed in float64 and returned
+    in the input's dtype.
+    """
+    pos_embed = np.asarray(pos_embed)
+    if pos_embed.ndim != 2:
+        raise ValueError(f"positional embedding must be [1 + grid**2, width]; got shape {pos_embed.shape}")
+    n, width = pos_embed.shape
+    g = math.isqrt(n - 1) if n > 1 else 0
+    if g * g + 1 != n:
+        raise ValueError(f"positional embedding has {n} rows, not a square grid + 1 class token")
+    if grid_size == g:
+        return pos_embed
+    rows = bicubic_weights(g, grid_size, antialias)
+    grid = pos_embed[1:].astype(np.float64).reshape(g, g, width)
+    grid = np.einsum("ij,jkd,lk->ild", rows, grid, rows).reshape(grid_size * grid_size, width)
+    return np.concatenate([pos_embed[:1], grid.astype(pos_embed.dtype)], axis=0)

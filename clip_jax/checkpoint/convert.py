@@ -64,10 +64,10 @@ def expected_params(config: CLIPConfig) -> dict[str, tuple[int, ...]]:
     """The flat param names of a model and their shapes, without allocating it."""
     from flax import nnx
 
-    from ..model import CLIP
+    from ..model import abstract_model
 
-    abstract = nnx.eval_shape(lambda: CLIP(config, rngs=nnx.Rngs(0)))
-    return {".".join(map(str, path)): tuple(v.shape) for path, v in nnx.to_flat_state(nnx.state(abstract))}
+    _, abstract = abstract_model(config)
+    return {".".join(map(str, path)): tuple(v.shape) for path, v in nnx.to_flat_state(abstract)}
 
 
 def from_torch(state_dict: Mapping[str, np.ndarray], config: CLIPConfig | None = None) -> tuple[CLIPConfig, dict[str, np.ndarray]]:
