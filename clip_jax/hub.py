@@ -1,46 +1,259 @@
-"""clip_jax.load: a model and its preprocessing from a file."""
+"""clip_jax.load: a model and its preprocessing from a name, the Hugging Face Hub, or a file.
+
+    load("ViT-B/32")                                  OpenAI's weights, from OpenAI's URL, SHA-256 verified
+    load("ViT-B-32/laion2b_s34b_b79k")                an open_clip pretrained tag (see available_models())
+    load("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")   any open_clip repo on the Hub (@revision optional)
+    load("ViT-B-32.pt"), load("model.safetensors")    a PyTorch checkpoint or a converted clip_jax file
+
+Downloads land in the cache (cache_dir=, else $CLIP_JAX_CACHE, else ~/.cache/clip_jax); Hub files in
+Hugging Face's own cache (HF_HUB_CACHE, HF_HUB_OFFLINE honoured). The converted params are cached as a
+clip_jax .safetensors named after the source's SHA-256, so a second load skips the conversion and a
+changed source is converted again.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import jax.numpy as jnp
+import numpy as np
 
-from .checkpoint import read_params
-from .config import PRESETS
-from .model import CLIP, build
+from . import pretrained
+from .checkpoint import read_params, store
+from .config import CLIPConfig, config_from_open_clip
+from .download import default_cache_dir, download, sha256_file
+from .model import CLIP, build, resize_pos_embed
+from .pretrained import Pretrained
+
+HF_PREFIX = "hf-hub:"
+HF_CONFIG = "open_clip_config.json"
+HF_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip's order
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+Params = dict[str, np.ndarray]
 
 
 def available_models() -> list[str]:
-    """The names `load` knows: OpenAI's nine models."""
-    return list(PRESETS)
+    """The names `load` downloads: OpenAI's nine models first, then open_clip's tags as "arch/tag"."""
+    return pretrained.available_models()
 
 
 def load(
-    name_or_path: str | os.PathLike,
+    name_or_path: str | os.PathLike | tuple[str, str] | Pretrained,
     *,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     attention: str | None = None,
+    config: CLIPConfig | None = None,
+    image_size: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
 ) -> tuple[CLIP, Callable]:
     """-> (model, preprocess), like `clip.load`.
 
-    name_or_path: a converted clip_jax .safetensors, or a PyTorch checkpoint (OpenAI's TorchScript .pt,
-    open_clip's .bin/.pt/.safetensors), converted in memory. dtype: compute dtype; param_dtype: storage.
-    preprocess: PIL image -> float32 [n_px, n_px, 3], as the weights expect.
+    name_or_path: a name from available_models() (or another accepted spelling, see clip_jax.pretrained),
+      an (architecture, tag) pair, "hf-hub:org/repo[@revision]", a Pretrained entry, or a file: a
+      converted clip_jax .safetensors, or a PyTorch checkpoint (OpenAI's TorchScript .pt, open_clip's
+      .bin/.pt/.safetensors) converted in memory.
+    config: the architecture of a PyTorch checkpoint file, for what its shapes don't show (exact GELU,
+      head width, pooling; e.g. config_from_open_clip(open_clip_model_cfg)). Default: an
+      open_clip_config.json beside the file if there is one, else inferred as OpenAI's build_model does.
+    image_size: run a ViT at another resolution; its positional embedding is resized bicubically as
+      open_clip's resize_pos_embed does (see model.resize_pos_embed).
+    dtype: compute dtype; param_dtype: storage dtype.
+    preprocess: PIL image -> float32 [n_px, n_px, 3], with the weights' own mean, std, resize mode and
+      interpolation.
     """
     from .image import image_transform
 
-    path = Path(name_or_path)
-    if not path.exists():
-        known = ", ".join(available_models())
-        raise FileNotFoundError(f"{name_or_path}: no such file (downloadable models: {known})")
-    config, params = read_params(path)
+    config, params = load_params(name_or_path, config=config, cache_dir=cache_dir, progress=progress)
+    if image_size is not None:
+        config, params = with_image_size(config, params, image_size)
     model = build(config, params, dtype=dtype, param_dtype=param_dtype, attention=attention)
     preprocess = image_transform(
         config.vision.image_size, mean=config.image_mean, std=config.image_std,
-        resize_mode=config.resize_mode, interpolation=config.interpolation,
+        resize_mode=config.resize_mode, interpolation=config.interpolation, fill_color=config.fill_color,
     )
     return model, preprocess
+
+
+def load_params(
+    name_or_path: str | os.PathLike | tuple[str, str] | Pretrained,
+    *,
+    config: CLIPConfig | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> tuple[CLIPConfig, Params]:
+    """What `load` builds the model from: (config, flat clip_jax params as numpy arrays)."""
+    if config is not None and not (isinstance(name_or_path, (str, os.PathLike)) and Path(name_or_path).is_file()):
+        raise ValueError("config= is for checkpoint files; a model name or hf-hub: repo brings its own config")
+    if isinstance(name_or_path, Pretrained):
+        return _from_pretrained(name_or_path, cache_dir, progress)
+    if isinstance(name_or_path, str) and name_or_path.startswith(HF_PREFIX):
+        repo_id, _, revision = name_or_path[len(HF_PREFIX):].partition("@")
+        return _from_hub(repo_id, revision or None, cache_dir)
+    if isinstance(name_or_path, tuple) or not Path(name_or_path).is_file():
+        entry = pretrained.resolve(name_or_path if isinstance(name_or_path, tuple) else str(name_or_path))
+        if entry is not None:
+            return _from_pretrained(entry, cache_dir, progress)
+    if isinstance(name_or_path, tuple):
+        raise ValueError(f"unknown pretrained model {name_or_path!r}; {pretrained.suggest('/'.join(name_or_path))}"
+                         "clip_jax.available_models() lists them")
+    path = Path(name_or_path)
+    if path.is_file():
+        return _from_file(path, config)
+    if path.suffix in CHECKPOINT_SUFFIXES or path.parent.is_dir() and str(path.parent) != ".":
+        raise FileNotFoundError(f"{path}: no such file")
+    raise ValueError(
+        f"unknown model {str(name_or_path)!r} (and no such file); {pretrained.suggest(name_or_path)}"
+        f"clip_jax.available_models() lists the names, '{HF_PREFIX}org/repo' loads from the Hugging Face Hub"
+    )
+
+
+def with_image_size(config: CLIPConfig, params: Params, image_size: int) -> tuple[CLIPConfig, Params]:
+    """A ViT's config and params for another input resolution (positional embedding resized)."""
+    v = config.vision
+    if image_size == v.image_size:
+        return config, params
+    if v.is_resnet:
+        raise ValueError(f"image_size={image_size}: only a ViT's resolution can be changed (this is a ResNet)")
+    if image_size <= 0 or image_size % v.patch_size:
+        raise ValueError(f"image_size={image_size} is not a positive multiple of the patch size {v.patch_size}")
+    params = dict(params)
+    key = "visual.positional_embedding"
+    params[key] = resize_pos_embed(params[key], image_size // v.patch_size)
+    return dataclasses.replace(config, vision=dataclasses.replace(v, image_size=image_size)), params
+
+
+# --- sources --------------------------------------------------------------------------------------
+
+
+def _from_file(path: Path, config: CLIPConfig | None) -> tuple[CLIPConfig, Params]:
+    if config is None and not store.is_converted(path) and (path.parent / HF_CONFIG).is_file():
+        # A Hub snapshot or open_clip's local-dir layout: the weights' own config beside them.
+        config = _open_clip_config(path.parent / HF_CONFIG, str(path.parent / HF_CONFIG))
+    return read_params(path, config)
+
+
+def _from_pretrained(entry: Pretrained, cache_dir, progress: bool) -> tuple[CLIPConfig, Params]:
+    config = entry.config()
+    if entry.url:
+        directory = default_cache_dir(cache_dir)
+        path, digest = download(entry.url, entry.sha256, cache_dir=directory, progress=progress)
+        return _converted(path, digest, config, directory)
+    if entry.hf_hub:
+        names = (entry.filename,) if entry.filename else HF_WEIGHTS
+        if entry.filename and Path(entry.filename).suffix in (".bin", ".pth", ".pt"):
+            names = (str(Path(entry.filename).with_suffix(".safetensors")), entry.filename)  # as open_clip
+        path = _hf_weights(entry.hf_hub, None, names)
+        return _converted(path, _content_digest(path), config, _hub_dir(cache_dir, entry.hf_hub))
+    raise ValueError(f"{entry.name}: the registry entry has neither a url nor an hf_hub repo")
+
+
+def _from_hub(repo_id: str, revision: str | None, cache_dir) -> tuple[CLIPConfig, Params]:
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        raise ValueError(f"{HF_PREFIX}{repo_id}: expected {HF_PREFIX}org/repo")
+    where = f"{HF_PREFIX}{repo_id}"
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        config_path = _hf_file(repo_id, HF_CONFIG, revision)
+    except EntryNotFoundError as e:
+        raise FileNotFoundError(f"{where}: no {HF_CONFIG} ({type(e).__name__}): not an open_clip repo, or "
+                                "not in the local cache in offline mode") from None
+    config = _open_clip_config(config_path, where)
+    path = _hf_weights(repo_id, revision, HF_WEIGHTS)
+    return _converted(path, _content_digest(path), config, _hub_dir(cache_dir, repo_id))
+
+
+def _open_clip_config(path: str | Path, where: str) -> CLIPConfig:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{where}: unreadable {HF_CONFIG}: {e}") from None
+    if not isinstance(data, dict) or "model_cfg" not in data:
+        raise ValueError(f"{where}: {HF_CONFIG} has no 'model_cfg'")
+    try:
+        return config_from_open_clip(data["model_cfg"], data.get("preprocess_cfg"))
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+# --- the Hugging Face Hub -------------------------------------------------------------------------
+
+
+def _hf_file(repo_id: str, filename: str, revision: str | None) -> str:
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub import constants as hf_constants
+    except ImportError:
+        raise ImportError("loading from the Hugging Face Hub needs huggingface_hub: pip install huggingface_hub") from None
+    # huggingface_hub reads these variables once, at import; read them again so a later setting counts.
+    offline = hf_constants.HF_HUB_OFFLINE or _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+    return hf_hub_download(
+        repo_id, filename, revision=revision, cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+        local_files_only=offline, library_name="clip_jax",
+    )
+
+
+def _hf_weights(repo_id: str, revision: str | None, names: tuple[str, ...]) -> Path:
+    from huggingface_hub.errors import EntryNotFoundError
+
+    errors = []
+    for name in names:
+        try:
+            return Path(_hf_file(repo_id, name, revision))
+        except EntryNotFoundError as e:  # not in the repo, or (offline) not in the local cache
+            errors.append(f"{name}: {type(e).__name__}")
+    offline = " in the local cache (offline mode)" if _env_true("HF_HUB_OFFLINE") else ""
+    raise FileNotFoundError(f"{HF_PREFIX}{repo_id}: no weights{offline}: {'; '.join(errors)}")
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hub_dir(cache_dir, repo_id: str) -> Path:
+    # Our converted files stay out of Hugging Face's cache, which its own tools manage.
+    return default_cache_dir(cache_dir) / "hf-hub" / repo_id.replace("/", "--")
+
+
+def _content_digest(path: Path) -> str:
+    """The SHA-256 of a file. Hugging Face's cache names a large (LFS) file's blob by its SHA-256, so a
+    snapshot link to a 64-hex blob name gives it without reading the file."""
+    blob = Path(os.path.realpath(path)).name
+    return blob if re.fullmatch(r"[0-9a-f]{64}", blob) else sha256_file(path)
+
+
+# --- the converted-params cache -------------------------------------------------------------------
+
+
+def _converted(src: Path, digest: str, config: CLIPConfig | None, directory: Path) -> tuple[CLIPConfig, Params]:
+    """read_params(src, config), cached as <directory>/<src stem>.<digest[:16]>.safetensors."""
+    stem = src.stem
+    dst = directory / f"{stem}.{digest[:16]}.safetensors"
+    if dst.is_file():
+        try:
+            cached_config, params = store.load(dst)
+            if config is None or cached_config == config:
+                return cached_config, params
+        except (OSError, ValueError):
+            pass  # unreadable (e.g. cut short by a full disk): convert again
+    config, params = read_params(src, config)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        store.save(dst, params, config)
+    except OSError as e:  # a read-only cache still loads, only slower next time
+        warnings.warn(f"could not cache the converted params at {dst}: {e}", stacklevel=3)
+        return config, params
+    stale = re.compile(re.escape(stem) + r"\.[0-9a-f]{16}\.safetensors")
+    for old in directory.iterdir():
+        if old != dst and stale.fullmatch(old.name):
+            old.unlink(missing_ok=True)  # converted from a source that has since changed
+    return config, params

@@ -1,0 +1,175 @@
+"""Verified downloads into a local cache.
+
+`download(url, sha256)` streams to a temporary file in the cache directory, hashing as it goes, checks
+the length the server announced and the SHA-256, and only then renames the file into place (atomic on
+POSIX), so the cache never holds a partial or unverified file under its real name. A cached file is
+re-hashed on every use, as clip.load does, and fetched again if it no longer matches.
+
+The cache directory: the `cache_dir` argument, else $CLIP_JAX_CACHE, else ~/.cache/clip_jax.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import socket
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from pathlib import Path
+
+CHUNK = 1 << 20
+ENV_CACHE = "CLIP_JAX_CACHE"
+
+
+class DownloadError(OSError):
+    """A download failed (network, HTTP status, truncated transfer); nothing was left in the cache."""
+
+    retryable = True  # network errors, 5xx, truncation; not a 404 or a checksum mismatch
+
+
+class ChecksumError(DownloadError):
+    """The bytes received don't have the expected SHA-256."""
+
+    retryable = False
+
+
+def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """`cache_dir`, else $CLIP_JAX_CACHE, else ~/.cache/clip_jax."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    return Path(os.environ.get(ENV_CACHE) or "~/.cache/clip_jax").expanduser()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _matches(digest: str, expected: str | None) -> bool:
+    # A prefix is all some sources publish (open_clip's release files carry 8 hex digits of it).
+    return expected is None or digest.startswith(expected.lower())
+
+
+def _check_sha256(expected: str | None) -> None:
+    if expected is not None and not re.fullmatch(r"[0-9a-fA-F]{8,64}", expected):
+        raise ValueError(f"sha256 must be 8 to 64 hex digits, got {expected!r}")
+
+
+class _Progress:
+    """A one-line progress bar on stderr, redrawn at most 10 times a second."""
+
+    def __init__(self, name: str, total: int | None, enabled: bool):
+        self.name, self.total, self.enabled = name, total, enabled
+        self.done, self.start, self.shown = 0, time.monotonic(), 0.0
+
+    def update(self, n: int, final: bool = False) -> None:
+        self.done += n
+        now = time.monotonic()
+        if not self.enabled or (not final and now - self.shown < 0.1):
+            return
+        self.shown = now
+        rate = self.done / max(now - self.start, 1e-9) / 1e6
+        if self.total:
+            pct = 100 * self.done / self.total
+            bar = "#" * int(pct // 5)
+            line = f"{self.name}: {pct:3.0f}% [{bar:<20}] {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB {rate:.1f} MB/s"
+        else:
+            line = f"{self.name}: {self.done / 1e6:.1f} MB {rate:.1f} MB/s"
+        sys.stderr.write("\r" + line + ("\n" if final else ""))
+        sys.stderr.flush()
+
+
+def _fetch(url: str, tmp: Path, name: str, timeout: float, progress: bool) -> str:
+    """One attempt: stream `url` into `tmp`. -> SHA-256 hex. Raises DownloadError on any failure."""
+    request = urllib.request.Request(url, headers={"User-Agent": "clip_jax"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as out:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            bar = _Progress(name, total, progress)
+            h = hashlib.sha256()
+            while chunk := response.read(CHUNK):
+                out.write(chunk)
+                h.update(chunk)
+                bar.update(len(chunk))
+            # http.client returns b"" when the server closes early, without an error: count the bytes.
+            if total is not None and bar.done != total:
+                raise DownloadError(f"{url}: transfer ended after {bar.done} of {total} bytes (truncated)")
+            bar.update(0, final=True)
+            out.flush()
+            os.fsync(out.fileno())
+            return h.hexdigest()
+    except urllib.error.HTTPError as e:
+        err = DownloadError(f"{url}: HTTP {e.code} {e.reason}")
+        # Client errors other than timeouts and rate limits won't go away by asking again.
+        err.retryable = e.code >= 500 or e.code in (408, 429)
+        raise err from None
+    except (urllib.error.URLError, http.client.HTTPException, socket.timeout, ConnectionError) as e:
+        reason = getattr(e, "reason", e)
+        raise DownloadError(f"{url}: {type(e).__name__}: {reason}") from None
+
+
+def download(
+    url: str,
+    sha256: str | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    filename: str | None = None,
+    progress: bool = True,
+    retries: int = 3,
+    backoff: float = 1.0,
+    timeout: float = 60.0,
+) -> tuple[Path, str]:
+    """Fetch `url` into the cache (unless a verified copy is there). -> (path, its full SHA-256 hex).
+
+    sha256: the expected digest (or a prefix of >= 8 hex digits); None skips verification. filename:
+    the name in the cache (default: the URL's last path segment). Network errors, 5xx answers and
+    truncated transfers are retried `retries` times, waiting backoff * 2**attempt seconds. A checksum
+    mismatch is not retried: it raises ChecksumError. On failure nothing is left in the cache.
+    """
+    _check_sha256(sha256)
+    directory = default_cache_dir(cache_dir)
+    name = filename or Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
+    if not name:
+        raise ValueError(f"{url}: no file name in the URL; pass filename=")
+    target = directory / name
+    if target.exists() and not target.is_file():
+        raise DownloadError(f"{target} exists and is not a regular file")
+    if target.is_file():
+        digest = sha256_file(target)
+        if _matches(digest, sha256):
+            return target, digest
+        warnings.warn(f"{target}: SHA-256 {digest} doesn't match {sha256}; downloading it again", stacklevel=2)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        for attempt in range(retries + 1):
+            try:
+                digest = _fetch(url, tmp, name, timeout, progress)
+                break
+            except DownloadError as e:
+                if attempt == retries or not e.retryable:
+                    raise
+                warnings.warn(f"{e}; retrying ({attempt + 1}/{retries})", stacklevel=2)
+                time.sleep(backoff * 2**attempt)
+        if not _matches(digest, sha256):
+            raise ChecksumError(
+                f"{url}: SHA-256 mismatch: expected {sha256}, got {digest}; the file was not kept"
+            )
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target, digest
