@@ -1,0 +1,149 @@
+"""Downloads against a local HTTP server on 127.0.0.1: a good file, a checksum mismatch, a truncated
+transfer, a server that fails once, and a cached file that no longer matches its checksum. Nothing
+half-written may stay in the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+import warnings
+
+import pytest
+
+from clip_jax.download import ChecksumError, DownloadError, default_cache_dir, download
+
+BODY = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4 bytes: more than one read chunk
+SHA = hashlib.sha256(BODY).hexdigest()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    hits: dict[str, int] = {}
+
+    def log_message(self, *args):  # keep the test output clean
+        pass
+
+    def do_GET(self):
+        n = Handler.hits[self.path] = Handler.hits.get(self.path, 0) + 1
+        if self.path.startswith("/good/"):
+            return self.send(BODY)
+        if self.path == "/bad.bin":
+            return self.send(BODY[:-1] + b"X")
+        if self.path == "/truncated.bin":
+            # Announce the whole body, send half, close: http.client reports no error by itself.
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(BODY)))
+            self.end_headers()
+            self.wfile.write(BODY[: len(BODY) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if self.path == "/flaky.bin" and n == 1:
+            return self.send_error(503, "busy")
+        if self.path == "/flaky.bin":
+            return self.send(BODY)
+        self.send_error(404, "no such file")
+
+    def send(self, body: bytes):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def leftovers(directory):
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def test_good_download_then_cache_hit(server, tmp_path, capsys):
+    url = f"{server}/good/{SHA}/model.pt"
+    path, digest = download(url, SHA, cache_dir=tmp_path, progress=True)
+    assert path == tmp_path / "model.pt" and path.read_bytes() == BODY and digest == SHA
+    assert "100%" in capsys.readouterr().err  # the progress bar reached the end
+    assert leftovers(tmp_path) == ["model.pt"]  # no temporary file left behind
+    hits = Handler.hits[f"/good/{SHA}/model.pt"]
+    path2, digest2 = download(url, SHA, cache_dir=tmp_path, progress=False)
+    assert (path2, digest2) == (path, SHA) and Handler.hits[f"/good/{SHA}/model.pt"] == hits  # no request
+
+
+def test_prefix_checksum_and_no_checksum(server, tmp_path):
+    """A published prefix of the digest (open_clip's release files carry 8 hex digits) is checked as
+    such; without any, the full digest is still returned for cache keys."""
+    path, digest = download(f"{server}/good/a/x.bin", SHA[:8], cache_dir=tmp_path, progress=False)
+    assert digest == SHA
+    _, digest = download(f"{server}/good/b/y.bin", None, cache_dir=tmp_path, progress=False)
+    assert digest == SHA
+    with pytest.raises(ValueError, match="8 to 64 hex digits"):
+        download(f"{server}/good/c/z.bin", "abc", cache_dir=tmp_path)
+
+
+def test_checksum_mismatch_keeps_nothing(server, tmp_path):
+    with pytest.raises(ChecksumError, match=f"SHA-256 mismatch: expected {SHA}, got [0-9a-f]{{64}}"):
+        download(f"{server}/bad.bin", SHA, cache_dir=tmp_path, progress=False, backoff=0)
+    assert Handler.hits["/bad.bin"] == 1  # a mismatch is not retried
+    assert leftovers(tmp_path) == []
+
+
+def test_truncated_transfer_is_an_error(server, tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(DownloadError, match=f"after {len(BODY) // 2} of {len(BODY)} bytes"):
+            download(f"{server}/truncated.bin", SHA, cache_dir=tmp_path, progress=False, retries=2, backoff=0)
+    assert Handler.hits["/truncated.bin"] == 3  # the first try and 2 retries
+    assert sum("retrying" in str(w.message) for w in caught) == 2
+    assert leftovers(tmp_path) == []
+
+
+def test_retry_after_a_failure(server, tmp_path):
+    with pytest.warns(UserWarning, match="HTTP 503 busy; retrying"):
+        path, _ = download(f"{server}/flaky.bin", SHA, cache_dir=tmp_path, progress=False, backoff=0)
+    assert path.read_bytes() == BODY and Handler.hits["/flaky.bin"] == 2
+
+
+def test_not_found_is_not_retried(server, tmp_path):
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download(f"{server}/missing.bin", SHA, cache_dir=tmp_path, progress=False, backoff=0)
+    assert Handler.hits["/missing.bin"] == 1
+    assert leftovers(tmp_path) == []
+
+
+def test_corrupt_cached_file_is_fetched_again(server, tmp_path):
+    url = f"{server}/good/again/model.pt"
+    (tmp_path / "model.pt").write_bytes(BODY[:100])  # e.g. an interrupted copy made by hand
+    with pytest.warns(UserWarning, match="doesn't match"):
+        path, digest = download(url, SHA, cache_dir=tmp_path, progress=False)
+    assert path.read_bytes() == BODY and digest == SHA and Handler.hits["/good/again/model.pt"] == 1
+
+
+def test_a_failed_refetch_keeps_no_partial_file(server, tmp_path):
+    """A stale cached file and a failing server: the error names the URL, the stale file isn't
+    replaced by a partial one, and no temporary file stays."""
+    (tmp_path / "truncated.bin").write_bytes(b"old")
+    with pytest.warns(UserWarning), pytest.raises(DownloadError, match="truncated"):
+        download(f"{server}/truncated.bin", SHA, cache_dir=tmp_path, progress=False, retries=0)
+    assert leftovers(tmp_path) == ["truncated.bin"] and (tmp_path / "truncated.bin").read_bytes() == b"old"
+
+
+def test_cache_dir_default_and_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("CLIP_JAX_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / ".cache" / "clip_jax"
+    monkeypatch.setenv("CLIP_JAX_CACHE", str(tmp_path / "env"))
+    assert default_cache_dir() == tmp_path / "env"
+    assert default_cache_dir(tmp_path / "arg") == tmp_path / "arg"  # the argument wins
+
+
+def test_download_into_the_env_cache(server, monkeypatch, tmp_path):
+    monkeypatch.setenv("CLIP_JAX_CACHE", str(tmp_path / "env"))
+    path, _ = download(f"{server}/good/env/m.bin", SHA, progress=False)
+    assert path == tmp_path / "env" / "m.bin"
