@@ -16,13 +16,14 @@ import os
 import re
 import socket
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
+
+from .checkpoint.store import atomic_write
 
 CHUNK = 1 << 20
 ENV_CACHE = "CLIP_JAX_CACHE"
@@ -106,8 +107,6 @@ def _fetch(url: str, tmp: Path, name: str, timeout: float, progress: bool) -> st
             if total is not None and bar.done != total:
                 raise DownloadError(f"{url}: transfer ended after {bar.done} of {total} bytes (truncated)")
             bar.update(0, final=True)
-            out.flush()
-            os.fsync(out.fileno())
             return h.hexdigest()
     except urllib.error.HTTPError as e:
         err = DownloadError(f"{url}: HTTP {e.code} {e.reason}")
@@ -152,24 +151,22 @@ def download(
         warnings.warn(f"{target}: SHA-256 {digest} doesn't match {sha256}; downloading it again", stacklevel=2)
 
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    digest = ""
+
+    def fetch_verified(tmp: str) -> None:
+        nonlocal digest
         for attempt in range(retries + 1):
             try:
-                digest = _fetch(url, tmp, name, timeout, progress)
+                digest = _fetch(url, Path(tmp), name, timeout, progress)
                 break
             except DownloadError as e:
                 if attempt == retries or not e.retryable:
                     raise
-                warnings.warn(f"{e}; retrying ({attempt + 1}/{retries})", stacklevel=2)
+                warnings.warn(f"{e}; retrying ({attempt + 1}/{retries})", stacklevel=3)
                 time.sleep(backoff * 2**attempt)
         if not _matches(digest, sha256):
-            raise ChecksumError(
-                f"{url}: SHA-256 mismatch: expected {sha256}, got {digest}; the file was not kept"
-            )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+            raise ChecksumError(f"{url}: SHA-256 mismatch: expected {sha256}, got {digest}; the file was not kept")
+
+    # A temporary file beside the target, renamed onto it only once verified; removed on any failure.
+    atomic_write(target, fetch_verified)
     return target, digest

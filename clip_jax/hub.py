@@ -135,7 +135,12 @@ def with_image_size(config: CLIPConfig, params: Params, image_size: int) -> tupl
 
 
 def _from_file(path: Path, config: CLIPConfig | None) -> tuple[CLIPConfig, Params]:
-    if config is None and not store.is_converted(path) and (path.parent / HF_CONFIG).is_file():
+    if store.is_converted(path):
+        stored, params = store.load(path)
+        if config is not None and config != stored:
+            raise ValueError(f"{path}: a converted file carries its own config, and it differs from config=")
+        return stored, params
+    if config is None and (path.parent / HF_CONFIG).is_file():
         # A Hub snapshot or open_clip's local-dir layout: the weights' own config beside them.
         config = _open_clip_config(path.parent / HF_CONFIG, str(path.parent / HF_CONFIG))
     return read_params(path, config)

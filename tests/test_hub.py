@@ -367,3 +367,18 @@ def test_image_size_needs_a_vit(tmp_path):
 def test_pretrained_entry_needs_a_source():
     with pytest.raises(ValueError, match="neither a url nor an hf_hub"):
         clip_jax.load(Pretrained(model="ViT-B-32", tag="x"))
+
+
+def test_converted_file_keeps_its_config(tmp_path):
+    from clip_jax.checkpoint.convert import from_torch
+
+    ref = tiny_model(quick_gelu=False)
+    config = config_from_open_clip(TINY)
+    _, params = from_torch({k: v.numpy() for k, v in ref.state_dict().items()}, config)
+    path = tmp_path / "tiny.safetensors"
+    store.save(path, params, config)
+    model, _ = clip_jax.load(path)
+    assert model.config == config
+    assert_matches(model, ref)
+    with pytest.raises(ValueError, match="carries its own config"):
+        clip_jax.load(path, config=dataclasses.replace(config, activation="quick_gelu"))
