@@ -340,11 +340,14 @@ def embed(
                        time.perf_counter() - t0, job.errors())
 
     if sharded is None:
-        clip, _ = load(model, dtype=jnp.dtype(dtype))
+        clip, preprocess = load(model, dtype=jnp.dtype(dtype))
         sharded = parallel.ShardedCLIP(clip, parallel.make_mesh(model_parallel), batch_size=batch_size)
+    else:  # the transform load() would give
+        cfg = sharded.config
+        preprocess = image_transform(cfg.vision.image_size, mean=cfg.image_mean, std=cfg.image_std,
+                                     resize_mode=cfg.resize_mode, interpolation=cfg.interpolation,
+                                     fill_color=getattr(cfg, "fill_color", 0))
     c = sharded.config
-    preprocess = image_transform(c.vision.image_size, mean=c.image_mean, std=c.image_std,
-                                 resize_mode=c.resize_mode, interpolation=c.interpolation)
     done_items = job.items_done() if writer else 0
     bar = _progress(job.items, done_items, "img" if images is not None else "text", progress and writer)
     try:

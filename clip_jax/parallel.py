@@ -320,7 +320,8 @@ class ShardedCLIP:
 
     def encode_text(self, tokens: np.ndarray, normalized: bool = False) -> np.ndarray:
         """tokens: int [N, L] (clip_jax.tokenize), the same in every process -> float32 [N, embed_dim].
-        Each batch is cut to the shortest bucket that holds its end tokens (identical features)."""
+        Each batch is cut to the shortest bucket that holds its end tokens where that gives identical
+        features (TextConfig.trimmable); other towers see all context_length columns."""
         from .inputs import check_tokens
         from .tokenizer import trim_tokens
 
@@ -328,9 +329,12 @@ class ShardedCLIP:
         tokens = np.asarray(check_tokens(tokens, t.context_length, t.vocab_size), np.int32)
         n = len(tokens)
 
+        # Exact only for causal towers pooled at the EOT or first token (TextConfig.trimmable).
+        trim = getattr(t, "trimmable", True)
+
         def load(start, stop, local):
             # Trim on the global batch, so every process picks the same length.
-            width = trim_tokens(tokens[start:stop], self.text_buckets).shape[1]
+            width = trim_tokens(tokens[start:stop], self.text_buckets).shape[1] if trim else tokens.shape[1]
             return tokens[start + local.start: min(start + local.stop, stop), :width], None
 
         parts = [y for _, y, _ in self._stream("text", n, load, normalized)]

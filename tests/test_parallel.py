@@ -179,3 +179,18 @@ def test_sharded_rejects_channels_first():
         from clip_jax.image import image_transform
 
         list(s.embed_image_files(["x.png"], image_transform(64)))
+
+
+def test_text_not_trimmed_for_bidirectional_towers():
+    import dataclasses
+
+    from clip_jax.tokenizer import tokenize
+
+    from .tiny import TINY, tiny_model
+
+    config = dataclasses.replace(TINY, text=dataclasses.replace(TINY.text, no_causal_mask=True, pool_type="last"))
+    model = tiny_model(config)
+    tokens = tokenize(["a dog", "a cat on a mat"])
+    # Trimming would change these features (and the model refuses short tokens for such towers).
+    got = parallel.ShardedCLIP(model, batch_size=4).encode_text(tokens)
+    np.testing.assert_allclose(got, np.asarray(model.encode_text(tokens)), atol=FEATURE_ATOL, rtol=0)
