@@ -27,7 +27,7 @@ import numpy as np
 from . import pretrained
 from .checkpoint import read_params, store
 from .config import CLIPConfig, config_from_open_clip
-from .download import default_cache_dir, download, sha256_file
+from .download import ChecksumError, DownloadError, default_cache_dir, download, sha256_file
 from .model import CLIP, build, resize_pos_embed
 from .pretrained import Pretrained
 
@@ -150,8 +150,15 @@ def _from_pretrained(entry: Pretrained, cache_dir, progress: bool) -> tuple[CLIP
     config = entry.config()
     if entry.url:
         directory = default_cache_dir(cache_dir)
-        path, digest = download(entry.url, entry.sha256, cache_dir=directory, progress=progress)
-        return _converted(path, digest, config, directory)
+        try:
+            path, digest = download(entry.url, entry.sha256, cache_dir=directory, progress=progress)
+            return _converted(path, digest, config, directory)
+        except DownloadError as e:
+            # The URL is unreachable (a checksum mismatch is not retried elsewhere): try the Hub copy.
+            if not entry.hf_hub or isinstance(e, ChecksumError):
+                raise
+            warnings.warn(f"{e}; loading {entry.name} from the Hugging Face Hub ({entry.hf_hub}) instead",
+                          stacklevel=3)
     if entry.hf_hub:
         names = (entry.filename,) if entry.filename else HF_WEIGHTS
         if entry.filename and Path(entry.filename).suffix in (".bin", ".pth", ".pt"):

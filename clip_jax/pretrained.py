@@ -39,7 +39,8 @@ class Pretrained:
     """One set of downloadable weights.
 
     url + sha256: a direct download, verified (sha256 may be a prefix where that's all the source
-    publishes). hf_hub: a Hugging Face Hub repo; filename None means open_clip's names
+    publishes). hf_hub: a Hugging Face Hub repo (for OpenAI's tags, the fallback when the URL can't be
+    reached); filename None means open_clip's names
     (open_clip_model.safetensors, else open_clip_pytorch_model.bin). model_cfg: open_clip's
     architecture; None (OpenAI's tags) infers it from the weights, as clip.load does.
     """

@@ -382,3 +382,18 @@ def test_converted_file_keeps_its_config(tmp_path):
     assert_matches(model, ref)
     with pytest.raises(ValueError, match="carries its own config"):
         clip_jax.load(path, config=dataclasses.replace(config, activation="quick_gelu"))
+
+
+def test_openai_url_unreachable_falls_back_to_the_hub(server, hf_cache, tmp_path):
+    """OpenAI's entries also name the Hub copy open_clip keeps (timm/...openai); a URL that can't be
+    fetched (here a 404) falls back to it, with a warning. A checksum mismatch does not."""
+    ref = tiny_model(quick_gelu=True)
+    fake_hub(hf_cache, "timm/tiny.openai", {"open_clip_model.safetensors": safetensors_bytes(ref)}, COMMIT1)
+    entry = dataclasses.replace(resolve("ViT-B/32"), url=f"{server}/gone/ViT-B-32.pt", hf_hub="timm/tiny.openai")
+    with pytest.warns(UserWarning, match="HTTP 404.*from the Hugging Face Hub"):
+        model, _ = clip_jax.load(entry, cache_dir=tmp_path, progress=False)
+    assert model.config.activation == "quick_gelu"
+    assert_matches(model, ref)
+    url, _ = serve(server, b"tampered", name="ViT-B-16.pt")
+    with pytest.raises(clip_jax.download.ChecksumError):
+        clip_jax.load(dataclasses.replace(entry, url=url), cache_dir=tmp_path, progress=False)

@@ -41,13 +41,13 @@ def sha256_of(url: str) -> str | None:
 def entry(model: str, tag: str, cfg: dict) -> dict:
     e: dict = {"model": model, "tag": tag}
     url, hf_hub = cfg.get("url") or "", cfg.get("hf_hub") or ""
-    # OpenAI's files come from OpenAI's URLs with their SHA-256, as clip.load does; the others from the
-    # Hub where open_clip has them there (its default, prefer_hf_hub=True), else from the URL.
+    # OpenAI's files come from OpenAI's URLs with their SHA-256, as clip.load does (the Hub copy is a
+    # fallback); the others from the Hub where open_clip has them there (its default), else from the URL.
     if url and (tag == "openai" or not hf_hub):
         e["url"] = url
         if sha256_of(url):
             e["sha256"] = sha256_of(url)
-    elif hf_hub:
+    if hf_hub and (tag == "openai" or "url" not in e):
         # open_clip: 'org/repo/' is a repo with the default file names, 'org/repo/file.bin' names the file.
         org, repo, *rest = hf_hub.split("/")
         e["hf_hub"] = f"{org}/{repo}"
