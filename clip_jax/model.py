@@ -12,6 +12,7 @@ bfloat16/float16 compute dtype, LayerNorm, softmax, the feature normalization an
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from collections.abc import Callable, Mapping
 from functools import lru_cache, partial
@@ -28,15 +29,35 @@ from .inputs import check_images, check_tokens
 Dtype = jnp.dtype | type
 
 
+# While set, every initializer returns a jax.ShapeDtypeStruct: abstract_model() builds the module tree
+# (names, shapes, dtypes) without tracing or allocating anything.
+_SHAPES_ONLY = contextvars.ContextVar("clip_jax_shapes_only", default=False)
+
+
+def _init(init: Callable) -> Callable:
+    def init_or_shape(key, shape, dtype=jnp.float32):
+        if _SHAPES_ONLY.get():
+            return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype))
+        return init(key, shape, dtype)
+
+    return init_or_shape
+
+
+def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float) -> nnx.Param:
+    return nnx.Param(_init(nnx.initializers.normal(std))(rngs.params(), shape))
+
+
 def _dense(din: int, dout: int, dtype, precision, rngs: nnx.Rngs, std: float | None = None) -> nnx.Linear:
     init = nnx.initializers.normal(std) if std else nnx.initializers.lecun_normal()
-    return nnx.Linear(din, dout, dtype=dtype, precision=precision, kernel_init=init, rngs=rngs)
+    return nnx.Linear(din, dout, dtype=dtype, precision=precision, kernel_init=_init(init),
+                      bias_init=_init(nnx.initializers.zeros), rngs=rngs)
 
 
 def _layer_norm(width: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
     # float32 whatever the compute dtype, as OpenAI's LayerNorm subclass does; the two-pass variance
     # (Flax's fast E[x^2] - E[x]^2 loses digits) to match torch.
-    return nnx.LayerNorm(width, epsilon=eps, dtype=jnp.float32, use_fast_variance=False, rngs=rngs)
+    return nnx.LayerNorm(width, epsilon=eps, dtype=jnp.float32, use_fast_variance=False, rngs=rngs,
+                         scale_init=_init(nnx.initializers.ones), bias_init=_init(nnx.initializers.zeros))
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
@@ -85,7 +106,7 @@ class LayerScale(nnx.Module):
     """open_clip's LayerScale: x * gamma, one learned gain per channel."""
 
     def __init__(self, width: int, init_value: float):
-        self.gamma = nnx.Param(jnp.full((width,), init_value, jnp.float32))
+        self.gamma = nnx.Param(_init(nnx.initializers.constant(init_value))(None, (width,)))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x * self.gamma[...].astype(x.dtype)
@@ -130,10 +151,10 @@ class VisionTransformer(nnx.Module):
         scale = v.width**-0.5
         self.conv1 = nnx.Conv(
             3, v.width, (v.patch_size, v.patch_size), strides=v.patch_size, padding="VALID", use_bias=False,
-            dtype=dtype, precision=precision, rngs=rngs,
+            dtype=dtype, precision=precision, kernel_init=_init(nnx.initializers.lecun_normal()), rngs=rngs,
         )
-        self.class_embedding = nnx.Param(scale * jax.random.normal(rngs.params(), (v.width,)))
-        self.positional_embedding = nnx.Param(scale * jax.random.normal(rngs.params(), (v.grid_size**2 + 1, v.width)))
+        self.class_embedding = _normal(rngs, (v.width,), scale)
+        self.positional_embedding = _normal(rngs, (v.grid_size**2 + 1, v.width), scale)
         if not v.no_ln_pre:  # open_clip's no_ln_pre: nn.Identity, no params
             self.ln_pre = _layer_norm(v.width, cfg.layer_norm_eps, rngs)
         self.transformer = Transformer(
@@ -141,7 +162,7 @@ class VisionTransformer(nnx.Module):
             precision=precision, attention=attention, rngs=rngs,
         )
         self.ln_post = _layer_norm(v.width, cfg.layer_norm_eps, rngs)
-        self.proj = nnx.Param(scale * jax.random.normal(rngs.params(), (v.width, cfg.embed_dim)))
+        self.proj = _normal(rngs, (v.width, cfg.embed_dim), scale)
         self.precision = precision
         self.pool_type = v.pool_type
         self.final_ln_after_pool = v.final_ln_after_pool
@@ -179,13 +200,14 @@ def _conv(din: int, dout: int, k: int, *, stride: int = 1, dtype, precision, rng
     pad = (k - 1) // 2
     return nnx.Conv(
         din, dout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
-        precision=precision, rngs=rngs,
+        precision=precision, kernel_init=_init(nnx.initializers.lecun_normal()), rngs=rngs,
     )
 
 
 def _batch_norm(width: int, eps: float, dtype, rngs) -> nnx.BatchNorm:
     # Inference: running statistics, torch's eps; momentum 0.9 is torch's 0.1 in Flax's convention.
-    return nnx.BatchNorm(width, use_running_average=True, epsilon=eps, momentum=0.9, dtype=dtype, rngs=rngs)
+    return nnx.BatchNorm(width, use_running_average=True, epsilon=eps, momentum=0.9, dtype=dtype, rngs=rngs,
+                         scale_init=_init(nnx.initializers.ones), bias_init=_init(nnx.initializers.zeros))
 
 
 def _avg_pool(x: jax.Array, k: int) -> jax.Array:
@@ -232,9 +254,7 @@ class AttentionPool2d(nnx.Module):
         self.num_heads = num_heads
         self.attention = attention
         self.precision = precision
-        self.positional_embedding = nnx.Param(
-            jax.random.normal(rngs.params(), (spacial_dim**2 + 1, embed_dim)) / embed_dim**0.5
-        )
+        self.positional_embedding = _normal(rngs, (spacial_dim**2 + 1, embed_dim), embed_dim**-0.5)
         std = embed_dim**-0.5
         self.k_proj = _dense(embed_dim, embed_dim, dtype, precision, rngs, std=std)
         self.q_proj = _dense(embed_dim, embed_dim, dtype, precision, rngs, std=std)
@@ -310,9 +330,9 @@ class TextTransformer(nnx.Module):
         self.dtype = dtype
         self.precision = precision
         self.token_embedding = nnx.Embed(
-            t.vocab_size, t.width, dtype=dtype, embedding_init=nnx.initializers.normal(0.02), rngs=rngs
+            t.vocab_size, t.width, dtype=dtype, embedding_init=_init(nnx.initializers.normal(0.02)), rngs=rngs
         )
-        self.positional_embedding = nnx.Param(0.01 * jax.random.normal(rngs.params(), (t.context_length, t.width)))
+        self.positional_embedding = _normal(rngs, (t.context_length, t.width), 0.01)
         self.transformer = Transformer(
             t.width, t.layers, t.heads, t.mlp_width, cfg, ls_init_value=t.ls_init_value, dtype=dtype,
             precision=precision, attention=attention, rngs=rngs,
@@ -321,9 +341,7 @@ class TextTransformer(nnx.Module):
         if t.proj_bias:  # open_clip's proj_bias: an nn.Linear (weight [out, in] + bias) instead of a matrix
             self.text_projection = _dense(t.width, cfg.embed_dim, dtype, precision, rngs, std=t.width**-0.5)
         else:
-            self.text_projection = nnx.Param(
-                t.width**-0.5 * jax.random.normal(rngs.params(), (t.width, cfg.embed_dim))
-            )
+            self.text_projection = _normal(rngs, (t.width, cfg.embed_dim), t.width**-0.5)
         self.text_config = t
 
     def text_features(self, tokens: jax.Array) -> jax.Array:
@@ -392,7 +410,12 @@ class CLIP(TextTransformer):
         self.visual = (ModifiedResNet if config.vision.is_resnet else VisionTransformer)(config, **kw)
         self.logit_scale = nnx.Param(jnp.asarray(jnp.log(1 / 0.07), jnp.float32))
         if jnp.dtype(param_dtype) != jnp.float32:
-            cast = lambda x: x.astype(param_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+            def cast(x):
+                if isinstance(x, jax.ShapeDtypeStruct):
+                    return jax.ShapeDtypeStruct(x.shape, param_dtype)
+                return x.astype(param_dtype)
+
             nnx.update(self, jax.tree.map(cast, nnx.state(self, nnx.Param)))
 
     def encode_image(self, images) -> jax.Array:
@@ -508,28 +531,28 @@ def build(
 
 
 class _ShapeOnlyRngs:
-    """Stands in for nnx.Rngs when only shapes are wanted: every draw is the same key. With flax 0.12
-    each real draw under tracing updates a counter whose check builds an error message that walks the
-    whole trace so far, so a big model's abstract construction takes time quadratic in its size (20 s
-    for ViT-bigG-14; 1.6 s with this)."""
+    """Stands in for nnx.Rngs when only shapes are wanted: no key is ever drawn."""
 
-    def params(self) -> jax.Array:
-        return jax.random.key(0)
+    def params(self) -> None:
+        return None
 
 
 @lru_cache(maxsize=16)
 def abstract_model(
     config: CLIPConfig, *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, attention: str | None = None
 ) -> tuple[nnx.GraphDef, nnx.State]:
-    """(graphdef, state of jax.ShapeDtypeStruct) of CLIP(config, ...), without allocating it. Cached."""
+    """(graphdef, state of jax.ShapeDtypeStruct) of CLIP(config, ...), without allocating it. Cached.
 
-    def make(rngs) -> CLIP:
-        return CLIP(config, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=rngs)
-
+    Built with shape-only initializers rather than nnx.eval_shape: tracing ~300 initializers costs
+    about a second for ViT-B/32 (with flax 0.12, time quadratic in the model's size), which would make
+    reading a checkpoint slower than torch.load."""
+    token = _SHAPES_ONLY.set(True)
     try:
-        return nnx.split(nnx.eval_shape(lambda: make(_ShapeOnlyRngs())))
-    except (TypeError, AttributeError):  # a flax that insists on a real Rngs
-        return nnx.split(nnx.eval_shape(lambda: make(nnx.Rngs(0))))
+        model = CLIP(config, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=_ShapeOnlyRngs())
+    finally:
+        _SHAPES_ONLY.reset(token)
+    to_shape = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # BatchNorm makes its statistics eagerly
+    return nnx.split(jax.tree.map(to_shape, model))
 
 
 def flat_params(model: CLIP) -> dict[str, jax.Array]:
