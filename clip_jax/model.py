@@ -25,6 +25,7 @@ from flax import nnx
 
 from .config import CLIPConfig, TextConfig, VisionConfig
 from .inputs import check_images, check_tokens
+from .tokenizer import trim_tokens
 
 Dtype = jnp.dtype | type
 
@@ -423,10 +424,15 @@ class CLIP(TextTransformer):
         Jit-compiled."""
         return _encode_image(self, check_images(images, self.config.vision.image_size))
 
-    def encode_text(self, tokens) -> jax.Array:
-        """tokens: int [N, L], L <= context_length -> [N, embed_dim] float32, not normalized. Jit-compiled."""
+    def encode_text(self, tokens, trim: bool | None = None) -> jax.Array:
+        """tokens: int [N, L], L <= context_length -> [N, embed_dim] float32, not normalized. Jit-compiled.
+
+        trim: first cut a host (numpy) batch to the smallest bucket (16/32/48/64/77) that holds every EOT
+        (clip_jax.trim_tokens): the same features for less work, one compilation per bucket. None: trim
+        when the tower allows it (causal, pooled at EOT); True on a tower that doesn't: ValueError.
+        """
         t = self.config.text
-        return _encode_text(self, check_tokens(tokens, t.context_length, t.vocab_size))
+        return _encode_text(self, _trim(check_tokens(tokens, t.context_length, t.vocab_size), t, trim))
 
     # The unjitted bodies, for use inside your own jitted code.
 
@@ -481,15 +487,40 @@ def _clip_logits(model: CLIP, images: jax.Array, tokens: jax.Array) -> tuple[jax
     return model(images, tokens)
 
 
-def clip_logits(model: CLIP, images, tokens) -> tuple[jax.Array, jax.Array]:
+def clip_logits(model: CLIP, images, tokens, trim: bool | None = None) -> tuple[jax.Array, jax.Array]:
     """Jit-compiled CLIP scores.
 
     images: [N_img, H, W, 3] float normalized or uint8 pixels; tokens: int [N_txt, L], L <= context_length.
     -> (logits_per_image [N_img, N_txt], logits_per_text [N_txt, N_img]), float32:
     exp(logit_scale) * normalized image features @ normalized text features^T.
+    trim: as in CLIP.encode_text (by default, numpy tokens are trimmed to their EOT bucket when exact).
     """
     c = model.config
-    return _clip_logits(model, check_images(images, c.vision.image_size), check_tokens(tokens, c.text.context_length, c.text.vocab_size))
+    tokens = _trim(check_tokens(tokens, c.text.context_length, c.text.vocab_size), c.text, trim)
+    return _clip_logits(model, check_images(images, c.vision.image_size), tokens)
+
+
+def _trim(tokens, t: TextConfig, trim: bool | None):
+    """Trim a host token batch to its EOT bucket when asked (True) or when exact and possible (None)."""
+    if trim is False:
+        return tokens
+    if not t.trimmable:
+        if trim:
+            raise ValueError(
+                f"trim=True: this text tower (no_causal_mask={t.no_causal_mask}, pool_type={t.pool_type!r}) "
+                "reads positions after the EOT, so its tokens can't be trimmed"
+            )
+        return tokens
+    if not isinstance(tokens, np.ndarray):
+        if trim:
+            raise TypeError("trim=True needs tokens as a numpy array (trimming reads the EOT positions on the host)")
+        return tokens  # a device array: reading EOT positions would cost a transfer
+    try:
+        return trim_tokens(tokens)
+    except ValueError:
+        if trim:
+            raise
+        return tokens  # a row without EOT: its end is unknown, keep every column
 
 
 def functional(model: CLIP, method: str = "__call__") -> tuple[Callable, nnx.State]:

@@ -150,3 +150,38 @@ def test_build_checks_params():
     del params["ln_final.bias"]
     with pytest.raises(ValueError, match="missing: ln_final.bias"):
         clip_jax.build(TINY, params)
+
+
+def test_trimmed_text_equals_full_context():
+    """Causal mask + pooling at EOT: cutting tokens after the batch's last EOT changes no feature. XLA may
+    tile a 16-long and a 77-long matmul differently, so the check is to float32 rounding: 2e-6 on
+    features of magnitude ~2."""
+    cfg = CLIPConfig(embed_dim=32, vision=TINY.vision, text=TextConfig(context_length=77, width=64, heads=2, layers=2))
+    model = clip_jax.build(cfg, seed=1)
+    tokens = clip_jax.tokenize(["a dog", "a photo of two cats on a red sofa", "!"])
+    assert clip_jax.trim_tokens(tokens).shape == (3, 16)
+    full = np.asarray(model.encode_text(tokens, trim=False))
+    trimmed = np.asarray(model.encode_text(tokens, trim=True))
+    np.testing.assert_allclose(trimmed, full, atol=2e-6, rtol=0)
+    np.testing.assert_allclose(model.encode_text(tokens), full, atol=2e-6, rtol=0)  # the default trims
+    images = np.zeros((1, 32, 32, 3), np.float32)
+    np.testing.assert_allclose(clip_jax.clip_logits(model, images, tokens)[0],
+                               clip_jax.clip_logits(model, images, tokens, trim=False)[0], atol=1e-5, rtol=0)
+
+
+def test_trim_refused_for_bidirectional_tower():
+    import dataclasses
+
+    cfg = CLIPConfig(embed_dim=32, vision=TINY.vision,
+                     text=TextConfig(context_length=77, width=64, heads=2, layers=2, no_causal_mask=True, pool_type="last"))
+    model = clip_jax.build(cfg, seed=1)
+    tokens = clip_jax.tokenize(["a dog"])
+    with pytest.raises(ValueError, match="can't be trimmed"):
+        model.encode_text(tokens, trim=True)
+    full = model.encode_text(tokens)  # the default leaves the 77 columns alone
+    assert full.shape == (1, 32)
+    with pytest.raises(ValueError, match="needs all 77"):
+        model.encode_text(tokens[:, :16])
+    # The trimmed features really differ for this tower, which is why trimming is refused.
+    causal = clip_jax.build(dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, no_causal_mask=False, pool_type="argmax")), seed=1)
+    assert causal.config.text.trimmable and not cfg.text.trimmable
