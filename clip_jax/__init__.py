@@ -5,14 +5,17 @@
 """
 
 from .checkpoint import convert
-from .config import CLIPConfig, TextConfig, VisionConfig, config_from_state_dict
-from .hub import available_models, load
+from .config import CLIPConfig, TextConfig, VisionConfig, config_from_open_clip, config_from_state_dict
+from .hub import available_models, load, load_params
 from .image import ImageError, image_transform, load_images
-from .model import CLIP, build, clip_logits, flat_params, functional, normalize
+from .model import CLIP, build, clip_logits, flat_params, functional, normalize, resize_pos_embed
+from .parallel import ShardedCLIP, make_mesh, pmap_logits
 from .tokenizer import tokenize, trim_tokens
+from .zeroshot import IMAGENET_TEMPLATES, zeroshot_classifier
 
 __all__ = [
-    "CLIP", "CLIPConfig", "TextConfig", "VisionConfig", "available_models", "build", "clip_logits",
-    "config_from_state_dict", "convert", "flat_params", "functional", "ImageError", "image_transform", "load",
-    "load_images", "normalize", "tokenize", "trim_tokens",
+    "CLIP", "CLIPConfig", "IMAGENET_TEMPLATES", "ImageError", "ShardedCLIP", "TextConfig", "VisionConfig",
+    "available_models", "build", "clip_logits", "config_from_open_clip", "config_from_state_dict", "convert",
+    "flat_params", "functional", "image_transform", "load", "load_images", "load_params", "make_mesh",
+    "normalize", "pmap_logits", "resize_pos_embed", "tokenize", "trim_tokens", "zeroshot_classifier",
 ]
