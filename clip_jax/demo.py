@@ -1,0 +1,196 @@
+"""The whole pipeline in one command, offline: convert a PyTorch checkpoint, load it, classify images
+zero-shot against label prompts, report.
+
+    python -m clip_jax.demo                        # the bundled tiny model on generated shapes
+    python -m clip_jax.demo --model ViT-B/32       # the same with any name or file clip_jax.load takes
+    python -m clip_jax.demo --out results/ --n 30 --seed 3
+
+Steps: `python -m convert` the checkpoint (the bundled clip_jax/assets/tiny_clip.pt by default) into
+OUT/, load the converted file with clip_jax.load, draw images of colored shapes (clip_jax.synthetic),
+score each against the prompts "a red circle", "an orange star", ... (30 classes), print the top-3
+labels with probabilities and the accuracy, and save OUT/contact_sheet.png with every image and its
+predictions. The tiny model was trained on images from seed 0; the demo draws from --seed (default 1),
+images it has never seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from . import synthetic
+
+TINY_CLIP = Path(__file__).resolve().parent / "assets" / "tiny_clip.pt"
+DEFAULT_MODEL = "tiny"
+
+
+# --- zero-shot classification -----------------------------------------------------------------------
+
+
+def zero_shot(model, images: Sequence[Image.Image], labels: Sequence[str], preprocess=None, k: int = 3,
+              batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-shot classification of PIL images among `labels` (class names such as "red circle"), each
+    scored by its one prompt ("a red circle") with clip_jax.zeroshot.
+
+    preprocess: the model's transform (default: the one its config describes).
+    -> (probabilities [N, k], label indices [N, k]), best first; softmax over all the labels.
+    """
+    from .image import image_transform
+    from .zeroshot import classify, zeroshot_classifier
+
+    c = model.config
+    if preprocess is None:
+        preprocess = image_transform(c.vision.image_size, mean=c.image_mean, std=c.image_std,
+                                     resize_mode=c.resize_mode, interpolation=c.interpolation)
+    weights = zeroshot_classifier(model, [synthetic.prompt(label) for label in labels], templates=("{}",))
+    probs, idx = [], []
+    for start in range(0, len(images), batch_size):
+        batch = np.stack([preprocess(im) for im in images[start:start + batch_size]])
+        p, i = classify(model, batch, weights, k=k)
+        probs.append(p)
+        idx.append(i)
+    return np.concatenate(probs), np.concatenate(idx)
+
+
+def zero_shot_accuracy(model, images: Sequence[Image.Image], truth: Sequence[str],
+                       labels: Sequence[str] | None = None, preprocess=None) -> float:
+    """Fraction of images whose most probable label is `truth` (labels default to synthetic.labels())."""
+    labels = list(synthetic.labels() if labels is None else labels)
+    _, idx = zero_shot(model, images, labels, preprocess, k=1)
+    return float(np.mean([labels[i] == t for i, t in zip(idx[:, 0], truth)]))
+
+
+# --- the report -------------------------------------------------------------------------------------
+
+
+def table(truth: Sequence[str], probs: np.ndarray, idx: np.ndarray, labels: Sequence[str]) -> str:
+    """One line per image: the true label, then the top-k labels with probabilities (`zero_shot`'s
+    output), and "ok" or "x" for the top one."""
+    width = max(len(label) for label in labels) + 1
+    # a cell is "label" padded to width - 1, a space, "0.97", a space
+    head = f"{'image':>5}  {'true label':<{width}} " + "".join(
+        f"{f'top-{i + 1}':<{width + 5}}" for i in range(idx.shape[1]))
+    head = head.rstrip()
+    lines = [head, "-" * (len(head) + 4)]
+    for n, (t, p, i) in enumerate(zip(truth, probs, idx)):
+        cells = "".join(f"{labels[j]:<{width - 1}} {q:4.2f} " for j, q in zip(i, p))
+        lines.append(f"{n:>5}  {t:<{width}} {cells}{'ok' if labels[i[0]] == t else 'x'}")
+    return "\n".join(lines)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:  # Pillow >= 10.1 ships a scalable default font (needs FreeType)
+        return ImageFont.load_default(size=size)
+    except (TypeError, ValueError, OSError):
+        return ImageFont.load_default()
+
+
+def contact_sheet(images: Sequence[Image.Image], truth: Sequence[str], probs: np.ndarray, idx: np.ndarray,
+                  labels: Sequence[str], title: str = "", cols: int = 6, tile: int = 176) -> Image.Image:
+    """A grid of the images, each above its true label and its top-2 predictions with probabilities
+    (`zero_shot`'s output, k >= 2); a green frame and text where the top prediction is right, red where
+    it is wrong."""
+    font, small = _font(15), _font(13)
+    line, pad, frame = 18, 8, 4
+    cell_w, cell_h = tile + 2 * pad, tile + 2 * frame + 3 * line + 2 * pad
+    rows = -(-len(images) // cols)
+    header = 2 * line + pad if title else pad
+    sheet = Image.new("RGB", (cols * cell_w + pad, header + rows * cell_h), "white")
+    d = ImageDraw.Draw(sheet)
+    if title:
+        d.text((pad, pad), title, fill="black", font=font)
+    for n, (img, t, p, top) in enumerate(zip(images, truth, probs, idx)):
+        x, y = pad + (n % cols) * cell_w, header + (n // cols) * cell_h
+        ok = labels[top[0]] == t
+        color = (20, 130, 40) if ok else (200, 30, 30)
+        d.rectangle([x, y, x + tile + 2 * frame - 1, y + tile + 2 * frame - 1], fill=color)
+        # nearest-neighbour for small images keeps their pixels visible; Lanczos for large ones
+        resample = Image.Resampling.NEAREST if img.width < tile else Image.Resampling.LANCZOS
+        sheet.paste(img.convert("RGB").resize((tile, tile), resample), (x + frame, y + frame))
+        ty = y + tile + 2 * frame + 2
+        d.text((x, ty), f"true: {t}", fill="black", font=small)
+        d.text((x, ty + line), f"1. {labels[top[0]]}  {p[0]:.0%}", fill=color, font=small)
+        d.text((x, ty + 2 * line), f"2. {labels[top[1]]}  {p[1]:.0%}", fill=(90, 90, 90), font=small)
+    return sheet
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+
+def _display(path: Path) -> str:
+    """The path as a user would type it: relative to the current directory when inside it."""
+    try:
+        return os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
+    except ValueError:  # another drive on Windows
+        return str(path)
+
+
+def convert_checkpoint(src: Path, out_dir: Path) -> Path:
+    """Run the same conversion as `python -m convert SRC -o OUT/<name>.safetensors`, printing the command."""
+    from .cli import main as cli_main
+
+    dst = out_dir / (src.stem + ".safetensors")
+    print(f"$ python -m convert {shlex.quote(_display(src))} -o {shlex.quote(_display(dst))}")
+    if cli_main(["convert", str(src), "-o", str(dst)]) != 0:
+        raise SystemExit(1)
+    return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m clip_jax.demo", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="'tiny' (the bundled model), a model name (ViT-B/32, ...) or a checkpoint file")
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: ./demo_out)")
+    p.add_argument("--n", type=int, default=18, help="number of images (default 18)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the generated images (default 1)")
+    args = p.parse_args(argv)
+    if args.n < 1:
+        p.error("--n must be at least 1")
+
+    t0 = time.perf_counter()
+    import clip_jax
+    from .checkpoint.store import is_converted
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    source = TINY_CLIP if args.model == DEFAULT_MODEL else args.model
+    try:
+        if Path(source).is_file() and not is_converted(source):
+            source = convert_checkpoint(Path(source), args.out)
+        print(f"loading {source}")
+        model, preprocess = clip_jax.load(source)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 1
+
+    c = model.config
+    labels = synthetic.labels()
+    images, samples = synthetic.generate(args.n, seed=args.seed, image_size=c.vision.image_size)
+    truth = [s.label for s in samples]
+    print(f"classifying {args.n} generated images (seed {args.seed}) among {len(labels)} labels: "
+          f"prompts {synthetic.prompt(labels[0])!r}, {synthetic.prompt(labels[1])!r}, ...\n")
+    probs, idx = zero_shot(model, images, labels, preprocess, k=3)
+    print(table(truth, probs, idx, labels))
+    correct = int(sum(labels[i] == t for i, t in zip(idx[:, 0], truth)))
+    accuracy = f"accuracy: {correct}/{args.n} = {correct / args.n:.1%}"
+    print(f"\n{accuracy}")
+
+    name = "tiny_clip (bundled)" if args.model == DEFAULT_MODEL else str(args.model)
+    sheet = contact_sheet(images, truth, probs, idx, labels, title=f"clip_jax zero-shot: {name}; {accuracy}")
+    png = args.out / "contact_sheet.png"
+    from .checkpoint.store import atomic_write
+
+    atomic_write(png, lambda tmp: sheet.save(tmp, format="PNG"))
+    print(f"wrote {_display(png)} ({sheet.width}x{sheet.height}) in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
