@@ -69,13 +69,17 @@ def main() -> None:
     jdev = jax.devices()[0]
     kind = torch.cuda.get_device_name() if gpu else "CPU"
     peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in kind), None) if gpu else None
-    if not gpu:  # the CPU's achievable peak: a large fp32 matmul in the same process
+    def cpu_peak() -> float:
+        """The CPU's achievable fp32 rate: the best of several large matmuls, in TFLOP/s."""
         a = jnp.ones((2048, 2048), jnp.float32)
         mm = jax.jit(lambda x: x @ x)
-        peak = 2 * 2048**3 / best_time(lambda: mm(a), lambda o=None: jax.block_until_ready(o), 3, 2) / 1e12
+        return 2 * 2048**3 / best_time(lambda: mm(a), lambda o=None: jax.block_until_ready(o), 10, 2) / 1e12
+
+    if not gpu:
+        peak = cpu_peak()
     print(f"device: {kind} ({jdev.device_kind}), jax {jax.__version__}, torch {torch.__version__}, "
           f"open_clip {open_clip.__version__}, batch {batch}, clip_jax {dtype}, open_clip {tdtype}")
-    print(f"peak used for MFU: {peak:.1f} TFLOP/s" if peak else "peak unknown: MFU not shown")
+    print(f"peak used for MFU: {peak:.3f} TFLOP/s" if peak else "peak unknown: MFU not shown")
     print(f"{'model':10s} {'tower':13s} {'clip_jax/s':>11s} {'MFU':>6s} {'open_clip/s':>12s} {'MFU':>6s} {'ratio':>6s}")
 
     tokens_full = clip_jax.tokenize([CAPTIONS[i % len(CAPTIONS)] for i in range(batch)])
