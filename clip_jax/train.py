@@ -1,0 +1,391 @@
+"""Contrastive training and fine-tuning: the symmetric InfoNCE loss, AdamW with warmup then cosine decay,
+a jitted (optionally data-parallel) train step, and exact checkpoint/resume with orbax.
+
+    tx = optimizer(learning_rate=1e-5, total_steps=10_000, warmup_steps=500)
+    trainer = Trainer(model, tx, remat=True)           # mesh=clip_jax.parallel.make_mesh(): data parallel
+    state = trainer.init()
+    for step in range(10_000):
+        state, metrics = trainer.step(state, images, tokens)   # uint8 or normalized NHWC, int tokens
+    model = trainer.model(state)                       # a CLIP with the trained params
+    save_checkpoint("ckpt/", state, data={"next_batch": step + 1})
+
+The optimizer state lives next to the params as a pure pytree (params from `nnx.split`), so the whole
+training state is one pytree that jit, sharding and orbax handle as they are.
+
+BatchNorm (ModifiedResNet) keeps using its running statistics and they are not updated: fine-tuning
+normalizes with the pretrained statistics (eval-mode BatchNorm, as is usual with small per-device
+batches); the BatchNorm affine scale and bias are trained, without weight decay.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from .inputs import check_images, check_tokens
+from .model import CLIP, Bottleneck, ResidualAttentionBlock
+from .parallel import DATA as DATA_AXIS
+
+# OpenAI: "clipped to prevent scaling the logits by more than 100".
+LOGIT_SCALE_MAX = math.log(100.0)
+# Leaf and module names that get no weight decay: norm gains and biases, embeddings, the temperature.
+NO_DECAY_LEAVES = ("scale", "bias", "embedding")
+NO_DECAY_PARAMS = ("class_embedding", "positional_embedding", "logit_scale")
+
+
+# --- the loss ---------------------------------------------------------------------------------------
+
+
+def contrastive_loss(logits_per_image: jax.Array) -> jax.Array:
+    """Symmetric InfoNCE over a batch of N matching pairs.
+
+    logits_per_image: [N, N], row i = image i against every text; the positive is the diagonal.
+    -> float32 []: the mean of cross-entropy image->text (rows) and text->image (columns), as OpenAI's
+    and open_clip's ClipLoss.
+    """
+    logits = logits_per_image.astype(jnp.float32)
+    labels = jnp.arange(logits.shape[0])
+    per_image = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    per_text = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
+    return (per_image + per_text) / 2
+
+
+# --- the optimizer ----------------------------------------------------------------------------------
+
+
+def param_name(path: tuple) -> str:
+    """A jax key path into an nnx.State -> the clip_jax name, e.g. "visual.transformer.resblocks.0.ln_1.scale"."""
+    parts = []
+    for key in path:
+        if isinstance(key, jax.tree_util.DictKey):
+            parts.append(str(key.key))
+        elif isinstance(key, jax.tree_util.SequenceKey):
+            parts.append(str(key.idx))
+        elif isinstance(key, jax.tree_util.GetAttrKey):
+            if key.name != "value":  # the array inside an nnx.Variable
+                parts.append(key.name)
+        else:
+            parts.append(str(key))
+    return ".".join(parts)
+
+
+def decays(name: str, ndim: int = 2) -> bool:
+    """Whether the param `name` (with `ndim` dimensions) gets weight decay: weights of Linear/Conv layers
+    and the projections; not LayerNorm/BatchNorm scales, biases, class/positional/token embeddings,
+    logit_scale, nor any other vector (open_clip's rule; e.g. LayerScale gains)."""
+    leaf = name.rsplit(".", 1)[-1]
+    return ndim >= 2 and leaf not in NO_DECAY_LEAVES and leaf not in NO_DECAY_PARAMS
+
+
+def decay_mask(params: Any) -> Any:
+    """The params pytree with a bool per leaf: True where weight decay applies (see `decays`)."""
+    return jax.tree_util.tree_map_with_path(lambda path, x: decays(param_name(path), len(x.shape)), params)
+
+
+def schedule(learning_rate: float, total_steps: int, warmup_steps: int, end_factor: float = 0.0) -> optax.Schedule:
+    """Linear warmup from 0 to learning_rate over warmup_steps, then cosine decay to
+    end_factor * learning_rate at total_steps."""
+    if not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"need 0 <= warmup_steps < total_steps, got warmup_steps={warmup_steps}, "
+                         f"total_steps={total_steps}")
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=learning_rate, warmup_steps=warmup_steps, decay_steps=total_steps,
+        end_value=end_factor * learning_rate,
+    )
+
+
+def optimizer(
+    learning_rate: float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    *,
+    weight_decay: float = 0.2,
+    b1: float = 0.9,
+    b2: float = 0.98,
+    eps: float = 1e-6,
+    max_grad_norm: float | None = None,
+) -> optax.GradientTransformation:
+    """AdamW with warmup then cosine decay; weight decay only where `decays` says so.
+
+    Defaults are the CLIP paper's (b2 0.98, eps 1e-6, decoupled weight decay 0.2); for fine-tuning a
+    pretrained model use a small learning rate (1e-5) and often weight_decay=0.1. max_grad_norm: clip the
+    global gradient norm first (off by default, as OpenAI trained).
+    """
+    adamw = optax.adamw(
+        schedule(learning_rate, total_steps, warmup_steps), b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+        mask=decay_mask,
+    )
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw) if max_grad_norm else adamw
+
+
+def clamp_logit_scale(params: nnx.State) -> nnx.State:
+    """logit_scale clipped to [0, ln 100] in place of the parameter, after the update, as OpenAI and
+    open_clip do. Clipping the parameter (not the value used in the loss) keeps the stored value equal to
+    the one the model computes with, and leaves Adam no gradient-free region to drift in."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.clip(x, 0.0, LOGIT_SCALE_MAX).astype(x.dtype) if param_name(path) == "logit_scale" else x,
+        params,
+    )
+
+
+# --- gradient checkpointing -------------------------------------------------------------------------
+
+
+def _rematerialized(method):
+    """`method` of a module, with its activations recomputed in the backward pass (jax.checkpoint over
+    the module's split state). Array arguments are traced; the others (such as `causal`) are closed
+    over, i.e. static. Nothing is written back to the module: the blocks don't change their state
+    (BatchNorm runs on frozen statistics), and nnx.remat's write-back refuses the BatchStat variables
+    of a model merged inside a traced step."""
+
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        is_array = lambda v: isinstance(v, (jax.Array, np.ndarray))
+        arrays = [v for v in (*args, *kwargs.values()) if is_array(v)]
+        graphdef, state = nnx.split(self)
+
+        def body(state, *traced):
+            it = iter(traced)
+            a = [next(it) if is_array(v) else v for v in args]
+            kw = {k: next(it) if is_array(v) else v for k, v in kwargs.items()}
+            return method(nnx.merge(graphdef, state), *a, **kw)
+
+        return jax.checkpoint(body)(state, *arrays)
+
+    return wrapped
+
+
+class CheckpointedResidualAttentionBlock(ResidualAttentionBlock):
+    """A transformer block whose activations are recomputed in the backward pass."""
+
+    __call__ = _rematerialized(ResidualAttentionBlock.__call__)
+    if hasattr(ResidualAttentionBlock, "pooled"):  # the last block's one-token path, where the model has it
+        pooled = _rematerialized(ResidualAttentionBlock.pooled)
+
+
+class CheckpointedBottleneck(Bottleneck):
+    """A ResNet bottleneck block whose activations are recomputed in the backward pass."""
+
+    __call__ = _rematerialized(Bottleneck.__call__)
+
+
+_CHECKPOINTED = {ResidualAttentionBlock: CheckpointedResidualAttentionBlock, Bottleneck: CheckpointedBottleneck}
+
+
+def with_remat(model: CLIP) -> CLIP:
+    """A copy of `model` (sharing its arrays) whose residual blocks are rematerialized (jax.checkpoint,
+    which nnx.remat wraps): the backward pass recomputes each block's activations instead of keeping
+    them, for about one more forward pass of compute; what is kept is each block's input. Names and
+    params are unchanged.
+
+    The block classes of the copy are swapped for checkpointed subclasses, so model.py needs no flag.
+    """
+    graphdef, state = nnx.split(model)
+    copy = nnx.merge(graphdef, state)
+    for _, module in nnx.iter_modules(copy):
+        if type(module) in _CHECKPOINTED:
+            module.__class__ = _CHECKPOINTED[type(module)]
+    return copy
+
+
+# --- the training state and step -------------------------------------------------------------------
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything that changes during training, as one pytree (what a checkpoint holds).
+
+    step: int32 [], updates applied so far (the schedule's position).
+    params: the trainable params (nnx.Param), an nnx.State.
+    opt_state: the optax state for `params`.
+    frozen: the rest of the model's state (BatchNorm running statistics), not trained.
+    """
+
+    step: jax.Array
+    params: nnx.State
+    opt_state: Any
+    frozen: nnx.State
+
+
+class Trainer:
+    """Contrastive training of a CLIP with an optax optimizer.
+
+    Args:
+      model: the CLIP to train (its dtype is the compute dtype: build(..., dtype="bfloat16") trains in
+        bf16 with float32 params, LayerNorm, softmax and loss). The model itself is not changed.
+      tx: the optimizer, e.g. `optimizer(...)`.
+      remat: gradient checkpointing over the residual blocks (see `with_remat`).
+      mesh: data parallelism, e.g. clip_jax.parallel.make_mesh(): the batch is split over the mesh axis
+        "data"; params and optimizer state are replicated (also over a "model" axis, if any). The loss
+        is over the global batch: each image is scored against every text of every device (jit
+        gathers the features along "data"), so the result equals single-device training on the whole
+        batch. One process: batches are host numpy arrays placed by jit (several hosts would feed
+        jax.make_array_from_process_local_data instead).
+      donate: let the step reuse the input state's buffers (halves the state's memory; the old state,
+        and any model from `model(old_state)`, can't be used afterwards).
+    """
+
+    def __init__(self, model: CLIP, tx: optax.GradientTransformation, *, remat: bool = False,
+                 mesh: Mesh | None = None, donate: bool = False):
+        self.config = model.config
+        self.tx = tx
+        self.mesh = mesh
+        if remat:
+            model = with_remat(model)
+        self.graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
+        self._init_params, self._init_frozen = params, frozen
+        kw = {}
+        if mesh is not None:
+            if DATA_AXIS not in mesh.axis_names:
+                raise ValueError(f"the mesh needs an axis named {DATA_AXIS!r}, got {mesh.axis_names}")
+            replicated, batch = self.replicated(), self.batch_sharding()
+            kw = dict(in_shardings=(replicated, batch, batch), out_shardings=(replicated, replicated))
+        self._step = jax.jit(self._train_step, donate_argnums=(0,) if donate else (), **kw)
+        self._eval = jax.jit(self._metrics, **({} if mesh is None else dict(
+            in_shardings=kw["in_shardings"], out_shardings=self.replicated())))
+
+    # --- shardings
+
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
+
+    def batch_sharding(self) -> NamedSharding:
+        """Leading (batch) axis split over "data"."""
+        return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+
+    # --- state
+
+    def init(self) -> TrainState:
+        """A fresh state from the model's current params: step 0, the optimizer's initial state."""
+        params = jax.tree.map(jnp.array, self._init_params)  # copies: donation never frees the model's arrays
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
+                           frozen=jax.tree.map(jnp.array, self._init_frozen))
+        return jax.device_put(state, self.replicated()) if self.mesh is not None else state
+
+    def model(self, state: TrainState) -> CLIP:
+        """A CLIP holding the state's arrays (not copies; without gradient checkpointing), e.g. to
+        evaluate it or to `export` it."""
+        model = nnx.merge(self.graphdef, state.params, state.frozen)
+        for _, module in nnx.iter_modules(model):  # back to the plain block classes
+            for plain, checkpointed in _CHECKPOINTED.items():
+                if type(module) is checkpointed:
+                    module.__class__ = plain
+        return model
+
+    # --- steps
+
+    def _check(self, images, tokens) -> tuple[jax.Array, jax.Array]:
+        images = check_images(images, self.config.vision.image_size)
+        tokens = check_tokens(tokens, self.config.text.context_length, self.config.text.vocab_size)
+        if images.shape[0] != tokens.shape[0]:
+            raise ValueError(f"a batch of matching pairs needs as many images as texts, got images "
+                             f"{tuple(images.shape)} and tokens {tuple(tokens.shape)}")
+        if self.mesh is not None and images.shape[0] % self.mesh.shape[DATA_AXIS]:
+            raise ValueError(f"batch size {images.shape[0]} is not divisible by the {self.mesh.shape[DATA_AXIS]} "
+                             f"devices of the mesh axis {DATA_AXIS!r}")
+        return images, tokens
+
+    def step(self, state: TrainState, images, tokens) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One optimizer update on a batch of N matching pairs.
+
+        images: [N, H, W, 3] uint8 pixels or float normalized; tokens: int [N, L], L <= context_length.
+        -> (new state, metrics: loss (before the update), logit_scale (exp, after), grad_norm, accuracy
+        (in-batch image->text top-1 before the update)).
+        """
+        return self._step(state, *self._check(images, tokens))
+
+    def evaluate(self, state: TrainState, images, tokens) -> dict[str, jax.Array]:
+        """The step's metrics for a batch, without updating (loss, accuracy, logit_scale)."""
+        return self._eval(state, *self._check(images, tokens))
+
+    def _loss(self, params, frozen, images, tokens):
+        model = nnx.merge(self.graphdef, params, frozen)
+        logits_per_image, _ = model(images, tokens)
+        return contrastive_loss(logits_per_image), logits_per_image
+
+    def _metrics(self, state: TrainState, images, tokens) -> dict[str, jax.Array]:
+        loss, logits = self._loss(state.params, state.frozen, images, tokens)
+        return {"loss": loss, "accuracy": _accuracy(logits), "logit_scale": jnp.exp(state.params["logit_scale"][...])}
+
+    def _train_step(self, state: TrainState, images, tokens):
+        (loss, logits), grads = jax.value_and_grad(self._loss, has_aux=True)(state.params, state.frozen, images, tokens)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = clamp_logit_scale(optax.apply_updates(state.params, updates))
+        metrics = {
+            "loss": loss,
+            "accuracy": _accuracy(logits),
+            "grad_norm": optax.tree.norm(grads),
+            "logit_scale": jnp.exp(params["logit_scale"][...]),
+        }
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def _accuracy(logits_per_image: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.argmax(logits_per_image, axis=-1) == jnp.arange(logits_per_image.shape[0]))
+
+
+# --- checkpoints ------------------------------------------------------------------------------------
+
+
+def save_checkpoint(directory: str | os.PathLike, state: TrainState, data: Mapping[str, Any] | None = None,
+                    *, max_to_keep: int | None = 3) -> Path:
+    """Save the whole training state under directory/<step>/ with orbax, and `data` (JSON: the data
+    loader's position, seeds, ...) next to it. Orbax writes to a temporary folder and renames it when
+    complete, so a crash never leaves a half checkpoint that restore would pick. -> the step's folder."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    step = int(state.step)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    with ocp.CheckpointManager(directory, options=options) as manager:
+        manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dict(data or {}))
+        ), force=True)
+        manager.wait_until_finished()
+    return directory / str(step)
+
+
+def latest_step(directory: str | os.PathLike) -> int | None:
+    """The newest complete checkpoint's step in `directory`, or None."""
+    import orbax.checkpoint as ocp
+
+    with ocp.CheckpointManager(Path(directory).absolute()) as manager:
+        return manager.latest_step()
+
+
+def restore_checkpoint(directory: str | os.PathLike, like: TrainState, step: int | None = None
+                       ) -> tuple[TrainState, dict[str, Any]]:
+    """Restore (state, data) saved by `save_checkpoint`; step None takes the newest.
+
+    like: a state of the same structure (e.g. `trainer.init()`), which gives the shapes, dtypes and
+    shardings to restore into. Values come back bit for bit.
+    """
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    with ocp.CheckpointManager(directory) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{directory}: no checkpoint")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
+        ))
+    return restored["state"], dict(restored["data"] or {})
+
+
+__all__ = [
+    "LOGIT_SCALE_MAX", "Trainer", "TrainState", "clamp_logit_scale", "contrastive_loss", "decay_mask",
+    "decays", "latest_step", "optimizer", "param_name", "restore_checkpoint", "save_checkpoint", "schedule",
+    "with_remat",
+]
