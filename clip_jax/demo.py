@@ -128,9 +128,10 @@ def contact_sheet(images: Sequence[Image.Image], truth: Sequence[str], probs: np
 def _display(path: Path) -> str:
     """The path as a user would type it: relative to the current directory when inside it."""
     try:
-        return os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
+        rel = os.path.relpath(path)
     except ValueError:  # another drive on Windows
         return str(path)
+    return str(path) if rel.startswith("..") else rel
 
 
 def convert_checkpoint(src: Path, out_dir: Path) -> Path:
@@ -157,14 +158,14 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     import clip_jax
-    from .checkpoint.store import is_converted
+    from .checkpoint.store import atomic_write, is_converted
 
     args.out.mkdir(parents=True, exist_ok=True)
     source = TINY_CLIP if args.model == DEFAULT_MODEL else args.model
     try:
         if Path(source).is_file() and not is_converted(source):
             source = convert_checkpoint(Path(source), args.out)
-        print(f"loading {source}")
+        print(f"loading {_display(Path(source)) if Path(source).exists() else source}")
         model, preprocess = clip_jax.load(source)
     except (OSError, ValueError, KeyError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
@@ -185,8 +186,6 @@ def main(argv: list[str] | None = None) -> int:
     name = "tiny_clip (bundled)" if args.model == DEFAULT_MODEL else str(args.model)
     sheet = contact_sheet(images, truth, probs, idx, labels, title=f"clip_jax zero-shot: {name}; {accuracy}")
     png = args.out / "contact_sheet.png"
-    from .checkpoint.store import atomic_write
-
     atomic_write(png, lambda tmp: sheet.save(tmp, format="PNG"))
     print(f"wrote {_display(png)} ({sheet.width}x{sheet.height}) in {time.perf_counter() - t0:.1f}s")
     return 0

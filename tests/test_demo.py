@@ -171,3 +171,20 @@ def test_demo_reports_a_bad_model(tmp_path):
     proc = run_demo("--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path))
     assert proc.returncode == 1
     assert "missing.pt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_train_tiny_runs(tmp_path):
+    """examples/train_tiny.py end to end, shortened (the full run takes minutes): it trains, evaluates,
+    exports the fp16-mix .pt and reads it back."""
+    out = tmp_path / "tiny.pt"
+    proc = subprocess.run(
+        [sys.executable, "examples/train_tiny.py", "--out", str(out), "--steps", "40", "--warmup", "5", "--pool", "512",
+         "--eval-images", "30"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "zero-shot accuracy read back" in proc.stdout
+    losses = [float(m) for m in re.findall(r"loss (\d+\.\d+)", proc.stdout)]
+    assert losses[-1] < losses[0]
+    config, params = read_params(out)
+    assert config.vision.patch_size == 16 and params["visual.proj"].dtype == np.float16
