@@ -66,9 +66,11 @@ def test_round_trip_into_open_clip(case, suffix, tmp_path):
         assert_matches(model, reference_outputs(target, images, tokens), images, tokens)
 
 
-def test_pt_reads_back_identical(case, tmp_path):
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_reads_back_identical(case, suffix, tmp_path):
+    """What `python -m convert` reads from the exported file is the model's params, bit for bit."""
     _, _, _, model = case
-    path = export(model, tmp_path / "model.pt")
+    path = export(model, tmp_path / f"model{suffix}")
     config, params = read_params(path)
     assert config == model.config
     want = clip_jax.flat_params(model)
