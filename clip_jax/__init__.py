@@ -5,6 +5,7 @@
 """
 
 from .checkpoint import convert
+from .checkpoint.export import export
 from .compilation import enable_compilation_cache, warmup
 from .config import CLIPConfig, TextConfig, VisionConfig, config_from_open_clip, config_from_state_dict
 from .hub import available_models, load, load_params
@@ -17,6 +18,6 @@ from .zeroshot import IMAGENET_TEMPLATES, zeroshot_classifier
 __all__ = [
     "CLIP", "CLIPConfig", "IMAGENET_TEMPLATES", "ImageError", "ShardedCLIP", "TextConfig", "VisionConfig",
     "available_models", "build", "clip_logits", "config_from_open_clip", "config_from_state_dict", "convert",
-    "enable_compilation_cache", "flat_params", "functional", "image_transform", "load", "load_images", "load_params", "make_mesh",
+    "enable_compilation_cache", "export", "flat_params", "functional", "image_transform", "load", "load_images", "load_params", "make_mesh",
     "normalize", "pmap_logits", "resize_pos_embed", "tokenize", "trim_tokens", "warmup", "zeroshot_classifier",
 ]
