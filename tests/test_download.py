@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import threading
 import warnings
 
 import pytest
 
 from clip_jax.download import ChecksumError, DownloadError, default_cache_dir, download
+
+from .local_server import serve as serve_http
 
 BODY = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4 bytes: more than one read chunk
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -53,12 +54,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_http(Handler) as url:
+        yield url
 
 
 def leftovers(directory):

@@ -15,7 +15,6 @@ import importlib.util
 import json
 import math
 import os
-import threading
 from pathlib import Path
 
 import jax
@@ -30,6 +29,8 @@ from clip_jax import pretrained
 from clip_jax.checkpoint import store
 from clip_jax.config import OPENAI_MEAN, config_from_open_clip
 from clip_jax.pretrained import OPENAI, Pretrained, resolve, with_url
+
+from .local_server import serve as serve_http
 
 FEATURE_ATOL = 2e-6  # as test_parity.py: float32 rounding over the layers
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,11 +178,8 @@ class Files(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_http(Files) as url:
+        yield url
 
 
 def serve(server: str, data: bytes, name: str = "ViT-B-32.pt") -> tuple[str, str]:
