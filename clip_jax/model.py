@@ -430,6 +430,11 @@ class CLIP(TextTransformer):
         rngs: nnx.Rngs,
     ):
         dtype = jnp.dtype(dtype)
+        if attention not in (None, "xla", "cudnn"):
+            raise ValueError(f"attention must be None, 'xla' or 'cudnn'; got {attention!r}")
+        if attention == "cudnn" and jax.default_backend() != "gpu":
+            # Otherwise the first call fails deep inside XLA's lowering.
+            raise ValueError(f"attention='cudnn' needs an NVIDIA GPU; the default backend is {jax.default_backend()!r}")
         if precision is None and dtype == jnp.float32:
             precision = "highest"
         kw = dict(dtype=dtype, precision=precision, attention=attention, rngs=rngs)

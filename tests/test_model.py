@@ -185,3 +185,14 @@ def test_trim_refused_for_bidirectional_tower():
     # The trimmed features really differ for this tower, which is why trimming is refused.
     causal = clip_jax.build(dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, no_causal_mask=False, pool_type="argmax")), seed=1)
     assert causal.config.text.trimmable and not cfg.text.trimmable
+
+
+def test_attention_choice_checked():
+    with pytest.raises(ValueError, match="'xla' or 'cudnn'"):
+        clip_jax.build(TINY, attention="flash")
+    if jax.default_backend() != "gpu":
+        with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
+            clip_jax.build(TINY, attention="cudnn")
+    model = clip_jax.build(TINY, attention="xla")
+    images, tokens = batch()
+    assert clip_jax.clip_logits(model, images, tokens)[0].shape == (2, 3)
