@@ -8,6 +8,19 @@ import threading
 from collections.abc import Iterator
 
 
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A request handler that doesn't log to stderr and can send a whole body in one call."""
+
+    def log_message(self, *args):
+        pass
+
+    def send_body(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 @contextlib.contextmanager
 def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
     """Serve `handler` while the block runs; yields the base URL."""

@@ -5,31 +5,27 @@ half-written may stay in the cache."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import warnings
 
 import pytest
 
 from clip_jax.download import ChecksumError, DownloadError, default_cache_dir, download
 
-from .local_server import serve as serve_http
+from .local_server import QuietHandler, serve as serve_http
 
 BODY = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4 bytes: more than one read chunk
 SHA = hashlib.sha256(BODY).hexdigest()
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     hits: dict[str, int] = {}
-
-    def log_message(self, *args):  # keep the test output clean
-        pass
 
     def do_GET(self):
         n = Handler.hits[self.path] = Handler.hits.get(self.path, 0) + 1
         if self.path.startswith("/good/"):
-            return self.send(BODY)
+            return self.send_body(BODY)
         if self.path == "/bad.bin":
-            return self.send(BODY[:-1] + b"X")
+            return self.send_body(BODY[:-1] + b"X")
         if self.path == "/truncated.bin":
             # Announce the whole body, send half, close: http.client reports no error by itself.
             self.send_response(200)
@@ -42,14 +38,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.path == "/flaky.bin" and n == 1:
             return self.send_error(503, "busy")
         if self.path == "/flaky.bin":
-            return self.send(BODY)
+            return self.send_body(BODY)
         self.send_error(404, "no such file")
-
-    def send(self, body: bytes):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import http.server
 import importlib.util
 import json
 import math
@@ -30,7 +29,7 @@ from clip_jax.checkpoint import store
 from clip_jax.config import OPENAI_MEAN, config_from_open_clip
 from clip_jax.pretrained import OPENAI, Pretrained, resolve, with_url
 
-from .local_server import serve as serve_http
+from .local_server import QuietHandler, serve as serve_http
 
 FEATURE_ATOL = 2e-6  # as test_parity.py: float32 rounding over the layers
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,22 +157,16 @@ def test_unknown_names():
 # --- downloads by name, from a local server -------------------------------------------------------
 
 
-class Files(http.server.BaseHTTPRequestHandler):
+class Files(QuietHandler):
     files: dict[str, bytes] = {}
     hits: dict[str, int] = {}
-
-    def log_message(self, *args):
-        pass
 
     def do_GET(self):
         Files.hits[self.path] = Files.hits.get(self.path, 0) + 1
         body = Files.files.get(self.path)
         if body is None:
             return self.send_error(404)
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.send_body(body)
 
 
 @pytest.fixture(scope="module")
