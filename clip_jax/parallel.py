@@ -329,8 +329,7 @@ class ShardedCLIP:
         tokens = np.asarray(check_tokens(tokens, t.context_length, t.vocab_size), np.int32)
         n = len(tokens)
 
-        # Exact only for causal towers pooled at the EOT or first token (TextConfig.trimmable).
-        trim = getattr(t, "trimmable", True)
+        trim = t.trimmable  # exact only for causal towers pooled at the EOT or first token
 
         def load(start, stop, local):
             # Trim on the global batch, so every process picks the same length.
