@@ -124,10 +124,12 @@ def test_tolerance_catches_wrong_eps():
     assert np.abs(txt - ref["text"]).max() > 20 * FEATURE_ATOL
 
 
-def test_bf16_features_close_to_float32():
-    """bfloat16 compute (LayerNorm, softmax, normalization and logits in float32): features keep cosine
-    >= 0.995 with the float32 reference; bf16 has 8 mantissa bits, so ~0.4% relative error per op."""
-    ref_model = reference_model("ViT-B-32")
+@pytest.mark.parametrize("name", ["ViT-B-32", "RN50"])
+def test_bf16_features_close_to_float32(name):
+    """bfloat16 compute (LayerNorm, softmax, normalization and logits in float32; ResNet's BatchNorm folded
+    into its convs in float32 first): features keep cosine >= 0.995 with the float32 reference; bf16 has
+    8 mantissa bits, so ~0.4% relative error per op."""
+    ref_model = reference_model(name)
     images, tokens = inputs(ref_model)
     ref = reference_outputs(ref_model, images, tokens)
     config, params = from_torch({k: v.numpy() for k, v in state_dict(ref_model).items()})
