@@ -104,11 +104,11 @@ class MultiheadAttention(nnx.Module):
         dense = lambda y, cols: jnp.dot(y, kernel[:, cols], precision=self.precision) + bias[cols]
         q = dense(x[jnp.arange(b), index][:, None], slice(0, d)).reshape(b, 1, h, d // h)
         k, v = jnp.split(dense(x, slice(d, None)).reshape(b, length, 2 * h, d // h), 2, axis=2)
-        mask = None
-        if causal:  # the query at position i sees keys 0..i
-            mask = (jnp.arange(length)[None, :] <= index[:, None])[:, None, None, :]
+        # Causal: the query at position i sees keys 0..i, which is a key length of i + 1 (a padding mask,
+        # which cuDNN takes natively, rather than a dense mask it would have to add as a bias).
+        lengths = (index + 1).astype(jnp.int32) if causal else None
         with _matmul_precision(self.precision):
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.attention)
+            out = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation=self.attention)
         return self.out_proj(out.reshape(b, 1, d))
 
 
