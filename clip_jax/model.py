@@ -240,24 +240,30 @@ def _batch_norm(width: int, eps: float, dtype, rngs) -> nnx.BatchNorm:
 
 
 def conv_bn(conv: nnx.Conv, bn: nnx.BatchNorm, x: jax.Array) -> jax.Array:
-    """bn(conv(x)) on running statistics, computed as one convolution plus a bias. [N, H, W, C] in and out.
+    """bn(conv(x)) with BatchNorm on running statistics: x [N, H, W, C] -> [N, H', W', C'].
 
-    Inference BatchNorm is a per-channel affine map, so it folds into the kernel and a bias: one pass over
-    the activations instead of two, and the conv + bias (+ residual) + relu pattern that cuDNN fuses into
-    one kernel. The fold is done in float32 on the params, before the cast to the compute dtype.
+    Inference BatchNorm is a per-channel affine map y * s + t. The scale s either folds into the kernel
+    (a pass over kh*kw*C*C' weights, and the conv + bias (+ residual) + relu pattern that cuDNN fuses) or
+    multiplies the output (a pass over N*H'*W'*C' activations); each layer takes the smaller of the two,
+    which is a static choice from the shapes. s and t are computed in float32 before the cast.
     """
+    kh, kw, cin, _ = conv.kernel.shape
+    n, h, w, _ = x.shape
+    fold = n * (h // conv.strides) * (w // conv.strides) >= kh * kw * cin
     s = bn.scale[...] / jnp.sqrt(bn.var[...] + bn.epsilon)
-    kernel = (conv.kernel[...] * s).astype(conv.dtype or x.dtype)
+    kernel = (conv.kernel[...] * s if fold else conv.kernel[...]).astype(conv.dtype or x.dtype)
     x = x.astype(kernel.dtype)
     convolve = partial(jax.lax.conv_general_dilated, window_strides=(conv.strides,) * 2, padding=conv.padding,
                        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=conv.precision)
-    if kernel.shape[:2] == (1, 1) and conv.strides == 1:
+    if (kh, kw, conv.strides) == (1, 1, 1):
         # A 1x1 convolution is a matmul over channels: XLA's CPU matmul runs it twice as fast as its CPU
         # conv (and gives the same bits); elsewhere the conv stays, for cuDNN's fused conv+bias+add+relu.
         matmul = lambda x, k: jnp.dot(x, k[0, 0], precision=conv.precision)
         y = jax.lax.platform_dependent(x, kernel, cpu=matmul, default=convolve)
     else:
         y = convolve(x, kernel)
+    if not fold:
+        y = y * s.astype(y.dtype)
     return y + (bn.bias[...] - bn.mean[...] * s).astype(y.dtype)
 
 
