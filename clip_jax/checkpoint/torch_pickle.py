@@ -442,7 +442,7 @@ def _named_tensors_from_script_module(root: Any) -> dict[str, _TensorRef]:
 # ---------------------------------------------------------------------------
 
 
-def _storage_array(buf: bytearray, ref: _StorageRef, big_endian: bool) -> np.ndarray:
+def _storage_array(buf: np.ndarray, ref: _StorageRef, big_endian: bool) -> np.ndarray:
     """View a storage's bytes as a flat native-endian array of ``ref.numel`` items."""
     nbytes = ref.numel * ref.dtype.itemsize
     if len(buf) < nbytes:
@@ -481,9 +481,11 @@ def _materialize(named: dict[str, _TensorRef], storages: dict[str, np.ndarray]) 
     return out
 
 
-def _read_exact(file: BinaryIO, nbytes: int, what: str) -> bytearray:
-    buf = bytearray(nbytes)
-    got = file.readinto(buf)
+def _read_exact(file: BinaryIO, nbytes: int, what: str) -> np.ndarray:
+    # np.empty, not bytearray(n): the file's bytes overwrite the buffer, so zero-filling it first would
+    # be one more pass over every weight (~20% of the read time on a page-cached file).
+    buf = np.empty(nbytes, np.uint8)
+    got = file.readinto(memoryview(buf))
     if got != nbytes:
         raise CheckpointError(f"{what}: file ends after {got} of {nbytes} bytes")
     return buf
@@ -569,7 +571,7 @@ def _load_zip(path: str) -> dict[str, np.ndarray]:
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # a zip local file header, as zipfile reads it
 
 
-def _read_stored(raw: BinaryIO, info: zipfile.ZipInfo) -> bytearray:
+def _read_stored(raw: BinaryIO, info: zipfile.ZipInfo) -> np.ndarray:
     """An uncompressed entry's bytes, read straight from the file into one buffer (zipfile's reader
     copies through small chunks)."""
     raw.seek(info.header_offset)
