@@ -629,13 +629,22 @@ def build(
         return CLIP(config, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=nnx.Rngs(seed))
     from .checkpoint.convert import check_params
 
-    check_params(params, config)
     graphdef, abstract = abstract_model(config, dtype=dtype, param_dtype=param_dtype, attention=attention)
+    check_params(params, param_shapes(abstract))
     leaves = [
-        (path, var.replace(jnp.asarray(params[".".join(map(str, path))], dtype=var.dtype)))
+        (path, var.replace(jnp.asarray(params[_flat_name(path)], dtype=var.dtype)))
         for path, var in nnx.to_flat_state(abstract)
     ]
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
+
+
+def _flat_name(path: tuple) -> str:
+    return ".".join(map(str, path))
+
+
+def param_shapes(state: nnx.State) -> dict[str, tuple[int, ...]]:
+    """Flat param names ("visual.conv1.kernel", ...) -> shapes, for a model's state or abstract state."""
+    return {_flat_name(path): tuple(v.shape) for path, v in nnx.to_flat_state(state)}
 
 
 class _ShapeOnlyRngs:
@@ -665,7 +674,7 @@ def abstract_model(
 
 def flat_params(model: CLIP) -> dict[str, jax.Array]:
     """The model's params and BatchNorm statistics by clip_jax name (the converted file's keys)."""
-    return {".".join(map(str, path)): var[...] for path, var in nnx.to_flat_state(nnx.state(model))}
+    return {_flat_name(path): var[...] for path, var in nnx.to_flat_state(nnx.state(model))}
 
 
 # --- positional-embedding interpolation -----------------------------------------------------------

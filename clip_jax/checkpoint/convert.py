@@ -62,12 +62,9 @@ def to_torch(x: np.ndarray, transform: str | None) -> np.ndarray:
 
 def expected_params(config: CLIPConfig) -> dict[str, tuple[int, ...]]:
     """The flat param names of a model and their shapes, without allocating it."""
-    from flax import nnx
+    from ..model import abstract_model, param_shapes
 
-    from ..model import abstract_model
-
-    _, abstract = abstract_model(config)
-    return {".".join(map(str, path)): tuple(v.shape) for path, v in nnx.to_flat_state(abstract)}
+    return param_shapes(abstract_model(config)[1])
 
 
 def from_torch(state_dict: Mapping[str, np.ndarray], config: CLIPConfig | None = None) -> tuple[CLIPConfig, dict[str, np.ndarray]]:
@@ -104,9 +101,8 @@ def to_torch_state_dict(params: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
     return out
 
 
-def check_params(params: Mapping[str, np.ndarray], config: CLIPConfig) -> None:
-    """Every expected param present with its shape, nothing else (for converted files)."""
-    expected = expected_params(config)
+def check_params(params: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]]) -> None:
+    """Every expected param (name -> shape, as expected_params gives) present with its shape, nothing else."""
     missing = sorted(set(expected) - set(params))
     unexpected = sorted(set(params) - set(expected))
     mismatched = [
