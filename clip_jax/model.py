@@ -592,12 +592,7 @@ def _trim(tokens, t: TextConfig, trim: bool | None):
         if trim:
             raise TypeError("trim=True needs tokens as a numpy array (trimming reads the EOT positions on the host)")
         return tokens  # a device array: reading EOT positions would cost a transfer
-    try:
-        return trim_tokens(tokens)
-    except ValueError:
-        if trim:
-            raise
-        return tokens  # a row without EOT: its end is unknown, keep every column
+    return trim_tokens(tokens, strict=bool(trim))  # auto mode keeps a batch with a row without EOT whole
 
 
 def functional(model: CLIP, method: str = "__call__") -> tuple[Callable, nnx.State]:

@@ -332,8 +332,10 @@ class ShardedCLIP:
         trim = t.trimmable  # exact only for causal towers pooled at the EOT or first token
 
         def load(start, stop, local):
-            # Trim on the global batch, so every process picks the same length.
-            width = trim_tokens(tokens[start:stop], self.text_buckets).shape[1] if trim else tokens.shape[1]
+            # Trim on the global batch, so every process picks the same length; as encode_text's auto
+            # mode, a batch with a row without EOT is kept whole.
+            batch = tokens[start:stop]
+            width = trim_tokens(batch, self.text_buckets, strict=False).shape[1] if trim else batch.shape[1]
             return tokens[start + local.start: min(start + local.stop, stop), :width], None
 
         parts = [y for _, y, _ in self._stream("text", n, load, normalized)]

@@ -619,14 +619,15 @@ def tokenize(
     return default_tokenizer().tokenize(texts, context_length=context_length, truncate=truncate)
 
 
-def trim_tokens(tokens: np.ndarray, buckets: Sequence[int] = DEFAULT_BUCKETS) -> np.ndarray:
+def trim_tokens(tokens: np.ndarray, buckets: Sequence[int] = DEFAULT_BUCKETS, strict: bool = True) -> np.ndarray:
     """Cut ``[N, L]`` ids to the smallest bucket that holds every row's end token.
 
     The kept length is the smallest bucket ``>= max over rows of (EOT position + 1)``,
     capped at ``L`` (never longer than the input). ``<|endoftext|>`` is the largest id
     (49407), so a row's EOT position is its ``argmax``. Rows of all zeros (padding)
-    need one column; a row with non-zero ids but no EOT raises ``ValueError`` because
-    its end is unknown.
+    need one column; a row with non-zero ids but no EOT has no known end: it raises
+    ``ValueError``, or with ``strict=False`` the batch is returned whole (what the
+    jitted entry points and ShardedCLIP do when trimming on their own).
 
     Why this is exact for CLIP's text tower: the transformer uses a causal attention
     mask, so the activation at position ``i`` depends only on ids and positional
@@ -652,6 +653,8 @@ def trim_tokens(tokens: np.ndarray, buckets: Sequence[int] = DEFAULT_BUCKETS) ->
     top = tokens[np.arange(n), pos]
     bad = (top != EOT_ID) & (top != 0)
     if bad.any():
+        if not strict:
+            return tokens
         row = int(np.flatnonzero(bad)[0])
         raise ValueError(f"row {row} has no end-of-text token ({EOT_ID}); cannot trim it")
     need = int(pos.max()) + 1

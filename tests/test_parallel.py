@@ -194,3 +194,18 @@ def test_text_not_trimmed_for_bidirectional_towers():
     # Trimming would change these features (and the model refuses short tokens for such towers).
     got = parallel.ShardedCLIP(model, batch_size=4).encode_text(tokens)
     np.testing.assert_allclose(got, np.asarray(model.encode_text(tokens)), atol=FEATURE_ATOL, rtol=0)
+
+
+def test_text_row_without_eot_is_kept_whole():
+    """A row with no end token has no known end: ShardedCLIP, like encode_text's auto mode, keeps its
+    batch at full length instead of trimming (or refusing) it, so both give the same features."""
+    from clip_jax.tokenizer import tokenize
+
+    from .tiny import TINY, tiny_model
+
+    model = tiny_model(TINY)
+    tokens = tokenize(["a dog", "a cat on a mat", "x"], context_length=TINY.text.context_length)
+    tokens[2, 2:] = 320  # "a" repeated to the end, no EOT ...
+    tokens[2, 50] = 49000  # ... and the largest id, where the tower pools, far past the other rows' ends
+    got = parallel.ShardedCLIP(model, batch_size=4, text_buckets=(8,)).encode_text(tokens)
+    np.testing.assert_allclose(got, np.asarray(model.encode_text(tokens)), atol=FEATURE_ATOL, rtol=0)

@@ -501,6 +501,7 @@ def test_trim_tokens_rows_without_eot():
         T.trim_tokens(tokens)
     with pytest.raises(ValueError):
         T.trim_tokens(tokens[0])
+    assert T.trim_tokens(tokens, strict=False) is tokens  # the end is unknown: every column is kept
 
 
 def test_trim_tokens_is_exact_for_a_causal_eot_pooled_model():
