@@ -477,8 +477,11 @@ class CLIP(TextTransformer):
         dtype = jnp.dtype(dtype)
         if attention not in (None, "xla", "cudnn"):
             raise ValueError(f"attention must be None, 'xla' or 'cudnn'; got {attention!r}")
+        # Otherwise the first call fails deep inside XLA's lowering.
+        if attention == "cudnn" and dtype not in (jnp.bfloat16, jnp.float16):
+            raise ValueError(f"attention='cudnn' needs dtype bfloat16 or float16 (cuDNN's fused attention "
+                             f"has no float32 kernel); got dtype {dtype}")
         if attention == "cudnn" and jax.default_backend() != "gpu":
-            # Otherwise the first call fails deep inside XLA's lowering.
             raise ValueError(f"attention='cudnn' needs an NVIDIA GPU; the default backend is {jax.default_backend()!r}")
         if precision is None and dtype == jnp.float32:
             precision = "highest"

@@ -190,9 +190,11 @@ def test_trim_refused_for_bidirectional_tower():
 def test_attention_choice_checked():
     with pytest.raises(ValueError, match="'xla' or 'cudnn'"):
         clip_jax.build(TINY, attention="flash")
+    with pytest.raises(ValueError, match="needs dtype bfloat16 or float16.*got dtype float32"):
+        clip_jax.build(TINY, attention="cudnn")
     if jax.default_backend() != "gpu":
         with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
-            clip_jax.build(TINY, attention="cudnn")
+            clip_jax.build(TINY, attention="cudnn", dtype="bfloat16")
     model = clip_jax.build(TINY, attention="xla")
     images, tokens = batch()
     assert clip_jax.clip_logits(model, images, tokens)[0].shape == (2, 3)
