@@ -35,6 +35,8 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", "-m", required=required,
                    help="a converted clip_jax .safetensors or a PyTorch CLIP checkpoint (anything clip_jax.load takes)")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="compute dtype (default: float32)")
+    p.add_argument("--attention", choices=["xla", "cudnn"], default=None,
+                   help="attention kernel: cudnn (NVIDIA GPUs, with --dtype bfloat16/float16) or xla (default)")
     p.add_argument("--batch-size", type=int, default=256, help="images or texts per step, over all devices (default: 256)")
 
 
@@ -80,7 +82,7 @@ def run_embed(args: argparse.Namespace) -> int:
         raise ValueError("nothing to embed: give image INPUTs and/or --captions FILE")
     s = embed(args.inputs, args.output, args.model, captions=args.captions, batch_size=args.batch_size,
               dtype=args.dtype, emb_dtype=args.emb_dtype, shard_size=args.shard_size, num_threads=args.num_threads,
-              model_parallel=args.model_parallel, progress=not args.no_progress)
+              model_parallel=args.model_parallel, attention=args.attention, progress=not args.no_progress)
     import jax
 
     if jax.process_index() == 0:
@@ -126,7 +128,7 @@ def run_classify(args: argparse.Namespace) -> int:
     paths = collect_images(args.images)
     if not paths:
         raise ValueError("no images found in the inputs")
-    model, preprocess = load(args.model, dtype=jnp.dtype(args.dtype))
+    model, preprocess = load(args.model, dtype=jnp.dtype(args.dtype), attention=args.attention)
     sharded = ShardedCLIP(model, batch_size=args.batch_size)
     weights = zeroshot_classifier(sharded, labels, templates)
     scale, failed = logit_scale(model), 0

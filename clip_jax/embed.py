@@ -285,6 +285,7 @@ def embed(
     shard_size: int = 100_000,
     num_threads: int | None = None,
     model_parallel: int = 1,
+    attention: str | None = None,
     progress: bool = True,
     sharded=None,
 ) -> Summary:
@@ -294,6 +295,7 @@ def embed(
     captions: a text file (one caption a line) or a list of strings. With images too, caption i pairs
       with image i (same row of metadata_k), and a row whose image cannot be read is dropped from both.
     model: anything clip_jax.load takes. dtype: compute dtype (float32, bfloat16, float16).
+    attention: "xla", "cudnn" (NVIDIA GPUs, 16-bit dtype) or None, as clip_jax.load.
     emb_dtype: stored embeddings, float16 (clip-retrieval's) or float32.
     shard_size: rows per output file; also the unit of resumption.
     sharded: a parallel.ShardedCLIP of `model` to use instead of loading it (reuses its compiled programs
@@ -340,7 +342,7 @@ def embed(
                        time.perf_counter() - t0, job.errors())
 
     if sharded is None:
-        clip, preprocess = load(model, dtype=jnp.dtype(dtype))
+        clip, preprocess = load(model, dtype=jnp.dtype(dtype), attention=attention)
         sharded = parallel.ShardedCLIP(clip, parallel.make_mesh(model_parallel), batch_size=batch_size)
     else:  # the transform load() would give
         cfg = sharded.config

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -213,7 +214,11 @@ def test_embed_user_errors_are_one_line(data, tmp_path, capsys):
         (embed_args([imgs], tmp_path / "o2", model, "--captions", tmp_path / "caps.txt"), "15 images but 2 captions"),
         (embed_args([tmp_path / "nope"], tmp_path / "o3", model), "nope: no such file or folder"),
         (["embed", "-o", tmp_path / "o4", "--model", model], "nothing to embed"),
+        (embed_args([imgs], tmp_path / "o5", model, "--attention", "cudnn"), "needs dtype bfloat16 or float16"),
     ]
+    if jax.default_backend() != "gpu":
+        cases.append((embed_args([imgs], tmp_path / "o6", model, "--attention", "cudnn", "--dtype", "bfloat16"),
+                      "needs an NVIDIA GPU"))
     for argv, message in cases:
         assert main(*argv) == 1
         err = capsys.readouterr().err.strip().splitlines()
