@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import open_clip
 import pytest
+from flax import nnx
 
 import clip_jax
 from clip_jax.config import PRESETS, CLIPConfig, TextConfig, VisionConfig, canonical_name
@@ -198,3 +199,20 @@ def test_attention_choice_checked():
     model = clip_jax.build(TINY, attention="xla")
     images, tokens = batch()
     assert clip_jax.clip_logits(model, images, tokens)[0].shape == (2, 3)
+
+
+@pytest.mark.parametrize("config", [TINY, TINY_RN], ids=["vit", "resnet"])
+def test_convolutions_by_platform(config):
+    """Non-overlapping convolutions (ViT's patch embedding, ResNet's 1x1s) lower to matmuls for the CPU,
+    where XLA's matmul is about twice as fast as its conv; lowered for a GPU, every conv stays one, for
+    cuDNN. (Lowering for CUDA needs no GPU.)"""
+    model = clip_jax.build(config)
+    convs = [m for _, m in nnx.iter_modules(model.visual) if isinstance(m, nnx.Conv)]
+    patches = [c for c in convs if c.kernel_size == (c.strides, c.strides) and c.padding in ("VALID", ((0, 0), (0, 0)))]
+    assert patches  # ViT: the patch embedding; ResNet: the 1x1 convs
+    fn, params = clip_jax.functional(model, "image_features")
+    size = config.vision.image_size
+    traced = jax.jit(fn).trace(params, jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32))
+    count = lambda platform: traced.lower(lowering_platforms=(platform,)).as_text().count("stablehlo.convolution")
+    assert count("cuda") == len(convs)
+    assert count("cpu") == len(convs) - len(patches)
