@@ -43,13 +43,12 @@ def zero_shot(model, images: Sequence[Image.Image], labels: Sequence[str], prepr
     preprocess: the model's transform (default: the one its config describes).
     -> (probabilities [N, k], label indices [N, k]), best first; softmax over all the labels.
     """
-    from .image import image_transform
+    from .image import transform_for
     from .zeroshot import classify, zeroshot_classifier
 
     c = model.config
     if preprocess is None:
-        preprocess = image_transform(c.vision.image_size, mean=c.image_mean, std=c.image_std,
-                                     resize_mode=c.resize_mode, interpolation=c.interpolation)
+        preprocess = transform_for(c)
     weights = zeroshot_classifier(model, [synthetic.prompt(label) for label in labels], templates=("{}",))
     probs, idx = [], []
     for start in range(0, len(images), batch_size):

@@ -308,7 +308,7 @@ def embed(
 
     from . import parallel
     from .hub import load
-    from .image import image_transform
+    from .image import transform_for
     from .tokenizer import tokenize
 
     if model is None:
@@ -344,11 +344,8 @@ def embed(
     if sharded is None:
         clip, preprocess = load(model, dtype=jnp.dtype(dtype), attention=attention)
         sharded = parallel.ShardedCLIP(clip, parallel.make_mesh(model_parallel), batch_size=batch_size)
-    else:  # the transform load() would give
-        cfg = sharded.config
-        preprocess = image_transform(cfg.vision.image_size, mean=cfg.image_mean, std=cfg.image_std,
-                                     resize_mode=cfg.resize_mode, interpolation=cfg.interpolation,
-                                     fill_color=getattr(cfg, "fill_color", 0))
+    else:
+        preprocess = transform_for(sharded.config)  # the transform load() would give
     c = sharded.config
     done_items = job.items_done() if writer else 0
     bar = _progress(job.items, done_items, "img" if images is not None else "text", progress and writer)

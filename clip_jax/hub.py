@@ -70,17 +70,13 @@ def load(
     preprocess: PIL image -> float32 [n_px, n_px, 3], with the weights' own mean, std, resize mode and
       interpolation.
     """
-    from .image import image_transform
+    from .image import transform_for
 
     config, params = load_params(name_or_path, config=config, cache_dir=cache_dir, progress=progress)
     if image_size is not None:
         config, params = with_image_size(config, params, image_size)
     model = build(config, params, dtype=dtype, param_dtype=param_dtype, attention=attention)
-    preprocess = image_transform(
-        config.vision.image_size, mean=config.image_mean, std=config.image_std,
-        resize_mode=config.resize_mode, interpolation=config.interpolation, fill_color=config.fill_color,
-    )
-    return model, preprocess
+    return model, transform_for(config)
 
 
 def load_params(

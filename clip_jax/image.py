@@ -390,6 +390,12 @@ def image_transform(
     return ImageTransform(n_px, mean, std, resize_mode, interpolation, fill_color)
 
 
+def transform_for(config) -> ImageTransform:
+    """The eval transform a model of this CLIPConfig expects (the `preprocess` clip_jax.load returns)."""
+    return ImageTransform(config.vision.image_size, config.image_mean, config.image_std, config.resize_mode,
+                          config.interpolation, config.fill_color)
+
+
 def load_image(source: ImageSource, transform: ImageTransform) -> np.ndarray:
     """uint8 [n_px, n_px, 3] pixels of one image (raises :class:`ImageError`)."""
     return transform.pixels(source)
