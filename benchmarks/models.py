@@ -105,6 +105,7 @@ def main() -> None:
         ref = ref.to(tdev, tdtype)
         size = config.vision.image_size
         images = np.random.RandomState(0).randn(batch, size, size, 3).astype(np.float32)
+        built = {}
         for tower in args.towers:
             if tower == "image":
                 tx = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(tdev, tdtype)
@@ -117,8 +118,10 @@ def main() -> None:
             for attention in attentions:
                 row = f"{name:10s} {tower:13s} {attention:9s}"
                 try:
-                    model = clip_jax.build(config, params, dtype=dtype, param_dtype=dtype,
-                                           attention=None if attention == "default" else attention)
+                    if attention not in built:  # one build per attention, shared by the towers
+                        built[attention] = clip_jax.build(config, params, dtype=dtype, param_dtype=dtype,
+                                                          attention=None if attention == "default" else attention)
+                    model = built[attention]
                     if tower == "image":
                         fn, p = clip_jax.functional(model, "image_features")
                         x = jax.device_put(jnp.asarray(images, dtype))
