@@ -21,6 +21,7 @@ No EXIF orientation is applied (OpenAI does not apply it either).
 from __future__ import annotations
 
 import io
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, Sequence, Union
@@ -265,6 +266,146 @@ def _resized_size(w: int, h: int, n: int, resize_mode: str) -> tuple[int, int]:
     return new_w, new_h
 
 
+# ----------------------------------------------------------------------------
+# the crop's window of a resize
+#
+# Resizing the short side of a thin image up to n_px makes the long side huge (a 20000x1 image becomes
+# 4.48M x 224: 4 GB in Pillow's 4-byte pixels) and the center crop keeps n_px of it. Pillow's
+# `resize(box=...)` can't compute just that window with the same pixels: the box is float32, so the
+# filter centers move by float32 rounding and ~1 pixel in 10^3 comes out one level off. Instead:
+# Pillow resizes in two 1-D passes, horizontal then vertical, each pixel a fixed-point sum over a window
+# of its row or column. The short axis's pass is Pillow's own call on the rows or columns the crop needs;
+# the long axis's pass is done here, for the crop's window only, with Pillow's coefficients computed as
+# libImaging/Resample.c does (precompute_coeffs, normalize_coeffs_8bpc) and the same integer sums, so
+# every pixel equals Pillow's resize-then-crop. This covers the 8-bit modes Pillow resamples band by
+# band, and "1" and "P", which Pillow resizes with nearest neighbour; the others ("I", "F", "I;16",
+# resampled in other arithmetic) are refused past MAX_RESIZE_FACTOR.
+
+# A resize may hold at most this many times the crop's pixels (or the source's, if more) in memory.
+MAX_RESIZE_FACTOR = 16
+_PRECISION_BITS = 22  # Pillow's 32 - 8 - 2: fixed-point weights, 2 bits of headroom
+_WINDOW_MODES = {"L", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "RGBa", "La"}
+_PREMULTIPLIED = {"RGBA": "RGBa", "LA": "La"}  # Pillow resizes these premultiplied, as here
+
+
+def _bicubic(x: np.ndarray) -> np.ndarray:
+    """Pillow's bicubic_filter (a = -0.5), the same operations in the same order."""
+    x = np.abs(x)
+    near = (1.5 * x - 2.5) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * -0.5
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+def _bilinear(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x < 1.0, 1.0 - x, 0.0)
+
+
+_FILTERS = {Image.Resampling.BICUBIC: (_bicubic, 2.0), Image.Resampling.BILINEAR: (_bilinear, 1.0)}
+
+
+def _coefficients(in_size: int, out_size: int, start: int, count: int, resample) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's 1-D resize in_size -> out_size, outputs start..start+count only.
+
+    Returns (first int64 [count]: each output's first input index, weights int64 [count, ksize]: the
+    fixed-point weights of inputs first..first+ksize-1, zero past the input's end).
+    """
+    filt, support = _FILTERS[resample]
+    scale = float(np.float32(in_size)) / out_size  # Pillow's box is float32
+    filterscale = max(scale, 1.0)
+    support *= filterscale
+    ksize = int(math.ceil(support)) * 2 + 1
+    center = (np.arange(start, start + count, dtype=np.float64) + 0.5) * scale
+    first = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)  # C's (int) truncates
+    taps = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - first
+    x = np.arange(ksize)[None, :]
+    w = np.where(x < taps[:, None], filt(((x + first[:, None]) - center[:, None] + 0.5) * (1.0 / filterscale)), 0.0)
+    total = np.zeros(count)
+    for i in range(ksize):  # in C's order: numpy's sum would pair terms differently
+        total = total + w[:, i]
+    w = np.divide(w, total[:, None], out=w, where=total[:, None] != 0.0)
+    scaled = w * (1 << _PRECISION_BITS)
+    return first, np.trunc(np.where(w < 0, scaled - 0.5, scaled + 0.5)).astype(np.int64)
+
+
+def _resample_axis(pixels: np.ndarray, axis: int, first: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """uint8 pixels [H, W, bands] resampled along `axis` with fixed-point weights, as Pillow's 8bpc passes:
+    output i = clip((2^21 + sum_k pixels[first[i] + k] * weights[i, k]) >> 22, 0, 255)."""
+    shape = [1, 1, 1]
+    shape[axis] = len(first)
+    acc = np.full(pixels.shape[:axis] + (len(first),) + pixels.shape[axis + 1 :], 1 << (_PRECISION_BITS - 1), np.int64)
+    last = pixels.shape[axis] - 1
+    for k in range(weights.shape[1]):
+        taps = np.take(pixels, np.minimum(first + k, last), axis=axis)  # past the end: weight 0
+        acc += taps * weights[:, k].reshape(shape)
+    return np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
+
+
+def _as_bands(img: Image.Image) -> np.ndarray:
+    a = np.asarray(img)
+    return a[:, :, None] if a.ndim == 2 else a
+
+
+def _resize_crop_window(img: Image.Image, size: tuple[int, int], n: int, resample) -> Image.Image:
+    """img.resize(size, resample) center-cropped to n x n, without resizing what the crop drops.
+
+    size is the "shortest" resize's: one side n, the other longer.
+    """
+    mode = img.mode
+    if mode in _PREMULTIPLIED:
+        img = img.convert(_PREMULTIPLIED[mode])
+    (w, h), (new_w, new_h) = img.size, size
+    if new_h == n:  # wide: the long axis is Pillow's first (horizontal) pass
+        first, weights = _coefficients(w, new_w, int(round((new_w - n) / 2.0)), n, resample)
+        lo, hi = int(first[0]), min(w, int(first[-1]) + weights.shape[1])
+        rows = _resample_axis(_as_bands(img.crop((lo, 0, hi, h))), 1, first - lo, weights)
+        out = Image.frombytes(img.mode, (n, h), rows.tobytes()).resize((n, n), resample)
+    else:  # tall: the short axis first (Pillow's own pass, on the rows the crop needs), then the long one
+        first, weights = _coefficients(h, new_h, int(round((new_h - n) / 2.0)), n, resample)
+        lo, hi = int(first[0]), min(h, int(first[-1]) + weights.shape[1])
+        strip = img.crop((0, lo, w, hi)).resize((n, hi - lo), resample)
+        cols = _resample_axis(_as_bands(strip), 0, first - lo, weights)
+        out = Image.frombytes(img.mode, (n, n), cols.tobytes())
+    return out.convert(mode) if mode in _PREMULTIPLIED else out
+
+
+def _nearest_indices(in_size: int, out_size: int, start: int, count: int) -> np.ndarray:
+    """Pillow's nearest-neighbour source index (-1: none) of outputs start..start+count of a 1-D resize.
+
+    Pillow ("1" and "P" images; ImagingScaleAffine) starts at scale / 2 and adds scale once per output:
+    the same float64 additions in the same order here, in bounded chunks.
+    """
+    scale = float(np.float32(in_size)) / out_size
+    x, chunk = scale * 0.5, 1 << 16
+    for done in range(0, start, chunk):
+        x = np.add.accumulate(np.concatenate(([x], np.full(min(chunk, start - done), scale))))[-1]
+    coords = np.add.accumulate(np.concatenate(([x], np.full(count - 1, scale))))
+    index = np.trunc(coords).astype(np.int64)  # coords >= 0: C's (int) cast
+    return np.where(index < in_size, index, -1)
+
+
+def _nearest_crop_window(img: Image.Image, size: tuple[int, int], n: int) -> Image.Image:
+    """img.resize(size) center-cropped to n x n for "1" and "P" images, which Pillow resizes with nearest
+    neighbour whatever the filter asked for."""
+    (w, h), (new_w, new_h) = img.size, size
+    rows = _nearest_indices(h, new_h, int(round((new_h - n) / 2.0)), n)
+    cols = _nearest_indices(w, new_w, int(round((new_w - n) / 2.0)), n)
+    src = np.asarray(img)
+    out = np.zeros((n, n), src.dtype)  # Pillow fills what maps outside the source with 0
+    out[np.ix_(rows >= 0, cols >= 0)] = src[np.ix_(rows[rows >= 0], cols[cols >= 0])]
+    if img.mode == "1":
+        return Image.fromarray(out)
+    result = Image.frombytes(img.mode, (n, n), out.tobytes())
+    result.putpalette(img.palette)
+    result.info = dict(img.info)
+    return result
+
+
+def _resize_would_waste(w: int, h: int, size: tuple[int, int], n: int) -> bool:
+    """True when the full resize holds more than MAX_RESIZE_FACTOR x the crop's (or the source's) pixels."""
+    return size[0] * size[1] > MAX_RESIZE_FACTOR * max(n * n, w * h)
+
+
 class ImageTransform:
     """PIL image (or path / bytes) -> CLIP input, the eval transform of OpenAI CLIP / open_clip.
 
@@ -332,7 +473,9 @@ class ImageTransform:
         new_w, new_h = _resized_size(w, h, n, self.resize_mode)
         if new_w <= 0 or new_h <= 0:
             raise _Bad(f"aspect ratio too extreme: {w}x{h} resizes to {new_w}x{new_h}")
-        if (new_w, new_h) != (w, h):  # torchvision skips the resize when the size already matches
+        if self.resize_mode == "shortest" and _resize_would_waste(w, h, (new_w, new_h), n):
+            img = self._resize_crop(img, (new_w, new_h))
+        elif (new_w, new_h) != (w, h):  # torchvision skips the resize when the size already matches
             img = img.resize((new_w, new_h), self._resample)
         if self.resize_mode != "squash":  # squash: Resize((n, n)) only, no crop
             fill = self.fill_color if self.resize_mode == "longest" else 0
@@ -340,6 +483,17 @@ class ImageTransform:
         if img.mode != "RGB":  # convert AFTER the crop, as the reference does
             img = img.convert("RGB")
         return img
+
+    def _resize_crop(self, img: Image.Image, size: tuple[int, int]) -> Image.Image:
+        """The n x n center of img.resize(size), for a resize too big to hold (see MAX_RESIZE_FACTOR)."""
+        if img.mode in ("1", "P"):
+            return _nearest_crop_window(img, size, self.n_px)
+        mode = _PREMULTIPLIED.get(img.mode, img.mode)
+        if mode not in _WINDOW_MODES:
+            w, h = img.size
+            raise _Bad(f"aspect ratio too extreme: {w}x{h} in mode {img.mode} would resize to {size[0]}x{size[1]} "
+                       f"(over {MAX_RESIZE_FACTOR}x the crop); convert it to RGB first")
+        return _resize_crop_window(img, size, self.n_px, self._resample)
 
     def _run(self, source: ImageSource, fn):
         if not isinstance(source, _SOURCE_TYPES):

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import warnings
 import zlib
 from pathlib import Path
@@ -155,6 +157,71 @@ def test_geometry_edge_cases(open_clip_mod, pics, size):
         data, _ = in_mode(rgb, mode)
         for rm in ("shortest", "longest", "squash"):
             check(open_clip_mod, data, 224, resize_mode=rm)
+
+
+# Thin images: the short side is upsampled, the long side becomes huge and the crop keeps n_px of it;
+# only the crop's window is resampled (clip_jax.image._resize_crop_window), with the same pixels.
+THIN = [((150, 5), 224), ((5, 150), 224), ((300, 1), 64), ((1, 301), 64)]  # (size, n_px)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "LA", "RGBA", "P+trns", "1", "CMYK"])
+def test_extreme_aspect_matches_open_clip(open_clip_mod, pics, mode):
+    from clip_jax.image import _resize_would_waste, _resized_size
+
+    for i, (size, n_px) in enumerate(THIN):
+        assert _resize_would_waste(*size, _resized_size(*size, n_px, "shortest"), n_px)
+        rgb = _pick(pics, i).resize(size, Image.Resampling.LANCZOS)
+        data, _ = in_mode(rgb, mode)
+        check(open_clip_mod, data, n_px)
+        if mode in ("RGB", "RGBA"):
+            check(open_clip_mod, data, n_px, interpolation="bilinear")
+        check(open_clip_mod, data, n_px, resize_mode="squash")  # these two never resize past n_px x n_px
+        if round(min(size) * n_px / max(size)) > 0:  # else "longest" rounds a side to 0, as in open_clip
+            check(open_clip_mod, data, n_px, resize_mode="longest")
+
+
+def test_extreme_aspect_refused_in_modes_without_a_window():
+    """"I", "F" and "I;16" images resample in other arithmetic: past MAX_RESIZE_FACTOR they are refused."""
+    for mode in ("I", "F"):
+        im = Image.new(mode, (3000, 2), 7)
+        with pytest.raises(ImageError, match="aspect ratio too extreme: 3000x2 in mode " + mode):
+            image_transform(224).pixels(im)
+        assert image_transform(224).pixels(im.resize((60, 20))).shape == (224, 224, 3)  # within the limit
+
+
+def _peak_rss_mib(code: str) -> float:
+    """Peak resident memory of a fresh Python running `code`, as its otherwise idle parent sees it."""
+    runner = ("import resource, subprocess, sys; subprocess.run([sys.executable, '-c', sys.argv[1]], check=True); "
+              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", runner, code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return int(out.stdout) / 1024  # Linux reports KiB
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units and address-space limits are Linux's")
+def test_thin_png_memory_is_bounded():
+    """A 20000x1 PNG (140 bytes) resized as open_clip does would be 4.48M x 224 pixels, 4 GB in Pillow's
+    4-byte pixels; the crop keeps 224 x 224. The window holds the source (80 KB), the crop's window and
+    the output (200 KB each), so the peak may exceed a 224 x 224 image's by at most 32 MiB (allocator
+    slack, numpy temporaries of n_px x 5 taps). image.py alone is loaded (numpy, Pillow; no JAX), and
+    the address space is capped at 2 GiB so a regression fails fast instead of exhausting the machine."""
+    image_py = Path(__file__).resolve().parents[1] / "clip_jax" / "image.py"
+    code = f"""
+import importlib.util, io, resource
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+from PIL import Image
+spec = importlib.util.spec_from_file_location("image", {str(image_py)!r})
+image = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(image)
+tf = image.image_transform(224)
+for size in SIZES:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 90)).save(buf, "PNG")
+    assert tf.pixels(buf.getvalue()).shape == (224, 224, 3)
+"""
+    base = _peak_rss_mib("SIZES = [(224, 224), (300, 224)]" + code)
+    thin = _peak_rss_mib("SIZES = [(20000, 1), (1, 20000), (100000, 3)]" + code)
+    assert thin - base <= 32, (base, thin)
 
 
 def test_short_side_equal_is_not_resampled(pics):
