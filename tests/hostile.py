@@ -133,3 +133,45 @@ def write_legacy(path: Path, main_pkl: bytes, storages: list[tuple[str, int, byt
         parts.append(struct.pack("<q", numel) + data)
     path.write_bytes(b"".join(parts))
     return path
+
+
+def write_deflated_zeros(path: Path, data_pkl: bytes, entry: str, size: int, root: str = "archive",
+                         storages: dict[str, bytes] | None = None) -> Path:
+    """A zip whose `entry` (under root/) is `size` zero bytes, deflated (~1000:1): a decompression bomb.
+    Streamed, so writing it costs no memory; `data_pkl` is written unless `entry` replaces it."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        if entry != "data.pkl":
+            zf.writestr(f"{root}/data.pkl", data_pkl)
+        for key, data in (storages or {}).items():
+            zf.writestr(f"{root}/data/{key}", data)
+        with zf.open(f"{root}/{entry}", "w", force_zip64=size >= 1 << 31) as f:
+            chunk = bytes(1 << 22)
+            for start in range(0, size, len(chunk)):
+                f.write(chunk[: size - start])
+    return path
+
+
+def patch_central_entry(src: Path, dst: Path, name: str, size: int, crc: int) -> Path:
+    """Copy an archive, changing one central-directory record's sizes (compressed and uncompressed)
+    and CRC-32; the local header and the data stay as they are."""
+    data = bytearray(src.read_bytes())
+    with zipfile.ZipFile(src) as zf:
+        pos = zf.start_dir
+    fmt = zipfile.structCentralDir
+    while data[pos:pos + 4] == b"PK\x01\x02":
+        fields = list(struct.unpack_from(fmt, data, pos))
+        n, m, k = fields[zipfile._CD_FILENAME_LENGTH:zipfile._CD_COMMENT_LENGTH + 1]
+        if bytes(data[pos + 46:pos + 46 + n]).decode() == name:
+            fields[zipfile._CD_CRC] = crc
+            fields[zipfile._CD_COMPRESSED_SIZE] = fields[zipfile._CD_UNCOMPRESSED_SIZE] = size
+            struct.pack_into(fmt, data, pos, *fields)
+            dst.write_bytes(bytes(data))
+            return dst
+        pos += 46 + n + m + k
+    raise KeyError(name)
+
+
+def memo_bomb(index: int) -> bytes:
+    """A 12-byte pickle that stores None at memo `index`: CPython's unpickler grows its memo table to
+    2 x index entries (8 bytes each) first."""
+    return PROTO2 + NONE + b"r" + struct.pack("<I", index) + STOP

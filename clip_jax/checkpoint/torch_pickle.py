@@ -25,11 +25,13 @@ imported.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import io
 import math
 import os
 import pickle
+import pickletools
 import re
 import struct
 import zipfile
@@ -357,9 +359,109 @@ class _StorageTable:
         return ref
 
 
-def _unpickle(data: bytes | BinaryIO, allowed: dict, persistent_load=None, torchscript=False) -> Any:
-    file = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    return _RestrictedUnpickler(file, allowed, persistent_load, torchscript).load()
+def _unpickle(data: bytes, allowed: dict, persistent_load=None, torchscript=False) -> Any:
+    """Unpickle one pickle from `data` (at most MAX_PICKLE_BYTES), after `_scan_pickle` has checked it."""
+    end = _scan_pickle(data)
+    return _RestrictedUnpickler(io.BytesIO(data[:end]), allowed, persistent_load, torchscript).load()
+
+
+# ---------------------------------------------------------------------------
+# The memory budget: what reading may allocate, decided before allocating it
+# ---------------------------------------------------------------------------
+
+# A pickle's objects cost up to ~80 bytes per pickle byte (one empty container per opcode: 4 MiB of them
+# unpickle to 324 MiB). Real ones are small: ViT-B/32's state dict pickle is 53 KB, ViT-bigG-14's 121 KB,
+# its open_clip training checkpoint (with AdamW state) 355 KB. 2 MiB bounds a hostile one to ~160 MiB.
+MAX_PICKLE_BYTES = 2 << 20
+# Copies of views (slices, tied parameters) may take at most the bytes of the storages read, plus this.
+COPY_SLACK = 16 << 20
+# Deflated entries (torch never compresses; re-zipped files do) may inflate to at most this ratio of
+# their compressed bytes in all, plus an allowance for small files of mostly zeros (the bundled
+# tiny_clip.pt inflates 22x in all, 640x for its unused token embeddings). Deflate's own limit is ~1030x.
+INFLATE_RATIO = 32
+INFLATE_SLACK = 64 << 20
+
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def _scan_pickle(data: bytes) -> int:
+    """Walk a pickle's opcodes without building anything -> its length (up to and including STOP).
+
+    Refuses what would make CPython's unpickler allocate before reading: a memo index far past the
+    opcodes seen (its memo table is sized by the largest index: a 12-byte pickle can ask for 4 GB),
+    and byte strings or frames longer than the data (preallocated at their declared length).
+    """
+    for ops, (op, arg, pos) in enumerate(_opcodes(data), 1):
+        if op.name in _MEMO_PUTS and arg >= ops:  # picklers number memo entries 0, 1, 2, ...
+            raise CheckpointError(f"pickle memo index {arg} at byte {pos} is past its {ops} opcodes")
+        if op.name == "FRAME" and arg > len(data) - pos:
+            raise CheckpointError(f"pickle frame of {arg} bytes at byte {pos} runs past its end")
+    return pos + 1
+
+
+def _opcodes(data: bytes):
+    """pickletools.genops, its errors (unknown opcode, truncated argument, no STOP) as CheckpointError."""
+    try:
+        yield from pickletools.genops(data)
+    except ValueError as err:
+        raise CheckpointError(f"malformed pickle (or longer than {MAX_PICKLE_BYTES} bytes): {err}") from None
+
+
+def _read_pickle(file: BinaryIO, file_size: int, limit: int = MAX_PICKLE_BYTES) -> bytes:
+    """The pickle starting at the file's position (legacy format); leaves the file just after it."""
+    start = file.tell()
+    data = file.read(min(limit, file_size - start))
+    end = _scan_pickle(data)
+    file.seek(start + end)
+    return data[:end]
+
+
+def _spans_storage(ref: _TensorRef) -> bool:
+    """True when the view is its whole storage, contiguous: it can take the storage's buffer."""
+    expected = 1
+    for n, s in reversed(list(zip(ref.size, ref.stride))):
+        if n != 1 and s != expected:
+            return False
+        expected *= n
+    return ref.offset == 0 and expected == ref.storage.numel
+
+
+def _plan_copies(named: dict[str, _TensorRef]) -> dict[str, str]:
+    """-> {storage key: the tensor name that takes its buffer}; every other view is copied.
+
+    The first view spanning its whole storage takes it (tied parameters: the first name; a fused
+    tensor saved with its slices: the whole one). Outputs never alias each other.
+    """
+    owners: dict[str, str] = {}
+    for name, ref in named.items():
+        if ref.storage.key not in owners and _spans_storage(ref):
+            owners[ref.storage.key] = name
+    return owners
+
+
+def _check_copy_budget(named: dict[str, _TensorRef], owners: dict[str, str]) -> None:
+    """Refuse before reading when the copies would exceed the storages' bytes + COPY_SLACK.
+
+    Views that repeat a storage many times, overlap themselves (stride 0) or expand beyond it are what
+    makes a tiny file cost gigabytes; torch's own tied parameters and slices stay within the budget.
+    """
+    storages = {ref.storage.key: ref.storage for ref in named.values()}
+    stored = sum(map(_nbytes, storages.values()))
+    copies = {name: math.prod(ref.size) * ref.storage.dtype.itemsize
+              for name, ref in named.items() if owners.get(ref.storage.key) != name}
+    total = sum(copies.values())
+    if total > stored + COPY_SLACK:
+        name = max(copies, key=copies.get)
+        ref = named[name]
+        raise CheckpointError(
+            f"tensor {name!r} (size {ref.size}, stride {ref.stride}, {ref.storage.dtype}) and the other views "
+            f"would copy {total} bytes out of {len(storages)} storages of {stored} bytes; at most the storages' "
+            f"bytes + {COPY_SLACK >> 20} MiB are copied (views repeating a storage or overlapping themselves)"
+        )
+
+
+def _nbytes(ref: _StorageRef) -> int:
+    return ref.numel * ref.dtype.itemsize
 
 
 # ---------------------------------------------------------------------------
@@ -457,9 +559,11 @@ def _storage_array(buf: np.ndarray, ref: _StorageRef, big_endian: bool) -> np.nd
     return raw.view(ref.dtype)
 
 
-def _materialize(named: dict[str, _TensorRef], storages: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Turn checked views into arrays; copy unless a tensor solely owns a whole storage."""
-    uses = collections.Counter(ref.storage.key for ref in named.values())
+def _materialize(
+    named: dict[str, _TensorRef], storages: dict[str, np.ndarray], owners: dict[str, str]
+) -> dict[str, np.ndarray]:
+    """Turn checked views into arrays: a storage's owner (see `_plan_copies`) takes its buffer, the rest
+    are copies."""
     out: dict[str, np.ndarray] = {}
     for name, ref in named.items():
         flat = storages[ref.storage.key]
@@ -470,14 +574,8 @@ def _materialize(named: dict[str, _TensorRef], storages: dict[str, np.ndarray]) 
             strides=tuple(s * itemsize for s in ref.stride),
             writeable=False,
         )
-        owns_storage = (
-            uses[ref.storage.key] == 1
-            and ref.offset == 0
-            and view.size == flat.size
-            and view.flags.c_contiguous
-        )
         # Reshaping the storage itself avoids a second copy of the weights.
-        out[name] = flat.reshape(ref.size) if owns_storage else view.copy()
+        out[name] = flat.reshape(ref.size) if owners.get(ref.storage.key) == name else view.copy()
     return out
 
 
@@ -511,14 +609,17 @@ def _zip_root(names: list[str]) -> str:
 
 
 def _load_zip(path: str) -> dict[str, np.ndarray]:
-    with zipfile.ZipFile(path) as zf:
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
         names = zf.namelist()
         root = _zip_root(names)
         entries = set(names)
+        layout = _ZipLayout(zf, raw)
 
         big_endian = False
         if f"{root}/byteorder" in entries:
-            with zf.open(f"{root}/byteorder") as f:
+            info = zf.getinfo(f"{root}/byteorder")
+            layout.data_offset(info)
+            with zf.open(info) as f:
                 order = f.read(16).strip()
             if order not in (b"little", b"big"):
                 raise CheckpointError(f"unknown byteorder {order[:20]!r}")
@@ -528,7 +629,7 @@ def _load_zip(path: str) -> dict[str, np.ndarray]:
         torchscript = f"{root}/constants.pkl" in entries or any(n.startswith(f"{root}/code/") for n in names)
         table = _StorageTable(legacy=False)
         obj = _unpickle(
-            zf.read(f"{root}/data.pkl"),
+            _read_data_pkl(zf, layout, f"{root}/data.pkl"),
             _TORCHSCRIPT_GLOBALS if torchscript else _TORCH_GLOBALS,
             table,
             torchscript,
@@ -541,19 +642,24 @@ def _load_zip(path: str) -> dict[str, np.ndarray]:
             if entry not in entries:
                 raise CheckpointError(f"storage {ref.key!r} is missing from the archive ({entry})")
             size = zf.getinfo(entry).file_size
-            if size < ref.numel * ref.dtype.itemsize:
+            if size < _nbytes(ref):
                 raise CheckpointError(
-                    f"storage {ref.key!r} has {size} bytes but {ref.numel} x {ref.dtype} "
-                    f"needs {ref.numel * ref.dtype.itemsize}"
+                    f"storage {ref.key!r} has {size} bytes but {ref.numel} x {ref.dtype} needs {_nbytes(ref)}"
                 )
+        needed = [zf.getinfo(f"{root}/data/{key}") for key in dict.fromkeys(r.storage.key for r in named.values())]
+        _check_inflation(needed)
+        owners = _plan_copies(named)
+        _check_copy_budget(named, owners)
+
         storages = {}
-        with open(path, "rb") as raw, ThreadPoolExecutor(max_workers=2) as pool:
+        with ThreadPoolExecutor(max_workers=2) as pool:
             checks = []
-            for key in {ref.storage.key for ref in named.values()}:
-                ref = table.storages[key]
-                info = zf.getinfo(f"{root}/data/{key}")
+            for info in needed:
+                key = info.filename.rpartition("/")[2]
+                start = layout.data_offset(info)
                 if info.compress_type == zipfile.ZIP_STORED:  # what torch.save writes
-                    buf = _read_stored(raw, info)
+                    raw.seek(start)
+                    buf = _read_exact(raw, info.file_size, f"zip entry {info.filename!r}")
                     # zlib releases the GIL: checksums run while the next storage is read.
                     checks.append((info, pool.submit(zlib.crc32, buf)))
                 else:
@@ -561,26 +667,115 @@ def _load_zip(path: str) -> dict[str, np.ndarray]:
                         buf = _read_exact(f, info.file_size, f"storage {key!r}")
                         while f.read(1 << 20):  # drain to the end so zipfile verifies the CRC
                             pass
-                storages[key] = _storage_array(buf, ref, big_endian)
+                storages[key] = _storage_array(buf, table.storages[key], big_endian)
             for info, crc in checks:
                 if crc.result() != info.CRC:
                     raise CheckpointError(f"zip entry {info.filename!r} is corrupt: bad CRC-32")
-    return _materialize(named, storages)
+    return _materialize(named, storages, owners)
+
+
+def _read_data_pkl(zf: zipfile.ZipFile, layout: _ZipLayout, name: str) -> bytes:
+    """The archive's pickle, its declared size checked against MAX_PICKLE_BYTES before it is inflated."""
+    info = zf.getinfo(name)
+    if info.file_size > MAX_PICKLE_BYTES:
+        raise CheckpointError(
+            f"zip entry {name!r} declares {info.file_size} bytes; a checkpoint's data.pkl may hold at most "
+            f"{MAX_PICKLE_BYTES} (real ones hold kilobytes)"
+        )
+    layout.data_offset(info)
+    return zf.read(info)  # zipfile stops at the declared size and checks the CRC
+
+
+def _check_inflation(infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse, before inflating anything, compressed entries that inflate past the INFLATE_* budget."""
+    deflated = [info for info in infos if info.compress_type != zipfile.ZIP_STORED]
+    inflated = sum(info.file_size for info in deflated)
+    compressed = sum(info.compress_size for info in deflated)
+    if inflated > INFLATE_RATIO * compressed + INFLATE_SLACK:
+        worst = max(deflated, key=lambda info: info.file_size / max(1, info.compress_size))
+        raise CheckpointError(
+            f"zip entry {worst.filename!r} inflates {worst.compress_size} bytes to {worst.file_size}; the "
+            f"compressed storages ({compressed} bytes) may inflate to at most {INFLATE_RATIO}x that "
+            f"+ {INFLATE_SLACK >> 20} MiB, not {inflated} bytes"
+        )
 
 
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # a zip local file header, as zipfile reads it
+_HAS_DATA_DESCRIPTOR = 0x08  # flag bit: CRC and sizes follow the data (torch.save sets it)
+_UTF8_NAME = 0x800
+_ZIP64 = 0xFFFFFFFF
 
 
-def _read_stored(raw: BinaryIO, info: zipfile.ZipInfo) -> np.ndarray:
-    """An uncompressed entry's bytes, read straight from the file into one buffer (zipfile's reader
-    copies through small chunks)."""
-    raw.seek(info.header_offset)
-    header = raw.read(_LOCAL_HEADER.size)
-    if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
-        raise CheckpointError(f"zip entry {info.filename!r}: bad local header")
-    fields = _LOCAL_HEADER.unpack(header)
-    raw.seek(info.header_offset + _LOCAL_HEADER.size + fields[10] + fields[11])  # name and extra lengths
-    return _read_exact(raw, info.file_size, f"zip entry {info.filename!r}")
+class _ZipLayout:
+    """Where each entry's bytes lie in the file. An entry is read only when its local header agrees with
+    the central directory and its data ends before the next entry begins, so no two entries read can
+    share bytes and a stored entry can't claim more of the file than it holds."""
+
+    def __init__(self, zf: zipfile.ZipFile, raw: BinaryIO):
+        self.raw = raw
+        self.bounds = sorted({info.header_offset for info in zf.infolist()} | {zf.start_dir})
+
+    def data_offset(self, info: zipfile.ZipInfo) -> int:
+        """Check `info` against its local header and neighbours -> the file offset of its data."""
+        self.raw.seek(info.header_offset)
+        header = self.raw.read(_LOCAL_HEADER.size)
+        if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+            raise CheckpointError(f"zip entry {info.filename!r}: bad local header")
+        _, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len = _LOCAL_HEADER.unpack(header)
+        name = self.raw.read(name_len).decode("utf-8" if flags & _UTF8_NAME else "cp437")
+        extra = self.raw.read(extra_len)
+        if name != info.orig_filename or method != info.compress_type:
+            raise CheckpointError(f"zip entry {info.filename!r}: local header names {name!r}, method {method}")
+        start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+        end = start + info.compress_size
+        if not flags & _HAS_DATA_DESCRIPTOR:
+            recorded = (crc, *_zip64_sizes(extra, csize, usize))
+            if recorded != (info.CRC, info.compress_size, info.file_size):
+                raise CheckpointError(
+                    f"zip entry {info.filename!r}: its local header records CRC {crc:#x} and {recorded[1:]} "
+                    f"bytes, the central directory {info.CRC:#x} and {(info.compress_size, info.file_size)}"
+                )
+        after = bisect.bisect_right(self.bounds, info.header_offset)
+        following = self.bounds[min(after, len(self.bounds) - 1)]
+        if after == len(self.bounds) or end > following:
+            raise CheckpointError(
+                f"zip entry {info.filename!r} of {info.compress_size} bytes at offset {start} runs into the "
+                f"next entry (or the central directory) at offset {following}"
+            )
+        if flags & _HAS_DATA_DESCRIPTOR:
+            self._check_descriptor(info, end, following)
+        return start
+
+    def _check_descriptor(self, info: zipfile.ZipInfo, end: int, following: int) -> None:
+        """The data descriptor after the data must repeat the central directory's CRC and sizes."""
+        self.raw.seek(end)
+        tail = self.raw.read(min(24, following - end))
+        if tail[:4] == b"PK\x07\x08":  # the signature is optional
+            tail = tail[4:]
+        want = (info.CRC, info.compress_size, info.file_size)
+        for fmt in ("<3L", "<L2Q"):  # sizes are 8 bytes for zip64 entries
+            if len(tail) >= struct.calcsize(fmt) and struct.unpack_from(fmt, tail) == want:
+                return
+        raise CheckpointError(
+            f"zip entry {info.filename!r}: its data descriptor does not record the central directory's "
+            f"CRC {info.CRC:#x} and {info.compress_size} bytes"
+        )
+
+
+def _zip64_sizes(extra: bytes, csize: int, usize: int) -> tuple[int, int]:
+    """A local header's (compressed, uncompressed) sizes, from its zip64 extra field where they overflow."""
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, length = struct.unpack_from("<HH", extra, pos)
+        if tag == 1:  # zip64: the 8-byte sizes, uncompressed first, for the fields marked 0xFFFFFFFF
+            values = list(struct.unpack_from(f"<{length // 8}Q", extra, pos + 4))
+            if usize == _ZIP64 and values:
+                usize = values.pop(0)
+            if csize == _ZIP64 and values:
+                csize = values.pop(0)
+            break
+        pos += 4 + length
+    return csize, usize
 
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -591,18 +786,19 @@ def _load_legacy(path: str) -> dict[str, np.ndarray]:
     """``torch.save(..., _use_new_zipfile_serialization=False)``: a run of pickles, then storages."""
     with open(path, "rb") as f:
         file_size = os.fstat(f.fileno()).st_size
-        if _unpickle(f, {}) != _LEGACY_MAGIC:
+        header = lambda: _unpickle(_read_pickle(f, file_size, 4096), {})  # a few dozen bytes each
+        if header() != _LEGACY_MAGIC:
             raise CheckpointError("not a torch checkpoint: legacy magic number missing")
-        if _unpickle(f, {}) != _LEGACY_PROTOCOL:
+        if header() != _LEGACY_PROTOCOL:
             raise CheckpointError("unsupported legacy torch protocol version")
-        sys_info = _unpickle(f, {})
+        sys_info = header()
         if not isinstance(sys_info, dict):
             raise CheckpointError("legacy sys_info header is not a dict")
 
         table = _StorageTable(legacy=True)
-        obj = _unpickle(f, _TORCH_GLOBALS, table)
+        obj = _unpickle(_read_pickle(f, file_size), _TORCH_GLOBALS, table)
         named = _named_tensors_from_dict(obj)
-        keys = _unpickle(f, {})
+        keys = _unpickle(_read_pickle(f, file_size), {})
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise CheckpointError("legacy storage key list is malformed")
         if set(keys) != set(table.storages) or len(keys) != len(table.storages):
@@ -611,6 +807,8 @@ def _load_legacy(path: str) -> dict[str, np.ndarray]:
         # Storages follow in key-list order: <int64 LE element count><raw LE bytes>.
         # Unneeded ones (e.g. optimizer state) are skipped with a seek.
         needed = {ref.storage.key for ref in named.values()}
+        owners = _plan_copies(named)
+        _check_copy_budget(named, owners)
         storages = {}
         for key in keys:
             ref = table.storages[key]
@@ -624,7 +822,7 @@ def _load_legacy(path: str) -> dict[str, np.ndarray]:
                 storages[key] = _storage_array(_read_exact(f, nbytes, f"storage {key!r}"), ref, False)
             else:
                 f.seek(nbytes, os.SEEK_CUR)
-    return _materialize(named, storages)
+    return _materialize(named, storages, owners)
 
 
 def _looks_like_safetensors(head: bytes, file_size: int) -> bool:
