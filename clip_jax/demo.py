@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     import clip_jax
-    from .checkpoint.store import atomic_write, is_converted
+    from .checkpoint.store import is_converted
+    from .fileio import atomic_write
 
     args.out.mkdir(parents=True, exist_ok=True)
     source = TINY_CLIP if args.model == DEFAULT_MODEL else args.model

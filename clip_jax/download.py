@@ -23,7 +23,7 @@ import urllib.request
 import warnings
 from pathlib import Path
 
-from .checkpoint.store import atomic_write
+from .fileio import atomic_write, output_target
 
 CHUNK = 1 << 20
 ENV_CACHE = "CLIP_JAX_CACHE"
@@ -142,8 +142,7 @@ def download(
     if not name:
         raise ValueError(f"{url}: no file name in the URL; pass filename=")
     target = directory / name
-    if target.exists() and not target.is_file():
-        raise DownloadError(f"{target} exists and is not a regular file")
+    output_target(target)  # a FIFO or device in the cache is refused before anything is fetched
     if target.is_file():
         digest = sha256_file(target)
         if _matches(digest, sha256):

@@ -257,8 +257,8 @@ def _converted(src: Path, digest: str, config: CLIPConfig | None, directory: Pat
     try:
         directory.mkdir(parents=True, exist_ok=True)
         store.save(dst, params, config)
-    except OSError as e:  # a read-only cache still loads, only slower next time
-        warnings.warn(f"could not cache the converted params at {dst}: {e}", stacklevel=3)
+    except OSError as e:  # a full or read-only cache still loads, only slower next time
+        warnings.warn(f"not caching the converted params ({e}); loading without caching", stacklevel=3)
         return config, params
     stale = re.compile(re.escape(stem) + r"\.[0-9a-f]{16}\.safetensors")
     for old in directory.iterdir():

@@ -4,11 +4,14 @@ half-written may stay in the cache."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import warnings
 
 import pytest
 
+import clip_jax.download as download_module
 from clip_jax.download import ChecksumError, DownloadError, default_cache_dir, download
 
 from .local_server import QuietHandler, serve as serve_http
@@ -134,3 +137,30 @@ def test_download_into_the_env_cache(server, monkeypatch, tmp_path):
     monkeypatch.setenv("CLIP_JAX_CACHE", str(tmp_path / "env"))
     path, _ = download(f"{server}/good/env/m.bin", SHA, progress=False)
     assert path == tmp_path / "env" / "m.bin"
+
+
+def test_cache_entry_symlink_fifo_and_full_disk(server, tmp_path, monkeypatch):
+    """The cache's file may be a symlink (e.g. to shared storage): a refetch is written through it. A
+    FIFO there is refused before any request. A full disk is one line naming the file, nothing left."""
+    shared, cache = tmp_path / "shared", tmp_path / "cache"
+    shared.mkdir(), cache.mkdir()
+    (shared / "model.pt").write_bytes(b"stale")
+    (cache / "model.pt").symlink_to(shared / "model.pt")
+    with pytest.warns(UserWarning, match="doesn't match"):
+        path, _ = download(f"{server}/good/link/model.pt", SHA, cache_dir=cache, progress=False)
+    assert (cache / "model.pt").is_symlink() and (shared / "model.pt").read_bytes() == BODY
+    assert leftovers(shared) == ["model.pt"]
+
+    os.mkfifo(cache / "fifo.pt")
+    with pytest.raises(OSError, match=r"fifo\.pt: exists and is a FIFO, not a regular file"):
+        download(f"{server}/good/fifo/fifo.pt", SHA, cache_dir=cache, progress=False)
+    assert "/good/fifo/fifo.pt" not in Handler.hits
+
+    def fill_the_disk(url, tmp, *args):
+        tmp.write_bytes(b"part")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(download_module, "_fetch", fill_the_disk)
+    with pytest.raises(OSError, match=r"^\S*new\.pt: no space left on device"):
+        download(f"{server}/good/full/new.pt", SHA, cache_dir=cache, progress=False)
+    assert leftovers(cache) == ["fifo.pt", "model.pt"]

@@ -7,9 +7,12 @@ Logit tolerance as in test_parity.py: float32 with matmul precision "highest", l
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import pickle
 import pickletools
+import stat
 import struct
 import zipfile
 
@@ -204,3 +207,50 @@ def test_export_params_mapping_with_bfloat16_numpy(tmp_path):
     sd = torch.load(export(params, tmp_path / "p.pt"), weights_only=True)
     assert sd["visual.proj"].dtype == torch.bfloat16
     assert torch.equal(sd["visual.proj"].float(), torch.arange(6.0).reshape(2, 3))
+
+
+# --- output paths (the atomic-write helper every command shares) ----------------------------------
+
+
+def test_output_path_fifo_symlink_and_full_disk(tmp_path, monkeypatch):
+    """Only regular files are replaced: a FIFO is refused and stays a FIFO; a symlink is written through
+    (the link stays, its target gets the file). A full disk is one line naming the file, nothing left."""
+    params = {"logit_scale": np.zeros((), np.float32)}
+    fifo = tmp_path / "fifo.pt"
+    os.mkfifo(fifo)
+    with pytest.raises(FileExistsError, match=r"fifo\.pt: exists and is a FIFO, not a regular file"):
+        export(params, fifo)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "model.pt"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.pt"
+    link.symlink_to(target)
+    export(params, link)
+    assert link.is_symlink() and torch.load(target, weights_only=True)["logit_scale"] == 0
+    assert sorted(os.listdir(tmp_path / "real")) == ["model.pt"]
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export_module, "_write_record", full)
+    with pytest.raises(OSError, match=r"^\S*model\.pt: no space left on device") as e:
+        export(params, tmp_path / "model.pt")
+    assert e.value.errno == errno.ENOSPC and len(str(e.value).splitlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == ["fifo.pt", "link.pt", "real"]
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
+    """A temporary file left by a killed writer goes at the next write into its folder; one whose lock
+    is held (a live writer) or that is newer than this process stays."""
+    prefix = ".clip_jax-tmp.model.pt."
+    stale, live, new = (tmp_path / f"{prefix}{name}" for name in ("stale", "live", "new"))
+    for p in (stale, live, new):
+        p.write_bytes(b"partial")
+    for p in (stale, live):
+        os.utime(p, (1_000_000_000, 1_000_000_000))  # 2001: before this process started
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        export({"logit_scale": np.zeros((), np.float32)}, tmp_path / "model.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, new.name, "model.pt"])

@@ -388,3 +388,23 @@ def test_openai_url_unreachable_falls_back_to_the_hub(server, hf_cache, tmp_path
     url, _ = serve(server, b"tampered", name="ViT-B-16.pt")
     with pytest.raises(clip_jax.download.ChecksumError):
         clip_jax.load(dataclasses.replace(entry, url=url), cache_dir=tmp_path, progress=False)
+
+
+def test_load_when_the_cache_has_no_room_for_the_converted_copy(server, tmp_path, monkeypatch):
+    """The download fits, the converted copy doesn't: one warning naming the file, the model loads,
+    and nothing half-written stays in the cache."""
+    from safetensors import SafetensorError
+
+    ref = tiny_model(quick_gelu=True, seed=3)
+    url, sha = serve(server, zip_bytes(ref, tmp_path), name="RN101.pt")
+    entry = with_url(pretrained.registry()[("RN101", "openai")], url, sha)
+
+    def full(tensors, filename, metadata=None):  # what safetensors raises on ENOSPC
+        Path(filename).write_bytes(b"part")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(store, "save_file", full)
+    with pytest.warns(UserWarning, match=r"no space left on device.*loading without caching"):
+        model, _ = clip_jax.load(entry, cache_dir=tmp_path / "cache", progress=False)
+    assert_matches(model, ref)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["RN101.pt"]

@@ -29,7 +29,8 @@ import ml_dtypes
 import numpy as np
 
 from .convert import to_torch_state_dict
-from .store import DTYPES, atomic_write, cast_params
+from ..fileio import atomic_write, output_target
+from .store import DTYPES, cast_params
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 FP16_MIX = "fp16_mix"
@@ -262,6 +263,7 @@ def export(model, path: str | os.PathLike, *, dtype: str = "keep", compress: boo
                          f"{', '.join(TORCH_SUFFIXES)} (torch.save format) or .safetensors")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{path.parent}: no such directory")
+    output_target(path)  # refuse a FIFO or device before the work
     state_dict = torch_state_dict(model, dtype)
     if suffix == ".safetensors":
         if compress:
