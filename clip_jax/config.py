@@ -159,11 +159,9 @@ class CLIPConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CLIPConfig:
+        """The inverse of to_dict. `d` is checked first (validate_config_dict): ValueError naming the field."""
+        validate_config_dict(d)
         d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown config fields: {sorted(unknown)}")
         d["vision"] = VisionConfig(**d.get("vision", {}))
         d["text"] = TextConfig(**d.get("text", {}))
         return cls(**d)
@@ -171,6 +169,92 @@ class CLIPConfig:
     @classmethod
     def from_json(cls, s: str) -> CLIPConfig:
         return cls.from_dict(json.loads(s))
+
+
+# --- validating a config dict ----------------------------------------------------------------------
+#
+# A converted file's config is input like any other: its types and ranges are checked before anything is
+# built from it (a ViT of 20,000 layers takes minutes and gigabytes to find out it matches no weights).
+# The ranges are generous: the largest released CLIP towers have 48 blocks (ViT-bigG-14), 36 in one
+# ResNet stage (RN50x64), width 1664, 448 px images, 77 tokens.
+
+MAX_LAYERS = 256
+MAX_WIDTH = 1 << 14
+MAX_IMAGE_SIZE = 1 << 13
+MAX_CONTEXT = 1 << 13
+MAX_VOCAB = 1 << 24
+
+
+def _int_in(lo: int, hi: int, optional: bool = False):
+    def check(v: Any) -> bool:
+        return (optional and v is None) or (type(v) is int and lo <= v <= hi)  # bool is no int here
+    return check, f"an int in [{lo}, {hi}]" + (" or null" if optional else "")
+
+
+def _number_in(lo: float, hi: float, optional: bool = False):
+    def check(v: Any) -> bool:
+        return (optional and v is None) or (type(v) in (int, float) and lo <= v <= hi)  # NaN fails both
+    return check, f"a number in [{lo:g}, {hi:g}]" + (" or null" if optional else "")
+
+
+def _one_of(*choices: str):
+    return (lambda v: type(v) is str and v in choices), f"one of {choices}"
+
+
+def _resnet_layers(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == 4 and all(_int_in(1, MAX_LAYERS)[0](n) for n in v)
+
+
+_BOOL = (lambda v: type(v) is bool), "true or false"
+_NAME = (lambda v: type(v) is str and 0 < len(v) <= 64), "a name"
+_RGB = (lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(_number_in(-1e3, 1e3)[0](x) for x in v),
+        "3 numbers")
+_LAYERS = (lambda v: _int_in(1, MAX_LAYERS)[0](v) or _resnet_layers(v),
+           f"an int in [1, {MAX_LAYERS}] (ViT) or 4 of them (ResNet)")
+_WIDTH = _int_in(1, MAX_WIDTH)
+_RULES: dict[str, dict[str, tuple]] = {
+    "": {
+        "embed_dim": _WIDTH, "vision": ((lambda v: isinstance(v, dict)), "an object"),
+        "text": ((lambda v: isinstance(v, dict)), "an object"), "activation": _one_of(*ACTIVATIONS),
+        "layer_norm_eps": _number_in(1e-12, 0.1), "image_mean": _RGB, "image_std": _RGB,
+        "resize_mode": _NAME, "interpolation": _NAME, "fill_color": _int_in(0, 255),
+    },
+    "vision.": {
+        "image_size": _int_in(1, MAX_IMAGE_SIZE), "layers": _LAYERS, "width": _WIDTH,
+        "patch_size": _int_in(1, MAX_IMAGE_SIZE, optional=True), "heads": _int_in(1, MAX_WIDTH, optional=True),
+        "mlp_ratio": _number_in(1e-3, 64), "ls_init_value": _number_in(-1e3, 1e3, optional=True),
+        "pool_type": _one_of(*VISION_POOL_TYPES), "final_ln_after_pool": _BOOL, "no_ln_pre": _BOOL,
+    },
+    "text.": {
+        "context_length": _int_in(1, MAX_CONTEXT), "vocab_size": _int_in(1, MAX_VOCAB), "width": _WIDTH,
+        "heads": _int_in(1, MAX_WIDTH), "layers": _int_in(1, MAX_LAYERS), "mlp_ratio": _number_in(1e-3, 64),
+        "ls_init_value": _number_in(-1e3, 1e3, optional=True), "no_causal_mask": _BOOL,
+        "pool_type": _one_of(*TEXT_POOL_TYPES), "eos_id": _int_in(0, MAX_VOCAB), "proj_bias": _BOOL,
+    },
+}
+
+
+def validate_config_dict(d: Any) -> None:
+    """Check a config dict (CLIPConfig.to_dict's form, e.g. JSON read from a file) before anything is built:
+    every field known, of its type and in its range. Raises ValueError("config field 'vision.layers': ...")."""
+    _check_fields_of(d, "")
+    for tower in ("vision", "text"):
+        if tower in d:
+            _check_fields_of(d[tower], f"{tower}.")
+
+
+def _check_fields_of(d: Any, prefix: str) -> None:
+    if not isinstance(d, dict):
+        where = f"config field {prefix[:-1]!r}" if prefix else "a config"
+        raise ValueError(f"{where} must be an object of fields, got {type(d).__name__}")
+    rules = _RULES[prefix]
+    unknown = [f"{prefix}{name!s:.60}" for name in d if name not in rules]
+    if unknown:
+        raise ValueError(f"unknown config fields: {unknown}")
+    for name, value in d.items():
+        check, expected = rules[name]
+        if not check(value):
+            raise ValueError(f"config field '{prefix}{name}': expected {expected}, got {value!r:.80}")
 
 
 def _openai(embed_dim, image_size, layers, width, patch_size, text_width) -> CLIPConfig:

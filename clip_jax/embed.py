@@ -17,6 +17,7 @@ is lost or written twice.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import hashlib
 import json
@@ -31,11 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint.store import atomic_write
+from .fileio import atomic_write
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 MANIFEST = "manifest.json"
 ERRORS = "errors.tsv"
+LOCK = ".clip_jax_embed.lock"  # flock'ed by the running job; removed when it ends
+NOT_UTF8 = "file name is not valid UTF-8 (image_path is UTF-8 text); rename the file"
 FORMAT = "clip_jax.embed"
 FORMAT_VERSION = 1
 # Test hook: SIGKILL this process right after shard K's data files are written, before the manifest
@@ -52,7 +55,14 @@ def _is_glob(s: str) -> bool:
 
 def _folder_images(folder: Path) -> list[str]:
     found = []
+    seen: set[tuple[int, int]] = set()
     for root, dirs, files in os.walk(folder, followlinks=True):
+        # Symlinks are followed, so a link to an ancestor would loop: each real directory once.
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirs.sort()
         found += [os.path.join(root, f) for f in sorted(files) if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
     return found
@@ -138,9 +148,13 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
+    array = np.ascontiguousarray(array)
+
     def write(tmp):
-        with open(tmp, "wb") as f:  # a file object: np.save(path) would append ".npy" to the temp name
-            np.save(f, array)
+        # np.save's bytes, written by f.write: np.save's own tofile() reports a full disk without errno.
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+            f.write(array.data)
 
     atomic_write(path, write)
 
@@ -155,6 +169,28 @@ def _write_parquet(path: Path, columns: dict[str, list[str]]) -> None:
 
 def _tsv(s: str) -> str:
     return s.replace("\t", " ").replace("\n", " ")
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")  # a name that isn't UTF-8 comes from os.walk/argv as lone surrogates
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """An embedding folder's manifest.json as a dict; ValueError naming the file if it isn't one."""
+    path = Path(path)
+    if not path.is_file():  # a FIFO would block the read
+        raise ValueError(f"{path}: not a regular file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{path}: not a valid manifest ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("shards", {}), dict):
+        raise ValueError(f"{path}: not a valid manifest (expected a JSON object with a 'shards' object)")
+    return data
 
 
 class EmbedJob:
@@ -187,28 +223,72 @@ class EmbedJob:
             "dtype": dtype, "emb_dtype": emb_dtype, "image": images is not None, "text": captions is not None,
         }
         self.done: dict[str, dict] = {}
+        self._lock_fd: int | None = None
 
     # -- the folder --
 
     def open(self) -> None:
-        """Create the folder, or check it holds this same job and load what is done."""
+        """Lock the folder, create it or check it holds this same job, and load what is done. A manifest
+        with no shard done binds nothing (its run failed before writing any): this job replaces it."""
+        self._lock()
+        try:
+            self._check_folder()
+            for sub in ["metadata"] + (["img_emb"] if self.images is not None else []) + (
+                    ["text_emb"] if self.captions is not None else []):
+                (self.out / sub).mkdir(parents=True, exist_ok=True)
+            self._commit()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_folder(self) -> None:
         manifest = self.out / MANIFEST
-        if manifest.exists():
-            try:
-                old = json.loads(manifest.read_text())
-            except ValueError as e:
-                raise ValueError(f"{manifest}: not a valid manifest ({e})") from None
+        if manifest.exists() or manifest.is_symlink():
+            old = read_manifest(manifest)
             diff = [k for k in self.identity if old.get(k) != self.identity[k]]
-            if diff:
+            if diff and old.get("shards"):
                 detail = ", ".join(f"{k}: {old.get(k)!r} there, {self.identity[k]!r} now" for k in diff)
                 raise ValueError(f"{self.out} holds another embedding job ({detail}); use a new output folder")
-            self.done = {k: v for k, v in old.get("shards", {}).items() if self._files_exist(int(k))}
-        elif self.out.exists() and any(self.out.iterdir()):
+            if diff:
+                self._remove_uncommitted()
+            else:
+                self.done = {k: v for k, v in old.get("shards", {}).items() if self._files_exist(int(k))}
+        elif any(p.name != LOCK for p in self.out.iterdir()):
             raise ValueError(f"{self.out}: folder is not empty and has no {MANIFEST}; use a new output folder")
-        for sub in ["metadata"] + (["img_emb"] if self.images is not None else []) + (
-                ["text_emb"] if self.captions is not None else []):
-            (self.out / sub).mkdir(parents=True, exist_ok=True)
-        self._commit()
+
+    def close(self) -> None:
+        """Release the folder's lock (a killed process releases it too: the kernel drops flock locks)."""
+        if self._lock_fd is not None:
+            (self.out / LOCK).unlink(missing_ok=True)  # while still holding it; see _lock
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _lock(self) -> None:
+        """Take OUT/.clip_jax_embed.lock, or refuse: two jobs writing one folder would mix their shards."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / LOCK
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # The holder unlinks the file before releasing it: a lock on an unlinked file is no lock.
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    self._lock_fd = fd
+                    return
+            except BlockingIOError:
+                os.close(fd)
+                raise ValueError(f"{self.out}: another clip-jax embed is writing to this folder ({path} is "
+                                 "locked); wait for it to end or use another output folder") from None
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def _remove_uncommitted(self) -> None:
+        """Data files no manifest counts (a shard in progress when its run failed)."""
+        for sub, pattern in (("img_emb", "img_emb_*.npy"), ("text_emb", "text_emb_*.npy"),
+                             ("metadata", "metadata_*.parquet")):
+            for p in (self.out / sub).glob(pattern):
+                p.unlink()
 
     def paths(self, k: int) -> dict[str, Path]:
         key = str(k).zfill(self.digits)
@@ -246,6 +326,7 @@ class EmbedJob:
         paths = self.paths(k)
         columns = {}
         if self.images is not None:
+            keep, errors = _drop_non_utf8(self.images[lo:hi], keep, errors)
             _write_npy(paths["image"], image_emb[keep].astype(self.emb_dtype))
             columns["image_path"] = [p for p, ok in zip(self.images[lo:hi], keep) if ok]
         if self.captions is not None:
@@ -260,9 +341,19 @@ class EmbedJob:
     def _commit(self) -> None:
         # The error list first: the manifest is the commit point, and errors.tsv is derived from it.
         lines = ["path\treason"] + [f"{_tsv(p)}\t{_tsv(r)}" for p, r in self.errors()]
-        data = ("\n".join(lines) + "\n").encode()
+        data = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")  # a file name's own bytes
         atomic_write(self.out / ERRORS, lambda tmp: Path(tmp).write_bytes(data))
         _write_json(self.out / MANIFEST, {**self.identity, "shards": self.done})
+
+
+def _drop_non_utf8(paths: Sequence[str], keep: np.ndarray, errors: list) -> tuple[np.ndarray, list]:
+    """Skip the rows whose file name parquet can't store (into errors.tsv), not the whole shard."""
+    bad = [i for i in np.flatnonzero(keep) if not _is_utf8(paths[i])]
+    if not bad:
+        return keep, errors
+    keep = keep.copy()
+    keep[bad] = False
+    return keep, errors + [(paths[i], NOT_UTF8) for i in bad]
 
 
 def _progress(total: int, initial: int, unit: str, enabled: bool):
@@ -287,6 +378,7 @@ def embed(
     model_parallel: int = 1,
     attention: str | None = None,
     progress: bool = True,
+    truncate: bool = True,
     sharded=None,
 ) -> Summary:
     """Embed image files and/or captions into `output`, resuming a run that was stopped.
@@ -298,6 +390,8 @@ def embed(
     attention: "xla", "cudnn" (NVIDIA GPUs, 16-bit dtype) or None, as clip_jax.load.
     emb_dtype: stored embeddings, float16 (clip-retrieval's) or float32.
     shard_size: rows per output file; also the unit of resumption.
+    truncate: cut captions longer than the model's context (clip-retrieval does); False: refuse them,
+      before any shard is embedded.
     sharded: a parallel.ShardedCLIP of `model` to use instead of loading it (reuses its compiled programs
       across calls; `model` still names the job in the manifest).
     In a multi-process run (after parallel.initialize) every process calls this with the same
@@ -330,52 +424,67 @@ def embed(
     writer = jax.process_index() == 0
     if writer:
         job.open()
-    todo = job.todo() if writer else []
-    if jax.process_count() > 1:  # everyone must run the same shards, in step: process 0's list
-        from jax.experimental import multihost_utils
-
-        flags = np.zeros(job.num_shards, np.int32)
-        flags[todo] = 1
-        todo = [int(k) for k in np.flatnonzero(multihost_utils.broadcast_one_to_all(flags))]
-    if not todo:
-        return Summary(job.items, job.rows_done(), len(job.errors()), job.num_shards, 0,
-                       time.perf_counter() - t0, job.errors())
-
-    if sharded is None:
-        clip, preprocess = load(model, dtype=jnp.dtype(dtype), attention=attention)
-        sharded = parallel.ShardedCLIP(clip, parallel.make_mesh(model_parallel), batch_size=batch_size)
-    else:
-        preprocess = transform_for(sharded.config)  # the transform load() would give
-    c = sharded.config
-    done_items = job.items_done() if writer else 0
-    bar = _progress(job.items, done_items, "img" if images is not None else "text", progress and writer)
     try:
-        for k in todo:
-            lo, hi = job.bounds(k)
-            keep = np.ones(hi - lo, bool)
-            errors: list[tuple[str, str]] = []
-            image_emb = text_emb = None
-            if images is not None:
-                feats = []
-                for batch in sharded.embed_image_files(images[lo:hi], preprocess, num_threads=num_threads):
-                    feats.append(batch.features)
-                    keep[batch.start: batch.start + len(batch.ok)] = batch.ok
-                    errors += batch.errors
-                    bar.update(len(batch.ok))
-                image_emb = np.concatenate(feats)
-                errors = _all_errors(images[lo:hi], keep, errors, preprocess) if writer else errors
-            if captions is not None:
-                # clip-retrieval truncates long captions too (an over-long caption is not an error).
-                tokens = tokenize(captions[lo:hi], context_length=c.text.context_length, truncate=True)
-                text_emb = sharded.encode_text(tokens, normalized=True)
-                if images is None:
-                    bar.update(hi - lo)
-            if writer:
-                job.write_shard(k, image_emb, text_emb, keep, errors)
+        todo = job.todo() if writer else []
+        if jax.process_count() > 1:  # everyone must run the same shards, in step: process 0's list
+            from jax.experimental import multihost_utils
+
+            flags = np.zeros(job.num_shards, np.int32)
+            flags[todo] = 1
+            todo = [int(k) for k in np.flatnonzero(multihost_utils.broadcast_one_to_all(flags))]
+        if not todo:
+            return Summary(job.items, job.rows_done(), len(job.errors()), job.num_shards, 0,
+                           time.perf_counter() - t0, job.errors())
+
+        if sharded is None:
+            clip, preprocess = load(model, dtype=jnp.dtype(dtype), attention=attention)
+            sharded = parallel.ShardedCLIP(clip, parallel.make_mesh(model_parallel), batch_size=batch_size)
+        else:
+            preprocess = transform_for(sharded.config)  # the transform load() would give
+        c = sharded.config
+        if captions is not None and not truncate:  # fail now, not after the shards before a long caption
+            _check_captions_fit(captions, c.text.context_length, shard_size)
+        done_items = job.items_done() if writer else 0
+        bar = _progress(job.items, done_items, "img" if images is not None else "text", progress and writer)
+        try:
+            for k in todo:
+                lo, hi = job.bounds(k)
+                keep = np.ones(hi - lo, bool)
+                errors: list[tuple[str, str]] = []
+                image_emb = text_emb = None
+                if images is not None:
+                    feats = []
+                    for batch in sharded.embed_image_files(images[lo:hi], preprocess, num_threads=num_threads):
+                        feats.append(batch.features)
+                        keep[batch.start: batch.start + len(batch.ok)] = batch.ok
+                        errors += batch.errors
+                        bar.update(len(batch.ok))
+                    image_emb = np.concatenate(feats)
+                    errors = _all_errors(images[lo:hi], keep, errors, preprocess) if writer else errors
+                if captions is not None:
+                    # By default long captions are cut, as clip-retrieval does (not an error).
+                    tokens = tokenize(captions[lo:hi], context_length=c.text.context_length, truncate=truncate)
+                    text_emb = sharded.encode_text(tokens, normalized=True)
+                    if images is None:
+                        bar.update(hi - lo)
+                if writer:
+                    job.write_shard(k, image_emb, text_emb, keep, errors)
+        finally:
+            bar.close()
+        return Summary(job.items, job.rows_done(), len(job.errors()), job.num_shards, len(todo),
+                       time.perf_counter() - t0, job.errors())
     finally:
-        bar.close()
-    return Summary(job.items, job.rows_done(), len(job.errors()), job.num_shards, len(todo),
-                   time.perf_counter() - t0, job.errors())
+        job.close()
+
+
+def _check_captions_fit(captions: Sequence[str], context_length: int, chunk: int) -> None:
+    from .tokenizer import tokenize
+
+    for lo in range(0, len(captions), chunk):
+        try:
+            tokenize(captions[lo: lo + chunk], context_length=context_length)
+        except ValueError as e:
+            raise ValueError(f"captions (text 0 is line {lo + 1}): {e}") from None
 
 
 def _all_errors(paths: Sequence[str], keep: np.ndarray, local: list[tuple[str, str]], transform) -> list:

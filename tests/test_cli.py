@@ -7,9 +7,12 @@ rounding moves a value by at most half of it (2.5e-4). A wrong image/row pairing
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +25,7 @@ from PIL import Image
 
 import clip_jax
 from clip_jax import cli
-from clip_jax.embed import KILL_AFTER_FILES_ENV, collect_images
+from clip_jax.embed import KILL_AFTER_FILES_ENV, EmbedJob, collect_images
 from clip_jax.search import search
 
 from .tiny import save_tiny
@@ -323,3 +326,121 @@ def test_search_errors(tmp_path):
     write_folder(tmp_path, [np.ones((2, 4), np.float16)])
     with pytest.raises(ValueError, match="queries have dimension 3"):
         search(tmp_path, np.ones(3), k=1)
+
+
+# --- hostile and careless input: output paths, real folders, the command line's edges ------------------
+
+
+def latin1_name(folder: Path, name: bytes) -> str:
+    """A path whose file name isn't UTF-8 (Linux allows any bytes): Python shows it with lone surrogates."""
+    return os.fsdecode(os.fsencode(folder) + b"/" + name)
+
+
+def test_embed_output_files_full_disk_fifo_and_symlink(data, tmp_path, monkeypatch, capsys):
+    """The embed folder's files go through the same helper: a full disk stops the job with one line
+    (a rerun resumes), a FIFO in the folder is refused and kept, a symlink is written through."""
+    _, _, model = data
+    caps = tmp_path / "caps.txt"
+    caps.write_text("".join(f"caption {i}\n" for i in range(6)))  # 2 shards of 4
+    out = tmp_path / "out"
+    argv = embed_args([], out, model, "--captions", caps)
+    real_write = pq.write_table
+
+    def full_at_shard_1(table, where, *args, **kwargs):
+        if "metadata_1" in str(where):
+            Path(where).write_bytes(b"part")
+            raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+        return real_write(table, where, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "write_table", full_at_shard_1)
+    assert main(*argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"clip-jax: error: {out / 'metadata' / 'metadata_1.parquet'}: no space left on device "
+                   "(nothing was written)"]
+    monkeypatch.undo()
+
+    elsewhere = tmp_path / "elsewhere.tsv"
+    elsewhere.write_text("old")
+    (out / "errors.tsv").unlink()
+    (out / "errors.tsv").symlink_to(elsewhere)
+    fifo = out / "text_emb" / "text_emb_1.npy"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    assert main(*argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{fifo}: exists and is a FIFO, not a regular file" in err[0]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+    fifo.unlink()
+    assert main(*argv) == 0
+    assert (out / "errors.tsv").is_symlink() and elsewhere.read_text() == "path\treason\n"
+    assert sum(len(np.load(p)) for p in (out / "text_emb").glob("*.npy")) == 6
+    assert not [p for p in out.rglob(".clip_jax-tmp.*")]
+
+
+def test_embed_skips_file_names_that_are_not_utf8(data, tmp_path, capsys):
+    """parquet stores UTF-8 text: such a name is skipped into errors.tsv (its own bytes), the job goes on."""
+    _, imgs, model = data
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    good, bad = folder / "plain.png", latin1_name(folder, b"caf\xe9.png")
+    shutil.copy(imgs / "a" / "01.png", good)
+    shutil.copy(imgs / "a" / "02.png", bad)
+    out = tmp_path / "out"
+    assert main(*embed_args([folder], out, model)) == 0
+    assert "1 skipped" in capsys.readouterr().out
+    assert pq.read_table(out / "metadata" / "metadata_0.parquet").column("image_path").to_pylist() == [str(good)]
+    assert len(np.load(out / "img_emb" / "img_emb_0.npy")) == 1
+    lines = (out / "errors.tsv").read_bytes().splitlines()
+    assert lines[1:] == [os.fsencode(bad) + b"\tfile name is not valid UTF-8 (image_path is UTF-8 text); rename the file"]
+
+
+def test_collect_images_visits_each_real_folder_once(data, tmp_path):
+    """Symlinks to folders are followed, but a loop is entered once: no copies, no endless walk."""
+    _, imgs, _ = data
+    root = tmp_path / "root"
+    shutil.copytree(imgs / "a", root / "a")
+    (root / "a" / "up").symlink_to(root)  # a loop
+    want = sorted(str(p) for p in (root / "a").iterdir() if p.suffix == ".png" or p.suffix == ".jpg")
+    assert collect_images([root]) == want
+    (root / "b").mkdir()
+    (root / "b" / "up").symlink_to(root)  # two loops
+    (root / "b" / "alias").symlink_to(root / "a")  # and another way into the same folder
+    assert collect_images([root]) == want
+
+
+def test_embed_lock_keeps_a_second_job_out(data, tmp_path, capsys):
+    """Two different jobs on one new folder: the second is refused while the first holds the lock, and
+    runs once the first has ended; a lock file left by a killed process blocks nothing."""
+    _, imgs, model = data
+    out = tmp_path / "out"
+    first = EmbedJob(out, [str(imgs / "a" / "01.png")], None, model="m", dtype="float32", emb_dtype="float16",
+                     shard_size=4)
+    first.open()  # started, not yet at its first shard
+    try:
+        assert main(*embed_args([imgs / "a"], out, model)) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{out}: another clip-jax embed is writing to this folder" in err[0]
+    finally:
+        first.close()
+    assert main(*embed_args([imgs / "a"], out, model)) == 0
+
+    from clip_jax.embed import LOCK
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    holder = (f"import fcntl, os; fd = os.open({str(killed / LOCK)!r}, os.O_RDWR | os.O_CREAT); "
+              "fcntl.flock(fd, fcntl.LOCK_EX); os.kill(os.getpid(), 9)")
+    assert subprocess.run([sys.executable, "-c", holder]).returncode == -signal.SIGKILL
+    assert main(*embed_args([imgs / "a"], killed, model)) == 0
+
+
+def test_embed_failure_before_the_first_shard_does_not_block_the_rerun(data, tmp_path, capsys):
+    _, _, model = data
+    caps = tmp_path / "caps.txt"
+    caps.write_text("a dog\na cat\n")
+    out = tmp_path / "out"
+    assert main(*embed_args([], out, tmp_path / "tpyo.safetensors", "--captions", caps)) == 1
+    assert "tpyo.safetensors" in capsys.readouterr().err
+    assert main(*embed_args([], out, model, "--captions", caps)) == 0
+    assert json.loads((out / "manifest.json").read_text())["model"] == str(Path(model).resolve())
