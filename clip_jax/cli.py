@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CheckpointError, ConversionError, convert
+from .checkpoint import AssumedActivationWarning, CheckpointError, ConversionError, convert
 
 # Failures the user can act on: one clear line on stderr, no traceback.
 USER_ERRORS = (CheckpointError, ConversionError, OSError, ValueError, KeyError)
@@ -20,11 +21,24 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", help="output file (default: SRC with the suffix .safetensors)")
     p.add_argument("--dtype", default="keep", choices=["keep", "float32", "float16", "bfloat16"],
                    help="dtype of the stored floating tensors (default: keep the checkpoint's)")
+    arch = p.add_mutually_exclusive_group()
+    arch.add_argument("--config", metavar="FILE",
+                      help="the weights' open_clip config: an open_clip_config.json or a bare open_clip model config "
+                           "(default: open_clip_config.json beside SRC, else inferred from the weights)")
+    arch.add_argument("--model", metavar="ARCH",
+                      help="the weights' open_clip architecture, e.g. ViT-B-32 (exact GELU), ViT-B-32-quickgelu, ViT-H-14")
     p.set_defaults(run=run_convert)
 
 
 def run_convert(args: argparse.Namespace) -> None:
-    dst = convert(args.src, args.output, dtype=args.dtype)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AssumedActivationWarning)
+        dst = convert(args.src, args.output, dtype=args.dtype, config=args.config, model=args.model)
+    for w in caught:  # ours as one line on stderr; any other as Python shows it
+        if issubclass(w.category, AssumedActivationWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(f"wrote {dst}")
 
 

@@ -14,7 +14,6 @@ changed source is converted again.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import warnings
@@ -26,17 +25,21 @@ import numpy as np
 
 from . import pretrained
 from .checkpoint import read_params, store
-from .config import CLIPConfig, config_from_open_clip
+from .checkpoint.config_source import (
+    OPEN_CLIP_CONFIG, ConfigArg, ConfigSource, read_open_clip_config, resolve_config,
+)
+from .config import CLIPConfig
 from .download import ChecksumError, DownloadError, default_cache_dir, download, sha256_file
 from .model import CLIP, build, resize_pos_embed
 from .pretrained import Pretrained
 
 HF_PREFIX = "hf-hub:"
-HF_CONFIG = "open_clip_config.json"
+HF_CONFIG = OPEN_CLIP_CONFIG
 HF_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip's order
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 Params = dict[str, np.ndarray]
+_OPENAI_WEIGHTS = ConfigSource(None, "OpenAI's weights (clip_jax registry)")
 
 
 def available_models() -> list[str]:
@@ -50,7 +53,8 @@ def load(
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     attention: str | None = None,
-    config: CLIPConfig | None = None,
+    config: ConfigArg = None,
+    model: str | None = None,
     image_size: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
@@ -62,8 +66,11 @@ def load(
       converted clip_jax .safetensors, or a PyTorch checkpoint (OpenAI's TorchScript .pt, open_clip's
       .bin/.pt/.safetensors) converted in memory.
     config: the architecture of a PyTorch checkpoint file, for what its shapes don't show (exact GELU,
-      head width, pooling; e.g. config_from_open_clip(open_clip_model_cfg)). Default: an
-      open_clip_config.json beside the file if there is one, else inferred as OpenAI's build_model does.
+      head width, pooling): a CLIPConfig, an open_clip config dict or JSON file (open_clip_config.json
+      or a bare model config). model: instead, an open_clip architecture name ("ViT-B-32",
+      "ViT-B-32-quickgelu", ...). Default: an open_clip_config.json beside the file if there is one,
+      else inferred as OpenAI's build_model does (QuickGELU, with a warning unless the file is one of
+      OpenAI's TorchScript archives). The same rules as clip_jax.convert.
     image_size: run a ViT at another resolution; its positional embedding is resized bicubically as
       open_clip's resize_pos_embed does (see model.resize_pos_embed).
     dtype: compute dtype; param_dtype: storage dtype.
@@ -72,7 +79,7 @@ def load(
     """
     from .image import transform_for
 
-    config, params = load_params(name_or_path, config=config, cache_dir=cache_dir, progress=progress)
+    config, params = load_params(name_or_path, config=config, model=model, cache_dir=cache_dir, progress=progress)
     if image_size is not None:
         config, params = with_image_size(config, params, image_size)
     model = build(config, params, dtype=dtype, param_dtype=param_dtype, attention=attention)
@@ -82,12 +89,13 @@ def load(
 def load_params(
     name_or_path: str | os.PathLike | tuple[str, str] | Pretrained,
     *,
-    config: CLIPConfig | None = None,
+    config: ConfigArg = None,
+    model: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> tuple[CLIPConfig, Params]:
     """What `load` builds the model from: (config, flat clip_jax params as numpy arrays)."""
-    if config is not None and not (isinstance(name_or_path, (str, os.PathLike)) and Path(name_or_path).is_file()):
+    if (config is not None or model is not None) and not (isinstance(name_or_path, (str, os.PathLike)) and Path(name_or_path).is_file()):
         raise ValueError("config= is for checkpoint files; a model name or hf-hub: repo brings its own config")
     if isinstance(name_or_path, Pretrained):
         return _from_pretrained(name_or_path, cache_dir, progress)
@@ -103,7 +111,7 @@ def load_params(
                          "clip_jax.available_models() lists them")
     path = Path(name_or_path)
     if path.is_file():
-        return _from_file(path, config)
+        return _from_file(path, config, model)
     if path.suffix in CHECKPOINT_SUFFIXES or path.parent.is_dir() and str(path.parent) != ".":
         raise FileNotFoundError(f"{path}: no such file")
     raise ValueError(
@@ -130,16 +138,17 @@ def with_image_size(config: CLIPConfig, params: Params, image_size: int) -> tupl
 # --- sources --------------------------------------------------------------------------------------
 
 
-def _from_file(path: Path, config: CLIPConfig | None) -> tuple[CLIPConfig, Params]:
+def _from_file(path: Path, config: ConfigArg, model: str | None) -> tuple[CLIPConfig, Params]:
     if store.is_converted(path):
         stored, params = store.load(path)
-        if config is not None and config != stored:
+        if (config is not None or model is not None) and _given(path, config, model) != stored:
             raise ValueError(f"{path}: a converted file carries its own config, and it differs from config=")
         return stored, params
-    if config is None and (path.parent / HF_CONFIG).is_file():
-        # A Hub snapshot or open_clip's local-dir layout: the weights' own config beside them.
-        config = _open_clip_config(path.parent / HF_CONFIG, str(path.parent / HF_CONFIG))
-    return read_params(path, config)
+    return read_params(path, config, model=model)  # config=, model=, open_clip_config.json beside, inferred
+
+
+def _given(path: Path, config: ConfigArg, model: str | None) -> CLIPConfig | None:
+    return resolve_config(path, config, model).config
 
 
 def _from_pretrained(entry: Pretrained, cache_dir, progress: bool) -> tuple[CLIPConfig, Params]:
@@ -175,22 +184,9 @@ def _from_hub(repo_id: str, revision: str | None, cache_dir) -> tuple[CLIPConfig
     except EntryNotFoundError as e:
         raise FileNotFoundError(f"{where}: no {HF_CONFIG} ({type(e).__name__}): not an open_clip repo, or "
                                 "not in the local cache in offline mode") from None
-    config = _open_clip_config(config_path, where)
+    config = read_open_clip_config(config_path, where)
     path = _hf_weights(repo_id, revision, HF_WEIGHTS)
     return _converted(path, _content_digest(path), config, _hub_dir(cache_dir, repo_id))
-
-
-def _open_clip_config(path: str | Path, where: str) -> CLIPConfig:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{where}: unreadable {HF_CONFIG}: {e}") from None
-    if not isinstance(data, dict) or "model_cfg" not in data:
-        raise ValueError(f"{where}: {HF_CONFIG} has no 'model_cfg'")
-    try:
-        return config_from_open_clip(data["model_cfg"], data.get("preprocess_cfg"))
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
 
 
 # --- the Hugging Face Hub -------------------------------------------------------------------------
@@ -253,7 +249,8 @@ def _converted(src: Path, digest: str, config: CLIPConfig | None, directory: Pat
                 return cached_config, params
         except (OSError, ValueError):
             pass  # unreadable (e.g. cut short by a full disk): convert again
-    config, params = read_params(src, config)
+    # config None: one of OpenAI's registry entries, whose weights are QuickGELU however they're stored.
+    config, params = read_params(src, config or _OPENAI_WEIGHTS)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         store.save(dst, params, config)

@@ -70,8 +70,18 @@ class Pretrained:
 
 
 @lru_cache(maxsize=1)
+def _data() -> dict[str, Any]:
+    return json.loads(resources.files("clip_jax").joinpath("assets/pretrained.json").read_text())
+
+
+def architectures() -> Mapping[str, Mapping[str, Any]]:
+    """open_clip's model configs (its model_configs/*.json) for the architectures the registry names."""
+    return _data()["models"]
+
+
+@lru_cache(maxsize=1)
 def _table() -> dict[tuple[str, str], Pretrained]:
-    data = json.loads(resources.files("clip_jax").joinpath("assets/pretrained.json").read_text())
+    data = _data()
     models = data["models"]
     table = {}
     for e in data["pretrained"]:

@@ -15,7 +15,8 @@ import clip_jax
 from clip_jax.checkpoint import ConversionError, read_params, store
 from clip_jax.checkpoint.convert import from_torch, to_torch_state_dict
 
-from .reference import reference_model, save, state_dict
+from .reference import reference_model, save, save_torchscript, state_dict
+from .test_hub import TINY, assert_matches, open_clip_config, safetensors_bytes, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,3 +150,96 @@ def test_cli_conversion_error_names_keys(small_sd, tmp_path):
 def test_missing_file_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         clip_jax.load(tmp_path / "nope.pt")
+
+
+# --- which config: open_clip_config.json beside, --config, --model, or inferred with a warning -----------
+
+
+@pytest.fixture(scope="module")
+def gelu_model():
+    """A one-layer open_clip model trained (here: initialized) with exact GELU, which its weights can't show."""
+    return tiny_model(quick_gelu=False)
+
+
+def _convert_cli(capsys, *argv) -> tuple[int, str]:
+    """`clip-jax convert ARGV` in this process (a subprocess would start JAX again): (exit code, stderr)."""
+    from clip_jax.cli import main
+
+    capsys.readouterr()
+    code = main(["convert", *map(str, argv)])
+    return code, capsys.readouterr().err
+
+
+def _config_source(path: Path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return f.metadata()["config_source"]
+
+
+def test_convert_reads_open_clip_config_beside_the_file(gelu_model, tmp_path):
+    """The layout of a Hugging Face snapshot: the config beside the weights gives exact GELU, as load does."""
+    (tmp_path / "open_clip_model.safetensors").write_bytes(safetensors_bytes(gelu_model))
+    (tmp_path / "open_clip_config.json").write_bytes(open_clip_config())
+    out = subprocess.run([sys.executable, "-m", "convert", str(tmp_path / "open_clip_model.safetensors"), "-o",
+                          str(tmp_path / "out.safetensors")], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and not out.stderr, out.stderr
+    model, preprocess = clip_jax.load(tmp_path / "out.safetensors")
+    assert model.config.activation == "gelu" and preprocess.mean == (0.5, 0.5, 0.5)
+    assert_matches(model, gelu_model)
+    assert _config_source(tmp_path / "out.safetensors") == "open_clip_config.json beside the checkpoint"
+
+
+def test_convert_config_file_and_architecture(gelu_model, tmp_path, monkeypatch, capsys):
+    """--config takes an open_clip_config.json or a bare model config; --model an open_clip architecture
+    (shrunk to the tiny one here, so the test needn't build a ViT-B/32); both as keywords of convert too."""
+    import json
+
+    from clip_jax import pretrained
+
+    src = tmp_path / "weights" / "model.bin"
+    src.parent.mkdir()
+    save(gelu_model, src, "zip")
+    (tmp_path / "bare.json").write_text(json.dumps(TINY))
+    assert _convert_cli(capsys, src, "-o", tmp_path / "a.safetensors", "--config", tmp_path / "bare.json") == (0, "")
+    assert_matches(clip_jax.load(tmp_path / "a.safetensors")[0], gelu_model)
+    assert _config_source(tmp_path / "a.safetensors") == "config file bare.json"
+
+    monkeypatch.setitem(pretrained.architectures(), "ViT-B-32", TINY)
+    for arch, activation in (("ViT-B-32", "gelu"), ("ViT-B-32-quickgelu", "quick_gelu")):
+        dst = tmp_path / f"{arch}.safetensors"
+        assert _convert_cli(capsys, src, "-o", dst, "--model", arch) == (0, "")
+        model, _ = clip_jax.load(dst)
+        assert model.config.activation == activation
+        assert _config_source(dst) == f"open_clip architecture {arch}"
+    assert_matches(clip_jax.load(tmp_path / "ViT-B-32.safetensors")[0], gelu_model)
+    assert_matches(clip_jax.load(clip_jax.convert(src, tmp_path / "kw.safetensors", model="ViT-B-32"))[0], gelu_model)
+    assert_matches(clip_jax.load(clip_jax.convert(src, tmp_path / "kw2.safetensors", config=TINY))[0], gelu_model)
+    assert_matches(clip_jax.load(src, model="ViT-B-32")[0], gelu_model)
+
+    code, err = _convert_cli(capsys, src, "--model", "ViT-B-33")
+    assert code == 1 and "unknown open_clip architecture 'ViT-B-33'; did you mean" in err
+    with pytest.raises(SystemExit):
+        _convert_cli(capsys, src, "--config", tmp_path / "bare.json", "--model", "ViT-B-32")
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_convert_without_a_config_warns_in_one_line(gelu_model, tmp_path, capsys):
+    """Nothing says which activation: converted with QuickGELU, one line on stderr says so and how to say
+    otherwise, and the file records the assumption. OpenAI's own TorchScript archives need no warning."""
+    src = tmp_path / "model.safetensors"
+    save(gelu_model, src, "safetensors")
+    code, err = _convert_cli(capsys, src, "-o", tmp_path / "out.safetensors")
+    lines = err.strip().splitlines()
+    assert code == 0 and len(lines) == 1, err
+    assert "assumed OpenAI's QuickGELU" in lines[0] and "--model ARCH" in lines[0]
+    assert str(src) in lines[0]
+    assert read_params(tmp_path / "out.safetensors")[0].activation == "quick_gelu"
+    assert _config_source(tmp_path / "out.safetensors") == "inferred from the weights' shapes; QuickGELU assumed"
+    with pytest.warns(clip_jax.checkpoint.AssumedActivationWarning, match="model.safetensors"):
+        clip_jax.load(src)
+
+    openai = tmp_path / "openai.pt"
+    save_torchscript(tiny_model(quick_gelu=True), openai, fp16_mix=False)
+    assert _convert_cli(capsys, openai) == (0, "")
+    assert _config_source(openai.with_suffix(".safetensors")) == "inferred from the weights of OpenAI's TorchScript archive"

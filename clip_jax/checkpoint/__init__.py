@@ -3,40 +3,81 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..config import CLIPConfig
 from . import store
+from .config_source import (
+    AssumedActivationWarning, ConfigArg, ConfigSource, assumed_activation_message, is_openai_archive, resolve_config,
+)
 from .convert import ConversionError, from_torch, to_torch_state_dict
 from .torch_pickle import CheckpointError, load_state_dict
 
 
-def read_params(path: str | os.PathLike, config: CLIPConfig | None = None) -> tuple[CLIPConfig, dict[str, np.ndarray]]:
+def read_params(
+    path: str | os.PathLike, config: ConfigArg = None, *, model: str | None = None
+) -> tuple[CLIPConfig, dict[str, np.ndarray]]:
     """Any supported file -> (config, flat clip_jax params): a converted .safetensors as it is; a PyTorch
-    checkpoint (TorchScript, torch.save zip or legacy, open_clip .bin/.safetensors) converted in memory."""
+    checkpoint (TorchScript, torch.save zip or legacy, open_clip .bin/.safetensors) converted in memory,
+    with the config resolve_config finds (config=, model=, an open_clip_config.json beside it, or
+    inferred from the weights)."""
+    config, params, _ = read_checkpoint(path, config, model=model)
+    return config, params
+
+
+def read_checkpoint(
+    path: str | os.PathLike, config: ConfigArg = None, *, model: str | None = None
+) -> tuple[CLIPConfig, dict[str, np.ndarray], str]:
+    """read_params, and where the config came from (what `convert` records in the converted file)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if store.is_converted(path):
-        return store.load(path)
+        return (*store.load(path), "the converted file")
+    source = resolve_config(path, config, model)
+    state_dict = load_state_dict(path)
     try:
-        return from_torch(load_state_dict(path), config)
+        config, params = from_torch(state_dict, source.config)
     except ConversionError as e:
-        raise ConversionError(f"{path}: {e}") from None
+        given = f" (config: {source.origin})" if source.config is not None else ""
+        raise ConversionError(f"{path}: {e}{given}") from None
+    origin = source.origin
+    if source.config is None and not source.activation_known:
+        if is_openai_archive(path, state_dict):
+            origin = "inferred from the weights of OpenAI's TorchScript archive"
+        else:  # after a successful conversion: a failing one says only why it failed
+            warnings.warn(assumed_activation_message(path), AssumedActivationWarning, stacklevel=3)
+            origin = "inferred from the weights' shapes; QuickGELU assumed"
+    return config, params, origin
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike | None = None, dtype: str = "keep") -> Path:
-    """Convert a PyTorch CLIP checkpoint to a clip_jax .safetensors (default: beside src). -> dst."""
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike | None = None,
+    dtype: str = "keep",
+    *,
+    config: ConfigArg = None,
+    model: str | None = None,
+) -> Path:
+    """Convert a PyTorch CLIP checkpoint to a clip_jax .safetensors (default: beside src). -> dst.
+
+    config: a CLIPConfig, an open_clip config dict or JSON file (open_clip_config.json or a bare model
+    config); model: an open_clip architecture name ("ViT-B-32", "ViT-B-32-quickgelu", "ViT-H-14", ...).
+    Neither: the open_clip_config.json beside src if there is one, else inferred from the weights (with
+    an AssumedActivationWarning unless src is one of OpenAI's TorchScript archives).
+    """
     src = Path(src)
     dst = src.with_suffix(".safetensors") if dst is None else Path(dst)
     if dst.resolve() == src.resolve():
         raise ValueError(f"{dst}: the output would overwrite the input; pass another output path")
-    config, params = read_params(src)
-    store.save(dst, params, config, dtype)
+    config, params, origin = read_checkpoint(src, config, model=model)
+    store.save(dst, params, config, dtype, origin=origin)
     return dst
 
 
-__all__ = ["CheckpointError", "ConversionError", "convert", "load_state_dict", "read_params", "store",
+__all__ = ["AssumedActivationWarning", "CheckpointError", "ConfigSource", "ConversionError", "convert",
+           "load_state_dict", "read_checkpoint", "read_params", "resolve_config", "store",
            "to_torch_state_dict"]

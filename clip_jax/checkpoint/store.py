@@ -33,11 +33,15 @@ def cast_params(params: Mapping[str, np.ndarray], dtype: str = "keep") -> dict[s
             for k, v in params.items()}
 
 
-def save(path: str | os.PathLike, params: Mapping[str, np.ndarray], config: CLIPConfig, dtype: str = "keep") -> None:
-    """Write params + config to `path` atomically."""
+def save(path: str | os.PathLike, params: Mapping[str, np.ndarray], config: CLIPConfig, dtype: str = "keep",
+         *, origin: str | None = None) -> None:
+    """Write params + config to `path` atomically. origin: where the config came from (metadata
+    "config_source", e.g. "open_clip_config.json beside the checkpoint")."""
     # np.asarray, not np.ascontiguousarray, which turns the 0-d logit_scale into shape (1,).
     tensors = {k: np.asarray(v, order="C") for k, v in cast_params(params, dtype).items()}
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_json()}
+    if origin:
+        metadata["config_source"] = origin
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
