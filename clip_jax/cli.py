@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -45,20 +44,41 @@ def run_convert(args: argparse.Namespace) -> None:
 DTYPES = ["float32", "bfloat16", "float16"]
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a batch of 0 or a top-0 is a mistake, refused at parsing)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _add_truncate_arg(p: argparse.ArgumentParser, default: bool, what: str) -> None:
+    p.add_argument("--truncate", action=argparse.BooleanOptionalAction, default=default,
+                   help=f"cut {what} longer than the model's context instead of refusing them "
+                        f"(default: {'on' if default else 'off'})")
+
+
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", "-m", required=required,
                    help="a converted clip_jax .safetensors or a PyTorch CLIP checkpoint (anything clip_jax.load takes)")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="compute dtype (default: float32)")
     p.add_argument("--attention", choices=["xla", "cudnn"], default=None,
                    help="attention kernel: cudnn (NVIDIA GPUs, with --dtype bfloat16/float16) or xla (default)")
-    p.add_argument("--batch-size", type=int, default=256, help="images or texts per step, over all devices (default: 256)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images or texts per step, over all devices (default: 256)")
 
 
 def _add_distributed_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("multi-host (jax.distributed); run the same command in every process")
     g.add_argument("--coordinator", help="host:port of process 0's coordinator")
-    g.add_argument("--num-processes", type=int, help="number of processes")
-    g.add_argument("--process-id", type=int, help="this process's index, 0 to num_processes - 1")
+    g.add_argument("--num-processes", type=positive_int, help="number of processes")
+    g.add_argument("--process-id", type=non_negative_int, help="this process's index, 0 to num_processes - 1")
 
 
 def _initialize(args: argparse.Namespace) -> None:
@@ -78,12 +98,13 @@ def add_embed_args(p: argparse.ArgumentParser) -> None:
     _add_model_args(p)
     p.add_argument("--emb-dtype", default="float16", choices=["float16", "float32"],
                    help="dtype of the stored embeddings (default: float16, as clip-retrieval)")
-    p.add_argument("--shard-size", type=int, default=100_000,
+    p.add_argument("--shard-size", type=positive_int, default=100_000,
                    help="rows per output file, and the unit a rerun resumes from (default: 100000)")
-    p.add_argument("--num-threads", type=int, help="image decoding threads per process (default: CPU count)")
-    p.add_argument("--model-parallel", type=int, default=1,
+    p.add_argument("--num-threads", type=positive_int, help="image decoding threads per process (default: CPU count)")
+    p.add_argument("--model-parallel", type=positive_int, default=1,
                    help="devices each model is split over (the mesh's 'model' axis; default 1: replicated)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_truncate_arg(p, True, "captions")  # as clip-retrieval
     _add_distributed_args(p)
     p.set_defaults(run=run_embed)
 
@@ -96,7 +117,8 @@ def run_embed(args: argparse.Namespace) -> int:
         raise ValueError("nothing to embed: give image INPUTs and/or --captions FILE")
     s = embed(args.inputs, args.output, args.model, captions=args.captions, batch_size=args.batch_size,
               dtype=args.dtype, emb_dtype=args.emb_dtype, shard_size=args.shard_size, num_threads=args.num_threads,
-              model_parallel=args.model_parallel, attention=args.attention, progress=not args.no_progress)
+              model_parallel=args.model_parallel, attention=args.attention, progress=not args.no_progress,
+              truncate=args.truncate)
     import jax
 
     if jax.process_index() == 0:
@@ -114,7 +136,8 @@ def add_classify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--templates", default="imagenet",
                    help="prompt ensemble: 'imagenet' (OpenAI's 80 templates, default), a file of templates one a "
                         "line, or one template such as 'a photo of a {}.'")
-    p.add_argument("-k", "--top-k", type=int, default=5, help="classes to print per image (default: 5)")
+    p.add_argument("-k", "--top-k", type=positive_int, default=5, help="classes to print per image (default: 5)")
+    _add_truncate_arg(p, False, "prompts")
     _add_model_args(p)
     p.set_defaults(run=run_classify)
 
@@ -144,7 +167,7 @@ def run_classify(args: argparse.Namespace) -> int:
         raise ValueError("no images found in the inputs")
     model, preprocess = load(args.model, dtype=jnp.dtype(args.dtype), attention=args.attention)
     sharded = ShardedCLIP(model, batch_size=args.batch_size)
-    weights = zeroshot_classifier(sharded, labels, templates)
+    weights = zeroshot_classifier(sharded, labels, templates, truncate=args.truncate)
     scale, failed = logit_scale(model), 0
     for batch in sharded.embed_image_files(paths, preprocess):
         for path, reason in batch.errors:
@@ -161,7 +184,8 @@ def run_classify(args: argparse.Namespace) -> int:
 def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", help="an embedding folder written by `clip-jax embed`")
     p.add_argument("query", help="the text to search for")
-    p.add_argument("-k", "--top-k", type=int, default=10, help="results (default: 10)")
+    p.add_argument("-k", "--top-k", type=positive_int, default=10, help="results (default: 10)")
+    _add_truncate_arg(p, False, "a query")
     p.add_argument("--model", "-m", help="the model (default: the one the folder was embedded with)")
     p.add_argument("--dtype", default=None, choices=DTYPES, help="compute dtype (default: the folder's)")
     p.set_defaults(run=run_search)
@@ -170,18 +194,19 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
 def run_search(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
-    from .embed import MANIFEST
+    from .embed import MANIFEST, read_manifest
     from .hub import load
     from .search import search
     from .tokenizer import tokenize
 
     manifest = Path(args.folder) / MANIFEST
-    info = json.loads(manifest.read_text()) if manifest.exists() else {}
+    info = read_manifest(manifest) if manifest.exists() else {}
     model_path = args.model or info.get("model")
     if not model_path:
         raise ValueError(f"{args.folder}: no {MANIFEST} naming the model; pass --model")
     model, _ = load(model_path, dtype=jnp.dtype(args.dtype or info.get("dtype", "float32")))
-    query = np.asarray(model.encode_text(tokenize([args.query], context_length=model.config.text.context_length)))
+    tokens = tokenize([args.query], context_length=model.config.text.context_length, truncate=args.truncate)
+    query = np.asarray(model.encode_text(tokens))
     for hit in search(args.folder, query, k=args.top_k)[0]:
         print(f"{hit.score:.4f}\t{hit.value}")
     return 0
@@ -200,12 +225,24 @@ def parser() -> argparse.ArgumentParser:
 def run(p: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse and run; a user error prints one line on stderr and returns 1 (no traceback)."""
     args = p.parse_args(argv)
+    _tolerate_undecodable_names()
     try:
         return args.run(args) or 0
     except USER_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+        if hasattr(args, "truncate"):  # the tokenizer's advice, in this command's terms
+            msg = msg.replace("pass truncate=True", "pass --truncate")
         print(f"{p.prog}: error: {msg}", file=sys.stderr)
         return 1
+
+
+def _tolerate_undecodable_names() -> None:
+    """A file name that isn't UTF-8 reaches Python as lone surrogates; print its own bytes (as ls
+    does) rather than fail with UnicodeEncodeError after the work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding == "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
 
 
 def main(argv: list[str] | None = None) -> int:
