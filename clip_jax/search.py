@@ -40,14 +40,32 @@ def shard_files(folder: str | os.PathLike, space: str = "image") -> list[tuple[s
     return [(key, p) for _, key, p in sorted(found)]
 
 
-def _metadata(folder: Path, key: str, column: str, rows: list[int]) -> list[str]:
+def _open_embeddings(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable .npy file ({e})") from None
+
+
+def _metadata(folder: Path, key: str, column: str, rows: list[int], shard_rows: int) -> list[str]:
+    """The metadata of `rows` of shard `key`, whose .npy has `shard_rows` rows (so must its parquet)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = folder / "metadata" / f"metadata_{key}.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing (the metadata of the shard {key})")
-    table = pq.read_table(path, columns=[column])
-    return [str(v) for v in table.column(column).take(rows).to_pylist()]
+    try:
+        f = pq.ParquetFile(path)
+        if column not in f.schema_arrow.names:
+            raise ValueError(f"{path}: no {column!r} column")
+        if f.metadata.num_rows != shard_rows:
+            raise ValueError(f"{path}: {f.metadata.num_rows} rows, but the shard's embeddings have {shard_rows}; "
+                             "the folder's files don't belong together")
+        values = f.read(columns=[column]).column(column).take(rows).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: not a readable parquet file ({e})") from None
+    return [str(v) for v in values]
 
 
 def _chunk_top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -80,7 +98,7 @@ def search(folder: str | os.PathLike, queries: np.ndarray, k: int = 10, space: s
     offsets: list[tuple[int, str, int]] = []  # (first global row, shard key, rows)
     total = 0
     for key, path in shard_files(folder, space):
-        emb = np.load(path, mmap_mode="r")
+        emb = _open_embeddings(path)
         if emb.ndim != 2 or emb.shape[1] != dim:
             raise ValueError(f"{path}: embeddings of shape {emb.shape}, but the queries have dimension {dim}")
         offsets.append((total, key, emb.shape[0]))
@@ -105,6 +123,7 @@ def search(folder: str | os.PathLike, queries: np.ndarray, k: int = 10, space: s
         values: dict[tuple[str, int], str] = {}
         for key in dict.fromkeys(s for s, _ in located):
             rows = [r for s, r in located if s == key]
-            values.update({(key, r): v for r, v in zip(rows, _metadata(folder, key, column, rows))})
+            shard_rows = next(n for _, s, n in offsets if s == key)
+            values.update({(key, r): v for r, v in zip(rows, _metadata(folder, key, column, rows, shard_rows))})
         results.append([Hit(float(s), int(key), r, values[key, r]) for s, (key, r) in zip(scores, located)])
     return results

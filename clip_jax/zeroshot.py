@@ -65,12 +65,12 @@ def _text_features(model, tokens: np.ndarray) -> np.ndarray:
 
 
 def zeroshot_classifier(model, classnames: Sequence[str], templates: Sequence[str] = IMAGENET_TEMPLATES,
-                        classes_per_batch: int = 10) -> np.ndarray:
+                        classes_per_batch: int = 10, truncate: bool = False) -> np.ndarray:
     """Class weights for zero-shot classification -> float32 [embed_dim, num_classes].
 
     For each class: the prompts template.format(name), each text embedding L2-normalized, their mean,
     L2-normalized again. model: a CLIP or a parallel.ShardedCLIP. Prompts too long for the context are
-    an error (tokenize raises), not silently cut.
+    an error (tokenize raises), not silently cut, unless truncate=True.
     """
     from .tokenizer import tokenize
 
@@ -83,7 +83,7 @@ def zeroshot_classifier(model, classnames: Sequence[str], templates: Sequence[st
     columns = []
     for i in range(0, len(classnames), classes_per_batch):
         names = classnames[i: i + classes_per_batch]
-        tokens = tokenize([t.format(c) for c in names for t in templates], context_length=context)
+        tokens = tokenize([t.format(c) for c in names for t in templates], context_length=context, truncate=truncate)
         feats = _text_features(model, tokens).reshape(len(names), len(templates), -1).mean(axis=1)
         columns.append(feats / np.linalg.norm(feats, axis=-1, keepdims=True))
     return np.concatenate(columns).T.astype(np.float32)

@@ -8,6 +8,7 @@ rounding moves a value by at most half of it (2.5e-4). A wrong image/row pairing
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -336,6 +337,24 @@ def latin1_name(folder: Path, name: bytes) -> str:
     return os.fsdecode(os.fsencode(folder) + b"/" + name)
 
 
+def test_convert_full_disk_is_one_line(data, tmp_path, monkeypatch, capsys):
+    from safetensors import SafetensorError
+
+    from clip_jax.checkpoint import store
+
+    def full(tensors, filename, metadata=None):  # what safetensors raises on ENOSPC
+        Path(filename).write_bytes(b"part")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(store, "save_file", full)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main("convert", data[2], "-o", out / "m.safetensors") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"clip-jax: error: {out / 'm.safetensors'}: no space left on device (nothing was written)"]
+    assert list(out.iterdir()) == []
+
+
 def test_embed_output_files_full_disk_fifo_and_symlink(data, tmp_path, monkeypatch, capsys):
     """The embed folder's files go through the same helper: a full disk stops the job with one line
     (a rerun resumes), a FIFO in the folder is refused and kept, a symlink is written through."""
@@ -444,3 +463,71 @@ def test_embed_failure_before_the_first_shard_does_not_block_the_rerun(data, tmp
     assert "tpyo.safetensors" in capsys.readouterr().err
     assert main(*embed_args([], out, model, "--captions", caps)) == 0
     assert json.loads((out / "manifest.json").read_text())["model"] == str(Path(model).resolve())
+
+
+def test_search_errors_on_a_broken_folder_name_the_file(data, full_run, tmp_path, capsys):
+    _, _, model = data
+
+    def broken(name: str, path: str, edit) -> tuple[Path, Path]:
+        folder = tmp_path / name
+        shutil.copytree(full_run, folder)
+        edit(folder / path)
+        return folder, folder / path
+
+    def shorten(p: Path) -> None:
+        pq.write_table(pq.read_table(p).slice(0, 2), p)
+
+    cases = [
+        (broken("list", "manifest.json", lambda p: p.write_text("[]")), "not a valid manifest"),
+        (broken("json", "manifest.json", lambda p: p.write_text("{")), "not a valid manifest"),
+        (broken("short", "metadata/metadata_0.parquet", shorten), "2 rows, but the shard's embeddings have 4"),
+        (broken("npy", "img_emb/img_emb_2.npy", lambda p: p.write_bytes(b"\x93NUMPY junk")),
+         "not a readable .npy file"),
+    ]
+    for (folder, path), message in cases:
+        assert main("search", folder, "a dog", "--model", model, "-k", "14") == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"clip-jax: error: {path}: {message}"), err
+
+
+@pytest.mark.parametrize("argv", [
+    ["classify", "x.png", "--labels", "a", "-m", "m", "-k", "0"],
+    ["classify", "x.png", "--labels", "a", "-m", "m", "-k", "-1"],
+    ["classify", "x.png", "--labels", "a", "-m", "m", "--batch-size", "0"],
+    ["search", "folder", "a query", "-k", "0"],
+    ["embed", "x.png", "-o", "out", "-m", "m", "--shard-size", "0"],
+])
+def test_counts_must_be_positive(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.parser().parse_args(argv)
+    assert e.value.code == 2 and "must be a positive integer" in capsys.readouterr().err
+
+
+def test_truncate_option_where_text_comes_in(data, full_run, tmp_path, capsys):
+    _, imgs, model = data
+    long = "a photo of a very small dog " * 20
+    assert main("search", full_run, long) == 1
+    err = capsys.readouterr().err
+    assert "pass --truncate" in err and "truncate=True" not in err
+    assert main("search", full_run, long, "--truncate", "-k", "1") == 0
+    assert main("classify", imgs / "a" / "01.png", "--labels", f"dog,{long}", "--templates", "a photo of a {}.",
+                "--model", model, "--truncate") == 0
+    capsys.readouterr()
+    caps = tmp_path / "caps.txt"
+    caps.write_text(f"a dog\n{long}\n")
+    out = tmp_path / "out"
+    assert main(*embed_args([], out, model, "--captions", caps, "--no-truncate")) == 1
+    assert "pass --truncate" in capsys.readouterr().err
+    assert not list((out / "text_emb").iterdir())  # refused before the first shard
+
+
+def test_printing_a_file_name_that_is_not_utf8(data, tmp_path, monkeypatch):
+    """In a UTF-8 locale stdout is strict: the name is printed as its own bytes, as ls does."""
+    _, imgs, model = data
+    bad = latin1_name(tmp_path, b"caf\xe9.png")
+    shutil.copy(imgs / "a" / "01.png", bad)
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert main("classify", bad, "--labels", "dog,cat", "--templates", "a photo of a {}.", "--model", model) == 0
+    stdout.flush()
+    assert stdout.buffer.getvalue().startswith(os.fsencode(bad) + b"\n")
