@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from .model import CLIP, _encode_image, _encode_text
+from .model import CLIP, lower
 
 DEFAULT_TEXT_BUCKETS = (16, 32, 48, 64, 77)
 
@@ -44,9 +44,9 @@ def warmup(
     size = model.config.vision.image_size
     for n in image_batch_sizes:
         pixels = jax.ShapeDtypeStruct((n, size, size, 3), np.uint8 if uint8 else np.float32)
-        _encode_image.lower(model, pixels).compile()
+        lower(model, "image_features", pixels).compile()
     context = model.config.text.context_length
     lengths = sorted({min(length, context) for length in text_lengths}) if model.config.text.trimmable else [context]
     for n in text_batch_sizes:
         for length in lengths:
-            _encode_text.lower(model, jax.ShapeDtypeStruct((n, length), np.int32)).compile()
+            lower(model, "text_features", jax.ShapeDtypeStruct((n, length), np.int32)).compile()

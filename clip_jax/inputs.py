@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -33,15 +35,35 @@ def check_images(images, image_size: int):
 
 
 def check_tokens(tokens, context_length: int, vocab_size: int):
-    """tokens: integer [N, L] with L <= context_length, as clip_jax.tokenize returns."""
+    """tokens: integer [N, L] with 0 < L <= context_length, as clip_jax.tokenize returns.
+
+    Ids must lie in [0, vocab_size): the embedding lookup would give NaN features for an id past the
+    vocabulary and wrap a negative one around, with no error. A numpy batch is checked on the host;
+    a device array with one small reduction on its device, which waits for the array (not for anything
+    else queued): the only synchronization in a public call, avoided by passing numpy tokens.
+    """
     shape, dtype = _shape_dtype(tokens, "tokens")
     if len(shape) != 2:
         raise ValueError(f"tokens must be [N, L] (clip_jax.tokenize gives [N, 77]); got shape {shape}")
     if not np.issubdtype(dtype, np.integer):
         raise TypeError(f"tokens must be integers; got dtype {dtype}")
+    if shape[1] == 0:
+        raise ValueError(f"tokens have no columns (shape {shape}); each row needs at least an SOT and an EOT")
     if shape[1] > context_length:
         raise ValueError(f"tokens have length {shape[1]}, longer than this model's context_length {context_length}")
-    if isinstance(tokens, np.ndarray) and tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
-        # JAX clamps out-of-range gathers silently, so an id past the vocabulary would give wrong features.
-        raise ValueError(f"token ids must be in [0, {vocab_size}); got min {tokens.min()}, max {tokens.max()}")
+    if not shape[0] or isinstance(tokens, jax.core.Tracer):  # inside the caller's own jit: nothing to read
+        return tokens
+    if isinstance(tokens, np.ndarray):
+        lo, hi = tokens.min(), tokens.max()
+    elif getattr(tokens, "is_fully_addressable", True):  # another process's rows can't be read here
+        lo, hi = (int(i) for i in jax.device_get(_id_range(tokens)))  # explicit: allowed by transfer guards
+    else:
+        return tokens
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"token ids must be in [0, {vocab_size}); got min {lo}, max {hi}")
     return tokens
+
+
+@jax.jit
+def _id_range(tokens: jax.Array) -> jax.Array:
+    return jnp.stack([tokens.min(), tokens.max()])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import weakref
 from collections.abc import Callable, Mapping
 from functools import lru_cache, partial
 from typing import Any
@@ -502,7 +503,7 @@ class CLIP(TextTransformer):
     def encode_image(self, images) -> jax.Array:
         """images: [N, H, W, 3] float normalized or uint8 pixels -> [N, embed_dim] float32, not normalized.
         Jit-compiled."""
-        return _encode_image(self, check_images(images, self.config.vision.image_size))
+        return call_jitted(self, "image_features", check_images(images, self.config.vision.image_size))
 
     def encode_text(self, tokens, trim: bool | None = None) -> jax.Array:
         """tokens: int [N, L], L <= context_length -> [N, embed_dim] float32, not normalized. Jit-compiled.
@@ -512,7 +513,8 @@ class CLIP(TextTransformer):
         when the tower allows it (causal, pooled at EOT); True on a tower that doesn't: ValueError.
         """
         t = self.config.text
-        return _encode_text(self, _trim(check_tokens(tokens, t.context_length, t.vocab_size), t, trim))
+        tokens = _trim(check_tokens(tokens, t.context_length, t.vocab_size), t, trim)
+        return call_jitted(self, "text_features", tokens)
 
     # The unjitted bodies, for use inside your own jitted code.
 
@@ -550,21 +552,80 @@ def logits(image_features: jax.Array, text_features: jax.Array, logit_scale: jax
 
 
 # --- jitted entry points --------------------------------------------------------------------------
+#
+# nnx.jit walks the module graph on every call (flatten, then merge): 50-90 ms for ViT-B/32 on a CPU core,
+# more than the tower's own compute at small batches and several times a GPU's at any batch. Instead each
+# model is split once, at its first call: its Variables are kept, and a call reads their current values
+# (a list of arrays, microseconds) into a plain jax.jit program keyed on the graph's structure, so models
+# of one architecture share compilations. Values set in place (nnx.update, `var[...] = x`, training) are
+# seen by the next call; a model whose structure changes (a submodule or Variable object replaced) must
+# be re-bound with `rebind(model)`.
 
 
-@nnx.jit
-def _encode_image(model: CLIP, images: jax.Array) -> jax.Array:
-    return model.image_features(images)
+class _Bound:
+    """A model split once: its Variables in state order, and the structure needed to rebuild it."""
+
+    __slots__ = ("variables", "graphdef", "treedef", "programs")
+
+    def __init__(self, model: nnx.Module):
+        self.graphdef, state = nnx.split(model)
+        self.variables = tuple(jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+        self.treedef = jax.tree.structure(state)
+        self.programs: dict[tuple, Callable] = {}  # a GraphDef's hash walks the graph: look it up once
+
+    def program(self, method: str, static: tuple) -> Callable:
+        key = (method, static)
+        if key not in self.programs:
+            self.programs[key] = _program(self.graphdef, self.treedef, method, static)
+        return self.programs[key]
+
+    def values(self) -> list:
+        return [v.get_raw_value() for v in self.variables]
 
 
-@nnx.jit
-def _encode_text(model: CLIP, tokens: jax.Array) -> jax.Array:
-    return model.text_features(tokens)
+_BOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-@nnx.jit
-def _clip_logits(model: CLIP, images: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return model(images, tokens)
+def _bound(model: nnx.Module) -> _Bound:
+    bound = _BOUND.get(model)
+    if bound is None:
+        bound = _BOUND[model] = _Bound(model)
+    return bound
+
+
+def rebind(model: nnx.Module) -> None:
+    """Forget the split of `model` kept for its jitted calls: needed only after replacing a submodule or
+    a Variable object (values updated in place are always seen)."""
+    _BOUND.pop(model, None)
+
+
+@lru_cache(maxsize=64)
+def _program(graphdef: nnx.GraphDef, treedef, method: str, static: tuple = ()) -> Callable:
+    """jax.jit of (values, *args) -> getattr(merged model, method)(*args, **dict(static))."""
+
+    def run(values, *args):
+        model = nnx.merge(graphdef, jax.tree.unflatten(treedef, values))
+        return getattr(model, method)(*args, **dict(static))
+
+    return jax.jit(run)
+
+
+def _prepared(model: nnx.Module, method: str, static: dict) -> tuple[Callable, list]:
+    bound = _bound(model)
+    return bound.program(method, tuple(sorted(static.items()))), bound.values()
+
+
+def call_jitted(model: nnx.Module, method: str, *args, **static) -> Any:
+    """getattr(model, method)(*args, **static), jit-compiled; `static` values are hashable options."""
+    program, values = _prepared(model, method, static)
+    return program(values, *args)
+
+
+def lower(model: nnx.Module, method: str, *args, **static) -> jax.stages.Lowered:
+    """call_jitted's program lowered for these arguments (arrays or jax.ShapeDtypeStruct): compile it
+    ahead of time with `.compile()`, or read its cost and memory analyses."""
+    program, values = _prepared(model, method, static)
+    return program.lower(values, *args)
 
 
 def clip_logits(model: CLIP, images, tokens, trim: bool | None = None) -> tuple[jax.Array, jax.Array]:
@@ -577,7 +638,7 @@ def clip_logits(model: CLIP, images, tokens, trim: bool | None = None) -> tuple[
     """
     c = model.config
     tokens = _trim(check_tokens(tokens, c.text.context_length, c.text.vocab_size), c.text, trim)
-    return _clip_logits(model, check_images(images, c.vision.image_size), tokens)
+    return call_jitted(model, "__call__", check_images(images, c.vision.image_size), tokens)
 
 
 def _trim(tokens, t: TextConfig, trim: bool | None):
