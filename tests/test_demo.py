@@ -151,6 +151,8 @@ def run_demo(*args: str) -> subprocess.CompletedProcess:
 def test_demo_end_to_end(tmp_path):
     proc = run_demo("--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # The bundled file's open_clip_config.json says QuickGELU: no "assumed activation" line.
+    assert "assum" not in proc.stderr.lower(), proc.stderr
     out = proc.stdout
     assert re.search(r"^\$ python -m convert \S*tiny_clip\.pt -o \S*tiny_clip\.safetensors$", out, re.M), out
     converted = tmp_path / "tiny_clip.safetensors"
