@@ -76,6 +76,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call write(tmp_path), then rename the temporary file onto `path` (see the module docstring)."""
     target = output_target(path)
     folder = target.parent
+    if not folder.is_dir():  # else mkstemp's error would name the temporary file
+        raise FileNotFoundError(f"{path}: no such directory: {folder}")
     remove_stale_temporaries(folder, once=True)
     mode = _mode_for(target)
     fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{target.name[:_NAME_MAX]}.", dir=folder)
