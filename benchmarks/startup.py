@@ -2,13 +2,14 @@
 compilation cache (clip_jax.compilation.enable_compilation_cache), beside open_clip in the same run.
 
 Each measurement is a fresh Python process timed from before its interpreter starts, so imports count.
-    python -m benchmarks.startup [--repeat 2]
+    python -m benchmarks.startup [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,7 @@ def timed(args: list[str]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3, help="rounds (median)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     import torch
@@ -69,11 +70,17 @@ def main() -> None:
         }
         timed(["-c", OURS, str(converted), str(cache), str(ROOT)])  # fills the cache
         rows["clip_jax warm (persistent cache)"] = lambda: timed(["-c", OURS, str(converted), str(cache), str(ROOT)])
-        results = {name: min(fn() for _ in range(args.repeat)) for name, fn in rows.items()}
+        # Rounds alternate the three (each round in the other order than the last), and each figure is the
+        # median over rounds: the same statistic as benchmarks/models.py, fair on a shared machine.
+        times: dict[str, list[float]] = {name: [] for name in rows}
+        for r in range(args.repeat):
+            for name in list(rows) if r % 2 == 0 else list(rows)[::-1]:
+                times[name].append(rows[name]())
+        results = {name: statistics.median(ts) for name, ts in times.items()}
         base = results["open_clip (torch.load + first logits)"]
-        print(f"{'':40s} {'best s':>7s} {'/ open_clip':>11s}")
+        print(f"{'':40s} {'median s':>8s} {'/ open_clip':>11s}")
         for name, t in results.items():
-            print(f"{name:40s} {t:7.2f} {t / base:11.2f}")
+            print(f"{name:40s} {t:8.2f} {t / base:11.2f}")
 
 
 if __name__ == "__main__":
