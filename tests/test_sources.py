@@ -1,0 +1,114 @@
+"""clip_jax.sources: WebDataset tar shards (local, fsspec memory://, HTTP), parquet (bytes and {bytes, path}
+structs), brace expansion, and today's image inputs as shards."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+
+from clip_jax.sources import ShardError, braceexpand, open_source, tar_members
+
+from .local_server import QuietHandler, serve
+from .shards import make_samples, write_parquet, write_tar
+
+
+def test_braceexpand_as_bash():
+    assert braceexpand("d/{000..002}.tar") == ["d/000.tar", "d/001.tar", "d/002.tar"]
+    assert braceexpand("{a,b}{1..2}") == ["a1", "a2", "b1", "b2"]
+    assert braceexpand("x{9..11}") == ["x9", "x10", "x11"]
+    assert braceexpand("plain{}.tar") == ["plain{}.tar"]
+
+
+def test_tar_shards_group_members_by_key(tmp_path):
+    samples = make_samples(0, 5)
+    write_tar(tmp_path / "00000.tar", samples[:3])
+    write_tar(tmp_path / "00001.tar", samples[3:])
+    src = open_source([str(tmp_path / "{00000..00001}.tar")])
+    assert src.kind == "tar" and [s.name for s in src.shards] == ["00000.tar", "00001.tar"]
+    got = list(src)
+    assert [s["key"] for s in got] == [s["__key__"] for s in samples]
+    assert [s["image"] for s in got] == [s["jpg"] for s in samples]
+    assert got[4]["txt"] == "photo 4 of shard 0" and got[4]["json"]["score"] == 0.4
+    assert [s["__index__"] for s in got] == [0, 1, 2, 0, 1]
+    assert got[3]["__shard__"] == str(tmp_path / "00001.tar")
+
+
+def test_tar_long_names_and_pax_headers_match_tarfile(tmp_path):
+    path = tmp_path / "long.tar"
+    names = ["a" * 150 + ".jpg", "d/é" * 60 + ".txt", "short.txt"]
+    for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        with tarfile.open(path, "w", format=fmt) as tar:
+            for i, n in enumerate(names):
+                info = tarfile.TarInfo(n)
+                info.size = i + 1
+                tar.addfile(info, io.BytesIO(b"x" * (i + 1)))
+        with open(path, "rb") as f:
+            assert [(n, len(d)) for n, d in tar_members(f)] == [(n, i + 1) for i, n in enumerate(names)]
+
+
+def test_a_cut_tar_names_the_shard(tmp_path):
+    path = write_tar(tmp_path / "cut.tar", make_samples(0, 3))
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(ShardError, match="cut.tar: unreadable tar data"):
+        list(open_source([str(path)]))
+
+
+def test_fsspec_memory_and_http_shards(tmp_path):
+    import fsspec
+
+    samples = make_samples(1, 4)
+    data = write_tar(tmp_path / "s.tar", samples).read_bytes()
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bucket/shard-00.tar", data)
+    fs.pipe("/bucket/shard-01.tar", data)
+    src = open_source(["memory://bucket/shard-{00..01}.tar"])
+    assert [s["key"] for s in src] == [s["__key__"] for s in samples] * 2
+    globbed = open_source(["memory://bucket/*.tar"])
+    assert [sh.url for sh in globbed.shards] == [sh.url for sh in src.shards]
+
+    class Handler(QuietHandler):
+        def do_GET(self):
+            self.send_body(data)
+
+        def do_HEAD(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+
+    pytest.importorskip("aiohttp")
+    with serve(Handler) as url:
+        got = list(open_source([f"{url}/s.tar"]))
+    assert [s["image"] for s in got] == [s["jpg"] for s in samples]
+
+
+@pytest.mark.parametrize("struct", [False, True])
+def test_parquet_images_as_bytes_or_structs(tmp_path, struct):
+    samples = make_samples(2, 10)
+    (tmp_path / "p").mkdir()
+    write_parquet(tmp_path / "p" / "a.parquet", samples[:7], struct=struct)
+    write_parquet(tmp_path / "p" / "b.parquet", samples[7:], struct=struct)
+    src = open_source([tmp_path / "p"])  # a folder of parquet files
+    assert src.kind == "parquet" and len(src.shards) == 2
+    got = list(src)
+    assert [s["key"] for s in got] == [s["__key__"] for s in samples]
+    assert [s["image"] for s in got] == [s["jpg"] for s in samples]
+    assert [s["txt"] for s in got] == [s["txt"] for s in samples]
+    with pytest.raises(ValueError, match="no caption column 'nope'"):
+        list(open_source([tmp_path / "p" / "a.parquet"], caption_column="nope"))
+
+
+def test_image_files_become_shards_of_shard_size(tmp_path):
+    from PIL import Image
+
+    for i in range(5):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
+    src = open_source([tmp_path], shard_size=2)
+    assert src.kind == "files" and [len(s.paths) for s in src.shards] == [2, 2, 1]
+    assert [s["key"] for s in src][-1] == str(tmp_path / "4.png")
+
+
+def test_mixed_kinds_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="mix"):
+        open_source([str(tmp_path / "a.tar"), str(tmp_path / "b.parquet")])
