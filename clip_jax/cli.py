@@ -219,6 +219,10 @@ def parser() -> argparse.ArgumentParser:
     add_embed_args(sub.add_parser("embed", help="embed images and/or captions into a clip-retrieval folder"))
     add_classify_args(sub.add_parser("classify", help="zero-shot classify images with prompt ensembles"))
     add_search_args(sub.add_parser("search", help="the top-k images of an embedding folder for a text query"))
+    from .eval_cli import add_eval_args
+
+    add_eval_args(sub.add_parser("eval", help="CLIP_benchmark's evaluations: zero-shot classification, "
+                                              "retrieval recall@k, linear probe"))
     return p
 
 

@@ -1,0 +1,121 @@
+"""`clip-jax eval TASK DATA --model M`: the three evaluations of clip_jax.eval from the command line.
+
+Prints the result (CLIP_benchmark's JSON: dataset, model, pretrained, task, metrics, language) on stdout
+and, with --output, writes it there atomically (CLIP_benchmark's placeholders such as
+'{dataset}_{model}_{task}.json' work). Image features are cached on disk (--cache), so a second task on
+the same data and model does not embed it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .cli import _add_distributed_args, _add_model_args, _add_truncate_arg, _initialize, positive_int
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _add_model_args(p)
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="also write the result JSON here; may use {dataset} {model} {pretrained} {task} {language}")
+    p.add_argument("--dataset-name", help="the result's 'dataset' (default: the data folder's or file's name)")
+    p.add_argument("--model-name", help="the result's 'model' (default: the --model file's stem, or the name given)")
+    p.add_argument("--pretrained", help="the result's 'pretrained' (default: the --model file's name, or the name given)")
+    p.add_argument("--language", default="en", help="the result's 'language' (default: en)")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--cache", metavar="DIR",
+                       help="image feature cache (default: eval_features/ in clip_jax's cache, ~/.cache/clip_jax)")
+    cache.add_argument("--no-cache", action="store_true", help="embed the images again, store nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_distributed_args(p)
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="task", required=True, metavar="TASK")
+
+    zc = sub.add_parser("zeroshot_classification", help="zero-shot top-1/top-5 accuracy and mean per-class recall")
+    zc.add_argument("data", metavar="DATA",
+                    help="an ImageFolder (one subfolder per class), or CLIP_benchmark's wds_* layout")
+    zc.add_argument("--split", help="the split subfolder of DATA (default: DATA itself; 'test' for the wds layout)")
+    zc.add_argument("--classnames", metavar="FILE", help="class names, one a line, in sorted-folder order "
+                    "(default: classnames.txt beside the data, else the folder names)")
+    zc.add_argument("--templates", default="auto",
+                    help="'auto' (default: the data set's zeroshot_classification_templates.txt if it has one, else "
+                         "'imagenet'), 'imagenet' (OpenAI's 80), 'dataset', a file (one a line), or one template "
+                         "such as 'a photo of a {c}.'")
+    _add_truncate_arg(zc, True, "prompts")
+    _common(zc)
+    zc.set_defaults(run=run_eval)
+
+    zr = sub.add_parser("zeroshot_retrieval", help="image and text retrieval recall@k")
+    zr.add_argument("data", metavar="PAIRS",
+                    help="a CSV/TSV of image path + caption (a header names the columns), or a wds_* retrieval folder")
+    zr.add_argument("--image-column", help="the image path column (default: image, filepath, path, file, ...)")
+    zr.add_argument("--caption-column", help="the caption column (default: caption, text, title, captions)")
+    zr.add_argument("--split", default="test", help="split of a wds_* folder (default: test)")
+    zr.add_argument("--recall-k", type=positive_int, nargs="+", default=[1, 5, 10], help="k values (default: 1 5 10)")
+    _add_truncate_arg(zr, True, "captions")
+    _common(zr)
+    zr.set_defaults(run=run_eval)
+
+    lp = sub.add_parser("linear_probe", help="a logistic-regression probe on the frozen image features")
+    lp.add_argument("data", metavar="DATA", help="a folder with train and test splits: ImageFolders or the wds_* layout")
+    lp.add_argument("--train-split", default="train", help="(default: train)")
+    lp.add_argument("--test-split", default="test", help="(default: test)")
+    val = lp.add_mutually_exclusive_group()
+    val.add_argument("--val-split", help="a validation split to choose the regularization on")
+    val.add_argument("--val-proportion", type=float, default=0.2,
+                     help="else this share of the training split is held out for it (default: 0.2; 0: no search, "
+                          "weight decay 0)")
+    lp.add_argument("--classnames", metavar="FILE", help="class names, one a line (only names the classes)")
+    lp.add_argument("--fewshot-k", type=int, default=-1, help="training rows per class (default: -1, all)")
+    lp.add_argument("--seed", type=int, default=0, help="for the validation split and few-shot pick (default: 0)")
+    lp.add_argument("--max-iter", type=positive_int, default=1000, help="L-BFGS iterations per fit (default: 1000)")
+    _common(lp)
+    lp.set_defaults(run=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    _initialize(args)
+    import jax
+    import jax.numpy as jnp
+
+    from . import eval as ev
+    from .hub import load
+
+    progress = not args.no_progress and jax.process_index() == 0
+    if args.task == "zeroshot_classification":
+        data = ev.classification_data(args.data, args.split, args.classnames)
+        ev.resolve_templates(args.templates, data)  # a bad template fails before the model loads
+    elif args.task == "zeroshot_retrieval":
+        data = ev.retrieval_data(args.data, args.split, args.image_column, args.caption_column)
+    else:
+        data = ev.classification_data(args.data, args.train_split, args.classnames)
+        test = ev.classification_data(args.data, args.test_split, args.classnames)
+        val = ev.classification_data(args.data, args.val_split, args.classnames) if args.val_split else None
+
+    model, preprocess = load(args.model, dtype=jnp.dtype(args.dtype), attention=args.attention)
+    cache = None if args.no_cache else (args.cache or ev.default_cache_dir())
+    common = dict(batch_size=args.batch_size, cache_dir=cache, progress=progress)
+    if args.task == "zeroshot_classification":
+        metrics = ev.zeroshot_classification(model, preprocess, data, args.templates, truncate=args.truncate, **common)
+    elif args.task == "zeroshot_retrieval":
+        metrics = ev.zeroshot_retrieval(model, preprocess, data, args.recall_k, truncate=args.truncate, **common)
+    else:
+        metrics = ev.linear_probe(model, preprocess, data, test, val, args.val_proportion or None, args.fewshot_k,
+                                  args.seed, args.max_iter, **common)
+
+    is_file = os.path.exists(args.model)
+    res = ev.result(args.dataset_name or data.name,
+                    args.model_name or (Path(args.model).stem if is_file else str(args.model)),
+                    args.pretrained or (Path(args.model).name if is_file else str(args.model)),
+                    args.task, metrics, args.language)
+    if jax.process_index() == 0:
+        if args.output:
+            path = ev.write_result(args.output, res)
+            print(f"wrote {path}", file=sys.stderr)
+        print(json.dumps(res))
+    return 0
