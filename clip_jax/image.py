@@ -12,8 +12,9 @@ Steps 1-3 are done here with the very same Pillow calls and the same integer
 geometry as torchvision, so the uint8 pixels are identical. Step 4 is done
 either on the host (``ImageTransform.__call__``: the same float32 operations in
 the same order as torchvision, so bit-identical) or on the device inside
-``jit`` (:func:`normalize`, a table lookup, also bit-identical), which lets the
-host ship 4x fewer bytes (uint8 instead of float32).
+``jit`` (:func:`normalize`: a table lookup on the CPU, also bit-identical; a
+per-channel multiply-add on accelerators, within 1 ulp), which lets the host
+ship 4x fewer bytes (uint8 instead of float32).
 
 No EXIF orientation is applied (OpenAI does not apply it either).
 """
@@ -48,6 +49,7 @@ __all__ = [
     "normalize",
     "normalize_np",
     "normalize_table",
+    "normalize_affine",
     "load_image",
     "load_images",
 ]
@@ -126,27 +128,59 @@ def normalize_np(pixels: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD, out: np.n
     return out
 
 
-def normalize(pixels, mean=OPENAI_MEAN, std=OPENAI_STD, exact: bool = True):
+def normalize_affine(mean=OPENAI_MEAN, std=OPENAI_STD) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (scale [3], shift [3]) with ``x * scale + shift`` ~= ``(x / 255 - mean) / std`` per channel.
+
+    Both come from float64 (``1 / (255 std)`` and ``-mean / std``, mean and std rounded to float32
+    first, as torchvision does) and are rounded once to float32.
+    """
+    m = np.asarray(_three(mean, "mean"), dtype=np.float32).astype(np.float64)
+    s = np.asarray(_three(std, "std"), dtype=np.float32).astype(np.float64)
+    if np.any(s == 0):
+        raise ValueError("std must be non-zero in float32")
+    return (1.0 / (255.0 * s)).astype(np.float32), (-m / s).astype(np.float32)
+
+
+# How far the multiply-add is from the table (torchvision's float32 numbers), in ulps of the largest
+# normalized magnitude |table| over all channels. Checked for every uint8 level, with the product
+# rounded before the add and fused with it (a backend may do either): 1 for OpenAI's mean/std and for
+# (0.5, 0.5, 0.5); up to 3 for arbitrary mean/std, where torchvision's three roundings (/ 255, - mean,
+# / std) are themselves up to ~1.5 such ulps from the exact value. OpenAI's constants: 2.4e-7 at most.
+AFFINE_ULPS_OPENAI = 1
+AFFINE_ULPS_ANY = 3
+
+
+def normalize(pixels, mean=OPENAI_MEAN, std=OPENAI_STD, exact: bool | None = None):
     """Device-side normalization, usable inside ``jax.jit``: uint8 ``[..., 3]`` (NHWC) -> float32.
 
-    ``exact=True`` (default) looks every value up in :func:`normalize_table`
-    (a 768-entry gather), so the result is bit-identical to the host path and to
-    torchvision on every backend. ``exact=False`` computes ``(x / 255 - mean) / std``
-    elementwise; XLA turns division by a constant into multiplication by its
-    reciprocal, so that can differ by 1 ulp (< 1e-6).
+    exact=None (default) picks per platform when the program is lowered: on the CPU, the
+    :func:`normalize_table` lookup (a 768-entry gather, bit-identical to the host path and to
+    torchvision); on accelerators, ``x * scale + shift`` per channel (:func:`normalize_affine`), one
+    multiply-add an elementwise fusion absorbs, within :data:`AFFINE_ULPS_OPENAI` ulp of the table for
+    OpenAI's mean/std. An elementwise gather over a whole image batch is an access pattern TPUs
+    handle poorly, and the multiply-add can't be made bit-exact: torchvision's ``x / 255`` and
+    ``/ std`` round three times, and XLA rewrites division by a constant into a multiplication.
+    exact=True: the table on every backend. exact=False: the multiply-add on every backend.
     """
+    import jax
     import jax.numpy as jnp
 
     x = jnp.asarray(pixels)
     if x.dtype != jnp.uint8 or x.ndim < 1 or x.shape[-1] != 3:
         raise TypeError(f"expected uint8 pixels [..., 3], got {x.dtype} {x.shape}")
-    if exact:
-        table = jnp.asarray(normalize_table(mean, std).T.reshape(-1))  # channel c, level v at c * 256 + v
+    table = normalize_table(mean, std).T.reshape(-1)  # channel c, level v at c * 256 + v
+    scale, shift = normalize_affine(mean, std)
+
+    def lookup(x):
         idx = x.astype(jnp.int32) + jnp.asarray([0, 256, 512], dtype=jnp.int32)
-        return jnp.take(table, idx, mode="clip")
-    m = jnp.asarray(_three(mean, "mean"), dtype=jnp.float32)
-    s = jnp.asarray(_three(std, "std"), dtype=jnp.float32)
-    return (x.astype(jnp.float32) / jnp.float32(255) - m) / s
+        return jnp.take(jnp.asarray(table), idx, mode="clip")
+
+    def affine(x):
+        return x.astype(jnp.float32) * jnp.asarray(scale) + jnp.asarray(shift)
+
+    if exact is None:
+        return jax.lax.platform_dependent(x, cpu=lookup, default=affine)
+    return lookup(x) if exact else affine(x)
 
 
 # ----------------------------------------------------------------------------

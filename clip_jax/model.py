@@ -482,13 +482,14 @@ class CLIP(TextTransformer):
         if attention == "cudnn" and dtype not in (jnp.bfloat16, jnp.float16):
             raise ValueError(f"attention='cudnn' needs dtype bfloat16 or float16 (cuDNN's fused attention "
                              f"has no float32 kernel); got dtype {dtype}")
-        if attention == "cudnn" and jax.default_backend() != "gpu":
-            raise ValueError(f"attention='cudnn' needs an NVIDIA GPU; the default backend is {jax.default_backend()!r}")
+        # Whether cuDNN is there is checked where a program is run or lowered (call_jitted, lower), not
+        # here: a model can be built on the CPU and compiled for a GPU target ahead of time.
         if precision is None and dtype == jnp.float32:
             precision = "highest"
         kw = dict(dtype=dtype, precision=precision, attention=attention, rngs=rngs)
         super().__init__(config, **kw)
         self.config = config
+        self.attention = attention
         self.visual = (ModifiedResNet if config.vision.is_resnet else VisionTransformer)(config, **kw)
         self.logit_scale = nnx.Param(jnp.asarray(jnp.log(1 / 0.07), jnp.float32))
         if jnp.dtype(param_dtype) != jnp.float32:
@@ -615,16 +616,39 @@ def _prepared(model: nnx.Module, method: str, static: dict) -> tuple[Callable, l
     return bound.program(method, tuple(sorted(static.items()))), bound.values()
 
 
+def check_attention_platform(model: nnx.Module, platform: str) -> None:
+    """Refuse attention='cudnn' for a program that would run on a `platform` other than an NVIDIA GPU."""
+    if getattr(model, "attention", None) == "cudnn" and platform not in ("gpu", "cuda"):
+        raise ValueError(f"attention='cudnn' needs an NVIDIA GPU; this program is for {platform!r}")
+
+
+def _platform(values: list, args: tuple) -> str:
+    """The platform a jitted program of (values, *args) runs on: its inputs' devices, else the default."""
+    for x in (*args, *values):
+        sharding = getattr(x, "sharding", None)
+        if sharding is not None:
+            return next(iter(sharding.device_set)).platform
+    return jax.default_backend()
+
+
 def call_jitted(model: nnx.Module, method: str, *args, **static) -> Any:
     """getattr(model, method)(*args, **static), jit-compiled; `static` values are hashable options."""
     program, values = _prepared(model, method, static)
+    if getattr(model, "attention", None) == "cudnn":
+        check_attention_platform(model, _platform(values, args))
     return program(values, *args)
 
 
 def lower(model: nnx.Module, method: str, *args, **static) -> jax.stages.Lowered:
     """call_jitted's program lowered for these arguments (arrays or jax.ShapeDtypeStruct): compile it
-    ahead of time with `.compile()`, or read its cost and memory analyses."""
+    ahead of time with `.compile()`, or read its cost and memory analyses.
+
+    For another target (a TPU topology, a GPU from the CPU): a model whose Variables hold
+    jax.ShapeDtypeStructs with shardings on that target's devices (nnx.merge of abstract_model's graphdef
+    and such a state), and args of the same kind."""
     program, values = _prepared(model, method, static)
+    if getattr(model, "attention", None) == "cudnn":
+        check_attention_platform(model, _platform(values, args))
     return program.lower(values, *args)
 
 

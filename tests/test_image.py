@@ -343,6 +343,32 @@ def test_jax_normalize_under_jit_matches_float_path(pics):
         normalize(batch.astype(np.float32))
 
 
+def test_affine_normalize_within_stated_ulps_of_the_table():
+    """The accelerators' multiply-add against torchvision's numbers, for every uint8 level and channel,
+    with the product rounded before the add and fused with it (XLA backends may do either)."""
+    import jax
+
+    from clip_jax.image import AFFINE_ULPS_ANY, AFFINE_ULPS_OPENAI, normalize_affine
+
+    v = np.arange(256, dtype=np.float64)[:, None]
+    rng = np.random.RandomState(0)
+    cases = [(OPENAI_MEAN, OPENAI_STD, AFFINE_ULPS_OPENAI), ((0.5,) * 3, (0.5,) * 3, AFFINE_ULPS_OPENAI)]
+    cases += [(tuple(rng.uniform(0, 1, 3)), tuple(rng.uniform(0.01, 1, 3)), AFFINE_ULPS_ANY) for _ in range(200)]
+    for mean, std, ulps in cases:
+        table = normalize_table(mean, std)
+        scale, shift = normalize_affine(mean, std)
+        fused = (v * scale.astype(np.float64) + shift.astype(np.float64)).astype(np.float32)  # exact, then one rounding
+        rounded = v.astype(np.float32) * scale + shift
+        bound = ulps * np.spacing(np.abs(table).max())
+        assert np.abs(fused - table).max() <= bound and np.abs(rounded - table).max() <= bound, (mean, std)
+    assert AFFINE_ULPS_OPENAI * np.spacing(np.abs(normalize_table()).max()) < 2.5e-7
+    # exact=False is that multiply-add; the default is the table on the CPU (lowered for "cpu").
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    arith = np.asarray(jax.jit(lambda x: normalize(x, exact=False))(levels))
+    assert np.abs(arith - normalize_table()).max() <= AFFINE_ULPS_OPENAI * np.spacing(np.abs(normalize_table()).max())
+    np.testing.assert_array_equal(np.asarray(jax.jit(normalize)(levels)), normalize_table())
+
+
 # ----------------------------------------------------------------------------
 # threaded loader
 
