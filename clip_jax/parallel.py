@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from .model import CLIP, functional, logits, normalize
+from .model import CLIP, check_attention_platform, functional, logits, normalize
 
 DATA, MODEL = "data", "model"
 
@@ -115,6 +115,8 @@ def shard_params(params: Any, mesh: Mesh) -> Any:
 
     def place(x, spec):
         sharding = NamedSharding(mesh, spec)
+        if isinstance(x, jax.ShapeDtypeStruct):  # an abstract model, to compile for a target ahead of time
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
         if jax.process_count() == 1:
             return jax.device_put(x, sharding)
         host = np.asarray(x)  # the same on every process; each one fills its own devices
@@ -232,6 +234,7 @@ class ShardedCLIP:
     def __init__(self, model: CLIP, mesh: Mesh | None = None, batch_size: int = 256, prefetch: int = 2,
                  text_buckets: Sequence[int] = (16, 32, 48, 64, 77)):
         self.mesh = mesh if mesh is not None else make_mesh()
+        check_attention_platform(model, self.mesh.devices.flat[0].platform)
         self.n_data = self.mesh.shape[DATA]
         self.batch_size = _round_up(max(1, batch_size), self.n_data)
         self.prefetch = prefetch
@@ -242,7 +245,8 @@ class ShardedCLIP:
         text_fn, _ = functional(model, "text_features")
         self.params = shard_params(params, self.mesh)
         shardings = jax.tree.map(lambda s: NamedSharding(self.mesh, s), param_specs(params, self.mesh))
-        self.logit_scale = float(np.asarray(model.logit_scale[...]))
+        scale = model.logit_scale.get_raw_value()
+        self.logit_scale = None if isinstance(scale, jax.ShapeDtypeStruct) else float(np.asarray(scale))
 
         # The programs take the params as a flat list: flattening an nnx.State walks it in Python, about a
         # millisecond per call for ViT-B/32, where a list is flattened in C++.
@@ -258,6 +262,20 @@ class ShardedCLIP:
 
         self._fns = {(kind, norm): jitted(fn, norm) for kind, fn in (("image", image_fn), ("text", text_fn))
                      for norm in (False, True)}
+
+    def lower(self, kind: str, rows: int, normalized: bool = False, length: int | None = None,
+              uint8: bool = True) -> jax.stages.Lowered:
+        """The compiled step of `kind` ("image" or "text") for a global batch of `rows`, lowered from
+        shapes; `.compile()` it ahead of time. Built from an abstract model (Variables holding
+        jax.ShapeDtypeStructs) over a target's mesh (a TPU topology's devices), it compiles for
+        hardware this machine doesn't have. length: token length (default: the context length)."""
+        if kind == "image":
+            size = self.config.vision.image_size
+            shape, dtype = (rows, size, size, 3), np.uint8 if uint8 else np.float32
+        else:
+            shape, dtype = (rows, length or self.config.text.context_length), np.int32
+        x = jax.ShapeDtypeStruct(shape, dtype, sharding=self.rows)
+        return self._fns[kind, normalized].lower(self._leaves, x)
 
     # -- which rows this process feeds --
 

@@ -194,8 +194,15 @@ def test_attention_choice_checked():
     with pytest.raises(ValueError, match="needs dtype bfloat16 or float16.*got dtype float32"):
         clip_jax.build(TINY, attention="cudnn")
     if jax.default_backend() != "gpu":
+        # Built anywhere (to compile for a GPU target ahead of time); refused where it would run.
+        cudnn = clip_jax.build(TINY, attention="cudnn", dtype="bfloat16")
+        images, tokens = batch()
+        with pytest.raises(ValueError, match="needs an NVIDIA GPU; this program is for 'cpu'"):
+            cudnn.encode_image(images)
         with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
-            clip_jax.build(TINY, attention="cudnn", dtype="bfloat16")
+            clip_jax.clip_logits(cudnn, images, tokens)
+        with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
+            clip_jax.model.lower(cudnn, "text_features", jax.ShapeDtypeStruct((2, 16), np.int32))
     model = clip_jax.build(TINY, attention="xla")
     images, tokens = batch()
     assert clip_jax.clip_logits(model, images, tokens)[0].shape == (2, 3)
