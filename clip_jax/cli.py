@@ -91,7 +91,9 @@ def _initialize(args: argparse.Namespace) -> None:
 
 def add_embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="image folders (recursive), .txt lists of image paths, globs, or image files")
+                   help="image folders (recursive), .txt lists of image paths, globs, or image files; or WebDataset "
+                        ".tar shards / .parquet files, local or fsspec URLs, with brace patterns "
+                        "('data/{00000..00127}.tar'): one output shard per input shard, each process its own")
     p.add_argument("-o", "--output", required=True, help="output folder (clip-retrieval's layout); rerun to resume")
     p.add_argument("--captions", metavar="FILE",
                    help="a text file of captions, one a line (with images: line i is image i's caption)")
@@ -103,6 +105,10 @@ def add_embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-threads", type=positive_int, help="image decoding threads per process (default: CPU count)")
     p.add_argument("--model-parallel", type=positive_int, default=1,
                    help="devices each model is split over (the mesh's 'model' axis; default 1: replicated)")
+    p.add_argument("--image-column", help="parquet: the image column, bytes or {bytes, path} (default: image, jpg, img)")
+    p.add_argument("--caption-column", help="parquet: the caption column (default: caption, text, txt)")
+    p.add_argument("--text", action=argparse.BooleanOptionalAction, default=True,
+                   help="shards: also embed the captions (txt members or --caption-column; default: on)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_truncate_arg(p, True, "captions")  # as clip-retrieval
     _add_distributed_args(p)
@@ -118,11 +124,12 @@ def run_embed(args: argparse.Namespace) -> int:
     s = embed(args.inputs, args.output, args.model, captions=args.captions, batch_size=args.batch_size,
               dtype=args.dtype, emb_dtype=args.emb_dtype, shard_size=args.shard_size, num_threads=args.num_threads,
               model_parallel=args.model_parallel, attention=args.attention, progress=not args.no_progress,
-              truncate=args.truncate)
+              truncate=args.truncate, image_column=args.image_column, caption_column=args.caption_column,
+              text=args.text)
     import jax
 
     if jax.process_index() == 0:
-        skipped = f", {s.skipped} skipped (see {Path(args.output) / ERRORS})" if s.skipped else ""
+        skipped = f", {s.skipped} skipped (see {args.output.rstrip('/')}/{ERRORS})" if s.skipped else ""
         print(f"{args.output}: {s.rows} rows of {s.items} items in {s.shards} shards{skipped}; "
               f"{s.shards_done_now} shards done in this run, {s.seconds:.1f} s")
     return 0

@@ -380,10 +380,17 @@ def embed(
     progress: bool = True,
     truncate: bool = True,
     sharded=None,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    text: bool = True,
 ) -> Summary:
     """Embed image files and/or captions into `output`, resuming a run that was stopped.
 
-    inputs: folders (recursive), .txt lists of image paths, globs, image files (see collect_images).
+    inputs: folders (recursive), .txt lists of image paths, globs, image files (see collect_images);
+      or WebDataset .tar shards / parquet files, local or fsspec URLs, with brace patterns
+      ("data/{00000..00127}.tar"): then see clip_jax.embed_shards (one output shard per input shard,
+      each process its own shards, `output` may be an fsspec URL). image_column, caption_column: the
+      parquet columns (default: image/jpg/img, caption/text/txt). text: also embed the shards' captions.
     captions: a text file (one caption a line) or a list of strings. With images too, caption i pairs
       with image i (same row of metadata_k), and a row whose image cannot be read is dropped from both.
     model: anything clip_jax.load takes. dtype: compute dtype (float32, bfloat16, float16).
@@ -412,15 +419,26 @@ def embed(
     if emb_dtype not in ("float16", "float32"):
         raise ValueError(f"embedding dtype must be float16 or float32, got {emb_dtype!r}")
     t0 = time.perf_counter()
-    images = collect_images(inputs) if inputs else None
+    if inputs:
+        from .sources import open_source
+
+        source = open_source(inputs, image_column=image_column, caption_column=caption_column)
+        if source.kind != "files":
+            if captions is not None:
+                raise ValueError("--captions pairs lines with image files; shards carry their own captions "
+                                 "(txt members, or --caption-column)")
+            return _embed_shards(source, output, model, t0, dtype=dtype, emb_dtype=emb_dtype, text=text,
+                                 batch_size=batch_size, num_threads=num_threads, model_parallel=model_parallel,
+                                 attention=attention, progress=progress, truncate=truncate, sharded=sharded,
+                                 columns={"image_column": image_column, "caption_column": caption_column})
+    images = [p for shard in source.shards for p in shard.paths] if inputs else None
     if images is not None and not images:
         raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in the inputs")
     if isinstance(captions, (str, os.PathLike)):
         captions = read_captions(captions)
     elif captions is not None:
         captions = list(captions)
-    model_id = str(Path(model).resolve()) if Path(model).exists() else str(model)
-    job = EmbedJob(output, images, captions, model=model_id, dtype=dtype, emb_dtype=emb_dtype, shard_size=shard_size)
+    job = EmbedJob(output, images, captions, model=_model_id(model), dtype=dtype, emb_dtype=emb_dtype, shard_size=shard_size)
     writer = jax.process_index() == 0
     if writer:
         job.open()
@@ -475,6 +493,40 @@ def embed(
                        time.perf_counter() - t0, job.errors())
     finally:
         job.close()
+
+
+def _model_id(model) -> str:
+    return str(Path(model).resolve()) if Path(model).exists() else str(model)
+
+
+def _embed_shards(source, output, model, t0: float, *, dtype: str, emb_dtype: str, text: bool, batch_size: int,
+                  num_threads, model_parallel: int, attention, progress: bool, truncate: bool, sharded,
+                  columns: dict) -> Summary:
+    """embed() on tar or parquet shards: each process embeds its own shards on its own devices."""
+    import jax
+    import jax.numpy as jnp
+
+    from . import embed_shards, parallel
+    from .hub import load
+    from .image import transform_for
+
+    job = embed_shards.ShardJob(output, source, model=_model_id(model), dtype=dtype, emb_dtype=emb_dtype,
+                                text=text, columns=columns)
+    if sharded is None:
+        clip, preprocess = load(model, dtype=jnp.dtype(dtype), attention=attention)
+        mesh = parallel.make_mesh(model_parallel, devices=jax.local_devices())
+        sharded = parallel.ShardedCLIP(clip, mesh, batch_size=batch_size)
+    else:
+        if any(d.process_index != jax.process_index() for d in sharded.mesh.devices.flat):
+            raise ValueError("embedding shards needs a ShardedCLIP on this process's own devices "
+                             "(make_mesh(devices=jax.local_devices()))")
+        preprocess = transform_for(sharded.config)
+    shards, done_now = embed_shards.run(job, sharded, preprocess, num_threads=num_threads, truncate=truncate,
+                                        progress=progress)
+    shards = shards or {}
+    errors = [(shards[k]["shard"], key, reason) for k in sorted(shards, key=int) for key, reason in shards[k]["errors"]]
+    return Summary(sum(s["items"] for s in shards.values()), sum(s["rows"] for s in shards.values()), len(errors),
+                   job.num_shards, done_now, time.perf_counter() - t0, errors)
 
 
 def _check_captions_fit(captions: Sequence[str], context_length: int, chunk: int) -> None:
