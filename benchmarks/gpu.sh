@@ -21,5 +21,6 @@ export PYTHONUNBUFFERED=1
 # The four models, image and text towers (77 tokens and trimmed), XLA and cuDNN attention, batch 1024.
 python -m benchmarks.models --device gpu 2>&1 | tee "$out/models.txt"
 
-# bf16, cuDNN attention, trimming and the folded ResNet convs against open_clip float32.
-python -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/test_gpu.txt"
+# bf16, cuDNN attention, trimming and the folded ResNet convs against open_clip float32 (the test
+# session defaults to the CPU: tests/conftest.py).
+JAX_PLATFORMS=cuda python -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/test_gpu.txt"
