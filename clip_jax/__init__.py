@@ -10,14 +10,20 @@ from .compilation import enable_compilation_cache, warmup
 from .config import CLIPConfig, TextConfig, VisionConfig, config_from_open_clip, config_from_state_dict
 from .hub import available_models, load, load_params
 from .image import ImageError, image_transform, load_images
-from .model import CLIP, build, clip_logits, flat_params, functional, normalize, resize_pos_embed
+from .model import (
+    CLIP, TowerStates, build, clip_logits, flat_params, functional, image_states, normalize, resize_pos_embed,
+    text_states,
+)
 from .parallel import ShardedCLIP, make_mesh, pmap_logits
 from .tokenizer import tokenize, trim_tokens
+from .towers import MissingTowerError, TextTower, VisionTower
 from .zeroshot import IMAGENET_TEMPLATES, zeroshot_classifier
 
 __all__ = [
-    "CLIP", "CLIPConfig", "IMAGENET_TEMPLATES", "ImageError", "ShardedCLIP", "TextConfig", "VisionConfig",
+    "CLIP", "CLIPConfig", "IMAGENET_TEMPLATES", "ImageError", "MissingTowerError", "ShardedCLIP", "TextConfig",
+    "TextTower", "TowerStates", "VisionConfig", "VisionTower",
     "available_models", "build", "clip_logits", "config_from_open_clip", "config_from_state_dict", "convert",
     "enable_compilation_cache", "export", "flat_params", "functional", "image_transform", "load", "load_images", "load_params", "make_mesh",
-    "normalize", "pmap_logits", "resize_pos_embed", "tokenize", "trim_tokens", "warmup", "zeroshot_classifier",
+    "image_states", "normalize", "pmap_logits", "resize_pos_embed", "text_states", "tokenize", "trim_tokens",
+    "warmup", "zeroshot_classifier",
 ]

@@ -16,8 +16,12 @@ USER_ERRORS = (CheckpointError, ConversionError, OSError, ValueError, KeyError)
 
 
 def add_convert_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", help="OpenAI .pt (TorchScript), torch.save .pt/.bin, or open_clip .safetensors")
-    p.add_argument("-o", "--output", help="output file (default: SRC with the suffix .safetensors)")
+    p.add_argument("src", help="OpenAI .pt (TorchScript), torch.save .pt/.bin, open_clip .safetensors, or a "
+                               "transformers folder (config.json + weights)")
+    p.add_argument("-o", "--output", help="output file (default: SRC with the suffix .safetensors), or folder "
+                                          "with --format transformers (default: SRC without its suffix)")
+    p.add_argument("--format", default="clip_jax", choices=["clip_jax", "transformers"],
+                   help="clip_jax: one .safetensors (default); transformers: a folder CLIPModel.from_pretrained reads")
     p.add_argument("--dtype", default="keep", choices=["keep", "float32", "float16", "bfloat16"],
                    help="dtype of the stored floating tensors (default: keep the checkpoint's)")
     arch = p.add_mutually_exclusive_group()
@@ -32,7 +36,8 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
 def run_convert(args: argparse.Namespace) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", AssumedActivationWarning)
-        dst = convert(args.src, args.output, dtype=args.dtype, config=args.config, model=args.model)
+        dst = convert(args.src, args.output, dtype=args.dtype, config=args.config, model=args.model,
+                      format=args.format)
     for w in caught:  # ours as one line on stderr; any other as Python shows it
         if issubclass(w.category, AssumedActivationWarning):
             print(f"warning: {w.message}", file=sys.stderr)

@@ -4,6 +4,9 @@
     load("ViT-B-32/laion2b_s34b_b79k")                an open_clip pretrained tag (see available_models())
     load("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")   any open_clip repo on the Hub (@revision optional)
     load("ViT-B-32.pt"), load("model.safetensors")    a PyTorch checkpoint or a converted clip_jax file
+    load("folder/"), load("hf-hub:openai/clip-vit-base-patch32")   transformers' format (config.json):
+                                                      a CLIPModel, or a single tower (towers.py)
+    load("hf-hub:org/repo", subfolder="text_encoder_2")            a folder inside a repo or a folder
 
 Downloads land in the cache (cache_dir=, else $CLIP_JAX_CACHE, else ~/.cache/clip_jax); Hub files in
 Hugging Face's own cache (HF_HUB_CACHE, HF_HUB_OFFLINE honoured). The converted params are cached as a
@@ -30,6 +33,7 @@ from .checkpoint.config_source import (
 )
 from .config import CLIPConfig
 from .download import ChecksumError, DownloadError, default_cache_dir, download, sha256_file
+from .checkpoint import transformers as hf_format
 from .model import CLIP, build, resize_pos_embed
 from .pretrained import Pretrained
 
@@ -58,13 +62,19 @@ def load(
     image_size: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    subfolder: str | None = None,
 ) -> tuple[CLIP, Callable]:
     """-> (model, preprocess), like `clip.load`.
 
     name_or_path: a name from available_models() (or another accepted spelling, see clip_jax.pretrained),
       an (architecture, tag) pair, "hf-hub:org/repo[@revision]", a Pretrained entry, or a file: a
       converted clip_jax .safetensors, or a PyTorch checkpoint (OpenAI's TorchScript .pt, open_clip's
-      .bin/.pt/.safetensors) converted in memory.
+      .bin/.pt/.safetensors) converted in memory; or transformers' format: a folder with config.json
+      and model.safetensors / pytorch_model.bin / flax_model.msgpack (whole or sharded), or an
+      "hf-hub:" repo holding one (the repo's format is found from its files). A text-only or
+      vision-only checkpoint loads as a clip_jax.TextTower or VisionTower.
+    subfolder: the folder inside the repo (or the local folder) that holds the checkpoint, e.g.
+      "text_encoder_2" in a Stable Diffusion XL repository.
     config: the architecture of a PyTorch checkpoint file, for what its shapes don't show (exact GELU,
       head width, pooling): a CLIPConfig, an open_clip config dict or JSON file (open_clip_config.json
       or a bare model config). model: instead, an open_clip architecture name ("ViT-B-32",
@@ -78,11 +88,14 @@ def load(
       interpolation.
     """
     from .image import transform_for
+    from .towers import model_type
 
-    config, params = load_params(name_or_path, config=config, model=model, cache_dir=cache_dir, progress=progress)
+    config, params, kind, projection, _ = read_any(
+        name_or_path, config=config, model=model, cache_dir=cache_dir, progress=progress, subfolder=subfolder)
     if image_size is not None:
         config, params = with_image_size(config, params, image_size)
-    model = build(config, params, dtype=dtype, param_dtype=param_dtype, attention=attention)
+    model = build(config, params, dtype=dtype, param_dtype=param_dtype, attention=attention,
+                  **model_type(kind, projection))
     return model, transform_for(config)
 
 
@@ -93,15 +106,50 @@ def load_params(
     model: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    subfolder: str | None = None,
 ) -> tuple[CLIPConfig, Params]:
-    """What `load` builds the model from: (config, flat clip_jax params as numpy arrays)."""
+    """What `load` builds a full CLIP from: (config, flat clip_jax params as numpy arrays). A single
+    tower is refused (load builds it)."""
+    checkpoint = read_any(name_or_path, config=config, model=model, cache_dir=cache_dir, progress=progress,
+                          subfolder=subfolder)
+    if checkpoint.kind != "clip":
+        raise ValueError(f"{name_or_path}: a single {checkpoint.kind} tower; clip_jax.load builds it "
+                         "(load_params gives the params of full CLIP models)")
+    return checkpoint.config, checkpoint.params
+
+
+def read_any(
+    name_or_path: str | os.PathLike | tuple[str, str] | Pretrained,
+    *,
+    config: ConfigArg = None,
+    model: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    subfolder: str | None = None,
+) -> hf_format.Checkpoint:
+    """Anything `load` takes -> Checkpoint (config, params, kind, projection, origin)."""
+    if subfolder is not None and not (isinstance(name_or_path, (str, os.PathLike))
+                                      and (str(name_or_path).startswith(HF_PREFIX) or Path(name_or_path).is_dir())):
+        raise ValueError("subfolder= is for hf-hub: repositories and local folders")
+    if isinstance(name_or_path, (str, os.PathLike)) and not str(name_or_path).startswith(HF_PREFIX):
+        folder = Path(name_or_path) / (subfolder or "")
+        if folder.is_dir():
+            if config is not None or model is not None:
+                raise ValueError("config= is for checkpoint files; a transformers folder brings its config.json")
+            return hf_format.read_folder(folder)
+    read = _read(name_or_path, config, model, cache_dir, progress, subfolder)
+    return read if isinstance(read, hf_format.Checkpoint) else hf_format.Checkpoint(*read, "clip", True, "")
+
+
+def _read(name_or_path, config, model, cache_dir, progress, subfolder):
+    """(config, params) of a full CLIP, or a transformers Checkpoint from the Hub."""
     if (config is not None or model is not None) and not (isinstance(name_or_path, (str, os.PathLike)) and Path(name_or_path).is_file()):
         raise ValueError("config= is for checkpoint files; a model name or hf-hub: repo brings its own config")
     if isinstance(name_or_path, Pretrained):
         return _from_pretrained(name_or_path, cache_dir, progress)
     if isinstance(name_or_path, str) and name_or_path.startswith(HF_PREFIX):
         repo_id, _, revision = name_or_path[len(HF_PREFIX):].partition("@")
-        return _from_hub(repo_id, revision or None, cache_dir)
+        return _from_hub(repo_id, revision or None, cache_dir, subfolder)
     if isinstance(name_or_path, tuple) or not Path(name_or_path).is_file():
         entry = pretrained.resolve(name_or_path if isinstance(name_or_path, tuple) else str(name_or_path))
         if entry is not None:
@@ -173,26 +221,61 @@ def _from_pretrained(entry: Pretrained, cache_dir, progress: bool) -> tuple[CLIP
     raise ValueError(f"{entry.name}: the registry entry has neither a url nor an hf_hub repo")
 
 
-def _from_hub(repo_id: str, revision: str | None, cache_dir) -> tuple[CLIPConfig, Params]:
+def _from_hub(repo_id: str, revision: str | None, cache_dir, subfolder: str | None = None):
+    """An open_clip repo -> (config, params); a transformers one (config.json) -> Checkpoint."""
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
         raise ValueError(f"{HF_PREFIX}{repo_id}: expected {HF_PREFIX}org/repo")
-    where = f"{HF_PREFIX}{repo_id}"
+    where = f"{HF_PREFIX}{repo_id}" + (f" (subfolder {subfolder})" if subfolder else "")
     from huggingface_hub.errors import EntryNotFoundError
 
     try:
+        if subfolder:  # open_clip's repos keep their files at the top: a subfolder is transformers'
+            raise EntryNotFoundError(f"{HF_CONFIG} is not looked for in a subfolder")
         config_path = _hf_file(repo_id, HF_CONFIG, revision)
     except EntryNotFoundError as e:
-        raise FileNotFoundError(f"{where}: no {HF_CONFIG} ({type(e).__name__}): not an open_clip repo, or "
-                                "not in the local cache in offline mode") from None
+        try:
+            return _from_hub_transformers(repo_id, revision, subfolder, where)
+        except EntryNotFoundError as e2:
+            raise FileNotFoundError(
+                f"{where}: no {HF_CONFIG} ({type(e).__name__}) and no transformers {hf_format.CONFIG} "
+                f"({type(e2).__name__}): not an open_clip or transformers repo, or not in the local cache in "
+                "offline mode") from None
     config = read_open_clip_config(config_path, where)
     path = _hf_weights(repo_id, revision, HF_WEIGHTS)
     return _converted(path, _content_digest(path), config, _hub_dir(cache_dir, repo_id))
 
 
+def _from_hub_transformers(repo_id: str, revision: str | None, subfolder: str | None, where: str):
+    """Fetch a transformers checkpoint's files (config.json, preprocessor_config.json if there, the
+    weights transformers would pick, every shard of an index) -> Checkpoint, read from the snapshot."""
+    from huggingface_hub.errors import EntryNotFoundError
+
+    fetch = lambda name: Path(_hf_file(repo_id, name, revision, subfolder))
+    config_path = fetch(hf_format.CONFIG)  # EntryNotFoundError: not a transformers repo either
+    try:
+        fetch(hf_format.PREPROCESSOR_CONFIG)
+    except EntryNotFoundError:
+        pass  # optional: OpenAI's mean and std
+    errors = []
+    for name in hf_format.WEIGHTS:
+        for candidate in (name, name + hf_format.INDEX_SUFFIX):
+            try:
+                path = fetch(candidate)
+            except EntryNotFoundError as e:
+                errors.append(f"{candidate}: {type(e).__name__}")
+                continue
+            if candidate.endswith(hf_format.INDEX_SUFFIX):
+                for shard in hf_format.shard_files(path):
+                    fetch(shard)
+            return hf_format.read_folder(config_path.parent)
+    offline = " in the local cache (offline mode)" if _env_true("HF_HUB_OFFLINE") else ""
+    raise FileNotFoundError(f"{where}: no weights{offline}: {'; '.join(errors)}")
+
+
 # --- the Hugging Face Hub -------------------------------------------------------------------------
 
 
-def _hf_file(repo_id: str, filename: str, revision: str | None) -> str:
+def _hf_file(repo_id: str, filename: str, revision: str | None, subfolder: str | None = None) -> str:
     try:
         from huggingface_hub import hf_hub_download
         from huggingface_hub import constants as hf_constants
@@ -201,7 +284,7 @@ def _hf_file(repo_id: str, filename: str, revision: str | None) -> str:
     # huggingface_hub reads these variables once, at import; read them again so a later setting counts.
     offline = hf_constants.HF_HUB_OFFLINE or _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
     return hf_hub_download(
-        repo_id, filename, revision=revision, cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+        repo_id, filename, subfolder=subfolder or None, revision=revision, cache_dir=os.environ.get("HF_HUB_CACHE") or None,
         local_files_only=offline, library_name="clip_jax",
     )
 

@@ -17,7 +17,7 @@ import math
 import weakref
 from collections.abc import Callable, Mapping
 from functools import lru_cache, partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -174,9 +174,20 @@ class Transformer(nnx.Module):
             x = block(x, causal=causal)
         return last(x, causal=causal) if pool is None else last.pooled(x, pool, causal=causal)
 
+    def hidden_states(self, x: jax.Array, keep: tuple[int, ...], causal: bool = False) -> tuple[jax.Array, dict]:
+        """x: [B, L, D] -> (the last block's output, {i: hidden state i for i in keep}): state 0 is the
+        input of block 0, state i the output of block i - 1 (transformers' `hidden_states` numbering).
+        Only the kept states outlive the loop."""
+        kept = {0: x} if 0 in keep else {}
+        for i, block in enumerate(self.resblocks, start=1):
+            x = block(x, causal=causal)
+            if i in keep:
+                kept[i] = x
+        return x, kept
+
 
 class VisionTransformer(nnx.Module):
-    def __init__(self, cfg: CLIPConfig, *, dtype, precision, attention, rngs: nnx.Rngs):
+    def __init__(self, cfg: CLIPConfig, *, dtype, precision, attention, rngs: nnx.Rngs, projection: bool = True):
         v: VisionConfig = cfg.vision
         self.dtype = dtype
         scale = v.width**-0.5
@@ -193,14 +204,16 @@ class VisionTransformer(nnx.Module):
             precision=precision, attention=attention, rngs=rngs,
         )
         self.ln_post = _layer_norm(v.width, cfg.layer_norm_eps, rngs)
-        self.proj = _normal(rngs, (v.width, cfg.embed_dim), scale)
+        if projection:  # transformers' CLIPVisionModel has none
+            self.proj = _normal(rngs, (v.width, cfg.embed_dim), scale)
+        self.has_projection = projection
         self.precision = precision
         self.pool_type = v.pool_type
         self.final_ln_after_pool = v.final_ln_after_pool
         self.no_ln_pre = v.no_ln_pre
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: [N, H, W, 3] normalized -> [N, embed_dim] float32."""
+    def _tokens(self, x: jax.Array) -> jax.Array:
+        """x: [N, H, W, 3] normalized -> the transformer's input [N, 1 + grid**2, width]."""
         x = conv2d(self.conv1, x.astype(self.dtype))  # [N, grid, grid, width]
         n, gh, gw, width = x.shape
         x = x.reshape(n, gh * gw, width)
@@ -208,6 +221,29 @@ class VisionTransformer(nnx.Module):
         x = jnp.concatenate([cls, x], axis=1) + self.positional_embedding[...].astype(x.dtype)
         if not self.no_ln_pre:
             x = self.ln_pre(x).astype(self.dtype)
+        return x
+
+    def _pool(self, x: jax.Array) -> jax.Array:
+        """The transformer's output [N, L, width] -> the pooled vector [N, width] float32, before `proj`."""
+        if self.pool_type == "tok":
+            return self.ln_post(x[:, 0])
+        if self.final_ln_after_pool:
+            return self.ln_post(x[:, 1:].astype(jnp.float32).mean(axis=1))
+        return self.ln_post(x[:, 1:]).mean(axis=1)
+
+    def hidden_states(self, images: jax.Array, keep: tuple[int, ...]) -> tuple:
+        """images [N, H, W, 3] normalized -> (last_hidden_state, {i: hidden state i}, pooled, features or
+        None), as transformers' CLIPVisionModel: last_hidden_state is the last block's output (no
+        ln_post), pooled is ln_post of the class token."""
+        x, kept = self.transformer.hidden_states(self._tokens(images), keep)
+        pooled = self._pool(x)
+        features = _project(pooled, self.proj[...], self.dtype, self.precision) if self.has_projection else None
+        return x, kept, pooled, features
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [N, H, W, 3] normalized -> [N, embed_dim] float32."""
+        x = self._tokens(x)
+        n = x.shape[0]
         if self.pool_type == "tok":  # LayerNorm is per token: normalizing only the class token is the same
             x = self.ln_post(self.transformer(x, pool=jnp.zeros((n,), jnp.int32)))
         elif self.final_ln_after_pool:  # 'avg', as open_clip's CLIPA models: mean of patch tokens, then LN
@@ -400,7 +436,7 @@ class TextTransformer(nnx.Module):
     """The text tower. Its parts sit at the top level of CLIP (CLIP subclasses it), as in OpenAI's CLIP,
     so `token_embedding`, `transformer.resblocks.0...`, `ln_final` keep their PyTorch names."""
 
-    def __init__(self, cfg: CLIPConfig, *, dtype, precision, attention, rngs: nnx.Rngs):
+    def __init__(self, cfg: CLIPConfig, *, dtype, precision, attention, rngs: nnx.Rngs, projection: bool = True):
         t: TextConfig = cfg.text
         self.dtype = dtype
         self.precision = precision
@@ -413,10 +449,13 @@ class TextTransformer(nnx.Module):
             precision=precision, attention=attention, rngs=rngs,
         )
         self.ln_final = _layer_norm(t.width, cfg.layer_norm_eps, rngs)
-        if t.proj_bias:  # open_clip's proj_bias: an nn.Linear (weight [out, in] + bias) instead of a matrix
+        # None without a projection, as transformers' CLIPTextModel. open_clip's proj_bias: an nn.Linear
+        # (weight [out, in] + bias) instead of a matrix.
+        if projection and t.proj_bias:
             self.text_projection = _dense(t.width, cfg.embed_dim, dtype, precision, rngs, std=t.width**-0.5)
-        else:
+        elif projection:
             self.text_projection = _normal(rngs, (t.width, cfg.embed_dim), t.width**-0.5)
+        self.text_projected = projection
         self.text_config = t
 
     def text_features(self, tokens: jax.Array) -> jax.Array:
@@ -428,19 +467,80 @@ class TextTransformer(nnx.Module):
         need L == context_length, as open_clip always runs them.
         """
         t = self.text_config
-        n, length = tokens.shape
+        x = self.transformer(self._embed(tokens), causal=t.causal, pool=_pool_index(tokens, t))
+        x = self.ln_final(x)  # per-token, so pooling first gives the same numbers for less work
+        return self._text_project(x)
+
+    def text_hidden_states(self, tokens: jax.Array, layers: tuple[int, ...] | None = None) -> TowerStates:
+        """tokens: int [N, L] -> TowerStates as transformers' CLIPTextModel (output_hidden_states=True, no
+        attention_mask): last_hidden_state is ln_final of every token, pooled its row at the pooled
+        position. layers: which hidden states to keep (indices into the full tuple; None: all)."""
+        t = self.text_config
+        keep = _kept(layers, t.layers)
+        x, kept = self.transformer.hidden_states(self._embed(tokens), keep, causal=t.causal)
+        last = self.ln_final(x)
+        pooled = last[jnp.arange(tokens.shape[0]), _pool_index(tokens, t)]
+        features = self._text_project(pooled) if self.text_projected else None
+        return TowerStates(last, _select(kept, layers, t.layers), pooled, features)
+
+    def _embed(self, tokens: jax.Array) -> jax.Array:
+        """tokens: int [N, L] -> the transformer's input [N, L, width]."""
+        t = self.text_config
+        length = tokens.shape[1]
         if length != t.context_length and not t.trimmable:
             raise ValueError(
                 f"this text tower (no_causal_mask={t.no_causal_mask}, pool_type={t.pool_type!r}) needs all "
                 f"{t.context_length} token columns; got {length}: don't trim its tokens"
             )
-        x = self.token_embedding(tokens) + self.positional_embedding[:length].astype(self.dtype)
-        x = self.transformer(x, causal=t.causal, pool=_pool_index(tokens, t))
-        x = self.ln_final(x)  # per-token, so pooling first gives the same numbers for less work
-        if t.proj_bias:
+        return self.token_embedding(tokens) + self.positional_embedding[:length].astype(self.dtype)
+
+    def _text_project(self, x: jax.Array) -> jax.Array:
+        """Pooled [N, width] float32 -> [N, embed_dim] float32."""
+        if not self.text_projected:
+            raise ValueError("this text tower has no projection (transformers' CLIPTextModel): read "
+                             "clip_jax.text_states(model, tokens).pooled instead of its features")
+        if self.text_config.proj_bias:
             proj, bias = self.text_projection.kernel[...], self.text_projection.bias[...]
             return _project(x, proj, self.dtype, self.precision) + bias.astype(jnp.float32)
         return _project(x, self.text_projection[...], self.dtype, self.precision)
+
+
+class TowerStates(NamedTuple):
+    """What a tower computes, field by field as transformers' CLIPTextModel / CLIPVisionModel outputs.
+
+    last_hidden_state [B, L, D]; hidden_states: the input of block 0, then each block's output [B, L, D]
+    (only the asked ones with `layers=`); pooled [B, D] (transformers' pooler_output); features
+    [B, embed_dim], the projected features (encode_text / encode_image), None without a projection.
+    """
+
+    last_hidden_state: jax.Array
+    hidden_states: tuple[jax.Array, ...]
+    pooled: jax.Array
+    features: jax.Array | None
+
+
+def layer_indices(layers, n_blocks: int) -> tuple[int, ...] | None:
+    """`layers` (indices into the n_blocks + 1 hidden states, negative from the end; None: all) as
+    non-negative ints, checked."""
+    if layers is None:
+        return None
+    if isinstance(layers, int):
+        raise TypeError(f"layers must be a sequence of indices, e.g. layers=({layers},)")
+    out = []
+    for i in layers:
+        if not isinstance(i, (int, np.integer)) or not -(n_blocks + 1) <= i <= n_blocks:
+            raise IndexError(f"layers: {i!r} is not an index of the {n_blocks + 1} hidden states "
+                             f"(the input of block 0, then {n_blocks} blocks)")
+        out.append(int(i) % (n_blocks + 1))
+    return tuple(out)
+
+
+def _kept(layers: tuple[int, ...] | None, n_blocks: int) -> frozenset[int]:
+    return frozenset(range(n_blocks + 1) if layers is None else layers)
+
+
+def _select(kept: dict, layers: tuple[int, ...] | None, n_blocks: int) -> tuple[jax.Array, ...]:
+    return tuple(kept[i] for i in (range(n_blocks + 1) if layers is None else layers))
 
 
 def _pool_index(tokens: jax.Array, t: TextConfig) -> jax.Array:
@@ -451,6 +551,36 @@ def _pool_index(tokens: jax.Array, t: TextConfig) -> jax.Array:
     if t.pool_type == "eos":  # the first eos_id; 0 when a row has none, as torch's argmax of all-False
         return jnp.argmax(tokens == t.eos_id, axis=-1)
     return jnp.full((n,), 0 if t.pool_type == "first" else length - 1)
+
+
+def runtime_options(dtype: Dtype, attention: str | None, precision: str | None) -> tuple[jnp.dtype, str | None]:
+    """Check a model's runtime choices -> (compute dtype, matmul precision): "highest" for float32 unless
+    given, so GPUs don't silently use TF32 (PyTorch's fp32 matmuls don't)."""
+    dtype = jnp.dtype(dtype)
+    if attention not in (None, "xla", "cudnn"):
+        raise ValueError(f"attention must be None, 'xla' or 'cudnn'; got {attention!r}")
+    # Otherwise the first call fails deep inside XLA's lowering.
+    if attention == "cudnn" and dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(f"attention='cudnn' needs dtype bfloat16 or float16 (cuDNN's fused attention "
+                         f"has no float32 kernel); got dtype {dtype}")
+    # Whether cuDNN is there is checked where a program is run or lowered (call_jitted, lower), not
+    # here: a model can be built on the CPU and compiled for a GPU target ahead of time.
+    if precision is None and dtype == jnp.float32:
+        precision = "highest"
+    return dtype, precision
+
+
+def cast_params(model: nnx.Module, param_dtype: Dtype) -> None:
+    """Store the model's params in param_dtype (also an abstract model's shapes)."""
+    if jnp.dtype(param_dtype) == jnp.float32:
+        return
+
+    def cast(x):
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, param_dtype)
+        return x.astype(param_dtype)
+
+    nnx.update(model, jax.tree.map(cast, nnx.state(model, nnx.Param)))
 
 
 class CLIP(TextTransformer):
@@ -475,31 +605,14 @@ class CLIP(TextTransformer):
         precision: str | None = None,
         rngs: nnx.Rngs,
     ):
-        dtype = jnp.dtype(dtype)
-        if attention not in (None, "xla", "cudnn"):
-            raise ValueError(f"attention must be None, 'xla' or 'cudnn'; got {attention!r}")
-        # Otherwise the first call fails deep inside XLA's lowering.
-        if attention == "cudnn" and dtype not in (jnp.bfloat16, jnp.float16):
-            raise ValueError(f"attention='cudnn' needs dtype bfloat16 or float16 (cuDNN's fused attention "
-                             f"has no float32 kernel); got dtype {dtype}")
-        # Whether cuDNN is there is checked where a program is run or lowered (call_jitted, lower), not
-        # here: a model can be built on the CPU and compiled for a GPU target ahead of time.
-        if precision is None and dtype == jnp.float32:
-            precision = "highest"
+        dtype, precision = runtime_options(dtype, attention, precision)
         kw = dict(dtype=dtype, precision=precision, attention=attention, rngs=rngs)
         super().__init__(config, **kw)
         self.config = config
         self.attention = attention
         self.visual = (ModifiedResNet if config.vision.is_resnet else VisionTransformer)(config, **kw)
         self.logit_scale = nnx.Param(jnp.asarray(jnp.log(1 / 0.07), jnp.float32))
-        if jnp.dtype(param_dtype) != jnp.float32:
-
-            def cast(x):
-                if isinstance(x, jax.ShapeDtypeStruct):
-                    return jax.ShapeDtypeStruct(x.shape, param_dtype)
-                return x.astype(param_dtype)
-
-            nnx.update(self, jax.tree.map(cast, nnx.state(self, nnx.Param)))
+        cast_params(self, param_dtype)
 
     def encode_image(self, images) -> jax.Array:
         """images: [N, H, W, 3] float normalized or uint8 pixels -> [N, embed_dim] float32, not normalized.
@@ -525,9 +638,29 @@ class CLIP(TextTransformer):
             images = normalize_pixels(images, self.config.image_mean, self.config.image_std)
         return self.visual(images)
 
+    def image_hidden_states(self, images: jax.Array, layers: tuple[int, ...] | None = None) -> TowerStates:
+        """images: [N, H, W, 3] float normalized or uint8 pixels -> TowerStates as transformers'
+        CLIPVisionModel (output_hidden_states=True). layers: as in text_hidden_states."""
+        return image_hidden_states(self.visual, self.config, images, layers)
+
     def __call__(self, images: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
         """-> (logits_per_image [N_img, N_txt], logits_per_text [N_txt, N_img]), float32."""
         return logits(self.image_features(images), self.text_features(tokens), self.logit_scale[...])
+
+
+def _check_vit(config: CLIPConfig) -> None:
+    if config.vision.is_resnet:
+        raise ValueError("image_states needs a ViT image tower; this model's is a ModifiedResNet (ResNet "
+                         "stages have no token sequence, and transformers has no CLIP ResNet)")
+
+
+def image_hidden_states(visual, config: CLIPConfig, images: jax.Array, layers) -> TowerStates:
+    """The body of image_hidden_states for any model holding `visual` (a CLIP or a vision tower)."""
+    _check_vit(config)
+    if images.dtype == jnp.uint8:
+        images = normalize_pixels(images, config.image_mean, config.image_std)
+    last, kept, pooled, features = visual.hidden_states(images, _kept(layers, config.vision.layers))
+    return TowerStates(last, _select(kept, layers, config.vision.layers), pooled, features)
 
 
 def normalize_pixels(pixels: jax.Array, mean, std) -> jax.Array:
@@ -665,6 +798,32 @@ def clip_logits(model: CLIP, images, tokens, trim: bool | None = None) -> tuple[
     return call_jitted(model, "__call__", check_images(images, c.vision.image_size), tokens)
 
 
+def text_states(model, tokens, layers=None) -> TowerStates:
+    """Every hidden state of the text tower, jit-compiled: tokens int [N, L] -> TowerStates
+    (last_hidden_state, hidden_states, pooled, features), as transformers' CLIPTextModel with
+    output_hidden_states=True and no attention_mask.
+
+    layers: which of the layers + 1 hidden states to return, e.g. (-2,) for the penultimate block's
+    output (Stable Diffusion 2/XL, LLaVA); None: all. Only those are kept in memory. The tokens are not
+    trimmed: the states are per position. hidden_states are the residual stream in the compute dtype;
+    last_hidden_state (ln_final's output), pooled and features are float32, as LayerNorm runs in float32.
+    """
+    t = model.config.text
+    tokens = check_tokens(tokens, t.context_length, t.vocab_size)
+    return call_jitted(model, "text_hidden_states", tokens, layers=layer_indices(layers, t.layers))
+
+
+def image_states(model, images, layers=None) -> TowerStates:
+    """Every hidden state of a ViT image tower, jit-compiled: images [N, H, W, 3] (float normalized or
+    uint8 pixels) -> TowerStates, as transformers' CLIPVisionModel with output_hidden_states=True.
+    layers: as in text_states. hidden_states and last_hidden_state (no LayerNorm after the last block)
+    are in the compute dtype, pooled and features float32. A ResNet tower raises ValueError."""
+    v = model.config.vision
+    _check_vit(model.config)
+    images = check_images(images, v.image_size)
+    return call_jitted(model, "image_hidden_states", images, layers=layer_indices(layers, v.layers))
+
+
 def _trim(tokens, t: TextConfig, trim: bool | None):
     """Trim a host token batch to its EOT bucket when asked (True) or when exact and possible (None)."""
     if trim is False:
@@ -705,14 +864,20 @@ def build(
     param_dtype: Dtype = jnp.float32,
     attention: str | None = None,
     seed: int = 0,
+    model_type: type | None = None,
+    options: tuple = (),
 ) -> CLIP:
     """A CLIP holding `params` (flat clip_jax names, e.g. from checkpoint.store.load), cast to
-    `param_dtype`; random init from `seed` when params is None. Names and shapes are checked first."""
+    `param_dtype`; random init from `seed` when params is None. Names and shapes are checked first.
+    model_type: another model class taking CLIP's arguments (a single tower, see towers.py), with
+    `options`, (name, value) pairs of its own keyword arguments."""
     if params is None:
-        return CLIP(config, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=nnx.Rngs(seed))
+        return (model_type or CLIP)(config, dtype=dtype, param_dtype=param_dtype, attention=attention,
+                                    rngs=nnx.Rngs(seed), **dict(options))
     from .checkpoint.convert import check_params
 
-    graphdef, abstract = abstract_model(config, dtype=dtype, param_dtype=param_dtype, attention=attention)
+    graphdef, abstract = abstract_model(config, dtype=dtype, param_dtype=param_dtype, attention=attention,
+                                        model_type=model_type, options=options)
     check_params(params, param_shapes(abstract))
     leaves = [
         (path, var.replace(jnp.asarray(params[_flat_name(path)], dtype=var.dtype)))
@@ -739,16 +904,19 @@ class _ShapeOnlyRngs:
 
 @lru_cache(maxsize=16)
 def abstract_model(
-    config: CLIPConfig, *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, attention: str | None = None
+    config: CLIPConfig, *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, attention: str | None = None,
+    model_type: type | None = None, options: tuple = (),
 ) -> tuple[nnx.GraphDef, nnx.State]:
-    """(graphdef, state of jax.ShapeDtypeStruct) of CLIP(config, ...), without allocating it. Cached.
+    """(graphdef, state of jax.ShapeDtypeStruct) of CLIP(config, ...) (or model_type(config, ...,
+    **dict(options))), without allocating it. Cached.
 
     Built with shape-only initializers rather than nnx.eval_shape: tracing ~300 initializers costs
     about a second for ViT-B/32 (with flax 0.12, time quadratic in the model's size), which would make
     reading a checkpoint slower than torch.load."""
     token = _SHAPES_ONLY.set(True)
     try:
-        model = CLIP(config, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=_ShapeOnlyRngs())
+        model = (model_type or CLIP)(config, dtype=dtype, param_dtype=param_dtype, attention=attention,
+                                     rngs=_ShapeOnlyRngs(), **dict(options))
     finally:
         _SHAPES_ONLY.reset(token)
     to_shape = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # BatchNorm makes its statistics eagerly

@@ -54,6 +54,9 @@ def read_checkpoint(
     return config, params, origin
 
 
+FORMATS = ("clip_jax", "transformers")
+
+
 def convert(
     src: str | os.PathLike,
     dst: str | os.PathLike | None = None,
@@ -61,20 +64,44 @@ def convert(
     *,
     config: ConfigArg = None,
     model: str | None = None,
+    format: str = "clip_jax",
 ) -> Path:
     """Convert a PyTorch CLIP checkpoint to a clip_jax .safetensors (default: beside src). -> dst.
+
+    src may also be a transformers folder (config.json + weights). format="transformers" writes a
+    transformers folder instead (default: src without its suffix), which holds single towers too.
 
     config: a CLIPConfig, an open_clip config dict or JSON file (open_clip_config.json or a bare model
     config); model: an open_clip architecture name ("ViT-B-32", "ViT-B-32-quickgelu", "ViT-H-14", ...).
     Neither: the open_clip_config.json beside src if there is one, else inferred from the weights (with
     an AssumedActivationWarning unless src is one of OpenAI's TorchScript archives).
     """
+    from . import transformers as hf_format
+
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     src = Path(src)
-    dst = src.with_suffix(".safetensors") if dst is None else Path(dst)
+    if dst is None:
+        dst = src.with_suffix("") if format == "transformers" else src.with_suffix(".safetensors")
+        if dst == src:
+            dst = src.with_name(src.name + "-transformers")
+    dst = Path(dst)
     if dst.resolve() == src.resolve():
         raise ValueError(f"{dst}: the output would overwrite the input; pass another output path")
-    config, params, origin = read_checkpoint(src, config, model=model)
-    store.save(dst, params, config, dtype, origin=origin)
+    if src.is_dir():
+        if config is not None or model is not None:
+            raise ValueError(f"{src}: a transformers folder brings its config.json; config= and model= are for files")
+        checkpoint = hf_format.read_folder(src)
+    else:
+        read_config, params, origin = read_checkpoint(src, config, model=model)
+        checkpoint = hf_format.Checkpoint(read_config, params, "clip", True, origin)
+    if format == "transformers":
+        params = store.cast_params(checkpoint.params, dtype)
+        return hf_format.write_folder(dst, params, checkpoint.config, checkpoint.kind, checkpoint.projection)
+    if checkpoint.kind != "clip":
+        raise ValueError(f"{src}: a single {checkpoint.kind} tower; a converted clip_jax file holds a full CLIP: "
+                         "use format='transformers' (--format transformers), or load the folder directly")
+    store.save(dst, checkpoint.params, checkpoint.config, dtype, origin=checkpoint.origin)
     return dst
 
 

@@ -246,16 +246,25 @@ def write_safetensors(path: str | os.PathLike, state_dict: Mapping[str, np.ndarr
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
 
 
-def export(model, path: str | os.PathLike, *, dtype: str = "keep", compress: bool = False) -> Path:
-    """Write a CLIP (or flat clip_jax params) as a PyTorch checkpoint with OpenAI/open_clip names.
+def export(model, path: str | os.PathLike, *, dtype: str = "keep", compress: bool = False,
+           format: str = "torch") -> Path:
+    """Write a CLIP (or flat clip_jax params) as a PyTorch checkpoint with OpenAI/open_clip names, or
+    in transformers' format.
 
     path: `.pt`, `.pth` or `.bin` -> torch.save's zip format (an OrderedDict of tensors);
-      `.safetensors` -> safetensors. The file is written atomically.
+      `.safetensors` -> safetensors. The file is written atomically. With format="transformers", a
+      folder: config.json, model.safetensors and preprocessor_config.json that transformers'
+      CLIPModel.from_pretrained reads (CLIPTextModel[WithProjection] / CLIPVisionModel[WithProjection]
+      for a single tower). A ResNet, or an open_clip option transformers' CLIP lacks, is refused.
     dtype: "keep" (as stored in the params), "float32", "float16", "bfloat16", or "fp16_mix" (OpenAI's
       release mix: fp16 weights, fp32 norms and embeddings).
     compress: deflate a .pt's entries (see write_torch_zip).
     -> the path written.
     """
+    if format == "transformers":
+        return _export_transformers(model, path, dtype)
+    if format != "torch":
+        raise ValueError(f"format must be 'torch' or 'transformers'; got {format!r}")
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (*TORCH_SUFFIXES, ".safetensors"):
@@ -272,6 +281,21 @@ def export(model, path: str | os.PathLike, *, dtype: str = "keep", compress: boo
     else:
         write_torch_zip(path, state_dict, compress=compress)
     return path
+
+
+def _export_transformers(model, folder: str | os.PathLike, dtype: str) -> Path:
+    from ..model import flat_params
+    from ..towers import kind_of
+    from .transformers import write_folder
+
+    if isinstance(model, Mapping):
+        raise TypeError("format='transformers' needs the model (its config goes into config.json), not params")
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}; got {dtype!r}")
+    kind, projection = kind_of(model)
+    params = {k: np.asarray(v) for k, v in flat_params(model).items()}
+    params = fp16_mix(params) if dtype == FP16_MIX else cast_params(params, dtype)
+    return write_folder(folder, params, model.config, kind, projection)
 
 
 __all__ = ["EXPORT_DTYPES", "FP16_MIX", "export", "fp16_mix", "torch_state_dict", "write_safetensors",
