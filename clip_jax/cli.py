@@ -195,7 +195,10 @@ def run_classify(args: argparse.Namespace) -> int:
 
 def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", help="an embedding folder written by `clip-jax embed`")
-    p.add_argument("query", help="the text to search for")
+    p.add_argument("query", nargs="?", help="the text to search for")
+    p.add_argument("--image", metavar="FILE", help="search by image: the images most like this one")
+    p.add_argument("--numpy", action="store_true", help="score on the CPU with numpy, not on the JAX devices")
+    p.add_argument("--exact", action="store_true", help="exact search even where `clip-jax index` built an index")
     p.add_argument("-k", "--top-k", type=positive_int, default=10, help="results (default: 10)")
     _add_truncate_arg(p, False, "a query")
     p.add_argument("--model", "-m", help="the model (default: the one the folder was embedded with)")
@@ -208,7 +211,9 @@ def run_search(args: argparse.Namespace) -> int:
 
     from .embed import MANIFEST, read_manifest
     from .hub import load
-    from .search import search
+    from importlib.util import find_spec
+
+    from .search import INDEX, index_search, search
     from .tokenizer import tokenize
 
     manifest = Path(args.folder) / MANIFEST
@@ -216,11 +221,37 @@ def run_search(args: argparse.Namespace) -> int:
     model_path = args.model or info.get("model")
     if not model_path:
         raise ValueError(f"{args.folder}: no {MANIFEST} naming the model; pass --model")
-    model, _ = load(model_path, dtype=jnp.dtype(args.dtype or info.get("dtype", "float32")))
-    tokens = tokenize([args.query], context_length=model.config.text.context_length, truncate=args.truncate)
-    query = np.asarray(model.encode_text(tokens))
-    for hit in search(args.folder, query, k=args.top_k)[0]:
+    if (args.query is None) == (args.image is None):
+        raise ValueError("give a text QUERY or --image FILE (one of them)")
+    model, preprocess = load(model_path, dtype=jnp.dtype(args.dtype or info.get("dtype", "float32")))
+    if args.image is not None:
+        query = np.asarray(model.encode_image(preprocess.pixels(args.image)[None]))
+    else:
+        tokens = tokenize([args.query], context_length=model.config.text.context_length, truncate=args.truncate)
+        query = np.asarray(model.encode_text(tokens))
+    if not args.exact and (Path(args.folder) / INDEX.format(space="image")).exists() and find_spec("faiss"):
+        hits = index_search(args.folder, query, k=args.top_k)[0]
+    else:
+        hits = search(args.folder, query, k=args.top_k, device=not args.numpy)[0]
+    for hit in hits:
         print(f"{hit.score:.4f}\t{hit.value}")
+    return 0
+
+
+def add_index_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="an embedding folder written by `clip-jax embed`")
+    p.add_argument("--factory", help="a faiss index_factory string (default: Flat below 100k rows, else IVF...,Flat)")
+    p.set_defaults(run=run_index)
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from .search import build_index
+
+    try:
+        print(f"wrote {build_index(args.folder, factory=args.factory)}")
+    except ImportError as e:
+        print(f"clip-jax: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -230,11 +261,12 @@ def parser() -> argparse.ArgumentParser:
     add_convert_args(sub.add_parser("convert", help="convert a PyTorch CLIP checkpoint to a clip_jax .safetensors"))
     add_embed_args(sub.add_parser("embed", help="embed images and/or captions into a clip-retrieval folder"))
     add_classify_args(sub.add_parser("classify", help="zero-shot classify images with prompt ensembles"))
-    add_search_args(sub.add_parser("search", help="the top-k images of an embedding folder for a text query"))
+    add_search_args(sub.add_parser("search", help="the top-k images of an embedding folder for a text or an image"))
     from .eval_cli import add_eval_args
 
     add_eval_args(sub.add_parser("eval", help="CLIP_benchmark's evaluations: zero-shot classification, "
                                               "retrieval recall@k, linear probe"))
+    add_index_args(sub.add_parser("index", help="a faiss index of an embedding folder, which search then uses"))
     return p
 
 

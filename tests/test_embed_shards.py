@@ -196,3 +196,54 @@ def test_two_processes_each_with_only_its_own_shards_equal_one(data, full_run, t
             a, b = json.loads(one[name]), json.loads(two[name])
             assert [s["rows"] for s in a["shards"].values()] == [s["rows"] for s in b["shards"].values()]
     assert two["errors.tsv"].decode().count("\n") == 2
+
+
+# --- search -----------------------------------------------------------------------------------------
+
+
+def test_search_by_image_finds_the_image_itself_first(data, full_run, tmp_path, capsys):
+    _, samples, _ = data
+    query = tmp_path / "query.jpg"
+    query.write_bytes(samples[2][1]["jpg"])
+    assert main("search", full_run, "--image", query, "-k", 3) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0].split("\t")[1] == samples[2][1]["__key__"]
+    assert float(lines[0].split("\t")[0]) > 0.999
+    assert main("search", full_run) == 1 and "QUERY or --image" in capsys.readouterr().err
+
+
+def test_search_on_the_devices_equals_numpy(tmp_path):
+    from clip_jax.search import search
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "img_emb").mkdir()
+    (tmp_path / "metadata").mkdir()
+    import pyarrow as pa
+
+    for k, rows in enumerate([37, 5, 60]):
+        np.save(tmp_path / "img_emb" / f"img_emb_{k}.npy", rng.standard_normal((rows, 16)).astype(np.float16))
+        pq.write_table(pa.table({"image_path": [f"{k}/{i}" for i in range(rows)]}),
+                       tmp_path / "metadata" / f"metadata_{k}.parquet")
+    queries = rng.standard_normal((3, 16)).astype(np.float32)
+    for k in (1, 7):
+        on_cpu = search(tmp_path, queries, k=k, chunk_rows=16)
+        on_devices = search(tmp_path, queries, k=k, chunk_rows=16, device=True)
+        for a, b in zip(on_cpu, on_devices):
+            assert [h.value for h in a] == [h.value for h in b]
+            np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
+
+
+def test_index_then_search_uses_it(data, full_run, tmp_path, capsys):
+    pytest.importorskip("faiss")
+    import shutil
+
+    _, samples, _ = data
+    folder = tmp_path / "indexed"
+    shutil.copytree(full_run, folder)
+    exact = main("search", folder, "photo 3 of shard 0", "-k", 4), capsys.readouterr().out
+    assert main("index", folder) == 0 and (folder / "image.index").exists()
+    capsys.readouterr()
+    indexed = main("search", folder, "photo 3 of shard 0", "-k", 4), capsys.readouterr().out
+    assert exact == indexed  # a Flat index below 100k rows: the same hits
+    scores = [float(line.split("\t")[0]) for line in indexed[1].splitlines()]
+    assert len(scores) == 4 and scores == sorted(scores, reverse=True)
