@@ -321,7 +321,8 @@ def _expand(inputs: Sequence[str | os.PathLike]) -> list[str]:
     out = []
     for item in inputs:
         s = os.fspath(item)
-        for name in braceexpand(s):
+        # An existing file or folder is taken as named, even with braces in its name.
+        for name in [s] if not is_url(s) and os.path.exists(os.path.expanduser(s)) else braceexpand(s):
             if any(c in name for c in "*?[") and _suffix(name) in ("tar", "parquet"):
                 found = _glob(name)
                 if not found:
