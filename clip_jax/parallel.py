@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .model import CLIP, check_attention_platform, functional, logits, normalize
@@ -64,7 +65,24 @@ def make_mesh(model_parallel: int = 1, devices: Sequence[jax.Device] | None = No
         raise ValueError(f"model_parallel={model_parallel} must divide the number of devices ({n})")
     # Auto axes: shardings are given at the jit boundary and XLA propagates them inside (GSPMD).
     auto = (jax.sharding.AxisType.Auto,) * 2
-    return jax.make_mesh((n // model_parallel, model_parallel), (DATA, MODEL), axis_types=auto, devices=devices)
+    processes = sorted({d.process_index for d in devices})
+    if len(processes) == 1:
+        return jax.make_mesh((n // model_parallel, model_parallel), (DATA, MODEL), axis_types=auto, devices=devices)
+    # Many hosts: jax.make_mesh orders a TPU slice's chips by their physical layout, which interleaves
+    # hosts along "data" (on a 4-host v5p 2x2x4, host 0 would hold rows 0-31 and 128-159). Each process
+    # gets one block of rows instead, its own chips in physical order within it (the "model" axis stays
+    # on one host's interconnect).
+    per_process = n // len(processes)
+    if per_process % model_parallel or any(sum(d.process_index == p for d in devices) != per_process
+                                           for p in processes):
+        raise ValueError(f"model_parallel={model_parallel} must divide each process's {per_process} devices, "
+                         "and every process must bring as many")
+    try:
+        grid = mesh_utils.create_hybrid_device_mesh((per_process // model_parallel, model_parallel),
+                                                    (len(processes), 1), devices, process_is_granule=True)
+    except (ValueError, NotImplementedError):  # no physical layout to follow: the process-sorted order
+        grid = np.array(devices, dtype=object).reshape(n // model_parallel, model_parallel)
+    return Mesh(grid, (DATA, MODEL), axis_types=auto)
 
 
 # Megatron-style split for the "model" axis: the first matmul of each pair is split along its output

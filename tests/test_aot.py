@@ -91,9 +91,6 @@ def sharded_step(config, target: str, model_parallel: int = 1, per_chip: int = 2
 
 
 @pytest.mark.slow  # ~45 s of TPU compile here
-@pytest.mark.xfail(strict=True, reason="open: on a TPU topology jax.make_mesh orders devices physically, so "
-                   "process 0's chips hold rows 0-31 and 128-..., not one block: ShardedCLIP.local_rows "
-                   "would refuse it on a real 4-host v5p; make_mesh needs a host-contiguous order there")
 def test_sharded_step_on_a_multi_host_v5p_slice():
     """ShardedCLIP's compiled step over the mesh make_mesh builds for 16 chips on 4 hosts: each host's
     chips hold one contiguous block of the batch, and the step has no collective on the batch."""
