@@ -84,11 +84,14 @@ def _add_distributed_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--coordinator", help="host:port of process 0's coordinator")
     g.add_argument("--num-processes", type=positive_int, help="number of processes")
     g.add_argument("--process-id", type=non_negative_int, help="this process's index, 0 to num_processes - 1")
+    g.add_argument("--distributed", action="store_true",
+                   help="set jax.distributed up from the environment (TPU pod slices, SLURM, Open MPI), without "
+                        "the three options above")
 
 
 def _initialize(args: argparse.Namespace) -> None:
     """jax.distributed must start before any other JAX call."""
-    if args.coordinator or args.num_processes or args.process_id is not None:
+    if args.distributed or args.coordinator or args.num_processes or args.process_id is not None:
         from .parallel import initialize
 
         initialize(args.coordinator, args.num_processes, args.process_id)

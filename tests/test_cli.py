@@ -531,3 +531,16 @@ def test_printing_a_file_name_that_is_not_utf8(data, tmp_path, monkeypatch):
     assert main("classify", bad, "--labels", "dog,cat", "--templates", "a photo of a {}.", "--model", model) == 0
     stdout.flush()
     assert stdout.buffer.getvalue().startswith(os.fsencode(bad) + b"\n")
+
+
+def test_distributed_flag_sets_up_from_the_environment(monkeypatch):
+    """`--distributed` (a TPU pod: the same command on every host) calls jax.distributed's auto-detection;
+    with no multi-host option nothing is initialized."""
+    import clip_jax.parallel
+
+    calls = []
+    monkeypatch.setattr(clip_jax.parallel, "initialize", lambda *a, **k: calls.append(a))
+    cli._initialize(cli.parser().parse_args(["embed", "x", "-o", "out", "--model", "m", "--distributed"]))
+    assert calls == [(None, None, None)]
+    cli._initialize(cli.parser().parse_args(["embed", "x", "-o", "out", "--model", "m"]))
+    assert calls == [(None, None, None)]
