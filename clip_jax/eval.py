@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import sys
+import weakref
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -53,7 +54,7 @@ from .zeroshot import IMAGENET_TEMPLATES
 __all__ = [
     "TASKS", "zeroshot_classification", "zeroshot_retrieval", "linear_probe", "classification_metrics",
     "accuracy", "mean_per_class_recall", "retrieval_metrics", "probe_sweep", "fit_probe", "image_features",
-    "model_fingerprint", "resolve_templates", "result", "write_result", "WD_LIST",
+    "model_fingerprint", "sharded_model", "resolve_templates", "result", "write_result", "WD_LIST",
     "LabelledImages", "CaptionedImages", "classification_data", "retrieval_data", "image_folder", "caption_table",
     "wds_dataset",
 ]
@@ -459,16 +460,30 @@ def text_features(sharded, texts: Sequence[str], truncate: bool = True, batch: i
     return np.concatenate(parts) if parts else np.zeros((0, sharded.config.embed_dim), np.float32)
 
 
+_SHARDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def sharded_model(model, batch_size: int = 256, mesh=None):
+    """The ShardedCLIP of `model` (one per model, batch size and mesh, kept while the model lives), so
+    several evaluations in one process compile the towers once."""
+    from .parallel import ShardedCLIP
+
+    if isinstance(model, ShardedCLIP):
+        raise TypeError("pass the CLIP itself (clip_jax.load's model); the mesh goes in mesh=")
+    per_model = _SHARDED.setdefault(model, {})
+    key = (batch_size, id(mesh) if mesh is not None else None)
+    if key not in per_model:
+        per_model[key] = (ShardedCLIP(model, mesh, batch_size=batch_size), mesh)  # the mesh kept alive with its id
+    return per_model[key][0]
+
+
 class _Runner:
     """A model made ready for evaluation: the ShardedCLIP, and the cache key of its features."""
 
     def __init__(self, model, preprocess, batch_size: int, mesh, cache_dir, progress: bool):
         from .image import transform_for
-        from .parallel import ShardedCLIP
 
-        if isinstance(model, ShardedCLIP):
-            raise TypeError("pass the CLIP itself (clip_jax.load's model); the mesh goes in mesh=")
-        self.sharded = ShardedCLIP(model, mesh, batch_size=batch_size)
+        self.sharded = sharded_model(model, batch_size, mesh)
         self.preprocess = preprocess if preprocess is not None else transform_for(model.config)
         self.progress = progress
         self.cache_dir = cache_dir
