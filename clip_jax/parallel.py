@@ -263,8 +263,9 @@ class ShardedCLIP:
         text_fn, _ = functional(model, "text_features")
         self.params = shard_params(params, self.mesh)
         shardings = jax.tree.map(lambda s: NamedSharding(self.mesh, s), param_specs(params, self.mesh))
-        scale = model.logit_scale.get_raw_value()
-        self.logit_scale = None if isinstance(scale, jax.ShapeDtypeStruct) else float(np.asarray(scale))
+        # A single tower (TextTower, VisionTower) has no logit scale: it embeds, it doesn't score pairs.
+        scale = model.logit_scale.get_raw_value() if hasattr(model, "logit_scale") else None
+        self.logit_scale = None if scale is None or isinstance(scale, jax.ShapeDtypeStruct) else float(np.asarray(scale))
 
         # The programs take the params as a flat list: flattening an nnx.State walks it in Python, about a
         # millisecond per call for ViT-B/32, where a list is flattened in C++.
@@ -384,6 +385,9 @@ class ShardedCLIP:
 
     def clip_logits(self, images: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """-> (logits_per_image [N_img, N_txt], logits_per_text), float32, as clip_jax.clip_logits."""
+        if self.logit_scale is None:
+            raise ValueError("this model has no logit_scale (a single tower, or built from shapes only): "
+                             "clip_logits needs a full CLIP")
         img = self.encode_image(images)
         txt = self.encode_text(tokens)
         per_image, per_text = logits(jnp.asarray(img), jnp.asarray(txt), jnp.asarray(self.logit_scale))

@@ -271,6 +271,12 @@ def test_towers_jit_bf16_and_functional(tmp_path):
     assert s.hidden_states[0].dtype == jnp.bfloat16 and s.pooled.dtype == jnp.float32
     fn, params = clip_jax.functional(f32, "text_features")
     np.testing.assert_allclose(jax.jit(fn)(params, TOKENS), a, atol=1e-6)
+    sharded = clip_jax.ShardedCLIP(f32, batch_size=2)  # a tower over the mesh, as a full model
+    np.testing.assert_allclose(sharded.encode_text(TOKENS), a, atol=1e-6)
+    with pytest.raises(clip_jax.MissingTowerError):
+        sharded.encode_image(np.zeros((1, 224, 224, 3), np.uint8))
+    with pytest.raises(ValueError, match="no logit_scale"):
+        sharded.clip_logits(np.zeros((1, 224, 224, 3), np.uint8), TOKENS)
 
 
 # --- hidden states on OpenAI/open_clip-format models ------------------------------------------------
