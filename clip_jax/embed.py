@@ -512,6 +512,8 @@ def _embed_shards(source, output, model, t0: float, *, dtype: str, emb_dtype: st
 
     job = embed_shards.ShardJob(output, source, model=_model_id(model), dtype=dtype, emb_dtype=emb_dtype,
                                 text=text, columns=columns)
+    if jax.process_index() == 0:  # before the model is loaded: a wrong folder fails at once
+        job.check_folder()
     if sharded is None:
         clip, preprocess = load(model, dtype=jnp.dtype(dtype), attention=attention)
         mesh = parallel.make_mesh(model_parallel, devices=jax.local_devices())

@@ -32,7 +32,7 @@ import math
 import os
 import signal
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -272,11 +272,12 @@ class ShardJob:
 # --- decoding ----------------------------------------------------------------------------------------
 
 
-def decoded_batches(samples: Iterator[dict], transform, batch_size: int, pool: ThreadPoolExecutor,
-                    ahead: int) -> Iterator[tuple[list[dict], np.ndarray, np.ndarray, list]]:
-    """(samples, uint8 pixels [batch_size, n, n, 3] zero-padded, ok [len(samples)], errors [(key, reason)])
-    per batch, in order. Decoding runs on `pool`, at most `ahead` batches beyond the one returned, so
-    memory is bounded whatever the shard's size."""
+def decoded_batches(shards: Iterable[tuple[int, Iterable[dict]]], transform, batch_size: int,
+                    pool: ThreadPoolExecutor, ahead: int) -> Iterator[tuple]:
+    """shards: (k, samples) pairs -> per batch (k, samples, uint8 pixels [batch_size, n, n, 3] zero-padded,
+    ok [len(samples)], errors [(key, reason)]), in order, then (k, None, None, None, None) once shard k
+    has ended. A batch holds one shard's samples; decoding runs on `pool` and goes on into the next shard
+    while the devices work, at most `ahead` batches beyond the one returned (memory stays bounded)."""
     from .image import ImageError
 
     shape = tuple(transform.shape)
@@ -293,27 +294,31 @@ def decoded_batches(samples: Iterator[dict], transform, batch_size: int, pool: T
     pending: deque = deque()
 
     def finish():
-        batch, buf, futures = pending.popleft()
+        k, batch, buf, futures = pending.popleft()
+        if batch is None:
+            return k, None, None, None, None
         results = [f.result() for f in futures]
-        return batch, buf, np.array([r is None for r in results], bool), [r for r in results if r is not None]
+        return k, batch, buf, np.array([r is None for r in results], bool), [r for r in results if r is not None]
 
-    batch: list[dict] = []
-    for sample in itertools.chain(samples, [None]):
-        if sample is not None:
-            batch.append(sample)
-        if batch and (len(batch) == batch_size or sample is None):
-            buf = np.zeros((batch_size,) + shape, np.uint8)
-            pending.append((batch, buf, [pool.submit(read, s, buf[i]) for i, s in enumerate(batch)]))
-            batch = []
-            if len(pending) > ahead:
+    for k, samples in shards:
+        batch: list[dict] = []
+        for sample in itertools.chain(samples, [None]):
+            if sample is not None:
+                batch.append(sample)
+            if batch and (len(batch) == batch_size or sample is None):
+                buf = np.zeros((batch_size,) + shape, np.uint8)
+                pending.append((k, batch, buf, [pool.submit(read, s, buf[i]) for i, s in enumerate(batch)]))
+                batch = []
+            while len(pending) > ahead:
                 yield finish()
+        pending.append((k, None, None, None))
     while pending:
         yield finish()
 
 
 def run(job: ShardJob, sharded, transform, *, num_threads: int | None, truncate: bool, progress: bool):
     """Embed this process's unfinished shards; returns (merged shard summaries on process 0 else None,
-    shards done in this run on this process)."""
+    shards done in this run on this process). Process 0 must have called job.check_folder() first."""
     import jax
 
     from .embed import _progress
@@ -322,37 +327,41 @@ def run(job: ShardJob, sharded, transform, *, num_threads: int | None, truncate:
 
     me, count = jax.process_index(), jax.process_count()
     run_id = f"clip_jax_embed/{job.identity['shards_sha256'][:16]}/{next(_runs)}"
-    if me == 0:
-        job.check_folder()
-    _barrier(f"{run_id}/start")
+    _barrier(f"{run_id}/start")  # process 0 has checked and claimed the folder
 
     mine = plan(job.num_shards, me, count)
     summaries = {str(k): s for k in mine if (s := job.done(k)) is not None}
     todo = [k for k in mine if str(k) not in summaries]
-    bs = sharded.batch_size
+    dim = sharded.config.embed_dim
+
+    def write(k, samples, feats, oks, errors):
+        keep = np.concatenate(oks) if oks else np.zeros(0, bool)
+        image_emb = np.concatenate(feats)[keep] if feats else np.zeros((0, dim), np.float32)
+        text_emb = None
+        if job.text:
+            captions = [s["txt"] or "" for s, ok in zip(samples, keep) if ok]
+            tokens = tokenize(captions, context_length=sharded.config.text.context_length, truncate=truncate)
+            text_emb = sharded.encode_text(tokens, normalized=True) if captions else np.zeros((0, dim))
+        return job.write_shard(k, samples, keep, image_emb, text_emb, errors)
+
     threads = max(1, num_threads or os.cpu_count() or 1)
     bar = _progress(None, 0, "img", progress and bool(todo))
+    shards = ((k, iter(job.source.shards[k])) for k in todo)
+    acc: dict[int, tuple[list, list, list, list]] = {}
     with ThreadPoolExecutor(threads, thread_name_prefix="clip_jax_decode") as pool:
         try:
-            for k in todo:
-                shard = job.source.shards[k]
-                samples, feats, oks, errors = [], [], [], []
-                # The shard is read and decoded in a background thread, `prefetch` batches ahead of the devices.
-                for batch, pixels, ok, errs in prefetch(decoded_batches(iter(shard), transform, bs, pool, 2), 2):
-                    feats.append(sharded.encode_image(pixels, normalized=True)[: len(batch)])
-                    samples += batch
-                    oks.append(ok)
-                    errors += errs
-                    bar.update(len(batch))
-                keep = np.concatenate(oks) if oks else np.zeros(0, bool)
-                dim = sharded.config.embed_dim
-                image_emb = np.concatenate(feats)[keep] if feats else np.zeros((0, dim), np.float32)
-                text_emb = None
-                if job.text:
-                    captions = [s["txt"] or "" for s, ok in zip(samples, keep) if ok]
-                    tokens = tokenize(captions, context_length=sharded.config.text.context_length, truncate=truncate)
-                    text_emb = sharded.encode_text(tokens, normalized=True) if captions else np.zeros((0, dim))
-                summaries[str(k)] = job.write_shard(k, samples, keep, image_emb, text_emb, errors)
+            # Shards are read and decoded in a background thread, ahead of the devices.
+            for k, batch, pixels, ok, errs in prefetch(decoded_batches(shards, transform, sharded.batch_size,
+                                                                       pool, 2), 2):
+                samples, feats, oks, errors = acc.setdefault(k, ([], [], [], []))
+                if batch is None:  # shard k has ended
+                    summaries[str(k)] = write(k, *acc.pop(k))
+                    continue
+                feats.append(sharded.encode_image(pixels, normalized=True)[: len(batch)])
+                samples += [{**s, "image": None} for s in batch]  # metadata only: the bytes can go
+                oks.append(ok)
+                errors += errs
+                bar.update(len(batch))
         finally:
             bar.close()
     merged = _gather_to_first(f"{run_id}/shards", summaries)
