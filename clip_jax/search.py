@@ -7,6 +7,7 @@ Only the metadata rows of the hits are looked up.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -127,6 +128,12 @@ class DeviceTopK:
         return [(s[s > -np.inf], i[s > -np.inf].astype(np.int64)) for s, i in zip(scores, idx)]
 
 
+@functools.lru_cache(maxsize=8)
+def _device_top_k(chunk_rows: int, k: int) -> DeviceTopK:
+    """One compiled program per (chunk_rows, k, query count) for the process, not one per search call."""
+    return DeviceTopK(chunk_rows, k)
+
+
 def search(folder: str | os.PathLike, queries: np.ndarray, k: int = 10, space: str = "image",
            chunk_rows: int = 65536, device: bool = False) -> list[list[Hit]]:
     """queries: float [Q, D] (or [D]) -> for each query its k best rows, best first, as Hits.
@@ -148,7 +155,7 @@ def search(folder: str | os.PathLike, queries: np.ndarray, k: int = 10, space: s
     n_q, dim = q.shape
     # Per query: the best (score, global row) so far; global row = offset of the shard + row in it.
     best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in range(n_q)]
-    top_k = DeviceTopK(chunk_rows, k) if device else _numpy_top_k
+    top_k = _device_top_k(chunk_rows, k) if device else _numpy_top_k
     offsets: list[tuple[int, str, int]] = []  # (first global row, shard key, rows)
     total = 0
     for key, path in shard_files(folder, space):
