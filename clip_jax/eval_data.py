@@ -7,8 +7,11 @@
   `classnames.txt` / `zeroshot_classification_templates.txt` beside the class folders (or one level up,
   beside the split folders) is read as CLIP_benchmark's `wds_*` exports have them.
 - CLIP_benchmark's WebDataset export (`ROOT/SPLIT/nshards.txt`, `ROOT/SPLIT/0.tar ...`, and beside them
-  `classnames.txt`, `zeroshot_classification_templates.txt`, `dataset_type.txt`): local tar shards,
-  read in place (each image is read from its shard by offset when it is embedded).
+  `classnames.txt`, `zeroshot_classification_templates.txt`, `dataset_type.txt`), ROOT a local folder or
+  any fsspec URL ("gs://bucket/wds_imagenet1k", "hf://datasets/...", "file://...", "memory://..."). The
+  shards are read through clip_jax.sources (one forward pass each, its tar reader and webdataset's
+  grouping of members into samples, as `clip-jax embed` reads them); images stay in the shards and are
+  read back by offset (a ranged read on object storage) when they are embedded.
 - A CSV or TSV (by suffix; a header row) of image path + caption, for retrieval: the image column is
   `image`, `filepath`, `path`, `file` or `filename` (or --image-column), the caption column `caption`,
   `text`, `title` or `captions` (or --caption-column). Rows naming the same image add captions to it;
@@ -25,12 +28,13 @@ import csv
 import hashlib
 import json
 import os
-import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from . import sources
 
 __all__ = ["LabelledImages", "CaptionedImages", "TarMembers", "image_folder", "caption_table", "wds_dataset",
            "classification_data", "retrieval_data", "read_lines", "IMG_EXTENSIONS"]
@@ -73,7 +77,7 @@ class CaptionedImages:
 
 
 class TarMembers(Sequence):
-    """The bytes of tar members, read on access: (shard path, data offset, size) per item."""
+    """The bytes of tar members, read on access: (shard path or URL, data offset, size) per item."""
 
     def __init__(self, entries: list[tuple[str, int, int]]):
         self.entries = entries
@@ -85,14 +89,48 @@ class TarMembers(Sequence):
         if isinstance(i, slice):
             return TarMembers(self.entries[i])
         path, offset, size = self.entries[i]
+        if sources.is_url(path):
+            fs, p = _fs(path)
+            return fs.cat_file(p, start=offset, end=offset + size)  # one ranged read, no listing
         with open(path, "rb") as f:
             f.seek(offset)
             return f.read(size)
 
 
+def _fs(url: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(url)
+
+
+def _join(root: str, *parts: str) -> str:
+    """A path or URL below root (URLs always with "/")."""
+    if sources.is_url(root):
+        return "/".join([root.rstrip("/"), *parts])
+    return os.path.join(root, *parts)
+
+
+def _isfile(path: str) -> bool:
+    if sources.is_url(path):
+        fs, p = _fs(path)
+        return fs.isfile(p)
+    return os.path.isfile(path)
+
+
+def _read_text(path: str) -> str:
+    if sources.is_url(path):
+        with sources.open_binary(path) as f:
+            return f.read().decode("utf-8")
+    return Path(path).read_text(encoding="utf-8")
+
+
+def _basename(root: str) -> str:
+    return root.rstrip("/").rsplit("/", 1)[-1] if sources.is_url(root) else Path(root).name
+
+
 def read_lines(path: str | os.PathLike) -> list[str]:
-    """Non-empty lines, stripped (CLIP_benchmark's reading of classnames.txt and templates)."""
-    return [s.strip() for s in Path(path).read_text(encoding="utf-8").splitlines() if s.strip()]
+    """Non-empty lines, stripped (CLIP_benchmark's reading of classnames.txt and templates); a path or URL."""
+    return [s.strip() for s in _read_text(os.fspath(path)).splitlines() if s.strip()]
 
 
 def _digest(obj) -> str:
@@ -209,44 +247,70 @@ def caption_table(path: str | os.PathLike, image_column: str | None = None, capt
 
 
 def is_wds(root: str | os.PathLike, split: str) -> bool:
-    return (Path(root) / split / "nshards.txt").is_file()
+    return _isfile(_join(os.fspath(root), split, "nshards.txt"))
+
+
+class _Counted:
+    """A forward-read stream that counts the bytes read from it (so members' data offsets are known)."""
+
+    def __init__(self, f):
+        self.f, self.pos = f, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.pos += len(data)
+        return data
 
 
 def _wds_samples(shards: list[str]):
-    """Yield (key, {extension: (shard, offset, size)}) per sample, webdataset's grouping: a member's key
-    is its path up to the first dot of its base name, the extension what follows (lower case)."""
+    """Yield (key, {field: (shard, data offset, size)}) per sample of each shard, in order: the shard
+    read forward once by sources.tar_members, members grouped into samples by sources' (webdataset's)
+    rule, as clip_jax.sources.TarShard groups them."""
     for shard in shards:
-        current, parts = None, {}
-        with tarfile.open(shard, "r:") as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                folder, base = os.path.split(m.name)
-                if "." not in base:
-                    continue
-                stem, ext = base.split(".", 1)
-                key = os.path.join(folder, stem)
-                if key != current:
-                    if current is not None:
-                        yield current, parts
-                    current, parts = key, {}
-                parts[ext.lower()] = (shard, m.offset_data, m.size)
-        if current is not None:
-            yield current, parts
+        key, fields = None, {}
+        with sources.TarShard(shard).open() as raw:
+            f = _Counted(raw)
+            try:
+                for name, data in sources.tar_members(f):
+                    # tar_members has read the member's data and its padding to the 512-byte block
+                    offset = f.pos - (-len(data) % 512) - len(data)
+                    split = sources._split_member(name)
+                    if split is None or split[0].rsplit("/", 1)[-1].startswith("__"):
+                        continue
+                    k, field = split
+                    if k != key:
+                        if key is not None:
+                            yield key, fields
+                        key, fields = k, {}
+                    fields[field] = (shard, offset, len(data), data if field in ("cls", "txt") else None)
+            except (OSError, EOFError, ValueError) as e:
+                raise sources.ShardError(f"{shard}: unreadable tar data ({e})") from None
+        if key is not None:
+            yield key, fields
 
 
-def _member_bytes(entry: tuple[str, int, int]) -> bytes:
-    return TarMembers([entry])[0]
+def _shard_ids(shards: list[str]) -> list:
+    """What the feature cache keys a shard by: its path, size and modification time (URLs: what the
+    store reports of them: size, and mtime / ETag / generation where it has them)."""
+    if not any(sources.is_url(s) for s in shards):
+        return _file_ids(shards)
+    out = []
+    for s in shards:
+        fs, p = _fs(s)
+        info = fs.info(p)
+        out.append((s, info.get("size"), *(str(info[k]) for k in sorted(info) if k.lower() in (
+            "mtime", "etag", "generation", "lastmodified", "last_modified", "updated", "created", "md5hash"))))
+    return out
 
 
 def wds_dataset(root: str | os.PathLike, split: str = "test", name: str | None = None):
-    """CLIP_benchmark's `wds_*` layout (local) -> LabelledImages, or CaptionedImages when
-    dataset_type.txt says "retrieval"."""
-    root = Path(root)
-    nshards = int((root / split / "nshards.txt").read_text().strip())
-    shards = [str(root / split / f"{i}.tar") for i in range(nshards)]
-    kind_file = root / "dataset_type.txt"
-    kind = kind_file.read_text().strip().lower() if kind_file.is_file() else "classification"
+    """CLIP_benchmark's `wds_*` layout (a folder or an fsspec URL) -> LabelledImages, or CaptionedImages
+    when dataset_type.txt says "retrieval"."""
+    root = os.fspath(root)
+    nshards = int(_read_text(_join(root, split, "nshards.txt")).strip())
+    shards = [_join(root, split, f"{i}.tar") for i in range(nshards)]
+    kind_file = _join(root, "dataset_type.txt")
+    kind = _read_text(kind_file).strip().lower() if _isfile(kind_file) else "classification"
     if kind == "multilabel":
         raise ValueError(f"{root}: multi-label data sets (dataset_type.txt: multilabel) are not supported")
     images, labels, captions = [], [], []
@@ -257,34 +321,35 @@ def wds_dataset(root: str | os.PathLike, split: str = "test", name: str | None =
         if kind == "retrieval":
             if "txt" not in parts:
                 continue
-            captions.append(_member_bytes(parts["txt"]).decode("utf-8").splitlines())
+            captions.append(parts["txt"][3].decode("utf-8").splitlines())
         else:
             if "cls" not in parts:
                 continue
-            labels.append(int(_member_bytes(parts["cls"]).decode().strip()))
-        images.append(image)
+            labels.append(int(parts["cls"][3].decode().strip()))
+        images.append(image[:3])
     if not images:
-        raise ValueError(f"{root / split}: no samples with an image and a {'txt' if kind == 'retrieval' else 'cls'}")
-    shard_ids = _file_ids(shards)
-    name = name or root.name
+        what = "txt" if kind == "retrieval" else "cls"
+        raise ValueError(f"{_join(root, split)}: no samples with an image and a {what}")
+    shard_ids = _shard_ids(shards)
+    name = name or _basename(root)
     if kind == "retrieval":
         return CaptionedImages(TarMembers(images), captions, name, _digest(["wds", shard_ids, images, captions]))
-    names_file, tpl_file = root / CLASSNAMES, root / TEMPLATES
-    if not names_file.is_file():
+    names_file, tpl_file = _join(root, CLASSNAMES), _join(root, TEMPLATES)
+    if not _isfile(names_file):
         raise FileNotFoundError(f"{names_file}: no class names (CLIP_benchmark's export writes one)")
     labels = np.asarray(labels, np.int64)
     classnames = read_lines(names_file)
     if labels.max() >= len(classnames) or labels.min() < 0:
         raise ValueError(f"{root}: a label is outside the {len(classnames)} classes of {names_file}")
-    return LabelledImages(TarMembers(images), labels, classnames, read_lines(tpl_file) if tpl_file.is_file() else None,
+    return LabelledImages(TarMembers(images), labels, classnames, read_lines(tpl_file) if _isfile(tpl_file) else None,
                           name, _digest(["wds", shard_ids, images, labels.tolist()]))
 
 
 def classification_data(root: str | os.PathLike, split: str | None = None,
                         classnames: str | os.PathLike | None = None) -> LabelledImages:
     """A split of a classification data set: the wds layout if ROOT/SPLIT/nshards.txt exists, else the
-    ImageFolder ROOT/SPLIT (ROOT itself when split is None)."""
-    root = Path(root)
+    ImageFolder ROOT/SPLIT (ROOT itself when split is None). ROOT may be an fsspec URL for the wds layout."""
+    root = os.fspath(root)
     if split is None and is_wds(root, "test"):
         split = "test"
     if split is not None and is_wds(root, split):
@@ -297,15 +362,18 @@ def classification_data(root: str | os.PathLike, split: str | None = None,
                 raise ValueError(f"{classnames}: {len(names)} names for {len(data.classnames)} classes")
             data.classnames = names
         return data
-    folder = root / split if split is not None else root
-    return image_folder(folder, classnames, name=root.name if split is not None else None)
+    if sources.is_url(root):
+        raise ValueError(f"{_join(root, split or 'test', 'nshards.txt')}: not found; a URL is read as CLIP_benchmark's "
+                         "wds layout (ImageFolder trees are read from local folders)")
+    folder = os.path.join(root, split) if split is not None else root
+    return image_folder(folder, classnames, name=Path(root).name if split is not None else None)
 
 
 def retrieval_data(source: str | os.PathLike, split: str = "test", image_column: str | None = None,
                    caption_column: str | None = None) -> CaptionedImages:
-    """A CSV/TSV file, or a wds-layout folder whose dataset_type.txt says retrieval."""
-    source = Path(source)
-    if source.is_dir():
+    """A CSV/TSV file, or a wds-layout folder (or fsspec URL) whose dataset_type.txt says retrieval."""
+    source = os.fspath(source)
+    if os.path.isdir(source) or (sources.is_url(source) and is_wds(source, split)):
         if not is_wds(source, split):
             raise ValueError(f"{source}: a folder, but not CLIP_benchmark's wds layout ({split}/nshards.txt)")
         data = wds_dataset(source, split)

@@ -334,32 +334,69 @@ def test_probe_sweep_is_clip_benchmark_s_search():
 # --- data layouts, the cache, the command -----------------------------------------------------------
 
 
-def test_wds_layout(tmp_path, tiny):
-    """CLIP_benchmark's export: split/nshards.txt, split/N.tar with cls + image, classnames and templates."""
+def wds_export(src, write) -> list[int]:
+    """CLIP_benchmark's export of `src` in 2 shards: write(relative path, bytes) for each file; -> the
+    order the samples are stored in."""
     import io
 
-    tmp, model, preprocess, _ = tiny
-    src = ev.classification_data(tmp / "shapes", "test")
-    root = tmp_path / "wds_shapes"
-    (root / "test").mkdir(parents=True)
-    (root / "test" / "nshards.txt").write_text("2\n")
-    (root / "classnames.txt").write_text("\n".join(src.classnames) + "\n")
-    (root / "zeroshot_classification_templates.txt").write_text("\n".join(TEMPLATES) + "\n")
+    write("test/nshards.txt", b"2\n")
+    write("classnames.txt", ("\n".join(src.classnames) + "\n").encode())
+    write("zeroshot_classification_templates.txt", ("\n".join(TEMPLATES) + "\n").encode())
     for shard in range(2):
-        with tarfile.open(root / "test" / f"{shard}.tar", "w") as tar:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
             for i in range(shard, len(src), 2):
                 for ext, data in (("cls", str(src.labels[i]).encode()), ("png", Path(src.images[i]).read_bytes())):
                     info = tarfile.TarInfo(f"s{i:05d}.{ext}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
+        write(f"test/{shard}.tar", buf.getvalue())
+    return [int(i) for s in range(2) for i in range(s, len(src), 2)]
+
+
+def test_wds_layout(tmp_path, tiny):
+    """CLIP_benchmark's export: split/nshards.txt, split/N.tar with cls + image, classnames and templates."""
+    tmp, model, preprocess, _ = tiny
+    src = ev.classification_data(tmp / "shapes", "test")
+    root = tmp_path / "wds_shapes"
+
+    def write(rel, data):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+
+    order = wds_export(src, write)
     data = ev.classification_data(root)
     assert len(data) == len(src) and data.templates == TEMPLATES and data.classnames == src.classnames
-    order = [int(i) for s in range(2) for i in range(s, len(src), 2)]
     assert data.labels.tolist() == src.labels[order].tolist()
     assert data.images[3] == Path(src.images[order[3]]).read_bytes()
     ours = ev.zeroshot_classification(model, preprocess, data, batch_size=64, progress=False)
     folder = ev.zeroshot_classification(model, preprocess, src, TEMPLATES, batch_size=64, progress=False)
     assert ours == folder  # the same images in another order: the same metrics
+    by_url = ev.classification_data(f"file://{root}")  # the same shards through fsspec
+    assert by_url.labels.tolist() == data.labels.tolist() and by_url.images[7] == data.images[7]
+
+
+def test_wds_layout_at_an_fsspec_url(tiny):
+    """The wds layout on fsspec's in-memory file system: read through clip_jax.sources, images read back
+    by ranged reads; the same samples and metrics as the local folder."""
+    fsspec = pytest.importorskip("fsspec")
+    tmp, model, preprocess, _ = tiny
+    src = ev.classification_data(tmp / "shapes", "test")
+    fs = fsspec.filesystem("memory")
+    try:
+        order = wds_export(src, lambda rel, data: fs.pipe(f"/wds_shapes/{rel}", data))
+        data = ev.classification_data("memory://wds_shapes")
+        assert data.name == "wds_shapes" and data.templates == TEMPLATES and data.classnames == src.classnames
+        assert data.labels.tolist() == src.labels[order].tolist()
+        assert [data.images[i] for i in (0, 5, len(src) - 1)] == [
+            Path(src.images[order[i]]).read_bytes() for i in (0, 5, len(src) - 1)]
+        assert data.fingerprint == ev.classification_data("memory://wds_shapes/", "test").fingerprint
+        ours = ev.zeroshot_classification(model, preprocess, data, batch_size=64, progress=False)
+        assert ours == ev.zeroshot_classification(model, preprocess, src, TEMPLATES, batch_size=64, progress=False)
+        with pytest.raises(ValueError, match="wds layout"):
+            ev.classification_data("memory://wds_shapes", "train")
+    finally:
+        fs.rm("/wds_shapes", recursive=True)
 
 
 def test_cli_result_file_and_cache(tiny, tmp_path, monkeypatch, capsys):
@@ -397,3 +434,112 @@ def test_user_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match="where the class name goes"):
         ev.resolve_templates("a photo")
     assert ev.resolve_templates("a {c} and x") == ["a {} and x"]
+
+
+# --- multi-host: two processes give the metrics of one ----------------------------------------------
+
+MULTIHOST_TIMEOUT = 240  # seconds for one two-process run; a hang fails the test instead of stalling the suite
+
+
+def _coordinator_port() -> int:
+    """A port that is free now, drawn below the kernel's ephemeral range (so no outgoing connection made
+    meanwhile takes it, as a port from bind(0) can be); the caller still retries if it was lost."""
+    import random
+    import socket
+
+    lo = 32768
+    try:
+        lo = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    for _ in range(100):
+        port = random.randrange(max(1024, lo - 12000), lo)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port found")
+
+
+def _run_processes(argvs: list[list[str]], devices: list[int], logs: list[Path]) -> list[int]:
+    """Start one process per argv (a session of its own each, CPU devices as given); return their exit
+    codes. When one fails the others are killed, so a peer waiting on a dead coordinator doesn't hang."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    procs = []
+    for argv, n, log in zip(argvs, devices, logs):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu",
+               "PYTHONPATH": str(root)}
+        procs.append(subprocess.Popen([sys.executable, *argv], env=env, cwd=root, stdout=log.open("w"),
+                                      stderr=subprocess.STDOUT, start_new_session=True))
+    deadline = time.monotonic() + MULTIHOST_TIMEOUT
+    try:
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            if any(p.poll() not in (None, 0) for p in procs):
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    return [p.returncode for p in procs]
+
+
+@pytest.fixture(scope="module")
+def multihost(tmp_path_factory):
+    """The worker (tests/eval_worker.py) in two processes of 2 CPU devices each, and in one process of one
+    device: 21 synthetic images (not a multiple of the 4 devices or the batch of 8), 25 captions."""
+    tmp = tmp_path_factory.mktemp("eval_multihost")
+    images, samples = synthetic.generate(21, seed=5)
+    rows = []
+    for i, (im, s) in enumerate(zip(images, samples)):
+        # every third image filed under, and captioned as, the next one: metrics well short of 1, so
+        # equal metrics say something
+        wrong = samples[(i + 1) % len(samples)] if i % 3 == 0 else s
+        (tmp / "test" / wrong.label).mkdir(parents=True, exist_ok=True)
+        path = tmp / "test" / wrong.label / f"{i:03d}.png"
+        im.save(path)
+        rows.append((str(path), wrong.caption()))
+        if i % 5 == 0:  # some images with two captions
+            rows.append((str(path), s.caption(with_size=False, with_position=False)))
+    with open(tmp / "pairs.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("image", "caption"), *rows])
+    worker = str(Path(__file__).with_name("eval_worker.py"))
+    args = [worker, str(TINY_CLIP), str(tmp), str(tmp)]
+    code = _run_processes([args + ["-", "1", "9"]], [1], [tmp / "log9.txt"])[0]
+    assert code == 0, (tmp / "log9.txt").read_text()[-3000:]
+    logs = [tmp / "log0.txt", tmp / "log1.txt"]
+    for attempt in range(3):  # the coordinator's port can be taken between picking it and binding it
+        coordinator = f"127.0.0.1:{_coordinator_port()}"
+        codes = _run_processes([args + [coordinator, "2", str(i)] for i in range(2)], [2, 2], logs)
+        text = "\n".join(log.read_text() for log in logs)
+        if codes == [0, 0] or "address already in use" not in text.lower():
+            break
+    for code, log in zip(codes, logs):
+        assert code == 0, f"worker exited {code}:\n{log.read_text()[-3000:]}"
+    return {i: json.loads((tmp / f"result_{i}.json").read_text()) for i in (0, 1, 9)}
+
+
+@pytest.mark.slow  # three processes compiling the towers: ~70 s of CPU
+def test_two_processes_give_the_metrics_of_one(multihost):
+    """zeroshot_classification (through the feature cache, missed then hit) and zeroshot_retrieval on two
+    processes x 2 devices equal one process on one device, in both processes, exactly: the features agree
+    to ~1e-7 and no two scores of this data set are that close."""
+    r = multihost
+    assert r[0]["devices"] == [4, 2] and r[1]["devices"] == [4, 2] and r[9]["devices"] == [1, 1]
+    for pid in (0, 1):
+        for task in ("classification", "classification_cached", "retrieval"):
+            assert r[pid][task] == r[9][task], (pid, task)
+        assert r[pid]["cache_files"] == 1  # written once, by process 0, and read back by both
+    assert set(r[9]["retrieval"]) == {f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)}
+    for metric in ("image_retrieval_recall@1", "text_retrieval_recall@1"):  # the data set the fixture spoils
+        assert 0.2 < r[9]["retrieval"][metric] < 0.95
+    assert 0.2 < r[9]["classification"]["acc1"] < 0.95
