@@ -16,6 +16,19 @@ Compilation and worker start-up are excluded (one warm-up pass each); each figur
 --repeat interleaved rounds (the machine may be shared). Embeddings of both sides are compared.
 
     python benchmarks/embed.py --count 128 --batch-size 32 --workers 2
+
+Shards mode (--shards N) packs the JPEGs (with captions and json) into N WebDataset tar shards and runs,
+each command as it would be run, pinned with taskset to 1 and then 2 cores:
+
+  clip-jax embed 'shards/{0..N-1}.tar'     the command, end to end (start-up and compilation included)
+  clip-retrieval inference                  --input_format webdataset on the same shards, the same weights
+                                            (saved in open_clip's format), from --clip-retrieval-python
+                                            (its pins clash with this project's: a venv of its own)
+
+plus decoding alone, per core: a plain Pillow loop (the image transform on each sample's bytes) against
+clip_jax's shard reader and decode pool, and the tar readers (this one vs the webdataset library).
+
+    python benchmarks/embed.py --shards 4 --count 512 --vision-layers 2 --clip-retrieval-python /work/venv-cr/bin/python
 """
 
 from __future__ import annotations
@@ -61,7 +74,12 @@ def main(argv=None):
     ap.add_argument("--vision-layers", type=int, default=12, help="ViT-B/32 image tower depth (12: the real one)")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds; the best of each is kept")
     ap.add_argument("--dir", default=None, help="reuse/keep the JPEGs in this directory")
+    ap.add_argument("--shards", type=int, default=0, help="shards mode: pack the JPEGs into this many tar shards")
+    ap.add_argument("--clip-retrieval-python", help="shards mode: a python with clip-retrieval installed")
+    ap.add_argument("--cores", type=int, nargs="+", default=[1, 2], help="shards mode: cores to pin each command to")
     args = ap.parse_args(argv)
+    if args.shards:
+        return shards_main(args)
 
     import jax
     import open_clip
@@ -138,6 +156,165 @@ def main(argv=None):
         rate = len(paths) / sec
         print(f"  {name:26s} {rate:8.1f} img/s   {rate / base:5.2f}x open_clip")
     print(f"max |clip_jax - open_clip| over the normalized embeddings: {diff:.2e}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- shards mode ------------------------------------------------------------------------------------
+
+CLIP_RETRIEVAL = """
+import json, sys, open_clip
+open_clip.add_model_config(sys.argv[1])
+from clip_retrieval.clip_inference.main import main
+main(sys.argv[2], sys.argv[3], input_format="webdataset", clip_model="open_clip:ViT-B-32-bench/" + sys.argv[4],
+     batch_size=int(sys.argv[5]), num_prepro_workers=int(sys.argv[6]), enable_text=True, enable_metadata=True,
+     use_jit=False)
+"""
+
+
+def _timed(cmd, env=None) -> float:
+    import subprocess
+
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{cmd[:3]} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t
+
+
+def _best(fn, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def shards_main(args) -> None:
+    import json
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    import open_clip
+    import torch
+
+    from clip_jax.checkpoint import store
+    from clip_jax.checkpoint.convert import from_torch
+    from clip_jax.embed_shards import decoded_batches
+    from clip_jax.image import image_transform
+    from clip_jax.sources import open_source
+    from tests.images import write_jpegs
+    from tests.reference import reference_model
+    from tests.shards import write_tar
+
+    tmp = tempfile.mkdtemp(prefix="clip_jax_shards_bench_")
+    paths = write_jpegs(args.dir or os.path.join(tmp, "jpegs"), args.count)
+    per = -(-len(paths) // args.shards)
+    for k in range(args.shards):
+        write_tar(os.path.join(tmp, "shards", f"{k:05d}.tar"),
+                  [{"__key__": f"{k:05d}{i:04d}", "jpg": open(p, "rb").read(), "txt": f"a photo number {i}",
+                    "json": {"i": i}} for i, p in enumerate(paths[k * per:(k + 1) * per])])
+    pattern = os.path.join(tmp, "shards", f"{{00000..{args.shards - 1:05d}}}.tar")
+
+    ref = reference_model("ViT-B-32", vision_layers=args.vision_layers, text_layers=1)
+    config, params = from_torch({k: v.numpy() for k, v in ref.state_dict().items()})
+    model_file = os.path.join(tmp, "model.safetensors")
+    store.save(model_file, params, config)
+    # The same weights in open_clip's format, with an open_clip config of the same shape.
+    torch.save(ref.state_dict(), os.path.join(tmp, "open_clip.bin"))
+    cfg = open_clip.get_model_config("ViT-B-32")
+    cfg = {**cfg, "quick_gelu": True, "vision_cfg": {**cfg["vision_cfg"], "layers": args.vision_layers},
+           "text_cfg": {**cfg["text_cfg"], "layers": 1}}
+    os.makedirs(os.path.join(tmp, "configs"))
+    with open(os.path.join(tmp, "configs", "ViT-B-32-bench.json"), "w") as f:
+        json.dump(cfg, f)
+
+    # Decoding alone (no model): samples/s of the readers, images/s of decoding per core.
+    samples = list(open_source([pattern]))
+    data = [s["image"] for s in samples]
+    transform = image_transform(224)
+
+    def read_ours():
+        for _ in open_source([pattern]):
+            pass
+
+    def read_webdataset():
+        import webdataset as wds
+
+        for _ in wds.WebDataset(pattern, shardshuffle=False, empty_check=False):
+            pass
+
+    def pillow_loop():
+        for b in data:
+            transform.pixels(b)
+
+    def decode_pool(threads):
+        def run():
+            with ThreadPoolExecutor(threads) as pool:
+                shards = enumerate(open_source([pattern]).shards)
+                for _ in decoded_batches(shards, transform, args.batch_size, pool, 2):
+                    pass
+        return run
+
+    n = len(data)
+    rows = {"tar reader (clip_jax.sources)": _best(read_ours, args.repeat)}
+    try:
+        rows["tar reader (webdataset library)"] = _best(read_webdataset, args.repeat)
+    except ImportError:
+        pass
+    decode = {"plain Pillow loop, 1 core": _best(pillow_loop, args.repeat)}
+    for threads in (1, 2):
+        decode[f"clip_jax shard decode, {threads} thread(s)"] = _best(decode_pool(threads), args.repeat)
+
+    # End to end, each command pinned to 1 then 2 cores.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+    e2e = {}
+    for cores in args.cores:
+        cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:cores])
+        for r in range(args.repeat):
+            out = os.path.join(tmp, f"cj{cores}_{r}")
+            t = _timed(["taskset", "-c", cpus, sys.executable, "-m", "clip_jax.cli", "embed", pattern, "-o", out,
+                        "--model", model_file, "--batch-size", str(args.batch_size), "--num-threads", str(cores),
+                        "--no-progress"], env)
+            e2e[f"clip-jax embed, {cores} core(s)"] = min(t, e2e.get(f"clip-jax embed, {cores} core(s)", t))
+            if args.clip_retrieval_python:
+                out = os.path.join(tmp, f"cr{cores}_{r}")
+                t = _timed(["taskset", "-c", cpus, args.clip_retrieval_python, "-c", CLIP_RETRIEVAL,
+                            os.path.join(tmp, "configs"), pattern, out, os.path.join(tmp, "open_clip.bin"),
+                            str(args.batch_size), str(cores)], {**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+                key = f"clip-retrieval inference, {cores} core(s)"
+                e2e[key] = min(t, e2e.get(key, t))
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f}; torch {torch.__version__}")
+    print(f"{n} JPEGs (500x375 .. 1024x768) in {args.shards} tar shards; ViT-B/32 image tower with "
+          f"{args.vision_layers} layers, text tower 1 layer, float32, batch {args.batch_size}; best of {args.repeat}")
+    print("reading shards (no decoding):")
+    for name, sec in rows.items():
+        print(f"  {name:40s} {n / sec:8.0f} samples/s")
+    print("decoding + resize + crop to 224 px uint8:")
+    for name, sec in decode.items():
+        print(f"  {name:40s} {n / sec:8.1f} img/s")
+    print("end to end (process start, model load, compile, images and captions embedded, files written):")
+    for name, sec in e2e.items():
+        print(f"  {name:40s} {sec:6.1f} s  {n / sec:8.1f} img/s")
+    if args.clip_retrieval_python:
+        import glob
+
+        import pyarrow.parquet as pq
+
+        # clip-retrieval's DataLoader workers interleave the shards: rows are matched by sample key.
+        def rows_by_key(folder):
+            embs = sorted(glob.glob(os.path.join(folder, "img_emb", "*.npy")))
+            metas = sorted(glob.glob(os.path.join(folder, "metadata", "*.parquet")))
+            keys = [k for m in metas for k in pq.read_table(m, columns=["image_path"]).column(0).to_pylist()]
+            return dict(zip(keys, np.concatenate([np.load(e) for e in embs]).astype(np.float32)))
+
+        last = max(args.cores)
+        a, b = rows_by_key(os.path.join(tmp, f"cj{last}_0")), rows_by_key(os.path.join(tmp, f"cr{last}_0"))
+        diff = max(np.abs(a[k] - b[k]).max() for k in a) if a.keys() == b.keys() else float("nan")
+        print(f"rows: clip_jax {len(a)}, clip-retrieval {len(b)}, same keys: {a.keys() == b.keys()}; "
+              f"max |clip_jax - clip-retrieval| over the float16 embeddings of each key: {diff:.2e}")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
