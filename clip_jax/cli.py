@@ -109,7 +109,8 @@ def add_embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--emb-dtype", default="float16", choices=["float16", "float32"],
                    help="dtype of the stored embeddings (default: float16, as clip-retrieval)")
     p.add_argument("--shard-size", type=positive_int, default=100_000,
-                   help="rows per output file, and the unit a rerun resumes from (default: 100000)")
+                   help="image files: rows per output file, and the unit a rerun resumes from (default: 100000); "
+                        "tar/parquet inputs keep one output file per input shard")
     p.add_argument("--num-threads", type=positive_int, help="image decoding threads per process (default: CPU count)")
     p.add_argument("--model-parallel", type=positive_int, default=1,
                    help="devices each model is split over (the mesh's 'model' axis; default 1: replicated)")
