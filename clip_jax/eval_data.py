@@ -5,7 +5,9 @@
   a class (recursively, symlinks followed), image extensions as torchvision's IMG_EXTENSIONS. Class
   names are the folder names, or the lines of a classnames file (line i names class i). A
   `classnames.txt` / `zeroshot_classification_templates.txt` beside the class folders (or one level up,
-  beside the split folders) is read as CLIP_benchmark's `wds_*` exports have them.
+  beside the split folders) is read as CLIP_benchmark's `wds_*` exports have them. The tree may be at an
+  fsspec URL: listed with the store's `ls`/`find` in the same order, its images read through fsspec
+  when they are embedded (ImageFiles).
 - CLIP_benchmark's WebDataset export (`ROOT/SPLIT/nshards.txt`, `ROOT/SPLIT/0.tar ...`, and beside them
   `classnames.txt`, `zeroshot_classification_templates.txt`, `dataset_type.txt`), ROOT a local folder or
   any fsspec URL ("gs://bucket/wds_imagenet1k", "hf://datasets/...", "file://...", "memory://..."). The
@@ -15,19 +17,23 @@
 - A CSV or TSV (by suffix; a header row) of image path + caption, for retrieval: the image column is
   `image`, `filepath`, `path`, `file` or `filename` (or --image-column), the caption column `caption`,
   `text`, `title` or `captions` (or --caption-column). Rows naming the same image add captions to it;
-  a caption cell with several lines is several captions (as CLIP_benchmark's `txt` entries). Relative
-  paths are relative to the file's folder.
+  a caption cell with several lines is several captions (as CLIP_benchmark's `txt` entries). The file
+  may be an fsspec URL; relative image paths are relative to the file's folder (its folder URL), image
+  URLs are kept as written, and images at URLs are read through fsspec when they are embedded.
 
 Every data set has a `fingerprint`: a digest of what it holds (paths, sizes, modification times,
-labels), which keys the on-disk feature cache.
+labels; for URLs what the store reports: size, and mtime / ETag / generation where it has them), which
+keys the on-disk feature cache.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +42,8 @@ import numpy as np
 
 from . import sources
 
-__all__ = ["LabelledImages", "CaptionedImages", "TarMembers", "image_folder", "caption_table", "wds_dataset",
-           "classification_data", "retrieval_data", "read_lines", "IMG_EXTENSIONS"]
+__all__ = ["LabelledImages", "CaptionedImages", "TarMembers", "ImageFiles", "image_folder", "caption_table",
+           "wds_dataset", "classification_data", "retrieval_data", "read_lines", "IMG_EXTENSIONS"]
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, matched case-insensitively as torchvision does
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -50,7 +56,7 @@ CAPTION_COLUMNS = ("caption", "text", "title", "captions")
 
 @dataclass
 class LabelledImages:
-    """Images with one class each. images: paths, or a TarMembers (bytes read on access)."""
+    """Images with one class each. images: paths, or an ImageFiles / TarMembers (bytes read on access)."""
 
     images: Sequence
     labels: np.ndarray  # int64 [N], indices into classnames
@@ -76,10 +82,10 @@ class CaptionedImages:
         return len(self.images)
 
 
-class TarMembers(Sequence):
-    """The bytes of tar members, read on access: (shard path or URL, data offset, size) per item."""
+class _ReadOnAccess(Sequence):
+    """Entries whose items are read on access (by `_get`); a slice stays unread."""
 
-    def __init__(self, entries: list[tuple[str, int, int]]):
+    def __init__(self, entries: list):
         self.entries = entries
 
     def __len__(self) -> int:
@@ -87,14 +93,48 @@ class TarMembers(Sequence):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return TarMembers(self.entries[i])
-        path, offset, size = self.entries[i]
-        if sources.is_url(path):
-            fs, p = _fs(path)
-            return fs.cat_file(p, start=offset, end=offset + size)  # one ranged read, no listing
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(size)
+            return type(self)(self.entries[i])
+        return self._get(self.entries[i])
+
+    def _get(self, entry):
+        raise NotImplementedError
+
+
+class TarMembers(_ReadOnAccess):
+    """The bytes of tar members, read on access: (shard path or URL, data offset, size) per item."""
+
+    def _get(self, entry) -> bytes:
+        return _read_bytes(*entry)
+
+
+class ImageFiles(_ReadOnAccess):
+    """Image files named by local path or fsspec URL, for the loader: a local path is handed on as it is
+    (the loader opens it), a URL's bytes are read through fsspec on access."""
+
+    @property
+    def paths(self) -> list[str]:
+        return self.entries
+
+    def _get(self, path: str):
+        return _read_bytes(path) if sources.is_url(path) else path
+
+
+def _read_bytes(path: str, offset: int = 0, size: int | None = None) -> bytes:
+    """The bytes of a local file or an fsspec URL: all of it, or `size` bytes from `offset` (one ranged
+    read on object storage, no listing)."""
+    if sources.is_url(path):
+        fs, p = _fs(path)
+        if size is None and not offset:
+            return fs.cat_file(p)
+        return fs.cat_file(p, start=offset, end=None if size is None else offset + size)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(-1 if size is None else size)
+
+
+def _images(paths: list[str]) -> Sequence:
+    """Local paths as the plain list they always were; with any URL among them, an ImageFiles."""
+    return ImageFiles(paths) if any(sources.is_url(p) for p in paths) else paths
 
 
 def _fs(url: str):
@@ -115,6 +155,22 @@ def _isfile(path: str) -> bool:
         fs, p = _fs(path)
         return fs.isfile(p)
     return os.path.isfile(path)
+
+
+def _isdir(path: str) -> bool:
+    if sources.is_url(path):
+        fs, p = _fs(path)
+        return fs.isdir(p)
+    return os.path.isdir(path)
+
+
+def _parent(path: str) -> str:
+    """The folder holding path (a URL's: the URL up to its last "/", at least "protocol://")."""
+    if sources.is_url(path):
+        protocol, rest = path.split("://", 1)
+        rest = rest.rstrip("/")
+        return f"{protocol}://{rest.rsplit('/', 1)[0] if '/' in rest else ''}"
+    return str(Path(path).parent)
 
 
 def _read_text(path: str) -> str:
@@ -145,11 +201,38 @@ def _file_ids(paths: Sequence[str]) -> list:
     return out
 
 
-def _beside(root: Path, name: str) -> Path | None:
+_VERSION_KEYS = ("mtime", "etag", "generation", "lastmodified", "last_modified", "updated", "created", "md5hash")
+
+
+def _url_id(url: str, info: dict) -> tuple:
+    """What the feature cache keys an object at a URL by: what the store reports of it (size, and mtime /
+    ETag / generation where it has them)."""
+    return (url, info.get("size"), *(str(info[k]) for k in sorted(info) if k.lower() in _VERSION_KEYS))
+
+
+def _url_infos(urls: Sequence[str]) -> list[dict | None]:
+    """fs.info of each URL (None where there is no such file), a few requests at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def info(url):
+        fs, p = _fs(url)
+        try:
+            found = fs.info(p)
+        except FileNotFoundError:
+            return None
+        return found if found.get("type", "file") == "file" else None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(urls)))) as pool:
+        return list(pool.map(info, urls))
+
+
+def _beside(root: str, name: str) -> str | None:
     """CLIP_benchmark keeps metadata beside the split folders: look in root, then its parent."""
-    for folder in (root, root.parent):
-        if (folder / name).is_file():
-            return folder / name
+    for folder in dict.fromkeys((root, _parent(root))):
+        if folder.endswith("://"):  # not above a bucket (or a store's root)
+            continue
+        if _isfile(_join(folder, name)):
+            return _join(folder, name)
     return None
 
 
@@ -161,24 +244,50 @@ def _folder_files(folder: Path) -> list[str]:
     return out
 
 
+def _url_folder(root: str) -> tuple[list[str], list[str], list[int], list]:
+    """An ImageFolder tree at an fsspec URL -> (class folders, image URLs, labels, cache ids), in the order
+    _folder_files walks a local tree: by containing folder, then by name."""
+    fs, p = _fs(root)
+    if not fs.isdir(p):
+        raise FileNotFoundError(f"{root}: no such folder")
+    base = p.rstrip("/")
+    folders = sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(p, detail=True)
+                     if e.get("type") == "directory")
+    paths, labels, ids = [], [], []
+    for i, c in enumerate(folders):
+        found = fs.find(f"{base}/{c}", detail=True)
+        names = sorted((n.rsplit("/", 1), n) for n, info in found.items()
+                       if info.get("type", "file") == "file" and n.lower().endswith(IMG_EXTENSIONS))
+        for _, n in names:
+            url = _join(root, n[len(base) + 1:]) if n.startswith(base + "/") else fs.unstrip_protocol(n)
+            paths.append(url)
+            ids.append(_url_id(url, found[n]))
+        labels += [i] * len(names)
+    return folders, paths, labels, ids
+
+
 def image_folder(root: str | os.PathLike, classnames: str | os.PathLike | Sequence[str] | None = None,
                  name: str | None = None) -> LabelledImages:
-    """An ImageFolder tree -> LabelledImages (labels in sorted-folder order, as torchvision).
+    """An ImageFolder tree (a folder or an fsspec URL) -> LabelledImages (labels in sorted-folder order,
+    as torchvision).
 
-    classnames: a file (one name a line, in sorted-folder order) or a list; default: classnames.txt
+    classnames: a file or URL (one name a line, in sorted-folder order) or a list; default: classnames.txt
     beside the class folders if there is one, else the folder names.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder")
-    folders = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    root = os.fspath(root)
+    if sources.is_url(root):
+        folders, paths, labels, ids = _url_folder(root)
+    else:
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"{root}: no such folder")
+        folders = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        paths, labels = [], []
+        for i, c in enumerate(folders):
+            files = _folder_files(Path(root) / c)
+            paths += files
+            labels += [i] * len(files)
     if not folders:
         raise FileNotFoundError(f"{root}: no class folders (an ImageFolder has one subfolder per class)")
-    paths, labels = [], []
-    for i, c in enumerate(folders):
-        files = _folder_files(root / c)
-        paths += files
-        labels += [i] * len(files)
     if not paths:
         raise FileNotFoundError(f"{root}: no images ({', '.join(IMG_EXTENSIONS)}) in its class folders")
     if classnames is None:
@@ -192,8 +301,9 @@ def image_folder(root: str | os.PathLike, classnames: str | os.PathLike | Sequen
         raise ValueError(f"{root}: {len(folders)} class folders but {len(names)} class names")
     tpl = _beside(root, TEMPLATES)
     labels = np.asarray(labels, np.int64)
-    return LabelledImages(paths, labels, names, read_lines(tpl) if tpl else None, name or root.name,
-                          _digest(["folder", _file_ids(paths), labels.tolist()]))
+    ids = ids if sources.is_url(root) else _file_ids(paths)
+    return LabelledImages(_images(paths), labels, names, read_lines(tpl) if tpl else None,
+                          name or _basename(root), _digest(["folder", ids, labels.tolist()]))
 
 
 def _pick(header: list[str], wanted: str | None, known: tuple[str, ...], what: str, path) -> int:
@@ -211,10 +321,14 @@ def _pick(header: list[str], wanted: str | None, known: tuple[str, ...], what: s
 
 def caption_table(path: str | os.PathLike, image_column: str | None = None, caption_column: str | None = None,
                   name: str | None = None) -> CaptionedImages:
-    """A CSV/TSV of image path + caption -> CaptionedImages, images in order of first appearance."""
-    path = Path(path)
-    delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    with open(path, newline="", encoding="utf-8") as f:
+    """A CSV/TSV (a file or an fsspec URL) of image path + caption -> CaptionedImages, images in order of
+    first appearance. Relative image paths are relative to the file's folder; image URLs are kept."""
+    path = os.fspath(path)
+    url = sources.is_url(path)
+    delimiter = "\t" if Path(_basename(path)).suffix.lower() in (".tsv", ".tab") else ","
+    opened = (io.TextIOWrapper(sources.open_binary(path), encoding="utf-8", newline="") if url
+              else open(path, newline="", encoding="utf-8"))
+    with opened as f:
         rows = list(csv.reader(f, delimiter=delimiter))
     if not rows:
         raise ValueError(f"{path}: empty")
@@ -229,7 +343,7 @@ def caption_table(path: str | os.PathLike, image_column: str | None = None, capt
             continue
         if len(row) <= max(ic, cc):
             raise ValueError(f"{path}:{n}: {len(row)} columns, expected {len(header)}")
-        image = os.path.join(path.parent, os.path.expanduser(row[ic].strip()))
+        image = _resolve(_parent(path), row[ic].strip())
         if image not in index:
             index[image] = len(images)
             images.append(image)
@@ -237,10 +351,25 @@ def caption_table(path: str | os.PathLike, image_column: str | None = None, capt
         captions[index[image]] += [c.strip() for c in row[cc].splitlines() if c.strip()]
     if not images:
         raise ValueError(f"{path}: no rows")
-    missing = [p for p in images if not os.path.isfile(p)]
+    at_urls = [p for p in images if sources.is_url(p)]
+    infos = dict(zip(at_urls, _url_infos(at_urls)))
+    missing = [p for p in images if (infos[p] is None if p in infos else not os.path.isfile(p))]
     if missing:
         raise FileNotFoundError(f"{path}: {len(missing)} image(s) not found, e.g. {missing[0]}")
-    return CaptionedImages(images, captions, name or path.stem, _digest(["table", _file_ids(images), captions]))
+    ids = [_url_id(p, infos[p]) if p in infos else _file_ids([p])[0] for p in images]
+    return CaptionedImages(_images(images), captions, name or Path(_basename(path)).stem,
+                           _digest(["table", ids, captions]))
+
+
+def _resolve(folder: str, image: str) -> str:
+    """An image cell of a table in `folder` -> its path or URL: URLs as written, other paths relative to
+    the folder (a URL folder: joined and normalized as a URL path)."""
+    if sources.is_url(image):
+        return image
+    if sources.is_url(folder):
+        protocol, rest = folder.split("://", 1)
+        return f"{protocol}://{posixpath.normpath(posixpath.join(rest, image))}"
+    return os.path.join(folder, os.path.expanduser(image))
 
 
 # --- CLIP_benchmark's WebDataset export -------------------------------------------------------------
@@ -297,9 +426,7 @@ def _shard_ids(shards: list[str]) -> list:
     out = []
     for s in shards:
         fs, p = _fs(s)
-        info = fs.info(p)
-        out.append((s, info.get("size"), *(str(info[k]) for k in sorted(info) if k.lower() in (
-            "mtime", "etag", "generation", "lastmodified", "last_modified", "updated", "created", "md5hash"))))
+        out.append(_url_id(s, fs.info(p)))
     return out
 
 
@@ -348,7 +475,7 @@ def wds_dataset(root: str | os.PathLike, split: str = "test", name: str | None =
 def classification_data(root: str | os.PathLike, split: str | None = None,
                         classnames: str | os.PathLike | None = None) -> LabelledImages:
     """A split of a classification data set: the wds layout if ROOT/SPLIT/nshards.txt exists, else the
-    ImageFolder ROOT/SPLIT (ROOT itself when split is None). ROOT may be an fsspec URL for the wds layout."""
+    ImageFolder ROOT/SPLIT (ROOT itself when split is None). ROOT may be a folder or an fsspec URL."""
     root = os.fspath(root)
     if split is None and is_wds(root, "test"):
         split = "test"
@@ -362,16 +489,17 @@ def classification_data(root: str | os.PathLike, split: str | None = None,
                 raise ValueError(f"{classnames}: {len(names)} names for {len(data.classnames)} classes")
             data.classnames = names
         return data
-    if sources.is_url(root):
-        raise ValueError(f"{_join(root, split or 'test', 'nshards.txt')}: not found; a URL is read as CLIP_benchmark's "
-                         "wds layout (ImageFolder trees are read from local folders)")
-    folder = os.path.join(root, split) if split is not None else root
-    return image_folder(folder, classnames, name=Path(root).name if split is not None else None)
+    folder = _join(root, split) if split is not None else root
+    if sources.is_url(root) and not _isdir(folder):
+        raise FileNotFoundError(f"{folder}: no such folder (nor {_join(root, split or 'test', 'nshards.txt')} of "
+                                "CLIP_benchmark's wds layout)")
+    return image_folder(folder, classnames, name=_basename(root) if split is not None else None)
 
 
 def retrieval_data(source: str | os.PathLike, split: str = "test", image_column: str | None = None,
                    caption_column: str | None = None) -> CaptionedImages:
-    """A CSV/TSV file, or a wds-layout folder (or fsspec URL) whose dataset_type.txt says retrieval."""
+    """A CSV/TSV file, or a wds-layout folder, whose dataset_type.txt says retrieval; either at a local
+    path or an fsspec URL."""
     source = os.fspath(source)
     if os.path.isdir(source) or (sources.is_url(source) and is_wds(source, split)):
         if not is_wds(source, split):

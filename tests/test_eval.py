@@ -393,10 +393,104 @@ def test_wds_layout_at_an_fsspec_url(tiny):
         assert data.fingerprint == ev.classification_data("memory://wds_shapes/", "test").fingerprint
         ours = ev.zeroshot_classification(model, preprocess, data, batch_size=64, progress=False)
         assert ours == ev.zeroshot_classification(model, preprocess, src, TEMPLATES, batch_size=64, progress=False)
-        with pytest.raises(ValueError, match="wds layout"):
+        with pytest.raises(FileNotFoundError, match="wds layout"):  # neither wds shards nor a folder
             ev.classification_data("memory://wds_shapes", "train")
     finally:
         fs.rm("/wds_shapes", recursive=True)
+
+
+def _copy_to_memory(fs, local: Path, at: str) -> None:
+    for f in sorted(local.rglob("*")):
+        if f.is_file():
+            fs.pipe(f"{at}/{f.relative_to(local).as_posix()}", f.read_bytes())
+
+
+def test_image_folder_at_an_fsspec_url(tiny, tmp_path):
+    """The same small ImageFolder tree (a nested subfolder, a non-image file, classnames and templates
+    beside the split) locally and on fsspec's in-memory file system: the same samples in the same order,
+    images read back through fsspec, the same metrics; the cache key from what the store reports."""
+    fsspec = pytest.importorskip("fsspec")
+    tmp, model, preprocess, _ = tiny
+    src = ev.classification_data(tmp / "shapes", "test")
+    root = tmp_path / "small_tree"
+    first = src.classnames[src.labels[0]]
+    for i in range(0, len(src), 10):  # 15 images over most of the classes
+        label = src.classnames[src.labels[i]]
+        # one nested below the first class's x000.png: a walk lists x000.png first, a sort of paths not
+        rel = f"test/{first}/sub/x{i:03d}.png" if i == 30 else f"test/{label}/x{i:03d}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(Path(src.images[i]).read_bytes())
+    (root / "test" / src.classnames[src.labels[0]] / "notes.txt").write_text("not an image")
+    folders = sorted(p.name for p in (root / "test").iterdir())
+    (root / "classnames.txt").write_text("".join(f"{c}\n" for c in folders))
+    (root / "zeroshot_classification_templates.txt").write_text("\n".join(TEMPLATES) + "\n")
+    (root / "upper.txt").write_text("".join(f"{c.upper()}\n" for c in folders))
+    fs = fsspec.filesystem("memory")
+    try:
+        _copy_to_memory(fs, root, "/small_tree")
+        local = ev.classification_data(root, "test")
+        data = ev.classification_data("memory://small_tree", "test")
+        assert isinstance(local.images, list)  # local trees stay plain paths
+        assert [Path(p).relative_to(root).as_posix() for p in local.images[:2]] == [
+            f"test/{first}/x000.png", f"test/{first}/sub/x030.png"]
+        assert data.name == local.name == "small_tree" and data.templates == local.templates == TEMPLATES
+        assert data.classnames == local.classnames == folders and data.labels.tolist() == local.labels.tolist()
+        assert data.images.paths == [f"memory://small_tree/{Path(p).relative_to(root).as_posix()}"
+                                     for p in local.images]
+        assert list(data.images) == [Path(p).read_bytes() for p in local.images]
+        assert ev.image_folder("memory://small_tree/test", "memory://small_tree/upper.txt").classnames == [
+            c.upper() for c in folders]
+        ours = ev.zeroshot_classification(model, preprocess, data, batch_size=64, progress=False)
+        assert len(folders) >= 5 and not np.isnan(ours["acc5"])
+        assert ours == ev.zeroshot_classification(model, preprocess, local, batch_size=64, progress=False)
+        assert data.fingerprint == ev.classification_data("memory://small_tree/", "test").fingerprint
+        fs.pipe(data.images.paths[5].split("://", 1)[1], list(data.images)[5])  # rewritten: a new object
+        assert data.fingerprint != ev.classification_data("memory://small_tree", "test").fingerprint
+    finally:
+        fs.rm("/small_tree", recursive=True)
+
+
+def test_caption_table_at_an_fsspec_url(tiny, tmp_path):
+    """The same CSV (relative image paths, an image named twice, a cell of two captions) locally and on
+    fsspec's in-memory file system: the same samples and metrics. Relative paths resolve against the
+    table's own folder URL, image URLs are kept (also in a local table)."""
+    fsspec = pytest.importorskip("fsspec")
+    tmp, model, preprocess, _ = tiny
+    src = ev.classification_data(tmp / "shapes", "test")
+    root = tmp_path / "pairs"
+    rows = [["image", "caption"]]
+    for i in range(8):
+        (root / "img").mkdir(parents=True, exist_ok=True)
+        (root / "img" / f"{i}.png").write_bytes(Path(src.images[19 * i]).read_bytes())
+        label = src.classnames[src.labels[19 * i]]
+        rows.append([f"img/{i}.png", f"a {label}, number {i}" + (f"\na photo of a {label}" if i % 3 == 0 else "")])
+    rows.append(["img/2.png", "the third image again"])
+    with open(root / "pairs.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    fs = fsspec.filesystem("memory")
+    try:
+        _copy_to_memory(fs, root, "/pairs")
+        local = ev.retrieval_data(root / "pairs.csv")
+        data = ev.retrieval_data("memory://pairs/pairs.csv")
+        assert isinstance(local.images, list) and data.name == local.name == "pairs"
+        assert data.captions == local.captions and len(data.captions[2]) == 2 and len(data.captions[0]) == 2
+        assert data.images.paths == [f"memory://pairs/img/{i}.png" for i in range(8)]
+        assert list(data.images) == [Path(p).read_bytes() for p in local.images]
+        ours = ev.zeroshot_retrieval(model, preprocess, data, batch_size=64, progress=False)
+        assert ours == ev.zeroshot_retrieval(model, preprocess, local, batch_size=64, progress=False)
+        assert data.fingerprint == ev.retrieval_data("memory://pairs/pairs.csv").fingerprint != local.fingerprint
+
+        fs.pipe("/pairs/sub/more.tsv", b"filepath\ttext\n../img/1.png\tone\nmemory://pairs/img/4.png\tfour\n")
+        more = ev.caption_table("memory://pairs/sub/more.tsv")
+        assert more.images.paths == ["memory://pairs/img/1.png", "memory://pairs/img/4.png"]
+        (tmp_path / "mixed.csv").write_text("image,caption\npairs/img/0.png,zero\nmemory://pairs/img/4.png,four\n")
+        mixed = ev.caption_table(tmp_path / "mixed.csv")
+        assert mixed.images[0] == str(root / "img" / "0.png") and mixed.images[1] == list(data.images)[4]
+        fs.pipe("/pairs/gone.csv", b"image,caption\nimg/0.png,zero\nimg/99.png,lost\n")
+        with pytest.raises(FileNotFoundError, match="1 image.*img/99.png"):
+            ev.caption_table("memory://pairs/gone.csv")
+    finally:
+        fs.rm("/pairs", recursive=True)
 
 
 def test_cli_result_file_and_cache(tiny, tmp_path, monkeypatch, capsys):
