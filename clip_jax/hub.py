@@ -137,6 +137,8 @@ def read_any(
             if config is not None or model is not None:
                 raise ValueError("config= is for checkpoint files; a transformers folder brings its config.json")
             return hf_format.read_folder(folder)
+        if subfolder is not None:
+            raise FileNotFoundError(f"{folder}: no such folder (subfolder={subfolder!r} of {name_or_path})")
     read = _read(name_or_path, config, model, cache_dir, progress, subfolder)
     return read if isinstance(read, hf_format.Checkpoint) else hf_format.Checkpoint(*read, "clip", True, "")
 

@@ -537,7 +537,7 @@ def test_local_diffusers_folder_subfolder(tmp_path, text_tower, bigg):
         clip_jax.load(root, subfolder="unet")
     with pytest.raises(FileNotFoundError):  # the root holds no checkpoint of its own
         clip_jax.load(root)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"vae: no such folder \(subfolder='vae'"):
         clip_jax.load(root, subfolder="vae")
     with pytest.raises(ValueError, match="subfolder= is for hf-hub: repositories and local folders"):
         clip_jax.load(root / "text_encoder" / "config.json", subfolder="text_encoder")
