@@ -133,6 +133,7 @@ def test_functional_under_jit_pmap_and_grad(tiny):
     assert float(jnp.abs(grads["logit_scale"][...])) > 0
 
 
+@pytest.mark.slow  # a ResNet's build and calls are covered by test_parity's full-size RN50
 def test_resnet_builds_and_runs():
     model = clip_jax.build(TINY_RN, seed=0)
     images, tokens = batch(TINY_RN)

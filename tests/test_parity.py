@@ -38,16 +38,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # (OpenAI name, open_clip name, vision layers, text layers, file format). Full size for RN50 and ViT-B/32;
 # the others keep their widths, heads and resolution with fewer layers.
+# The wider ResNets and ViT-L/14@336px run the code paths of RN50 and ViT-L/14 at other widths, and their
+# file formats are read in tests/test_torch_pickle.py too: they are `slow` (-m slow), which keeps the
+# default suite within its time budget.
+_SLOW = pytest.mark.slow
 CASES = [
     ("RN50", "RN50", None, None, "zip"),
     ("ViT-B/32", "ViT-B-32", None, None, "safetensors"),
-    ("RN101", "RN101", [2, 1, 1, 1], 2, "legacy"),
-    ("RN50x4", "RN50x4", [2, 1, 1, 1], 2, "training"),
-    ("RN50x16", "RN50x16", [1, 1, 1, 2], 1, "compiled"),
-    ("RN50x64", "RN50x64", [1, 1, 1, 1], 1, "converted"),
+    pytest.param("RN101", "RN101", [2, 1, 1, 1], 2, "legacy", marks=_SLOW),
+    pytest.param("RN50x4", "RN50x4", [2, 1, 1, 1], 2, "training", marks=_SLOW),
+    pytest.param("RN50x16", "RN50x16", [1, 1, 1, 2], 1, "compiled", marks=_SLOW),
+    pytest.param("RN50x64", "RN50x64", [1, 1, 1, 1], 1, "converted", marks=_SLOW),
     ("ViT-B/16", "ViT-B-16", 2, 2, "torchscript"),
     ("ViT-L/14", "ViT-L-14", 2, 1, "legacy"),
-    ("ViT-L/14@336px", "ViT-L-14-336", 1, 1, "torchscript"),
+    pytest.param("ViT-L/14@336px", "ViT-L-14-336", 1, 1, "torchscript", marks=_SLOW),
 ]
 
 
@@ -93,7 +97,8 @@ def assert_matches(model, ref, images, tokens, public_api: bool = True):
     np.testing.assert_array_equal(per_text, np.asarray(per_image).T)
 
 
-@pytest.mark.parametrize("name,oc_name,vision_layers,text_layers,fmt", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name,oc_name,vision_layers,text_layers,fmt", CASES,
+                         ids=[(c.values if hasattr(c, "values") else c)[0] for c in CASES])
 def test_parity(name, oc_name, vision_layers, text_layers, fmt, tmp_path):
     ref_model = reference_model(oc_name, vision_layers, text_layers)
     path = write_checkpoint(ref_model, fmt, tmp_path)
@@ -124,7 +129,7 @@ def test_tolerance_catches_wrong_eps():
     assert np.abs(txt - ref["text"]).max() > 20 * FEATURE_ATOL
 
 
-@pytest.mark.parametrize("name", ["ViT-B-32", "RN50"])
+@pytest.mark.parametrize("name", ["ViT-B-32", pytest.param("RN50", marks=pytest.mark.slow)])  # slow: budget
 def test_bf16_features_close_to_float32(name):
     """bfloat16 compute (LayerNorm, softmax, normalization and logits in float32; ResNet's BatchNorm folded
     into its convs in float32 first): features keep cosine >= 0.995 with the float32 reference; bf16 has
