@@ -31,7 +31,7 @@ if mode == "torch":
 else:
     sys.path.insert(0, os.environ["ROOT"])
     import clip_jax.checkpoint as ck
-    from clip_jax.checkpoint.convert import expected_params
+    from clip_jax.checkpoint.torch_names import expected_params
     from clip_jax.config import PRESETS
     expected_params(PRESETS["RN50"])  # warm flax/jax tracing machinery, as an import cost
 with open("/proc/self/clear_refs", "w") as f:

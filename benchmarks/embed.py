@@ -87,7 +87,7 @@ def main(argv=None):
     import torch
 
     import clip_jax
-    from clip_jax.checkpoint.convert import from_torch
+    from clip_jax.checkpoint.torch_names import from_torch
     from clip_jax.embed import embed
     from clip_jax.parallel import ShardedCLIP
     from tests.images import write_jpegs
@@ -200,7 +200,7 @@ def shards_main(args) -> None:
     import torch
 
     from clip_jax.checkpoint import store
-    from clip_jax.checkpoint.convert import from_torch
+    from clip_jax.checkpoint.torch_names import from_torch
     from clip_jax.embed_shards import decoded_batches
     from clip_jax.image import image_transform
     from clip_jax.sources import open_source

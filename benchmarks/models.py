@@ -118,7 +118,7 @@ def main() -> None:
     import torch
 
     import clip_jax
-    from clip_jax.checkpoint.convert import from_torch
+    from clip_jax.checkpoint.torch_names import from_torch
 
     start = time.perf_counter()
     tdev = torch.device("cuda" if gpu else "cpu")

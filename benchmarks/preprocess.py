@@ -14,7 +14,7 @@ same files in the same run:
   ours threaded uint8     load_images (thread pool): what a device pipeline feeds, normalize
                           then runs inside jit on the accelerator
   ours threaded float32   load_images(normalized=True): host normalization in the threads
-  ours threaded + jit     load_images + jax.jit(normalize) on this host's default jax backend
+  ours threaded + jit     load_images + jax.jit(normalize_pixels) on this host's default jax backend
                           (on a CPU-only host XLA's elementwise pass is slower than numpy's)
 
 Each timing is the best of --repeat interleaved rounds (the machine may be shared). Outputs
@@ -42,7 +42,7 @@ import warnings  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from clip_jax.image import image_transform, load_images, normalize  # noqa: E402
+from clip_jax.image import image_transform, load_images, normalize_pixels  # noqa: E402
 from tests.images import write_jpegs  # noqa: E402
 
 
@@ -110,7 +110,7 @@ def main(argv=None):
 
     import jax
 
-    jnorm = jax.jit(normalize)
+    jnorm = jax.jit(normalize_pixels)
 
     def ours_threaded_jit():
         return jnorm(load_images(paths, ours, num_threads=threads).pixels).block_until_ready()
@@ -142,7 +142,7 @@ def main(argv=None):
         ("ours single, uint8 out", ours_single_uint8),
         (f"ours threaded ({threads}), uint8 out", ours_threaded_uint8),
         (f"ours threaded ({threads}), float32 out", ours_threaded_float),
-        (f"ours threaded ({threads}) + jit normalize [{jax.default_backend()}]", ours_threaded_jit),
+        (f"ours threaded ({threads}) + jit normalize_pixels [{jax.default_backend()}]", ours_threaded_jit),
     ]
     # interleaved: every round times every case, so a busy neighbour hurts all alike;
     # the best round of each case is kept

@@ -11,7 +11,7 @@ from .config import CLIPConfig, TextConfig, VisionConfig, config_from_open_clip,
 from .hub import available_models, load, load_params
 from .image import ImageError, image_transform, load_images
 from .model import (
-    CLIP, TowerStates, build, clip_logits, flat_params, functional, image_states, normalize, resize_pos_embed,
+    CLIP, TowerStates, build, clip_logits, flat_params, functional, image_states, l2_normalize, resize_pos_embed,
     text_states,
 )
 from .parallel import ShardedCLIP, make_mesh, pmap_logits
@@ -24,6 +24,6 @@ __all__ = [
     "TextTower", "TowerStates", "VisionConfig", "VisionTower",
     "available_models", "build", "clip_logits", "config_from_open_clip", "config_from_state_dict", "convert",
     "enable_compilation_cache", "export", "flat_params", "functional", "image_transform", "load", "load_images", "load_params", "make_mesh",
-    "image_states", "normalize", "pmap_logits", "resize_pos_embed", "text_states", "tokenize", "trim_tokens",
+    "image_states", "l2_normalize", "normalize", "pmap_logits", "resize_pos_embed", "text_states", "tokenize", "trim_tokens",
     "warmup", "zeroshot_classifier",
 ]

@@ -12,7 +12,7 @@ Steps 1-3 are done here with the very same Pillow calls and the same integer
 geometry as torchvision, so the uint8 pixels are identical. Step 4 is done
 either on the host (``ImageTransform.__call__``: the same float32 operations in
 the same order as torchvision, so bit-identical) or on the device inside
-``jit`` (:func:`normalize`: a table lookup on the CPU, also bit-identical; a
+``jit`` (:func:`normalize_pixels`: a table lookup on the CPU, also bit-identical; a
 per-channel multiply-add on accelerators, within 1 ulp), which lets the host
 ship 4x fewer bytes (uint8 instead of float32).
 
@@ -46,10 +46,10 @@ __all__ = [
     "ImageTransform",
     "LoadedImages",
     "image_transform",
-    "normalize",
-    "normalize_np",
-    "normalize_table",
-    "normalize_affine",
+    "normalize_pixels",
+    "normalize_pixels_np",
+    "pixel_table",
+    "pixel_affine",
     "load_image",
     "load_images",
 ]
@@ -84,7 +84,7 @@ def _three(v, name: str) -> tuple[float, float, float]:
     return v
 
 
-def normalize_table(mean=OPENAI_MEAN, std=OPENAI_STD) -> np.ndarray:
+def pixel_table(mean=OPENAI_MEAN, std=OPENAI_STD) -> np.ndarray:
     """float32 [256, 3]: the normalized value of every uint8 level for each channel.
 
     Computed with torchvision's float32 operations in its order:
@@ -100,7 +100,7 @@ def normalize_table(mean=OPENAI_MEAN, std=OPENAI_STD) -> np.ndarray:
     return ((x - m) / s).astype(np.float32)
 
 
-def normalize_np(pixels: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD, out: np.ndarray | None = None) -> np.ndarray:
+def normalize_pixels_np(pixels: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD, out: np.ndarray | None = None) -> np.ndarray:
     """Host-side normalization of uint8 ``[..., W, 3]`` pixels to float32, bit-exact with torchvision.
 
     Same float32 operations as ``ToTensor`` + ``Normalize`` (``x / 255``, ``- mean``, ``/ std``),
@@ -128,7 +128,7 @@ def normalize_np(pixels: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD, out: np.n
     return out
 
 
-def normalize_affine(mean=OPENAI_MEAN, std=OPENAI_STD) -> tuple[np.ndarray, np.ndarray]:
+def pixel_affine(mean=OPENAI_MEAN, std=OPENAI_STD) -> tuple[np.ndarray, np.ndarray]:
     """float32 (scale [3], shift [3]) with ``x * scale + shift`` ~= ``(x / 255 - mean) / std`` per channel.
 
     Both come from float64 (``1 / (255 std)`` and ``-mean / std``, mean and std rounded to float32
@@ -150,12 +150,12 @@ AFFINE_ULPS_OPENAI = 1
 AFFINE_ULPS_ANY = 3
 
 
-def normalize(pixels, mean=OPENAI_MEAN, std=OPENAI_STD, exact: bool | None = None):
+def normalize_pixels(pixels, mean=OPENAI_MEAN, std=OPENAI_STD, exact: bool | None = None):
     """Device-side normalization, usable inside ``jax.jit``: uint8 ``[..., 3]`` (NHWC) -> float32.
 
     exact=None (default) picks per platform when the program is lowered: on the CPU, the
-    :func:`normalize_table` lookup (a 768-entry gather, bit-identical to the host path and to
-    torchvision); on accelerators, ``x * scale + shift`` per channel (:func:`normalize_affine`), one
+    :func:`pixel_table` lookup (a 768-entry gather, bit-identical to the host path and to
+    torchvision); on accelerators, ``x * scale + shift`` per channel (:func:`pixel_affine`), one
     multiply-add an elementwise fusion absorbs, within :data:`AFFINE_ULPS_OPENAI` ulp of the table for
     OpenAI's mean/std. An elementwise gather over a whole image batch is an access pattern TPUs
     handle poorly, and the multiply-add can't be made bit-exact: torchvision's ``x / 255`` and
@@ -168,8 +168,8 @@ def normalize(pixels, mean=OPENAI_MEAN, std=OPENAI_STD, exact: bool | None = Non
     x = jnp.asarray(pixels)
     if x.dtype != jnp.uint8 or x.ndim < 1 or x.shape[-1] != 3:
         raise TypeError(f"expected uint8 pixels [..., 3], got {x.dtype} {x.shape}")
-    table = normalize_table(mean, std).T.reshape(-1)  # channel c, level v at c * 256 + v
-    scale, shift = normalize_affine(mean, std)
+    table = pixel_table(mean, std).T.reshape(-1)  # channel c, level v at c * 256 + v
+    scale, shift = pixel_affine(mean, std)
 
     def lookup(x):
         idx = x.astype(jnp.int32) + jnp.asarray([0, 256, 512], dtype=jnp.int32)
@@ -445,7 +445,7 @@ class ImageTransform:
 
     ``transform(img)`` gives float32 ``[n_px, n_px, 3]`` normalized (HWC);
     ``transform.pixels(img)`` the uint8 ``[n_px, n_px, 3]`` RGB pixels before
-    normalization (to normalize on the device with :func:`normalize`);
+    normalization (to normalize on the device with :func:`normalize_pixels`);
     ``transform.prepare(img)`` the cropped RGB PIL image.
     """
 
@@ -559,7 +559,7 @@ class ImageTransform:
 
     def normalize(self, pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Host-side normalization of uint8 [..., 3] pixels, bit-exact with torchvision."""
-        return normalize_np(pixels, self.mean, self.std, out=out)
+        return normalize_pixels_np(pixels, self.mean, self.std, out=out)
 
     def __call__(self, source: ImageSource) -> np.ndarray:
         """float32 [n_px, n_px, 3] normalized, HWC."""
@@ -618,7 +618,7 @@ def load_images(
     Pillow releases the GIL while decoding and resizing (and numpy while
     normalizing), so threads scale with cores. By default the rows are uint8,
     each equal to ``transform.pixels(source)``: normalize them with
-    :func:`normalize` on the device, inside jit. With ``normalized=True`` the
+    :func:`normalize_pixels` on the device, inside jit. With ``normalized=True`` the
     rows are float32, each equal to ``transform(source)`` (normalized in the
     worker threads, while the image is hot in cache).
 

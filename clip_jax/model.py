@@ -2,7 +2,7 @@
 
 Every attribute path mirrors the PyTorch name (`visual.transformer.resblocks.3.attn.in_proj`, `ln_final`,
 `visual.layer2.0.downsample.0`, ...), so converting a checkpoint is a short table of leaf renames and
-transposes (see checkpoint/convert.py). Images are NHWC.
+transposes (see checkpoint/torch_names.py). Images are NHWC.
 
 Numerics follow the reference, and not Flax's defaults, where the two differ: LayerNorm eps 1e-5, in
 float32 with the two-pass variance; QuickGELU or exact erf GELU; BatchNorm on running statistics. With a
@@ -25,7 +25,8 @@ import numpy as np
 from flax import nnx
 
 from .config import CLIPConfig, TextConfig, VisionConfig
-from .inputs import check_images, check_tokens
+from .checks import check_images, check_tokens
+from .image import normalize_pixels
 from .tokenizer import trim_tokens
 
 Dtype = jnp.dtype | type
@@ -432,11 +433,13 @@ class ModifiedResNet(nnx.Module):
 # --- CLIP -----------------------------------------------------------------------------------------
 
 
-class TextTransformer(nnx.Module):
-    """The text tower. Its parts sit at the top level of CLIP (CLIP subclasses it), as in OpenAI's CLIP,
-    so `token_embedding`, `transformer.resblocks.0...`, `ln_final` keep their PyTorch names."""
+class TextTowerMixin:
+    """The text tower's parts and calls, for a module that holds them at its top level: in OpenAI's CLIP
+    `token_embedding`, `transformer.resblocks.0...` and `ln_final` sit beside `visual`, so CLIP (and the
+    single TextTower) mix this in and keep those PyTorch names."""
 
-    def __init__(self, cfg: CLIPConfig, *, dtype, precision, attention, rngs: nnx.Rngs, projection: bool = True):
+    def _init_text_tower(self, cfg: CLIPConfig, *, dtype, precision, attention, rngs: nnx.Rngs,
+                         projection: bool = True) -> None:
         t: TextConfig = cfg.text
         self.dtype = dtype
         self.precision = precision
@@ -583,7 +586,7 @@ def cast_params(model: nnx.Module, param_dtype: Dtype) -> None:
     nnx.update(model, jax.tree.map(cast, nnx.state(model, nnx.Param)))
 
 
-class CLIP(TextTransformer):
+class CLIP(TextTowerMixin, nnx.Module):
     """CLIP: `visual` (VisionTransformer or ModifiedResNet), the text tower, `logit_scale`.
 
     Args:
@@ -607,7 +610,7 @@ class CLIP(TextTransformer):
     ):
         dtype, precision = runtime_options(dtype, attention, precision)
         kw = dict(dtype=dtype, precision=precision, attention=attention, rngs=rngs)
-        super().__init__(config, **kw)
+        self._init_text_tower(config, **kw)
         self.config = config
         self.attention = attention
         self.visual = (ModifiedResNet if config.vision.is_resnet else VisionTransformer)(config, **kw)
@@ -663,15 +666,7 @@ def image_hidden_states(visual, config: CLIPConfig, images: jax.Array, layers) -
     return TowerStates(last, _select(kept, layers, config.vision.layers), pooled, features)
 
 
-def normalize_pixels(pixels: jax.Array, mean, std) -> jax.Array:
-    """uint8 [..., 3] pixels -> float32 (x / 255 - mean) / std, bit-identical to torchvision's ToTensor +
-    Normalize (a 768-entry table lookup: XLA would turn / 255 into * (1 / 255), 1 ulp off)."""
-    from .image import normalize as normalize_uint8
-
-    return normalize_uint8(pixels, mean, std)
-
-
-def normalize(x: jax.Array) -> jax.Array:
+def l2_normalize(x: jax.Array) -> jax.Array:
     """L2-normalize features along the last axis, in float32 (x / ||x||, as OpenAI does)."""
     x = x.astype(jnp.float32)
     return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
@@ -680,7 +675,7 @@ def normalize(x: jax.Array) -> jax.Array:
 def logits(image_features: jax.Array, text_features: jax.Array, logit_scale: jax.Array) -> tuple[jax.Array, jax.Array]:
     """exp(logit_scale) * normalized image features @ normalized text features^T, in float32."""
     per_image = jnp.exp(logit_scale.astype(jnp.float32)) * jnp.dot(
-        normalize(image_features), normalize(text_features).T, precision="highest"
+        l2_normalize(image_features), l2_normalize(text_features).T, precision="highest"
     )
     return per_image, per_image.T
 
@@ -874,7 +869,7 @@ def build(
     if params is None:
         return (model_type or CLIP)(config, dtype=dtype, param_dtype=param_dtype, attention=attention,
                                     rngs=nnx.Rngs(seed), **dict(options))
-    from .checkpoint.convert import check_params
+    from .checkpoint.torch_names import check_params
 
     graphdef, abstract = abstract_model(config, dtype=dtype, param_dtype=param_dtype, attention=attention,
                                         model_type=model_type, options=options)

@@ -32,7 +32,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from .model import CLIP, check_attention_platform, functional, logits, normalize
+from .model import CLIP, check_attention_platform, functional, l2_normalize, logits
 
 DATA, MODEL = "data", "model"
 
@@ -275,7 +275,7 @@ class ShardedCLIP:
         def jitted(fn, norm: bool):
             def run(leaves, x):
                 y = fn(jax.tree.unflatten(treedef, leaves), x)
-                return normalize(y) if norm else y
+                return l2_normalize(y) if norm else y
 
             return jax.jit(run, in_shardings=(leaf_shardings, self.rows), out_shardings=self.rows)
 
@@ -349,7 +349,7 @@ class ShardedCLIP:
     def encode_image(self, images: np.ndarray, normalized: bool = False) -> np.ndarray:
         """images: [N, H, W, 3] uint8 pixels (normalized on the device) or float normalized, the same
         global array in every process -> float32 [N, embed_dim] on the host (L2-normalized if asked)."""
-        from .inputs import check_images
+        from .checks import check_images
 
         images = check_images(images, self.config.vision.image_size)
         n = len(images)
@@ -364,7 +364,7 @@ class ShardedCLIP:
         """tokens: int [N, L] (clip_jax.tokenize), the same in every process -> float32 [N, embed_dim].
         Each batch is cut to the shortest bucket that holds its end tokens where that gives identical
         features (TextConfig.trimmable); other towers see all context_length columns."""
-        from .inputs import check_tokens
+        from .checks import check_tokens
         from .tokenizer import trim_tokens
 
         t = self.config.text

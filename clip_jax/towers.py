@@ -17,7 +17,7 @@ from flax import nnx
 
 from .config import CLIPConfig
 from .model import (
-    CLIP, Dtype, ModifiedResNet, TextTransformer, VisionTransformer, cast_params, runtime_options,
+    CLIP, Dtype, ModifiedResNet, TextTowerMixin, VisionTransformer, cast_params, runtime_options,
 )
 
 
@@ -31,7 +31,7 @@ def _missing(model, method: str) -> MissingTowerError:
                              f"transformers' CLIP{cls}Model) and has no {lacks} tower")
 
 
-class TextTower(TextTransformer):
+class TextTower(TextTowerMixin, nnx.Module):
     """The text tower alone: token_embedding, positional_embedding, transformer, ln_final, and
     text_projection when `projection`. Arguments as CLIP's."""
 
@@ -39,8 +39,8 @@ class TextTower(TextTransformer):
                  param_dtype: Dtype = jnp.float32, attention: str | None = None, precision: str | None = None,
                  rngs: nnx.Rngs):
         dtype, precision = runtime_options(dtype, attention, precision)
-        super().__init__(config, dtype=dtype, precision=precision, attention=attention, rngs=rngs,
-                         projection=projection)
+        self._init_text_tower(config, dtype=dtype, precision=precision, attention=attention, rngs=rngs,
+                              projection=projection)
         self.config = config
         self.attention = attention  # read where a program is run (call_jitted)
         cast_params(self, param_dtype)

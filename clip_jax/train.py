@@ -33,7 +33,7 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .inputs import check_images, check_tokens
+from .checks import check_images, check_tokens
 from .model import CLIP, Bottleneck, ResidualAttentionBlock
 from .parallel import DATA as DATA_AXIS
 

@@ -58,10 +58,10 @@ def read_templates(spec: str) -> tuple[str, ...]:
 
 
 def _text_features(model, tokens: np.ndarray) -> np.ndarray:
-    from .model import normalize
+    from .model import l2_normalize
 
     # A CLIP (jitted encode_text) or a parallel.ShardedCLIP (sharded, already on the host): same result.
-    return np.asarray(normalize(np.asarray(model.encode_text(tokens))))
+    return np.asarray(l2_normalize(np.asarray(model.encode_text(tokens))))
 
 
 def zeroshot_classifier(model, classnames: Sequence[str], templates: Sequence[str] = IMAGENET_TEMPLATES,
@@ -92,9 +92,9 @@ def zeroshot_classifier(model, classnames: Sequence[str], templates: Sequence[st
 def classify(model, images, weights: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """images [N, H, W, 3] (uint8 or normalized float) -> (probabilities [N, k], class indices [N, k]),
     best first: softmax over all classes of exp(logit_scale) * normalized image features @ weights."""
-    from .model import normalize
+    from .model import l2_normalize
 
-    feats = np.asarray(normalize(np.asarray(model.encode_image(images))))
+    feats = np.asarray(l2_normalize(np.asarray(model.encode_image(images))))
     return top_k(feats, weights, logit_scale(model), k)
 
 

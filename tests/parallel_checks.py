@@ -55,7 +55,7 @@ def main(out_path: str) -> None:
     r["image_dp"] = max_diff(s.encode_image(images), ref_img)
     r["image_dp_compiles"] = s._fns["image", False]._cache_size()  # one program for the ragged job
     r["image_dp_small"] = max_diff(s.encode_image(images[:3]), ref_img[:3])  # fewer rows than devices
-    r["image_dp_normalized"] = max_diff(s.encode_image(images, normalized=True), np.asarray(clip_jax.normalize(ref_img)))
+    r["image_dp_normalized"] = max_diff(s.encode_image(images, normalized=True), np.asarray(clip_jax.l2_normalize(ref_img)))
     floats = ((images / 255.0 - np.array(TINY.image_mean)) / np.array(TINY.image_std)).astype(np.float32)
     r["image_dp_float"] = max_diff(s.encode_image(floats), np.asarray(model.encode_image(floats)))
     r["text_dp"] = max_diff(s.encode_text(tokens), ref_txt)

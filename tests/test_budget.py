@@ -15,17 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clip_jax.checkpoint.torch_pickle import CheckpointError, load_state_dict
+from clip_jax.checkpoint.torch_files import CheckpointError, load_state_dict
 from tests import hostile as H
 
 REPO = Path(__file__).resolve().parents[1]
-MODULE = REPO / "clip_jax" / "checkpoint" / "torch_pickle.py"
+MODULE = REPO / "clip_jax" / "checkpoint" / "torch_files.py"
 MiB = 1 << 20
 
 # The reader is loaded from its file (numpy and ml_dtypes only, not jax), so the baseline is small.
 CHILD = f"""
 import importlib.util, sys
-spec = importlib.util.spec_from_file_location('torch_pickle', {str(MODULE)!r})
+spec = importlib.util.spec_from_file_location('torch_files', {str(MODULE)!r})
 reader = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(reader)
 try:

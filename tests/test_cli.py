@@ -80,7 +80,7 @@ def read_folder(out: Path) -> dict:
 
 def model_rows(model_path: Path, paths: list[str]) -> np.ndarray:
     model, preprocess = clip_jax.load(model_path)
-    return np.asarray(clip_jax.normalize(model.encode_image(np.stack([preprocess.pixels(p) for p in paths]))))
+    return np.asarray(clip_jax.l2_normalize(model.encode_image(np.stack([preprocess.pixels(p) for p in paths]))))
 
 
 # --- inputs ------------------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ def test_embed_captions_only(data, tmp_path):
     assert sorted(files) == ["errors.tsv", "manifest.json", "metadata/metadata_0.parquet", "text_emb/text_emb_0.npy"]
     assert files["metadata/metadata_0.parquet"] == {"caption": captions}
     m, _ = clip_jax.load(model)
-    want = clip_jax.normalize(m.encode_text(clip_jax.tokenizer.tokenize(captions, truncate=True)))
+    want = clip_jax.l2_normalize(m.encode_text(clip_jax.tokenizer.tokenize(captions, truncate=True)))
     assert files["text_emb/text_emb_0.npy"].dtype == np.float32
     np.testing.assert_allclose(files["text_emb/text_emb_0.npy"], want, atol=1e-5, rtol=0)
 
@@ -205,7 +205,7 @@ def test_embed_pairs_images_with_captions(data, tmp_path):
     assert meta == {"image_path": [paths[i] for i in keep], "caption": [captions[i] for i in keep]}
     text = np.concatenate([files["text_emb/text_emb_0.npy"], files["text_emb/text_emb_1.npy"]])
     m, _ = clip_jax.load(model)
-    want = clip_jax.normalize(m.encode_text(clip_jax.tokenizer.tokenize([captions[i] for i in keep])))
+    want = clip_jax.l2_normalize(m.encode_text(clip_jax.tokenizer.tokenize([captions[i] for i in keep])))
     assert text.shape == (5, 16)
     np.testing.assert_allclose(text.astype(np.float32), want, atol=FP16_ATOL, rtol=0)  # the caption of row i
 
@@ -271,7 +271,7 @@ def test_search_cli_returns_brute_force_top_k(data, full_run, capsys):
     lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == 3
     m, _ = clip_jax.load(model)
-    q = np.asarray(clip_jax.normalize(m.encode_text(clip_jax.tokenizer.tokenize(["a photo of a dog"]))))[0]
+    q = np.asarray(clip_jax.l2_normalize(m.encode_text(clip_jax.tokenizer.tokenize(["a photo of a dog"]))))[0]
     emb = np.concatenate([np.load(full_run / "img_emb" / f"img_emb_{k}.npy") for k in range(4)]).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     paths = sum((pq.read_table(full_run / "metadata" / f"metadata_{k}.parquet").column("image_path").to_pylist()

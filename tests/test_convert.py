@@ -13,7 +13,7 @@ import torch
 
 import clip_jax
 from clip_jax.checkpoint import ConversionError, read_params, store
-from clip_jax.checkpoint.convert import from_torch, to_torch_state_dict
+from clip_jax.checkpoint.torch_names import from_torch, to_torch_state_dict
 
 from .reference import reference_model, save, save_torchscript, state_dict
 from .test_hub import TINY, assert_matches, open_clip_config, safetensors_bytes, tiny_model

@@ -55,8 +55,8 @@ def expected_rows(model_path, shards) -> list[tuple[np.ndarray, np.ndarray]]:
     model, preprocess = clip_jax.load(model_path)
     ok = [[s for s in shard if not s["jpg"].startswith(b"\xff\xd8\xff not")] for shard in shards]
     flat = [s for shard in ok for s in shard]
-    img = np.asarray(clip_jax.normalize(model.encode_image(np.stack([preprocess.pixels(s["jpg"]) for s in flat]))))
-    txt = np.asarray(clip_jax.normalize(model.encode_text(clip_jax.tokenize([s["txt"] for s in flat]))))
+    img = np.asarray(clip_jax.l2_normalize(model.encode_image(np.stack([preprocess.pixels(s["jpg"]) for s in flat]))))
+    txt = np.asarray(clip_jax.l2_normalize(model.encode_text(clip_jax.tokenize([s["txt"] for s in flat]))))
     bounds = np.cumsum([0] + [len(shard) for shard in ok])
     return [(img[a:b], txt[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 import clip_jax
 from clip_jax.checkpoint import load_state_dict, read_params
 from clip_jax.checkpoint import export as export_module
-from clip_jax.checkpoint.convert import from_torch
+from clip_jax.checkpoint.torch_names import from_torch
 from clip_jax.checkpoint.export import _Pickle, export, torch_state_dict
 
 from .reference import inputs, reference_model, reference_outputs, state_dict

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import clip_jax
-from clip_jax.checkpoint.convert import from_torch
+from clip_jax.checkpoint.torch_names import from_torch
 
 from .reference import inputs, reference_model, reference_outputs, state_dict
 
@@ -40,8 +40,8 @@ def case(request):
 
 
 def features(model, images, tokens, trim: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-    img = clip_jax.normalize(model.encode_image(images))
-    txt = clip_jax.normalize(model.encode_text(tokens, trim=trim))
+    img = clip_jax.l2_normalize(model.encode_image(images))
+    txt = clip_jax.l2_normalize(model.encode_text(tokens, trim=trim))
     return np.asarray(img, np.float32), np.asarray(txt, np.float32)
 
 
@@ -82,8 +82,8 @@ def test_trimmed_text_agrees_with_full_length(case, attention):
     config, params, _, tokens, _ = case
     model = clip_jax.build(config, params, dtype="bfloat16", attention=attention)
     assert clip_jax.trim_tokens(tokens).shape[1] < tokens.shape[1]
-    full = np.asarray(clip_jax.normalize(model.encode_text(tokens, trim=False)), np.float32)
-    trimmed = np.asarray(clip_jax.normalize(model.encode_text(tokens, trim=True)), np.float32)
+    full = np.asarray(clip_jax.l2_normalize(model.encode_text(tokens, trim=False)), np.float32)
+    trimmed = np.asarray(clip_jax.l2_normalize(model.encode_text(tokens, trim=True)), np.float32)
     assert min_cosine(full, trimmed) >= 0.999
 
 

@@ -75,8 +75,8 @@ def assert_matches(model: clip_jax.CLIP, ref: torch.nn.Module):
         want_img = ref.encode_image(torch.from_numpy(images).permute(0, 3, 1, 2), normalize=True).numpy()
         want_txt = ref.encode_text(torch.from_numpy(TOKENS).long(), normalize=True).numpy()
     with jax.default_matmul_precision("highest"):
-        img = clip_jax.normalize(model.encode_image(images))
-        txt = clip_jax.normalize(model.encode_text(TOKENS))
+        img = clip_jax.l2_normalize(model.encode_image(images))
+        txt = clip_jax.l2_normalize(model.encode_text(TOKENS))
     np.testing.assert_allclose(img, want_img, atol=FEATURE_ATOL, rtol=0)
     np.testing.assert_allclose(txt, want_txt, atol=FEATURE_ATOL, rtol=0)
 
@@ -361,7 +361,7 @@ def test_pretrained_entry_needs_a_source():
 
 
 def test_converted_file_keeps_its_config(tmp_path):
-    from clip_jax.checkpoint.convert import from_torch
+    from clip_jax.checkpoint.torch_names import from_torch
 
     ref = tiny_model(quick_gelu=False)
     config = config_from_open_clip(TINY)

@@ -35,8 +35,8 @@ from clip_jax.image import (
     ImageTransform,
     image_transform,
     load_images,
-    normalize,
-    normalize_table,
+    normalize_pixels,
+    pixel_table,
 )
 from tests.images import in_mode, photos
 
@@ -270,14 +270,14 @@ def test_custom_mean_std(open_clip_mod, pics):
     np.testing.assert_array_equal(ours.view(np.uint32), ref.view(np.uint32))
 
 
-def test_normalize_table_bit_exact_all_levels(open_clip_mod):
+def test_pixel_table_bit_exact_all_levels(open_clip_mod):
     import torchvision.transforms.functional as TF
 
     levels = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)  # 1 x 256 x 3
     for mean, std in [(OPENAI_MEAN, OPENAI_STD), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), ((0.1, 0.7, 0.3), (0.9, 0.11, 0.013))]:
         ref = TF.normalize(TF.to_tensor(Image.fromarray(levels)), mean, std).numpy()[:, 0, :].T  # 256 x 3
         assert ref.dtype == np.float32
-        table = normalize_table(mean, std)
+        table = pixel_table(mean, std)
         np.testing.assert_array_equal(table.view(np.uint32), ref.view(np.uint32))
 
 
@@ -328,19 +328,19 @@ def test_jax_normalize_under_jit_matches_float_path(pics):
     batch[0, 1, :32, :] = np.arange(224, 256)[:, None]
     host = tf.normalize(batch)
     np.testing.assert_array_equal(host[1], tf(_pick(pics, 1)))
-    dev = np.asarray(jax.jit(normalize)(batch))
+    dev = np.asarray(jax.jit(normalize_pixels)(batch))
     assert dev.dtype == np.float32 and dev.shape == batch.shape
     assert np.abs(dev - host).max() <= 1e-6
     np.testing.assert_array_equal(dev.view(np.uint32), host.view(np.uint32))  # table lookup: bit-exact
-    arith = np.asarray(jax.jit(lambda x: normalize(x, exact=False))(batch))
+    arith = np.asarray(jax.jit(lambda x: normalize_pixels(x, exact=False))(batch))
     assert np.abs(arith - host).max() <= 1e-6  # XLA: x / 255 -> x * (1 / 255), 1 ulp at most
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     ref = image_transform(224, mean=mean, std=std).normalize(batch)
     for exact in (True, False):
-        custom = jax.jit(lambda x: normalize(x, mean, std, exact=exact))(batch)
+        custom = jax.jit(lambda x: normalize_pixels(x, mean, std, exact=exact))(batch)
         assert np.abs(np.asarray(custom) - ref).max() <= 1e-6
     with pytest.raises(TypeError):
-        normalize(batch.astype(np.float32))
+        normalize_pixels(batch.astype(np.float32))
 
 
 def test_affine_normalize_within_stated_ulps_of_the_table():
@@ -348,25 +348,25 @@ def test_affine_normalize_within_stated_ulps_of_the_table():
     with the product rounded before the add and fused with it (XLA backends may do either)."""
     import jax
 
-    from clip_jax.image import AFFINE_ULPS_ANY, AFFINE_ULPS_OPENAI, normalize_affine
+    from clip_jax.image import AFFINE_ULPS_ANY, AFFINE_ULPS_OPENAI, pixel_affine
 
     v = np.arange(256, dtype=np.float64)[:, None]
     rng = np.random.RandomState(0)
     cases = [(OPENAI_MEAN, OPENAI_STD, AFFINE_ULPS_OPENAI), ((0.5,) * 3, (0.5,) * 3, AFFINE_ULPS_OPENAI)]
     cases += [(tuple(rng.uniform(0, 1, 3)), tuple(rng.uniform(0.01, 1, 3)), AFFINE_ULPS_ANY) for _ in range(200)]
     for mean, std, ulps in cases:
-        table = normalize_table(mean, std)
-        scale, shift = normalize_affine(mean, std)
+        table = pixel_table(mean, std)
+        scale, shift = pixel_affine(mean, std)
         fused = (v * scale.astype(np.float64) + shift.astype(np.float64)).astype(np.float32)  # exact, then one rounding
         rounded = v.astype(np.float32) * scale + shift
         bound = ulps * np.spacing(np.abs(table).max())
         assert np.abs(fused - table).max() <= bound and np.abs(rounded - table).max() <= bound, (mean, std)
-    assert AFFINE_ULPS_OPENAI * np.spacing(np.abs(normalize_table()).max()) < 2.5e-7
+    assert AFFINE_ULPS_OPENAI * np.spacing(np.abs(pixel_table()).max()) < 2.5e-7
     # exact=False is that multiply-add; the default is the table on the CPU (lowered for "cpu").
     levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
-    arith = np.asarray(jax.jit(lambda x: normalize(x, exact=False))(levels))
-    assert np.abs(arith - normalize_table()).max() <= AFFINE_ULPS_OPENAI * np.spacing(np.abs(normalize_table()).max())
-    np.testing.assert_array_equal(np.asarray(jax.jit(normalize)(levels)), normalize_table())
+    arith = np.asarray(jax.jit(lambda x: normalize_pixels(x, exact=False))(levels))
+    assert np.abs(arith - pixel_table()).max() <= AFFINE_ULPS_OPENAI * np.spacing(np.abs(pixel_table()).max())
+    np.testing.assert_array_equal(np.asarray(jax.jit(normalize_pixels)(levels)), pixel_table())
 
 
 # ----------------------------------------------------------------------------

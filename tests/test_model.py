@@ -11,7 +11,7 @@ from flax import nnx
 
 import clip_jax
 from clip_jax.config import PRESETS, CLIPConfig, TextConfig, VisionConfig, canonical_name
-from clip_jax.checkpoint.convert import expected_params
+from clip_jax.checkpoint.torch_names import expected_params
 
 TINY = CLIPConfig(
     embed_dim=32,
@@ -51,7 +51,7 @@ def test_config_json_round_trip():
 
 def test_expected_params_are_state_dict_names():
     """Converting the names back gives exactly open_clip's state_dict keys for RN50 and ViT-B/32."""
-    from clip_jax.checkpoint.convert import torch_name
+    from clip_jax.checkpoint.torch_names import torch_name
 
     for oc_name, name in (("RN50", "RN50"), ("ViT-B-32", "ViT-B/32")):
         import torch

@@ -20,7 +20,7 @@ import pytest
 from flax import nnx
 
 import clip_jax
-from clip_jax.checkpoint.convert import from_torch
+from clip_jax.checkpoint.torch_names import from_torch
 
 from .reference import (
     inputs,
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (OpenAI name, open_clip name, vision layers, text layers, file format). Full size for RN50 and ViT-B/32;
 # the others keep their widths, heads and resolution with fewer layers.
 # The wider ResNets and ViT-L/14@336px run the code paths of RN50 and ViT-L/14 at other widths, and their
-# file formats are read in tests/test_torch_pickle.py too: they are `slow` (-m slow), which keeps the
+# file formats are read in tests/test_torch_files.py too: they are `slow` (-m slow), which keeps the
 # default suite within its time budget.
 _SLOW = pytest.mark.slow
 CASES = [
@@ -75,15 +75,15 @@ def outputs(model, images, tokens, public_api: bool = True):
     """(normalized image features, normalized text features, logits_per_image, logits_per_text)."""
     with jax.default_matmul_precision("highest"):
         if public_api:
-            img = clip_jax.normalize(model.encode_image(images))
-            txt = clip_jax.normalize(model.encode_text(tokens))
+            img = clip_jax.l2_normalize(model.encode_image(images))
+            txt = clip_jax.l2_normalize(model.encode_text(tokens))
             return img, txt, *clip_jax.clip_logits(model, images, tokens)
 
         # One compilation instead of three, for the shrunken architectures (the public entry points
         # are checked on the full-size ones): the same bodies encode_image/encode_text/clip_logits run.
         def all_outputs(model, images, tokens):
             img, txt = model.image_features(images), model.text_features(tokens)
-            return (clip_jax.normalize(img), clip_jax.normalize(txt),
+            return (clip_jax.l2_normalize(img), clip_jax.l2_normalize(txt),
                     *clip_jax.model.logits(img, txt, model.logit_scale[...]))
 
         return nnx.jit(all_outputs)(model, images, tokens)

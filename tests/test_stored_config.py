@@ -79,7 +79,7 @@ def test_header_check_agrees_with_the_model(variant):
     the nine OpenAI presets and ViT-H/g/bigG-14 agree too)."""
     import dataclasses
 
-    from clip_jax.checkpoint.convert import expected_params
+    from clip_jax.checkpoint.torch_names import expected_params
     from clip_jax.config import VisionConfig
 
     config = {

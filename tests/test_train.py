@@ -47,7 +47,7 @@ def quick_build(config: CLIPConfig, seed: int = 0):
     logit_scale ln(1/0.07)): skips
     the eager random init, which compiles one small program per parameter shape (~20 s for a ResNet
     on 2 cores)."""
-    from clip_jax.checkpoint.convert import expected_params
+    from clip_jax.checkpoint.torch_names import expected_params
 
     rng = np.random.default_rng(seed)
     params = {name: ((name.endswith((".var", ".scale")) + 0.05 * rng.standard_normal(shape)).astype(np.float32))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import clip_jax
-from clip_jax.checkpoint.convert import expected_params, from_torch, to_torch, torch_name
+from clip_jax.checkpoint.torch_names import expected_params, from_torch, to_torch, torch_name
 from clip_jax.config import CLIPConfig, config_from_open_clip, config_from_state_dict
 from clip_jax.model import bicubic_weights, resize_pos_embed
 
@@ -92,9 +92,9 @@ def ours(config: CLIPConfig, params, images=None, tokens=None) -> dict[str, np.n
     out = {}
     with jax.default_matmul_precision("highest"):
         if images is not None:
-            out["image"] = np.asarray(clip_jax.normalize(model.encode_image(images)))
+            out["image"] = np.asarray(clip_jax.l2_normalize(model.encode_image(images)))
         if tokens is not None:
-            out["text"] = np.asarray(clip_jax.normalize(model.encode_text(tokens)))
+            out["text"] = np.asarray(clip_jax.l2_normalize(model.encode_text(tokens)))
         if images is not None and tokens is not None:
             out["logits"] = np.asarray(clip_jax.clip_logits(model, images, tokens)[0])
     return out
@@ -361,7 +361,7 @@ def test_load_at_another_resolution(tmp_path):
     images = images_for(model.config)
     ref = reference(big, images, TOKENS)
     with jax.default_matmul_precision("highest"):
-        got = np.asarray(clip_jax.normalize(model.encode_image(images)))
+        got = np.asarray(clip_jax.l2_normalize(model.encode_image(images)))
     # Through a resized float32 embedding: the 1e-6 weight rounding above adds to the usual 2e-6.
     np.testing.assert_allclose(got, ref["image"], atol=4e-6, rtol=0)
     with pytest.raises(ValueError, match="multiple of the patch size"):

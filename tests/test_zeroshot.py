@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import clip_jax
-from clip_jax.checkpoint.convert import from_torch
+from clip_jax.checkpoint.torch_names import from_torch
 from clip_jax.parallel import ShardedCLIP
 from clip_jax.tokenizer import tokenize
 from clip_jax.zeroshot import IMAGENET_TEMPLATES, classify, read_templates, top_k, zeroshot_classifier
@@ -75,7 +75,7 @@ def test_classify_top_k():
     images = np.random.RandomState(0).randint(0, 256, (4, 32, 32, 3)).astype(np.uint8)
     probs, idx = classify(model, images, weights, k=2)
     assert probs.shape == idx.shape == (4, 2)
-    feats = np.asarray(clip_jax.normalize(model.encode_image(images)))
+    feats = np.asarray(clip_jax.l2_normalize(model.encode_image(images)))
     logits = np.exp(np.log(1 / 0.07)) * feats @ weights
     full = np.exp(logits - logits.max(1, keepdims=True))
     full /= full.sum(1, keepdims=True)

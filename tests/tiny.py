@@ -21,7 +21,7 @@ TINY = CLIPConfig(
 
 
 def tiny_params(config: CLIPConfig = TINY, seed: int = 0) -> dict[str, np.ndarray]:
-    from clip_jax.checkpoint.convert import expected_params
+    from clip_jax.checkpoint.torch_names import expected_params
 
     rng = np.random.default_rng(seed)
     params = {}

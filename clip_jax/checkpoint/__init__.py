@@ -13,8 +13,8 @@ from . import store
 from .config_source import (
     AssumedActivationWarning, ConfigArg, ConfigSource, assumed_activation_message, is_openai_archive, resolve_config,
 )
-from .convert import ConversionError, from_torch, to_torch_state_dict
-from .torch_pickle import CheckpointError, load_state_dict
+from .torch_names import ConversionError, from_torch, to_torch_state_dict
+from .torch_files import CheckpointError, load_state_dict
 
 
 def read_params(

@@ -28,7 +28,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from .convert import to_torch_state_dict
+from .torch_names import to_torch_state_dict
 from ..fileio import atomic_write, output_target
 from .store import DTYPES, cast_params
 

@@ -2,7 +2,7 @@
 
 A transformers checkpoint is a folder: `config.json` (CLIPModel, CLIPTextModel[WithProjection],
 CLIPVisionModel[WithProjection]), the weights as `model.safetensors`, `pytorch_model.bin` (read with the
-safe reader of torch_pickle.py) or `flax_model.msgpack` (Flax's msgpack, restored as plain arrays: no
+safe reader of torch_files.py) or `flax_model.msgpack` (Flax's msgpack, restored as plain arrays: no
 code runs), each possibly sharded with a `*.index.json`, and optionally `preprocessor_config.json`.
 
 Names: transformers' modules are OpenAI's under other names (`text_model.encoder.layers.3.self_attn`,
@@ -28,8 +28,8 @@ import numpy as np
 
 from ..config import OPENAI_MEAN, OPENAI_STD, CLIPConfig, TextConfig, VisionConfig
 from ..fileio import atomic_write
-from .convert import ConversionError, _raise_if_any
-from .torch_pickle import CheckpointError, load_state_dict
+from .torch_names import ConversionError, _raise_if_any
+from .torch_files import CheckpointError, load_state_dict
 
 CONFIG = "config.json"
 PREPROCESSOR_CONFIG = "preprocessor_config.json"

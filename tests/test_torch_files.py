@@ -22,7 +22,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from clip_jax.checkpoint.torch_pickle import CheckpointError, load_state_dict
+from clip_jax.checkpoint.torch_files import CheckpointError, load_state_dict
 from tests import hostile as H
 
 torch = pytest.importorskip("torch")
@@ -269,13 +269,13 @@ def test_reader_never_imports_torch_or_stock_unpickling(files):
     """In a fresh interpreter: torch never gets imported, pickle.load(s) never called.
 
     The module is loaded from its file, skipping the clip_jax package (and jax)."""
-    module_path = REPO / "clip_jax" / "checkpoint" / "torch_pickle.py"
+    module_path = REPO / "clip_jax" / "checkpoint" / "torch_files.py"
     script = f"""
 import importlib.util, pickle, sys
 def boom(*a, **k): raise AssertionError('stock unpickling used')
 pickle.load = pickle.loads = boom
 sys.modules['torch'] = None  # any 'import torch' now fails
-spec = importlib.util.spec_from_file_location('torch_pickle', {str(module_path)!r})
+spec = importlib.util.spec_from_file_location('torch_files', {str(module_path)!r})
 reader = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(reader)
 for name in ('zip.pt', 'legacy.pt', 'traced.pt', 'scripted.pt'):
