@@ -1,8 +1,9 @@
 """CLIP in flax.nnx, laid out like OpenAI's `clip/model.py`.
 
 Every attribute path mirrors the PyTorch name (`visual.transformer.resblocks.3.attn.in_proj`, `ln_final`,
-`visual.layer2.0.downsample.0`, ...), so converting a checkpoint is a short table of leaf renames and
-transposes (see checkpoint/torch_names.py). Images are NHWC.
+`visual.layer2.0.downsample.0`, ...), and every parameter is declared with its role and sharding where
+it is made (roles.py), so converting a checkpoint is a rename of leaves by role (checkpoint/torch_names.py)
+and a new layer is an edit of this file only. Images are NHWC.
 
 Numerics follow the reference, and not Flax's defaults, where the two differ: LayerNorm eps 1e-5, in
 float32 with the two-pass variance; QuickGELU or exact erf GELU; BatchNorm on running statistics. With a
@@ -27,6 +28,10 @@ from flax import nnx
 from .config import CLIPConfig, TextConfig, VisionConfig
 from .checks import check_images, check_tokens
 from .image import normalize_pixels
+from .roles import (
+    BATCH_STAT, BIAS, EMBEDDING, GAIN, KERNEL, MODEL, NORM_BIAS, NORM_SCALE, PROJECTION, TEMPERATURE, TOKEN_EMBEDDING,
+    Declared, Role, declarations, declare, flat_name,
+)
 from .tokenizer import trim_tokens
 
 Dtype = jnp.dtype | type
@@ -46,21 +51,34 @@ def _init(init: Callable) -> Callable:
     return init_or_shape
 
 
-def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float) -> nnx.Param:
-    return nnx.Param(_init(nnx.initializers.normal(std))(rngs.params(), shape))
+# Every parameter is declared with its role and the mesh axis of each dimension (roles.py): the
+# conversion to PyTorch, the sharding, weight decay and the fp16 release mix are read from there.
 
 
-def _dense(din: int, dout: int, dtype, precision, rngs: nnx.Rngs, std: float | None = None) -> nnx.Linear:
+def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, role: Role) -> nnx.Param:
+    """A parameter used as it is (an embedding, a projection matrix), replicated on a mesh."""
+    return nnx.Param(_init(nnx.initializers.normal(std))(rngs.params(), shape), **declare(role, *(None,) * len(shape)))
+
+
+def _dense(din: int, dout: int, dtype, precision, rngs: nnx.Rngs, std: float | None = None,
+           axes: tuple[str | None, str | None] = (None, None), torch_name: str | None = None) -> nnx.Linear:
+    """nn.Linear(din, dout); `axes` split its kernel [in, out] on a mesh, the bias along with the output.
+    torch_name: torch's name for the weight where its module keeps it itself ("in_proj" for
+    nn.MultiheadAttention's in_proj_weight / in_proj_bias)."""
     init = nnx.initializers.normal(std) if std else nnx.initializers.lecun_normal()
+    names = (f"{torch_name}_weight", f"{torch_name}_bias") if torch_name else (None, None)
     return nnx.Linear(din, dout, dtype=dtype, precision=precision, kernel_init=_init(init),
-                      bias_init=_init(nnx.initializers.zeros), rngs=rngs)
+                      bias_init=_init(nnx.initializers.zeros), rngs=rngs,
+                      kernel_metadata=declare(KERNEL, *axes, torch_name=names[0]),
+                      bias_metadata=declare(BIAS, axes[1], torch_name=names[1]))
 
 
 def _layer_norm(width: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
     # float32 whatever the compute dtype, as OpenAI's LayerNorm subclass does; the two-pass variance
     # (Flax's fast E[x^2] - E[x]^2 loses digits) to match torch.
     return nnx.LayerNorm(width, epsilon=eps, dtype=jnp.float32, use_fast_variance=False, rngs=rngs,
-                         scale_init=_init(nnx.initializers.ones), bias_init=_init(nnx.initializers.zeros))
+                         scale_init=_init(nnx.initializers.ones), bias_init=_init(nnx.initializers.zeros),
+                         scale_metadata=declare(NORM_SCALE, None), bias_metadata=declare(NORM_BIAS, None))
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
@@ -82,8 +100,10 @@ class MultiheadAttention(nnx.Module):
         self.heads = heads
         self.attention = attention
         self.precision = precision
-        self.in_proj = _dense(width, 3 * width, dtype, precision, rngs, std=width**-0.5)
-        self.out_proj = _dense(width, width, dtype, precision, rngs, std=width**-0.5)
+        # Megatron split on a "model" mesh axis: heads across devices (q, k, v columns, out_proj rows).
+        self.in_proj = _dense(width, 3 * width, dtype, precision, rngs, std=width**-0.5, axes=(None, MODEL),
+                              torch_name="in_proj")
+        self.out_proj = _dense(width, width, dtype, precision, rngs, std=width**-0.5, axes=(MODEL, None))
 
     def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
         """x: [B, L, D] -> [B, L, D]."""
@@ -116,8 +136,9 @@ class MultiheadAttention(nnx.Module):
 
 class MLP(nnx.Module):
     def __init__(self, width: int, hidden: int, activation: str, *, dtype, precision, rngs: nnx.Rngs):
-        self.c_fc = _dense(width, hidden, dtype, precision, rngs, std=(2 * width) ** -0.5)
-        self.c_proj = _dense(hidden, width, dtype, precision, rngs, std=width**-0.5)
+        # Megatron split: the hidden units across devices (c_fc columns, c_proj rows).
+        self.c_fc = _dense(width, hidden, dtype, precision, rngs, std=(2 * width) ** -0.5, axes=(None, MODEL))
+        self.c_proj = _dense(hidden, width, dtype, precision, rngs, std=width**-0.5, axes=(MODEL, None))
         self.activation = activation
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -128,7 +149,7 @@ class LayerScale(nnx.Module):
     """open_clip's LayerScale: x * gamma, one learned gain per channel."""
 
     def __init__(self, width: int, init_value: float):
-        self.gamma = nnx.Param(_init(nnx.initializers.constant(init_value))(None, (width,)))
+        self.gamma = nnx.Param(_init(nnx.initializers.constant(init_value))(None, (width,)), **declare(GAIN, None))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x * self.gamma[...].astype(x.dtype)
@@ -195,9 +216,10 @@ class VisionTransformer(nnx.Module):
         self.conv1 = nnx.Conv(
             3, v.width, (v.patch_size, v.patch_size), strides=v.patch_size, padding="VALID", use_bias=False,
             dtype=dtype, precision=precision, kernel_init=_init(nnx.initializers.lecun_normal()), rngs=rngs,
+            kernel_metadata=declare(KERNEL, None, None, None, MODEL),  # split the output channels
         )
-        self.class_embedding = _normal(rngs, (v.width,), scale)
-        self.positional_embedding = _normal(rngs, (v.grid_size**2 + 1, v.width), scale)
+        self.class_embedding = _normal(rngs, (v.width,), scale, EMBEDDING)
+        self.positional_embedding = _normal(rngs, (v.grid_size**2 + 1, v.width), scale, EMBEDDING)
         if not v.no_ln_pre:  # open_clip's no_ln_pre: nn.Identity, no params
             self.ln_pre = _layer_norm(v.width, cfg.layer_norm_eps, rngs)
         self.transformer = Transformer(
@@ -206,7 +228,7 @@ class VisionTransformer(nnx.Module):
         )
         self.ln_post = _layer_norm(v.width, cfg.layer_norm_eps, rngs)
         if projection:  # transformers' CLIPVisionModel has none
-            self.proj = _normal(rngs, (v.width, cfg.embed_dim), scale)
+            self.proj = _normal(rngs, (v.width, cfg.embed_dim), scale, PROJECTION)
         self.has_projection = projection
         self.precision = precision
         self.pool_type = v.pool_type
@@ -262,19 +284,27 @@ def _project(x: jax.Array, proj: jax.Array, dtype, precision) -> jax.Array:
 # --- ModifiedResNet -------------------------------------------------------------------------------
 
 
-def _conv(din: int, dout: int, k: int, *, stride: int = 1, dtype, precision, rngs) -> nnx.Conv:
+def _conv(din: int, dout: int, k: int, *, stride: int = 1, dtype, precision, rngs,
+          out_axis: str | None = MODEL) -> nnx.Conv:
+    """A bias-free conv; on a mesh its output channels are split along `out_axis`."""
     # Explicit padding as torch's padding=1 ('SAME' pads differently for stride 2).
     pad = (k - 1) // 2
     return nnx.Conv(
         din, dout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
         precision=precision, kernel_init=_init(nnx.initializers.lecun_normal()), rngs=rngs,
+        kernel_metadata=declare(KERNEL, None, None, None, out_axis),
     )
 
 
 def _batch_norm(width: int, eps: float, dtype, rngs) -> nnx.BatchNorm:
     # Inference: running statistics, torch's eps; momentum 0.9 is torch's 0.1 in Flax's convention.
-    return nnx.BatchNorm(width, use_running_average=True, epsilon=eps, momentum=0.9, dtype=dtype, rngs=rngs,
-                         scale_init=_init(nnx.initializers.ones), bias_init=_init(nnx.initializers.zeros))
+    bn = nnx.BatchNorm(width, use_running_average=True, epsilon=eps, momentum=0.9, dtype=dtype, rngs=rngs,
+                       scale_init=_init(nnx.initializers.ones), bias_init=_init(nnx.initializers.zeros),
+                       scale_metadata=declare(NORM_SCALE, None), bias_metadata=declare(NORM_BIAS, None))
+    # Flax makes the statistics without a metadata argument: declared here instead.
+    bn.mean = nnx.BatchStat(bn.mean.get_raw_value(), **declare(BATCH_STAT, None))
+    bn.var = nnx.BatchStat(bn.var.get_raw_value(), **declare(BATCH_STAT, None))
+    return bn
 
 
 def conv2d(conv: nnx.Conv, x: jax.Array, kernel: jax.Array | None = None) -> jax.Array:
@@ -342,8 +372,10 @@ class Bottleneck(nnx.Module):
         self.downsample = nnx.data(None)
         if stride > 1 or inplanes != planes * self.expansion:
             # torch: Sequential("-1": AvgPool2d(stride), "0": conv 1x1, "1": BatchNorm); the pool has no params.
+            # Its conv is not split on a mesh, unlike the block's own.
             self.downsample = nnx.data(nnx.List(
-                [_conv(inplanes, planes * self.expansion, 1, **kw), _batch_norm(planes * self.expansion, eps, dtype, rngs)]
+                [_conv(inplanes, planes * self.expansion, 1, out_axis=None, **kw),
+                 _batch_norm(planes * self.expansion, eps, dtype, rngs)]
             ))
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -366,12 +398,13 @@ class AttentionPool2d(nnx.Module):
         self.num_heads = num_heads
         self.attention = attention
         self.precision = precision
-        self.positional_embedding = _normal(rngs, (spacial_dim**2 + 1, embed_dim), embed_dim**-0.5)
+        self.positional_embedding = _normal(rngs, (spacial_dim**2 + 1, embed_dim), embed_dim**-0.5, EMBEDDING)
         std = embed_dim**-0.5
-        self.k_proj = _dense(embed_dim, embed_dim, dtype, precision, rngs, std=std)
-        self.q_proj = _dense(embed_dim, embed_dim, dtype, precision, rngs, std=std)
-        self.v_proj = _dense(embed_dim, embed_dim, dtype, precision, rngs, std=std)
-        self.c_proj = _dense(embed_dim, output_dim, dtype, precision, rngs, std=std)
+        # Megatron split: heads across devices, as in MultiheadAttention.
+        self.k_proj = _dense(embed_dim, embed_dim, dtype, precision, rngs, std=std, axes=(None, MODEL))
+        self.q_proj = _dense(embed_dim, embed_dim, dtype, precision, rngs, std=std, axes=(None, MODEL))
+        self.v_proj = _dense(embed_dim, embed_dim, dtype, precision, rngs, std=std, axes=(None, MODEL))
+        self.c_proj = _dense(embed_dim, output_dim, dtype, precision, rngs, std=std, axes=(MODEL, None))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [N, H, W, C] -> [N, output_dim]."""
@@ -444,9 +477,10 @@ class TextTowerMixin:
         self.dtype = dtype
         self.precision = precision
         self.token_embedding = nnx.Embed(
-            t.vocab_size, t.width, dtype=dtype, embedding_init=_init(nnx.initializers.normal(0.02)), rngs=rngs
+            t.vocab_size, t.width, dtype=dtype, embedding_init=_init(nnx.initializers.normal(0.02)), rngs=rngs,
+            embedding_metadata=declare(TOKEN_EMBEDDING, None, None),
         )
-        self.positional_embedding = _normal(rngs, (t.context_length, t.width), 0.01)
+        self.positional_embedding = _normal(rngs, (t.context_length, t.width), 0.01, EMBEDDING)
         self.transformer = Transformer(
             t.width, t.layers, t.heads, t.mlp_width, cfg, ls_init_value=t.ls_init_value, dtype=dtype,
             precision=precision, attention=attention, rngs=rngs,
@@ -457,7 +491,7 @@ class TextTowerMixin:
         if projection and t.proj_bias:
             self.text_projection = _dense(t.width, cfg.embed_dim, dtype, precision, rngs, std=t.width**-0.5)
         elif projection:
-            self.text_projection = _normal(rngs, (t.width, cfg.embed_dim), t.width**-0.5)
+            self.text_projection = _normal(rngs, (t.width, cfg.embed_dim), t.width**-0.5, PROJECTION)
         self.text_projected = projection
         self.text_config = t
 
@@ -614,7 +648,7 @@ class CLIP(TextTowerMixin, nnx.Module):
         self.config = config
         self.attention = attention
         self.visual = (ModifiedResNet if config.vision.is_resnet else VisionTransformer)(config, **kw)
-        self.logit_scale = nnx.Param(jnp.asarray(jnp.log(1 / 0.07), jnp.float32))
+        self.logit_scale = nnx.Param(jnp.asarray(jnp.log(1 / 0.07), jnp.float32), **declare(TEMPERATURE))
         cast_params(self, param_dtype)
 
     def encode_image(self, images) -> jax.Array:
@@ -869,25 +903,47 @@ def build(
     if params is None:
         return (model_type or CLIP)(config, dtype=dtype, param_dtype=param_dtype, attention=attention,
                                     rngs=nnx.Rngs(seed), **dict(options))
-    from .checkpoint.torch_names import check_params
-
     graphdef, abstract = abstract_model(config, dtype=dtype, param_dtype=param_dtype, attention=attention,
                                         model_type=model_type, options=options)
     check_params(params, param_shapes(abstract))
     leaves = [
-        (path, var.replace(jnp.asarray(params[_flat_name(path)], dtype=var.dtype)))
+        (path, var.replace(jnp.asarray(params[flat_name(path)], dtype=var.dtype)))
         for path, var in nnx.to_flat_state(abstract)
     ]
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
 
-def _flat_name(path: tuple) -> str:
-    return ".".join(map(str, path))
-
-
 def param_shapes(state: nnx.State) -> dict[str, tuple[int, ...]]:
     """Flat param names ("visual.conv1.kernel", ...) -> shapes, for a model's state or abstract state."""
-    return {_flat_name(path): tuple(v.shape) for path, v in nnx.to_flat_state(state)}
+    return {flat_name(path): tuple(v.shape) for path, v in nnx.to_flat_state(state)}
+
+
+class ConversionError(ValueError):
+    """A set of params that doesn't fit the model: names every missing, unexpected and mis-shaped tensor at once."""
+
+
+def check_params(params: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]]) -> None:
+    """Every expected param (name -> shape, as param_shapes gives) present with its shape, nothing else."""
+    missing = sorted(set(expected) - set(params))
+    unexpected = sorted(set(params) - set(expected))
+    mismatched = [
+        f"{k}: {tuple(params[k].shape)}, expected {expected[k]}"
+        for k in sorted(set(params) & set(expected))
+        if tuple(params[k].shape) != expected[k]
+    ]
+    raise_if_any(missing, unexpected, mismatched)
+
+
+def raise_if_any(missing: list[str], unexpected: list[str], mismatched: list[str]) -> None:
+    """ConversionError listing every problem (20 of each kind), or nothing if there is none."""
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+        if items:
+            shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
+            parts.append(f"{len(items)} {label}: {shown}")
+    raise ConversionError("; ".join(parts))
 
 
 class _ShapeOnlyRngs:
@@ -920,7 +976,47 @@ def abstract_model(
 
 def flat_params(model: CLIP) -> dict[str, jax.Array]:
     """The model's params and BatchNorm statistics by clip_jax name (the converted file's keys)."""
-    return {_flat_name(path): var[...] for path, var in nnx.to_flat_state(nnx.state(model))}
+    return {flat_name(path): var[...] for path, var in nnx.to_flat_state(nnx.state(model))}
+
+
+def model_declarations(model: nnx.Module) -> dict[str, Declared]:
+    """Flat clip_jax name -> what model.py declares for it (role, sharding), for a model or abstract model."""
+    return declarations(nnx.state(model))
+
+
+# A flat params dict has no metadata: its names are looked up in what the model declares, for models of
+# every variant (digits, the block indices, stand for any index). Tiny widths: only names matter here.
+_EVERY_VARIANT = (
+    CLIPConfig(
+        embed_dim=8,
+        vision=VisionConfig(image_size=16, layers=2, width=8, patch_size=8, heads=1, ls_init_value=0.1),
+        text=TextConfig(context_length=4, vocab_size=8, width=8, heads=1, layers=2, ls_init_value=0.1, proj_bias=True),
+    ),
+    CLIPConfig(embed_dim=8, vision=VisionConfig(image_size=32, layers=(1, 2, 1, 1), width=8, patch_size=None),
+               text=TextConfig(context_length=4, vocab_size=8, width=8, heads=1, layers=1)),
+)
+
+
+def _pattern(name: str) -> str:
+    return ".".join("#" if part.isdigit() else part for part in name.split("."))
+
+
+@lru_cache(maxsize=1)
+def _declared_patterns() -> dict[str, Declared]:
+    table: dict[str, Declared] = {}
+    for config in _EVERY_VARIANT:
+        for name, info in declarations(abstract_model(config)[1]).items():
+            table.setdefault(_pattern(name), info)
+    return table
+
+
+def declared_by_name(name: str) -> Declared:
+    """What model.py declares for the param `name` (any clip_jax name, of any config), for flat params
+    dicts and plain pytrees that carry no metadata. KeyError for a name no clip_jax model has."""
+    try:
+        return _declared_patterns()[_pattern(name)]
+    except KeyError:
+        raise KeyError(f"{name}: not a clip_jax parameter name") from None
 
 
 # --- positional-embedding interpolation -----------------------------------------------------------

@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import os
 import queue
-import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,11 +29,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import mesh_utils
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from .model import CLIP, check_attention_platform, functional, l2_normalize, logits
-
-DATA, MODEL = "data", "model"
+from .checks import check_images, check_tokens
+from .model import CLIP, check_attention_platform, declared_by_name, functional, l2_normalize, logits
+from .roles import DATA, MODEL, declared, flat_name, is_variable
+from .tokenizer import trim_tokens
 
 __all__ = [
     "DATA", "MODEL", "ShardedCLIP", "EmbeddedBatch", "initialize", "make_mesh", "param_specs", "shard_params",
@@ -85,45 +86,27 @@ def make_mesh(model_parallel: int = 1, devices: Sequence[jax.Device] | None = No
     return Mesh(grid, (DATA, MODEL), axis_types=auto)
 
 
-# Megatron-style split for the "model" axis: the first matmul of each pair is split along its output
-# columns, the second along its input rows, so each device holds 1/M of every big kernel. Names are the
-# clip_jax (= PyTorch) parameter paths. Anything else (LayerNorms, embeddings, projections) is replicated.
-SHARDING_RULES: tuple[tuple[str, tuple], ...] = (
-    (r"attn\.in_proj\.kernel$", (None, MODEL)),
-    (r"attn\.in_proj\.bias$", (MODEL,)),
-    (r"attn\.out_proj\.kernel$", (MODEL, None)),
-    (r"mlp\.c_fc\.kernel$", (None, MODEL)),
-    (r"mlp\.c_fc\.bias$", (MODEL,)),
-    (r"mlp\.c_proj\.kernel$", (MODEL, None)),
-    (r"attnpool\.[qkv]_proj\.kernel$", (None, MODEL)),
-    (r"attnpool\.[qkv]_proj\.bias$", (MODEL,)),
-    (r"attnpool\.c_proj\.kernel$", (MODEL, None)),
-    (r"conv\d\.kernel$", (None, None, None, MODEL)),  # ResNet convs: split the output channels
-)
-
-
-def _path_name(path) -> str:
-    keys = [getattr(k, "key", getattr(k, "idx", None)) for k in path if not isinstance(k, jax.tree_util.GetAttrKey)]
-    return ".".join(str(k) for k in keys)
-
-
 def param_specs(params: Any, mesh: Mesh) -> Any:
-    """A PartitionSpec for every leaf of `params` (an nnx.State or any pytree of arrays), following
-    SHARDING_RULES; a dim the "model" axis does not divide stays replicated."""
+    """A PartitionSpec for every leaf of `params`: the split each parameter declares (model.py: a
+    Megatron split of the attention and MLP kernels along "model", the first matmul of each pair by
+    output columns, the second by input rows; everything else replicated). A dim the "model" axis
+    doesn't divide leaves that parameter replicated.
+
+    params: a model's nnx.State (its Variables carry the declarations), or any pytree of arrays whose
+    paths are clip_jax names (looked up with model.declared_by_name)."""
     m = mesh.shape[MODEL]
 
-    def spec(path, x) -> P:
-        if m == 1:
+    def spec(axes: tuple, shape: tuple) -> P:
+        if m == 1 or len(axes) != len(shape) or all(a is None for a in axes):
             return P()
-        name = _path_name(path)
-        for pattern, axes in SHARDING_RULES:
-            if re.search(pattern, name) and len(axes) == x.ndim:
-                if all(a is None or x.shape[i] % m == 0 for i, a in enumerate(axes)):
-                    return P(*axes)
-                return P()
+        if all(a is None or shape[i] % m == 0 for i, a in enumerate(axes)):
+            return P(*axes)
         return P()
 
-    return jax.tree_util.tree_map_with_path(spec, params)
+    if any(is_variable(x) for x in jax.tree.leaves(params, is_leaf=is_variable)):
+        return jax.tree.map(lambda v: v.replace(spec(declared(v).axes, v.shape)), params, is_leaf=is_variable)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: P() if m == 1 else spec(declared_by_name(flat_name(path)).axes, tuple(x.shape)), params)
 
 
 def shard_params(params: Any, mesh: Mesh) -> Any:
@@ -349,8 +332,6 @@ class ShardedCLIP:
     def encode_image(self, images: np.ndarray, normalized: bool = False) -> np.ndarray:
         """images: [N, H, W, 3] uint8 pixels (normalized on the device) or float normalized, the same
         global array in every process -> float32 [N, embed_dim] on the host (L2-normalized if asked)."""
-        from .checks import check_images
-
         images = check_images(images, self.config.vision.image_size)
         n = len(images)
 
@@ -364,9 +345,6 @@ class ShardedCLIP:
         """tokens: int [N, L] (clip_jax.tokenize), the same in every process -> float32 [N, embed_dim].
         Each batch is cut to the shortest bucket that holds its end tokens where that gives identical
         features (TextConfig.trimmable); other towers see all context_length columns."""
-        from .checks import check_tokens
-        from .tokenizer import trim_tokens
-
         t = self.config.text
         tokens = np.asarray(check_tokens(tokens, t.context_length, t.vocab_size), np.int32)
         n = len(tokens)

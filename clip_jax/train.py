@@ -34,14 +34,11 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .checks import check_images, check_tokens
-from .model import CLIP, Bottleneck, ResidualAttentionBlock
-from .parallel import DATA as DATA_AXIS
+from .model import CLIP, Bottleneck, ResidualAttentionBlock, declared_by_name
+from .roles import DATA as DATA_AXIS, declared, flat_name, is_variable
 
 # OpenAI: "clipped to prevent scaling the logits by more than 100".
 LOGIT_SCALE_MAX = math.log(100.0)
-# Leaf and module names that get no weight decay: norm gains and biases, embeddings, the temperature.
-NO_DECAY_LEAVES = ("scale", "bias", "embedding")
-NO_DECAY_PARAMS = ("class_embedding", "positional_embedding", "logit_scale")
 
 
 # --- the loss ---------------------------------------------------------------------------------------
@@ -64,33 +61,23 @@ def contrastive_loss(logits_per_image: jax.Array) -> jax.Array:
 # --- the optimizer ----------------------------------------------------------------------------------
 
 
-def param_name(path: tuple) -> str:
-    """A jax key path into an nnx.State -> the clip_jax name, e.g. "visual.transformer.resblocks.0.ln_1.scale"."""
-    parts = []
-    for key in path:
-        if isinstance(key, jax.tree_util.DictKey):
-            parts.append(str(key.key))
-        elif isinstance(key, jax.tree_util.SequenceKey):
-            parts.append(str(key.idx))
-        elif isinstance(key, jax.tree_util.GetAttrKey):
-            if key.name != "value":  # the array inside an nnx.Variable
-                parts.append(key.name)
-        else:
-            parts.append(str(key))
-    return ".".join(parts)
+# A jax key path into an nnx.State -> the clip_jax name, e.g. "visual.transformer.resblocks.0.ln_1.scale".
+param_name = flat_name
 
 
-def decays(name: str, ndim: int = 2) -> bool:
-    """Whether the param `name` (with `ndim` dimensions) gets weight decay: weights of Linear/Conv layers
-    and the projections; not LayerNorm/BatchNorm scales, biases, class/positional/token embeddings,
-    logit_scale, nor any other vector (open_clip's rule; e.g. LayerScale gains)."""
-    leaf = name.rsplit(".", 1)[-1]
-    return ndim >= 2 and leaf not in NO_DECAY_LEAVES and leaf not in NO_DECAY_PARAMS
+def decays(name: str) -> bool:
+    """Whether AdamW decays the param `name`: the role model.py declares for it says so (Linear and
+    conv weights and the projections do; norm gains and biases, Linear biases, embeddings, LayerScale
+    gains and logit_scale don't: open_clip's rule)."""
+    return declared_by_name(name).role.decays
 
 
 def decay_mask(params: Any) -> Any:
-    """The params pytree with a bool per leaf: True where weight decay applies (see `decays`)."""
-    return jax.tree_util.tree_map_with_path(lambda path, x: decays(param_name(path), len(x.shape)), params)
+    """The params pytree with a bool per leaf: True where weight decay applies, as each param's
+    declared role says (for a plain pytree of arrays, looked up by its clip_jax name)."""
+    if any(is_variable(x) for x in jax.tree.leaves(params, is_leaf=is_variable)):
+        return jax.tree.map(lambda v: v.replace(declared(v).role.decays), params, is_leaf=is_variable)
+    return jax.tree_util.tree_map_with_path(lambda path, x: decays(param_name(path)), params)
 
 
 def schedule(learning_rate: float, total_steps: int, warmup_steps: int, end_factor: float = 0.0) -> optax.Schedule:
@@ -116,7 +103,7 @@ def optimizer(
     eps: float = 1e-6,
     max_grad_norm: float | None = None,
 ) -> optax.GradientTransformation:
-    """AdamW with warmup then cosine decay; weight decay only where `decays` says so.
+    """AdamW with warmup then cosine decay; weight decay only where the params' declared roles say so (`decay_mask`).
 
     Defaults are the CLIP paper's (b2 0.98, eps 1e-6, decoupled weight decay 0.2); for fine-tuning a
     pretrained model use a small learning rate (1e-5) and often weight_decay=0.1. max_grad_norm: clip the
@@ -342,7 +329,7 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainState, data: Mappi
     """Save the whole training state under directory/<step>/ with orbax, and `data` (JSON: the data
     loader's position, seeds, ...) next to it. Orbax writes to a temporary folder and renames it when
     complete, so a crash never leaves a half checkpoint that restore would pick. -> the step's folder."""
-    import orbax.checkpoint as ocp
+    import orbax.checkpoint as ocp  # the optional `train` extra: imported where it is used
 
     directory = Path(directory).absolute()
     step = int(state.step)

@@ -59,7 +59,7 @@ def test_expected_params_are_state_dict_names():
         with torch.device("meta"):
             ref = open_clip.model.CLIP(**open_clip.get_model_config(oc_name), quick_gelu=True)
         want = {k: tuple(v.shape) for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
-        got = {torch_name(k)[0]: s for k, s in expected_params(PRESETS[name]).items()}
+        got = {torch_name(k): s for k, s in expected_params(PRESETS[name]).items()}
         assert set(got) == set(want)
 
 

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 import clip_jax
 from clip_jax.checkpoint.torch_names import expected_params, from_torch, to_torch, torch_name
 from clip_jax.config import CLIPConfig, config_from_open_clip, config_from_state_dict
-from clip_jax.model import bicubic_weights, resize_pos_embed
+from clip_jax.model import abstract_model, bicubic_weights, resize_pos_embed
+from clip_jax.roles import declarations
 
 FEATURE_ATOL = 2e-6
 LOGIT_ATOL = 1e-4
@@ -300,9 +301,9 @@ def test_big_model_shapes(name):
     want = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     config = config_from_open_clip(oc_cfg)
     got = {}
+    declared = declarations(abstract_model(config)[1])
     for k, shape in expected_params(config).items():
-        src, transform = torch_name(k)
-        got[src] = to_torch(np.empty(shape, np.uint8), transform).shape
+        got[torch_name(k, declared[k])] = to_torch(np.empty(shape, np.uint8), declared[k]).shape
     assert got == want
     v = oc_cfg["vision_cfg"]
     assert config.vision.heads == v["width"] // v.get("head_width", 64)

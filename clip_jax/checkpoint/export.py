@@ -28,9 +28,12 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from .torch_names import to_torch_state_dict
 from ..fileio import atomic_write, output_target
+from ..model import declared_by_name, flat_params, model_declarations
+from ..roles import Declared
+from ..towers import kind_of
 from .store import DTYPES, cast_params
+from .torch_names import to_torch_state_dict
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 FP16_MIX = "fp16_mix"
@@ -55,24 +58,32 @@ STORAGE_TYPES = {
 # --- the state dict ---------------------------------------------------------------------------------
 
 
-def fp16_mix(params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """OpenAI's release mix on flat clip_jax params (open_clip.model.convert_weights_to_lp): Linear and
-    conv weights and biases, attention in_proj and the projections `proj`/`text_projection` in float16;
-    norms, BatchNorm statistics, embeddings and logit_scale in float32."""
-
-    def half(name: str) -> bool:
-        if name.endswith(".kernel") or name in ("text_projection", "visual.proj"):
-            return True
-        # a Linear's bias (its sibling is a kernel); a norm's bias sits next to a `scale`
-        return name.endswith(".bias") and name[: -len("bias")] + "kernel" in params
-
+def fp16_mix(params: Mapping[str, np.ndarray], declared: Mapping[str, Declared] | None = None) -> dict[str, np.ndarray]:
+    """OpenAI's release mix on flat clip_jax params (open_clip.model.convert_weights_to_lp): float16
+    where the param's declared role says so (Linear and conv weights and biases, attention in_proj,
+    the projections `proj`/`text_projection`); float32 for norms, BatchNorm statistics, embeddings and
+    logit_scale. declared: the model's declarations (model_declarations); None: looked up by name."""
     out = {}
     for name, value in params.items():
         value = np.asarray(value)
         if np.issubdtype(value.dtype, np.floating) or value.dtype == ml_dtypes.bfloat16:
-            value = value.astype(np.float16 if half(name) else np.float32)
+            info = declared[name] if declared is not None else declared_by_name(name)
+            value = value.astype(np.float16 if info.role.fp16_in_release else np.float32)
         out[name] = value
     return out
+
+
+def _flat(model_or_params) -> tuple[dict[str, np.ndarray], dict[str, Declared] | None]:
+    """A model or flat params -> (flat numpy params, the model's declarations or None for a dict)."""
+    if isinstance(model_or_params, Mapping):
+        return {k: np.asarray(v) for k, v in model_or_params.items()}, None
+    return {k: np.asarray(v) for k, v in flat_params(model_or_params).items()}, model_declarations(model_or_params)
+
+
+def _cast(params: dict[str, np.ndarray], dtype: str, declared: Mapping[str, Declared] | None) -> dict[str, np.ndarray]:
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}; got {dtype!r}")
+    return fp16_mix(params, declared) if dtype == FP16_MIX else cast_params(params, dtype)
 
 
 def torch_state_dict(model_or_params, dtype: str = "keep") -> dict[str, np.ndarray]:
@@ -82,16 +93,8 @@ def torch_state_dict(model_or_params, dtype: str = "keep") -> dict[str, np.ndarr
 
     dtype: "keep" (each param's own dtype), "float32", "float16", "bfloat16", or "fp16_mix" (OpenAI's).
     """
-    if dtype not in EXPORT_DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}; got {dtype!r}")
-    if isinstance(model_or_params, Mapping):
-        params = {k: np.asarray(v) for k, v in model_or_params.items()}
-    else:
-        from ..model import flat_params
-
-        params = {k: np.asarray(v) for k, v in flat_params(model_or_params).items()}
-    params = fp16_mix(params) if dtype == FP16_MIX else cast_params(params, dtype)
-    state_dict = to_torch_state_dict(params)
+    params, declared = _flat(model_or_params)
+    state_dict = to_torch_state_dict(_cast(params, dtype, declared), declared)
     for name in list(state_dict):
         if name.endswith(".running_mean"):
             state_dict[name[: -len("running_mean")] + "num_batches_tracked"] = np.zeros((), np.int64)
@@ -284,18 +287,13 @@ def export(model, path: str | os.PathLike, *, dtype: str = "keep", compress: boo
 
 
 def _export_transformers(model, folder: str | os.PathLike, dtype: str) -> Path:
-    from ..model import flat_params
-    from ..towers import kind_of
-    from .transformers import write_folder
+    from .transformers import write_folder  # transformers.py writes its weights with write_safetensors
 
     if isinstance(model, Mapping):
         raise TypeError("format='transformers' needs the model (its config goes into config.json), not params")
-    if dtype not in EXPORT_DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}; got {dtype!r}")
     kind, projection = kind_of(model)
-    params = {k: np.asarray(v) for k, v in flat_params(model).items()}
-    params = fp16_mix(params) if dtype == FP16_MIX else cast_params(params, dtype)
-    return write_folder(folder, params, model.config, kind, projection)
+    params, declared = _flat(model)
+    return write_folder(folder, _cast(params, dtype, declared), model.config, kind, projection)
 
 
 __all__ = ["EXPORT_DTYPES", "FP16_MIX", "export", "fp16_mix", "torch_state_dict", "write_safetensors",

@@ -28,7 +28,8 @@ import numpy as np
 
 from ..config import OPENAI_MEAN, OPENAI_STD, CLIPConfig, TextConfig, VisionConfig
 from ..fileio import atomic_write
-from .torch_names import ConversionError, _raise_if_any
+from ..model import ConversionError, abstract_model, param_shapes, raise_if_any
+from ..towers import model_type
 from .torch_files import CheckpointError, load_state_dict
 
 CONFIG = "config.json"
@@ -143,7 +144,7 @@ def from_hf(state_dict: Mapping[str, np.ndarray], expected: Mapping[str, tuple[i
             continue
         params[name] = value
     unexpected = sorted(k for k in state_dict if k not in used and not IGNORED.match(k))
-    _raise_if_any(missing, unexpected, mismatched)
+    raise_if_any(missing, unexpected, mismatched)
     return params
 
 
@@ -480,9 +481,6 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def read_folder(folder: str | os.PathLike) -> Checkpoint:
     """A transformers CLIP folder -> Checkpoint (config, flat clip_jax params, kind, projection)."""
-    from ..model import abstract_model, param_shapes
-    from ..towers import model_type
-
     folder = Path(folder)
     weights = weights_file(folder)
     if not (folder / CONFIG).is_file() or weights is None:
