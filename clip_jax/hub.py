@@ -33,9 +33,11 @@ from .checkpoint.config_source import (
 )
 from .config import CLIPConfig
 from .download import ChecksumError, DownloadError, default_cache_dir, download, sha256_file
+from .image import transform_for
 from .checkpoint import transformers as hf_format
 from .model import CLIP, build, resize_pos_embed
 from .pretrained import Pretrained
+from .towers import model_type
 
 HF_PREFIX = "hf-hub:"
 HF_CONFIG = OPEN_CLIP_CONFIG
@@ -87,9 +89,6 @@ def load(
     preprocess: PIL image -> float32 [n_px, n_px, 3], with the weights' own mean, std, resize mode and
       interpolation.
     """
-    from .image import transform_for
-    from .towers import model_type
-
     config, params, kind, projection, _ = read_any(
         name_or_path, config=config, model=model, cache_dir=cache_dir, progress=progress, subfolder=subfolder)
     if image_size is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import CLIPConfig
-from . import store
+from . import store, transformers as hf_format
 from .config_source import (
     AssumedActivationWarning, ConfigArg, ConfigSource, assumed_activation_message, is_openai_archive, resolve_config,
 )
@@ -76,8 +76,6 @@ def convert(
     Neither: the open_clip_config.json beside src if there is one, else inferred from the weights (with
     an AssumedActivationWarning unless src is one of OpenAI's TorchScript archives).
     """
-    from . import transformers as hf_format
-
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     src = Path(src)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..config import CLIPConfig, config_from_open_clip
+from ..pretrained import architectures
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 QUICKGELU_SUFFIX = "-quickgelu"
@@ -94,8 +95,6 @@ def _from_open_clip_json(data: Any, where: str) -> CLIPConfig:
 def architecture(name: str) -> CLIPConfig:
     """An open_clip architecture name -> its config, as open_clip.create_model(name) builds it: exact
     GELU, or QuickGELU for the "-quickgelu" names. From the configs bundled in clip_jax/assets."""
-    from ..pretrained import architectures
-
     models = architectures()
     base = name[: -len(QUICKGELU_SUFFIX)] if name.endswith(QUICKGELU_SUFFIX) else name
     if base not in models:
