@@ -1,34 +1,34 @@
-"""Byte-level BPE tokenizer, bit-exact with OpenAI CLIP's ``simple_tokenizer.py``.
+"""Byte-level BPE tokenizer, bit-exact with OpenAI CLIP's `simple_tokenizer.py`.
 
-The vocabulary (``assets/bpe_simple_vocab_16e6.txt.gz``, MIT License, Copyright (c)
+The vocabulary (`assets/bpe_simple_vocab_16e6.txt.gz`, MIT License, Copyright (c)
 2021 OpenAI) and every text-processing step are those of OpenAI's tokenizer:
 
-1. ``ftfy.fix_text``, then ``html.unescape`` twice, then ``strip``;
-2. whitespace runs collapsed to one space, then ``lower()``;
-3. the pre-split regex ``<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|
-   [\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+`` (``regex`` package, IGNORECASE);
+1. `ftfy.fix_text`, then `html.unescape` twice, then `strip`;
+2. whitespace runs collapsed to one space, then `lower()`;
+3. the pre-split regex `<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|
+   [\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+` (`regex` package, IGNORECASE);
 4. each piece is UTF-8 encoded, mapped through the reversible byte->unicode table,
-   the last symbol gets ``</w>``, and BPE merges are applied lowest rank first.
+   the last symbol gets `</w>`, and BPE merges are applied lowest rank first.
 
-``<|startoftext|>`` is id 49406 and ``<|endoftext|>`` is id 49407 (the largest id).
+`<|startoftext|>` is id 49406 and `<|endoftext|>` is id 49407 (the largest id).
 
-The results are identical to OpenAI's tokenizer (and to ``open_clip``'s copy, which
+The results are identical to OpenAI's tokenizer (and to `open_clip`'s copy, which
 differs only in the spelling of the two special tokens; pass
-``special_tokens=("<start_of_text>", "<end_of_text>")`` to reproduce it exactly when
+`special_tokens=("<start_of_text>", "<end_of_text>")` to reproduce it exactly when
 texts contain those literal strings). The implementation is faster without changing
 any output:
 
-* ``ftfy.fix_text`` (most of the cost) is computed by a step-by-step mirror of
+* `ftfy.fix_text` (most of the cost) is computed by a step-by-step mirror of
   ftfy's own driver that skips every ftfy fixer whose trigger characters are absent
-  from the text (clip_jax/ftfy_fast.py); pure-ASCII text with no ``&`` and no
+  from the text (clip_jax/ftfy_fast.py); pure-ASCII text with no `&` and no
   control character other than tab, line feed and form feed skips ftfy and
-  ``html.unescape`` altogether.
+  `html.unescape` altogether.
 * Cleaned text is split on spaces and each space-free chunk is cached
   (chunk -> ids). No pre-split match can contain whitespace and the pattern has no
   look-around, so pre-splitting chunk by chunk gives the same pieces as pre-splitting
   the whole text.
-* BPE runs on integer ids with a ``pair -> (rank, merged id)`` table instead of strings.
-* ``tokenize`` de-duplicates identical texts within a batch and fills the output array
+* BPE runs on integer ids with a `pair -> (rank, merged id)` table instead of strings.
+* `tokenize` de-duplicates identical texts within a batch and fills the output array
   with one vectorised scatter.
 """
 
@@ -122,7 +122,7 @@ class SimpleTokenizer:
 
     Instances cache the ids of every space-separated chunk and every pre-split piece
     they have seen; a fresh instance starts cold. Caches are cleared when they exceed
-    ``max_cache_entries`` so memory stays bounded on endless streams.
+    `max_cache_entries` so memory stays bounded on endless streams.
     """
 
     def __init__(
@@ -169,7 +169,7 @@ class SimpleTokenizer:
         self._pairs = pair_table
         self._byte_ids = [encoder[byte_encoder[b]] for b in range(256)]
         self._byte_end_ids = [encoder[byte_encoder[b] + "</w>"] for b in range(256)]
-        # id -> the bytes of its symbols (``</w>`` kept literally, as OpenAI's decode does).
+        # id -> the bytes of its symbols (`</w>` kept literally, as OpenAI's decode does).
         to_latin1 = {ord(c): chr(b) for b, c in byte_encoder.items()}  # then .encode("latin-1")
         self._id_bytes = [
             self.decoder[i].translate(to_latin1).encode("latin-1")
@@ -184,14 +184,14 @@ class SimpleTokenizer:
         self._chunk_cache: dict[str, tuple[int, ...]] = {}
         self.clear_cache()
 
-    # -- caches -------------------------------------------------------------
+    # -- caches --
 
     def clear_cache(self) -> None:
         """Empty the BPE caches (the next call runs from a cold cache)."""
         self._piece_cache = {t: (self.encoder[t],) for t in self.special_tokens}
         self._chunk_cache = {}
 
-    # -- BPE ----------------------------------------------------------------
+    # -- BPE --
 
     def _bpe(self, piece: str) -> tuple[int, ...]:
         """Ids of one pre-split piece (byte-level BPE, lowest merge rank first)."""
@@ -256,16 +256,16 @@ class SimpleTokenizer:
             out += ids
         return out
 
-    # -- public API ---------------------------------------------------------
+    # -- public API --
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` without start/end tokens."""
+        """Token ids of `text` without start/end tokens."""
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
         return self._encode_clean(clean_text(text))
 
     def decode(self, tokens: Iterable[int]) -> str:
-        """Text of ``tokens`` (``</w>`` becomes a space; invalid UTF-8 is replaced)."""
+        """Text of `tokens` (`</w>` becomes a space; invalid UTF-8 is replaced)."""
         id_bytes = self._id_bytes
         n = len(id_bytes)
         parts = []
@@ -282,11 +282,11 @@ class SimpleTokenizer:
         context_length: int = DEFAULT_CONTEXT_LENGTH,
         truncate: bool = False,
     ) -> np.ndarray:
-        """``[N, context_length]`` int32 ids: start, text ids, end, then zeros.
+        """`[N, context_length]` int32 ids: start, text ids, end, then zeros.
 
-        Raises ``ValueError`` for a text that does not fit unless ``truncate`` is
-        set, in which case the first ``context_length`` ids are kept and the last one
-        is replaced by the end token (as OpenAI's ``clip.tokenize(truncate=True)``).
+        Raises `ValueError` for a text that does not fit unless `truncate` is
+        set, in which case the first `context_length` ids are kept and the last one
+        is replaced by the end token (as OpenAI's `clip.tokenize(truncate=True)`).
         """
         items = _as_text_list(texts)
         if isinstance(context_length, bool) or not isinstance(context_length, (int, np.integer)):
@@ -337,7 +337,7 @@ def _as_text_list(texts) -> list[str]:
 
 
 def _pack(rows: list[list[int]], context_length: int) -> np.ndarray:
-    """Zero-padded ``[len(rows), context_length]`` int32 array from ragged rows."""
+    """Zero-padded `[len(rows), context_length]` int32 array from ragged rows."""
     out = np.zeros((len(rows), context_length), dtype=np.int32)
     if not rows:
         return out
@@ -374,29 +374,29 @@ def tokenize(
     context_length: int = DEFAULT_CONTEXT_LENGTH,
     truncate: bool = False,
 ) -> np.ndarray:
-    """Tokenize one text or a sequence of texts to ``np.int32 [N, context_length]``.
+    """Tokenize one text or a sequence of texts to `np.int32 [N, context_length]`.
 
-    Each row is ``<|startoftext|>``, the BPE ids, ``<|endoftext|>``, then zeros.
-    A text that does not fit raises ``ValueError`` naming it and the limit, unless
-    ``truncate=True``: then the first ``context_length`` ids are kept and the last
-    kept id is ``<|endoftext|>``. Anything other than ``str`` raises ``TypeError``.
+    Each row is `<|startoftext|>`, the BPE ids, `<|endoftext|>`, then zeros.
+    A text that does not fit raises `ValueError` naming it and the limit, unless
+    `truncate=True`: then the first `context_length` ids are kept and the last
+    kept id is `<|endoftext|>`. Anything other than `str` raises `TypeError`.
     """
     return default_tokenizer().tokenize(texts, context_length=context_length, truncate=truncate)
 
 
 def trim_tokens(tokens: np.ndarray, buckets: Sequence[int] = DEFAULT_BUCKETS, strict: bool = True) -> np.ndarray:
-    """Cut ``[N, L]`` ids to the smallest bucket that holds every row's end token.
+    """Cut `[N, L]` ids to the smallest bucket that holds every row's end token.
 
-    The kept length is the smallest bucket ``>= max over rows of (EOT position + 1)``,
-    capped at ``L`` (never longer than the input). ``<|endoftext|>`` is the largest id
-    (49407), so a row's EOT position is its ``argmax``. Rows of all zeros (padding)
+    The kept length is the smallest bucket `>= max over rows of (EOT position + 1)`,
+    capped at `L` (never longer than the input). `<|endoftext|>` is the largest id
+    (49407), so a row's EOT position is its `argmax`. Rows of all zeros (padding)
     need one column; a row with non-zero ids but no EOT has no known end: it raises
-    ``ValueError``, or with ``strict=False`` the batch is returned whole (what the
+    `ValueError`, or with `strict=False` the batch is returned whole (what the
     jitted entry points and ShardedCLIP do when trimming on their own).
 
     Why this is exact for CLIP's text tower: the transformer uses a causal attention
-    mask, so the activation at position ``i`` depends only on ids and positional
-    embeddings at positions ``<= i``; LayerNorms and MLPs act per position; and the
+    mask, so the activation at position `i` depends only on ids and positional
+    embeddings at positions `<= i`; LayerNorms and MLPs act per position; and the
     text feature is read at the EOT position (argmax of the ids). Columns after the
     last EOT of the batch (padding) therefore never influence any position that is
     read, and removing them changes no output, provided the model slices its
