@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .dtypes import EMBEDDING_DTYPES, FLOAT_DTYPES, one_of
 from .fileio import atomic_write
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
@@ -393,7 +394,7 @@ def embed(
       parquet columns (default: image/jpg/img, caption/text/txt). text: also embed the shards' captions.
     captions: a text file (one caption a line) or a list of strings. With images too, caption i pairs
       with image i (same row of metadata_k), and a row whose image cannot be read is dropped from both.
-    model: anything clip_jax.load takes. dtype: compute dtype (float32, bfloat16, float16).
+    model: anything clip_jax.load takes. dtype: compute dtype (float32, float16, bfloat16).
     attention: "xla", "cudnn" (NVIDIA GPUs, 16-bit dtype) or None, as clip_jax.load.
     emb_dtype: stored embeddings, float16 (clip-retrieval's) or float32.
     shard_size: rows per output file; also the unit of resumption.
@@ -414,10 +415,10 @@ def embed(
 
     if model is None:
         raise ValueError("no model: pass --model (a converted .safetensors or a PyTorch checkpoint)")
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
-    if emb_dtype not in ("float16", "float32"):
-        raise ValueError(f"embedding dtype must be float16 or float32, got {emb_dtype!r}")
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be {one_of(FLOAT_DTYPES)}, got {dtype!r}")
+    if emb_dtype not in EMBEDDING_DTYPES:
+        raise ValueError(f"embedding dtype must be {one_of(EMBEDDING_DTYPES)}, got {emb_dtype!r}")
     t0 = time.perf_counter()
     if inputs:
         from .sources import open_source

@@ -30,8 +30,7 @@ from typing import Any, NamedTuple, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+from .config import OPENAI_MEAN, OPENAI_STD
 
 RESIZE_MODES = ("shortest", "longest", "squash")
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}

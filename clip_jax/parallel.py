@@ -33,6 +33,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .model import CLIP, check_attention_platform, functional, l2_normalize, logits
+from .tokenizer import DEFAULT_BUCKETS, trim_tokens
 
 DATA, MODEL = "data", "model"
 
@@ -250,7 +251,7 @@ class ShardedCLIP:
     """
 
     def __init__(self, model: CLIP, mesh: Mesh | None = None, batch_size: int = 256, prefetch: int = 2,
-                 text_buckets: Sequence[int] = (16, 32, 48, 64, 77)):
+                 text_buckets: Sequence[int] = DEFAULT_BUCKETS):
         self.mesh = mesh if mesh is not None else make_mesh()
         check_attention_platform(model, self.mesh.devices.flat[0].platform)
         self.n_data = self.mesh.shape[DATA]
@@ -365,7 +366,6 @@ class ShardedCLIP:
         Each batch is cut to the shortest bucket that holds its end tokens where that gives identical
         features (TextConfig.trimmable); other towers see all context_length columns."""
         from .checks import check_tokens
-        from .tokenizer import trim_tokens
 
         t = self.config.text
         tokens = np.asarray(check_tokens(tokens, t.context_length, t.vocab_size), np.int32)

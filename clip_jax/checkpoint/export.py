@@ -28,6 +28,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from .torch_files import STORAGE_DTYPES
 from .torch_names import to_torch_state_dict
 from ..fileio import atomic_write, output_target
 from .store import DTYPES, cast_params
@@ -37,19 +38,9 @@ FP16_MIX = "fp16_mix"
 EXPORT_DTYPES = ("keep", *DTYPES, FP16_MIX)
 ALIGNMENT = 64  # torch.save's data record alignment (`.storage_alignment`)
 
-# numpy dtype -> torch's legacy storage class, the type tag torch.load reads a storage's dtype from.
-STORAGE_TYPES = {
-    np.dtype(np.float32): "FloatStorage",
-    np.dtype(np.float64): "DoubleStorage",
-    np.dtype(np.float16): "HalfStorage",
-    np.dtype(ml_dtypes.bfloat16): "BFloat16Storage",
-    np.dtype(np.int64): "LongStorage",
-    np.dtype(np.int32): "IntStorage",
-    np.dtype(np.int16): "ShortStorage",
-    np.dtype(np.int8): "CharStorage",
-    np.dtype(np.uint8): "ByteStorage",
-    np.dtype(np.bool_): "BoolStorage",
-}
+# numpy dtype -> torch's legacy storage class, the type tag torch.load reads a storage's dtype from:
+# the reader's table, inverted.
+STORAGE_TYPES = {np.dtype(dtype): name for name, dtype in STORAGE_DTYPES.items()}
 
 
 # --- the state dict ---------------------------------------------------------------------------------

@@ -104,22 +104,21 @@ class _StorageType(_Inert):
 
 
 # Storage classes torch writes for each supported dtype (torch 2.x still writes
-# these legacy "typed storage" names for tensors of the classic dtypes).
-_STORAGE_TYPES = {
-    name: _StorageType(name, dtype)
-    for name, dtype in {
-        "FloatStorage": np.float32,
-        "HalfStorage": np.float16,
-        "BFloat16Storage": ml_dtypes.bfloat16,
-        "DoubleStorage": np.float64,
-        "LongStorage": np.int64,
-        "IntStorage": np.int32,
-        "ShortStorage": np.int16,
-        "CharStorage": np.int8,
-        "ByteStorage": np.uint8,
-        "BoolStorage": np.bool_,
-    }.items()
+# these legacy "typed storage" names for tensors of the classic dtypes). The one
+# table of them: export.py writes a dtype's storage as the inverse of this.
+STORAGE_DTYPES: dict[str, type] = {
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "DoubleStorage": np.float64,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
 }
+_STORAGE_TYPES = {name: _StorageType(name, dtype) for name, dtype in STORAGE_DTYPES.items()}
 
 
 class _StorageRef(_Inert):
