@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple, Sequence, Union
 
 import numpy as np
@@ -51,6 +51,8 @@ __all__ = [
     "pixel_affine",
     "load_image",
     "load_images",
+    "read_into",
+    "Decoder",
 ]
 
 
@@ -587,6 +589,49 @@ def load_image(source: ImageSource, transform: ImageTransform) -> np.ndarray:
 # --- batch loading --------------------------------------------------------------------------------
 
 
+def read_into(source: ImageSource, transform: ImageTransform, out: np.ndarray, normalized: bool = False) -> ImageError | None:
+    """Decode one image into `out`: uint8 [n_px, n_px, 3] pixels (`transform.pixels`), or float32
+    normalized ones with `normalized=True` (`transform(source)`, normalized while the image is hot in
+    cache). A bad image's `ImageError` is returned, not raised, so one bad file doesn't stop a batch."""
+    try:
+        if normalized:
+            transform.normalize(transform.pixels(source), out=out)
+        else:
+            transform.pixels(source, out=out)
+        return None
+    except ImageError as e:
+        return e
+
+
+class Decoder:
+    """Threads that decode images into rows the caller allocated (the threaded decoding of
+    `load_images`, `ShardedCLIP.embed_image_files` and the shard embedding jobs).
+
+    Pillow releases the GIL while decoding and resizing (and numpy while normalizing), so threads scale
+    with cores. Use it as a context manager: leaving it cancels what hasn't started and waits for the rest.
+    """
+
+    def __init__(self, transform: ImageTransform, num_threads: int | None = None, normalized: bool = False):
+        self.transform = transform
+        self.normalized = normalized
+        self.threads = max(1, int(num_threads or os.cpu_count() or 1))
+        self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="clip_jax_decode")
+
+    def submit(self, sources: Sequence[ImageSource], rows: Sequence[np.ndarray]) -> list[Future]:
+        """Start decoding `sources[i]` into `rows[i]` (an array's rows, or a list of row views); each
+        future's result is None, or the image's `ImageError`."""
+        return [self._pool.submit(read_into, s, self.transform, row, self.normalized) for s, row in zip(sources, rows)]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Decoder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class LoadedImages(NamedTuple):
     """Result of `load_images`.
 
@@ -607,19 +652,15 @@ def load_images(
     on_error: str = "raise",
     normalized: bool = False,
 ) -> LoadedImages:
-    """Load and preprocess many images with a thread pool.
+    """Load and preprocess many images with a thread pool (see `Decoder`).
 
-    Pillow releases the GIL while decoding and resizing (and numpy while
-    normalizing), so threads scale with cores. By default the rows are uint8,
-    each equal to `transform.pixels(source)`: normalize them with
-    `normalize_pixels` on the device, inside jit. With `normalized=True` the
-    rows are float32, each equal to `transform(source)` (normalized in the
-    worker threads, while the image is hot in cache).
+    By default the rows are uint8, each equal to `transform.pixels(source)`: normalize them with
+    `normalize_pixels` on the device, inside jit. With `normalized=True` the rows are float32, each
+    equal to `transform(source)` (normalized in the worker threads).
 
-    `on_error="raise"` raises the `ImageError` of the first bad image
-    (in input order); `on_error="skip"` leaves bad images out and lists them
-    in `errors` as `(source, reason)`; `kept` gives the input index of
-    each returned row.
+    `on_error="raise"` raises the `ImageError` of the first bad image (in input order);
+    `on_error="skip"` leaves bad images out and lists them in `errors` as `(source, reason)`; `kept`
+    gives the input index of each returned row.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -628,36 +669,26 @@ def load_images(
     sources = list(sources)
     n = len(sources)
     out = np.empty((n,) + transform.shape, dtype=np.float32 if normalized else np.uint8)
-    if num_threads is None:
-        num_threads = os.cpu_count() or 1
-    num_threads = max(1, min(int(num_threads), n))
-
-    def work(i: int):
-        try:
-            if normalized:
-                transform.normalize(transform.pixels(sources[i]), out=out[i])
-            else:
-                transform.pixels(sources[i], out=out[i])
-            return None
-        except ImageError as e:
-            if on_error == "raise":
-                raise
-            return e
-
-    if num_threads == 1:
+    threads = max(1, min(int(os.cpu_count() or 1) if num_threads is None else int(num_threads), n))
+    stop = on_error == "raise"
+    if threads == 1:  # no pool: each image in turn, up to the first bad one when that raises
         results = []
-        for i in range(n):
-            results.append(work(i))
+        for i, source in enumerate(sources):
+            results.append(read_into(source, transform, out[i], normalized))
+            if stop and results[-1] is not None:
+                raise results[-1]
     else:
-        with ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="clip_jax_image") as ex:
-            futures = [ex.submit(work, i) for i in range(n)]
-            try:
-                results = [f.result() for f in futures]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+        with Decoder(transform, threads, normalized) as decoder:
+            results = []
+            for future in decoder.submit(sources, out):
+                results.append(future.result())
+                if stop and results[-1] is not None:
+                    raise results[-1]  # leaving the Decoder cancels the images not started
+    return _kept_rows(sources, out, results)
 
+
+def _kept_rows(sources: list, out: np.ndarray, results: list[ImageError | None]) -> LoadedImages:
+    """`load_images`' result from every row's outcome: the good rows, and the bad ones' reasons."""
     errors, kept = [], []
     for i, r in enumerate(results):
         if r is None:
@@ -666,6 +697,6 @@ def load_images(
             src = sources[i]
             errors.append((src if isinstance(src, (str, os.PathLike)) else r.source, r.reason))
     kept_arr = np.asarray(kept, dtype=np.int64)
-    if len(kept) != n:
+    if len(kept) != len(sources):
         out = out[kept_arr]
     return LoadedImages(out, errors, kept_arr)
