@@ -194,7 +194,6 @@ def _best(fn, repeat: int, clock=time.perf_counter) -> float:
 def shards_main(args) -> None:
     import json
     import subprocess
-    from concurrent.futures import ThreadPoolExecutor
 
     import open_clip
     import torch
@@ -202,7 +201,7 @@ def shards_main(args) -> None:
     from clip_jax.checkpoint import store
     from clip_jax.checkpoint.torch_names import from_torch
     from clip_jax.embed_shards import decoded_batches
-    from clip_jax.image import image_transform
+    from clip_jax.image import Decoder, image_transform
     from clip_jax.sources import open_source
     from tests.images import write_jpegs
     from tests.reference import reference_model
@@ -251,9 +250,9 @@ def shards_main(args) -> None:
 
     def decode_pool(threads):
         def run():
-            with ThreadPoolExecutor(threads) as pool:
+            with Decoder(transform, threads) as decoder:
                 shards = enumerate(open_source([pattern]).shards)
-                for _ in decoded_batches(shards, transform, args.batch_size, pool, 2):
+                for _ in decoded_batches(shards, decoder, args.batch_size, 2):
                     pass
         return run
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import AssumedActivationWarning, CheckpointError, ConversionError, convert
+from .dtypes import EMBEDDING_DTYPES, FLOAT_DTYPES
 
 # Failures the user can act on: one clear line on stderr, no traceback.
 USER_ERRORS = (CheckpointError, ConversionError, OSError, ValueError, KeyError)
@@ -22,7 +23,7 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
                                           "with --format transformers (default: SRC without its suffix)")
     p.add_argument("--format", default="clip_jax", choices=["clip_jax", "transformers"],
                    help="clip_jax: one .safetensors (default); transformers: a folder CLIPModel.from_pretrained reads")
-    p.add_argument("--dtype", default="keep", choices=["keep", "float32", "float16", "bfloat16"],
+    p.add_argument("--dtype", default="keep", choices=["keep", *FLOAT_DTYPES],
                    help="dtype of the stored floating tensors (default: keep the checkpoint's)")
     arch = p.add_mutually_exclusive_group()
     arch.add_argument("--config", metavar="FILE",
@@ -46,7 +47,7 @@ def run_convert(args: argparse.Namespace) -> None:
     print(f"wrote {dst}")
 
 
-DTYPES = ["float32", "bfloat16", "float16"]
+DTYPES = list(FLOAT_DTYPES)
 
 
 def positive_int(text: str) -> int:
@@ -106,7 +107,7 @@ def add_embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--captions", metavar="FILE",
                    help="a text file of captions, one a line (with images: line i is image i's caption)")
     _add_model_args(p)
-    p.add_argument("--emb-dtype", default="float16", choices=["float16", "float32"],
+    p.add_argument("--emb-dtype", default="float16", choices=EMBEDDING_DTYPES,
                    help="dtype of the stored embeddings (default: float16, as clip-retrieval)")
     p.add_argument("--shard-size", type=positive_int, default=100_000,
                    help="image files: rows per output file, and the unit a rerun resumes from (default: 100000); "

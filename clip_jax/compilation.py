@@ -10,8 +10,9 @@ import jax
 import numpy as np
 
 from .model import CLIP, lower
+from .tokenizer import DEFAULT_BUCKETS
 
-DEFAULT_TEXT_BUCKETS = (16, 32, 48, 64, 77)
+DEFAULT_TEXT_BUCKETS = DEFAULT_BUCKETS  # the token lengths trim_tokens cuts to
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:

@@ -429,7 +429,19 @@ _TEXT_FIELDS = {
     "pool_type", "eos_id", "proj_bias", "norm_kwargs",
 }
 _MODEL_FIELDS = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu"}
-_PREPROCESS_FIELDS = {"size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color"}
+
+
+def _defaults(cls) -> dict[str, Any]:
+    """A config dataclass's field defaults (fields with a default factory left out)."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+# open_clip's defaults (its CLIPVisionCfg and CLIPTextCfg, its model config) for the fields a config may
+# leave out: clip_jax's own dataclass defaults, but where open_clip's differ. (head_width: open_clip sizes
+# heads by their width, clip_jax by their number.)
+_OPEN_CLIP_VISION = {**_defaults(VisionConfig), "patch_size": 16, "head_width": 64}
+_OPEN_CLIP_TEXT = _defaults(TextConfig)
+_OPEN_CLIP_MODEL = {**_defaults(CLIPConfig), "quick_gelu": False}
 
 
 def config_from_open_clip(
@@ -447,64 +459,88 @@ def config_from_open_clip(
     _check_fields(v, _VISION_FIELDS, "vision_cfg.")
     _check_fields(t, _TEXT_FIELDS, "text_cfg.")
     if quick_gelu is None:
-        quick_gelu = bool(model_cfg.get("quick_gelu", False))
+        quick_gelu = bool(model_cfg.get("quick_gelu", _OPEN_CLIP_MODEL["quick_gelu"]))
+    vision = _open_clip_vision(v)
+    text = _open_clip_text(t)
+    eps = _open_clip_layer_norm_eps(v, t, vision.is_resnet)
+    preprocess = _open_clip_preprocess(dict(preprocess_cfg or {}))
+    return CLIPConfig(
+        embed_dim=int(model_cfg.get("embed_dim", _OPEN_CLIP_MODEL["embed_dim"])),
+        vision=vision,
+        text=text,
+        activation="quick_gelu" if quick_gelu else "gelu",
+        layer_norm_eps=eps,
+        **preprocess,
+    )
 
-    # open_clip's defaults (CLIPVisionCfg / CLIPTextCfg) for the fields a config may leave out.
-    layers = v.get("layers", 12)
+
+def _open_clip_vision(v: Mapping[str, Any]) -> VisionConfig:
+    """open_clip's vision_cfg -> VisionConfig (heads from head_width, as open_clip computes them)."""
+    c = {**_OPEN_CLIP_VISION, **v}
+    layers = c["layers"]
     resnet = isinstance(layers, (list, tuple))
-    width = int(v.get("width", 768))
-    head_width = int(v.get("head_width", 64))
+    width = int(c["width"])
+    head_width = int(c["head_width"])
     if width * (32 if resnet else 1) % head_width:
         _refuse("vision_cfg.", "head_width", head_width, f"does not divide the width {width}")
-    vision = VisionConfig(
-        image_size=_square(v.get("image_size", 224), "vision_cfg.image_size"),
+    return VisionConfig(
+        image_size=_square(c["image_size"], "vision_cfg.image_size"),
         layers=tuple(layers) if resnet else int(layers),
         width=width,
-        patch_size=None if resnet else _square(v.get("patch_size", 16), "vision_cfg.patch_size"),
+        patch_size=None if resnet else _square(c["patch_size"], "vision_cfg.patch_size"),
         heads=width * 32 // head_width if resnet else width // head_width,
-        mlp_ratio=float(v.get("mlp_ratio", 4.0)),
-        ls_init_value=v.get("ls_init_value"),
-        pool_type=v.get("pool_type", "tok"),
-        final_ln_after_pool=bool(v.get("final_ln_after_pool", False)),
-        no_ln_pre=bool(v.get("no_ln_pre", False)),
-    )
-    text = TextConfig(
-        context_length=int(t.get("context_length", 77)),
-        vocab_size=int(t.get("vocab_size", 49408)),
-        width=int(t.get("width", 512)),
-        heads=int(t.get("heads", 8)),
-        layers=int(t.get("layers", 12)),
-        mlp_ratio=float(t.get("mlp_ratio", 4.0)),
-        ls_init_value=t.get("ls_init_value"),
-        no_causal_mask=bool(t.get("no_causal_mask", False)),
-        pool_type=t.get("pool_type", "argmax"),
-        eos_id=int(t.get("eos_id", 2)),
-        proj_bias=bool(t.get("proj_bias", False)),
+        mlp_ratio=float(c["mlp_ratio"]),
+        ls_init_value=c["ls_init_value"],
+        pool_type=c["pool_type"],
+        final_ln_after_pool=bool(c["final_ln_after_pool"]),
+        no_ln_pre=bool(c["no_ln_pre"]),
     )
 
-    # One LayerNorm eps for the model: open_clip's norm_kwargs may set it per tower (the vision one is
-    # read only by a ViT); a ResNet's BatchNorm keeps torch's 1e-5.
+
+def _open_clip_text(t: Mapping[str, Any]) -> TextConfig:
+    """open_clip's text_cfg -> TextConfig."""
+    c = {**_OPEN_CLIP_TEXT, **t}
+    return TextConfig(
+        context_length=int(c["context_length"]),
+        vocab_size=int(c["vocab_size"]),
+        width=int(c["width"]),
+        heads=int(c["heads"]),
+        layers=int(c["layers"]),
+        mlp_ratio=float(c["mlp_ratio"]),
+        ls_init_value=c["ls_init_value"],
+        no_causal_mask=bool(c["no_causal_mask"]),
+        pool_type=c["pool_type"],
+        eos_id=int(c["eos_id"]),
+        proj_bias=bool(c["proj_bias"]),
+    )
+
+
+def _open_clip_layer_norm_eps(v: Mapping[str, Any], t: Mapping[str, Any], resnet: bool) -> float:
+    """One LayerNorm eps for the model: open_clip's norm_kwargs may set it per tower (the vision one is
+    read only by a ViT); a ResNet's BatchNorm keeps torch's 1e-5."""
+    torch_eps = _defaults(CLIPConfig)["layer_norm_eps"]
     text_eps = _norm_eps(t, "text_cfg.")
     vision_eps = None if resnet else _norm_eps(v, "vision_cfg.")
-    eps = {e if e is not None else 1e-5 for e in (text_eps, vision_eps)}
-    if len(eps) > 1 or (resnet and eps != {1e-5}):
+    eps = {e if e is not None else torch_eps for e in (text_eps, vision_eps)}
+    if len(eps) > 1 or (resnet and eps != {torch_eps}):
         _refuse("", "norm_kwargs", {"vision": vision_eps, "text": text_eps}, "one LayerNorm eps for both towers")
+    return eps.pop()
 
-    pp = dict(preprocess_cfg or {})
-    unknown = set(pp) - _PREPROCESS_FIELDS
+
+# open_clip's preprocess_cfg name -> CLIPConfig field (an absent or empty value takes the field's default)
+_PREPROCESS_FIELDS = {"mean": "image_mean", "std": "image_std", "resize_mode": "resize_mode",
+                      "interpolation": "interpolation", "fill_color": "fill_color", "size": None, "mode": None}
+
+
+def _open_clip_preprocess(pp: Mapping[str, Any]) -> dict[str, Any]:
+    """open_clip's preprocess_cfg -> CLIPConfig's preprocessing fields. "size" is the vision tower's
+    image_size (read there); "mode" must be RGB."""
+    unknown = set(pp) - set(_PREPROCESS_FIELDS)
     if unknown:
         _refuse("preprocess_cfg.", sorted(unknown)[0], pp[sorted(unknown)[0]], "an unknown preprocessing field")
     if pp.get("mode", "RGB") != "RGB":
         _refuse("preprocess_cfg.", "mode", pp["mode"])
-    return CLIPConfig(
-        embed_dim=int(model_cfg.get("embed_dim", 512)),
-        vision=vision,
-        text=text,
-        activation="quick_gelu" if quick_gelu else "gelu",
-        layer_norm_eps=eps.pop(),
-        image_mean=tuple(pp.get("mean") or OPENAI_MEAN),
-        image_std=tuple(pp.get("std") or OPENAI_STD),
-        resize_mode=pp.get("resize_mode") or "shortest",
-        interpolation=pp.get("interpolation") or "bicubic",
-        fill_color=int(pp.get("fill_color") or 0),
-    )
+    defaults = _defaults(CLIPConfig)
+    out = {field: pp.get(name) or defaults[field] for name, field in _PREPROCESS_FIELDS.items() if field}
+    return {**out, "image_mean": tuple(out["image_mean"]), "image_std": tuple(out["image_std"]),
+            "fill_color": int(out["fill_color"])}

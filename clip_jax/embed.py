@@ -30,9 +30,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from jax.experimental import multihost_utils
+from tqdm import tqdm
 
+from . import embed_shards, parallel
+from .dtypes import EMBEDDING_DTYPES, FLOAT_DTYPES, one_of
 from .fileio import atomic_write
+from .hub import load
+from .image import ImageError, transform_for
+from .sources import open_source
+from .tokenizer import tokenize
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 MANIFEST = "manifest.json"
@@ -160,9 +172,6 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 
 
 def _write_parquet(path: Path, columns: dict[str, list[str]]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     table = pa.table({k: pa.array(v, pa.string()) for k, v in columns.items()})
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
@@ -357,8 +366,6 @@ def _drop_non_utf8(paths: Sequence[str], keep: np.ndarray, errors: list) -> tupl
 
 
 def _progress(total: int, initial: int, unit: str, enabled: bool):
-    from tqdm import tqdm
-
     # stderr, so stdout stays clean for the summary; items/s is tqdm's rate.
     return tqdm(total=total, initial=initial, unit=unit, disable=not enabled, file=sys.stderr, smoothing=0.1,
                 dynamic_ncols=True)
@@ -393,7 +400,7 @@ def embed(
       parquet columns (default: image/jpg/img, caption/text/txt). text: also embed the shards' captions.
     captions: a text file (one caption a line) or a list of strings. With images too, caption i pairs
       with image i (same row of metadata_k), and a row whose image cannot be read is dropped from both.
-    model: anything clip_jax.load takes. dtype: compute dtype (float32, bfloat16, float16).
+    model: anything clip_jax.load takes. dtype: compute dtype (float32, float16, bfloat16).
     attention: "xla", "cudnn" (NVIDIA GPUs, 16-bit dtype) or None, as clip_jax.load.
     emb_dtype: stored embeddings, float16 (clip-retrieval's) or float32.
     shard_size: rows per output file; also the unit of resumption.
@@ -404,34 +411,18 @@ def embed(
     In a multi-process run (after parallel.initialize) every process calls this with the same
     arguments; each decodes its own rows and process 0 writes the files.
     """
-    import jax
-    import jax.numpy as jnp
-
-    from . import parallel
-    from .hub import load
-    from .image import transform_for
-    from .tokenizer import tokenize
-
-    if model is None:
-        raise ValueError("no model: pass --model (a converted .safetensors or a PyTorch checkpoint)")
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
-    if emb_dtype not in ("float16", "float32"):
-        raise ValueError(f"embedding dtype must be float16 or float32, got {emb_dtype!r}")
+    _check_job_args(model, dtype, emb_dtype)
     t0 = time.perf_counter()
-    if inputs:
-        from .sources import open_source
-
-        source = open_source(inputs, image_column=image_column, caption_column=caption_column)
-        if source.kind != "files":
-            if captions is not None:
-                raise ValueError("--captions pairs lines with image files; shards carry their own captions "
-                                 "(txt members, or --caption-column)")
-            return _embed_shards(source, output, model, t0, dtype=dtype, emb_dtype=emb_dtype, text=text,
-                                 batch_size=batch_size, num_threads=num_threads, model_parallel=model_parallel,
-                                 attention=attention, progress=progress, truncate=truncate, sharded=sharded,
-                                 columns={"image_column": image_column, "caption_column": caption_column})
-    images = [p for shard in source.shards for p in shard.paths] if inputs else None
+    source = open_source(inputs, image_column=image_column, caption_column=caption_column) if inputs else None
+    if source is not None and source.kind != "files":
+        if captions is not None:
+            raise ValueError("--captions pairs lines with image files; shards carry their own captions "
+                             "(txt members, or --caption-column)")
+        return _embed_shards(source, output, model, t0, dtype=dtype, emb_dtype=emb_dtype, text=text,
+                             batch_size=batch_size, num_threads=num_threads, model_parallel=model_parallel,
+                             attention=attention, progress=progress, truncate=truncate, sharded=sharded,
+                             columns={"image_column": image_column, "caption_column": caption_column})
+    images = None if source is None else [p for shard in source.shards for p in shard.paths]
     if images is not None and not images:
         raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in the inputs")
     if isinstance(captions, (str, os.PathLike)):
@@ -443,56 +434,86 @@ def embed(
     if writer:
         job.open()
     try:
-        todo = job.todo() if writer else []
-        if jax.process_count() > 1:  # everyone must run the same shards, in step: process 0's list
-            from jax.experimental import multihost_utils
-
-            flags = np.zeros(job.num_shards, np.int32)
-            flags[todo] = 1
-            todo = [int(k) for k in np.flatnonzero(multihost_utils.broadcast_one_to_all(flags))]
+        todo = _agreed_todo(job, writer)
         if not todo:
-            return Summary(job.items, job.rows_done(), len(job.errors()), job.num_shards, 0,
-                           time.perf_counter() - t0, job.errors())
-
+            return _summary(job, 0, t0)
         if sharded is None:
-            clip, preprocess = load(model, dtype=jnp.dtype(dtype), attention=attention)
-            sharded = parallel.ShardedCLIP(clip, parallel.make_mesh(model_parallel), batch_size=batch_size)
+            sharded, preprocess = _load_sharded(model, dtype, attention, parallel.make_mesh(model_parallel),
+                                                batch_size)
         else:
             preprocess = transform_for(sharded.config)  # the transform load() would give
-        c = sharded.config
         if captions is not None and not truncate:  # fail now, not after the shards before a long caption
-            _check_captions_fit(captions, c.text.context_length, shard_size)
-        done_items = job.items_done() if writer else 0
-        bar = _progress(job.items, done_items, "img" if images is not None else "text", progress and writer)
+            _check_captions_fit(captions, sharded.config.text.context_length, shard_size)
+        bar = _progress(job.items, job.items_done() if writer else 0, "img" if images is not None else "text",
+                        progress and writer)
         try:
             for k in todo:
-                lo, hi = job.bounds(k)
-                keep = np.ones(hi - lo, bool)
-                errors: list[tuple[str, str]] = []
-                image_emb = text_emb = None
-                if images is not None:
-                    feats = []
-                    for batch in sharded.embed_image_files(images[lo:hi], preprocess, num_threads=num_threads):
-                        feats.append(batch.features)
-                        keep[batch.start: batch.start + len(batch.ok)] = batch.ok
-                        errors += batch.errors
-                        bar.update(len(batch.ok))
-                    image_emb = np.concatenate(feats)
-                    errors = _all_errors(images[lo:hi], keep, errors, preprocess) if writer else errors
-                if captions is not None:
-                    # By default long captions are cut, as clip-retrieval does (not an error).
-                    tokens = tokenize(captions[lo:hi], context_length=c.text.context_length, truncate=truncate)
-                    text_emb = sharded.encode_text(tokens, normalized=True)
-                    if images is None:
-                        bar.update(hi - lo)
+                image_emb, text_emb, keep, errors = _embed_shard(job, k, sharded, preprocess, num_threads, truncate,
+                                                                 bar, writer)
                 if writer:
                     job.write_shard(k, image_emb, text_emb, keep, errors)
         finally:
             bar.close()
-        return Summary(job.items, job.rows_done(), len(job.errors()), job.num_shards, len(todo),
-                       time.perf_counter() - t0, job.errors())
+        return _summary(job, len(todo), t0)
     finally:
         job.close()
+
+
+def _check_job_args(model, dtype: str, emb_dtype: str) -> None:
+    if model is None:
+        raise ValueError("no model: pass --model (a converted .safetensors or a PyTorch checkpoint)")
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be {one_of(FLOAT_DTYPES)}, got {dtype!r}")
+    if emb_dtype not in EMBEDDING_DTYPES:
+        raise ValueError(f"embedding dtype must be {one_of(EMBEDDING_DTYPES)}, got {emb_dtype!r}")
+
+
+def _agreed_todo(job: EmbedJob, writer: bool) -> list[int]:
+    """The shards to embed: process 0's list (only it reads the folder), which every process then runs
+    in step."""
+    todo = job.todo() if writer else []
+    if jax.process_count() > 1:
+        flags = np.zeros(job.num_shards, np.int32)
+        flags[todo] = 1
+        todo = [int(k) for k in np.flatnonzero(multihost_utils.broadcast_one_to_all(flags))]
+    return todo
+
+
+def _load_sharded(model, dtype: str, attention, mesh, batch_size: int):
+    """clip_jax.load(model) split over `mesh` -> (ShardedCLIP, its preprocess transform)."""
+    clip, preprocess = load(model, dtype=jnp.dtype(dtype), attention=attention)
+    return parallel.ShardedCLIP(clip, mesh, batch_size=batch_size), preprocess
+
+
+def _embed_shard(job: EmbedJob, k: int, sharded, preprocess, num_threads, truncate: bool, bar,
+                 writer: bool) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray, list]:
+    """Output shard k's rows -> (image embeddings [items, D] or None, caption embeddings [items, D] or
+    None, keep: bool [items], False for an unreadable image, errors [(path, reason)])."""
+    lo, hi = job.bounds(k)
+    keep = np.ones(hi - lo, bool)
+    errors: list[tuple[str, str]] = []
+    image_emb = text_emb = None
+    if job.images is not None:
+        feats = []
+        for batch in sharded.embed_image_files(job.images[lo:hi], preprocess, num_threads=num_threads):
+            feats.append(batch.features)
+            keep[batch.start: batch.start + len(batch.ok)] = batch.ok
+            errors += batch.errors
+            bar.update(len(batch.ok))
+        image_emb = np.concatenate(feats)
+        errors = _all_errors(job.images[lo:hi], keep, errors, preprocess) if writer else errors
+    if job.captions is not None:
+        # By default long captions are cut, as clip-retrieval does (not an error).
+        tokens = tokenize(job.captions[lo:hi], context_length=sharded.config.text.context_length, truncate=truncate)
+        text_emb = sharded.encode_text(tokens, normalized=True)
+        if job.images is None:
+            bar.update(hi - lo)
+    return image_emb, text_emb, keep, errors
+
+
+def _summary(job: EmbedJob, done_now: int, t0: float) -> Summary:
+    return Summary(job.items, job.rows_done(), len(job.errors()), job.num_shards, done_now,
+                   time.perf_counter() - t0, job.errors())
 
 
 def _model_id(model) -> str:
@@ -503,21 +524,13 @@ def _embed_shards(source, output, model, t0: float, *, dtype: str, emb_dtype: st
                   num_threads, model_parallel: int, attention, progress: bool, truncate: bool, sharded,
                   columns: dict) -> Summary:
     """embed() on tar or parquet shards: each process embeds its own shards on its own devices."""
-    import jax
-    import jax.numpy as jnp
-
-    from . import embed_shards, parallel
-    from .hub import load
-    from .image import transform_for
-
     job = embed_shards.ShardJob(output, source, model=_model_id(model), dtype=dtype, emb_dtype=emb_dtype,
                                 text=text, columns=columns)
     if jax.process_index() == 0:  # before the model is loaded: a wrong folder fails at once
         job.check_folder()
     if sharded is None:
-        clip, preprocess = load(model, dtype=jnp.dtype(dtype), attention=attention)
         mesh = parallel.make_mesh(model_parallel, devices=jax.local_devices())
-        sharded = parallel.ShardedCLIP(clip, mesh, batch_size=batch_size)
+        sharded, preprocess = _load_sharded(model, dtype, attention, mesh, batch_size)
     else:
         if any(d.process_index != jax.process_index() for d in sharded.mesh.devices.flat):
             raise ValueError("embedding shards needs a ShardedCLIP on this process's own devices "
@@ -532,8 +545,6 @@ def _embed_shards(source, output, model, t0: float, *, dtype: str, emb_dtype: st
 
 
 def _check_captions_fit(captions: Sequence[str], context_length: int, chunk: int) -> None:
-    from .tokenizer import tokenize
-
     for lo in range(0, len(captions), chunk):
         try:
             tokenize(captions[lo: lo + chunk], context_length=context_length)
@@ -544,8 +555,6 @@ def _check_captions_fit(captions: Sequence[str], context_length: int, chunk: int
 def _all_errors(paths: Sequence[str], keep: np.ndarray, local: list[tuple[str, str]], transform) -> list:
     """Every skipped row of a shard with its reason. In a multi-process run another process decoded some
     of them: their reason is found by trying the file again here (bad files are few)."""
-    from .image import ImageError
-
     known = {p: r for p, r in local}
     out = []
     for i in np.flatnonzero(~keep):

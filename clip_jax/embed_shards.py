@@ -33,12 +33,12 @@ import os
 import signal
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from .fileio import atomic_write
+from .image import Decoder
 from .sources import Source, is_url
 
 FORMAT_VERSION = 2
@@ -272,33 +272,37 @@ class ShardJob:
 # --- decoding ----------------------------------------------------------------------------------------
 
 
-def decoded_batches(shards: Iterable[tuple[int, Iterable[dict]]], transform, batch_size: int,
-                    pool: ThreadPoolExecutor, ahead: int) -> Iterator[tuple]:
+NO_IMAGE = "no image in the sample (jpg, jpeg, png, webp, ...)"
+
+
+def decoded_batches(shards: Iterable[tuple[int, Iterable[dict]]], decoder: Decoder, batch_size: int,
+                    ahead: int) -> Iterator[tuple]:
     """shards: (k, samples) pairs -> per batch (k, samples, uint8 pixels [batch_size, n, n, 3] zero-padded,
     ok [len(samples)], errors [(key, reason)]), in order, then (k, None, None, None, None) once shard k
-    has ended. A batch holds one shard's samples; decoding runs on `pool` and goes on into the next shard
-    while the devices work, at most `ahead` batches beyond the one returned (memory stays bounded)."""
-    from .image import ImageError
-
-    shape = tuple(transform.shape)
-
-    def read(sample, out):
-        if sample["image"] is None and sample.get("image_path") is None:
-            return sample["key"], "no image in the sample (jpg, jpeg, png, webp, ...)"
-        try:
-            transform.pixels(sample["image"] if sample["image"] is not None else sample["image_path"], out=out)
-            return None
-        except ImageError as e:
-            return sample["key"], e.reason
-
+    has ended. A batch holds one shard's samples; decoding runs on `decoder` and goes on into the next
+    shard while the devices work, at most `ahead` batches beyond the one returned (memory stays bounded)."""
+    shape = tuple(decoder.transform.shape)
     pending: deque = deque()
+
+    def start(k, batch):
+        buf = np.zeros((batch_size,) + shape, np.uint8)
+        sources = [s["image"] if s["image"] is not None else s.get("image_path") for s in batch]
+        has = [i for i, source in enumerate(sources) if source is not None]
+        futures = dict(zip(has, decoder.submit([sources[i] for i in has], [buf[i] for i in has])))
+        pending.append((k, batch, buf, futures))
 
     def finish():
         k, batch, buf, futures = pending.popleft()
         if batch is None:
             return k, None, None, None, None
-        results = [f.result() for f in futures]
-        return k, batch, buf, np.array([r is None for r in results], bool), [r for r in results if r is not None]
+        ok, errors = np.zeros(len(batch), bool), []
+        for i, sample in enumerate(batch):
+            error = futures[i].result() if i in futures else NO_IMAGE
+            if error is None:
+                ok[i] = True
+            else:
+                errors.append((sample["key"], error if isinstance(error, str) else error.reason))
+        return k, batch, buf, ok, errors
 
     for k, samples in shards:
         batch: list[dict] = []
@@ -306,8 +310,7 @@ def decoded_batches(shards: Iterable[tuple[int, Iterable[dict]]], transform, bat
             if sample is not None:
                 batch.append(sample)
             if batch and (len(batch) == batch_size or sample is None):
-                buf = np.zeros((batch_size,) + shape, np.uint8)
-                pending.append((k, batch, buf, [pool.submit(read, s, buf[i]) for i, s in enumerate(batch)]))
+                start(k, batch)
                 batch = []
             while len(pending) > ahead:
                 yield finish()
@@ -344,15 +347,13 @@ def run(job: ShardJob, sharded, transform, *, num_threads: int | None, truncate:
             text_emb = sharded.encode_text(tokens, normalized=True) if captions else np.zeros((0, dim))
         return job.write_shard(k, samples, keep, image_emb, text_emb, errors)
 
-    threads = max(1, num_threads or os.cpu_count() or 1)
     bar = _progress(None, 0, "img", progress and bool(todo))
     shards = ((k, iter(job.source.shards[k])) for k in todo)
     acc: dict[int, tuple[list, list, list, list]] = {}
-    with ThreadPoolExecutor(threads, thread_name_prefix="clip_jax_decode") as pool:
+    with Decoder(transform, num_threads) as decoder:
         try:
             # Shards are read and decoded in a background thread, ahead of the devices.
-            for k, batch, pixels, ok, errs in prefetch(decoded_batches(shards, transform, sharded.batch_size,
-                                                                       pool, 2), 2):
+            for k, batch, pixels, ok, errs in prefetch(decoded_batches(shards, decoder, sharded.batch_size, 2), 2):
                 samples, feats, oks, errors = acc.setdefault(k, ([], [], [], []))
                 if batch is None:  # shard k has ended
                     summaries[str(k)] = write(k, *acc.pop(k))

@@ -1,18 +1,18 @@
 """Image preprocessing for CLIP, bit-exact with OpenAI CLIP / open_clip eval transforms.
 
-The reference pipeline (OpenAI ``clip._transform`` and open_clip
-``image_transform(n_px, is_train=False)``) runs on a PIL image:
+The reference pipeline (OpenAI `clip._transform` and open_clip
+`image_transform(n_px, is_train=False)`) runs on a PIL image:
 
-1. ``Resize``: Pillow ``Image.resize`` (bicubic by default, antialiased),
-2. ``CenterCrop`` (zero padding first when the image is smaller than the crop),
-3. ``convert("RGB")`` -- *after* the crop, which matters for "P", "RGBA", "CMYK", ...
-4. ``ToTensor`` (``x / 255`` in float32) and ``Normalize`` (``(x - mean) / std``).
+1. `Resize`: Pillow `Image.resize` (bicubic by default, antialiased),
+2. `CenterCrop` (zero padding first when the image is smaller than the crop),
+3. `convert("RGB")` -- *after* the crop, which matters for "P", "RGBA", "CMYK", ...
+4. `ToTensor` (`x / 255` in float32) and `Normalize` (`(x - mean) / std`).
 
 Steps 1-3 are done here with the very same Pillow calls and the same integer
 geometry as torchvision, so the uint8 pixels are identical. Step 4 is done
-either on the host (``ImageTransform.__call__``: the same float32 operations in
+either on the host (`ImageTransform.__call__`: the same float32 operations in
 the same order as torchvision, so bit-identical) or on the device inside
-``jit`` (:func:`normalize_pixels`: a table lookup on the CPU, also bit-identical; a
+`jit` (`normalize_pixels`: a table lookup on the CPU, also bit-identical; a
 per-channel multiply-add on accelerators, within 1 ulp), which lets the host
 ship 4x fewer bytes (uint8 instead of float32).
 
@@ -24,14 +24,13 @@ from __future__ import annotations
 import io
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+from .config import OPENAI_MEAN, OPENAI_STD
 
 RESIZE_MODES = ("shortest", "longest", "squash")
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
@@ -52,14 +51,16 @@ __all__ = [
     "pixel_affine",
     "load_image",
     "load_images",
+    "read_into",
+    "Decoder",
 ]
 
 
 class ImageError(ValueError):
     """An image that cannot be read or preprocessed.
 
-    ``source`` names the file (its path, or a short description for bytes and
-    in-memory images) and ``reason`` says what is wrong with it.
+    `source` names the file (its path, or a short description for bytes and
+    in-memory images) and `reason` says what is wrong with it.
     """
 
     def __init__(self, source: str, reason: str):
@@ -71,8 +72,7 @@ class ImageError(ValueError):
         return (type(self), (self.source, self.reason))
 
 
-# ----------------------------------------------------------------------------
-# normalization
+# --- normalization --------------------------------------------------------------------------------
 
 
 def _three(v, name: str) -> tuple[float, float, float]:
@@ -88,7 +88,7 @@ def pixel_table(mean=OPENAI_MEAN, std=OPENAI_STD) -> np.ndarray:
     """float32 [256, 3]: the normalized value of every uint8 level for each channel.
 
     Computed with torchvision's float32 operations in its order:
-    ``ToTensor`` gives ``float32(v) / 255``, ``Normalize`` then ``(x - mean) / std``
+    `ToTensor` gives `float32(v) / 255`, `Normalize` then `(x - mean) / std`
     with mean and std rounded to float32. Each is a single correctly-rounded
     IEEE operation, so the table equals torchvision's numbers bit for bit.
     """
@@ -101,10 +101,10 @@ def pixel_table(mean=OPENAI_MEAN, std=OPENAI_STD) -> np.ndarray:
 
 
 def normalize_pixels_np(pixels: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD, out: np.ndarray | None = None) -> np.ndarray:
-    """Host-side normalization of uint8 ``[..., W, 3]`` pixels to float32, bit-exact with torchvision.
+    """Host-side normalization of uint8 `[..., W, 3]` pixels to float32, bit-exact with torchvision.
 
-    Same float32 operations as ``ToTensor`` + ``Normalize`` (``x / 255``, ``- mean``, ``/ std``),
-    run on rows of ``W * 3`` contiguous values with mean and std tiled along the row
+    Same float32 operations as `ToTensor` + `Normalize` (`x / 255`, `- mean`, `/ std`),
+    run on rows of `W * 3` contiguous values with mean and std tiled along the row
     (much faster than broadcasting over a trailing axis of 3).
     """
     pixels = np.asarray(pixels)
@@ -129,9 +129,9 @@ def normalize_pixels_np(pixels: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD, ou
 
 
 def pixel_affine(mean=OPENAI_MEAN, std=OPENAI_STD) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (scale [3], shift [3]) with ``x * scale + shift`` ~= ``(x / 255 - mean) / std`` per channel.
+    """float32 (scale [3], shift [3]) with `x * scale + shift` ~= `(x / 255 - mean) / std` per channel.
 
-    Both come from float64 (``1 / (255 std)`` and ``-mean / std``, mean and std rounded to float32
+    Both come from float64 (`1 / (255 std)` and `-mean / std`, mean and std rounded to float32
     first, as torchvision does) and are rounded once to float32.
     """
     m = np.asarray(_three(mean, "mean"), dtype=np.float32).astype(np.float64)
@@ -151,15 +151,15 @@ AFFINE_ULPS_ANY = 3
 
 
 def normalize_pixels(pixels, mean=OPENAI_MEAN, std=OPENAI_STD, exact: bool | None = None):
-    """Device-side normalization, usable inside ``jax.jit``: uint8 ``[..., 3]`` (NHWC) -> float32.
+    """Device-side normalization, usable inside `jax.jit`: uint8 `[..., 3]` (NHWC) -> float32.
 
     exact=None (default) picks per platform when the program is lowered: on the CPU, the
-    :func:`pixel_table` lookup (a 768-entry gather, bit-identical to the host path and to
-    torchvision); on accelerators, ``x * scale + shift`` per channel (:func:`pixel_affine`), one
-    multiply-add an elementwise fusion absorbs, within :data:`AFFINE_ULPS_OPENAI` ulp of the table for
+    `pixel_table` lookup (a 768-entry gather, bit-identical to the host path and to
+    torchvision); on accelerators, `x * scale + shift` per channel (`pixel_affine`), one
+    multiply-add an elementwise fusion absorbs, within `AFFINE_ULPS_OPENAI` ulp of the table for
     OpenAI's mean/std. An elementwise gather over a whole image batch is an access pattern TPUs
-    handle poorly, and the multiply-add can't be made bit-exact: torchvision's ``x / 255`` and
-    ``/ std`` round three times, and XLA rewrites division by a constant into a multiplication.
+    handle poorly, and the multiply-add can't be made bit-exact: torchvision's `x / 255` and
+    `/ std` round three times, and XLA rewrites division by a constant into a multiplication.
     exact=True: the table on every backend. exact=False: the multiply-add on every backend.
     """
     import jax
@@ -183,8 +183,7 @@ def normalize_pixels(pixels, mean=OPENAI_MEAN, std=OPENAI_STD, exact: bool | Non
     return lookup(x) if exact else affine(x)
 
 
-# ----------------------------------------------------------------------------
-# opening
+# --- opening --------------------------------------------------------------------------------------
 
 
 def _describe(source: Any) -> str:
@@ -244,8 +243,7 @@ class _Bad(Exception):
     """Internal: a reason already phrased for the user."""
 
 
-# ----------------------------------------------------------------------------
-# geometry (torchvision / open_clip rules, reproduced exactly)
+# --- geometry (torchvision / open_clip rules, reproduced exactly) ---------------------------------
 
 
 def _pad_like_torchvision(img: Image.Image, ltrb: list[int], fill) -> Image.Image:
@@ -264,7 +262,7 @@ def _pad_like_torchvision(img: Image.Image, ltrb: list[int], fill) -> Image.Imag
 
 
 def _center_crop_or_pad(img: Image.Image, n: int, fill=0) -> Image.Image:
-    """torchvision ``center_crop`` / open_clip ``center_crop_or_pad`` for a square n x n crop."""
+    """torchvision `center_crop` / open_clip `center_crop_or_pad` for a square n x n crop."""
     w, h = img.size
     if n > w or n > h:
         ltrb = [
@@ -300,8 +298,7 @@ def _resized_size(w: int, h: int, n: int, resize_mode: str) -> tuple[int, int]:
     return new_w, new_h
 
 
-# ----------------------------------------------------------------------------
-# the crop's window of a resize
+# --- the crop's window of a resize ----------------------------------------------------------------
 #
 # Resizing the short side of a thin image up to n_px makes the long side huge (a 20000x1 image becomes
 # 4.48M x 224: 4 GB in Pillow's 4-byte pixels) and the center crop keeps n_px of it. Pillow's
@@ -443,10 +440,10 @@ def _resize_would_waste(w: int, h: int, size: tuple[int, int], n: int) -> bool:
 class ImageTransform:
     """PIL image (or path / bytes) -> CLIP input, the eval transform of OpenAI CLIP / open_clip.
 
-    ``transform(img)`` gives float32 ``[n_px, n_px, 3]`` normalized (HWC);
-    ``transform.pixels(img)`` the uint8 ``[n_px, n_px, 3]`` RGB pixels before
-    normalization (to normalize on the device with :func:`normalize_pixels`);
-    ``transform.prepare(img)`` the cropped RGB PIL image.
+    `transform(img)` gives float32 `[n_px, n_px, 3]` normalized (HWC);
+    `transform.pixels(img)` the uint8 `[n_px, n_px, 3]` RGB pixels before
+    normalization (to normalize on the device with `normalize_pixels`);
+    `transform.prepare(img)` the cropped RGB PIL image.
     """
 
     def __init__(
@@ -498,7 +495,7 @@ class ImageTransform:
     def shape(self) -> tuple[int, int, int]:
         return (self.n_px, self.n_px, 3)
 
-    # -- the geometric part, on a decoded PIL image --------------------------------
+    # -- the geometric part, on a decoded PIL image --
     def _prepare_pil(self, img: Image.Image) -> Image.Image:
         n = self.n_px
         w, h = img.size
@@ -540,7 +537,7 @@ class ImageTransform:
             raise ImageError(_describe(source), _reason(e)) from e
         return fn(img)
 
-    # -- public API ---------------------------------------------------------------
+    # -- public API --
     def prepare(self, source: ImageSource) -> Image.Image:
         """Resized, center-cropped RGB PIL image (n_px x n_px)."""
         return self._run(source, lambda im: im)
@@ -574,7 +571,7 @@ def image_transform(
     interpolation: str = "bicubic",
     fill_color: int = 0,
 ) -> ImageTransform:
-    """The CLIP eval transform (OpenAI ``_transform`` / open_clip ``image_transform(is_train=False)``)."""
+    """The CLIP eval transform (OpenAI `_transform` / open_clip `image_transform(is_train=False)`)."""
     return ImageTransform(n_px, mean, std, resize_mode, interpolation, fill_color)
 
 
@@ -585,20 +582,62 @@ def transform_for(config) -> ImageTransform:
 
 
 def load_image(source: ImageSource, transform: ImageTransform) -> np.ndarray:
-    """uint8 [n_px, n_px, 3] pixels of one image (raises :class:`ImageError`)."""
+    """uint8 [n_px, n_px, 3] pixels of one image (raises `ImageError`)."""
     return transform.pixels(source)
 
 
-# ----------------------------------------------------------------------------
-# batch loading
+# --- batch loading --------------------------------------------------------------------------------
+
+
+def read_into(source: ImageSource, transform: ImageTransform, out: np.ndarray, normalized: bool = False) -> ImageError | None:
+    """Decode one image into `out`: uint8 [n_px, n_px, 3] pixels (`transform.pixels`), or float32
+    normalized ones with `normalized=True` (`transform(source)`, normalized while the image is hot in
+    cache). A bad image's `ImageError` is returned, not raised, so one bad file doesn't stop a batch."""
+    try:
+        if normalized:
+            transform.normalize(transform.pixels(source), out=out)
+        else:
+            transform.pixels(source, out=out)
+        return None
+    except ImageError as e:
+        return e
+
+
+class Decoder:
+    """Threads that decode images into rows the caller allocated (the threaded decoding of
+    `load_images`, `ShardedCLIP.embed_image_files` and the shard embedding jobs).
+
+    Pillow releases the GIL while decoding and resizing (and numpy while normalizing), so threads scale
+    with cores. Use it as a context manager: leaving it cancels what hasn't started and waits for the rest.
+    """
+
+    def __init__(self, transform: ImageTransform, num_threads: int | None = None, normalized: bool = False):
+        self.transform = transform
+        self.normalized = normalized
+        self.threads = max(1, int(num_threads or os.cpu_count() or 1))
+        self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="clip_jax_decode")
+
+    def submit(self, sources: Sequence[ImageSource], rows: Sequence[np.ndarray]) -> list[Future]:
+        """Start decoding `sources[i]` into `rows[i]` (an array's rows, or a list of row views); each
+        future's result is None, or the image's `ImageError`."""
+        return [self._pool.submit(read_into, s, self.transform, row, self.normalized) for s, row in zip(sources, rows)]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Decoder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class LoadedImages(NamedTuple):
-    """Result of :func:`load_images`.
+    """Result of `load_images`.
 
     pixels: uint8 [N_ok, n_px, n_px, 3], the good images in input order.
-    errors: ``[(source, reason), ...]`` for the skipped ones.
-    kept:   int64 [N_ok], the input index of each row of ``pixels``.
+    errors: `[(source, reason), ...]` for the skipped ones.
+    kept:   int64 [N_ok], the input index of each row of `pixels`.
     """
 
     pixels: np.ndarray
@@ -613,19 +652,15 @@ def load_images(
     on_error: str = "raise",
     normalized: bool = False,
 ) -> LoadedImages:
-    """Load and preprocess many images with a thread pool.
+    """Load and preprocess many images with a thread pool (see `Decoder`).
 
-    Pillow releases the GIL while decoding and resizing (and numpy while
-    normalizing), so threads scale with cores. By default the rows are uint8,
-    each equal to ``transform.pixels(source)``: normalize them with
-    :func:`normalize_pixels` on the device, inside jit. With ``normalized=True`` the
-    rows are float32, each equal to ``transform(source)`` (normalized in the
-    worker threads, while the image is hot in cache).
+    By default the rows are uint8, each equal to `transform.pixels(source)`: normalize them with
+    `normalize_pixels` on the device, inside jit. With `normalized=True` the rows are float32, each
+    equal to `transform(source)` (normalized in the worker threads).
 
-    ``on_error="raise"`` raises the :class:`ImageError` of the first bad image
-    (in input order); ``on_error="skip"`` leaves bad images out and lists them
-    in ``errors`` as ``(source, reason)``; ``kept`` gives the input index of
-    each returned row.
+    `on_error="raise"` raises the `ImageError` of the first bad image (in input order);
+    `on_error="skip"` leaves bad images out and lists them in `errors` as `(source, reason)`; `kept`
+    gives the input index of each returned row.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -634,36 +669,26 @@ def load_images(
     sources = list(sources)
     n = len(sources)
     out = np.empty((n,) + transform.shape, dtype=np.float32 if normalized else np.uint8)
-    if num_threads is None:
-        num_threads = os.cpu_count() or 1
-    num_threads = max(1, min(int(num_threads), n))
-
-    def work(i: int):
-        try:
-            if normalized:
-                transform.normalize(transform.pixels(sources[i]), out=out[i])
-            else:
-                transform.pixels(sources[i], out=out[i])
-            return None
-        except ImageError as e:
-            if on_error == "raise":
-                raise
-            return e
-
-    if num_threads == 1:
+    threads = max(1, min(int(os.cpu_count() or 1) if num_threads is None else int(num_threads), n))
+    stop = on_error == "raise"
+    if threads == 1:  # no pool: each image in turn, up to the first bad one when that raises
         results = []
-        for i in range(n):
-            results.append(work(i))
+        for i, source in enumerate(sources):
+            results.append(read_into(source, transform, out[i], normalized))
+            if stop and results[-1] is not None:
+                raise results[-1]
     else:
-        with ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="clip_jax_image") as ex:
-            futures = [ex.submit(work, i) for i in range(n)]
-            try:
-                results = [f.result() for f in futures]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+        with Decoder(transform, threads, normalized) as decoder:
+            results = []
+            for future in decoder.submit(sources, out):
+                results.append(future.result())
+                if stop and results[-1] is not None:
+                    raise results[-1]  # leaving the Decoder cancels the images not started
+    return _kept_rows(sources, out, results)
 
+
+def _kept_rows(sources: list, out: np.ndarray, results: list[ImageError | None]) -> LoadedImages:
+    """`load_images`' result from every row's outcome: the good rows, and the bad ones' reasons."""
     errors, kept = [], []
     for i, r in enumerate(results):
         if r is None:
@@ -672,6 +697,6 @@ def load_images(
             src = sources[i]
             errors.append((src if isinstance(src, (str, os.PathLike)) else r.source, r.reason))
     kept_arr = np.asarray(kept, dtype=np.int64)
-    if len(kept) != n:
+    if len(kept) != len(sources):
         out = out[kept_arr]
     return LoadedImages(out, errors, kept_arr)

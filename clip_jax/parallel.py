@@ -22,7 +22,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, NamedTuple
 
 import jax
@@ -33,9 +33,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .checks import check_images, check_tokens
+from .image import Decoder
 from .model import CLIP, check_attention_platform, declared_by_name, functional, l2_normalize, logits
 from .roles import DATA, MODEL, declared, flat_name, is_variable
-from .tokenizer import trim_tokens
+from .tokenizer import DEFAULT_BUCKETS, trim_tokens
 
 __all__ = [
     "DATA", "MODEL", "ShardedCLIP", "EmbeddedBatch", "initialize", "make_mesh", "param_specs", "shard_params",
@@ -233,7 +234,7 @@ class ShardedCLIP:
     """
 
     def __init__(self, model: CLIP, mesh: Mesh | None = None, batch_size: int = 256, prefetch: int = 2,
-                 text_buckets: Sequence[int] = (16, 32, 48, 64, 77)):
+                 text_buckets: Sequence[int] = DEFAULT_BUCKETS):
         self.mesh = mesh if mesh is not None else make_mesh()
         check_attention_platform(model, self.mesh.devices.flat[0].platform)
         self.n_data = self.mesh.shape[DATA]
@@ -382,49 +383,45 @@ class ShardedCLIP:
         num_threads: decoding threads per process (default: the CPU count). Decoding runs ahead of the
         devices by `prefetch` batches.
         """
-        from .image import ImageError
-
         n = len(paths)
         bs = self._step_rows(n)
         local = self.local_rows(bs)
         shape = (self.config.vision.image_size,) * 2 + (3,)
         if tuple(transform.shape) != shape:
             raise ValueError(f"transform makes {transform.shape} images; this model takes {shape}")
-        threads = max(1, num_threads or os.cpu_count() or 1)
-        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clip_jax_decode")
-        futures: dict[int, tuple[np.ndarray, list[Future]]] = {}
-        ahead = self.prefetch + 1  # batches being decoded beyond the one the devices need next
-
-        def read(path, out):
-            try:
-                transform.pixels(path, out=out)
-                return None
-            except ImageError as e:
-                return (os.fspath(path), e.reason)
-
-        def submit(start):
-            if start >= n or start in futures:
-                return
-            stop = min(start + bs, n)
-            lo, hi = start + local.start, min(start + local.stop, stop)
-            buf = np.zeros((max(hi - lo, 0),) + shape, np.uint8)
-            futures[start] = (buf, [pool.submit(read, paths[i], buf[i - lo]) for i in range(lo, hi)])
-
-        def load(start, stop, local_):
-            for k in range(ahead + 1):
-                submit(start + k * bs)
-            buf, futs = futures.pop(start)
-            errs = [f.result() for f in futs]
-            ok = np.array([e is None for e in errs], bool)
-            return buf, (ok, [e for e in errs if e is not None])
-
-        try:
+        with Decoder(transform, num_threads) as decoder:
+            load = self._file_loader(paths, decoder, bs, local)
             for start, feats, (ok_local, errs) in self._stream("image", n, load, normalized):
                 ok = self._gather_mask(ok_local, bs)[: len(feats)]
                 feats = np.where(ok[:, None], feats, 0).astype(np.float32)
                 yield EmbeddedBatch(start, feats, ok, errs)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _file_loader(self, paths: Sequence[str], decoder: Decoder, bs: int,
+                     local: slice) -> Callable[[int, int, slice], tuple[np.ndarray, tuple]]:
+        """`_stream`'s load for image files: this process's rows of each batch, decoded on `decoder`
+        `prefetch + 1` batches ahead of the one asked for -> (uint8 pixels, (ok [rows], errors))."""
+        n = len(paths)
+        pending: dict[int, tuple[np.ndarray, list[Future]]] = {}
+        ahead = self.prefetch + 1  # batches being decoded beyond the one the devices need next
+
+        def submit(start):
+            if start >= n or start in pending:
+                return
+            stop = min(start + bs, n)
+            lo, hi = start + local.start, min(start + local.stop, stop)
+            buf = np.zeros((max(hi - lo, 0),) + decoder.transform.shape, np.uint8)
+            pending[start] = (buf, decoder.submit(paths[lo:hi], buf))
+
+        def load(start, stop, local_):
+            for k in range(ahead + 1):
+                submit(start + k * bs)
+            buf, futures = pending.pop(start)
+            lo = start + local.start
+            results = [f.result() for f in futures]
+            errors = [(os.fspath(paths[lo + i]), e.reason) for i, e in enumerate(results) if e is not None]
+            return buf, (np.array([e is None for e in results], bool), errors)
+
+        return load
 
     def _gather_mask(self, ok_local: np.ndarray, bs: int) -> np.ndarray:
         """This process's per-row flags -> the whole batch's, in order (padding rows are False)."""

@@ -1,34 +1,34 @@
-"""Byte-level BPE tokenizer, bit-exact with OpenAI CLIP's ``simple_tokenizer.py``.
+"""Byte-level BPE tokenizer, bit-exact with OpenAI CLIP's `simple_tokenizer.py`.
 
-The vocabulary (``assets/bpe_simple_vocab_16e6.txt.gz``, MIT License, Copyright (c)
+The vocabulary (`assets/bpe_simple_vocab_16e6.txt.gz`, MIT License, Copyright (c)
 2021 OpenAI) and every text-processing step are those of OpenAI's tokenizer:
 
-1. ``ftfy.fix_text``, then ``html.unescape`` twice, then ``strip``;
-2. whitespace runs collapsed to one space, then ``lower()``;
-3. the pre-split regex ``<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|
-   [\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+`` (``regex`` package, IGNORECASE);
+1. `ftfy.fix_text`, then `html.unescape` twice, then `strip`;
+2. whitespace runs collapsed to one space, then `lower()`;
+3. the pre-split regex `<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|
+   [\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+` (`regex` package, IGNORECASE);
 4. each piece is UTF-8 encoded, mapped through the reversible byte->unicode table,
-   the last symbol gets ``</w>``, and BPE merges are applied lowest rank first.
+   the last symbol gets `</w>`, and BPE merges are applied lowest rank first.
 
-``<|startoftext|>`` is id 49406 and ``<|endoftext|>`` is id 49407 (the largest id).
+`<|startoftext|>` is id 49406 and `<|endoftext|>` is id 49407 (the largest id).
 
-The results are identical to OpenAI's tokenizer (and to ``open_clip``'s copy, which
+The results are identical to OpenAI's tokenizer (and to `open_clip`'s copy, which
 differs only in the spelling of the two special tokens; pass
-``special_tokens=("<start_of_text>", "<end_of_text>")`` to reproduce it exactly when
+`special_tokens=("<start_of_text>", "<end_of_text>")` to reproduce it exactly when
 texts contain those literal strings). The implementation is faster without changing
 any output:
 
-* ``ftfy.fix_text`` (most of the cost) is computed by a step-by-step mirror of
+* `ftfy.fix_text` (most of the cost) is computed by a step-by-step mirror of
   ftfy's own driver that skips every ftfy fixer whose trigger characters are absent
-  from the text (see "Text cleaning" below); pure-ASCII text with no ``&`` and no
+  from the text (clip_jax/ftfy_fast.py); pure-ASCII text with no `&` and no
   control character other than tab, line feed and form feed skips ftfy and
-  ``html.unescape`` altogether.
+  `html.unescape` altogether.
 * Cleaned text is split on spaces and each space-free chunk is cached
   (chunk -> ids). No pre-split match can contain whitespace and the pattern has no
   look-around, so pre-splitting chunk by chunk gives the same pieces as pre-splitting
   the whole text.
-* BPE runs on integer ids with a ``pair -> (rank, merged id)`` table instead of strings.
-* ``tokenize`` de-duplicates identical texts within a batch and fills the output array
+* BPE runs on integer ids with a `pair -> (rank, merged id)` table instead of strings.
+* `tokenize` de-duplicates identical texts within a batch and fills the output array
   with one vectorised scatter.
 """
 
@@ -38,15 +38,14 @@ import gzip
 import html
 import operator
 import os
-import re
 import threading
-import unicodedata
 from collections.abc import Iterable, Sequence
 from itertools import chain
 
-import ftfy
 import numpy as np
 import regex
+
+from .ftfy_fast import FAST_PATH as FTFY_FAST_PATH, fix_text, is_clean_ascii  # noqa: F401  (FTFY_FAST_PATH: re-export)
 
 __all__ = [
     "SimpleTokenizer",
@@ -77,261 +76,29 @@ DEFAULT_BUCKETS = (16, 32, 48, 64, 77)
 # Number of merges used by CLIP: 49152 - 256 - 2 (lines 1 .. 48894 of the file).
 _NUM_MERGES = 49152 - 256 - 2
 
-# ---------------------------------------------------------------------------
-# Text cleaning
-# ---------------------------------------------------------------------------
-#
-# OpenAI's cleaning is ``ftfy.fix_text`` then ``html.unescape`` twice, and ftfy is
-# most of the cost of tokenizing. ``_fix_text`` below computes exactly
-# ``ftfy.fix_text(text)`` but skips the ftfy steps that provably cannot change the
-# text: it follows ftfy's own driver (``fix_text`` -> ``fix_and_explain``, default
-# config) step by step and calls ftfy's own fixer for every step whose trigger
-# characters are present. Each trigger set is read from ftfy's tables at import:
-#
-# =====================  ================================================
-# ftfy step              can only change text that contains
-# =====================  ================================================
-# unescape_html          ``&`` (its regex is ``&#?[0-9A-Za-z]{1,24};``)
-# fix_encoding           a character of ``_mojibake_triggers()`` (see below)
-# fix_c1_controls        U+0080-U+009F
-# fix_latin_ligatures    a key of ``chardata.LIGATURES``
-# fix_character_width    a key of ``chardata.WIDTH_MAP``
-# uncurl_quotes          a character of its two quote regexes
-# fix_line_breaks        CR, U+0085, U+2028, U+2029
-# fix_surrogates         U+D800-U+DFFF
-# remove_terminal_...    ESC
-# remove_control_chars   a key of ``chardata.CONTROL_CHARS``
-# NFC                    (always applied; cheap when nothing changes)
-# =====================  ================================================
-#
-# ``fix_encoding`` returns its input unchanged unless ``badness.is_bad(text)``, i.e.
-# unless ``BADNESS_RE`` matches. Every alternative of that regex has a mandatory
-# position that only matches listed non-ASCII characters; ``_mojibake_triggers``
-# parses the regex, checks this for every alternative and collects one such position
-# per alternative (the one with the fewest everyday characters). Text containing none
-# of the collected characters cannot match, so ``fix_encoding`` is the identity on it.
-#
-# The mirror is enabled only for ftfy 6.3 (the driver it follows) and only when the
-# regex check succeeds; otherwise ``_fix_text`` is ``ftfy.fix_text`` itself. The test
-# suite compares it with ``ftfy.fix_text`` on a large corpus and by fuzzing.
-
-# Characters common in ordinary (non-mojibake) text; used only to choose which
-# mandatory position of each BADNESS_RE alternative to use as its trigger.
-_EVERYDAY_CHARS = frozenset(
-    "\u2019\u2018\u201c\u201d\u201e\u2013\u2014\u2026\u2022\u00b7\u00ab\u00bb\u00a0\u00b0\u00a9"
-    "\u00ae\u2122\u20ac\u00a3"
-    "\u00e0\u00e1\u00e2\u00e3\u00e4\u00e5\u00e6\u00e7\u00e8\u00e9\u00ea\u00eb\u00ec\u00ed\u00ee"
-    "\u00ef\u00f1\u00f2\u00f3\u00f4\u00f6\u00f8\u00f9\u00fa\u00fb\u00fc\u00df\u0153\u0142\u015b"
-    "\u017c\u017a\u0107\u0144\u0105\u0119\u010d\u0161\u017e\u0159\u011f\u015f\u0131"
-    + "".join(map(chr, range(0x0430, 0x0450)))  # Cyrillic lower case
-    + "".join(map(chr, range(0x03AC, 0x03CF)))  # Greek lower case
-)
+# --- cleaning (OpenAI's basic_clean and whitespace_clean) -----------------------------------------
 
 
-try:
-    from re import _constants as _sre_constants, _parser as _sre_parse  # Python >= 3.11
-except ImportError:  # pragma: no cover - Python 3.10
-    import sre_constants as _sre_constants
-    import sre_parse as _sre_parse
+def basic_clean(text: str) -> str:
+    """OpenAI's `basic_clean`: `ftfy.fix_text`, `html.unescape` twice, strip."""
+    text = fix_text(text)
+    text = html.unescape(html.unescape(text))
+    return text.strip()
 
 
-def _element_chars(op, av) -> set[str] | None:
-    """Characters one parsed regex element can match, if it is a plain literal or a
-    positive class of literals and ranges (``None`` otherwise)."""
-    if op is _sre_constants.LITERAL:
-        return {chr(av)}
-    if op is not _sre_constants.IN:
-        return None
-    chars = set()
-    for sub_op, sub_av in av:
-        if sub_op is _sre_constants.LITERAL:
-            chars.add(chr(sub_av))
-        elif sub_op is _sre_constants.RANGE:
-            chars.update(map(chr, range(sub_av[0], sub_av[1] + 1)))
-        else:  # NEGATE, CATEGORY, ...: not a closed set
-            return None
-    return chars
-
-
-def _parse(pattern: re.Pattern) -> list | None:
-    if pattern.flags & re.IGNORECASE:
-        return None
-    try:
-        return list(_sre_parse.parse(pattern.pattern, pattern.flags))
-    except Exception:  # pragma: no cover - private parser changed
-        return None
-
-
-def _class_chars(pattern: re.Pattern) -> frozenset[str] | None:
-    """Characters a regex made of one literal or character class can match."""
-    items = _parse(pattern)
-    if items is None or len(items) != 1:
-        return None
-    chars = _element_chars(*items[0])
-    return frozenset(chars) if chars else None
-
-
-def _mojibake_triggers(badness_re: re.Pattern) -> frozenset[str] | None:
-    """Characters one of which every match of ftfy's ``BADNESS_RE`` must contain.
-
-    Returns ``None`` when that cannot be established from the regex structure.
-    """
-    items = _parse(badness_re)
-    if items is None:
-        return None
-    if len(items) == 1 and items[0][0] is _sre_constants.BRANCH:
-        alternatives = items[0][1][1]
-    else:
-        alternatives = [items]
-    triggers: set[str] = set()
-    for alt in alternatives:
-        best = None
-        for op, av in alt:  # top-level items of the sequence: each matches exactly once
-            chars = _element_chars(op, av)
-            if not chars or any(c < "\x80" for c in chars):
-                continue
-            key = (len(chars & _EVERYDAY_CHARS), len(chars))
-            if best is None or key < best[0]:
-                best = (key, chars)
-        if best is None:
-            return None
-        triggers |= best[1]
-    return frozenset(triggers)
-
-
-def _char_class(chars) -> str:
-    return "[" + "".join(re.escape(c) for c in sorted(chars)) + "]"
-
-
-def _build_ftfy_mirror():
-    """Trigger regexes for the ftfy steps, or ``None`` if the mirror is not verified."""
-    try:
-        from ftfy import badness, chardata, fixes
-    except ImportError:  # pragma: no cover
-        return None
-    if ftfy.__version__.split(".")[:2] != ["6", "3"]:
-        return None
-    mojibake = _mojibake_triggers(badness.BADNESS_RE)
-    c1 = _class_chars(chardata.C1_CONTROL_RE)
-    single_quotes = _class_chars(chardata.SINGLE_QUOTE_RE)
-    double_quotes = _class_chars(chardata.DOUBLE_QUOTE_RE)
-    surrogate_chars = _class_chars(fixes.SURROGATE_RE)
-    if None in (mojibake, c1, single_quotes, double_quotes, surrogate_chars):
-        return None
-    if not (chardata.HTML_ENTITY_RE.pattern.startswith("&") and fixes.ANSI_RE.pattern.startswith("\033")):
-        return None
-    quotes = single_quotes | double_quotes
-    ligatures = set(map(chr, chardata.LIGATURES))
-    widths = set(map(chr, chardata.WIDTH_MAP))
-    line_breaks = {"\r", "\u0085", "\u2028", "\u2029"}  # fixes.fix_line_breaks
-    controls = set(map(chr, chardata.CONTROL_CHARS))
-    surrogates = "\ud800-\udfff"
-    if surrogate_chars != frozenset(map(chr, range(0xD800, 0xE000))):
-        return None
-    everything = mojibake | c1 | ligatures | widths | quotes | line_breaks | controls | {"\x1b", "&"}
-    return {
-        "fixes": fixes,
-        "any": re.compile(_char_class(everything)[:-1] + surrogates + "]"),
-        "mojibake": re.compile(_char_class(mojibake)),
-        "c1": re.compile(_char_class(c1)),
-        "ligatures": re.compile(_char_class(ligatures)),
-        "widths": re.compile(_char_class(widths)),
-        "quotes": re.compile(_char_class(quotes)),
-        "line_breaks": re.compile(_char_class(line_breaks)),
-        "surrogates": re.compile("[" + surrogates + "]"),
-        "controls": re.compile(_char_class(controls)),
-        "mojibake_chars": mojibake,
-        # The ASCII characters among all triggers: control characters, CR, ESC, "&".
-        "ascii": re.compile(_char_class({c for c in everything if c < "\x80"})),
-        "max_segment": ftfy.TextFixerConfig().max_decode_length,
-    }
-
-
-_MIRROR = _build_ftfy_mirror()
-FTFY_FAST_PATH = _MIRROR is not None  # False: every text goes through ftfy.fix_text
-
-
-def _fix_segment(text: str, unescape: bool) -> str:
-    """``ftfy.fix_and_explain(text, TextFixerConfig(explain=False)).text``, skipping no-ops."""
-    m = _MIRROR
-    fixes = m["fixes"]
-    normalize = unicodedata.normalize
-    while True:
-        orig = text
-        if m["any"].search(text) is not None:
-            if unescape and "&" in text:
-                text = fixes.unescape_html(text)
-            if m["mojibake"].search(text) is not None:
-                text = ftfy.fix_encoding(text)
-            if m["c1"].search(text) is not None:
-                text = fixes.fix_c1_controls(text)
-            if m["ligatures"].search(text) is not None:
-                text = fixes.fix_latin_ligatures(text)
-            if m["widths"].search(text) is not None:
-                text = fixes.fix_character_width(text)
-            if m["quotes"].search(text) is not None:
-                text = fixes.uncurl_quotes(text)
-            if m["line_breaks"].search(text) is not None:
-                text = fixes.fix_line_breaks(text)
-            if m["surrogates"].search(text) is not None:
-                text = fixes.fix_surrogates(text)
-            if "\x1b" in text:
-                text = fixes.remove_terminal_escapes(text)
-            if m["controls"].search(text) is not None:
-                text = fixes.remove_control_chars(text)
-        text = normalize("NFC", text)
-        if text == orig:
-            return text
-
-
-def _fix_text(text: str) -> str:
-    """Exactly ``ftfy.fix_text(text)`` (default configuration)."""
-    if _MIRROR is None:
-        return ftfy.fix_text(text)
-    # ftfy.fix_text: fix line by line (segments end after "\n", at most max_segment
-    # long); HTML unescaping is switched off from the first segment containing "<" on.
-    max_segment = _MIRROR["max_segment"]
-    out = []
-    pos = 0
-    n = len(text)
-    unescape = True
-    while pos < n:
-        end = text.find("\n", pos) + 1
-        if end == 0:
-            end = n
-        if end - pos > max_segment:
-            end = pos + max_segment
-        segment = text[pos:end]
-        if unescape and "<" in segment:
-            unescape = False
-        out.append(_fix_segment(segment, unescape))
-        pos = end
-    return "".join(out)
-
-
-# Pure-ASCII text containing none of the ASCII trigger characters (control
-# characters other than TAB, LF and FF; "&") is left unchanged by ftfy.fix_text and by
-# html.unescape, so only the whitespace and case steps remain.
-_ASCII_TRIGGERS_RE = _MIRROR["ascii"] if _MIRROR is not None else None
+def whitespace_clean(text: str) -> str:
+    """OpenAI's `whitespace_clean`: whitespace runs collapsed to one space, no space at either end."""
+    return " ".join(text.split())
 
 
 def clean_text(text: str) -> str:
-    """CLIP's text normalisation: ``whitespace_clean(basic_clean(text)).lower()``.
-
-    That is ``ftfy.fix_text``, ``html.unescape`` twice, strip, collapse whitespace
-    runs to one space, lower-case.
-    """
-    if _ASCII_TRIGGERS_RE is not None and text.isascii() and _ASCII_TRIGGERS_RE.search(text) is None:
+    """CLIP's text normalisation: `whitespace_clean(basic_clean(text)).lower()`."""
+    if is_clean_ascii(text):  # ftfy and html.unescape would leave it as it is
         return " ".join(text.split()).lower()
-    text = _fix_text(text)
-    text = html.unescape(html.unescape(text))
-    text = text.strip()
-    return " ".join(text.split()).strip().lower()
+    return whitespace_clean(basic_clean(text)).lower()
 
 
-# ---------------------------------------------------------------------------
-# Vocabulary
-# ---------------------------------------------------------------------------
+# --- vocabulary -----------------------------------------------------------------------------------
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -355,7 +122,7 @@ class SimpleTokenizer:
 
     Instances cache the ids of every space-separated chunk and every pre-split piece
     they have seen; a fresh instance starts cold. Caches are cleared when they exceed
-    ``max_cache_entries`` so memory stays bounded on endless streams.
+    `max_cache_entries` so memory stays bounded on endless streams.
     """
 
     def __init__(
@@ -402,7 +169,7 @@ class SimpleTokenizer:
         self._pairs = pair_table
         self._byte_ids = [encoder[byte_encoder[b]] for b in range(256)]
         self._byte_end_ids = [encoder[byte_encoder[b] + "</w>"] for b in range(256)]
-        # id -> the bytes of its symbols (``</w>`` kept literally, as OpenAI's decode does).
+        # id -> the bytes of its symbols (`</w>` kept literally, as OpenAI's decode does).
         to_latin1 = {ord(c): chr(b) for b, c in byte_encoder.items()}  # then .encode("latin-1")
         self._id_bytes = [
             self.decoder[i].translate(to_latin1).encode("latin-1")
@@ -417,14 +184,14 @@ class SimpleTokenizer:
         self._chunk_cache: dict[str, tuple[int, ...]] = {}
         self.clear_cache()
 
-    # -- caches -------------------------------------------------------------
+    # -- caches --
 
     def clear_cache(self) -> None:
         """Empty the BPE caches (the next call runs from a cold cache)."""
         self._piece_cache = {t: (self.encoder[t],) for t in self.special_tokens}
         self._chunk_cache = {}
 
-    # -- BPE ----------------------------------------------------------------
+    # -- BPE --
 
     def _bpe(self, piece: str) -> tuple[int, ...]:
         """Ids of one pre-split piece (byte-level BPE, lowest merge rank first)."""
@@ -489,16 +256,16 @@ class SimpleTokenizer:
             out += ids
         return out
 
-    # -- public API ---------------------------------------------------------
+    # -- public API --
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` without start/end tokens."""
+        """Token ids of `text` without start/end tokens."""
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
         return self._encode_clean(clean_text(text))
 
     def decode(self, tokens: Iterable[int]) -> str:
-        """Text of ``tokens`` (``</w>`` becomes a space; invalid UTF-8 is replaced)."""
+        """Text of `tokens` (`</w>` becomes a space; invalid UTF-8 is replaced)."""
         id_bytes = self._id_bytes
         n = len(id_bytes)
         parts = []
@@ -515,11 +282,11 @@ class SimpleTokenizer:
         context_length: int = DEFAULT_CONTEXT_LENGTH,
         truncate: bool = False,
     ) -> np.ndarray:
-        """``[N, context_length]`` int32 ids: start, text ids, end, then zeros.
+        """`[N, context_length]` int32 ids: start, text ids, end, then zeros.
 
-        Raises ``ValueError`` for a text that does not fit unless ``truncate`` is
-        set, in which case the first ``context_length`` ids are kept and the last one
-        is replaced by the end token (as OpenAI's ``clip.tokenize(truncate=True)``).
+        Raises `ValueError` for a text that does not fit unless `truncate` is
+        set, in which case the first `context_length` ids are kept and the last one
+        is replaced by the end token (as OpenAI's `clip.tokenize(truncate=True)`).
         """
         items = _as_text_list(texts)
         if isinstance(context_length, bool) or not isinstance(context_length, (int, np.integer)):
@@ -570,7 +337,7 @@ def _as_text_list(texts) -> list[str]:
 
 
 def _pack(rows: list[list[int]], context_length: int) -> np.ndarray:
-    """Zero-padded ``[len(rows), context_length]`` int32 array from ragged rows."""
+    """Zero-padded `[len(rows), context_length]` int32 array from ragged rows."""
     out = np.zeros((len(rows), context_length), dtype=np.int32)
     if not rows:
         return out
@@ -584,9 +351,7 @@ def _pack(rows: list[list[int]], context_length: int) -> np.ndarray:
     return out
 
 
-# ---------------------------------------------------------------------------
-# Module-level API
-# ---------------------------------------------------------------------------
+# --- module-level API -----------------------------------------------------------------------------
 
 Tokenizer = SimpleTokenizer
 
@@ -609,29 +374,29 @@ def tokenize(
     context_length: int = DEFAULT_CONTEXT_LENGTH,
     truncate: bool = False,
 ) -> np.ndarray:
-    """Tokenize one text or a sequence of texts to ``np.int32 [N, context_length]``.
+    """Tokenize one text or a sequence of texts to `np.int32 [N, context_length]`.
 
-    Each row is ``<|startoftext|>``, the BPE ids, ``<|endoftext|>``, then zeros.
-    A text that does not fit raises ``ValueError`` naming it and the limit, unless
-    ``truncate=True``: then the first ``context_length`` ids are kept and the last
-    kept id is ``<|endoftext|>``. Anything other than ``str`` raises ``TypeError``.
+    Each row is `<|startoftext|>`, the BPE ids, `<|endoftext|>`, then zeros.
+    A text that does not fit raises `ValueError` naming it and the limit, unless
+    `truncate=True`: then the first `context_length` ids are kept and the last
+    kept id is `<|endoftext|>`. Anything other than `str` raises `TypeError`.
     """
     return default_tokenizer().tokenize(texts, context_length=context_length, truncate=truncate)
 
 
 def trim_tokens(tokens: np.ndarray, buckets: Sequence[int] = DEFAULT_BUCKETS, strict: bool = True) -> np.ndarray:
-    """Cut ``[N, L]`` ids to the smallest bucket that holds every row's end token.
+    """Cut `[N, L]` ids to the smallest bucket that holds every row's end token.
 
-    The kept length is the smallest bucket ``>= max over rows of (EOT position + 1)``,
-    capped at ``L`` (never longer than the input). ``<|endoftext|>`` is the largest id
-    (49407), so a row's EOT position is its ``argmax``. Rows of all zeros (padding)
+    The kept length is the smallest bucket `>= max over rows of (EOT position + 1)`,
+    capped at `L` (never longer than the input). `<|endoftext|>` is the largest id
+    (49407), so a row's EOT position is its `argmax`. Rows of all zeros (padding)
     need one column; a row with non-zero ids but no EOT has no known end: it raises
-    ``ValueError``, or with ``strict=False`` the batch is returned whole (what the
+    `ValueError`, or with `strict=False` the batch is returned whole (what the
     jitted entry points and ShardedCLIP do when trimming on their own).
 
     Why this is exact for CLIP's text tower: the transformer uses a causal attention
-    mask, so the activation at position ``i`` depends only on ids and positional
-    embeddings at positions ``<= i``; LayerNorms and MLPs act per position; and the
+    mask, so the activation at position `i` depends only on ids and positional
+    embeddings at positions `<= i`; LayerNorms and MLPs act per position; and the
     text feature is read at the EOT position (argmax of the ids). Columns after the
     last EOT of the batch (padding) therefore never influence any position that is
     read, and removing them changes no output, provided the model slices its

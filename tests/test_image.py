@@ -203,16 +203,18 @@ def test_thin_png_memory_is_bounded():
     """A 20000x1 PNG (140 bytes) resized as open_clip does would be 4.48M x 224 pixels, 4 GB in Pillow's
     4-byte pixels; the crop keeps 224 x 224. The window holds the source (80 KB), the crop's window and
     the output (200 KB each), so the peak may exceed a 224 x 224 image's by at most 32 MiB (allocator
-    slack, numpy temporaries of n_px x 5 taps). image.py alone is loaded (numpy, Pillow; no JAX), and
-    the address space is capped at 2 GiB so a regression fails fast instead of exhausting the machine."""
-    image_py = Path(__file__).resolve().parents[1] / "clip_jax" / "image.py"
+    slack, numpy temporaries of n_px x 5 taps). image.py and config.py alone are loaded (numpy, Pillow;
+    no JAX: the package's __init__ is skipped), and the address space is capped at 2 GiB so a regression
+    fails fast instead of exhausting the machine."""
+    package = Path(__file__).resolve().parents[1] / "clip_jax"
     code = f"""
-import importlib.util, io, resource
+import io, resource, sys, types
 resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 from PIL import Image
-spec = importlib.util.spec_from_file_location("image", {str(image_py)!r})
-image = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(image)
+sys.modules["clip_jax"] = types.ModuleType("clip_jax")
+sys.modules["clip_jax"].__path__ = [{str(package)!r}]
+import clip_jax.image as image
+assert "jax" not in sys.modules
 tf = image.image_transform(224)
 for size in SIZES:
     buf = io.BytesIO()

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 open_clip_tokenizer = pytest.importorskip("open_clip.tokenizer")
 
+from clip_jax import ftfy_fast as F  # noqa: E402
 from clip_jax import tokenizer as T  # noqa: E402
 
 from .corpus import (  # noqa: E402
@@ -150,7 +151,7 @@ def test_corpus_module_tokenize_matches_open_clip_tokenize():
 
 def test_corpus_cleaning_matches_reference():
     for t in CORPUS:
-        assert T._fix_text(t) == ftfy.fix_text(t), repr(t)
+        assert F.fix_text(t) == ftfy.fix_text(t), repr(t)
         assert T.clean_text(t) == open_clip_tokenizer._clean_lower(t), repr(t)
 
 
@@ -169,8 +170,7 @@ def test_fallback_without_ftfy_mirror(monkeypatch):
     # The plain ftfy.fix_text path (used for unverified ftfy versions) gives the same ids.
     texts = CORPUS[::7]
     fast = T.SimpleTokenizer().tokenize(texts, truncate=True)
-    monkeypatch.setattr(T, "_MIRROR", None)
-    monkeypatch.setattr(T, "_ASCII_TRIGGERS_RE", None)
+    monkeypatch.setattr(F, "_MIRROR", None)
     slow = T.SimpleTokenizer().tokenize(texts, truncate=True)
     assert np.array_equal(fast, slow)
 
@@ -181,7 +181,7 @@ def test_fallback_without_ftfy_mirror(monkeypatch):
 
 _ANY_CHAR = st.characters(exclude_categories=())  # every code point, surrogates included
 
-_TRIGGER_CHARS = sorted(T._MIRROR["mojibake_chars"]) if T._MIRROR else []
+_TRIGGER_CHARS = sorted(F._MIRROR["mojibake_chars"]) if F._MIRROR else []
 _TRICKY_CHARS = sorted(
     set("".join(ODD_CHARS + WHITESPACE + ACCENTED + EMOJI))
     | set(_TRIGGER_CHARS)
@@ -215,7 +215,7 @@ ALL_TEXT = st.one_of(ARBITRARY_TEXT, ASCII_ENTITY_TEXT, TRICKY_TEXT)
 
 
 def _check_against_reference(text):
-    assert T._fix_text(text) == ftfy.fix_text(text)
+    assert F.fix_text(text) == ftfy.fix_text(text)
     assert OC.encode(text) == REF.encode(text)
     if not _has_special_spelling(text):
         assert OURS.encode(text) == REF.encode(text)
@@ -253,12 +253,12 @@ def test_fuzz_ftfy_segmenting(text, max_segment):
     # ftfy fixes text in segments (lines, at most max_decode_length long) and stops
     # unescaping HTML from the first segment with "<"; shrink the segment length to
     # exercise that logic on short texts.
-    saved = T._MIRROR["max_segment"]
-    T._MIRROR["max_segment"] = max_segment
+    saved = F._MIRROR["max_segment"]
+    F._MIRROR["max_segment"] = max_segment
     try:
-        assert T._fix_text(text) == ftfy.fix_text(text, max_decode_length=max_segment)
+        assert F.fix_text(text) == ftfy.fix_text(text, max_decode_length=max_segment)
     finally:
-        T._MIRROR["max_segment"] = saved
+        F._MIRROR["max_segment"] = saved
 
 
 @pytest.mark.slow
@@ -292,7 +292,7 @@ _NON_TRIGGER = [c for c in _badness_pattern_chars() if c not in set(_TRIGGER_CHA
 def test_mojibake_triggers_cover_every_badness_alternative():
     from ftfy.badness import BADNESS_RE
 
-    triggers = T._mojibake_triggers(BADNESS_RE)
+    triggers = F._mojibake_triggers(BADNESS_RE)
     assert triggers is not None and all(c >= "\x80" for c in triggers)
     # The everyday characters that motivated the shortcut are not triggers.
     for c in "\u2019\u2013\u2014\u2026\u00e9\u00e8\u00e0\u00e7\u00f1\u00fc\u00f6\u00df\u0430\u03b1":
@@ -310,15 +310,15 @@ def test_mojibake_trigger_analysis_refuses_unprovable_patterns():
     import re
 
     # One mandatory non-ASCII element per alternative: é or è, and the class [À-Â].
-    assert T._mojibake_triggers(re.compile("\u00e9\u00e8|[\u00c0-\u00c2]x")) in (
+    assert F._mojibake_triggers(re.compile("\u00e9\u00e8|[\u00c0-\u00c2]x")) in (
         frozenset("\u00e9\u00c0\u00c1\u00c2"),
         frozenset("\u00e8\u00c0\u00c1\u00c2"),
     )
-    assert T._mojibake_triggers(re.compile("\u00e9|ab")) is None  # an all-ASCII alternative
-    assert T._mojibake_triggers(re.compile("[^a]\u00e9?")) is None  # only optional / negated parts
-    assert T._mojibake_triggers(re.compile("\u00e9", re.IGNORECASE)) is None
-    assert T._class_chars(re.compile("[a-c\u00e9]")) == frozenset("abc\u00e9")
-    assert T._class_chars(re.compile("ab")) is None
+    assert F._mojibake_triggers(re.compile("\u00e9|ab")) is None  # an all-ASCII alternative
+    assert F._mojibake_triggers(re.compile("[^a]\u00e9?")) is None  # only optional / negated parts
+    assert F._mojibake_triggers(re.compile("\u00e9", re.IGNORECASE)) is None
+    assert F._class_chars(re.compile("[a-c\u00e9]")) == frozenset("abc\u00e9")
+    assert F._class_chars(re.compile("ab")) is None
 
 
 @FUZZ
@@ -333,7 +333,7 @@ def test_ascii_shortcut_matches_ftfy_on_every_ascii_pair():
         for b in range(0, 128, 1 if a < 33 else 17):
             text = f"x{chr(a)}{chr(b)}y&amp;" if a % 5 == 0 else f"x{chr(a)}{chr(b)}y"
             assert T.clean_text(text) == open_clip_tokenizer._clean_lower(text), repr(text)
-            assert T._fix_text(text) == ftfy.fix_text(text), repr(text)
+            assert F.fix_text(text) == ftfy.fix_text(text), repr(text)
 
 
 # ---------------------------------------------------------------------------

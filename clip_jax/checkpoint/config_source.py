@@ -3,9 +3,9 @@
 A checkpoint's shapes give most of the architecture, but not the activation (OpenAI's QuickGELU or
 open_clip's exact GELU), a head width other than 64, or the pooling. In order of precedence:
 
-1. what the caller says: a CLIPConfig, an open_clip config file or dict (``config=``, ``--config``), or an
-   open_clip architecture name (``model=``, ``--model``: "ViT-B-32", "ViT-B-32-quickgelu", ...);
-2. the ``open_clip_config.json`` beside the file (a Hugging Face snapshot, open_clip's local-dir layout);
+1. what the caller says: a CLIPConfig, an open_clip config file or dict (`config=`, `--config`), or an
+   open_clip architecture name (`model=`, `--model`: "ViT-B-32", "ViT-B-32-quickgelu", ...);
+2. the `open_clip_config.json` beside the file (a Hugging Face snapshot, open_clip's local-dir layout);
 3. inference from the weights, as OpenAI's build_model does: exact for OpenAI's own TorchScript archives;
    for any other file QuickGELU is an assumption, said in an `AssumedActivationWarning`.
 

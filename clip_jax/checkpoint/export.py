@@ -33,6 +33,7 @@ from ..model import declared_by_name, flat_params, model_declarations
 from ..roles import Declared
 from ..towers import kind_of
 from .store import DTYPES, cast_params
+from .torch_files import STORAGE_DTYPES
 from .torch_names import to_torch_state_dict
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
@@ -40,19 +41,9 @@ FP16_MIX = "fp16_mix"
 EXPORT_DTYPES = ("keep", *DTYPES, FP16_MIX)
 ALIGNMENT = 64  # torch.save's data record alignment (`.storage_alignment`)
 
-# numpy dtype -> torch's legacy storage class, the type tag torch.load reads a storage's dtype from.
-STORAGE_TYPES = {
-    np.dtype(np.float32): "FloatStorage",
-    np.dtype(np.float64): "DoubleStorage",
-    np.dtype(np.float16): "HalfStorage",
-    np.dtype(ml_dtypes.bfloat16): "BFloat16Storage",
-    np.dtype(np.int64): "LongStorage",
-    np.dtype(np.int32): "IntStorage",
-    np.dtype(np.int16): "ShortStorage",
-    np.dtype(np.int8): "CharStorage",
-    np.dtype(np.uint8): "ByteStorage",
-    np.dtype(np.bool_): "BoolStorage",
-}
+# numpy dtype -> torch's legacy storage class, the type tag torch.load reads a storage's dtype from:
+# the reader's table, inverted.
+STORAGE_TYPES = {np.dtype(dtype): name for name, dtype in STORAGE_DTYPES.items()}
 
 
 # --- the state dict ---------------------------------------------------------------------------------

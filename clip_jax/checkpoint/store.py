@@ -15,11 +15,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from ..config import CLIPConfig
+from ..dtypes import FLOAT_DTYPES
 from ..fileio import atomic_write
 
 FORMAT = "clip_jax"
 FORMAT_VERSION = "1"
-DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+# Name -> numpy type (numpy knows "bfloat16" once ml_dtypes is imported).
+DTYPES = {name: np.dtype(name).type for name in FLOAT_DTYPES}
 
 
 def cast_params(params: Mapping[str, np.ndarray], dtype: str = "keep") -> dict[str, np.ndarray]:

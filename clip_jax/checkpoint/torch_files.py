@@ -1,21 +1,21 @@
 """Safe, torch-free reader for PyTorch checkpoints.
 
-``load_state_dict(path)`` returns a flat ``{name: numpy.ndarray}`` dict from
+`load_state_dict(path)` returns a flat `{name: numpy.ndarray}` dict from
 
-* ``torch.save`` zip archives (the default format since torch 1.6),
-* the legacy non-zip ``torch.save`` format (``_use_new_zipfile_serialization=False``),
-* TorchScript archives written by ``torch.jit.save`` (scripted or traced modules;
-  OpenAI's original CLIP ``.pt`` files are of this kind),
-* open_clip training checkpoints (``{'state_dict': ..., 'optimizer': ...}``), with
-  ``module.`` / ``_orig_mod.`` prefixes removed,
-* ``.safetensors`` files.
+* `torch.save` zip archives (the default format since torch 1.6),
+* the legacy non-zip `torch.save` format (`_use_new_zipfile_serialization=False`),
+* TorchScript archives written by `torch.jit.save` (scripted or traced modules;
+  OpenAI's original CLIP `.pt` files are of this kind),
+* open_clip training checkpoints (`{'state_dict': ..., 'optimizer': ...}`), with
+  `module.` / `_orig_mod.` prefixes removed,
+* `.safetensors` files.
 
 The format is chosen from the file's first bytes, not its suffix.
 
 Pickle is a small programming language: a checkpoint can name any importable
 callable and have the loader call it.  This module therefore never uses
-``pickle.load`` or ``torch.load``.  It unpickles with an ``Unpickler`` whose
-``find_class`` answers only from a fixed allow-list of inert stand-ins (a few
+`pickle.load` or `torch.load`.  It unpickles with an `Unpickler` whose
+`find_class` answers only from a fixed allow-list of inert stand-ins (a few
 torch names are mapped to local functions that merely *record* what the file
 describes), and it accepts persistent ids only of the exact shape torch writes
 for tensor storages.  Tensors are materialised afterwards from raw bytes, after
@@ -52,18 +52,16 @@ class CheckpointError(ValueError):
     """
 
 
-# ---------------------------------------------------------------------------
-# Inert stand-ins for the objects a checkpoint's pickle may mention
-# ---------------------------------------------------------------------------
+# --- inert stand-ins for the objects a checkpoint's pickle may mention ----------------------------
 
 
 class _Inert:
     """Base of every object the file can get its hands on (via find_class or
-    persistent_load).  The pickle BUILD opcode calls ``__setstate__`` when it
+    persistent_load).  The pickle BUILD opcode calls `__setstate__` when it
     exists, otherwise it writes attributes; refusing here means a file can
     neither alter shared stand-ins (and so poison later loads) nor tensors.
     Plain functions are never handed out for the same reason: BUILD could set
-    their ``__defaults__``.
+    their `__defaults__`.
     """
 
     __slots__ = ()
@@ -89,7 +87,7 @@ class _Function(_Inert):
 
 
 class _StorageType(_Inert):
-    """Stand-in for ``torch.FloatStorage`` & co: only knows its element dtype.
+    """Stand-in for `torch.FloatStorage` & co: only knows its element dtype.
 
     Instances (not classes) are handed to the unpickler, so the pickle cannot
     instantiate them with NEWOBJ / REDUCE / INST.
@@ -106,22 +104,21 @@ class _StorageType(_Inert):
 
 
 # Storage classes torch writes for each supported dtype (torch 2.x still writes
-# these legacy "typed storage" names for tensors of the classic dtypes).
-_STORAGE_TYPES = {
-    name: _StorageType(name, dtype)
-    for name, dtype in {
-        "FloatStorage": np.float32,
-        "HalfStorage": np.float16,
-        "BFloat16Storage": ml_dtypes.bfloat16,
-        "DoubleStorage": np.float64,
-        "LongStorage": np.int64,
-        "IntStorage": np.int32,
-        "ShortStorage": np.int16,
-        "CharStorage": np.int8,
-        "ByteStorage": np.uint8,
-        "BoolStorage": np.bool_,
-    }.items()
+# these legacy "typed storage" names for tensors of the classic dtypes). The one
+# table of them: export.py writes a dtype's storage as the inverse of this.
+STORAGE_DTYPES: dict[str, type] = {
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "DoubleStorage": np.float64,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
 }
+_STORAGE_TYPES = {name: _StorageType(name, dtype) for name, dtype in STORAGE_DTYPES.items()}
 
 
 class _StorageRef(_Inert):
@@ -154,10 +151,10 @@ class _TensorRef(_Inert):
 
 
 class _ScriptObject:
-    """Stand-in for every TorchScript class ``__torch__.<...>.<Name>``.
+    """Stand-in for every TorchScript class `__torch__.<...>.<Name>`.
 
     The pickle creates these with NEWOBJ and fills them with BUILD; we only
-    record the state dict.  No code from the archive (``code/``) is ever read.
+    record the state dict.  No code from the archive (`code/`) is ever read.
     """
 
     __slots__ = ("state",)
@@ -211,7 +208,7 @@ def _rebuild_tensor_v2(
     backward_hooks: Any = None,
     metadata: Any = None,
 ) -> _TensorRef:
-    """Replaces ``torch._utils._rebuild_tensor_v2``: validate and record the view."""
+    """Replaces `torch._utils._rebuild_tensor_v2`: validate and record the view."""
     if not isinstance(storage, _StorageRef):
         raise CheckpointError(f"tensor storage must come from a persistent id, got {type(storage).__name__}")
     if not _is_int(storage_offset):
@@ -227,19 +224,19 @@ def _rebuild_tensor_v2(
 
 
 def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None) -> Any:
-    """Replaces ``torch._utils._rebuild_parameter``: a Parameter is just its data."""
+    """Replaces `torch._utils._rebuild_parameter`: a Parameter is just its data."""
     if not isinstance(data, _TensorRef):
         raise CheckpointError(f"parameter data must be a tensor, got {type(data).__name__}")
     return data
 
 
 def _rebuild_parameter_with_state(data: Any, requires_grad: Any, backward_hooks: Any, state: Any) -> Any:
-    """Replaces ``torch._utils._rebuild_parameter_with_state``; the state is dropped."""
+    """Replaces `torch._utils._rebuild_parameter_with_state`; the state is dropped."""
     return _rebuild_parameter(data)
 
 
 def _identity(value: Any, *type_tag: Any) -> Any:
-    """Replaces ``torch.jit._pickle`` helpers that only attach TorchScript type tags."""
+    """Replaces `torch.jit._pickle` helpers that only attach TorchScript type tags."""
     return value
 
 
@@ -280,7 +277,7 @@ ALLOWED_GLOBALS = frozenset(f"{m}.{n}" for m, n in _TORCHSCRIPT_GLOBALS) | {"__t
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that resolves globals only from an allow-list.
 
-    ``find_class`` is the single place the C unpickler turns names into objects
+    `find_class` is the single place the C unpickler turns names into objects
     (GLOBAL, STACK_GLOBAL, INST, OBJ and EXT all go through it), so an exact
     allow-list here means the file can only ever call our inert stand-ins.
     """
@@ -307,7 +304,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise CheckpointError(f"refused global {module}.{name}: not on the allow-list") from None
 
     def _script_class(self, qualified_name: str) -> type:
-        """One inert ``_ScriptObject`` subclass per TorchScript class name."""
+        """One inert `_ScriptObject` subclass per TorchScript class name."""
         cls = self._script_classes.get(qualified_name)
         if cls is None:
             name = qualified_name.rpartition(".")[2]
@@ -365,9 +362,7 @@ def _unpickle(data: bytes, allowed: dict, persistent_load=None, torchscript=Fals
     return _RestrictedUnpickler(io.BytesIO(data[:end]), allowed, persistent_load, torchscript).load()
 
 
-# ---------------------------------------------------------------------------
-# The memory budget: what reading may allocate, decided before allocating it
-# ---------------------------------------------------------------------------
+# --- the memory budget: what reading may allocate, decided before allocating it -------------------
 
 # A pickle's objects cost up to ~80 bytes per pickle byte (one empty container per opcode: 4 MiB of them
 # unpickle to 324 MiB). Real ones are small: ViT-B/32's state dict pickle is 53 KB, ViT-bigG-14's 121 KB,
@@ -464,15 +459,13 @@ def _nbytes(ref: _StorageRef) -> int:
     return ref.numel * ref.dtype.itemsize
 
 
-# ---------------------------------------------------------------------------
-# From unpickled object tree to named tensors
-# ---------------------------------------------------------------------------
+# --- from unpickled object tree to named tensors --------------------------------------------------
 
 _PREFIXES = ("module.", "_orig_mod.")
 
 
 def _strip_prefixes(name: str) -> str:
-    """Drop DataParallel/DDP (``module.``) and torch.compile (``_orig_mod.``) prefixes."""
+    """Drop DataParallel/DDP (`module.`) and torch.compile (`_orig_mod.`) prefixes."""
     stripped = True
     while stripped:
         stripped = False
@@ -505,11 +498,11 @@ def _named_tensors_from_dict(obj: Any) -> dict[str, _TensorRef]:
 
 
 def _named_tensors_from_script_module(root: Any) -> dict[str, _TensorRef]:
-    """Dotted names for a TorchScript module tree, as ``ScriptModule.state_dict()``.
+    """Dotted names for a TorchScript module tree, as `ScriptModule.state_dict()`.
 
     Every tensor attribute of a module is taken, and we recurse into attributes
-    that are themselves modules (TorchScript objects carrying ``training``).
-    Without reading ``code/`` we cannot tell a parameter/buffer from a plain
+    that are themselves modules (TorchScript objects carrying `training`).
+    Without reading `code/` we cannot tell a parameter/buffer from a plain
     tensor attribute of a *scripted* module; traced modules only ever hold
     parameters, buffers and submodules, so for them the names match exactly.
     """
@@ -539,13 +532,11 @@ def _named_tensors_from_script_module(root: Any) -> dict[str, _TensorRef]:
     return out
 
 
-# ---------------------------------------------------------------------------
-# From raw storage bytes to numpy arrays
-# ---------------------------------------------------------------------------
+# --- from raw storage bytes to numpy arrays -------------------------------------------------------
 
 
 def _storage_array(buf: np.ndarray, ref: _StorageRef, big_endian: bool) -> np.ndarray:
-    """View a storage's bytes as a flat native-endian array of ``ref.numel`` items."""
+    """View a storage's bytes as a flat native-endian array of `ref.numel` items."""
     nbytes = ref.numel * ref.dtype.itemsize
     if len(buf) < nbytes:
         raise CheckpointError(
@@ -589,9 +580,7 @@ def _read_exact(file: BinaryIO, nbytes: int, what: str) -> np.ndarray:
     return buf
 
 
-# ---------------------------------------------------------------------------
-# Formats
-# ---------------------------------------------------------------------------
+# --- formats --------------------------------------------------------------------------------------
 
 
 def _zip_root(names: list[str]) -> str:
@@ -783,7 +772,7 @@ _LEGACY_PROTOCOL = 1001
 
 
 def _load_legacy(path: str) -> dict[str, np.ndarray]:
-    """``torch.save(..., _use_new_zipfile_serialization=False)``: a run of pickles, then storages."""
+    """`torch.save(..., _use_new_zipfile_serialization=False)`: a run of pickles, then storages."""
     with open(path, "rb") as f:
         file_size = os.fstat(f.fileno()).st_size
         header = lambda: _unpickle(_read_pickle(f, file_size, 4096), {})  # a few dozen bytes each
@@ -851,8 +840,8 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a PyTorch checkpoint without torch and without running code from it.
 
-    Returns a flat ``{name: numpy.ndarray}`` dict (bfloat16 as
-    ``ml_dtypes.bfloat16``).  Raises ``CheckpointError`` naming the file and
+    Returns a flat `{name: numpy.ndarray}` dict (bfloat16 as
+    `ml_dtypes.bfloat16`).  Raises `CheckpointError` naming the file and
     the problem for anything refused, malformed or unreadable.
     """
     path = os.fspath(path)
