@@ -25,9 +25,10 @@ from safetensors.torch import load_file
 
 import clip_jax
 from clip_jax.checkpoint import load_state_dict, read_params
-from clip_jax.checkpoint import export as export_module
+from clip_jax.checkpoint import torch_writer
 from clip_jax.checkpoint.torch_names import from_torch
-from clip_jax.checkpoint.export import _Pickle, export, torch_state_dict
+from clip_jax.checkpoint.export import export, torch_state_dict
+from clip_jax.checkpoint.torch_writer import _Pickle
 
 from .reference import inputs, reference_model, reference_outputs, state_dict
 from .test_parity import assert_matches
@@ -193,8 +194,8 @@ def test_failed_write_leaves_old_file(tmp_path, monkeypatch, suffix):
             f.write(b"partial")
         raise OSError("disk full")
 
-    real_record = export_module._write_record
-    monkeypatch.setattr(export_module, "_write_record", die_on_second_record)
+    real_record = torch_writer._write_record
+    monkeypatch.setattr(torch_writer, "_write_record", die_on_second_record)
     monkeypatch.setattr("safetensors.numpy.save_file", die_in_save_file)
     with pytest.raises(OSError, match="disk full"):
         export({"logit_scale": np.zeros((), np.float32)}, path)
@@ -234,7 +235,7 @@ def test_output_path_fifo_symlink_and_full_disk(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(export_module, "_write_record", full)
+    monkeypatch.setattr(torch_writer, "_write_record", full)
     with pytest.raises(OSError, match=r"^\S*model\.pt: no space left on device") as e:
         export(params, tmp_path / "model.pt")
     assert e.value.errno == errno.ENOSPC and len(str(e.value).splitlines()) == 1

@@ -31,6 +31,7 @@ from ..fileio import atomic_write
 from ..model import ConversionError, abstract_model, param_shapes, raise_if_any
 from ..towers import model_type
 from .torch_files import CheckpointError, load_state_dict
+from .torch_writer import write_safetensors
 
 CONFIG = "config.json"
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
@@ -507,8 +508,6 @@ def write_folder(folder: str | os.PathLike, params: Mapping[str, np.ndarray], co
                  projection: bool) -> Path:
     """config.json, model.safetensors and preprocessor_config.json in `folder` (created), each written
     atomically, for transformers' CLIPModel (kind "clip") or the tower class of kind and projection."""
-    from .export import write_safetensors
-
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     cfg = config_to_transformers(config, kind, projection)
