@@ -540,7 +540,7 @@ def test_distributed_flag_sets_up_from_the_environment(monkeypatch):
 
     calls = []
     monkeypatch.setattr(clip_jax.parallel, "initialize", lambda *a, **k: calls.append(a))
-    cli._initialize(cli.parser().parse_args(["embed", "x", "-o", "out", "--model", "m", "--distributed"]))
+    cli.initialize_distributed(cli.parser().parse_args(["embed", "x", "-o", "out", "--model", "m", "--distributed"]))
     assert calls == [(None, None, None)]
-    cli._initialize(cli.parser().parse_args(["embed", "x", "-o", "out", "--model", "m"]))
+    cli.initialize_distributed(cli.parser().parse_args(["embed", "x", "-o", "out", "--model", "m"]))
     assert calls == [(None, None, None)]
