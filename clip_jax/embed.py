@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -39,7 +38,7 @@ from jax.experimental import multihost_utils
 from . import embed_shards, parallel
 from .dtypes import EMBEDDING_DTYPES, FLOAT_DTYPES, one_of
 from .embed_folder import (  # noqa: F401  (MANIFEST, ERRORS, FORMAT, read_manifest: also embed's names)
-    ERRORS, FORMAT, KILL_AFTER_FILES_ENV, MANIFEST, progress_bar, read_manifest, tsv_field,
+    ERRORS, FORMAT, MANIFEST, progress_bar, read_manifest, tsv_field,
 )
 from .fileio import atomic_write
 from .hub import load
@@ -251,8 +250,6 @@ class EmbedJob:
             _write_npy(paths["text"], text_emb[keep].astype(self.emb_dtype))
             columns["caption"] = [c for c, ok in zip(self.captions[lo:hi], keep) if ok]
         _write_parquet(paths["metadata"], columns)
-        if os.environ.get(KILL_AFTER_FILES_ENV) == str(k):
-            os.kill(os.getpid(), signal.SIGKILL)
         self.done[str(k)] = {"items": hi - lo, "rows": int(keep.sum()), "errors": [list(e) for e in errors]}
         self._commit()
 

@@ -13,9 +13,6 @@ from tqdm import tqdm
 MANIFEST = "manifest.json"
 ERRORS = "errors.tsv"
 FORMAT = "clip_jax.embed"  # the manifest's "format", whichever job wrote it
-# Test hook: SIGKILL this process right after shard K's data files are written, before the manifest
-# says the shard is done (the worst moment to die).
-KILL_AFTER_FILES_ENV = "CLIP_JAX_TEST_KILL_AFTER_FILES"
 
 
 def read_manifest(path: str | os.PathLike) -> dict:

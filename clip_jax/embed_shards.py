@@ -30,7 +30,6 @@ import itertools
 import json
 import math
 import os
-import signal
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -42,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from jax._src import distributed  # the key-value store of jax.distributed's client (no public name)
 
-from .embed_folder import ERRORS, FORMAT, KILL_AFTER_FILES_ENV, MANIFEST, progress_bar, tsv_field
+from .embed_folder import ERRORS, FORMAT, MANIFEST, progress_bar, tsv_field
 from .fileio import atomic_write
 from .image import Decoder
 from .parallel import prefetch
@@ -241,8 +240,6 @@ class ShardJob:
         if self.text:
             self.dest.write(paths["text"], _npy_bytes(text_emb.astype(self.emb_dtype)))
         self.dest.write(paths["metadata"], _parquet_bytes(_metadata(samples, keep)))
-        if os.environ.get(KILL_AFTER_FILES_ENV) == str(k):
-            os.kill(os.getpid(), signal.SIGKILL)
         summary = {"shard": self.urls[k], "items": len(samples), "rows": int(keep.sum()),
                    "errors": [list(e) for e in errors]}
         self.dest.write(f"{DONE}/done_{self.key(k)}.json", json.dumps(summary, sort_keys=True).encode())
