@@ -229,7 +229,7 @@ def run(p: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except USER_ERRORS as e:
-        msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+        msg = str(e)
         if hasattr(args, "truncate"):  # the tokenizer's advice, in this command's terms
             msg = msg.replace("pass truncate=True", "pass --truncate")
         print(f"{p.prog}: error: {msg}", file=sys.stderr)

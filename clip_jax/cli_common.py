@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from .dtypes import FLOAT_DTYPES
 
 # Failures the user can act on: one clear line on stderr, no traceback. (The checkpoint code's
-# CheckpointError and ConversionError are ValueErrors.)
-USER_ERRORS = (OSError, ValueError, KeyError)
+# CheckpointError and ConversionError are ValueErrors.) Not KeyError: a missing key is a bug unless the
+# code that looks it up says what the user got wrong, as a ValueError.
+USER_ERRORS = (OSError, ValueError)
 
 DTYPES = list(FLOAT_DTYPES)
 

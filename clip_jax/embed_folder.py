@@ -26,6 +26,10 @@ def read_manifest(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: not a valid manifest ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("shards", {}), dict):
         raise ValueError(f"{path}: not a valid manifest (expected a JSON object with a 'shards' object)")
+    for k, shard in data.get("shards", {}).items():  # what a rerun reads of each shard done
+        if not (isinstance(shard, dict) and isinstance(shard.get("items"), int) and isinstance(shard.get("rows"), int)
+                and isinstance(shard.get("errors"), list)):
+            raise ValueError(f"{path}: not a valid manifest (shard {k!r} lacks its items, rows or errors)")
     return data
 
 

@@ -27,6 +27,13 @@ __all__ = ["DeviceTopK", "Hit", "build_index", "index_search", "search", "shard_
 SPACES = {"image": ("img_emb", "image_path"), "text": ("text_emb", "caption")}
 
 
+def _space(space: str) -> tuple[str, str]:
+    """(the embeddings' subfolder, the metadata column) of `space`."""
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {tuple(SPACES)}, got {space!r}")
+    return SPACES[space]
+
+
 class Hit(NamedTuple):
     score: float  # cosine similarity
     shard: int  # k of img_emb_{k}.npy
@@ -37,7 +44,7 @@ class Hit(NamedTuple):
 def shard_files(folder: str | os.PathLike, space: str = "image") -> list[tuple[str, Path]]:
     """[(key, path)] of the embedding shards in shard order; key is the zero-padded k of the file name,
     shared by the shard's metadata_{key}.parquet."""
-    sub, _ = SPACES[space]
+    sub, _ = _space(space)
     found = []
     for p in (Path(folder) / sub).glob(f"{sub}_*.npy"):
         m = re.fullmatch(rf"{sub}_(\d+)\.npy", p.name)
@@ -140,8 +147,7 @@ def search(folder: str | os.PathLike, queries: np.ndarray, k: int = 10, space: s
     device: score on this process's JAX devices (DeviceTopK) instead of numpy. Memory: one chunk of
     chunk_rows x D, plus k per query.
     """
-    if space not in SPACES:
-        raise ValueError(f"space must be one of {tuple(SPACES)}, got {space!r}")
+    _space(space)
     if k < 1:
         raise ValueError(f"k must be positive, got {k}")
     folder = Path(folder)
@@ -176,7 +182,7 @@ def _hits(folder: Path, space: str, offsets: list[tuple[int, str, int]],
           best: list[tuple[np.ndarray, np.ndarray]]) -> list[list[Hit]]:
     """Per query, (scores, global rows) -> Hits with their metadata (only the hits' rows are read)."""
     starts = np.array([o[0] for o in offsets])
-    _, column = SPACES[space]
+    _, column = _space(space)
     results = []
     for scores, ids in best:
         where = np.searchsorted(starts, ids, side="right") - 1
@@ -248,6 +254,7 @@ def build_index(folder: str | os.PathLike, space: str = "image", factory: str | 
 def index_search(folder: str | os.PathLike, queries: np.ndarray, k: int = 10, space: str = "image",
                  nprobe: int = 16) -> list[list[Hit]]:
     """search() through FOLDER/{space}.index (build_index): approximate unless the index is Flat."""
+    _space(space)
     faiss = _faiss()
     folder = Path(folder)
     index = faiss.read_index(str(folder / INDEX.format(space=space)))

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..config import CLIPConfig, config_from_state_dict
+from ..config import CLIPConfig, MissingTensorError, config_from_state_dict
 
 # (clip_jax leaf pattern, torch name, transform). First match wins.
 RULES: list[tuple[str, str, str | None]] = [
@@ -72,8 +72,8 @@ def from_torch(state_dict: Mapping[str, np.ndarray], config: CLIPConfig | None =
     if config is None:
         try:
             config = config_from_state_dict(state_dict)
-        except KeyError as e:
-            raise ConversionError(f"not a CLIP checkpoint: {e.args[0]}") from None
+        except MissingTensorError as e:
+            raise ConversionError(f"not a CLIP checkpoint: {e}") from None
     params, missing, mismatched, used = {}, [], [], set()
     for name, shape in expected_params(config).items():
         src, transform = torch_name(name)
