@@ -50,18 +50,18 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-if TYPE_CHECKING:  # what type checkers and editors see: the names above, eagerly
-    from .checkpoint import convert
-    from .checkpoint.export import export
-    from .compilation import enable_compilation_cache, warmup
-    from .config import CLIPConfig, TextConfig, VisionConfig, config_from_open_clip, config_from_state_dict
-    from .hub import available_models, load, load_params
-    from .image import ImageError, image_transform, load_images
-    from .model import (
+if TYPE_CHECKING:  # what type checkers and editors see: the names above, eagerly (noqa: __all__ is computed)
+    from .checkpoint import convert  # noqa: F401
+    from .checkpoint.export import export  # noqa: F401
+    from .compilation import enable_compilation_cache, warmup  # noqa: F401
+    from .config import CLIPConfig, TextConfig, VisionConfig, config_from_open_clip, config_from_state_dict  # noqa: F401
+    from .hub import available_models, load, load_params  # noqa: F401
+    from .image import ImageError, image_transform, load_images  # noqa: F401
+    from .model import (  # noqa: F401
         CLIP, TowerStates, build, clip_logits, flat_params, functional, image_states, l2_normalize,
         l2_normalize as normalize, resize_pos_embed, text_states,
     )
-    from .parallel import ShardedCLIP, make_mesh, pmap_logits
-    from .tokenizer import tokenize, trim_tokens
-    from .towers import MissingTowerError, TextTower, VisionTower
-    from .zeroshot import IMAGENET_TEMPLATES, zeroshot_classifier
+    from .parallel import ShardedCLIP, make_mesh, pmap_logits  # noqa: F401
+    from .tokenizer import tokenize, trim_tokens  # noqa: F401
+    from .towers import MissingTowerError, TextTower, VisionTower  # noqa: F401
+    from .zeroshot import IMAGENET_TEMPLATES, zeroshot_classifier  # noqa: F401

@@ -33,7 +33,6 @@ Formats, chosen by the name:
 from __future__ import annotations
 
 import glob
-import io
 import json
 import os
 import re
