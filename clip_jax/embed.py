@@ -321,13 +321,7 @@ def embed(
                              batch_size=batch_size, num_threads=num_threads, model_parallel=model_parallel,
                              attention=attention, progress=progress, truncate=truncate, sharded=sharded,
                              columns={"image_column": image_column, "caption_column": caption_column})
-    images = None if source is None else [p for shard in source.shards for p in shard.paths]
-    if images is not None and not images:
-        raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in the inputs")
-    if isinstance(captions, (str, os.PathLike)):
-        captions = read_captions(captions)
-    elif captions is not None:
-        captions = list(captions)
+    images, captions = _images_and_captions(source, captions)
     job = EmbedJob(output, images, captions, model=_model_id(model), dtype=dtype, emb_dtype=emb_dtype, shard_size=shard_size)
     writer = jax.process_index() == 0
     if writer:
@@ -344,7 +338,7 @@ def embed(
         if captions is not None and not truncate:  # fail now, not after the shards before a long caption
             _check_captions_fit(captions, sharded.config.text.context_length, shard_size)
         bar = progress_bar(job.items, job.items_done() if writer else 0, "img" if images is not None else "text",
-                        progress and writer)
+                           progress and writer)
         try:
             for k in todo:
                 image_emb, text_emb, keep, errors = _embed_shard(job, k, sharded, preprocess, num_threads, truncate,
@@ -365,6 +359,18 @@ def _check_job_args(model, dtype: str, emb_dtype: str) -> None:
         raise ValueError(f"dtype must be {one_of(FLOAT_DTYPES)}, got {dtype!r}")
     if emb_dtype not in EMBEDDING_DTYPES:
         raise ValueError(f"embedding dtype must be {one_of(EMBEDDING_DTYPES)}, got {emb_dtype!r}")
+
+
+def _images_and_captions(source, captions) -> tuple[list[str] | None, list[str] | None]:
+    """The job's image paths (from a "files" source) and captions (a file's lines, or the strings given)."""
+    images = None if source is None else [p for shard in source.shards for p in shard.paths]
+    if images is not None and not images:
+        raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in the inputs")
+    if isinstance(captions, (str, os.PathLike)):
+        captions = read_captions(captions)
+    elif captions is not None:
+        captions = list(captions)
+    return images, captions
 
 
 def _agreed_todo(job: EmbedJob, writer: bool) -> list[int]:
