@@ -4,26 +4,64 @@
     logits_per_image, logits_per_text = clip_jax.clip_logits(model, images, clip_jax.tokenize(texts))
 """
 
-from .checkpoint import convert
-from .checkpoint.export import export
-from .compilation import enable_compilation_cache, warmup
-from .config import CLIPConfig, TextConfig, VisionConfig, config_from_open_clip, config_from_state_dict
-from .hub import available_models, load, load_params
-from .image import ImageError, image_transform, load_images
-from .model import (
-    CLIP, TowerStates, build, clip_logits, flat_params, functional, image_states, l2_normalize, resize_pos_embed,
-    text_states,
-)
-from .parallel import ShardedCLIP, make_mesh, pmap_logits
-from .tokenizer import tokenize, trim_tokens
-from .towers import MissingTowerError, TextTower, VisionTower
-from .zeroshot import IMAGENET_TEMPLATES, zeroshot_classifier
+from __future__ import annotations
 
-__all__ = [
-    "CLIP", "CLIPConfig", "IMAGENET_TEMPLATES", "ImageError", "MissingTowerError", "ShardedCLIP", "TextConfig",
-    "TextTower", "TowerStates", "VisionConfig", "VisionTower",
-    "available_models", "build", "clip_logits", "config_from_open_clip", "config_from_state_dict", "convert",
-    "enable_compilation_cache", "export", "flat_params", "functional", "image_transform", "load", "load_images", "load_params", "make_mesh",
-    "image_states", "l2_normalize", "normalize", "pmap_logits", "resize_pos_embed", "text_states", "tokenize", "trim_tokens",
-    "warmup", "zeroshot_classifier",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Each public name is imported from its module on first use (PEP 562), so `import clip_jax` (and with it
+# `clip-jax --help`, whose module lives in this package) doesn't wait ~1.5 s for jax and flax.
+_EXPORTS = {
+    "checkpoint": ["convert"],
+    "checkpoint.export": ["export"],
+    "compilation": ["enable_compilation_cache", "warmup"],
+    "config": ["CLIPConfig", "TextConfig", "VisionConfig", "config_from_open_clip", "config_from_state_dict"],
+    "hub": ["available_models", "load", "load_params"],
+    "image": ["ImageError", "image_transform", "load_images"],
+    "model": ["CLIP", "TowerStates", "build", "clip_logits", "flat_params", "functional", "image_states",
+              "l2_normalize", "resize_pos_embed", "text_states"],
+    "parallel": ["ShardedCLIP", "make_mesh", "pmap_logits"],
+    "tokenizer": ["tokenize", "trim_tokens"],
+    "towers": ["MissingTowerError", "TextTower", "VisionTower"],
+    "zeroshot": ["IMAGENET_TEMPLATES", "zeroshot_classifier"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+_ALIASES = {"normalize": "l2_normalize"}  # the public name of feature L2 normalization before it was renamed
+
+__all__ = sorted([*_MODULE_OF, *_ALIASES])
+
+
+def __getattr__(name: str) -> Any:
+    target = _ALIASES.get(name, name)
+    if target in _MODULE_OF:
+        value = getattr(importlib.import_module(f".{_MODULE_OF[target]}", __name__), target)
+    else:
+        try:  # a submodule not imported yet: `import clip_jax; clip_jax.eval`
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value  # once: later lookups don't come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what type checkers and editors see: the names above, eagerly (noqa: __all__ is computed)
+    from .checkpoint import convert  # noqa: F401
+    from .checkpoint.export import export  # noqa: F401
+    from .compilation import enable_compilation_cache, warmup  # noqa: F401
+    from .config import CLIPConfig, TextConfig, VisionConfig, config_from_open_clip, config_from_state_dict  # noqa: F401
+    from .hub import available_models, load, load_params  # noqa: F401
+    from .image import ImageError, image_transform, load_images  # noqa: F401
+    from .model import (  # noqa: F401
+        CLIP, TowerStates, build, clip_logits, flat_params, functional, image_states, l2_normalize,
+        l2_normalize as normalize, resize_pos_embed, text_states,
+    )
+    from .parallel import ShardedCLIP, make_mesh, pmap_logits  # noqa: F401
+    from .tokenizer import tokenize, trim_tokens  # noqa: F401
+    from .towers import MissingTowerError, TextTower, VisionTower  # noqa: F401
+    from .zeroshot import IMAGENET_TEMPLATES, zeroshot_classifier  # noqa: F401

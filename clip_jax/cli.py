@@ -1,19 +1,23 @@
-"""The `clip-jax` command line: convert, embed, classify, search."""
+"""The `clip-jax` command line: convert, embed, classify, search, index (and eval, in eval_cli.py).
+
+Start-up: this module and the ones it imports at the top load no jax, numpy or model code; each run_*
+function imports what its command needs when it runs, so `clip-jax --help` and a mistyped argument
+answer in ~0.1 s rather than after ~2 s of imports.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import warnings
+from importlib.util import find_spec
 from pathlib import Path
 
-import numpy as np
-
-from .checkpoint import AssumedActivationWarning, CheckpointError, ConversionError, convert
+from .cli_common import (  # noqa: F401  (DTYPES, non_negative_int: also this module's names)
+    DTYPES, USER_ERRORS, add_distributed_args, add_model_args, add_truncate_arg, initialize_distributed,
+    non_negative_int, one_line_warnings, positive_int,
+)
 from .dtypes import EMBEDDING_DTYPES, FLOAT_DTYPES
-
-# Failures the user can act on: one clear line on stderr, no traceback.
-USER_ERRORS = (CheckpointError, ConversionError, OSError, ValueError, KeyError)
+from .eval_cli import add_eval_args
 
 
 def add_convert_args(p: argparse.ArgumentParser) -> None:
@@ -35,67 +39,12 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> None:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", AssumedActivationWarning)
+    from .checkpoint import AssumedActivationWarning, convert  # when run: see the module docstring
+
+    with one_line_warnings(AssumedActivationWarning):
         dst = convert(args.src, args.output, dtype=args.dtype, config=args.config, model=args.model,
                       format=args.format)
-    for w in caught:  # ours as one line on stderr; any other as Python shows it
-        if issubclass(w.category, AssumedActivationWarning):
-            print(f"warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(f"wrote {dst}")
-
-
-DTYPES = list(FLOAT_DTYPES)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a batch of 0 or a top-0 is a mistake, refused at parsing)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _add_truncate_arg(p: argparse.ArgumentParser, default: bool, what: str) -> None:
-    p.add_argument("--truncate", action=argparse.BooleanOptionalAction, default=default,
-                   help=f"cut {what} longer than the model's context instead of refusing them "
-                        f"(default: {'on' if default else 'off'})")
-
-
-def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--model", "-m", required=required,
-                   help="a converted clip_jax .safetensors or a PyTorch CLIP checkpoint (anything clip_jax.load takes)")
-    p.add_argument("--dtype", default="float32", choices=DTYPES, help="compute dtype (default: float32)")
-    p.add_argument("--attention", choices=["xla", "cudnn"], default=None,
-                   help="attention kernel: cudnn (NVIDIA GPUs, with --dtype bfloat16/float16) or xla (default)")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="images or texts per step, over all devices (default: 256)")
-
-
-def _add_distributed_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("multi-host (jax.distributed); run the same command in every process")
-    g.add_argument("--coordinator", help="host:port of process 0's coordinator")
-    g.add_argument("--num-processes", type=positive_int, help="number of processes")
-    g.add_argument("--process-id", type=non_negative_int, help="this process's index, 0 to num_processes - 1")
-    g.add_argument("--distributed", action="store_true",
-                   help="set jax.distributed up from the environment (TPU pod slices, SLURM, Open MPI), without "
-                        "the three options above")
-
-
-def _initialize(args: argparse.Namespace) -> None:
-    """jax.distributed must start before any other JAX call."""
-    if args.distributed or args.coordinator or args.num_processes or args.process_id is not None:
-        from .parallel import initialize
-
-        initialize(args.coordinator, args.num_processes, args.process_id)
 
 
 def add_embed_args(p: argparse.ArgumentParser) -> None:
@@ -106,7 +55,7 @@ def add_embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="output folder (clip-retrieval's layout); rerun to resume")
     p.add_argument("--captions", metavar="FILE",
                    help="a text file of captions, one a line (with images: line i is image i's caption)")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--emb-dtype", default="float16", choices=EMBEDDING_DTYPES,
                    help="dtype of the stored embeddings (default: float16, as clip-retrieval)")
     p.add_argument("--shard-size", type=positive_int, default=100_000,
@@ -120,13 +69,15 @@ def add_embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", action=argparse.BooleanOptionalAction, default=True,
                    help="shards: also embed the captions (txt members or --caption-column; default: on)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_truncate_arg(p, True, "captions")  # as clip-retrieval
-    _add_distributed_args(p)
+    add_truncate_arg(p, True, "captions")  # as clip-retrieval
+    add_distributed_args(p)
     p.set_defaults(run=run_embed)
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    _initialize(args)
+    initialize_distributed(args)
+    import jax  # when run: see the module docstring
+
     from .embed import ERRORS, embed
 
     if not args.inputs and not args.captions:
@@ -136,8 +87,6 @@ def run_embed(args: argparse.Namespace) -> int:
               model_parallel=args.model_parallel, attention=args.attention, progress=not args.no_progress,
               truncate=args.truncate, image_column=args.image_column, caption_column=args.caption_column,
               text=args.text)
-    import jax
-
     if jax.process_index() == 0:
         skipped = f", {s.skipped} skipped (see {args.output.rstrip('/')}/{ERRORS})" if s.skipped else ""
         print(f"{args.output}: {s.rows} rows of {s.items} items in {s.shards} shards{skipped}; "
@@ -154,8 +103,8 @@ def add_classify_args(p: argparse.ArgumentParser) -> None:
                    help="prompt ensemble: 'imagenet' (OpenAI's 80 templates, default), a file of templates one a "
                         "line, or one template such as 'a photo of a {}.'")
     p.add_argument("-k", "--top-k", type=positive_int, default=5, help="classes to print per image (default: 5)")
-    _add_truncate_arg(p, False, "prompts")
-    _add_model_args(p)
+    add_truncate_arg(p, False, "prompts")
+    add_model_args(p)
     p.set_defaults(run=run_classify)
 
 
@@ -171,11 +120,12 @@ def _labels(args: argparse.Namespace) -> list[str]:
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # when run: see the module docstring
+    import numpy as np
 
-    from .embed import collect_images
     from .hub import load
     from .parallel import ShardedCLIP
+    from .sources import collect_images
     from .zeroshot import logit_scale, read_templates, top_k, zeroshot_classifier
 
     labels, templates = _labels(args), read_templates(args.templates)
@@ -205,19 +155,18 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--numpy", action="store_true", help="score on the CPU with numpy, not on the JAX devices")
     p.add_argument("--exact", action="store_true", help="exact search even where `clip-jax index` built an index")
     p.add_argument("-k", "--top-k", type=positive_int, default=10, help="results (default: 10)")
-    _add_truncate_arg(p, False, "a query")
+    add_truncate_arg(p, False, "a query")
     p.add_argument("--model", "-m", help="the model (default: the one the folder was embedded with)")
     p.add_argument("--dtype", default=None, choices=DTYPES, help="compute dtype (default: the folder's)")
     p.set_defaults(run=run_search)
 
 
 def run_search(args: argparse.Namespace) -> int:
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # when run: see the module docstring
+    import numpy as np
 
-    from .embed import MANIFEST, read_manifest
+    from .embed_folder import MANIFEST, read_manifest
     from .hub import load
-    from importlib.util import find_spec
-
     from .search import INDEX, index_search, search
     from .tokenizer import tokenize
 
@@ -250,7 +199,7 @@ def add_index_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from .search import build_index
+    from .search import build_index  # when run: see the module docstring
 
     try:
         print(f"wrote {build_index(args.folder, factory=args.factory)}")
@@ -267,8 +216,6 @@ def parser() -> argparse.ArgumentParser:
     add_embed_args(sub.add_parser("embed", help="embed images and/or captions into a clip-retrieval folder"))
     add_classify_args(sub.add_parser("classify", help="zero-shot classify images with prompt ensembles"))
     add_search_args(sub.add_parser("search", help="the top-k images of an embedding folder for a text or an image"))
-    from .eval_cli import add_eval_args
-
     add_eval_args(sub.add_parser("eval", help="CLIP_benchmark's evaluations: zero-shot classification, "
                                               "retrieval recall@k, linear probe"))
     add_index_args(sub.add_parser("index", help="a faiss index of an embedding folder, which search then uses"))
@@ -282,7 +229,7 @@ def run(p: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except USER_ERRORS as e:
-        msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+        msg = str(e)
         if hasattr(args, "truncate"):  # the tokenizer's advice, in this command's terms
             msg = msg.replace("pass truncate=True", "pass --truncate")
         print(f"{p.prog}: error: {msg}", file=sys.stderr)

@@ -21,6 +21,10 @@ VISION_POOL_TYPES = ("tok", "avg")  # open_clip's 'none' returns every token, no
 TEXT_POOL_TYPES = ("argmax", "last", "first", "eos")  # open_clip's 'none' likewise
 
 
+class MissingTensorError(ValueError):
+    """A state dict lacks a tensor the architecture is read from: not a CLIP checkpoint."""
+
+
 @dataclass(frozen=True)
 class VisionConfig:
     """The image tower. `layers` an int: a ViT; a 4-tuple of block counts: OpenAI's ModifiedResNet."""
@@ -299,11 +303,12 @@ def config_from_state_dict(state_dict: Mapping[str, Any], activation: str = "qui
     Only shapes are read. What can't be seen in the weights takes OpenAI's values: QuickGELU, heads of
     width 64, causal text pooled at the EOT, class-token vision pooling. open_clip models that differ
     (e.g. ViT-H-14's head width 80, exact-GELU models) need their config: see `config_from_open_clip`.
+    A tensor it reads that the state dict lacks raises MissingTensorError (a ValueError) naming it.
     """
 
     def shape(key: str) -> tuple[int, ...]:
         if key not in state_dict:
-            raise KeyError(f"cannot infer the architecture: the checkpoint has no {key!r}")
+            raise MissingTensorError(f"cannot infer the architecture: the checkpoint has no {key!r}")
         return tuple(state_dict[key].shape)
 
     def count(prefix: str, pos: int) -> int:

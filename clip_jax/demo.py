@@ -27,6 +27,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from . import synthetic
+from .checkpoint import AssumedActivationWarning, convert
+from .checkpoint.store import is_converted
+from .cli_common import USER_ERRORS, one_line_warnings
+from .fileio import atomic_write
+from .hub import load
+from .image import transform_for
+from .zeroshot import classify, zeroshot_classifier
 
 TINY_CLIP = Path(__file__).resolve().parent / "assets" / "tiny_clip.pt"
 DEFAULT_MODEL = "tiny"
@@ -43,9 +50,6 @@ def zero_shot(model, images: Sequence[Image.Image], labels: Sequence[str], prepr
     preprocess: the model's transform (default: the one its config describes).
     -> (probabilities [N, k], label indices [N, k]), best first; softmax over all the labels.
     """
-    from .image import transform_for
-    from .zeroshot import classify, zeroshot_classifier
-
     c = model.config
     if preprocess is None:
         preprocess = transform_for(c)
@@ -134,13 +138,13 @@ def _display(path: Path) -> str:
 
 
 def convert_checkpoint(src: Path, out_dir: Path) -> Path:
-    """Run the same conversion as `python -m convert SRC -o OUT/<name>.safetensors`, printing the command."""
-    from .cli import main as cli_main
-
+    """The conversion `python -m convert SRC -o OUT/<name>.safetensors` runs, printing that command and
+    what it prints."""
     dst = out_dir / (src.stem + ".safetensors")
     print(f"$ python -m convert {shlex.quote(_display(src))} -o {shlex.quote(_display(dst))}")
-    if cli_main(["convert", str(src), "-o", str(dst)]) != 0:
-        raise SystemExit(1)
+    with one_line_warnings(AssumedActivationWarning):
+        dst = convert(src, dst)
+    print(f"wrote {dst}")
     return dst
 
 
@@ -156,18 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--n must be at least 1")
 
     t0 = time.perf_counter()
-    import clip_jax
-    from .checkpoint.store import is_converted
-    from .fileio import atomic_write
-
     args.out.mkdir(parents=True, exist_ok=True)
     source = TINY_CLIP if args.model == DEFAULT_MODEL else args.model
     try:
         if Path(source).is_file() and not is_converted(source):
             source = convert_checkpoint(Path(source), args.out)
         print(f"loading {_display(Path(source)) if Path(source).exists() else source}")
-        model, preprocess = clip_jax.load(source)
-    except (OSError, ValueError, KeyError) as e:
+        model, preprocess = load(source)
+    except USER_ERRORS as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 1
 

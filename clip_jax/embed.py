@@ -18,13 +18,10 @@ is lost or written twice.
 from __future__ import annotations
 
 import fcntl
-import glob
 import hashlib
 import json
 import math
 import os
-import signal
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,93 +33,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from jax.experimental import multihost_utils
-from tqdm import tqdm
 
 from . import embed_shards, parallel
 from .dtypes import EMBEDDING_DTYPES, FLOAT_DTYPES, one_of
+from .embed_folder import (  # noqa: F401  (MANIFEST, ERRORS, FORMAT, read_manifest: also embed's names)
+    ERRORS, FORMAT, MANIFEST, progress_bar, read_manifest, tsv_field,
+)
 from .fileio import atomic_write
 from .hub import load
 from .image import ImageError, transform_for
-from .sources import open_source
+from .sources import IMAGE_EXTENSIONS, collect_images, open_source, read_captions  # noqa: F401  (also embed's)
 from .tokenizer import tokenize
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
-MANIFEST = "manifest.json"
-ERRORS = "errors.tsv"
 LOCK = ".clip_jax_embed.lock"  # flock'ed by the running job; removed when it ends
 NOT_UTF8 = "file name is not valid UTF-8 (image_path is UTF-8 text); rename the file"
-FORMAT = "clip_jax.embed"
 FORMAT_VERSION = 1
-# Test hook: SIGKILL this process right after shard K's data files are written, before the manifest
-# says the shard is done (the worst moment to die).
-KILL_AFTER_FILES_ENV = "CLIP_JAX_TEST_KILL_AFTER_FILES"
-
-
-# --- inputs ------------------------------------------------------------------------------------------
-
-
-def _is_glob(s: str) -> bool:
-    return any(c in s for c in "*?[")
-
-
-def _folder_images(folder: Path) -> list[str]:
-    found = []
-    seen: set[tuple[int, int]] = set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        # Symlinks are followed, so a link to an ancestor would loop: each real directory once.
-        st = os.stat(root)
-        if (st.st_dev, st.st_ino) in seen:
-            dirs.clear()
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirs.sort()
-        found += [os.path.join(root, f) for f in sorted(files) if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
-    return found
-
-
-def _file_list(path: Path) -> list[str]:
-    """A .txt of image paths, one a line; relative paths are relative to the list's folder."""
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            p = Path(line).expanduser()
-            out.append(str(p if p.is_absolute() else path.parent / p))
-    return out
-
-
-def collect_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
-    """Image paths from folders (recursive, by extension), .txt file lists, globs and plain files, in
-    the order given (sorted within a folder or glob).
-
-    A .txt input is a list of image paths (captions go through `read_captions` / --captions). A missing
-    input raises FileNotFoundError; an unreadable image is not checked here (the job skips it).
-    """
-    paths: list[str] = []
-    for item in inputs:
-        s = os.fspath(item)
-        p = Path(s).expanduser()
-        if p.is_dir():
-            paths += _folder_images(p)
-        elif p.is_file() and p.suffix.lower() == ".txt":
-            paths += _file_list(p)
-        elif p.exists():
-            paths.append(str(p))
-        elif _is_glob(s):
-            matches = sorted(glob.glob(os.path.expanduser(s), recursive=True))
-            if not matches:
-                raise FileNotFoundError(f"{s}: no file matches this pattern")
-            for m in matches:
-                paths += _folder_images(Path(m)) if os.path.isdir(m) else [m]
-        else:
-            raise FileNotFoundError(f"{s}: no such file or folder")
-    return paths
-
-
-def read_captions(path: str | os.PathLike) -> list[str]:
-    """One caption a line (UTF-8); every line counts, so line i pairs with image i."""
-    text = Path(path).read_text(encoding="utf-8")
-    return text.splitlines()
 
 
 # --- the job -----------------------------------------------------------------------------------------
@@ -176,30 +101,12 @@ def _write_parquet(path: Path, columns: dict[str, list[str]]) -> None:
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
-def _tsv(s: str) -> str:
-    return s.replace("\t", " ").replace("\n", " ")
-
-
 def _is_utf8(path: str) -> bool:
     try:
         path.encode("utf-8")  # a name that isn't UTF-8 comes from os.walk/argv as lone surrogates
         return True
     except UnicodeEncodeError:
         return False
-
-
-def read_manifest(path: str | os.PathLike) -> dict:
-    """An embedding folder's manifest.json as a dict; ValueError naming the file if it isn't one."""
-    path = Path(path)
-    if not path.is_file():  # a FIFO would block the read
-        raise ValueError(f"{path}: not a regular file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ValueError(f"{path}: not a valid manifest ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("shards", {}), dict):
-        raise ValueError(f"{path}: not a valid manifest (expected a JSON object with a 'shards' object)")
-    return data
 
 
 class EmbedJob:
@@ -342,14 +249,12 @@ class EmbedJob:
             _write_npy(paths["text"], text_emb[keep].astype(self.emb_dtype))
             columns["caption"] = [c for c, ok in zip(self.captions[lo:hi], keep) if ok]
         _write_parquet(paths["metadata"], columns)
-        if os.environ.get(KILL_AFTER_FILES_ENV) == str(k):
-            os.kill(os.getpid(), signal.SIGKILL)
         self.done[str(k)] = {"items": hi - lo, "rows": int(keep.sum()), "errors": [list(e) for e in errors]}
         self._commit()
 
     def _commit(self) -> None:
         # The error list first: the manifest is the commit point, and errors.tsv is derived from it.
-        lines = ["path\treason"] + [f"{_tsv(p)}\t{_tsv(r)}" for p, r in self.errors()]
+        lines = ["path\treason"] + [f"{tsv_field(p)}\t{tsv_field(r)}" for p, r in self.errors()]
         data = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")  # a file name's own bytes
         atomic_write(self.out / ERRORS, lambda tmp: Path(tmp).write_bytes(data))
         _write_json(self.out / MANIFEST, {**self.identity, "shards": self.done})
@@ -363,12 +268,6 @@ def _drop_non_utf8(paths: Sequence[str], keep: np.ndarray, errors: list) -> tupl
     keep = keep.copy()
     keep[bad] = False
     return keep, errors + [(paths[i], NOT_UTF8) for i in bad]
-
-
-def _progress(total: int, initial: int, unit: str, enabled: bool):
-    # stderr, so stdout stays clean for the summary; items/s is tqdm's rate.
-    return tqdm(total=total, initial=initial, unit=unit, disable=not enabled, file=sys.stderr, smoothing=0.1,
-                dynamic_ncols=True)
 
 
 def embed(
@@ -422,13 +321,7 @@ def embed(
                              batch_size=batch_size, num_threads=num_threads, model_parallel=model_parallel,
                              attention=attention, progress=progress, truncate=truncate, sharded=sharded,
                              columns={"image_column": image_column, "caption_column": caption_column})
-    images = None if source is None else [p for shard in source.shards for p in shard.paths]
-    if images is not None and not images:
-        raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in the inputs")
-    if isinstance(captions, (str, os.PathLike)):
-        captions = read_captions(captions)
-    elif captions is not None:
-        captions = list(captions)
+    images, captions = _images_and_captions(source, captions)
     job = EmbedJob(output, images, captions, model=_model_id(model), dtype=dtype, emb_dtype=emb_dtype, shard_size=shard_size)
     writer = jax.process_index() == 0
     if writer:
@@ -444,8 +337,8 @@ def embed(
             preprocess = transform_for(sharded.config)  # the transform load() would give
         if captions is not None and not truncate:  # fail now, not after the shards before a long caption
             _check_captions_fit(captions, sharded.config.text.context_length, shard_size)
-        bar = _progress(job.items, job.items_done() if writer else 0, "img" if images is not None else "text",
-                        progress and writer)
+        bar = progress_bar(job.items, job.items_done() if writer else 0, "img" if images is not None else "text",
+                           progress and writer)
         try:
             for k in todo:
                 image_emb, text_emb, keep, errors = _embed_shard(job, k, sharded, preprocess, num_threads, truncate,
@@ -466,6 +359,18 @@ def _check_job_args(model, dtype: str, emb_dtype: str) -> None:
         raise ValueError(f"dtype must be {one_of(FLOAT_DTYPES)}, got {dtype!r}")
     if emb_dtype not in EMBEDDING_DTYPES:
         raise ValueError(f"embedding dtype must be {one_of(EMBEDDING_DTYPES)}, got {emb_dtype!r}")
+
+
+def _images_and_captions(source, captions) -> tuple[list[str] | None, list[str] | None]:
+    """The job's image paths (from a "files" source) and captions (a file's lines, or the strings given)."""
+    images = None if source is None else [p for shard in source.shards for p in shard.paths]
+    if images is not None and not images:
+        raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in the inputs")
+    if isinstance(captions, (str, os.PathLike)):
+        captions = read_captions(captions)
+    elif captions is not None:
+        captions = list(captions)
+    return images, captions
 
 
 def _agreed_todo(job: EmbedJob, writer: bool) -> list[int]:

@@ -30,16 +30,23 @@ import itertools
 import json
 import math
 import os
-import signal
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import fsspec
+import jax
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from jax._src import distributed  # the key-value store of jax.distributed's client (no public name)
 
+from .embed_folder import ERRORS, FORMAT, MANIFEST, progress_bar, tsv_field
 from .fileio import atomic_write
 from .image import Decoder
+from .parallel import prefetch
 from .sources import Source, is_url
+from .tokenizer import tokenize
 
 FORMAT_VERSION = 2
 DONE = "done"
@@ -60,8 +67,6 @@ class Destination:
         self.root = root.rstrip("/") or "/"
         self.local = not is_url(self.root)
         if not self.local:
-            import fsspec
-
             self.fs, self.path = fsspec.core.url_to_fs(self.root)
 
     def __str__(self) -> str:
@@ -107,9 +112,6 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def _parquet_bytes(columns: dict[str, list]) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     arrays = {}
     for name, values in columns.items():
         try:
@@ -139,12 +141,8 @@ def _metadata(samples: list[dict], keep: np.ndarray) -> dict[str, list]:
 
 
 def _client():
-    import jax
-
     if jax.process_count() == 1:
         return None
-    from jax._src import distributed
-
     return distributed.global_state.client
 
 
@@ -156,8 +154,6 @@ def _barrier(name: str) -> None:
 
 def _gather_to_first(name: str, own: dict) -> dict | None:
     """Every process's `own` dict, merged, on process 0 (None elsewhere), through the key-value store."""
-    import jax
-
     client = _client()
     if client is None:
         return dict(own)
@@ -190,8 +186,6 @@ class ShardJob:
 
     def __init__(self, output: str | os.PathLike, source: Source, *, model: str, dtype: str, emb_dtype: str,
                  text: bool, columns: dict | None = None):
-        from .embed import FORMAT
-
         self.dest = Destination(output)
         self.source = source
         self.urls = [s.url for s in source.shards]
@@ -216,8 +210,6 @@ class ShardJob:
 
     def check_folder(self) -> None:
         """Process 0, before any shard: refuse a folder holding something else, then claim it."""
-        from .embed import MANIFEST
-
         old = self.dest.read(MANIFEST)
         if old is not None:
             try:
@@ -235,8 +227,6 @@ class ShardJob:
         self.write_manifest({})
 
     def write_manifest(self, shards: dict) -> None:
-        from .embed import MANIFEST
-
         self.dest.write(MANIFEST, json.dumps({**self.identity, "shards": shards}, indent=1, sort_keys=True).encode())
 
     def done(self, k: int) -> dict | None:
@@ -245,15 +235,11 @@ class ShardJob:
 
     def write_shard(self, k: int, samples: list[dict], keep: np.ndarray, image_emb: np.ndarray,
                     text_emb: np.ndarray | None, errors: list[tuple[str, str]]) -> dict:
-        from .embed import KILL_AFTER_FILES_ENV
-
         paths = self.paths(k)
         self.dest.write(paths["image"], _npy_bytes(image_emb.astype(self.emb_dtype)))
         if self.text:
             self.dest.write(paths["text"], _npy_bytes(text_emb.astype(self.emb_dtype)))
         self.dest.write(paths["metadata"], _parquet_bytes(_metadata(samples, keep)))
-        if os.environ.get(KILL_AFTER_FILES_ENV) == str(k):
-            os.kill(os.getpid(), signal.SIGKILL)
         summary = {"shard": self.urls[k], "items": len(samples), "rows": int(keep.sum()),
                    "errors": [list(e) for e in errors]}
         self.dest.write(f"{DONE}/done_{self.key(k)}.json", json.dumps(summary, sort_keys=True).encode())
@@ -261,9 +247,7 @@ class ShardJob:
 
     def finish(self, shards: dict) -> None:
         """Process 0, once every shard is done: errors.tsv, then the manifest (the last file written)."""
-        from .embed import ERRORS, _tsv
-
-        lines = ["shard\tkey\treason"] + [f"{_tsv(shards[k]['shard'])}\t{_tsv(key)}\t{_tsv(r)}"
+        lines = ["shard\tkey\treason"] + [f"{tsv_field(shards[k]['shard'])}\t{tsv_field(key)}\t{tsv_field(r)}"
                                           for k in sorted(shards, key=int) for key, r in shards[k]["errors"]]
         self.dest.write(ERRORS, ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
         self.write_manifest(shards)
@@ -322,12 +306,6 @@ def decoded_batches(shards: Iterable[tuple[int, Iterable[dict]]], decoder: Decod
 def run(job: ShardJob, sharded, transform, *, num_threads: int | None, truncate: bool, progress: bool):
     """Embed this process's unfinished shards; returns (merged shard summaries on process 0 else None,
     shards done in this run on this process). Process 0 must have called job.check_folder() first."""
-    import jax
-
-    from .embed import _progress
-    from .parallel import prefetch
-    from .tokenizer import tokenize
-
     me, count = jax.process_index(), jax.process_count()
     run_id = f"clip_jax_embed/{job.identity['shards_sha256'][:16]}/{next(_runs)}"
     _barrier(f"{run_id}/start")  # process 0 has checked and claimed the folder
@@ -347,7 +325,7 @@ def run(job: ShardJob, sharded, transform, *, num_threads: int | None, truncate:
             text_emb = sharded.encode_text(tokens, normalized=True) if captions else np.zeros((0, dim))
         return job.write_shard(k, samples, keep, image_emb, text_emb, errors)
 
-    bar = _progress(None, 0, "img", progress and bool(todo))
+    bar = progress_bar(None, 0, "img", progress and bool(todo))
     shards = ((k, iter(job.source.shards[k])) for k in todo)
     acc: dict[int, tuple[list, list, list, list]] = {}
     with Decoder(transform, num_threads) as decoder:

@@ -44,12 +44,22 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
 
+from . import download
 from .eval_data import (  # noqa: F401  (re-exported: the data side of this module)
-    CaptionedImages, LabelledImages, caption_table, classification_data, image_folder, retrieval_data, wds_dataset,
+    CaptionedImages, LabelledImages, caption_table, classification_data, image_folder, read_lines, retrieval_data,
+    wds_dataset,
 )
-from .zeroshot import IMAGENET_TEMPLATES
+from .fileio import atomic_write
+from .image import transform_for
+from .model import flat_params
+from .parallel import ShardedCLIP
+from .tokenizer import tokenize
+from .zeroshot import IMAGENET_TEMPLATES, zeroshot_classifier
 
 __all__ = [
     "TASKS", "zeroshot_classification", "zeroshot_retrieval", "linear_probe", "classification_metrics",
@@ -200,8 +210,6 @@ def _fitter(max_iter: int, tol: float):
     """A jitted full-batch L-BFGS fit of mean cross-entropy + wd/2 ||W||^2 (rows weighted by `mask`)."""
     if (max_iter, tol) in _FITS:
         return _FITS[max_iter, tol]
-    import optax
-
     @partial(jax.jit, static_argnums=(3,))
     def fit(x, y, mask, num_classes, wd):
         n = jnp.sum(mask)
@@ -360,8 +368,6 @@ def probe_metrics(train_x, train_y, test_x, test_y, num_classes: int, val_x=None
 
 def model_fingerprint(model) -> str:
     """A digest of a CLIP's config, compute dtype and every parameter (keys the feature cache)."""
-    from .model import flat_params
-
     h = hashlib.sha256()
     h.update(repr(model.config).encode())
     h.update(str(getattr(model.visual, "dtype", "")).encode())
@@ -374,9 +380,7 @@ def model_fingerprint(model) -> str:
 
 
 def default_cache_dir() -> Path:
-    from .download import default_cache_dir as base
-
-    return Path(base(None)) / "eval_features"
+    return Path(download.default_cache_dir(None)) / "eval_features"
 
 
 def _agree(flag: bool) -> bool:
@@ -384,8 +388,6 @@ def _agree(flag: bool) -> bool:
 
     if jax.process_count() == 1:
         return flag
-    from jax.experimental import multihost_utils
-
     return bool(np.all(multihost_utils.process_allgather(np.asarray([flag]))))
 
 
@@ -400,8 +402,6 @@ def _cached(cache_dir, key: str, compute):
         return np.load(path)
     value = compute()
     if jax.process_index() == 0:
-        from .fileio import atomic_write
-
         path.parent.mkdir(parents=True, exist_ok=True)
 
         def write(tmp):
@@ -425,8 +425,6 @@ def _key(*parts) -> str:
 def image_features(sharded, preprocess, images: Sequence, progress: bool = True, desc: str = "images") -> np.ndarray:
     """Normalized image features [N, D] of paths (or encoded image bytes), in order. An unreadable image
     is an error naming it: an evaluation that silently dropped rows would not be comparable."""
-    from tqdm import tqdm
-
     out = np.zeros((len(images), sharded.config.embed_dim), np.float32)
     errors = []
     with tqdm(total=len(images), unit="img", desc=desc, disable=not progress or jax.process_index() != 0,
@@ -452,8 +450,6 @@ def _index_of(images, item) -> str:
 def text_features(sharded, texts: Sequence[str], truncate: bool = True, batch: int = 65536) -> np.ndarray:
     """Normalized text features [M, D]; texts longer than the context are cut (as open_clip's tokenizer
     in CLIP_benchmark) unless truncate=False."""
-    from .tokenizer import tokenize
-
     ctx = sharded.config.text.context_length
     parts = [sharded.encode_text(tokenize(list(texts[s:s + batch]), context_length=ctx, truncate=truncate),
                                  normalized=True) for s in range(0, len(texts), batch)]
@@ -466,8 +462,6 @@ _SHARDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def sharded_model(model, batch_size: int = 256, mesh=None):
     """The ShardedCLIP of `model` (one per model, batch size and mesh, kept while the model lives), so
     several evaluations in one process compile the towers once."""
-    from .parallel import ShardedCLIP
-
     if isinstance(model, ShardedCLIP):
         raise TypeError("pass the CLIP itself (clip_jax.load's model); the mesh goes in mesh=")
     per_model = _SHARDED.setdefault(model, {})
@@ -481,8 +475,6 @@ class _Runner:
     """A model made ready for evaluation: the ShardedCLIP, and the cache key of its features."""
 
     def __init__(self, model, preprocess, batch_size: int, mesh, cache_dir, progress: bool):
-        from .image import transform_for
-
         self.sharded = sharded_model(model, batch_size, mesh)
         self.preprocess = preprocess if preprocess is not None else transform_for(model.config)
         self.progress = progress
@@ -516,8 +508,6 @@ def resolve_templates(spec: str | Sequence[str] | None, data: LabelledImages | N
         templates = list(data.templates)
     elif isinstance(spec, str):
         if os.path.isfile(spec):
-            from .eval_data import read_lines
-
             templates = read_lines(spec)
         else:
             templates = [spec]
@@ -539,8 +529,6 @@ def zeroshot_classification(model, preprocess, data: LabelledImages, templates=N
     classification_data / image_folder / wds_dataset; templates: see resolve_templates; cache_dir: a
     folder for the image features (None: no cache).
     """
-    from .zeroshot import zeroshot_classifier
-
     run = _Runner(model, preprocess, batch_size, mesh, cache_dir, progress)
     weights = zeroshot_classifier(run.sharded, data.classnames, resolve_templates(templates, data), truncate=truncate)
     feats = run.images(data)
@@ -590,8 +578,6 @@ def result(dataset: str, model: str, pretrained: str, task: str, metrics: dict, 
 def write_result(path: str | os.PathLike, res: dict) -> Path:
     """Write `res` as JSON, atomically. `path` may use CLIP_benchmark's placeholders: {dataset},
     {model}, {pretrained}, {task}, {language}."""
-    from .fileio import atomic_write
-
     slug = {k: str(res.get(k, "")).replace("/", "_") for k in ("dataset", "model", "pretrained", "task", "language")}
     target = Path(os.fspath(path).format(**slug))
     text = json.dumps(res, indent=None) + "\n"

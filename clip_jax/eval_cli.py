@@ -14,11 +14,11 @@ import os
 import sys
 from pathlib import Path
 
-from .cli import _add_distributed_args, _add_model_args, _add_truncate_arg, _initialize, positive_int
+from .cli_common import add_distributed_args, add_model_args, add_truncate_arg, initialize_distributed, positive_int
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--output", "-o", metavar="FILE",
                    help="also write the result JSON here; may use {dataset} {model} {pretrained} {task} {language}")
     p.add_argument("--dataset-name", help="the result's 'dataset' (default: the data folder's or file's name)")
@@ -30,7 +30,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                        help="image feature cache (default: eval_features/ in clip_jax's cache, ~/.cache/clip_jax)")
     cache.add_argument("--no-cache", action="store_true", help="embed the images again, store nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_distributed_args(p)
+    add_distributed_args(p)
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -46,7 +46,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                     help="'auto' (default: the data set's zeroshot_classification_templates.txt if it has one, else "
                          "'imagenet'), 'imagenet' (OpenAI's 80), 'dataset', a file (one a line), or one template "
                          "such as 'a photo of a {c}.'")
-    _add_truncate_arg(zc, True, "prompts")
+    add_truncate_arg(zc, True, "prompts")
     _common(zc)
     zc.set_defaults(run=run_eval)
 
@@ -57,7 +57,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     zr.add_argument("--caption-column", help="the caption column (default: caption, text, title, captions)")
     zr.add_argument("--split", default="test", help="split of a wds_* folder (default: test)")
     zr.add_argument("--recall-k", type=positive_int, nargs="+", default=[1, 5, 10], help="k values (default: 1 5 10)")
-    _add_truncate_arg(zr, True, "captions")
+    add_truncate_arg(zr, True, "captions")
     _common(zr)
     zr.set_defaults(run=run_eval)
 
@@ -79,7 +79,9 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    _initialize(args)
+    initialize_distributed(args)
+    # When run, not at the top: cli.py imports this module for its arguments, and `clip-jax --help`
+    # should not wait for jax.
     import jax
     import jax.numpy as jnp
 

@@ -24,7 +24,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from .config import PRESETS, CLIPConfig, canonical_name, config_from_open_clip
+from .config import CLIPConfig, canonical_name, config_from_open_clip
 
 # OpenAI's names -> open_clip's architecture with the "openai" tag.
 OPENAI = {
@@ -151,5 +151,3 @@ def with_url(entry: Pretrained, url: str, sha256: str | None) -> Pretrained:
     """A copy of `entry` downloading from another URL (a mirror) with the given digest."""
     return dataclasses.replace(entry, url=url, sha256=sha256, hf_hub=None)
 
-
-assert set(OPENAI) == set(PRESETS)

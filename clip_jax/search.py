@@ -13,11 +13,25 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from .fileio import atomic_write
 
 __all__ = ["DeviceTopK", "Hit", "build_index", "index_search", "search", "shard_files"]
 
 SPACES = {"image": ("img_emb", "image_path"), "text": ("text_emb", "caption")}
+
+
+def _space(space: str) -> tuple[str, str]:
+    """(the embeddings' subfolder, the metadata column) of `space`."""
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {tuple(SPACES)}, got {space!r}")
+    return SPACES[space]
 
 
 class Hit(NamedTuple):
@@ -30,7 +44,7 @@ class Hit(NamedTuple):
 def shard_files(folder: str | os.PathLike, space: str = "image") -> list[tuple[str, Path]]:
     """[(key, path)] of the embedding shards in shard order; key is the zero-padded k of the file name,
     shared by the shard's metadata_{key}.parquet."""
-    sub, _ = SPACES[space]
+    sub, _ = _space(space)
     found = []
     for p in (Path(folder) / sub).glob(f"{sub}_*.npy"):
         m = re.fullmatch(rf"{sub}_(\d+)\.npy", p.name)
@@ -50,9 +64,6 @@ def _open_embeddings(path: Path) -> np.ndarray:
 
 def _metadata(folder: Path, key: str, column: str, rows: list[int], shard_rows: int) -> list[str]:
     """The metadata of `rows` of shard `key`, whose .npy has `shard_rows` rows (so must its parquet)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     path = folder / "metadata" / f"metadata_{key}.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing (the metadata of the shard {key})")
@@ -95,9 +106,6 @@ class DeviceTopK:
     then the top-k of those). Chunks are padded to chunk_rows, so one program serves a whole folder."""
 
     def __init__(self, chunk_rows: int, k: int, devices=None):
-        import jax
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
         devices = list(devices if devices is not None else jax.local_devices())
         self.n = len(devices)
         self.rows = -(-chunk_rows // self.n) * self.n
@@ -107,8 +115,6 @@ class DeviceTopK:
         self.whole = NamedSharding(mesh, P())
 
         def top_k(q, chunk, valid):
-            import jax.numpy as jnp
-
             chunk = chunk.astype(jnp.float32)
             chunk = chunk / jnp.maximum(jnp.linalg.norm(chunk, axis=1, keepdims=True), 1e-12)
             scores = jnp.matmul(q, chunk.T, precision=jax.lax.Precision.HIGHEST)
@@ -118,8 +124,6 @@ class DeviceTopK:
         self.fn = jax.jit(top_k, in_shardings=(self.whole, self.split, None), out_shardings=self.whole)
 
     def __call__(self, q: np.ndarray, chunk: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        import jax
-
         n = len(chunk)
         if n < self.rows:
             chunk = np.concatenate([chunk, np.zeros((self.rows - n, chunk.shape[1]), chunk.dtype)])
@@ -143,8 +147,7 @@ def search(folder: str | os.PathLike, queries: np.ndarray, k: int = 10, space: s
     device: score on this process's JAX devices (DeviceTopK) instead of numpy. Memory: one chunk of
     chunk_rows x D, plus k per query.
     """
-    if space not in SPACES:
-        raise ValueError(f"space must be one of {tuple(SPACES)}, got {space!r}")
+    _space(space)
     if k < 1:
         raise ValueError(f"k must be positive, got {k}")
     folder = Path(folder)
@@ -179,7 +182,7 @@ def _hits(folder: Path, space: str, offsets: list[tuple[int, str, int]],
           best: list[tuple[np.ndarray, np.ndarray]]) -> list[list[Hit]]:
     """Per query, (scores, global rows) -> Hits with their metadata (only the hits' rows are read)."""
     starts = np.array([o[0] for o in offsets])
-    _, column = SPACES[space]
+    _, column = _space(space)
     results = []
     for scores, ids in best:
         where = np.searchsorted(starts, ids, side="right") - 1
@@ -200,7 +203,7 @@ INDEX = "{space}.index"  # in the embedding folder, beside img_emb/
 
 def _faiss():
     try:
-        import faiss
+        import faiss  # an optional dependency: imported only where an index is built or read
     except ImportError:
         raise ImportError("clip-jax index needs faiss: pip install faiss-cpu (or clip-jax[index])") from None
     return faiss
@@ -222,8 +225,6 @@ def build_index(folder: str | os.PathLike, space: str = "image", factory: str | 
     below 100k rows, else "IVF{4 sqrt(N)},Flat" trained on up to train_rows rows. Shards are added one
     at a time, so memory holds one shard beside the index."""
     faiss = _faiss()
-    from .fileio import atomic_write
-
     folder = Path(folder)
     files = shard_files(folder, space)
     n = sum(_open_embeddings(p).shape[0] for _, p in files)
@@ -253,6 +254,7 @@ def build_index(folder: str | os.PathLike, space: str = "image", factory: str | 
 def index_search(folder: str | os.PathLike, queries: np.ndarray, k: int = 10, space: str = "image",
                  nprobe: int = 16) -> list[list[Hit]]:
     """search() through FOLDER/{space}.index (build_index): approximate unless the index is Flat."""
+    _space(space)
     faiss = _faiss()
     folder = Path(folder)
     index = faiss.read_index(str(folder / INDEX.format(space=space)))

@@ -32,19 +32,26 @@ Formats, chosen by the name:
 
 from __future__ import annotations
 
-import io
+import glob
 import json
 import os
 import re
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 __all__ = ["IMAGE_FIELDS", "Shard", "ShardError", "Source", "TarShard", "ParquetShard", "FileShard", "braceexpand",
-           "open_source", "is_url", "open_binary"]
+           "open_source", "is_url", "open_binary", "IMAGE_EXTENSIONS", "collect_images", "read_captions"]
 
 # Image fields in order of preference, as clip-retrieval and img2dataset name them.
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+# Image files by suffix (folders and globs of `clip-jax embed`, `classify`).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 IMAGE_COLUMNS = ("image", "jpg", "img", "png", "webp")
 CAPTION_COLUMNS = ("caption", "text", "txt", "TEXT")
 KEY_COLUMNS = ("key", "__key__", "id")
@@ -62,8 +69,6 @@ def open_binary(path: str):
     """A binary, forward-readable file object for a local path or an fsspec URL."""
     if not is_url(path):
         return open(os.path.expanduser(path), "rb")
-    import fsspec
-
     return fsspec.open(path, "rb").open()
 
 
@@ -98,13 +103,9 @@ def _suffix(path: str) -> str:
 
 def _glob(pattern: str) -> list[str]:
     if is_url(pattern):
-        import fsspec
-
         fs, _, paths = fsspec.get_fs_token_paths(pattern)
         protocol = pattern.split("://", 1)[0]
         return sorted(p if is_url(p) else f"{protocol}://{p.lstrip('/') if protocol != 'file' else p}" for p in paths)
-    import glob
-
     return sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
 
 
@@ -263,9 +264,6 @@ class ParquetShard(Shard):
                 pick(self.key_column, KEY_COLUMNS, "key"))
 
     def __iter__(self) -> Iterator[dict]:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         with self.open() as f:
             try:
                 pf = pq.ParquetFile(f)
@@ -323,7 +321,7 @@ def _expand(inputs: Sequence[str | os.PathLike]) -> list[str]:
         s = os.fspath(item)
         # An existing file or folder is taken as named, even with braces in its name.
         for name in [s] if not is_url(s) and os.path.exists(os.path.expanduser(s)) else braceexpand(s):
-            if any(c in name for c in "*?[") and _suffix(name) in ("tar", "parquet"):
+            if _is_glob(name) and _suffix(name) in ("tar", "parquet"):
                 found = _glob(name)
                 if not found:
                     raise FileNotFoundError(f"{name}: no file matches this pattern")
@@ -335,6 +333,73 @@ def _expand(inputs: Sequence[str | os.PathLike]) -> list[str]:
             else:
                 out.append(name)
     return out
+
+
+# --- image files (folders, lists, globs) --------------------------------------------------------------
+
+
+def _is_glob(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def _folder_images(folder: Path) -> list[str]:
+    found = []
+    seen: set[tuple[int, int]] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        # Symlinks are followed, so a link to an ancestor would loop: each real directory once.
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        found += [os.path.join(root, f) for f in sorted(files) if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+    return found
+
+
+def _file_list(path: Path) -> list[str]:
+    """A .txt of image paths, one a line; relative paths are relative to the list's folder."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            p = Path(line).expanduser()
+            out.append(str(p if p.is_absolute() else path.parent / p))
+    return out
+
+
+def collect_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Image paths from folders (recursive, by extension), .txt file lists, globs and plain files, in
+    the order given (sorted within a folder or glob).
+
+    A .txt input is a list of image paths (captions go through `read_captions` / --captions). A missing
+    input raises FileNotFoundError; an unreadable image is not checked here (the job skips it).
+    """
+    paths: list[str] = []
+    for item in inputs:
+        s = os.fspath(item)
+        p = Path(s).expanduser()
+        if p.is_dir():
+            paths += _folder_images(p)
+        elif p.is_file() and p.suffix.lower() == ".txt":
+            paths += _file_list(p)
+        elif p.exists():
+            paths.append(str(p))
+        elif _is_glob(s):
+            matches = sorted(glob.glob(os.path.expanduser(s), recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"{s}: no file matches this pattern")
+            for m in matches:
+                paths += _folder_images(Path(m)) if os.path.isdir(m) else [m]
+        else:
+            raise FileNotFoundError(f"{s}: no such file or folder")
+    return paths
+
+
+def read_captions(path: str | os.PathLike) -> list[str]:
+    """One caption a line (UTF-8); every line counts, so line i pairs with image i."""
+    text = Path(path).read_text(encoding="utf-8")
+    return text.splitlines()
 
 
 def shard_kind(name: str) -> str:
@@ -357,8 +422,6 @@ def open_source(inputs: Sequence[str | os.PathLike], *, image_column: str | None
         return Source("tar", [TarShard(n) for n in names])
     if kind == "parquet":
         return Source("parquet", [ParquetShard(n, image_column, caption_column, key_column) for n in names])
-    from .embed import collect_images
-
     paths = collect_images(names)
     shards = [FileShard(f"files[{lo}:{lo + shard_size}]", paths[lo: lo + shard_size])
               for lo in range(0, len(paths), shard_size)]

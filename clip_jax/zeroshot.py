@@ -15,6 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from flax import nnx
+
+from .model import l2_normalize
+from .tokenizer import tokenize
 
 __all__ = ["IMAGENET_TEMPLATES", "zeroshot_classifier", "classify", "top_k", "logit_scale", "read_templates"]
 
@@ -58,8 +62,6 @@ def read_templates(spec: str) -> tuple[str, ...]:
 
 
 def _text_features(model, tokens: np.ndarray) -> np.ndarray:
-    from .model import l2_normalize
-
     # A CLIP (jitted encode_text) or a parallel.ShardedCLIP (sharded, already on the host): same result.
     return np.asarray(l2_normalize(np.asarray(model.encode_text(tokens))))
 
@@ -72,8 +74,6 @@ def zeroshot_classifier(model, classnames: Sequence[str], templates: Sequence[st
     L2-normalized again. model: a CLIP or a parallel.ShardedCLIP. Prompts too long for the context are
     an error (tokenize raises), not silently cut, unless truncate=True.
     """
-    from .tokenizer import tokenize
-
     classnames, templates = list(classnames), list(templates)
     if not classnames:
         raise ValueError("no class names")
@@ -92,16 +92,12 @@ def zeroshot_classifier(model, classnames: Sequence[str], templates: Sequence[st
 def classify(model, images, weights: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """images [N, H, W, 3] (uint8 or normalized float) -> (probabilities [N, k], class indices [N, k]),
     best first: softmax over all classes of exp(logit_scale) * normalized image features @ weights."""
-    from .model import l2_normalize
-
     feats = np.asarray(l2_normalize(np.asarray(model.encode_image(images))))
     return top_k(feats, weights, logit_scale(model), k)
 
 
 def logit_scale(model) -> float:
     """exp(logit_scale) of a CLIP (an nnx.Param) or a parallel.ShardedCLIP (a float): 100 for OpenAI's."""
-    from flax import nnx
-
     value = model.logit_scale
     return float(np.exp(np.asarray(value[...] if isinstance(value, nnx.Variable) else value)))
 

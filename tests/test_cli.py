@@ -26,7 +26,7 @@ from PIL import Image
 
 import clip_jax
 from clip_jax import cli
-from clip_jax.embed import KILL_AFTER_FILES_ENV, EmbedJob, collect_images
+from clip_jax.embed import EmbedJob, collect_images
 from clip_jax.search import search
 
 from .tiny import save_tiny
@@ -138,9 +138,9 @@ def test_embed_writes_clip_retrieval_layout(data, full_run):
 def test_embed_resumes_after_sigkill(data, full_run, tmp_path):
     _, imgs, model = data
     out = tmp_path / "resumed"
-    env = {**os.environ, KILL_AFTER_FILES_ENV: "1", "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
-    proc = subprocess.run([sys.executable, "-m", "clip_jax.cli", *map(str, embed_args([imgs], out, model))],
+    proc = subprocess.run([sys.executable, "-m", "tests.kill_after_files", "1", *map(str, embed_args([imgs], out, model))],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
     # Killed right after shard 1's files were written, before the manifest said it was done.
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
@@ -540,7 +540,7 @@ def test_distributed_flag_sets_up_from_the_environment(monkeypatch):
 
     calls = []
     monkeypatch.setattr(clip_jax.parallel, "initialize", lambda *a, **k: calls.append(a))
-    cli._initialize(cli.parser().parse_args(["embed", "x", "-o", "out", "--model", "m", "--distributed"]))
+    cli.initialize_distributed(cli.parser().parse_args(["embed", "x", "-o", "out", "--model", "m", "--distributed"]))
     assert calls == [(None, None, None)]
-    cli._initialize(cli.parser().parse_args(["embed", "x", "-o", "out", "--model", "m"]))
+    cli.initialize_distributed(cli.parser().parse_args(["embed", "x", "-o", "out", "--model", "m"]))
     assert calls == [(None, None, None)]

@@ -20,7 +20,6 @@ import pytest
 
 import clip_jax
 from clip_jax import cli
-from clip_jax.embed import KILL_AFTER_FILES_ENV
 from clip_jax.embed_shards import plan
 
 from .shards import make_samples, write_parquet, write_tar
@@ -117,9 +116,10 @@ def test_rerun_of_a_finished_job_changes_nothing(data, full_run, capsys):
 def test_killed_then_rerun_equals_an_uninterrupted_run(data, full_run, tmp_path):
     tmp, _, model = data
     out = tmp_path / "killed"
-    env = {**os.environ, KILL_AFTER_FILES_ENV: "1", "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     argv = [str(a) for a in args([tmp / "data" / "{00000..00002}.tar"], out, model)]
-    proc = subprocess.run([sys.executable, "-m", "clip_jax.cli", *argv], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "tests.kill_after_files", "1", *argv], env=env, capture_output=True,
+                          text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert sorted(os.listdir(out / "done")) == ["done_0.json"]  # shard 1's files are there, not its marker
     assert main(*argv) == 0

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..config import CLIPConfig, config_from_state_dict
+from ..config import CLIPConfig, MissingTensorError, config_from_state_dict
 from ..model import ConversionError, abstract_model, check_params, declared_by_name, param_shapes, raise_if_any
 from ..roles import Declared, declarations
 
@@ -59,8 +59,8 @@ def from_torch(state_dict: Mapping[str, np.ndarray], config: CLIPConfig | None =
     if config is None:
         try:
             config = config_from_state_dict(state_dict)
-        except KeyError as e:
-            raise ConversionError(f"not a CLIP checkpoint: {e.args[0]}") from None
+        except MissingTensorError as e:
+            raise ConversionError(f"not a CLIP checkpoint: {e}") from None
     abstract = abstract_model(config)[1]
     shapes = param_shapes(abstract)
     params, missing, mismatched, used = {}, [], [], set()

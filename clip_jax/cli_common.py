@@ -1,0 +1,85 @@
+"""What the command lines share (`clip-jax` in cli.py, `clip-jax eval` in eval_cli.py, the demo):
+argparse types and argument groups, jax.distributed's start-up, the user errors they print as one line,
+and warnings printed as one line.
+
+Imports nothing heavy (no jax, no numpy), so `--help` and a mistyped argument answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import warnings
+from collections.abc import Iterator
+
+from .dtypes import FLOAT_DTYPES
+
+# Failures the user can act on: one clear line on stderr, no traceback. (The checkpoint code's
+# CheckpointError and ConversionError are ValueErrors.) Not KeyError: a missing key is a bug unless the
+# code that looks it up says what the user got wrong, as a ValueError.
+USER_ERRORS = (OSError, ValueError)
+
+DTYPES = list(FLOAT_DTYPES)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a batch of 0 or a top-0 is a mistake, refused at parsing)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def add_truncate_arg(p: argparse.ArgumentParser, default: bool, what: str) -> None:
+    p.add_argument("--truncate", action=argparse.BooleanOptionalAction, default=default,
+                   help=f"cut {what} longer than the model's context instead of refusing them "
+                        f"(default: {'on' if default else 'off'})")
+
+
+def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", "-m", required=required,
+                   help="a converted clip_jax .safetensors or a PyTorch CLIP checkpoint (anything clip_jax.load takes)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="compute dtype (default: float32)")
+    p.add_argument("--attention", choices=["xla", "cudnn"], default=None,
+                   help="attention kernel: cudnn (NVIDIA GPUs, with --dtype bfloat16/float16) or xla (default)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images or texts per step, over all devices (default: 256)")
+
+
+def add_distributed_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("multi-host (jax.distributed); run the same command in every process")
+    g.add_argument("--coordinator", help="host:port of process 0's coordinator")
+    g.add_argument("--num-processes", type=positive_int, help="number of processes")
+    g.add_argument("--process-id", type=non_negative_int, help="this process's index, 0 to num_processes - 1")
+    g.add_argument("--distributed", action="store_true",
+                   help="set jax.distributed up from the environment (TPU pod slices, SLURM, Open MPI), without "
+                        "the three options above")
+
+
+def initialize_distributed(args: argparse.Namespace) -> None:
+    """jax.distributed must start before any other JAX call."""
+    if args.distributed or args.coordinator or args.num_processes or args.process_id is not None:
+        from .parallel import initialize  # here: jax only for the commands that use it (see the docstring)
+
+        initialize(args.coordinator, args.num_processes, args.process_id)
+
+
+@contextlib.contextmanager
+def one_line_warnings(category: type[Warning]) -> Iterator[None]:
+    """The `category` warnings raised inside the block, printed when it ends as one line each on stderr
+    ("warning: ..."); any other warning as Python shows it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", category)
+        yield
+    for w in caught:
+        if issubclass(w.category, category):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)

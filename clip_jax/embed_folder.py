@@ -1,0 +1,44 @@
+"""The embedding folder both embedding jobs write (embed.py over image files, embed_shards.py over
+shards): the names of its files, its manifest, its errors.tsv lines, and the progress bar they show."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+MANIFEST = "manifest.json"
+ERRORS = "errors.tsv"
+FORMAT = "clip_jax.embed"  # the manifest's "format", whichever job wrote it
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """An embedding folder's manifest.json as a dict; ValueError naming the file if it isn't one."""
+    path = Path(path)
+    if not path.is_file():  # a FIFO would block the read
+        raise ValueError(f"{path}: not a regular file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{path}: not a valid manifest ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("shards", {}), dict):
+        raise ValueError(f"{path}: not a valid manifest (expected a JSON object with a 'shards' object)")
+    for k, shard in data.get("shards", {}).items():  # what a rerun reads of each shard done
+        if not (isinstance(shard, dict) and isinstance(shard.get("items"), int) and isinstance(shard.get("rows"), int)
+                and isinstance(shard.get("errors"), list)):
+            raise ValueError(f"{path}: not a valid manifest (shard {k!r} lacks its items, rows or errors)")
+    return data
+
+
+def tsv_field(s: str) -> str:
+    """`s` as one field of errors.tsv: tabs and line feeds become spaces."""
+    return s.replace("\t", " ").replace("\n", " ")
+
+
+def progress_bar(total: int | None, initial: int, unit: str, enabled: bool) -> tqdm:
+    """The job's progress bar: on stderr, so stdout stays clean for the summary; items/s is tqdm's rate."""
+    return tqdm(total=total, initial=initial, unit=unit, disable=not enabled, file=sys.stderr, smoothing=0.1,
+                dynamic_ncols=True)
