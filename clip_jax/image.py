@@ -162,6 +162,7 @@ def normalize_pixels(pixels, mean=OPENAI_MEAN, std=OPENAI_STD, exact: bool | Non
     `/ std` round three times, and XLA rewrites division by a constant into a multiplication.
     exact=True: the table on every backend. exact=False: the multiply-add on every backend.
     """
+    # Here, not at the top: preprocessing on the host (data loader workers) never loads jax.
     import jax
     import jax.numpy as jnp
 

@@ -344,7 +344,7 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainState, data: Mappi
 
 def latest_step(directory: str | os.PathLike) -> int | None:
     """The newest complete checkpoint's step in `directory`, or None."""
-    import orbax.checkpoint as ocp
+    import orbax.checkpoint as ocp  # the optional `train` extra
 
     with ocp.CheckpointManager(Path(directory).absolute()) as manager:
         return manager.latest_step()
@@ -357,7 +357,7 @@ def restore_checkpoint(directory: str | os.PathLike, like: TrainState, step: int
     like: a state of the same structure (e.g. `trainer.init()`), which gives the shapes, dtypes and
     shardings to restore into. Values come back bit for bit.
     """
-    import orbax.checkpoint as ocp
+    import orbax.checkpoint as ocp  # the optional `train` extra
 
     directory = Path(directory).absolute()
     with ocp.CheckpointManager(directory) as manager:
