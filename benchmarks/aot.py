@@ -7,7 +7,7 @@
 For each model x target it compiles the public image and text programs (`clip_jax.model.lower`) with
 bf16 compute and params, uint8 images, sharded over the target's devices along "data" (and "model" for
 bigG-14), and prints per chip: GFLOPs per image/text (clip_jax's program, counted from the jaxpr's
-matmuls and convolutions; beside it open_clip's, which runs the last block over every token, and the
+matmuls and convolutions, for the whole item even where "model" splits it over chips; beside it open_clip's, which runs the last block over every token, and the
 TPU compiler's own count), bytes per item two ways (the TPU cost analysis's "bytes accessed", and the
 HBM traffic read from the compiled program's buffer assignment, see `hbm_traffic`; the GPU compiler
 gives no cost analysis), the roofline upper bound on items/s per chip, and the memory the compiled
@@ -332,10 +332,10 @@ def _tiled_bytes(dtype: str, dims: tuple[int, ...], layout: str) -> int:
 def hbm_traffic(text: str, include_vmem: bool = False) -> list[tuple[int, str]]:
     """(bytes, HLO line) for each instruction of the compiled TPU program's entry computation, largest
     first: its operands and results in their padded tiled sizes, counting only those in HBM (memory
-    space 0; the compiler's memory-space assignment puts others in VMEM, `S(1)`), each operand whole.
-    An estimate of the program's HBM traffic: a fusion that reads an operand twice counts it once, one
-    that reads a slice of it counts all of it. include_vmem: count every memory space (what the
-    cost analysis's "bytes accessed" sums)."""
+    space 0; the compiler's memory-space assignment puts others in VMEM, `S(1)`), each operand whole
+    (a slice: its own elements). An estimate of the program's HBM traffic: a fusion that reads an
+    operand twice counts it once, one that reads part of it counts all of it. include_vmem: count
+    every operand whole in every memory space (what the cost analysis's "bytes accessed" sums)."""
     entry = text[text.index("\nENTRY"):]
     entry = entry[: entry.index("\n}")]
     arrays, rows = {}, []
@@ -353,6 +353,9 @@ def hbm_traffic(text: str, include_vmem: bool = False) -> list[tuple[int, str]]:
             inputs = [arrays.get(o, [])[:1] for o in operands]
         else:
             inputs = [arrays.get(o, []) for o in operands]
+        if op in ("slice", "slice-start", "dynamic-slice") and inputs and inputs[0] and not include_vmem:
+            # A slice reads its own elements of the operand, not all of it (weights DMA'd in pieces).
+            inputs = [[(results[0][0], results[0][1], inputs[0][0][2])]] if results else inputs
         counted = [a for a in results + [a for i in inputs for a in i] if include_vmem or "S(" not in a[2]]
         rows.append((sum(_tiled_bytes(*a) for a in counted), line.strip()))
     return sorted(rows, key=lambda r: -r[0])
@@ -424,7 +427,7 @@ def flops_per_item(config: CLIPConfig, tower: str) -> tuple[float, float]:
 # --- the table ---------------------------------------------------------------------------------------
 
 
-def report(name: str, target: str, attention: str | None = None, trace: int = 0) -> list[dict]:
+def report(name: str, target: str, attention: str | None = None, trace: int = 0, dump: str | None = None) -> list[dict]:
     config = model_config(name)
     chip = chip_of(target)
     mp = MODEL_PARALLEL.get(name, 1)
@@ -436,9 +439,11 @@ def report(name: str, target: str, attention: str | None = None, trace: int = 0)
         per = lambda x: None if x is None else x / c.per_chip  # the cost analysis is per chip
         xla_bytes, xla_flops = per(cost.get("bytes accessed")), per(cost.get("flops"))
         hbm = per(hbm_bytes(c.text)) if platform_of(target) == "tpu" else None
-        bound = chip.bf16_flops / ours
+        # Split along "model", a chip does 1/mp of each item's FLOPs, for mp times fewer items a chip.
+        bound = chip.bf16_flops / (ours / mp)
         if hbm:
             bound = min(bound, chip.hbm_bandwidth / hbm)
+        bound /= mp
         rows.append(dict(model=name, target=target, tower=tower, per_chip=c.per_chip, gflops=ours / 1e9,
                          open_clip_gflops=oc / 1e9, xla_gflops=None if xla_flops is None else xla_flops / 1e9,
                          xla_mb=None if xla_bytes is None else xla_bytes / 1e6,
@@ -447,6 +452,10 @@ def report(name: str, target: str, attention: str | None = None, trace: int = 0)
                          model_parallel=mp, collectives=len(collectives(c.text))))
         for b, line in hbm_traffic(c.text)[:trace] if platform_of(target) == "tpu" else ():
             print(f"    {tower}: {b / c.per_chip / 1e3:8.1f} KB/item  {line[:160]}")
+        if dump:
+            path = Path(dump) / f"{name.replace('/', '-')}_{target.replace(':', '_')}_{tower}.hlo.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(c.text)
     return rows
 
 
@@ -456,14 +465,15 @@ def main(argv=None) -> None:
     ap.add_argument("--targets", nargs="+", default=list(TARGETS))
     ap.add_argument("--trace", type=int, default=0, metavar="N",
                     help="list the N instructions of each TPU program that move the most HBM bytes")
+    ap.add_argument("--dump", metavar="DIR", help="write each compiled program's HLO text there")
     ap.add_argument("--train", type=int, default=0, metavar="PER_CHIP",
                     help="also compile the train step (data parallel, bf16 compute, float32 params) at this "
                          "batch per chip, without and with remat, on the TPU targets")
     args = ap.parse_args(argv)
     print(f"jax {jax.__version__}, libtpu {_version('libtpu')}, CUDA plugin {_version('jax-cuda12-plugin')}; "
-          f"bf16 compute and params, uint8 images; per "
-          f"chip; roofline = min(peak bf16 FLOP/s / FLOPs, HBM B/s / HBM bytes) (GPU: FLOPs only: no cost "
-          f"analysis there)")
+          f"bf16 compute and params, uint8 images; per chip; roofline = min(peak bf16 FLOP/s / FLOPs, HBM B/s / "
+          f"HBM bytes), both per chip, over the chips a \"model\" split shares an item with (GPU: FLOPs only: no "
+          f"cost analysis there)")
     for t in sorted({t.split(':')[0] for t in args.targets}):
         print(f"  {CHIPS[t].name}: {CHIPS[t].source}")
     head = ("model", "target", "tower", "batch/chip", "GFLOP/item", "open_clip", "XLA GFLOP", "XLA MB/item",
@@ -472,7 +482,7 @@ def main(argv=None) -> None:
     for target in args.targets:
         for name in args.models:
             try:
-                rows = report(name, target, trace=args.trace)
+                rows = report(name, target, trace=args.trace, dump=args.dump)
             except Unavailable as e:
                 print(f"{name} | {target} | skipped: {e}")
                 continue
