@@ -436,7 +436,7 @@ def report(name: str, target: str, attention: str | None = None, trace: int = 0,
         c = compile_program(config, target, program, model_parallel=mp, attention=attention)
         ours, oc = flops_per_item(config, tower)
         cost = c.cost or {}
-        per = lambda x: None if x is None else x / c.per_chip  # the cost analysis is per chip
+        per = lambda x, n=c.per_chip: None if x is None else x / n  # the cost analysis is per chip
         xla_bytes, xla_flops = per(cost.get("bytes accessed")), per(cost.get("flops"))
         hbm = per(hbm_bytes(c.text)) if platform_of(target) == "tpu" else None
         # Split along "model", a chip does 1/mp of each item's FLOPs, for mp times fewer items a chip.
