@@ -93,6 +93,14 @@ def _matmul_precision(precision: str | None):
     return jax.default_matmul_precision(precision) if precision else contextlib.nullcontext()
 
 
+def _take_rows(x: jax.Array, index: jax.Array) -> jax.Array:
+    """`x[arange(B), index]` for x [B, L, ...], index int [B] -> [B, ...], as a gather whose batch dim
+    is a batching dim. With `x[jnp.arange(B), index]` and an index built inside the program (the image
+    tower's zeros), the SPMD partitioner can't tell the rows are local: every chip gathered a global
+    batch's worth of rows and all-reduced it over "data" (bf16[65536, 768] on a v5e 16x16)."""
+    return jnp.take_along_axis(x, index[:, None, None].astype(jnp.int32), axis=1, mode="clip")[:, 0]
+
+
 class MultiheadAttention(nnx.Module):
     """torch.nn.MultiheadAttention (batch first): q, k, v stacked in `in_proj`, then `out_proj`."""
 
@@ -124,7 +132,7 @@ class MultiheadAttention(nnx.Module):
         h = self.heads
         kernel, bias = self.in_proj.kernel[...].astype(x.dtype), self.in_proj.bias[...].astype(x.dtype)
         dense = lambda y, cols: jnp.dot(y, kernel[:, cols], precision=self.precision) + bias[cols]
-        q = dense(x[jnp.arange(b), index][:, None], slice(0, d)).reshape(b, 1, h, d // h)
+        q = dense(_take_rows(x, index)[:, None], slice(0, d)).reshape(b, 1, h, d // h)
         k, v = jnp.split(dense(x, slice(d, None)).reshape(b, length, 2 * h, d // h), 2, axis=2)
         # Causal: the query at position i sees keys 0..i, which is a key length of i + 1 (a padding mask,
         # which cuDNN takes natively, rather than a dense mask it would have to add as a bias).
@@ -179,7 +187,7 @@ class ResidualAttentionBlock(nnx.Module):
     def pooled(self, x: jax.Array, index: jax.Array, causal: bool = False) -> jax.Array:
         """__call__(x)[arange(B), index] for x [B, L, D], index int [B] -> [B, D], computing only that token."""
         attn = self.attn.query_one(self.ln_1(x).astype(self.dtype), index, causal=causal)
-        y = x[jnp.arange(x.shape[0]), index][:, None] + (self.ls_1(attn) if self.layer_scale else attn)
+        y = _take_rows(x, index)[:, None] + (self.ls_1(attn) if self.layer_scale else attn)
         mlp = self.mlp(self.ln_2(y).astype(self.dtype))
         return (y + (self.ls_2(mlp) if self.layer_scale else mlp))[:, 0]
 
@@ -516,7 +524,7 @@ class TextTowerMixin:
         keep = _kept(layers, t.layers)
         x, kept = self.transformer.hidden_states(self._embed(tokens), keep, causal=t.causal)
         last = self.ln_final(x)
-        pooled = last[jnp.arange(tokens.shape[0]), _pool_index(tokens, t)]
+        pooled = _take_rows(last, _pool_index(tokens, t))
         features = self._text_project(pooled) if self.text_projected else None
         return TowerStates(last, _select(kept, layers, t.layers), pooled, features)
 

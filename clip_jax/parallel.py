@@ -437,12 +437,19 @@ class ShardedCLIP:
 # --- pmap -------------------------------------------------------------------------------------------
 
 
-def pmap_logits(model: CLIP) -> Callable[[Any, Any], jax.Array]:
+def pmap_logits(model: CLIP, devices: Sequence[jax.Device] | None = None) -> Callable[[Any, Any], jax.Array]:
     """clip_logits under jax.pmap, params replicated (the older per-device API many TPU codebases use).
 
     Returns f(images [n_dev, B, H, W, 3], tokens [n_dev, T, L]) -> logits_per_image [n_dev, B, T]: each
-    device scores its own images against its own texts.
+    device scores its own images against its own texts. devices: jax.pmap's (default: all local ones).
+    `f.lower(images, tokens)` lowers the same program from shapes, e.g. for a TPU topology's devices
+    and a model built from shapes, to `.compile()` it ahead of time.
     """
     fn, params = functional(model)
-    scores = jax.pmap(lambda p, im, tok: fn(p, im, tok)[0], in_axes=(None, 0, 0))
-    return lambda images, tokens: scores(params, images, tokens)
+    scores = jax.pmap(lambda p, im, tok: fn(p, im, tok)[0], in_axes=(None, 0, 0), devices=devices)
+
+    def run(images, tokens):
+        return scores(params, images, tokens)
+
+    run.lower = lambda images, tokens: scores.lower(params, images, tokens)
+    return run

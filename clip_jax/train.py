@@ -291,6 +291,15 @@ class Trainer:
         """
         return self._step(state, *self._check(images, tokens))
 
+    def lower(self, images, tokens, state: TrainState | None = None) -> jax.stages.Lowered:
+        """The jitted step lowered for a batch of these shapes (arrays or jax.ShapeDtypeStruct); state
+        default: the shapes of `init()`'s. `.compile()` it ahead of time, e.g. for a mesh of a TPU
+        topology's devices and a model built from shapes (clip_jax.model.abstract_model)."""
+        if state is None:
+            state = jax.eval_shape(lambda p, f: TrainState(jnp.zeros((), jnp.int32), p, self.tx.init(p), f),
+                                   self._init_params, self._init_frozen)
+        return self._step.lower(state, images, tokens)
+
     def evaluate(self, state: TrainState, images, tokens) -> dict[str, jax.Array]:
         """The step's metrics for a batch, without updating (loss, accuracy, logit_scale)."""
         return self._eval(state, *self._check(images, tokens))
