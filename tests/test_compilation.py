@@ -14,12 +14,12 @@ import sys, numpy as np
 import jax
 import clip_jax
 from clip_jax.compilation import enable_compilation_cache, warmup
-from tests.test_model import TINY
+from tests.tiny import TINY, tiny_model
 enable_compilation_cache(sys.argv[1])
-model = clip_jax.build(TINY, seed=0)
+model = tiny_model(TINY)
 warmup(model, image_batch_sizes=[2], text_batch_sizes=[3], text_lengths=[16])
 jax.config.update("jax_log_compiles", True)  # from here on, any compilation is logged to stderr
-out = model.encode_text(clip_jax.tokenize(["a dog", "a cat", "a bird"], context_length=16))
+out = model.encode_text(clip_jax.tokenize(["a dog", "a cat", "a bird"]))  # trimmed to 16 tokens
 size = TINY.vision.image_size
 model.encode_image(np.zeros((2, size, size, 3), np.uint8)).block_until_ready()
 print(out.shape)
@@ -33,7 +33,7 @@ def test_cache_is_written_and_reused(tmp_path):
                                  capture_output=True, text=True, timeout=300)
     first = run()
     assert first.returncode == 0, first.stderr
-    assert "(3, 32)" in first.stdout
+    assert "(3, 16)" in first.stdout
     # warmup compiled ahead of time what the calls then ran: nothing compiled at call time.
     assert "Compiling" not in first.stderr, first.stderr
     entries = {p.name for p in cache.iterdir()}

@@ -19,7 +19,7 @@ from jax.ad_checkpoint import print_saved_residuals
 import numpy as np
 import pytest
 
-from clip_jax.config import CLIPConfig, TextConfig, VisionConfig
+from clip_jax.config import VisionConfig
 from clip_jax.model import build
 from clip_jax.train import (
     LOGIT_SCALE_MAX,
@@ -33,44 +33,14 @@ from clip_jax.train import (
     save_checkpoint,
 )
 
+from .tiny import TRAIN, TRAIN_RN, tiny_model, train_batch as batch
+
 ROOT = Path(__file__).resolve().parents[1]
-VOCAB = 1000  # a small vocabulary keeps these models quick; tokens below are random ids with EOT = VOCAB - 1
-SMALL = CLIPConfig(
-    embed_dim=32,
-    vision=VisionConfig(image_size=32, layers=1, width=64, patch_size=16),
-    text=TextConfig(context_length=8, vocab_size=VOCAB, width=64, heads=1, layers=1),
-)
-
-
-def quick_build(config: CLIPConfig, seed: int = 0):
-    """build() from numpy values (normal, std 0.05; norm gains and BatchNorm variances near 1;
-    logit_scale ln(1/0.07)): skips
-    the eager random init, which compiles one small program per parameter shape (~20 s for a ResNet
-    on 2 cores)."""
-    from clip_jax.checkpoint.torch_names import expected_params
-
-    rng = np.random.default_rng(seed)
-    params = {name: ((name.endswith((".var", ".scale")) + 0.05 * rng.standard_normal(shape)).astype(np.float32))
-              for name, shape in expected_params(config).items()}
-    params["logit_scale"] = np.float32(np.log(1 / 0.07)).reshape(())  # the model's (and OpenAI's) init
-    return build(config, params)
-
-
-def batch(n: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 images [n, 32, 32, 3], int32 tokens [n, 8]) with the EOT id (the largest) at varied places."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    tokens = rng.integers(1, VOCAB - 2, (n, 8)).astype(np.int32)
-    tokens[:, 0] = VOCAB - 2  # start of text
-    ends = rng.integers(2, 8, n)
-    tokens[np.arange(n), ends] = VOCAB - 1
-    tokens[np.arange(8)[None] > ends[:, None]] = 0
-    return images, tokens
 
 
 @pytest.fixture(scope="module")
 def model():
-    return quick_build(SMALL)
+    return tiny_model(TRAIN)
 
 
 @pytest.fixture(scope="module")
@@ -127,16 +97,12 @@ def test_loss_decreases_on_a_fixed_batch(model, trainer):
     assert not np.array_equal(trained.visual.proj[...], model.visual.proj[...])
 
 
-RESNET = CLIPConfig(embed_dim=32, vision=VisionConfig(image_size=32, layers=(1, 1, 1, 1), width=16, patch_size=None,
-                                                      heads=2), text=SMALL.text)
-
-
 def test_weight_decay_mask_by_name():
     """Decay on Linear/conv weights and the projections only; not on norms, biases, embeddings,
     logit_scale, nor on BatchNorm's scale and bias (ResNet)."""
     from flax import nnx
 
-    for config in (SMALL, RESNET):
+    for config in (TRAIN, TRAIN_RN):
         _, params, _ = nnx.split(nnx.eval_shape(lambda: build(config)), nnx.Param, ...)
         mask = {param_name(p): m for p, m in jax.tree_util.tree_leaves_with_path(decay_mask(params))}
         decayed = {n for n, m in mask.items() if m}
@@ -197,7 +163,7 @@ def test_remat_same_step_and_keeps_less(model, trainer, capsys):
     assert with_remat["dot_general"] > without["dot_general"]
     # what the backward pass keeps, on a deeper tower (tracing only, nothing compiled): measured 2.9 MB
     # with remat vs 26 MB without for 4 vision blocks and 16 pairs (remat keeps each block's input)
-    deep = quick_build(dataclasses.replace(SMALL, vision=VisionConfig(image_size=32, layers=4, width=64, patch_size=4)))
+    deep = tiny_model(dataclasses.replace(TRAIN, vision=VisionConfig(image_size=32, layers=4, width=64, patch_size=4)))
     deep_images, deep_tokens = batch(16)
     kept = [saved_residual_bytes(Trainer(deep, optimizer(1e-3, 10, 0), remat=r), deep_images, deep_tokens, capsys)
             for r in (True, False)]
@@ -212,7 +178,7 @@ def test_remat_same_step_and_keeps_less(model, trainer, capsys):
 
 
 def test_bf16_compute_trains_float32_params():
-    model = build(SMALL, dtype="bfloat16")
+    model = tiny_model(TRAIN, dtype="bfloat16")
     trainer = Trainer(model, optimizer(1e-3, 20, 2, weight_decay=0.1))
     state = trainer.init()
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
@@ -239,7 +205,7 @@ def test_bad_batches_named(trainer):
 def test_resnet_remat_and_frozen_batchnorm_statistics():
     """ModifiedResNet: the bottlenecks are rematerialized too; BatchNorm's running statistics are kept
     apart from the trained params (in `frozen`), its scale and bias are trained."""
-    trainer = Trainer(quick_build(RESNET), optimizer(1e-3, 10, 0), remat=True)
+    trainer = Trainer(tiny_model(TRAIN_RN), optimizer(1e-3, 10, 0), remat=True)
     images, tokens = batch()
     state = trainer.init()
     assert str(jax.make_jaxpr(trainer._train_step)(state, images, tokens)).count("remat2[") == 4 + 1
@@ -252,7 +218,7 @@ def test_resnet_remat_and_frozen_batchnorm_statistics():
 
 @pytest.mark.slow
 def test_resnet_step_keeps_batchnorm_statistics():
-    trainer = Trainer(quick_build(RESNET), optimizer(1e-3, 10, 0), remat=True)
+    trainer = Trainer(tiny_model(TRAIN_RN), optimizer(1e-3, 10, 0), remat=True)
     before = trainer.init()
     after, _ = trainer.step(before, *batch())
     assert leaves_equal(before.frozen, after.frozen)
@@ -294,9 +260,9 @@ SHARDED = textwrap.dedent("""
     from clip_jax.model import clip_logits
     from clip_jax.parallel import make_mesh
     from clip_jax.train import Trainer, contrastive_loss, optimizer
-    from tests.test_train import SMALL, batch, quick_build
+    from tests.tiny import TRAIN, tiny_model, train_batch as batch
     assert jax.device_count() == 4, jax.devices()
-    model = quick_build(SMALL)
+    model = tiny_model(TRAIN)
     single = Trainer(model, optimizer(1e-3, 10, 1, weight_decay=0.1))
     mesh = make_mesh()
     sharded = Trainer(model, optimizer(1e-3, 10, 1, weight_decay=0.1), mesh=mesh)
@@ -323,10 +289,11 @@ SHARDED = textwrap.dedent("""
 def test_data_parallel_matches_single_device():
     """3 steps on a batch of 16 split over 4 host devices (4 pairs each) equal single-device training.
 
-    Tolerance: losses 1e-5 relative and params 2e-5 absolute: the gradients are summed across devices
+    Tolerance: losses 1e-5 relative and params 5e-5 absolute: the gradients are summed across devices
     in another order than on one device (float32 rounding, ~1e-7 relative), and Adam divides by
     sqrt(v), which can enlarge the difference of tiny gradients to a fraction of the learning rate (1e-3).
-    Measured: losses within 2e-7 relative, params within 4e-6.
+    Measured: losses within 1e-7 relative, params within 1.1e-5 (a wrong gradient reduction moves
+    params by about the learning rate).
     The loss is over the global batch: it matches the single-device loss, not the mean of the four
     per-device losses.
     """
@@ -338,7 +305,7 @@ def test_data_parallel_matches_single_device():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["devices"] == 4 and out["replicated"]
     np.testing.assert_allclose(out["loss_sharded"], out["loss_single"], rtol=1e-5)
-    assert out["max_param_diff"] < 2e-5, out
+    assert out["max_param_diff"] < 5e-5, out
     # the first step's loss (before any update) is the global batch's
     assert out["loss_sharded"][0] == pytest.approx(out["global"], rel=1e-5)
     assert abs(out["local_mean"] - out["global"]) > 0.1, out
