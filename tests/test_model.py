@@ -199,3 +199,41 @@ def test_convolutions_by_platform(config):
     assert count("cuda") == len(convs)
     assert count("cpu") == len(convs) - len(patches)
 
+
+def branch(name: str, calls: list):
+    """A stand-in for jax.lax.platform_dependent that runs the `cpu` or the `default` (every other
+    platform's) branch wherever it runs, and records each call: that branch checked on the CPU."""
+
+    def platform_dependent(*args, cpu, default):
+        calls.append(name)
+        return (cpu if name == "cpu" else default)(*args)
+
+    return platform_dependent
+
+
+@pytest.mark.parametrize("layer,size", [("vit", 32), ("vit", 36), ("resnet", 8)],
+                         ids=["patches", "patches-remainder", "1x1"])
+def test_conv2d_branches_match_torch(layer, size, tiny, tiny_rn, monkeypatch):
+    """Both lowerings of a non-overlapping convolution against torch's conv2d: the CPU's matmul over
+    patches and the convolution every other platform runs (cuDNN on a GPU), the latter called here on
+    the CPU. ViT's 8x8 patch embedding (also on 36x36, where VALID drops a remainder) and a ResNet 1x1.
+    Float32, precision "highest": 2e-6 on outputs of magnitude ~4, 4x the largest difference measured
+    (4.8e-7, the matmul for the 1x1; the patch embeddings agree exactly); a patch kernel with its height
+    and width swapped is off by ~5."""
+    import torch
+
+    conv = tiny.visual.conv1 if layer == "vit" else tiny_rn.visual.layer1[0].conv1
+    kh, kw, cin, _ = conv.kernel.shape
+    assert conv.kernel_size == (conv.strides, conv.strides) == (kh, kw)  # conv2d's matmul case
+    x = np.random.RandomState(0).randn(2, size, size, cin).astype(np.float32)
+    kernel = np.array(conv.kernel[...])
+    want = torch.nn.functional.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2),
+                                      torch.from_numpy(kernel.transpose(3, 2, 0, 1)), stride=conv.strides)
+    want = want.permute(0, 2, 3, 1).numpy()
+    for name in ("cpu", "default"):
+        calls = []
+        monkeypatch.setattr(jax.lax, "platform_dependent", branch(name, calls))
+        with jax.default_matmul_precision("highest"):
+            got = np.asarray(clip_jax.model.conv2d(conv, jnp.asarray(x)))
+        assert calls == [name]
+        np.testing.assert_allclose(got, want, atol=2e-6, rtol=0, err_msg=name)
