@@ -31,6 +31,7 @@ from clip_jax.train import (
     param_name,
     restore_checkpoint,
     save_checkpoint,
+    schedule,
 )
 
 from .tiny import TRAIN, TRAIN_RN, tiny_model, train_batch as batch
@@ -73,6 +74,7 @@ def test_loss_matches_open_clip():
     want = ClipLoss()(torch.from_numpy(img), torch.from_numpy(txt), torch.tensor(20.0)).item()
     got = contrastive_loss(20.0 * jnp.asarray(img) @ jnp.asarray(txt).T)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
     # Each direction counted once, and stable where exp() of a logit overflows float32: logits of OpenAI's
     # largest scale (100; exp(100) > 3.4e38) whose two directions differ by 1.5 (3% of the loss), against
     # the mean of the two cross-entropies in float64 (1e-6 relative is a few float32 ulps; measured 2e-9).
@@ -128,6 +130,67 @@ def test_weight_decay_applies_by_mask(trainer):
     assert np.all(names["visual.transformer.resblocks.0.ln_1.scale"] == 0)
     assert np.all(names["transformer.resblocks.0.mlp.c_fc.bias"] == 0)
     assert np.all(names["logit_scale"] == 0)
+
+
+def test_schedule_warms_up_then_decays_by_cosine(trainer):
+    """The learning rate: linear from 0 over warmup_steps, then half a cosine down to end_factor x the peak
+    at total_steps, as written out here. The optimizer follows it update by update: for a constant unit
+    gradient, AdamW's bias-corrected first moment over the root of its second is 1, so update t of each
+    entry is -lr(t) / (1 + eps). Tolerance 1e-5 relative: float32 (measured 1.2e-6 for the schedule, 1.7e-6
+    for the updates). Without warmup, update 0 is the peak instead of 0; a linear decay instead of the
+    cosine is off by up to 10% of the peak."""
+    peak, total, warmup = 1e-2, 12, 4
+
+    def lr(t: int, end: float) -> float:
+        if t < warmup:
+            return peak * t / warmup
+        t = min(t, total)
+        return end * peak + (1 - end) * peak * (1 + math.cos(math.pi * (t - warmup) / (total - warmup))) / 2
+
+    steps = range(total + 2)
+    for end in (0.0, 0.1):
+        got = [float(schedule(peak, total, warmup, end_factor=end)(t)) for t in steps]
+        np.testing.assert_allclose(got, [lr(t, end) for t in steps], rtol=1e-5, atol=1e-9)
+
+    tx = optimizer(peak, total, warmup, weight_decay=0.0)
+    params = trainer.init().params
+    ones, opt_state = jax.tree.map(jnp.ones_like, params), tx.init(params)
+    update = jax.jit(tx.update)
+    for t in steps:
+        updates, opt_state = update(ones, opt_state, params)
+        for leaf in (updates["logit_scale"], updates["visual"]["proj"]):
+            np.testing.assert_allclose(leaf[...], -lr(t, 0.0) / (1 + 1e-6), rtol=1e-5, atol=1e-9, err_msg=f"step {t}")
+
+
+def test_max_grad_norm_clips_the_gradient(trainer):
+    """optimizer(max_grad_norm=c) hands AdamW the gradient scaled down to global norm c when it is longer:
+    two updates (a long gradient, then a short one of another direction: Adam's first update is about the
+    gradient's sign whatever its length) equal those of AdamW without clipping on gradients clipped here,
+    and differ from AdamW's on the raw ones by far more than the tolerance."""
+    params = trainer.init().params
+    rng = np.random.default_rng(0)
+    draw = lambda scale: jax.tree.map(lambda x: jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype), params)
+    long, short = draw(1.0), draw(1e-4)
+    norm = lambda g: math.sqrt(sum(float(np.sum(np.square(np.asarray(x, np.float64)))) for x in jax.tree.leaves(g)))
+    assert norm(long) > 100 and norm(short) < 1
+    clipped = jax.tree.map(lambda x: x * np.float32(1 / norm(long)), long)
+
+    def updates(tx, *runs):
+        """The updates of each run (gradients in order, from a fresh optimizer state), flattened."""
+        update, out = jax.jit(tx.update), []
+        for grads in runs:
+            state, out_run = tx.init(params), []
+            for g in grads:
+                u, state = update(g, state, params)
+                out_run.append(np.concatenate([np.ravel(x) for x in jax.tree.leaves(u)]))
+            out.append(out_run)
+        return out
+
+    (got,) = updates(optimizer(1e-3, 10, 0, weight_decay=0.0, max_grad_norm=1.0), [long, short])
+    plain, unclipped = updates(optimizer(1e-3, 10, 0, weight_decay=0.0), [clipped, short], [long, short])
+    for g, w in zip(got, plain):  # updates of ~1e-3, float32 rounding of the clipped gradient: measured 3.5e-10
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-9)
+    assert np.abs(unclipped[1] - plain[1]).max() > 1e-4  # measured 1.3e-3
 
 
 def test_logit_scale_clamped_after_update(trainer):
@@ -219,6 +282,15 @@ def test_resnet_remat_and_frozen_batchnorm_statistics():
     assert "visual.bn1.mean" in frozen and "visual.layer4.0.downsample.1.var" in frozen
     assert all(n.rsplit(".", 1)[1] in ("mean", "var") for n in frozen)
     assert "visual.bn1.scale" in params and not any(n.endswith((".mean", ".var")) for n in params)
+    # The optimizer moves every BatchNorm scale and bias at the learning rate: for a unit gradient AdamW's
+    # first update is -1e-3 (1e-3 / (1 + eps)) per entry, no weight decay on them. (That the loss has a
+    # gradient for them: tests/test_blocks.py, test_bottleneck[downsample], against torch's.)
+    updates, _ = jax.jit(trainer.tx.update)(jax.tree.map(jnp.ones_like, state.params), state.opt_state, state.params)
+    norms = {param_name(p): np.asarray(u) for p, u in jax.tree_util.tree_leaves_with_path(updates)
+             if re.search(r"(\.|^)(bn\d|downsample\.1)\.(scale|bias)$", param_name(p))}
+    assert len(norms) == 2 * (3 + 4 * 3 + 4)  # the stem's 3, each Bottleneck's 3 and its downsample's
+    for name, update in norms.items():
+        np.testing.assert_allclose(update, -1e-3, rtol=1e-5, err_msg=name)
 
 
 @pytest.mark.slow
