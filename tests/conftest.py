@@ -1,5 +1,6 @@
 """Test-session settings, applied before any test module imports jax, and the shared model fixtures."""
 
+import collections
 import os
 
 import pytest
@@ -30,3 +31,9 @@ def tiny_rn():
     from tests.tiny import TINY_RN, tiny_model
 
     return tiny_model(TINY_RN)
+
+
+@pytest.fixture
+def hits() -> collections.Counter:
+    """Requests by path, for a test's own tests/local_server.serve(handler, hits): counts no other test sees."""
+    return collections.Counter()

@@ -155,20 +155,19 @@ def test_unknown_names():
 
 
 class Files(QuietHandler):
-    files: dict[str, bytes] = {}
-    hits: dict[str, int] = {}
+    files: dict[str, bytes] = {}  # by a path that holds the body's SHA-256 (serve): the same for every test
 
     def do_GET(self):
-        Files.hits[self.path] = Files.hits.get(self.path, 0) + 1
+        self.count()
         body = Files.files.get(self.path)
         if body is None:
             return self.send_error(404)
         self.send_body(body)
 
 
-@pytest.fixture(scope="module")
-def server():
-    with serve_http(Files) as url:
+@pytest.fixture
+def server(hits):
+    with serve_http(Files, hits) as url:
         yield url
 
 
@@ -179,7 +178,7 @@ def serve(server: str, data: bytes, name: str = "ViT-B-32.pt") -> tuple[str, str
     return f"{server}/clip/models/{sha}/{name}", sha
 
 
-def test_load_openai_name_downloads_verifies_and_caches(server, tmp_path, monkeypatch):
+def test_load_openai_name_downloads_verifies_and_caches(server, hits, tmp_path, monkeypatch):
     """load("ViT-B/32") fetches the registry's URL (here a local mirror), checks the SHA-256, converts once
     and caches the converted params beside the download; a changed source is converted again."""
     ref = open_clip_tiny(quick_gelu=True)
@@ -198,7 +197,7 @@ def test_load_openai_name_downloads_verifies_and_caches(server, tmp_path, monkey
     # Second load: no request, no conversion.
     monkeypatch.setattr(hub, "read_params", lambda *a, **k: pytest.fail("converted again"))
     model2, _ = clip_jax.load("ViT-B-32", cache_dir=cache, progress=False)
-    assert Files.hits[url.removeprefix(server)] == 1
+    assert hits[url.removeprefix(server)] == 1
     assert_matches(model2, ref)
     monkeypatch.undo()
 
