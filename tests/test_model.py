@@ -237,3 +237,42 @@ def test_conv2d_branches_match_torch(layer, size, tiny, tiny_rn, monkeypatch):
             got = np.asarray(clip_jax.model.conv2d(conv, jnp.asarray(x)))
         assert calls == [name]
         np.testing.assert_allclose(got, want, atol=2e-6, rtol=0, err_msg=name)
+
+
+def test_bf16_logits_are_float32():
+    """With bfloat16 compute the logits are still float32 math on the (float32) features: the model's
+    logits equal float64 logits from the features the same program computes to 2e-6 (logits ~6; measured
+    5.7e-7), where rounding them to bf16 moves them by 1.4e-2."""
+    model = tiny_model(TINY, dtype="bfloat16")
+    images, tokens = batch()
+    img, txt, got = map(np.asarray, nnx.jit(lambda m, i, t: (m.image_features(i), m.text_features(t), m(i, t)[0]))(
+        model, images, tokens))
+    unit = lambda x: x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=-1, keepdims=True)
+    want = np.exp(np.float64(model.logit_scale[...])) * unit(img) @ unit(txt).T
+    assert got.dtype == img.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=0)
+    assert np.abs(want.astype(jnp.bfloat16).astype(np.float64) - want).max() > 1000 * 2e-6
+
+
+def test_float16_compute_lowered_for_a_gpu():
+    """float16 compute, lowered for a GPU (XLA's CPU backend has no float16 matmul accumulating in float32,
+    "F16_F16_F32 is not supported by dot_general on CPU", so float16 can't run here): the Linear layers and
+    attention take float16, every reduction (LayerNorm statistics, softmax, L2 norms) is float32 or wider,
+    and the logits are one float32 matmul."""
+    import collections
+    import re
+
+    model = tiny_model(TINY, dtype="float16")
+    fn, params = clip_jax.functional(model)
+    images, tokens = batch()
+    lowered = jax.jit(fn).trace(params, jax.ShapeDtypeStruct(images.shape, jnp.float32),
+                                jax.ShapeDtypeStruct(tokens.shape, jnp.int32)).lower(lowering_platforms=("cuda",))
+    text = lowered.as_text()
+    element = lambda t: t.rsplit("x", 1)[-1].rstrip(">")
+    dots = collections.Counter(tuple(map(element, d)) for d in re.findall(
+        r"stablehlo\.dot_general .*?: \((tensor<[^>]*>), (tensor<[^>]*>)\) -> (tensor<[^>]*>)", text))
+    reduced = collections.Counter(element(t) for t in re.findall(r"stablehlo\.reduce\(.*? : \((tensor<[^>]*>)", text))
+    linears = sum(isinstance(m, nnx.Linear) for _, m in nnx.iter_modules(model))
+    assert dots[("f16", "f16", "f16")] + dots[("f16", "f16", "f32")] >= linears, dots
+    assert {t for (a, b, _), n in dots.items() for t in (a, b) if t != "f16"} == {"f32"} and dots[("f32", "f32", "f32")] == 1
+    assert reduced and not {"f16", "bf16"} & set(reduced), reduced
