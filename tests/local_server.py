@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import http.server
 import threading
@@ -9,10 +10,16 @@ from collections.abc import Iterator
 
 
 class QuietHandler(http.server.BaseHTTPRequestHandler):
-    """A request handler that doesn't log to stderr and can send a whole body in one call."""
+    """A request handler that doesn't log to stderr, can send a whole body in one call, and counts the
+    requests by path in its server's `hits`."""
 
     def log_message(self, *args):
         pass
+
+    def count(self) -> int:
+        """Count this request; -> how many requests for this path the server has had, this one included."""
+        self.server.hits[self.path] += 1
+        return self.server.hits[self.path]
 
     def send_body(self, body: bytes) -> None:
         self.send_response(200)
@@ -22,9 +29,11 @@ class QuietHandler(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
-    """Serve `handler` while the block runs; yields the base URL."""
+def serve(handler: type[http.server.BaseHTTPRequestHandler], hits: collections.Counter | None = None) -> Iterator[str]:
+    """Serve `handler` while the block runs; yields the base URL. Requests that the handler counts go to
+    `hits` (a fresh Counter by default): one per server, so that tests don't see each other's."""
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.hits = collections.Counter() if hits is None else hits
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}"

@@ -14,12 +14,7 @@ from flax import nnx
 
 import clip_jax
 from clip_jax import model as model_lib
-from tests.test_model import TINY, batch
-
-
-@pytest.fixture()
-def tiny():
-    return clip_jax.build(TINY, seed=0)
+from tests.tiny import TINY, tiny_batch as batch, tiny_model
 
 
 def test_calls_see_values_set_in_place(tiny):
@@ -65,7 +60,7 @@ def test_calls_do_not_walk_the_graph(tiny, monkeypatch):
 
 
 def test_models_of_one_architecture_share_programs():
-    a, b = clip_jax.build(TINY, seed=0), clip_jax.build(TINY, seed=1)
+    a, b = tiny_model(TINY, seed=0), tiny_model(TINY, seed=1)
     images, _ = batch()
     assert not np.allclose(a.encode_image(images), b.encode_image(images))
     assert model_lib._bound(a).program("image_features", ()) is model_lib._bound(b).program("image_features", ())

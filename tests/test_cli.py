@@ -254,12 +254,31 @@ def test_classify_prints_top_k(data, capsys):
 
 
 def test_classify_labels_file_and_ensemble(data, tmp_path, capsys):
+    """Labels from a file; by default the prompts are OpenAI's 80-template ensemble: the printed
+    probabilities are the ensemble's to the 0.01% they are printed with, and a single template's are 0.09
+    points or more away here."""
+    from clip_jax.zeroshot import IMAGENET_TEMPLATES, classify, zeroshot_classifier
+
     _, imgs, model = data
+    image = imgs / "a" / "01.png"
     (tmp_path / "labels.txt").write_text("dog\ncat\n\n")
-    assert main("classify", imgs / "a" / "01.png", "--labels-file", tmp_path / "labels.txt", "--model", model) == 0
+    assert main("classify", image, "--labels-file", tmp_path / "labels.txt", "--model", model) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3 and {line.split()[1] for line in lines[1:]} == {"dog", "cat"}
-    assert abs(sum(float(line.split()[0].rstrip("%")) for line in lines[1:]) - 100) < 0.02
+    assert len(lines) == 3
+    printed = {line.split()[1]: float(line.split()[0].rstrip("%")) for line in lines[1:]}
+    assert set(printed) == {"dog", "cat"} and abs(sum(printed.values()) - 100) < 0.02
+
+    m, preprocess = clip_jax.load(model)
+
+    def percent(templates) -> dict[str, float]:
+        probs, idx = classify(m, preprocess.pixels(image)[None], zeroshot_classifier(m, ["dog", "cat"], templates))
+        return {["dog", "cat"][c]: 100 * float(p) for p, c in zip(probs[0], idx[0])}
+
+    ensemble = percent(IMAGENET_TEMPLATES)
+    assert all(abs(printed[label] - ensemble[label]) <= 0.006 for label in printed), (printed, ensemble)
+    for template in ("a photo of a {}.", IMAGENET_TEMPLATES[0]):
+        single = percent([template])
+        assert max(abs(single[label] - ensemble[label]) for label in single) > 0.05, (template, single, ensemble)
 
 
 # --- search ------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from clip_jax.checkpoint import ConversionError, read_params, store
 from clip_jax.checkpoint.torch_names import from_torch, to_torch_state_dict
 
 from .reference import reference_model, save, save_torchscript, state_dict
-from .test_hub import TINY, assert_matches, open_clip_config, safetensors_bytes, tiny_model
+from .test_hub import assert_matches, open_clip_config, open_clip_tiny, safetensors_bytes
+from .tiny import OPEN_CLIP_TINY as TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,7 +159,7 @@ def test_missing_file_error(tmp_path):
 @pytest.fixture(scope="module")
 def gelu_model():
     """A one-layer open_clip model trained (here: initialized) with exact GELU, which its weights can't show."""
-    return tiny_model(quick_gelu=False)
+    return open_clip_tiny(quick_gelu=False)
 
 
 def _convert_cli(capsys, *argv) -> tuple[int, str]:
@@ -240,6 +241,6 @@ def test_convert_without_a_config_warns_in_one_line(gelu_model, tmp_path, capsys
         clip_jax.load(src)
 
     openai = tmp_path / "openai.pt"
-    save_torchscript(tiny_model(quick_gelu=True), openai, fp16_mix=False)
+    save_torchscript(open_clip_tiny(quick_gelu=True), openai, fp16_mix=False)
     assert _convert_cli(capsys, openai) == (0, "")
     assert _config_source(openai.with_suffix(".safetensors")) == "inferred from the weights of OpenAI's TorchScript archive"

@@ -21,10 +21,8 @@ SHA = hashlib.sha256(BODY).hexdigest()
 
 
 class Handler(QuietHandler):
-    hits: dict[str, int] = {}
-
     def do_GET(self):
-        n = Handler.hits[self.path] = Handler.hits.get(self.path, 0) + 1
+        n = self.count()
         if self.path.startswith("/good/"):
             return self.send_body(BODY)
         if self.path == "/bad.bin":
@@ -45,9 +43,10 @@ class Handler(QuietHandler):
         self.send_error(404, "no such file")
 
 
-@pytest.fixture(scope="module")
-def server():
-    with serve_http(Handler) as url:
+@pytest.fixture
+def server(hits):
+    """A server for this test alone (one costs a thread and a socket): its request counts are the test's."""
+    with serve_http(Handler, hits) as url:
         yield url
 
 
@@ -55,15 +54,15 @@ def leftovers(directory):
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
 
 
-def test_good_download_then_cache_hit(server, tmp_path, capsys):
+def test_good_download_then_cache_hit(server, hits, tmp_path, capsys):
     url = f"{server}/good/{SHA}/model.pt"
     path, digest = download(url, SHA, cache_dir=tmp_path, progress=True)
     assert path == tmp_path / "model.pt" and path.read_bytes() == BODY and digest == SHA
     assert "100%" in capsys.readouterr().err  # the progress bar reached the end
     assert leftovers(tmp_path) == ["model.pt"]  # no temporary file left behind
-    hits = Handler.hits[f"/good/{SHA}/model.pt"]
+    assert hits == {f"/good/{SHA}/model.pt": 1}
     path2, digest2 = download(url, SHA, cache_dir=tmp_path, progress=False)
-    assert (path2, digest2) == (path, SHA) and Handler.hits[f"/good/{SHA}/model.pt"] == hits  # no request
+    assert (path2, digest2) == (path, SHA) and hits == {f"/good/{SHA}/model.pt": 1}  # no request
 
 
 def test_prefix_checksum_and_no_checksum(server, tmp_path):
@@ -77,42 +76,42 @@ def test_prefix_checksum_and_no_checksum(server, tmp_path):
         download(f"{server}/good/c/z.bin", "abc", cache_dir=tmp_path)
 
 
-def test_checksum_mismatch_keeps_nothing(server, tmp_path):
+def test_checksum_mismatch_keeps_nothing(server, hits, tmp_path):
     with pytest.raises(ChecksumError, match=f"SHA-256 mismatch: expected {SHA}, got [0-9a-f]{{64}}"):
         download(f"{server}/bad.bin", SHA, cache_dir=tmp_path, progress=False, backoff=0)
-    assert Handler.hits["/bad.bin"] == 1  # a mismatch is not retried
+    assert hits["/bad.bin"] == 1  # a mismatch is not retried
     assert leftovers(tmp_path) == []
 
 
-def test_truncated_transfer_is_an_error(server, tmp_path):
+def test_truncated_transfer_is_an_error(server, hits, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(DownloadError, match=f"after {len(BODY) // 2} of {len(BODY)} bytes"):
             download(f"{server}/truncated.bin", SHA, cache_dir=tmp_path, progress=False, retries=2, backoff=0)
-    assert Handler.hits["/truncated.bin"] == 3  # the first try and 2 retries
+    assert hits["/truncated.bin"] == 3  # the first try and 2 retries
     assert sum("retrying" in str(w.message) for w in caught) == 2
     assert leftovers(tmp_path) == []
 
 
-def test_retry_after_a_failure(server, tmp_path):
+def test_retry_after_a_failure(server, hits, tmp_path):
     with pytest.warns(UserWarning, match="HTTP 503 busy; retrying"):
         path, _ = download(f"{server}/flaky.bin", SHA, cache_dir=tmp_path, progress=False, backoff=0)
-    assert path.read_bytes() == BODY and Handler.hits["/flaky.bin"] == 2
+    assert path.read_bytes() == BODY and hits["/flaky.bin"] == 2
 
 
-def test_not_found_is_not_retried(server, tmp_path):
+def test_not_found_is_not_retried(server, hits, tmp_path):
     with pytest.raises(DownloadError, match="HTTP 404"):
         download(f"{server}/missing.bin", SHA, cache_dir=tmp_path, progress=False, backoff=0)
-    assert Handler.hits["/missing.bin"] == 1
+    assert hits["/missing.bin"] == 1
     assert leftovers(tmp_path) == []
 
 
-def test_corrupt_cached_file_is_fetched_again(server, tmp_path):
+def test_corrupt_cached_file_is_fetched_again(server, hits, tmp_path):
     url = f"{server}/good/again/model.pt"
     (tmp_path / "model.pt").write_bytes(BODY[:100])  # e.g. an interrupted copy made by hand
     with pytest.warns(UserWarning, match="doesn't match"):
         path, digest = download(url, SHA, cache_dir=tmp_path, progress=False)
-    assert path.read_bytes() == BODY and digest == SHA and Handler.hits["/good/again/model.pt"] == 1
+    assert path.read_bytes() == BODY and digest == SHA and hits["/good/again/model.pt"] == 1
 
 
 def test_a_failed_refetch_keeps_no_partial_file(server, tmp_path):
@@ -139,7 +138,7 @@ def test_download_into_the_env_cache(server, monkeypatch, tmp_path):
     assert path == tmp_path / "env" / "m.bin"
 
 
-def test_cache_entry_symlink_fifo_and_full_disk(server, tmp_path, monkeypatch):
+def test_cache_entry_symlink_fifo_and_full_disk(server, hits, tmp_path, monkeypatch):
     """The cache's file may be a symlink (e.g. to shared storage): a refetch is written through it. A
     FIFO there is refused before any request. A full disk is one line naming the file, nothing left."""
     shared, cache = tmp_path / "shared", tmp_path / "cache"
@@ -154,7 +153,7 @@ def test_cache_entry_symlink_fifo_and_full_disk(server, tmp_path, monkeypatch):
     os.mkfifo(cache / "fifo.pt")
     with pytest.raises(OSError, match=r"fifo\.pt: exists and is a FIFO, not a regular file"):
         download(f"{server}/good/fifo/fifo.pt", SHA, cache_dir=cache, progress=False)
-    assert "/good/fifo/fifo.pt" not in Handler.hits
+    assert "/good/fifo/fifo.pt" not in hits
 
     def fill_the_disk(url, tmp, *args):
         tmp.write_bytes(b"part")

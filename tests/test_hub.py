@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import hashlib
 import importlib.util
 import json
 import math
 import os
+import socket
 from pathlib import Path
 
 import jax
@@ -30,19 +32,16 @@ from clip_jax.config import OPENAI_MEAN, config_from_open_clip
 from clip_jax.pretrained import OPENAI, Pretrained, resolve, with_url
 
 from .local_server import QuietHandler, serve as serve_http
+from .tiny import OPEN_CLIP_TINY as TINY
 
 FEATURE_ATOL = 2e-6  # as test_parity.py: float32 rounding over the layers
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = open_clip.tokenize(["a photo of a dog", "a diagram"]).numpy().astype(np.int32)
-TINY = {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 64, "layers": 1, "width": 128, "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 1},
-}
 INCEPTION = (0.5, 0.5, 0.5)
 
 
-def tiny_model(quick_gelu: bool, seed: int = 0, **vision) -> torch.nn.Module:
+def open_clip_tiny(quick_gelu: bool, seed: int = 0, **vision) -> torch.nn.Module:
+    """open_clip's CLIP of OPEN_CLIP_TINY (vision fields changed), LayerNorms moved off their init."""
     cfg = copy.deepcopy(TINY)
     cfg["vision_cfg"].update(vision)
     torch.manual_seed(seed)
@@ -158,20 +157,19 @@ def test_unknown_names():
 
 
 class Files(QuietHandler):
-    files: dict[str, bytes] = {}
-    hits: dict[str, int] = {}
+    files: dict[str, bytes] = {}  # by a path that holds the body's SHA-256 (serve): the same for every test
 
     def do_GET(self):
-        Files.hits[self.path] = Files.hits.get(self.path, 0) + 1
+        self.count()
         body = Files.files.get(self.path)
         if body is None:
             return self.send_error(404)
         self.send_body(body)
 
 
-@pytest.fixture(scope="module")
-def server():
-    with serve_http(Files) as url:
+@pytest.fixture
+def server(hits):
+    with serve_http(Files, hits) as url:
         yield url
 
 
@@ -182,10 +180,10 @@ def serve(server: str, data: bytes, name: str = "ViT-B-32.pt") -> tuple[str, str
     return f"{server}/clip/models/{sha}/{name}", sha
 
 
-def test_load_openai_name_downloads_verifies_and_caches(server, tmp_path, monkeypatch):
+def test_load_openai_name_downloads_verifies_and_caches(server, hits, tmp_path, monkeypatch):
     """load("ViT-B/32") fetches the registry's URL (here a local mirror), checks the SHA-256, converts once
     and caches the converted params beside the download; a changed source is converted again."""
-    ref = tiny_model(quick_gelu=True)
+    ref = open_clip_tiny(quick_gelu=True)
     url, sha = serve(server, zip_bytes(ref, tmp_path))
     table = pretrained.registry()
     monkeypatch.setitem(table, ("ViT-B-32", "openai"), with_url(table[("ViT-B-32", "openai")], url, sha))
@@ -201,13 +199,13 @@ def test_load_openai_name_downloads_verifies_and_caches(server, tmp_path, monkey
     # Second load: no request, no conversion.
     monkeypatch.setattr(hub, "read_params", lambda *a, **k: pytest.fail("converted again"))
     model2, _ = clip_jax.load("ViT-B-32", cache_dir=cache, progress=False)
-    assert Files.hits[url.removeprefix(server)] == 1
+    assert hits[url.removeprefix(server)] == 1
     assert_matches(model2, ref)
     monkeypatch.undo()
 
     # The source changes (a new release at a new URL and digest): downloaded and converted again, and the
     # stale converted file is removed.
-    ref2 = tiny_model(quick_gelu=True, seed=1)
+    ref2 = open_clip_tiny(quick_gelu=True, seed=1)
     url2, sha2 = serve(server, zip_bytes(ref2, tmp_path))
     monkeypatch.setitem(table, ("ViT-B-32", "openai"), with_url(table[("ViT-B-32", "openai")], url2, sha2))
     with pytest.warns(UserWarning, match="doesn't match"):
@@ -242,13 +240,53 @@ def fake_hub(cache: Path, repo_id: str, files: dict[str, bytes], commit: str) ->
         link.symlink_to(os.path.relpath(blob, link.parent))
 
 
+def block_network(monkeypatch) -> list[str]:
+    """Refuse every name lookup and connection except to this machine (the tests' own servers are on
+    127.0.0.1); -> the list of refused attempts. Each raises OSError where it is made, which a library may
+    catch (huggingface_hub then falls back to its cache), so the caller checks the list."""
+    attempts = []
+
+    def guarded(real, host_of):
+        def call(*args, **kwargs):
+            host = host_of(*args)
+            if isinstance(host, bytes):
+                host = host.decode()
+            if host not in (None, "127.0.0.1", "::1", "localhost"):
+                attempts.append(f"{real.__name__} {host}")
+                raise OSError(errno.ENETUNREACH, f"no network in this test: {real.__name__} {host}")
+            return real(*args, **kwargs)
+
+        return call
+
+    lookup_host = lambda host, *args: host
+    peer_host = lambda sock, address: address[0] if isinstance(address, tuple) else None  # AF_UNIX: a path
+    monkeypatch.setattr(socket, "getaddrinfo", guarded(socket.getaddrinfo, lookup_host))
+    monkeypatch.setattr(socket.socket, "connect", guarded(socket.socket.connect, peer_host))
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded(socket.socket.connect_ex, peer_host))
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)  # a proxy on this machine would be a way out
+    return attempts
+
+
 @pytest.fixture
 def hf_cache(tmp_path, monkeypatch):
+    """A Hugging Face cache folder and offline mode, set as a user may after huggingface_hub was imported
+    (its own HF_HUB_OFFLINE was read then: False here), with the network blocked: the test fails on any
+    attempt to reach the Hub (an offline mode that were ignored would only make it slower otherwise)."""
+    from huggingface_hub import constants
+
     cache = tmp_path / "hf"
     cache.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # huggingface_hub 2.4 fetches a registry of agent harnesses for its user-agent header once a process,
+    # local_files_only or not, unless its import-time HF_HUB_OFFLINE or HF_HUB_DISABLE_TELEMETRY is set:
+    # off here, so that what is counted is clip_jax's own use of the network.
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    attempts = block_network(monkeypatch)
+    yield cache
+    assert not attempts, f"network use in offline mode: {attempts}"
 
 
 def open_clip_config(**preprocess) -> bytes:
@@ -262,7 +300,7 @@ COMMIT1, COMMIT2 = "1" * 40, "2" * 40
 def test_hf_hub_safetensors(hf_cache, tmp_path):
     """open_clip_config.json gives the architecture (exact GELU here, which the weights can't show) and
     the preprocessing; the weights come from open_clip_model.safetensors."""
-    ref = tiny_model(quick_gelu=False)
+    ref = open_clip_tiny(quick_gelu=False)
     fake_hub(hf_cache, "org/tiny", {"open_clip_config.json": open_clip_config(resize_mode="squash"),
                                     "open_clip_model.safetensors": safetensors_bytes(ref)}, COMMIT1)
     model, preprocess = clip_jax.load("hf-hub:org/tiny", cache_dir=tmp_path / "c")
@@ -275,7 +313,7 @@ def test_hf_hub_safetensors(hf_cache, tmp_path):
 def test_hf_hub_bin_fallback_revision_and_change(hf_cache, tmp_path, monkeypatch):
     """Without a .safetensors the .bin is read; "@revision" picks a snapshot; a new snapshot (new blob)
     is converted again, an unchanged one is not."""
-    ref1, ref2 = tiny_model(quick_gelu=False), tiny_model(quick_gelu=False, seed=1)
+    ref1, ref2 = open_clip_tiny(quick_gelu=False), open_clip_tiny(quick_gelu=False, seed=1)
     cfg = open_clip_config()
     fake_hub(hf_cache, "org/bin", {"open_clip_config.json": cfg, "open_clip_pytorch_model.bin": zip_bytes(ref1, tmp_path)},
              COMMIT1)
@@ -310,7 +348,7 @@ def test_open_clip_tag_from_the_hub(hf_cache, tmp_path, monkeypatch):
     table = pretrained.registry()
     key = ("ViT-B-32", "laion2b_s34b_b79k")
     monkeypatch.setitem(table, key, dataclasses.replace(table[key], model_cfg=TINY, preprocess={"mean": INCEPTION}))
-    ref = tiny_model(quick_gelu=False)
+    ref = open_clip_tiny(quick_gelu=False)
     fake_hub(hf_cache, table[key].hf_hub, {"open_clip_model.safetensors": safetensors_bytes(ref)}, COMMIT1)
     model, preprocess = clip_jax.load("ViT-B-32/laion2b_s34b_b79k", cache_dir=tmp_path)
     assert model.config.activation == "gelu" and preprocess.mean == INCEPTION
@@ -323,7 +361,7 @@ def test_open_clip_tag_from_the_hub(hf_cache, tmp_path, monkeypatch):
 def test_file_with_open_clip_config_beside_it(tmp_path):
     """A checkpoint in a Hub snapshot (or open_clip local-dir) layout takes its config from the
     open_clip_config.json beside it; inferring from the weights alone would take QuickGELU."""
-    ref = tiny_model(quick_gelu=False)
+    ref = open_clip_tiny(quick_gelu=False)
     (tmp_path / "open_clip_model.safetensors").write_bytes(safetensors_bytes(ref))
     (tmp_path / "open_clip_config.json").write_bytes(open_clip_config())
     model, preprocess = clip_jax.load(tmp_path / "open_clip_model.safetensors")
@@ -332,7 +370,7 @@ def test_file_with_open_clip_config_beside_it(tmp_path):
 
 
 def test_file_with_explicit_config(tmp_path):
-    ref = tiny_model(quick_gelu=False, head_width=32)  # 4 heads: not what width // 64 infers
+    ref = open_clip_tiny(quick_gelu=False, head_width=32)  # 4 heads: not what width // 64 infers
     path = tmp_path / "model.pt"
     path.write_bytes(zip_bytes(ref, tmp_path))
     inferred, _ = clip_jax.load(path)
@@ -363,7 +401,7 @@ def test_pretrained_entry_needs_a_source():
 def test_converted_file_keeps_its_config(tmp_path):
     from clip_jax.checkpoint.torch_names import from_torch
 
-    ref = tiny_model(quick_gelu=False)
+    ref = open_clip_tiny(quick_gelu=False)
     config = config_from_open_clip(TINY)
     _, params = from_torch({k: v.numpy() for k, v in ref.state_dict().items()}, config)
     path = tmp_path / "tiny.safetensors"
@@ -378,7 +416,7 @@ def test_converted_file_keeps_its_config(tmp_path):
 def test_openai_url_unreachable_falls_back_to_the_hub(server, hf_cache, tmp_path):
     """OpenAI's entries also name the Hub copy open_clip keeps (timm/...openai); a URL that can't be
     fetched (here a 404) falls back to it, with a warning. A checksum mismatch does not."""
-    ref = tiny_model(quick_gelu=True)
+    ref = open_clip_tiny(quick_gelu=True)
     fake_hub(hf_cache, "timm/tiny.openai", {"open_clip_model.safetensors": safetensors_bytes(ref)}, COMMIT1)
     entry = dataclasses.replace(resolve("ViT-B/32"), url=f"{server}/gone/ViT-B-32.pt", hf_hub="timm/tiny.openai")
     with pytest.warns(UserWarning, match="HTTP 404.*from the Hugging Face Hub"):
@@ -395,7 +433,7 @@ def test_load_when_the_cache_has_no_room_for_the_converted_copy(server, tmp_path
     and nothing half-written stays in the cache."""
     from safetensors import SafetensorError
 
-    ref = tiny_model(quick_gelu=True, seed=3)
+    ref = open_clip_tiny(quick_gelu=True, seed=3)
     url, sha = serve(server, zip_bytes(ref, tmp_path), name="RN101.pt")
     entry = with_url(pretrained.registry()[("RN101", "openai")], url, sha)
 

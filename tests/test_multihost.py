@@ -7,11 +7,14 @@ devices, so XLA's CPU matmuls round differently; measured <= 4e-7). A row out of
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +29,25 @@ TIMEOUT = 240  # seconds for the whole two-process run; a hang fails the test in
 ATOL = 1e-5
 
 
-def free_port() -> int:
+@contextlib.contextmanager
+def reserved_port() -> Iterator[int]:
+    """A port on 127.0.0.1, held while the block runs: bound with SO_REUSEPORT and not listening, so no
+    other socket can bind it or get it as an outgoing connection's local port, while the coordinator's
+    gRPC server, which binds with SO_REUSEPORT too, can. (A port freed and then handed to the workers
+    could be taken in between.)"""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
+
+
+def test_reserved_port_is_held():
+    """While the port is reserved no other socket can bind it: what freeing a port before handing it to
+    the workers allowed. (That the coordinator can: the two-process tests below run on one.)"""
+    with reserved_port() as port, socket.socket() as other:
+        with pytest.raises(OSError) as refused:
+            other.bind(("127.0.0.1", port))
+        assert refused.value.errno == errno.EADDRINUSE
 
 
 def start(args: list[str], devices: int, log: Path) -> subprocess.Popen:
@@ -70,11 +88,11 @@ def job(tmp_path_factory):
     (tmp / "captions.txt").write_text("\n".join(f"photo number {i} of a small dog" for i in range(13)) + "\n")
     model = save_tiny(tmp / "tiny.safetensors")
     common = [str(model), str(tmp / "paths.txt"), str(tmp / "captions.txt"), str(tmp)]
-    coordinator = f"127.0.0.1:{free_port()}"
     logs = [tmp / f"log{i}.txt" for i in range(3)]
-    procs = [start(common + [coordinator, "2", str(i)], 4, logs[i]) for i in range(2)]
-    procs.append(start(common + ["-", "1", "9"], 1, logs[2]))  # the one-process reference, one device
-    wait_all(procs, logs)
+    with reserved_port() as port:
+        procs = [start(common + [f"127.0.0.1:{port}", "2", str(i)], 4, logs[i]) for i in range(2)]
+        procs.append(start(common + ["-", "1", "9"], 1, logs[2]))  # the one-process reference, one device
+        wait_all(procs, logs)
     results = {i: dict(np.load(tmp / f"result_{i}.npz")) for i in (0, 1, 9)}
     return paths, results
 
@@ -131,11 +149,12 @@ def test_embed_command_on_two_processes_equals_one(job, tmp_path):
         return subprocess.Popen([sys.executable, *argv], env=env, cwd=ROOT, stdout=log.open("w"),
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
-    coordinator = ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2"]
     logs = [tmp_path / f"log{i}.txt" for i in range(3)]
-    procs = [run(args(tmp_path / "two") + coordinator + ["--process-id", str(i)], 2, logs[i]) for i in range(2)]
-    procs.append(run(args(tmp_path / "one"), 1, logs[2]))
-    wait_all(procs, logs)
+    with reserved_port() as port:
+        coordinator = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+        procs = [run(args(tmp_path / "two") + coordinator + ["--process-id", str(i)], 2, logs[i]) for i in range(2)]
+        procs.append(run(args(tmp_path / "one"), 1, logs[2]))
+        wait_all(procs, logs)
     for k in range(4):
         two = np.load(tmp_path / "two" / "img_emb" / f"img_emb_{k}.npy").astype(np.float32)
         one = np.load(tmp_path / "one" / "img_emb" / f"img_emb_{k}.npy").astype(np.float32)

@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 import clip_jax
 import clip_jax.model
 from clip_jax.checkpoint import store
-from tests.tiny import TINY, tiny_params
+from tests.tiny import TINY, TINY_RN, tiny_params
 
 
 def write(path, config_json: str):
@@ -80,12 +80,10 @@ def test_header_check_agrees_with_the_model(variant):
     import dataclasses
 
     from clip_jax.checkpoint.torch_names import expected_params
-    from clip_jax.config import VisionConfig
 
     config = {
         "vit": TINY,
-        "resnet": dataclasses.replace(TINY, vision=VisionConfig(image_size=64, layers=(1, 2, 1, 1), width=16,
-                                                                patch_size=None)),
+        "resnet": dataclasses.replace(TINY_RN, vision=dataclasses.replace(TINY_RN.vision, layers=(1, 2, 1, 1))),
         "open_clip_options": dataclasses.replace(
             TINY, text=dataclasses.replace(TINY.text, proj_bias=True, mlp_ratio=3.0),
             vision=dataclasses.replace(TINY.vision, pool_type="avg", no_ln_pre=True, ls_init_value=1e-5,

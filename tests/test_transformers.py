@@ -37,7 +37,8 @@ from clip_jax.checkpoint import transformers as hf_format  # noqa: E402
 from clip_jax.checkpoint.torch_names import to_torch_state_dict  # noqa: E402
 from clip_jax.cli import add_convert_args  # noqa: E402
 
-from .test_hub import COMMIT1, fake_hub, hf_cache, tiny_model  # noqa: E402,F401
+from .test_hub import COMMIT1, fake_hub, hf_cache, open_clip_tiny  # noqa: E402,F401
+from .tiny import TINY_RN, TRANSFORMERS_TINY as SMALL  # noqa: E402
 
 ATOL = 1.5e-5
 LOGIT_ATOL = 1e-4  # logits are scaled by exp(logit_scale) = 50
@@ -52,9 +53,6 @@ L14_336 = dict(text=dict(hidden_size=768, intermediate_size=3072, num_attention_
                vision=dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, image_size=336,
                            patch_size=14),
                projection_dim=768)
-SMALL = dict(text=dict(hidden_size=64, intermediate_size=256, num_attention_heads=2),
-             vision=dict(hidden_size=64, intermediate_size=256, num_attention_heads=2, image_size=64, patch_size=16),
-             projection_dim=32)
 # bigG's text tower traits (exact GELU, eos_token_id 49407, head width 64, projection) at a small width.
 BIGG_TEXT = dict(hidden_size=256, intermediate_size=1024, num_attention_heads=4, num_hidden_layers=2,
                  hidden_act="gelu", eos_token_id=49407, projection_dim=256)
@@ -325,7 +323,7 @@ def test_towers_jit_bf16_and_functional(bigg):
 
 def test_states_of_an_open_clip_model_match_its_transformers_copy(tmp_path):
     """An open_clip model's states equal those of its transformers export, read by transformers."""
-    oc = tiny_model(quick_gelu=True)
+    oc = open_clip_tiny(quick_gelu=True)
     torch.save(oc.state_dict(), tmp_path / "oc.pt")
     model, _ = clip_jax.load(tmp_path / "oc.pt", config=clip_jax.config_from_open_clip(
         {"embed_dim": 64, "vision_cfg": {"image_size": 64, "layers": 1, "width": 128, "patch_size": 16},
@@ -360,12 +358,10 @@ def test_layers_argument(small):
 
 
 def test_resnet_has_no_image_states():
-    cfg = clip_jax.CLIPConfig(embed_dim=32, vision=clip_jax.VisionConfig(image_size=64, layers=(1, 1, 1, 1), width=16,
-                                                                         patch_size=None),
-                              text=clip_jax.TextConfig(width=32, heads=1, layers=1))
+    cfg = TINY_RN
     model = SimpleNamespace(config=cfg)  # refused from the config, before anything is built or traced
     with pytest.raises(ValueError, match="needs a ViT image tower.*ModifiedResNet"):
-        clip_jax.image_states(model, np.zeros((1, 64, 64, 3), np.float32))
+        clip_jax.image_states(model, np.zeros((1, 32, 32, 3), np.float32))
     with pytest.raises(ValueError, match="not supported: vision.layers=.*no CLIP ResNet"):
         hf_format.config_to_transformers(cfg, "clip", True)
 
@@ -395,7 +391,7 @@ def test_export_round_trip_through_transformers(tmp_path, cls):
 
 def test_convert_command_to_transformers(tmp_path, capsys):
     """python -m convert SRC -o folder/ --format transformers, from an open_clip checkpoint."""
-    oc = tiny_model(quick_gelu=True)
+    oc = open_clip_tiny(quick_gelu=True)
     torch.save(oc.state_dict(), tmp_path / "oc.pt")
     cmd = [sys.executable, "-m", "convert", str(tmp_path / "oc.pt"), "-o", str(tmp_path / "hf"), "--format",
            "transformers", "--model", "ViT-B-32-quickgelu"]

@@ -28,20 +28,14 @@ from clip_jax.config import CLIPConfig, config_from_open_clip, config_from_state
 from clip_jax.model import abstract_model, bicubic_weights, resize_pos_embed
 from clip_jax.roles import declarations
 
+from .tiny import OPEN_CLIP_TINY as TINY  # one layer a tower (test_exact_gelu_vs_quick_gelu uses two)
+
 FEATURE_ATOL = 2e-6
 LOGIT_ATOL = 1e-4
 WRONG = 10 * FEATURE_ATOL  # a wrong field moves features by more (measured: >= 8e-5 for eps, else >= 1e-3)
 
 CAPTIONS = ["a photo of a dog", "a diagram", "two cats sleeping on a red sofa next to an open window, at night"]
 TOKENS = open_clip.tokenize(CAPTIONS).numpy().astype(np.int32)
-
-# Small, to keep compile times down: one layer a tower (test_exact_gelu_vs_quick_gelu uses two), 2 heads,
-# 4x4 patches.
-TINY = {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 64, "layers": 1, "width": 128, "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 1},
-}
 
 
 def variant(quick_gelu: bool = False, base=TINY, **fields) -> dict:
