@@ -23,7 +23,7 @@ from clip_jax import cli
 from clip_jax.embed_shards import plan
 
 from .shards import make_samples, write_parquet, write_tar
-from .test_multihost import free_port, wait_all
+from .test_multihost import reserved_port, wait_all
 from .tiny import save_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,18 +174,19 @@ def test_two_processes_each_with_only_its_own_shards_equal_one(data, full_run, t
         for k in plan(3, pid, 2):
             (host / "data" / f"{k:05d}.tar").write_bytes((tmp / "data" / f"{k:05d}.tar").read_bytes())
     out = tmp_path / "two"
-    coordinator = f"127.0.0.1:{free_port()}"
-    logs = [tmp_path / f"log{i}.txt" for i in range(2)]
-    procs = []
-    for pid in (0, 1):
-        argv = [str(a) for a in args(["data/{00000..00002}.tar"], out, model)]
-        argv += ["--coordinator", coordinator, "--num-processes", "2", "--process-id", str(pid)]
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
-               "PYTHONPATH": str(ROOT)}
-        procs.append(subprocess.Popen([sys.executable, "-m", "clip_jax.cli", *argv], env=env,
-                                      cwd=tmp_path / f"host{pid}", stdout=logs[pid].open("w"),
-                                      stderr=subprocess.STDOUT, start_new_session=True))
-    wait_all(procs, logs)
+    with reserved_port() as port:  # held until the workers have used it (see test_multihost)
+        coordinator = f"127.0.0.1:{port}"
+        logs = [tmp_path / f"log{i}.txt" for i in range(2)]
+        procs = []
+        for pid in (0, 1):
+            argv = [str(a) for a in args(["data/{00000..00002}.tar"], out, model)]
+            argv += ["--coordinator", coordinator, "--num-processes", "2", "--process-id", str(pid)]
+            env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+                   "PYTHONPATH": str(ROOT)}
+            procs.append(subprocess.Popen([sys.executable, "-m", "clip_jax.cli", *argv], env=env,
+                                          cwd=tmp_path / f"host{pid}", stdout=logs[pid].open("w"),
+                                          stderr=subprocess.STDOUT, start_new_session=True))
+        wait_all(procs, logs)
     one, two = folder_files(full_run), folder_files(out)
     assert sorted(one) == sorted(two)
     for name in one:
