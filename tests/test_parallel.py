@@ -162,7 +162,7 @@ def test_param_specs_follow_rules():
     assert specs["mlp"]["c_fc"]["kernel"] == P(None, "model")
     assert specs["mlp"]["c_fc"]["bias"] == P("model")
     assert specs["mlp"]["c_proj"]["kernel"] == P("model", None)
-    assert specs["attn"]["in_proj"]["kernel"] == P(None, "model")
+    assert specs["attn"]["in_proj"]["kernel"] == P()  # fused q|k|v: replicated, each device takes its heads
     assert specs["attn"]["out_proj"]["kernel"] == P()  # 3 rows do not split in 2: replicated
     assert specs["ln_1"]["scale"] == P()
     one = parallel.param_specs(block, parallel.make_mesh(1))

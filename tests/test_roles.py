@@ -67,6 +67,10 @@ def test_declarations_read_the_way_the_model_uses_each_parameter():
     assert d["transformer.resblocks.0.mlp.c_proj.kernel"].axes == (MODEL, None)
     assert d["transformer.resblocks.0.mlp.c_proj.bias"].axes == (None,)
     assert d["visual.attnpool.q_proj.kernel"].axes == (None, MODEL)
+    # The fused q|k|v kernel and ViT's patch embedding stay whole (tests/test_aot.py says why).
+    assert d["visual.transformer.resblocks.0.attn.in_proj.kernel"].axes == (None, None)
+    assert d["visual.transformer.resblocks.0.attn.out_proj.kernel"].axes == (MODEL, None)
+    assert d["visual.conv1.kernel"].axes == (None,) * 4
     assert d["visual.layer1.0.conv2.kernel"].axes == (None, None, None, MODEL)
     assert d["visual.layer1.0.downsample.0.kernel"].axes == (None,) * 4
 
