@@ -666,7 +666,8 @@ class CLIP(TextTowerMixin, nnx.Module):
         kw = dict(dtype=dtype, precision=precision, attention=attention, rngs=rngs)
         self._init_text_tower(config, **kw)
         self.config = config
-        self.attention = attention
+        self.attention = attention  # both read where a program is run (check_platform)
+        self.compute_dtype = dtype
         self.visual = (ModifiedResNet if config.vision.is_resnet else VisionTransformer)(config, **kw)
         self.logit_scale = nnx.Param(jnp.asarray(jnp.log(1 / 0.07), jnp.float32), **declare(TEMPERATURE))
         cast_params(self, param_dtype)
@@ -798,10 +799,20 @@ def _prepared(model: nnx.Module, method: str, static: dict) -> tuple[Callable, l
     return bound.program(method, tuple(sorted(static.items()))), bound.values()
 
 
-def check_attention_platform(model: nnx.Module, platform: str) -> None:
-    """Refuse attention='cudnn' for a program that would run on a `platform` other than an NVIDIA GPU."""
+def check_platform(model: nnx.Module, platform: str) -> None:
+    """Refuse a program `platform` can't run, with a message rather than an error deep in XLA:
+    attention='cudnn' off NVIDIA GPUs; float16 compute on the CPU, whose XLA backend has no float16
+    matmul accumulating in float32 (the attention's softmax and the projections use one)."""
     if getattr(model, "attention", None) == "cudnn" and platform not in ("gpu", "cuda"):
         raise ValueError(f"attention='cudnn' needs an NVIDIA GPU; this program is for {platform!r}")
+    if getattr(model, "compute_dtype", None) == jnp.float16 and platform == "cpu":
+        raise ValueError("dtype='float16' doesn't run on the CPU (XLA's CPU backend has no float16 matmul "
+                         "accumulating in float32): use dtype='bfloat16' or 'float32' there, float16 on a GPU")
+
+
+def _checks_platform(model: nnx.Module) -> bool:
+    """Whether check_platform can refuse this model (the rest skip reading the inputs' devices)."""
+    return getattr(model, "attention", None) == "cudnn" or getattr(model, "compute_dtype", None) == jnp.float16
 
 
 def _platform(values: list, args: tuple) -> str:
@@ -816,8 +827,8 @@ def _platform(values: list, args: tuple) -> str:
 def call_jitted(model: nnx.Module, method: str, *args, **static) -> Any:
     """getattr(model, method)(*args, **static), jit-compiled; `static` values are hashable options."""
     program, values = _prepared(model, method, static)
-    if getattr(model, "attention", None) == "cudnn":
-        check_attention_platform(model, _platform(values, args))
+    if _checks_platform(model):
+        check_platform(model, _platform(values, args))
     return program(values, *args)
 
 
@@ -829,8 +840,8 @@ def lower(model: nnx.Module, method: str, *args, **static) -> jax.stages.Lowered
     jax.ShapeDtypeStructs with shardings on that target's devices (nnx.merge of abstract_model's graphdef
     and such a state), and args of the same kind."""
     program, values = _prepared(model, method, static)
-    if getattr(model, "attention", None) == "cudnn":
-        check_attention_platform(model, _platform(values, args))
+    if _checks_platform(model):
+        check_platform(model, _platform(values, args))
     return program.lower(values, *args)
 
 

@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .checks import check_images, check_tokens
 from .image import Decoder
-from .model import CLIP, check_attention_platform, declared_by_name, functional, l2_normalize, logits
+from .model import CLIP, check_platform, declared_by_name, functional, l2_normalize, logits
 from .roles import DATA, MODEL, declared, flat_name, is_variable
 from .tokenizer import DEFAULT_BUCKETS, trim_tokens
 
@@ -236,7 +236,7 @@ class ShardedCLIP:
     def __init__(self, model: CLIP, mesh: Mesh | None = None, batch_size: int = 256, prefetch: int = 2,
                  text_buckets: Sequence[int] = DEFAULT_BUCKETS):
         self.mesh = mesh if mesh is not None else make_mesh()
-        check_attention_platform(model, self.mesh.devices.flat[0].platform)
+        check_platform(model, self.mesh.devices.flat[0].platform)
         self.n_data = self.mesh.shape[DATA]
         self.batch_size = _round_up(max(1, batch_size), self.n_data)
         self.prefetch = prefetch

@@ -42,7 +42,8 @@ class TextTower(TextTowerMixin, nnx.Module):
         self._init_text_tower(config, dtype=dtype, precision=precision, attention=attention, rngs=rngs,
                               projection=projection)
         self.config = config
-        self.attention = attention  # read where a program is run (call_jitted)
+        self.attention = attention  # both read where a program is run (check_platform)
+        self.compute_dtype = dtype
         cast_params(self, param_dtype)
 
     encode_text = CLIP.encode_text
@@ -76,7 +77,8 @@ class VisionTower(nnx.Module):
         else:
             self.visual = VisionTransformer(config, projection=projection, **kw)
         self.config = config
-        self.attention = attention
+        self.attention = attention  # both read where a program is run (check_platform)
+        self.compute_dtype = dtype
         self.projected = projection
         cast_params(self, param_dtype)
 

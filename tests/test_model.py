@@ -276,3 +276,14 @@ def test_float16_compute_lowered_for_a_gpu():
     assert dots[("f16", "f16", "f16")] + dots[("f16", "f16", "f32")] >= linears, dots
     assert {t for (a, b, _), n in dots.items() for t in (a, b) if t != "f16"} == {"f32"} and dots[("f32", "f32", "f32")] == 1
     assert reduced and not {"f16", "bf16"} & set(reduced), reduced
+
+
+def test_float16_on_the_cpu_is_refused_with_a_message():
+    """float16 can't run on XLA's CPU backend (above): a call says so and what to use instead, rather
+    than failing inside XLA's lowering; ShardedCLIP over CPU devices likewise."""
+    model = tiny_model(TINY, dtype="float16")
+    images, tokens = batch()
+    for call in (lambda: model.encode_image(images), lambda: model.encode_text(tokens),
+                 lambda: clip_jax.clip_logits(model, images, tokens), lambda: clip_jax.ShardedCLIP(model)):
+        with pytest.raises(ValueError, match="dtype='float16' doesn't run on the CPU.*bfloat16"):
+            call()
