@@ -193,7 +193,6 @@ def _best(fn, repeat: int, clock=time.perf_counter) -> float:
 
 def shards_main(args) -> None:
     import json
-    import subprocess
 
     import open_clip
     import torch

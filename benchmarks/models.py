@@ -204,7 +204,7 @@ def main() -> None:
                     if not gpu and oc / times["public"] < GOALS[tower]:
                         print(f"    below the {GOALS[tower]}x goal; host profile of 5 public calls "
                               f"({1e3 * times['public']:.1f} ms each):\n{profile_summary(public, jsync)}", flush=True)
-        del ref
+        ref = None  # free the reference model before the next one
         if gpu:
             torch.cuda.empty_cache()
     print(f"total {time.perf_counter() - start:.0f} s")

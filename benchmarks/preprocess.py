@@ -56,8 +56,8 @@ def main(argv=None):
     ap.add_argument("--dir", default=None, help="reuse/keep JPEGs in this directory")
     args = ap.parse_args(argv)
 
-    import torch
     import open_clip
+    import torch
 
     warnings.filterwarnings("ignore", category=UserWarning)
     tmp = None
@@ -155,7 +155,7 @@ def main(argv=None):
             outs[name] = fn()
             best[name] = min(best[name], time.perf_counter() - t)
             cpu[name] = min(cpu[name], time.process_time() - c)
-    del dl
+    dl = None  # stop the DataLoader's workers
     rows = [(name, best[name]) for name, _ in cases]
     # the baseline is open_clip's faster plain loop
     t_ref = min(best[cases[0][0]], best[cases[1][0]])

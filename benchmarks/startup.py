@@ -55,9 +55,9 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     import torch
-    from tests.reference import reference_model
 
     import clip_jax
+    from tests.reference import reference_model
 
     with tempfile.TemporaryDirectory() as d:
         pt = Path(d) / "ViT-B-32.pt"

@@ -58,8 +58,17 @@ if TYPE_CHECKING:  # what type checkers and editors see: the names above, eagerl
     from .hub import available_models, load, load_params  # noqa: F401
     from .image import ImageError, image_transform, load_images  # noqa: F401
     from .model import (  # noqa: F401
-        CLIP, TowerStates, build, clip_logits, flat_params, functional, image_states, l2_normalize,
-        l2_normalize as normalize, resize_pos_embed, text_states,
+        CLIP,
+        TowerStates,
+        build,
+        clip_logits,
+        flat_params,
+        functional,
+        image_states,
+        l2_normalize,
+        l2_normalize as normalize,
+        resize_pos_embed,
+        text_states,
     )
     from .parallel import ShardedCLIP, make_mesh, pmap_logits  # noqa: F401
     from .tokenizer import tokenize, trim_tokens  # noqa: F401

@@ -13,8 +13,15 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from .cli_common import (  # noqa: F401  (DTYPES, non_negative_int: also this module's names)
-    DTYPES, USER_ERRORS, add_distributed_args, add_model_args, add_truncate_arg, initialize_distributed,
-    non_negative_int, one_line_warnings, positive_int,
+    DTYPES,
+    USER_ERRORS,
+    add_distributed_args,
+    add_model_args,
+    add_truncate_arg,
+    initialize_distributed,
+    non_negative_int,
+    one_line_warnings,
+    positive_int,
 )
 from .dtypes import EMBEDDING_DTYPES, FLOAT_DTYPES
 from .eval_cli import add_eval_args

@@ -37,7 +37,12 @@ from jax.experimental import multihost_utils
 from . import embed_shards, parallel
 from .dtypes import EMBEDDING_DTYPES, FLOAT_DTYPES, one_of
 from .embed_folder import (  # noqa: F401  (MANIFEST, ERRORS, FORMAT, read_manifest: also embed's names)
-    ERRORS, FORMAT, MANIFEST, progress_bar, read_manifest, tsv_field,
+    ERRORS,
+    FORMAT,
+    MANIFEST,
+    progress_bar,
+    read_manifest,
+    tsv_field,
 )
 from .fileio import atomic_write
 from .hub import load

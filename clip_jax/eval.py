@@ -51,7 +51,13 @@ from tqdm import tqdm
 
 from . import download
 from .eval_data import (  # noqa: F401  (re-exported: the data side of this module)
-    CaptionedImages, LabelledImages, caption_table, classification_data, image_folder, read_lines, retrieval_data,
+    CaptionedImages,
+    LabelledImages,
+    caption_table,
+    classification_data,
+    image_folder,
+    read_lines,
+    retrieval_data,
     wds_dataset,
 )
 from .fileio import atomic_write

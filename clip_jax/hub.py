@@ -27,14 +27,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import pretrained
-from .checkpoint import read_params, store
+from .checkpoint import read_params, store, transformers as hf_format
 from .checkpoint.config_source import (
-    OPEN_CLIP_CONFIG, ConfigArg, ConfigSource, read_open_clip_config, resolve_config,
+    OPEN_CLIP_CONFIG,
+    ConfigArg,
+    ConfigSource,
+    read_open_clip_config,
+    resolve_config,
 )
 from .config import CLIPConfig
 from .download import ChecksumError, DownloadError, default_cache_dir, download, sha256_file
 from .image import transform_for
-from .checkpoint import transformers as hf_format
 from .model import CLIP, build, resize_pos_embed
 from .pretrained import Pretrained
 from .towers import model_type
@@ -278,8 +281,7 @@ def _from_hub_transformers(repo_id: str, revision: str | None, subfolder: str | 
 
 def _hf_file(repo_id: str, filename: str, revision: str | None, subfolder: str | None = None) -> str:
     try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub import constants as hf_constants
+        from huggingface_hub import constants as hf_constants, hf_hub_download
     except ImportError:
         raise ImportError("loading from the Hugging Face Hub needs huggingface_hub: pip install huggingface_hub") from None
     # huggingface_hub reads these variables once, at import; read them again so a later setting counts.

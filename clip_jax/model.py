@@ -25,12 +25,26 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .config import CLIPConfig, TextConfig, VisionConfig
 from .checks import check_images, check_tokens
+from .config import CLIPConfig, TextConfig, VisionConfig
 from .image import normalize_pixels
 from .roles import (
-    BATCH_STAT, BIAS, EMBEDDING, GAIN, KERNEL, MODEL, NORM_BIAS, NORM_SCALE, PROJECTION, TEMPERATURE, TOKEN_EMBEDDING,
-    Declared, Role, declarations, declare, flat_name,
+    BATCH_STAT,
+    BIAS,
+    EMBEDDING,
+    GAIN,
+    KERNEL,
+    MODEL,
+    NORM_BIAS,
+    NORM_SCALE,
+    PROJECTION,
+    TEMPERATURE,
+    TOKEN_EMBEDDING,
+    Declared,
+    Role,
+    declarations,
+    declare,
+    flat_name,
 )
 from .tokenizer import trim_tokens
 

@@ -17,7 +17,13 @@ from flax import nnx
 
 from .config import CLIPConfig
 from .model import (
-    CLIP, Dtype, ModifiedResNet, TextTowerMixin, VisionTransformer, cast_params, runtime_options,
+    CLIP,
+    Dtype,
+    ModifiedResNet,
+    TextTowerMixin,
+    VisionTransformer,
+    cast_params,
+    runtime_options,
 )
 
 

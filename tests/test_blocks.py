@@ -20,10 +20,8 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from open_clip.modified_resnet import AttentionPool2d as TorchAttentionPool2d
-from open_clip.modified_resnet import Bottleneck as TorchBottleneck
-from open_clip.transformer import LayerNorm, QuickGELU
-from open_clip.transformer import ResidualAttentionBlock as TorchBlock
+from open_clip.modified_resnet import AttentionPool2d as TorchAttentionPool2d, Bottleneck as TorchBottleneck
+from open_clip.transformer import LayerNorm, QuickGELU, ResidualAttentionBlock as TorchBlock
 
 from clip_jax.model import AttentionPool2d, Bottleneck, ResidualAttentionBlock
 

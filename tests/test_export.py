@@ -24,10 +24,9 @@ import torch
 from safetensors.torch import load_file
 
 import clip_jax
-from clip_jax.checkpoint import load_state_dict, read_params
-from clip_jax.checkpoint import torch_writer
-from clip_jax.checkpoint.torch_names import from_torch
+from clip_jax.checkpoint import load_state_dict, read_params, torch_writer
 from clip_jax.checkpoint.export import export, torch_state_dict
+from clip_jax.checkpoint.torch_names import from_torch
 from clip_jax.checkpoint.torch_writer import _Pickle
 
 from .reference import inputs, reference_model, reference_outputs, state_dict

@@ -10,8 +10,7 @@ from __future__ import annotations
 import ftfy
 import pytest
 
-from clip_jax import ftfy_fast as F
-from clip_jax import tokenizer as T
+from clip_jax import ftfy_fast as F, tokenizer as T
 
 
 def test_installed_ftfy_is_the_mirrored_one():

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import errno
 import hashlib
 import importlib.util
 import json
 import math
 import os
-import socket
 from pathlib import Path
 
 import jax
@@ -238,55 +236,6 @@ def fake_hub(cache: Path, repo_id: str, files: dict[str, bytes], commit: str) ->
         link = base / "snapshots" / commit / name
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(blob, link.parent))
-
-
-def block_network(monkeypatch) -> list[str]:
-    """Refuse every name lookup and connection except to this machine (the tests' own servers are on
-    127.0.0.1); -> the list of refused attempts. Each raises OSError where it is made, which a library may
-    catch (huggingface_hub then falls back to its cache), so the caller checks the list."""
-    attempts = []
-
-    def guarded(real, host_of):
-        def call(*args, **kwargs):
-            host = host_of(*args)
-            if isinstance(host, bytes):
-                host = host.decode()
-            if host not in (None, "127.0.0.1", "::1", "localhost"):
-                attempts.append(f"{real.__name__} {host}")
-                raise OSError(errno.ENETUNREACH, f"no network in this test: {real.__name__} {host}")
-            return real(*args, **kwargs)
-
-        return call
-
-    lookup_host = lambda host, *args: host
-    peer_host = lambda sock, address: address[0] if isinstance(address, tuple) else None  # AF_UNIX: a path
-    monkeypatch.setattr(socket, "getaddrinfo", guarded(socket.getaddrinfo, lookup_host))
-    monkeypatch.setattr(socket.socket, "connect", guarded(socket.socket.connect, peer_host))
-    monkeypatch.setattr(socket.socket, "connect_ex", guarded(socket.socket.connect_ex, peer_host))
-    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(proxy, raising=False)  # a proxy on this machine would be a way out
-    return attempts
-
-
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch):
-    """A Hugging Face cache folder and offline mode, set as a user may after huggingface_hub was imported
-    (its own HF_HUB_OFFLINE was read then: False here), with the network blocked: the test fails on any
-    attempt to reach the Hub (an offline mode that were ignored would only make it slower otherwise)."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    # huggingface_hub 2.4 fetches a registry of agent harnesses for its user-agent header once a process,
-    # local_files_only or not, unless its import-time HF_HUB_OFFLINE or HF_HUB_DISABLE_TELEMETRY is set:
-    # off here, so that what is counted is clip_jax's own use of the network.
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-    attempts = block_network(monkeypatch)
-    yield cache
-    assert not attempts, f"network use in offline mode: {attempts}"
 
 
 def open_clip_config(**preprocess) -> bytes:

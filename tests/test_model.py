@@ -12,8 +12,8 @@ import pytest
 from flax import nnx
 
 import clip_jax
-from clip_jax.config import PRESETS, CLIPConfig, canonical_name
 from clip_jax.checkpoint.torch_names import expected_params
+from clip_jax.config import PRESETS, CLIPConfig, canonical_name
 
 from .tiny import TINY, TINY_RN, tiny_batch as batch, tiny_model
 

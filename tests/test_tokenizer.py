@@ -14,13 +14,11 @@ import html
 import ftfy
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 open_clip_tokenizer = pytest.importorskip("open_clip.tokenizer")
 
-from clip_jax import ftfy_fast as F  # noqa: E402
-from clip_jax import tokenizer as T  # noqa: E402
+from clip_jax import ftfy_fast as F, tokenizer as T  # noqa: E402
 
 from .corpus import (  # noqa: E402
     ACCENTED,
@@ -275,7 +273,7 @@ def test_fuzz_many_examples(text):
 
 def _badness_pattern_chars():
     """Every non-ASCII character written in ftfy's BADNESS_RE (ranges expanded)."""
-    from ftfy.badness import MOJIBAKE_CATEGORIES, BADNESS_RE
+    from ftfy.badness import BADNESS_RE, MOJIBAKE_CATEGORIES
 
     chars = {c for c in BADNESS_RE.pattern if c >= "\x80"}
     for value in MOJIBAKE_CATEGORIES.values():

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import print_saved_residuals
 import numpy as np
 import pytest
 from flax import nnx
+from jax.ad_checkpoint import print_saved_residuals
 
 from clip_jax.config import VisionConfig
 from clip_jax.model import build

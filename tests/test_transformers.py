@@ -34,10 +34,9 @@ transformers = pytest.importorskip("transformers")
 import clip_jax  # noqa: E402
 from clip_jax import cli  # noqa: E402
 from clip_jax.checkpoint import transformers as hf_format  # noqa: E402
-from clip_jax.checkpoint.torch_names import to_torch_state_dict  # noqa: E402
 from clip_jax.cli import add_convert_args  # noqa: E402
 
-from .test_hub import COMMIT1, fake_hub, hf_cache, open_clip_tiny  # noqa: E402,F401
+from .test_hub import COMMIT1, fake_hub, open_clip_tiny  # noqa: E402,F401
 from .tiny import TINY_RN, TRANSFORMERS_TINY as SMALL  # noqa: E402
 
 ATOL = 1.5e-5

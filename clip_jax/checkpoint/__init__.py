@@ -11,10 +11,15 @@ import numpy as np
 from ..config import CLIPConfig
 from . import store, transformers as hf_format
 from .config_source import (
-    AssumedActivationWarning, ConfigArg, ConfigSource, assumed_activation_message, is_openai_archive, resolve_config,
+    AssumedActivationWarning,
+    ConfigArg,
+    ConfigSource,
+    assumed_activation_message,
+    is_openai_archive,
+    resolve_config,
 )
-from .torch_names import ConversionError, from_torch, to_torch_state_dict
 from .torch_files import CheckpointError, load_state_dict
+from .torch_names import ConversionError, from_torch, to_torch_state_dict
 
 
 def read_params(

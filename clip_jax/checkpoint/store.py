@@ -7,7 +7,6 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import ml_dtypes
 import numpy as np
