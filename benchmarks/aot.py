@@ -4,15 +4,15 @@
     python -m benchmarks.aot --models ViT-B/32 --targets v5e:2x2 h200:1x1x1
     python -m benchmarks.aot --models ViT-B/32 --targets v5e:2x2 --trace 12   # the 12 costliest ops
 
-For each model x target it compiles the public image and text programs (`clip_jax.model.lower`) with
-bf16 compute and params, uint8 images, sharded over the target's devices along "data" (and "model" for
-bigG-14), and prints per chip: GFLOPs per image/text (clip_jax's program, counted from the jaxpr's
-matmuls and convolutions, for the whole item even where "model" splits it over chips; beside it open_clip's, which runs the last block over every token, and the
-TPU compiler's own count), bytes per item two ways (the TPU cost analysis's "bytes accessed", and the
-HBM traffic read from the compiled program's buffer assignment, see `hbm_traffic`; the GPU compiler
-gives no cost analysis), the roofline upper bound on items/s per chip, and the memory the compiled
-program holds at the recommended batch. `--trace N` lists the N instructions that move the most HBM
-bytes, per item.
+For each model x target it compiles the public image and text programs (`clip_jax.model.lower`) with bf16
+compute and params, uint8 images, sharded over the target's devices along "data" (and "model" for bigG-14),
+and prints per chip: GFLOPs per image/text (clip_jax's program, counted from the jaxpr's matmuls and
+convolutions, for the whole item even where "model" splits it over chips; beside it open_clip's, which runs
+the last block over every token, and the TPU compiler's own count), bytes per item two ways (the TPU cost
+analysis's "bytes accessed", and the HBM traffic read from the compiled program's buffer assignment, see
+`hbm_traffic`; the GPU compiler gives no cost analysis), the roofline upper bound on items/s per chip, and the
+memory the compiled program holds at the recommended batch. `--trace N` lists the N instructions that move the
+most HBM bytes, per item.
 
 The TPU cost analysis is per chip: it describes the partitioned program one chip runs (the same
 per-chip batch on 1 chip and on 4 gives the same FLOPs and bytes; the same global batch on 1 chip gives
@@ -82,7 +82,8 @@ class Chip:
 
 CHIPS = {
     "v5e": Chip("TPU v5e", 197e12, 819e9, 16 * 2**30, "Google Cloud TPU v5e docs: 197 TFLOP/s bf16, 819 GB/s, 16 GiB"),
-    "v5p": Chip("TPU v5p", 459e12, 2765e9, 95 * 2**30, "Google Cloud TPU v5p docs: 459 TFLOP/s bf16, 2,765 GB/s, 95 GiB"),
+    "v5p": Chip("TPU v5p", 459e12, 2765e9, 95 * 2**30,
+                "Google Cloud TPU v5p docs: 459 TFLOP/s bf16, 2,765 GB/s, 95 GiB"),
     "v4": Chip("TPU v4", 275e12, 1228e9, 32 * 2**30, "Google Cloud TPU v4 docs: 275 TFLOP/s bf16, 1,228 GB/s, 32 GiB"),
     "h200": Chip("NVIDIA H200", 989e12, 4.8e12, 141e9,
                  "NVIDIA H200 SXM datasheet: 989 TFLOP/s dense bf16, 4.8 TB/s, 141 GB"),
@@ -411,7 +412,8 @@ def flops_per_item(config: CLIPConfig, tower: str) -> tuple[float, float]:
         x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8)
         ours = jaxpr_flops(lambda s, x: nnx.merge(graphdef, s).image_features(x), state, x)
         v = config.vision
-        tokens, width, mlp = (size // v.patch_size) ** 2 + 1 if not v.is_resnet else 0, v.width, getattr(v, "mlp_width", 4 * v.width)
+        tokens = (size // v.patch_size) ** 2 + 1 if not v.is_resnet else 0
+        width, mlp = v.width, getattr(v, "mlp_width", 4 * v.width)
     else:
         x = jax.ShapeDtypeStruct((1, config.text.context_length), jnp.int32)
         ours = jaxpr_flops(lambda s, x: nnx.merge(graphdef, s).text_features(x), state, x)

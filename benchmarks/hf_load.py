@@ -1,15 +1,18 @@
-"""Loading a transformers folder: `clip_jax.load(folder)` beside `transformers.CLIPModel.from_pretrained(folder)`.
+"""Loading a transformers folder: `clip_jax.load(folder)` beside
+`transformers.CLIPModel.from_pretrained(folder)`.
 
-Writes a full-size ViT-B/32-shaped transformers checkpoint (a random-init `CLIPModel` with openai/clip-vit-base-patch32's
-config, float32 model.safetensors, about 577 MB) with save_pretrained, then times each load in a fresh process, the two
-alternating round by round; the figures are medians over the rounds, for the load alone and for the load followed by
-one read of every weight (transformers maps model.safetensors and may not have read it when from_pretrained returns):
+Writes a full-size ViT-B/32-shaped transformers checkpoint (a random-init `CLIPModel` with
+openai/clip-vit-base-patch32's config, float32 model.safetensors, about 577 MB) with save_pretrained, then
+times each load in a fresh process, the two alternating round by round; the figures are medians over the
+rounds, for the load alone and for the load followed by one read of every weight (transformers maps
+model.safetensors and may not have read it when from_pretrained returns):
   - transformers: CLIPModel.from_pretrained(folder).eval()            (torch)
   - clip_jax:     clip_jax.load(folder), every parameter on the device (block_until_ready)
 Imports are not timed: each process imports its library and touches what the load will use (transformers' lazy
-CLIPModel, jax's CPU backend and Flax's module machinery on a small model) before the clock starts. Peak RSS is the
-process's high-water mark (reset after imports) minus its RSS after imports, as in benchmarks/convert.py, so torch's and
-jax's import footprints don't hide the working memory. Usage: python -m benchmarks.hf_load [--repeat 5]
+CLIPModel, jax's CPU backend and Flax's module machinery on a small model) before the clock starts. Peak RSS
+is the process's high-water mark (reset after imports) minus its RSS after imports, as in
+benchmarks/convert.py, so torch's and jax's import footprints don't hide the working memory. Usage: python -m
+benchmarks.hf_load [--repeat 5]
 """
 
 from __future__ import annotations

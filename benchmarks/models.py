@@ -97,7 +97,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=None, help="open_clip names (default: three on CPU, four on GPU)")
     ap.add_argument("--towers", nargs="+", default=["image", "text"], choices=["image", "text"])
     ap.add_argument("--attention", nargs="+", default=None, choices=["default", "xla", "cudnn"],
-                    help="jax.nn.dot_product_attention implementations to time (default: xla on CPU; xla and cudnn on GPU)")
+                    help="jax.nn.dot_product_attention implementations to time "
+                         "(default: xla on CPU; xla and cudnn on GPU)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--overhead-only", action="store_true", help="only the host time per call, batch 1")
     args = ap.parse_args()
@@ -137,8 +138,9 @@ def main() -> None:
           f"open_clip {open_clip.__version__}, clip_jax {dtype}, open_clip {tdtype}, {args.rounds} rounds (median)")
     print(f"best {dtype} matmul in this process ({n}^3): {matmul:.3f} TFLOP/s"
           + (f"; datasheet peak {peak:.0f} TFLOP/s" if peak else ""))
-    print(f"{'model':19s} {'tower':5s} {'attn':4s} {'batch':>5s} {'public/s':>9s} {'funct./s':>9s} {'open_clip/s':>11s} "
-          f"{'public/oc':>9s} {'funct./oc':>9s} {'host ms pub':>11s} {'funct.':>6s} {'of matmul':>9s}", flush=True)
+    print(f"{'model':19s} {'tower':5s} {'attn':4s} {'batch':>5s} {'public/s':>9s} {'funct./s':>9s} "
+          f"{'open_clip/s':>11s} {'public/oc':>9s} {'funct./oc':>9s} {'host ms pub':>11s} {'funct.':>6s} "
+          f"{'of matmul':>9s}", flush=True)
 
     captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(max(batches))]
     for name in names:

@@ -47,7 +47,8 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     for k in range(args.shards):
         x = rng.standard_normal((args.rows, args.dim), np.float32)
-        np.save(os.path.join(tmp, "img_emb", f"img_emb_{k}.npy"), (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16))
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+        np.save(os.path.join(tmp, "img_emb", f"img_emb_{k}.npy"), unit.astype(np.float16))
         pq.write_table(pa.table({"image_path": [str(i) for i in range(args.rows)]}),
                        os.path.join(tmp, "metadata", f"metadata_{k}.parquet"))
     print(f"{args.shards * args.rows} rows of dimension {args.dim} (float16) in {args.shards} shards, top-{args.k}, "

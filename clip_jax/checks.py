@@ -28,7 +28,8 @@ def check_images(images, image_size: int):
             )
         raise ValueError(f"images must have 3 channels last [N, H, W, 3]; got shape {shape}")
     if shape[1:3] != (image_size, image_size):
-        raise ValueError(f"this model takes {image_size}x{image_size} images; got {shape[1]}x{shape[2]} (shape {shape})")
+        raise ValueError(f"this model takes {image_size}x{image_size} images; got {shape[1]}x{shape[2]} "
+                         f"(shape {shape})")
     if dtype != np.uint8 and not np.issubdtype(dtype, np.floating) and dtype.name != "bfloat16":
         raise TypeError(f"images must be float (normalized) or uint8 (pixels); got dtype {dtype}")
     return images

@@ -41,7 +41,8 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
                       help="the weights' open_clip config: an open_clip_config.json or a bare open_clip model config "
                            "(default: open_clip_config.json beside SRC, else inferred from the weights)")
     arch.add_argument("--model", metavar="ARCH",
-                      help="the weights' open_clip architecture, e.g. ViT-B-32 (exact GELU), ViT-B-32-quickgelu, ViT-H-14")
+                      help="the weights' open_clip architecture, e.g. ViT-B-32 (exact GELU), ViT-B-32-quickgelu, "
+                           "ViT-H-14")
     p.set_defaults(run=run_convert)
 
 
@@ -71,7 +72,8 @@ def add_embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-threads", type=positive_int, help="image decoding threads per process (default: CPU count)")
     p.add_argument("--model-parallel", type=positive_int, default=1,
                    help="devices each model is split over (the mesh's 'model' axis; default 1: replicated)")
-    p.add_argument("--image-column", help="parquet: the image column, bytes or {bytes, path} (default: image, jpg, img)")
+    p.add_argument("--image-column",
+                   help="parquet: the image column, bytes or {bytes, path} (default: image, jpg, img)")
     p.add_argument("--caption-column", help="parquet: the caption column (default: caption, text, txt)")
     p.add_argument("--text", action=argparse.BooleanOptionalAction, default=True,
                    help="shards: also embed the captions (txt members or --caption-column; default: on)")

@@ -50,7 +50,8 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="compute dtype (default: float32)")
     p.add_argument("--attention", choices=["xla", "cudnn"], default=None,
                    help="attention kernel: cudnn (NVIDIA GPUs, with --dtype bfloat16/float16) or xla (default)")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="images or texts per step, over all devices (default: 256)")
+    p.add_argument("--batch-size", type=positive_int, default=256,
+                   help="images or texts per step, over all devices (default: 256)")
 
 
 def add_distributed_args(p: argparse.ArgumentParser) -> None:

@@ -83,7 +83,8 @@ class _Progress:
         if self.total:
             pct = 100 * self.done / self.total
             bar = "#" * int(pct // 5)
-            line = f"{self.name}: {pct:3.0f}% [{bar:<20}] {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB {rate:.1f} MB/s"
+            line = (f"{self.name}: {pct:3.0f}% [{bar:<20}] {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB "
+                    f"{rate:.1f} MB/s")
         else:
             line = f"{self.name}: {self.done / 1e6:.1f} MB {rate:.1f} MB/s"
         sys.stderr.write("\r" + line + ("\n" if final else ""))

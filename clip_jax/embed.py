@@ -327,7 +327,8 @@ def embed(
                              attention=attention, progress=progress, truncate=truncate, sharded=sharded,
                              columns={"image_column": image_column, "caption_column": caption_column})
     images, captions = _images_and_captions(source, captions)
-    job = EmbedJob(output, images, captions, model=_model_id(model), dtype=dtype, emb_dtype=emb_dtype, shard_size=shard_size)
+    job = EmbedJob(output, images, captions, model=_model_id(model), dtype=dtype, emb_dtype=emb_dtype,
+                   shard_size=shard_size)
     writer = jax.process_index() == 0
     if writer:
         job.open()

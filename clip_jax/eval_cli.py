@@ -23,7 +23,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="also write the result JSON here; may use {dataset} {model} {pretrained} {task} {language}")
     p.add_argument("--dataset-name", help="the result's 'dataset' (default: the data folder's or file's name)")
     p.add_argument("--model-name", help="the result's 'model' (default: the --model file's stem, or the name given)")
-    p.add_argument("--pretrained", help="the result's 'pretrained' (default: the --model file's name, or the name given)")
+    p.add_argument("--pretrained",
+                   help="the result's 'pretrained' (default: the --model file's name, or the name given)")
     p.add_argument("--language", default="en", help="the result's 'language' (default: en)")
     cache = p.add_mutually_exclusive_group()
     cache.add_argument("--cache", metavar="DIR",
@@ -62,7 +63,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     zr.set_defaults(run=run_eval)
 
     lp = sub.add_parser("linear_probe", help="a logistic-regression probe on the frozen image features")
-    lp.add_argument("data", metavar="DATA", help="a folder with train and test splits: ImageFolders or the wds_* layout")
+    lp.add_argument("data", metavar="DATA",
+                    help="a folder with train and test splits: ImageFolders or the wds_* layout")
     lp.add_argument("--train-split", default="train", help="(default: train)")
     lp.add_argument("--test-split", default="test", help="(default: test)")
     val = lp.add_mutually_exclusive_group()

@@ -147,7 +147,8 @@ def read_any(
 
 def _read(name_or_path, config, model, cache_dir, progress, subfolder):
     """(config, params) of a full CLIP, or a transformers Checkpoint from the Hub."""
-    if (config is not None or model is not None) and not (isinstance(name_or_path, (str, os.PathLike)) and Path(name_or_path).is_file()):
+    is_file = isinstance(name_or_path, (str, os.PathLike)) and Path(name_or_path).is_file()
+    if (config is not None or model is not None) and not is_file:
         raise ValueError("config= is for checkpoint files; a model name or hf-hub: repo brings its own config")
     if isinstance(name_or_path, Pretrained):
         return _from_pretrained(name_or_path, cache_dir, progress)
@@ -283,11 +284,13 @@ def _hf_file(repo_id: str, filename: str, revision: str | None, subfolder: str |
     try:
         from huggingface_hub import constants as hf_constants, hf_hub_download
     except ImportError:
-        raise ImportError("loading from the Hugging Face Hub needs huggingface_hub: pip install huggingface_hub") from None
+        raise ImportError("loading from the Hugging Face Hub needs huggingface_hub: "
+                          "pip install huggingface_hub") from None
     # huggingface_hub reads these variables once, at import; read them again so a later setting counts.
     offline = hf_constants.HF_HUB_OFFLINE or _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
     return hf_hub_download(
-        repo_id, filename, subfolder=subfolder or None, revision=revision, cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+        repo_id, filename, subfolder=subfolder or None, revision=revision,
+        cache_dir=os.environ.get("HF_HUB_CACHE") or None,
         local_files_only=offline, library_name="clip_jax",
     )
 

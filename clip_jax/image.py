@@ -100,7 +100,8 @@ def pixel_table(mean=OPENAI_MEAN, std=OPENAI_STD) -> np.ndarray:
     return ((x - m) / s).astype(np.float32)
 
 
-def normalize_pixels_np(pixels: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD, out: np.ndarray | None = None) -> np.ndarray:
+def normalize_pixels_np(pixels: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD,
+                        out: np.ndarray | None = None) -> np.ndarray:
     """Host-side normalization of uint8 `[..., W, 3]` pixels to float32, bit-exact with torchvision.
 
     Same float32 operations as `ToTensor` + `Normalize` (`x / 255`, `- mean`, `/ std`),
@@ -590,7 +591,8 @@ def load_image(source: ImageSource, transform: ImageTransform) -> np.ndarray:
 # --- batch loading --------------------------------------------------------------------------------
 
 
-def read_into(source: ImageSource, transform: ImageTransform, out: np.ndarray, normalized: bool = False) -> ImageError | None:
+def read_into(source: ImageSource, transform: ImageTransform, out: np.ndarray,
+              normalized: bool = False) -> ImageError | None:
     """Decode one image into `out`: uint8 [n_px, n_px, 3] pixels (`transform.pixels`), or float32
     normalized ones with `normalized=True` (`transform(source)`, normalized while the image is hot in
     cache). A bad image's `ImageError` is returned, not raised, so one bad file doesn't stop a batch."""

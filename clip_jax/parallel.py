@@ -248,7 +248,8 @@ class ShardedCLIP:
         shardings = jax.tree.map(lambda s: NamedSharding(self.mesh, s), param_specs(params, self.mesh))
         # A single tower (TextTower, VisionTower) has no logit scale: it embeds, it doesn't score pairs.
         scale = model.logit_scale.get_raw_value() if hasattr(model, "logit_scale") else None
-        self.logit_scale = None if scale is None or isinstance(scale, jax.ShapeDtypeStruct) else float(np.asarray(scale))
+        unknown = scale is None or isinstance(scale, jax.ShapeDtypeStruct)
+        self.logit_scale = None if unknown else float(np.asarray(scale))
 
         # The programs take the params as a flat list: flattening an nnx.State walks it in Python, about a
         # millisecond per call for ViT-B/32, where a list is flattened in C++.

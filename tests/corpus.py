@@ -244,7 +244,8 @@ def _english_caption(rng: random.Random) -> str:
     # Occasionally extend into a longer description.
     for _ in range(rng.choice([0, 0, 0, 1, 1, 2, 4])):
         s += rng.choice([", ", ". ", " and ", " with ", "; "])
-        s += f"{rng.choice(['the', 'a', 'some', 'two', 'many'])} {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} {rng.choice(VERBS)} {rng.choice(PLACES)}"
+        s += (f"{rng.choice(['the', 'a', 'some', 'two', 'many'])} {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} "
+              f"{rng.choice(VERBS)} {rng.choice(PLACES)}")
     if rng.random() < 0.15:
         s += " " + _pseudo_word(rng)
     return s

@@ -55,7 +55,8 @@ def main(out_path: str) -> None:
     r["image_dp"] = max_diff(s.encode_image(images), ref_img)
     r["image_dp_compiles"] = s._fns["image", False]._cache_size()  # one program for the ragged job
     r["image_dp_small"] = max_diff(s.encode_image(images[:3]), ref_img[:3])  # fewer rows than devices
-    r["image_dp_normalized"] = max_diff(s.encode_image(images, normalized=True), np.asarray(clip_jax.l2_normalize(ref_img)))
+    r["image_dp_normalized"] = max_diff(s.encode_image(images, normalized=True),
+                                        np.asarray(clip_jax.l2_normalize(ref_img)))
     floats = ((images / 255.0 - np.array(TINY.image_mean)) / np.array(TINY.image_std)).astype(np.float32)
     r["image_dp_float"] = max_diff(s.encode_image(floats), np.asarray(model.encode_image(floats)))
     r["text_dp"] = max_diff(s.encode_text(tokens), ref_txt)
@@ -84,7 +85,8 @@ def main(out_path: str) -> None:
     per_dev_images = images[:16].reshape(8, 2, 32, 32, 3)
     per_dev_tokens = np.stack([tokens[i % 4: i % 4 + 3] for i in range(8)])
     got = np.asarray(pm(per_dev_images, per_dev_tokens))
-    want = np.stack([np.asarray(clip_jax.clip_logits(model, per_dev_images[i], per_dev_tokens[i])[0]) for i in range(8)])
+    want = np.stack([np.asarray(clip_jax.clip_logits(model, per_dev_images[i], per_dev_tokens[i])[0])
+                     for i in range(8)])
     r["pmap_shape"] = list(got.shape)
     r["pmap"] = max_diff(got, want)
 

@@ -62,7 +62,8 @@ def main(*argv: str) -> int:
 
 
 def embed_args(inputs, out, model, *extra) -> list:
-    return ["embed", *inputs, "-o", out, "--model", model, "--shard-size", 4, "--batch-size", 4, "--no-progress", *extra]
+    return ["embed", *inputs, "-o", out, "--model", model, "--shard-size", 4, "--batch-size", 4, "--no-progress",
+            *extra]
 
 
 def read_folder(out: Path) -> dict:
@@ -140,8 +141,8 @@ def test_embed_resumes_after_sigkill(data, full_run, tmp_path):
     out = tmp_path / "resumed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
-    proc = subprocess.run([sys.executable, "-m", "tests.kill_after_files", "1", *map(str, embed_args([imgs], out, model))],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    argv = [sys.executable, "-m", "tests.kill_after_files", "1", *map(str, embed_args([imgs], out, model))]
+    proc = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
     # Killed right after shard 1's files were written, before the manifest said it was done.
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert sorted(json.loads((out / "manifest.json").read_text())["shards"]) == ["0"]
@@ -317,7 +318,8 @@ def write_folder(out: Path, shards: list[np.ndarray]) -> list[str]:
 
 def test_search_is_exact_across_shards_and_chunks(tmp_path):
     rng = np.random.RandomState(1)
-    shards = [rng.randn(n, 8).astype(np.float16) for n in (7, 1, 12, 5)] + [rng.randn(11, 8).astype(np.float16) for _ in range(7)]
+    shards = [rng.randn(n, 8).astype(np.float16) for n in (7, 1, 12, 5)]
+    shards += [rng.randn(11, 8).astype(np.float16) for _ in range(7)]
     names = write_folder(tmp_path, shards)  # 11 shards: k zero-padded to 2 digits, sorted as numbers
     allemb = np.concatenate(shards).astype(np.float32)
     allemb /= np.linalg.norm(allemb, axis=1, keepdims=True)
@@ -430,7 +432,8 @@ def test_embed_skips_file_names_that_are_not_utf8(data, tmp_path, capsys):
     assert pq.read_table(out / "metadata" / "metadata_0.parquet").column("image_path").to_pylist() == [str(good)]
     assert len(np.load(out / "img_emb" / "img_emb_0.npy")) == 1
     lines = (out / "errors.tsv").read_bytes().splitlines()
-    assert lines[1:] == [os.fsencode(bad) + b"\tfile name is not valid UTF-8 (image_path is UTF-8 text); rename the file"]
+    assert lines[1:] == [os.fsencode(bad) + b"\tfile name is not valid UTF-8 (image_path is UTF-8 text); "
+                                            b"rename the file"]
 
 
 def test_collect_images_visits_each_real_folder_once(data, tmp_path):

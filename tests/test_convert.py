@@ -47,15 +47,18 @@ def test_round_trip_names_and_layouts(small_sd, small_rn_sd):
 def test_layouts(small_sd, small_rn_sd):
     _, p = from_torch(small_sd)
     # Linear [out, in] -> kernel [in, out]; q, k, v stay stacked along the output axis.
-    np.testing.assert_array_equal(p["transformer.resblocks.0.mlp.c_fc.kernel"], small_sd["transformer.resblocks.0.mlp.c_fc.weight"].T)
-    np.testing.assert_array_equal(p["visual.transformer.resblocks.0.attn.in_proj.kernel"], small_sd["visual.transformer.resblocks.0.attn.in_proj_weight"].T)
+    np.testing.assert_array_equal(p["transformer.resblocks.0.mlp.c_fc.kernel"],
+                                  small_sd["transformer.resblocks.0.mlp.c_fc.weight"].T)
+    np.testing.assert_array_equal(p["visual.transformer.resblocks.0.attn.in_proj.kernel"],
+                                  small_sd["visual.transformer.resblocks.0.attn.in_proj_weight"].T)
     # conv [O, I, kh, kw] -> (kh, kw, I, O); proj and text_projection are [in, out] already.
     np.testing.assert_array_equal(p["visual.conv1.kernel"], small_sd["visual.conv1.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(p["text_projection"], small_sd["text_projection"])
     np.testing.assert_array_equal(p["visual.proj"], small_sd["visual.proj"])
     assert p["logit_scale"].shape == ()
     _, r = from_torch(small_rn_sd)
-    np.testing.assert_array_equal(r["visual.layer1.0.downsample.1.var"], small_rn_sd["visual.layer1.0.downsample.1.running_var"])
+    np.testing.assert_array_equal(r["visual.layer1.0.downsample.1.var"],
+                                  small_rn_sd["visual.layer1.0.downsample.1.running_var"])
     np.testing.assert_array_equal(r["visual.bn1.scale"], small_rn_sd["visual.bn1.weight"])
 
 
@@ -243,4 +246,5 @@ def test_convert_without_a_config_warns_in_one_line(gelu_model, tmp_path, capsys
     openai = tmp_path / "openai.pt"
     save_torchscript(open_clip_tiny(quick_gelu=True), openai, fp16_mix=False)
     assert _convert_cli(capsys, openai) == (0, "")
-    assert _config_source(openai.with_suffix(".safetensors")) == "inferred from the weights of OpenAI's TorchScript archive"
+    want = "inferred from the weights of OpenAI's TorchScript archive"
+    assert _config_source(openai.with_suffix(".safetensors")) == want

@@ -136,10 +136,9 @@ def clip_benchmark_recall(images: np.ndarray, texts: np.ndarray, owner: np.ndarr
     positive[torch.arange(len(scores)), torch.from_numpy(owner)] = True
     out = {}
     for k in ks:
-        out[f"image_retrieval_recall@{k}"] = (cb_zr.batchify(cb_zr.recall_at_k, scores, positive, batch_size, "cpu", k=k)
-                                              > 0).float().mean().item()
-        out[f"text_retrieval_recall@{k}"] = (cb_zr.batchify(cb_zr.recall_at_k, scores.T, positive.T, batch_size, "cpu",
-                                                            k=k) > 0).float().mean().item()
+        recall = lambda s, p: (cb_zr.batchify(cb_zr.recall_at_k, s, p, batch_size, "cpu", k=k) > 0).float().mean()
+        out[f"image_retrieval_recall@{k}"] = recall(scores, positive).item()
+        out[f"text_retrieval_recall@{k}"] = recall(scores.T, positive.T).item()
     return out
 
 

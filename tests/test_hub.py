@@ -102,7 +102,8 @@ def test_openai_entries_have_sha256_urls():
         assert len(entry.sha256) == 64
 
 
-@pytest.mark.parametrize("spelling", ["ViT-L/14@336px", "ViT-L-14-336px", "ViT-L-14-336/openai", ("ViT-L-14-336", "openai")])
+@pytest.mark.parametrize("spelling",
+                         ["ViT-L/14@336px", "ViT-L-14-336px", "ViT-L-14-336/openai", ("ViT-L-14-336", "openai")])
 def test_openai_spellings(spelling):
     assert resolve(spelling).name == "ViT-L/14@336px"
 
@@ -111,7 +112,8 @@ def test_openai_spellings(spelling):
                                       ("ViT-B-32", "laion2b_s34b_b79k"), "ViT-B/32/LAION2B-s34B-b79K"])
 def test_open_clip_spellings(spelling):
     entry = resolve(spelling)
-    assert (entry.model, entry.tag, entry.hf_hub) == ("ViT-B-32", "laion2b_s34b_b79k", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+    want = ("ViT-B-32", "laion2b_s34b_b79k", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+    assert (entry.model, entry.tag, entry.hf_hub) == want
 
 
 def test_tags_carry_their_preprocessing_and_activation():
@@ -143,7 +145,8 @@ def test_registry_is_open_clips_table():
 
 
 def test_unknown_names():
-    with pytest.raises(ValueError, match="unknown model 'ViT-B-32/laion2b_s34b'.*did you mean 'ViT-B-32/laion2b_s34b_b79k'"):
+    with pytest.raises(ValueError,
+                       match="unknown model 'ViT-B-32/laion2b_s34b'.*did you mean 'ViT-B-32/laion2b_s34b_b79k'"):
         clip_jax.load("ViT-B-32/laion2b_s34b")
     with pytest.raises(FileNotFoundError, match="missing.pt: no such file"):
         clip_jax.load("missing.pt")
@@ -264,12 +267,12 @@ def test_hf_hub_bin_fallback_revision_and_change(hf_cache, tmp_path, monkeypatch
     is converted again, an unchanged one is not."""
     ref1, ref2 = open_clip_tiny(quick_gelu=False), open_clip_tiny(quick_gelu=False, seed=1)
     cfg = open_clip_config()
-    fake_hub(hf_cache, "org/bin", {"open_clip_config.json": cfg, "open_clip_pytorch_model.bin": zip_bytes(ref1, tmp_path)},
-             COMMIT1)
+    files = {"open_clip_config.json": cfg, "open_clip_pytorch_model.bin": zip_bytes(ref1, tmp_path)}
+    fake_hub(hf_cache, "org/bin", files, COMMIT1)
     cache = tmp_path / "c"
     assert_matches(clip_jax.load("hf-hub:org/bin", cache_dir=cache)[0], ref1)
-    fake_hub(hf_cache, "org/bin", {"open_clip_config.json": cfg, "open_clip_pytorch_model.bin": zip_bytes(ref2, tmp_path)},
-             COMMIT2)  # refs/main now points here
+    files = {"open_clip_config.json": cfg, "open_clip_pytorch_model.bin": zip_bytes(ref2, tmp_path)}
+    fake_hub(hf_cache, "org/bin", files, COMMIT2)  # refs/main now points here
     assert_matches(clip_jax.load("hf-hub:org/bin", cache_dir=cache)[0], ref2)
     converted = sorted((cache / "hf-hub" / "org--bin").iterdir())
     assert len(converted) == 1  # the first conversion, now stale, was removed

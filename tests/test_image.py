@@ -276,7 +276,8 @@ def test_pixel_table_bit_exact_all_levels(open_clip_mod):
     import torchvision.transforms.functional as TF
 
     levels = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)  # 1 x 256 x 3
-    for mean, std in [(OPENAI_MEAN, OPENAI_STD), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), ((0.1, 0.7, 0.3), (0.9, 0.11, 0.013))]:
+    cases = [(OPENAI_MEAN, OPENAI_STD), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), ((0.1, 0.7, 0.3), (0.9, 0.11, 0.013))]
+    for mean, std in cases:
         ref = TF.normalize(TF.to_tensor(Image.fromarray(levels)), mean, std).numpy()[:, 0, :].T  # 256 x 3
         assert ref.dtype == np.float32
         table = pixel_table(mean, std)

@@ -141,7 +141,8 @@ def bf16_layer_norm(self, x):
     x = x.astype(jnp.bfloat16)
     mean = x.mean(-1, keepdims=True)
     var = jnp.square(x - mean).mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
+    scale, bias = self.scale[...].astype(x.dtype), self.bias[...].astype(x.dtype)
+    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
 
 
 def bf16_case(name: str):

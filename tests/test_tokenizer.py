@@ -246,7 +246,8 @@ def test_fuzz_batch_tokenize(texts, context_length):
 
 
 @FUZZ
-@given(st.lists(st.one_of(ASCII_ENTITY_TEXT, TRICKY_TEXT, st.just("\n"), st.just("<")), max_size=6).map("".join), st.integers(1, 12))
+@given(st.lists(st.one_of(ASCII_ENTITY_TEXT, TRICKY_TEXT, st.just("\n"), st.just("<")), max_size=6).map("".join),
+       st.integers(1, 12))
 def test_fuzz_ftfy_segmenting(text, max_segment):
     # ftfy fixes text in segments (lines, at most max_decode_length long) and stops
     # unescaping HTML from the first segment with "<"; shrink the segment length to
@@ -468,7 +469,8 @@ def test_trim_tokens_picks_smallest_bucket_and_keeps_rows():
         assert trimmed[row, pos] == T.EOT_ID
 
 
-@pytest.mark.parametrize("n_words, expected", [(0, 16), (13, 16), (14, 16), (15, 32), (30, 32), (31, 48), (62, 64), (63, 77), (75, 77)])
+@pytest.mark.parametrize("n_words, expected",
+                         [(0, 16), (13, 16), (14, 16), (15, 32), (30, 32), (31, 48), (62, 64), (63, 77), (75, 77)])
 def test_trim_tokens_bucket_boundaries(n_words, expected):
     # "cat" is one token, so EOT sits at position n_words + 1.
     tokens = T.tokenize(["x", " ".join(["cat"] * n_words)])
@@ -527,7 +529,9 @@ def test_trim_tokens_is_exact_for_a_causal_eot_pooled_model():
 
 
 def test_clean_text_matches_reference_pipeline():
-    for t in ["  Hello\tWORLD\n", "&amp;amp;", "caf\u00c3\u00a9 &lt;b&gt;", "\u201cQuoted\u201d \u2014 it\u2019s", "ＬＯＵＤ"]:
+    texts = ["  Hello\tWORLD\n", "&amp;amp;", "caf\u00c3\u00a9 &lt;b&gt;", "\u201cQuoted\u201d \u2014 it\u2019s",
+             "ＬＯＵＤ"]
+    for t in texts:
         expected = " ".join(html.unescape(html.unescape(ftfy.fix_text(t))).strip().split()).strip().lower()
         assert T.clean_text(t) == expected
 

@@ -54,7 +54,8 @@ def expected_params(config: CLIPConfig) -> dict[str, tuple[int, ...]]:
     return param_shapes(abstract_model(config)[1])
 
 
-def from_torch(state_dict: Mapping[str, np.ndarray], config: CLIPConfig | None = None) -> tuple[CLIPConfig, dict[str, np.ndarray]]:
+def from_torch(state_dict: Mapping[str, np.ndarray], config: CLIPConfig | None = None
+               ) -> tuple[CLIPConfig, dict[str, np.ndarray]]:
     """A PyTorch CLIP state_dict (OpenAI names) -> (config, flat clip_jax params). Dtypes are kept."""
     if config is None:
         try:
