@@ -445,6 +445,7 @@ def pmap_logits(model: CLIP, devices: Sequence[jax.Device] | None = None) -> Cal
     `f.lower(images, tokens)` lowers the same program from shapes, e.g. for a TPU topology's devices
     and a model built from shapes, to `.compile()` it ahead of time.
     """
+    check_platform(model, (devices or jax.local_devices())[0].platform)
     fn, params = functional(model)
     scores = jax.pmap(lambda p, im, tok: fn(p, im, tok)[0], in_axes=(None, 0, 0), devices=devices)
 

@@ -281,10 +281,11 @@ def test_float16_compute_lowered_for_a_gpu():
 
 def test_float16_on_the_cpu_is_refused_with_a_message():
     """float16 can't run on XLA's CPU backend (above): a call says so and what to use instead, rather
-    than failing inside XLA's lowering; ShardedCLIP over CPU devices likewise."""
+    than failing inside XLA's lowering; ShardedCLIP and pmap_logits over CPU devices likewise."""
     model = tiny_model(TINY, dtype="float16")
     images, tokens = batch()
     for call in (lambda: model.encode_image(images), lambda: model.encode_text(tokens),
-                 lambda: clip_jax.clip_logits(model, images, tokens), lambda: clip_jax.ShardedCLIP(model)):
+                 lambda: clip_jax.clip_logits(model, images, tokens), lambda: clip_jax.ShardedCLIP(model),
+                 lambda: clip_jax.pmap_logits(model)):
         with pytest.raises(ValueError, match="dtype='float16' doesn't run on the CPU.*bfloat16"):
             call()
