@@ -254,15 +254,17 @@ def test_bf16_logits_are_float32():
     assert np.abs(want.astype(jnp.bfloat16).astype(np.float64) - want).max() > 1000 * 2e-6
 
 
-def test_float16_compute_lowered_for_a_gpu():
-    """float16 compute, lowered for a GPU (XLA's CPU backend has no float16 matmul accumulating in float32,
-    "F16_F16_F32 is not supported by dot_general on CPU", so float16 can't run here): the Linear layers and
-    attention take float16, every reduction (LayerNorm statistics, softmax, L2 norms) is float32 or wider,
-    and the logits are one float32 matmul."""
+@pytest.mark.parametrize("dtype,short", [("float16", "f16"), ("bfloat16", "bf16")])
+def test_half_compute_reduces_in_float32(dtype, short):
+    """Half-precision compute, lowered for a GPU (XLA's CPU backend has no float16 matmul accumulating in
+    float32, "F16_F16_F32 is not supported by dot_general on CPU", so float16 can't run here): the Linear
+    layers and attention take the half type, every reduction (LayerNorm statistics, softmax, L2 norms) is
+    float32 or wider, and the logits are one float32 matmul. For bf16 this is the check that doesn't depend
+    on the CPU's rounding: a softmax in bf16 moves test_parity's logits less than two CPUs differ."""
     import collections
     import re
 
-    model = tiny_model(TINY, dtype="float16")
+    model = tiny_model(TINY, dtype=dtype)
     fn, params = clip_jax.functional(model)
     images, tokens = batch()
     lowered = jax.jit(fn).trace(params, jax.ShapeDtypeStruct(images.shape, jnp.float32),
@@ -273,8 +275,8 @@ def test_float16_compute_lowered_for_a_gpu():
         r"stablehlo\.dot_general .*?: \((tensor<[^>]*>), (tensor<[^>]*>)\) -> (tensor<[^>]*>)", text))
     reduced = collections.Counter(element(t) for t in re.findall(r"stablehlo\.reduce\(.*? : \((tensor<[^>]*>)", text))
     linears = sum(isinstance(m, nnx.Linear) for _, m in nnx.iter_modules(model))
-    assert dots[("f16", "f16", "f16")] + dots[("f16", "f16", "f32")] >= linears, dots
-    assert {t for (a, b, _), n in dots.items() for t in (a, b) if t != "f16"} == {"f32"}
+    assert dots[(short, short, short)] + dots[(short, short, "f32")] >= linears, dots
+    assert {t for (a, b, _), n in dots.items() for t in (a, b) if t != short} == {"f32"}
     assert dots[("f32", "f32", "f32")] == 1
     assert reduced and not {"f16", "bf16"} & set(reduced), reduced
 
