@@ -14,11 +14,12 @@ import warnings
 from collections.abc import Iterator
 
 from .dtypes import FLOAT_DTYPES
+from .errors import ClipJaxError
 
 # Failures the user can act on: one clear line on stderr, no traceback. (The checkpoint code's
 # CheckpointError and ConversionError are ValueErrors.) Not KeyError: a missing key is a bug unless the
 # code that looks it up says what the user got wrong, as a ValueError.
-USER_ERRORS = (OSError, ValueError)
+USER_ERRORS = (ClipJaxError, OSError, ValueError)
 
 DTYPES = list(FLOAT_DTYPES)
 

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import ClipJaxError
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 ACTIVATIONS = ("quick_gelu", "gelu")
@@ -21,7 +23,7 @@ VISION_POOL_TYPES = ("tok", "avg")  # open_clip's 'none' returns every token, no
 TEXT_POOL_TYPES = ("argmax", "last", "first", "eos")  # open_clip's 'none' likewise
 
 
-class MissingTensorError(ValueError):
+class MissingTensorError(ClipJaxError, ValueError):
     """A state dict lacks a tensor the architecture is read from: not a CLIP checkpoint."""
 
 

@@ -23,13 +23,14 @@ import urllib.request
 import warnings
 from pathlib import Path
 
+from .errors import ClipJaxError
 from .fileio import atomic_write, output_target
 
 CHUNK = 1 << 20
 ENV_CACHE = "CLIP_JAX_CACHE"
 
 
-class DownloadError(OSError):
+class DownloadError(ClipJaxError, OSError):
     """A download failed (network, HTTP status, truncated transfer); nothing was left in the cache."""
 
     retryable = True  # network errors, 5xx, truncation; not a 404 or a checksum mismatch

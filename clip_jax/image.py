@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .config import OPENAI_MEAN, OPENAI_STD
+from .errors import ClipJaxError
 
 RESIZE_MODES = ("shortest", "longest", "squash")
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 
-class ImageError(ValueError):
+class ImageError(ClipJaxError, ValueError):
     """An image that cannot be read or preprocessed.
 
     `source` names the file (its path, or a short description for bytes and

@@ -27,6 +27,7 @@ from flax import nnx
 
 from .checks import check_images, check_tokens
 from .config import CLIPConfig, TextConfig, VisionConfig
+from .errors import ClipJaxError
 from .image import normalize_pixels
 from .roles import (
     BATCH_STAT,
@@ -963,7 +964,7 @@ def param_shapes(state: nnx.State) -> dict[str, tuple[int, ...]]:
     return {flat_name(path): tuple(v.shape) for path, v in nnx.to_flat_state(state)}
 
 
-class ConversionError(ValueError):
+class ConversionError(ClipJaxError, ValueError):
     """A set of params that doesn't fit the model: names every missing, unexpected and mis-shaped tensor at once."""
 
 

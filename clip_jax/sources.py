@@ -45,6 +45,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import ClipJaxError
+
 __all__ = ["IMAGE_FIELDS", "Shard", "ShardError", "Source", "TarShard", "ParquetShard", "FileShard", "braceexpand",
            "open_source", "is_url", "open_binary", "IMAGE_EXTENSIONS", "collect_images", "read_captions"]
 
@@ -143,7 +145,7 @@ def make_sample(key: str, fields: dict[str, bytes], shard: str, index: int) -> d
 # --- shards -----------------------------------------------------------------------------------------
 
 
-class ShardError(OSError):
+class ShardError(ClipJaxError, OSError):
     """A shard that could not be read (missing, not a tar or parquet file, cut short)."""
 
 

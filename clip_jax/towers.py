@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .config import CLIPConfig
+from .errors import ClipJaxError
 from .model import (
     CLIP,
     Dtype,
@@ -27,7 +28,7 @@ from .model import (
 )
 
 
-class MissingTowerError(ValueError):
+class MissingTowerError(ClipJaxError, ValueError):
     """A single-tower model was asked for the tower it doesn't have."""
 
 

@@ -42,10 +42,12 @@ from typing import Any, BinaryIO, Callable
 import ml_dtypes  # noqa: F401  (also registers 'bfloat16' with numpy for safetensors)
 import numpy as np
 
+from ..errors import ClipJaxError
+
 __all__ = ["CheckpointError", "load_state_dict"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ClipJaxError, ValueError):
     """The checkpoint was refused or could not be read.
 
     The message always starts with the file's path and says what was wrong.

@@ -1,0 +1,24 @@
+"""The project's own errors: what a reader of outside bytes may raise.
+
+Every reader of bytes or values that come from outside (tar/pax shards, parquet tables, zip and pickle
+checkpoints, safetensors headers, msgpack, npz, JSON configs, CSV, caches) either returns or raises a
+`ClipJaxError`; the fuzz tests (tests/test_fuzz_readers.py) hold each reader to that. The subclasses keep
+the builtin base a caller would already catch (`ValueError` for bad contents, `OSError` for a file that
+can't be read), so `except ValueError` still works, and the command line prints any of them as one line.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ClipJaxError", "InputError", "LimitError"]
+
+
+class ClipJaxError(Exception):
+    """Base of every error clip_jax raises on purpose; its message names the file, key or field."""
+
+
+class InputError(ClipJaxError, ValueError):
+    """Bytes or values from outside that are malformed, of the wrong type, or not what they claim."""
+
+
+class LimitError(InputError):
+    """An input that would exceed a bound set before using it (a length, a count, a depth, a size)."""
