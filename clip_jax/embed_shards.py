@@ -34,7 +34,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-import fsspec
 import jax
 import numpy as np
 import pyarrow as pa
@@ -45,7 +44,7 @@ from .embed_folder import ERRORS, FORMAT, MANIFEST, progress_bar, tsv_field
 from .fileio import atomic_write
 from .image import Decoder
 from .parallel import prefetch
-from .sources import Source, is_url
+from .sources import Source, is_url, url_to_fs
 from .tokenizer import tokenize
 
 FORMAT_VERSION = 2
@@ -67,7 +66,7 @@ class Destination:
         self.root = root.rstrip("/") or "/"
         self.local = not is_url(self.root)
         if not self.local:
-            self.fs, self.path = fsspec.core.url_to_fs(self.root)
+            self.fs, self.path = url_to_fs(self.root)
 
     def __str__(self) -> str:
         return self.root

@@ -9,7 +9,7 @@ can't be read), so `except ValueError` still works, and the command line prints 
 
 from __future__ import annotations
 
-__all__ = ["ClipJaxError", "InputError", "LimitError"]
+__all__ = ["ClipJaxError", "InputError", "LimitError", "MissingExtraError"]
 
 
 class ClipJaxError(Exception):
@@ -22,3 +22,7 @@ class InputError(ClipJaxError, ValueError):
 
 class LimitError(InputError):
     """An input that would exceed a bound set before using it (a length, a count, a depth, a size)."""
+
+
+class MissingExtraError(ClipJaxError, ImportError):
+    """An optional dependency is not installed; the message names the pip extra that brings it."""

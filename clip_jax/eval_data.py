@@ -138,9 +138,7 @@ def _images(paths: list[str]) -> Sequence:
 
 
 def _fs(url: str):
-    import fsspec
-
-    return fsspec.core.url_to_fs(url)
+    return sources.url_to_fs(url)
 
 
 def _join(root: str, *parts: str) -> str:

@@ -45,10 +45,10 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import ClipJaxError
+from .errors import ClipJaxError, MissingExtraError
 
 __all__ = ["IMAGE_FIELDS", "Shard", "ShardError", "Source", "TarShard", "ParquetShard", "FileShard", "braceexpand",
-           "open_source", "is_url", "open_binary", "IMAGE_EXTENSIONS", "collect_images", "read_captions"]
+           "open_source", "is_url", "open_binary", "url_to_fs", "IMAGE_EXTENSIONS", "collect_images", "read_captions"]
 
 # Image fields in order of preference, as clip-retrieval and img2dataset name them.
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
@@ -67,11 +67,33 @@ def is_url(path: str) -> bool:
     return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", path))
 
 
+# fsspec's backends by protocol -> the clip-jax extra that installs it (pyproject.toml).
+_EXTRAS = {"http": "http", "https": "http", "gs": "gcs", "gcs": "gcs", "s3": "s3", "s3a": "s3"}
+
+
+def _missing_extra(url: str, e: ImportError) -> MissingExtraError:
+    protocol = url.split("://", 1)[0].lower()
+    extra = _EXTRAS.get(protocol)
+    how = f"pip install 'clip-jax[{extra}]'" if extra else f"install fsspec's backend for {protocol}://"
+    return MissingExtraError(f"{url}: reading {protocol}:// needs a package that is not installed ({e}); {how}")
+
+
+def url_to_fs(url: str):
+    """fsspec.core.url_to_fs, with a missing backend (aiohttp, gcsfs, s3fs) as one line naming the extra."""
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:
+        raise _missing_extra(url, e) from None
+
+
 def open_binary(path: str):
     """A binary, forward-readable file object for a local path or an fsspec URL."""
     if not is_url(path):
         return open(os.path.expanduser(path), "rb")
-    return fsspec.open(path, "rb").open()
+    try:
+        return fsspec.open(path, "rb").open()
+    except ImportError as e:
+        raise _missing_extra(path, e) from None
 
 
 _BRACE = re.compile(r"\{([^{}]*)\}")
@@ -105,7 +127,10 @@ def _suffix(path: str) -> str:
 
 def _glob(pattern: str) -> list[str]:
     if is_url(pattern):
-        fs, _, paths = fsspec.get_fs_token_paths(pattern)
+        try:
+            fs, _, paths = fsspec.get_fs_token_paths(pattern)
+        except ImportError as e:
+            raise _missing_extra(pattern, e) from None
         protocol = pattern.split("://", 1)[0]
         return sorted(p if is_url(p) else f"{protocol}://{p.lstrip('/') if protocol != 'file' else p}" for p in paths)
     return sorted(glob.glob(os.path.expanduser(pattern), recursive=True))

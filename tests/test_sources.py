@@ -112,3 +112,18 @@ def test_image_files_become_shards_of_shard_size(tmp_path):
 def test_mixed_kinds_are_refused(tmp_path):
     with pytest.raises(ValueError, match="mix"):
         open_source([str(tmp_path / "a.tar"), str(tmp_path / "b.parquet")])
+
+
+@pytest.mark.parametrize("url,extra", [("gs://bucket/{0..1}.tar", "gcs"), ("s3://bucket/a.parquet", "s3")])
+def test_a_missing_fsspec_backend_names_the_extra(url, extra, monkeypatch):
+    """Without gcsfs / s3fs, fsspec raises ImportError from deep inside: one error naming the extra instead."""
+    import sys
+
+    from clip_jax.errors import MissingExtraError
+
+    for module in ("gcsfs", "s3fs"):
+        monkeypatch.setitem(sys.modules, module, None)  # import fails, installed or not
+    with pytest.raises(MissingExtraError, match=rf"pip install 'clip-jax\[{extra}\]'"):
+        list(open_source([url]))
+    with pytest.raises(MissingExtraError, match=extra):
+        open_source([url.rsplit("/", 1)[0] + "/*." + url.rsplit(".", 1)[1]])  # a glob lists the bucket
