@@ -7,6 +7,7 @@ fresh interpreter (`ru_maxrss` of a child), never with timing.
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import zlib
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clip_jax.checkpoint import torch_files
 from clip_jax.checkpoint.torch_files import CheckpointError, load_state_dict
 from tests import hostile as H
 
@@ -23,9 +25,14 @@ MODULE = REPO / "clip_jax" / "checkpoint" / "torch_files.py"
 MiB = 1 << 20
 
 # The reader is loaded from its file (numpy and ml_dtypes only, not jax), so the baseline is small.
+# Its one clip_jax import (errors, for the error's base type) is found through stand-in packages whose
+# __init__ files never run.
 CHILD = f"""
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location('torch_files', {str(MODULE)!r})
+import importlib.util, sys, types
+for name, folder in [('clip_jax', {str(MODULE.parents[1])!r}), ('clip_jax.checkpoint', {str(MODULE.parent)!r})]:
+    sys.modules[name] = types.ModuleType(name)
+    sys.modules[name].__path__ = [folder]
+spec = importlib.util.spec_from_file_location('clip_jax.checkpoint.torch_files', {str(MODULE)!r})
 reader = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(reader)
 try:
@@ -156,3 +163,68 @@ def test_real_torch_files_within_budget(tmp_path):
     torch.save({"ones": torch.ones(1).expand(32 * MiB)}, tmp_path / "expand.pt")
     with pytest.raises(CheckpointError, match="'ones'.*would copy"):
         load_state_dict(tmp_path / "expand.pt")
+
+
+# --- the copy budget at its boundary ----------------------------------------------------------------
+#
+# Copies may take the storages' bytes + COPY_SLACK. Each case sits exactly at that budget (read) or one
+# element or byte past it (refused). The over-budget cases are over in BYTES but far under in ELEMENTS
+# (float32: a quarter as many), so a budget that counted elements, or counted the storages in elements,
+# or the view that owns its storage's buffer as a copy, or `>=` for `>`, fails one of them.
+
+SLACK = torch_files.COPY_SLACK
+F4, U1 = "FloatStorage", "ByteStorage"
+ITEMSIZE = {F4: 4, U1: 1}
+WHOLE = 1 << 20  # a 4 MiB float32 storage: its owner view, then full-size copies of it (tied parameters)
+COPIES = SLACK // (4 * WHOLE) + 1  # full copies that fill the budget exactly: the storage's bytes + SLACK
+TIED = {f"w{i}": ("0", 0, (WHOLE // 4, 4), (4, 1)) for i in range(1 + COPIES)}  # w0 owns the buffer
+
+# name: ({storage key: (type, numel)}, {tensor: (storage key, offset, size, stride)}, bytes over the budget)
+BOUNDARY = {
+    "stride0_at_budget": ({"0": (F4, 1)}, {"w": ("0", 0, (SLACK // 4 + 1,), (0,))}, 0),
+    "stride0_one_element_over": ({"0": (F4, 1)}, {"w": ("0", 0, (SLACK // 4 + 2,), (0,))}, 4),
+    # a float32 and a uint8 storage: the budget is 5 bytes + SLACK, so one byte over is expressible
+    "mixed_at_budget": ({"0": (F4, 1), "1": (U1, 1)},
+                        {"w": ("0", 0, (SLACK // 4,), (0,)), "b": ("1", 0, (5,), (0,))}, 0),
+    "mixed_one_byte_over": ({"0": (F4, 1), "1": (U1, 1)},
+                            {"w": ("0", 0, (SLACK // 4,), (0,)), "b": ("1", 0, (6,), (0,))}, 1),
+    "tied_at_budget": ({"0": (F4, WHOLE)}, TIED, 0),
+    "tied_one_element_over": ({"0": (F4, WHOLE)}, {**TIED, "last": ("0", WHOLE - 1, (1,), (1,))}, 4),
+}
+
+
+def views_file(path: Path, storages: dict, views: dict, legacy: bool) -> Path:
+    """A state dict of `views` into `storages` (their elements 0, 1, 2, ...), as a zip or legacy file."""
+    pids = {key: H.storage_pid(key, numel, kind, legacy) for key, (kind, numel) in storages.items()}
+    pkl = H.PROTO2 + H.dict_(**{name: H.tensor(pids[key], offset, size, stride)
+                                for name, (key, offset, size, stride) in views.items()}) + H.STOP
+    data = {key: storage_values(kind, numel).tobytes() for key, (kind, numel) in storages.items()}
+    if legacy:
+        return H.write_legacy(path, pkl, [(key, storages[key][1], data[key]) for key in storages])
+    return H.write_zip(path, pkl, data)
+
+
+def storage_values(kind: str, numel: int) -> np.ndarray:
+    return np.arange(numel, dtype="<f4") if kind == F4 else (np.arange(numel) % 251).astype(np.uint8)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+@pytest.mark.parametrize("case", list(BOUNDARY))
+def test_copy_budget_boundary(tmp_path, case, legacy):
+    storages, views, over = BOUNDARY[case]
+    # The case is what its name says: copies (all views but the buffer's owner) - stored bytes - SLACK.
+    copied = sum(math.prod(size) * ITEMSIZE[storages[key][0]] for key, _, size, _ in views.values())
+    owned = 4 * WHOLE if "w0" in views else 0
+    stored = sum(numel * ITEMSIZE[kind] for kind, numel in storages.values())
+    assert copied - owned - stored - SLACK == over
+    path = views_file(tmp_path / f"{case}.pt", storages, views, legacy)
+    if over:
+        with pytest.raises(CheckpointError, match="would copy") as info:
+            load_state_dict(path)
+        assert str(path) in str(info.value)
+        return
+    got = load_state_dict(path)
+    for name, (key, offset, size, stride) in views.items():
+        flat = storage_values(*storages[key])
+        want = np.lib.stride_tricks.as_strided(flat[offset:], size, tuple(s * flat.itemsize for s in stride))
+        np.testing.assert_array_equal(got[name], want)
