@@ -268,14 +268,19 @@ def test_scripted_plain_tensor_attribute_is_reported(tmp_path):
 def test_reader_never_imports_torch_or_stock_unpickling(files):
     """In a fresh interpreter: torch never gets imported, pickle.load(s) never called.
 
-    The module is loaded from its file, skipping the clip_jax package (and jax)."""
+    The module is loaded from its file, skipping the clip_jax package (and jax): its one clip_jax import
+    (errors, for the error's base type) is found through stand-in packages whose __init__ files never run."""
     module_path = REPO / "clip_jax" / "checkpoint" / "torch_files.py"
     script = f"""
-import importlib.util, pickle, sys
+import importlib.util, pickle, sys, types
 def boom(*a, **k): raise AssertionError('stock unpickling used')
 pickle.load = pickle.loads = boom
 sys.modules['torch'] = None  # any 'import torch' now fails
-spec = importlib.util.spec_from_file_location('torch_files', {str(module_path)!r})
+for name, folder in [('clip_jax', {str(module_path.parents[1])!r}),
+                     ('clip_jax.checkpoint', {str(module_path.parent)!r})]:
+    sys.modules[name] = types.ModuleType(name)
+    sys.modules[name].__path__ = [folder]
+spec = importlib.util.spec_from_file_location('clip_jax.checkpoint.torch_files', {str(module_path)!r})
 reader = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(reader)
 for name in ('zip.pt', 'legacy.pt', 'traced.pt', 'scripted.pt'):
