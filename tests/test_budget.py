@@ -2,7 +2,8 @@
 really contains, and every hostile file below is refused before its cost is allocated.
 
 Each file is at most ~1 MB but, read without a budget, costs 256 MiB to 1 GiB. Peaks are measured in a
-fresh interpreter (`ru_maxrss` of a child), never with timing.
+fresh interpreter (`ru_maxrss` of a child), never with timing. The copy budget is also tested at its
+boundary (test_copy_budget_boundary): exactly at it is read, one element or byte past it is refused.
 """
 
 from __future__ import annotations
