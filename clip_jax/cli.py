@@ -176,7 +176,7 @@ def run_search(args: argparse.Namespace) -> int:
 
     from .embed_folder import MANIFEST, read_manifest
     from .hub import load
-    from .search import INDEX, index_search, search
+    from .search import INDEX, StaleIndexError, index_search, search
     from .tokenizer import tokenize
 
     manifest = Path(args.folder) / MANIFEST
@@ -192,9 +192,13 @@ def run_search(args: argparse.Namespace) -> int:
     else:
         tokens = tokenize([args.query], context_length=model.config.text.context_length, truncate=args.truncate)
         query = np.asarray(model.encode_text(tokens))
+    hits = None
     if not args.exact and (Path(args.folder) / INDEX.format(space="image")).exists() and find_spec("faiss"):
-        hits = index_search(args.folder, query, k=args.top_k)[0]
-    else:
+        try:
+            hits = index_search(args.folder, query, k=args.top_k)[0]
+        except StaleIndexError as e:  # the index misses part of the folder: exact search answers for all of it
+            print(f"clip-jax: warning: {e}; exact search instead", file=sys.stderr)
+    if hits is None:
         hits = search(args.folder, query, k=args.top_k, device=not args.numpy)[0]
     for hit in hits:
         print(f"{hit.score:.4f}\t{hit.value}")

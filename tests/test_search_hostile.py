@@ -1,0 +1,450 @@
+"""Search on folders that aren't what they claim (issue 23, class 5): an index built from part of the
+folder, a corrupt, empty or foreign index, a bad factory, NaN rows, shards whose files are missing, cut
+or mismatched. Each answers right or says why in one line (a ClipJaxError naming the file), never
+silently from part of the folder and never with faiss's or numpy's traceback.
+
+The folders are written here in `clip-jax embed`'s layout (img_emb/, metadata/, done/, manifest.json)
+from random rows, so no model runs except in the command-line tests (the tiny model, dimension 16).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given
+
+from clip_jax import cli
+from clip_jax.errors import ClipJaxError, InputError
+from clip_jax.search import (
+    StaleIndexError,
+    _metadata,
+    _metadata_rows,
+    _open_embeddings,
+    _read_json_record,
+    build_index,
+    index_search,
+    search,
+)
+
+from .fuzz import FUZZ, any_bytes, bounded, mutated
+from .tiny import save_tiny
+
+DIM = 16  # tests/tiny.TINY's embed_dim
+
+
+def add_shard(folder: Path, k: int, rows: np.ndarray, marker: bool = True) -> None:
+    """Shard k as embed_shards writes it: its .npy, its metadata, then its done marker."""
+    for sub in ("img_emb", "metadata", "done"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    np.save(folder / "img_emb" / f"img_emb_{k}.npy", rows.astype(np.float16))
+    pq.write_table(pa.table({"image_path": [f"{k}/{i}" for i in range(len(rows))]}),
+                   folder / "metadata" / f"metadata_{k}.parquet")
+    if marker:
+        summary = {"shard": f"{k:05d}.tar", "items": len(rows), "rows": len(rows), "errors": []}
+        (folder / "done" / f"done_{k}.json").write_text(json.dumps(summary))
+
+
+def make_folder(folder: Path, sizes=(6, 4, 5), seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for k, n in enumerate(sizes):
+        add_shard(folder, k, rng.standard_normal((n, DIM)))
+    return folder
+
+
+def values(hits) -> list[list[str]]:
+    return [[h.value for h in q] for q in hits]
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("model") / "tiny.safetensors")
+
+
+def cli_folder(folder: Path, model: Path) -> Path:
+    """A folder `clip-jax search` takes: its manifest names the model."""
+    make_folder(folder)
+    (folder / "manifest.json").write_text(json.dumps({"model": str(model), "dtype": "float32", "shards": {}}))
+    return folder
+
+
+# --- 1. an index records what it covers --------------------------------------------------------------
+
+
+def test_an_index_built_half_way_is_refused_once_more_shards_appear(tmp_path):
+    """The embedding job had written shards 0 and 1 when the index was built; shard 2 came after. On main
+    index_search answered from the two shards it had, without a word."""
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(1)
+    rows = [rng.standard_normal((n, DIM)) for n in (6, 4, 5)]
+    add_shard(tmp_path, 0, rows[0])
+    add_shard(tmp_path, 1, rows[1])
+    build_index(tmp_path)
+    add_shard(tmp_path, 2, rows[2])
+    query = rows[2][3]
+    assert values(search(tmp_path, query, k=1)) == [["2/3"]]
+    with pytest.raises(StaleIndexError, match=r"added: img_emb/img_emb_2\.npy.*rerun `clip-jax index"):
+        index_search(tmp_path, query, k=1)
+    build_index(tmp_path)  # rebuilt over the whole folder: the index answers as exact search does
+    assert values(index_search(tmp_path, query, k=3)) == values(search(tmp_path, query, k=3))
+
+
+def test_an_index_is_refused_when_a_shard_is_removed_or_rewritten(tmp_path):
+    pytest.importorskip("faiss")
+    make_folder(tmp_path)
+    build_index(tmp_path)
+    saved = (tmp_path / "img_emb" / "img_emb_1.npy").read_bytes()
+    add_shard(tmp_path, 1, np.ones((7, DIM)))  # redone with other rows
+    with pytest.raises(StaleIndexError, match=r"rewritten: img_emb/img_emb_1\.npy"):
+        index_search(tmp_path, np.ones(DIM))
+    (tmp_path / "img_emb" / "img_emb_1.npy").write_bytes(saved)
+    add_shard(tmp_path, 1, np.load(tmp_path / "img_emb" / "img_emb_1.npy"))  # the same shard again: still covered
+    index_search(tmp_path, np.ones(DIM))
+    for name in ("img_emb/img_emb_2.npy", "metadata/metadata_2.parquet", "done/done_2.json"):
+        (tmp_path / name).unlink()
+    with pytest.raises(StaleIndexError, match=r"removed: img_emb/img_emb_2\.npy"):
+        index_search(tmp_path, np.ones(DIM))
+
+
+def test_an_index_without_its_record_is_refused(tmp_path):
+    """An index from before records (or a build killed between the index and its record)."""
+    pytest.importorskip("faiss")
+    make_folder(tmp_path)
+    build_index(tmp_path)
+    (tmp_path / "image.index.json").unlink()
+    with pytest.raises(StaleIndexError, match="no record of what it covers"):
+        index_search(tmp_path, np.ones(DIM))
+
+
+def test_cli_search_through_a_stale_index_warns_and_answers_exactly(tmp_path, model, capsys):
+    pytest.importorskip("faiss")
+    folder = cli_folder(tmp_path / "f", model)
+    assert cli.main(["search", str(folder), "a photo", "-k", "5", "--exact"]) == 0
+    exact = capsys.readouterr().out
+    shutil.move(folder / "img_emb" / "img_emb_2.npy", tmp_path / "later.npy")  # the job was half done
+    shutil.move(folder / "done" / "done_2.json", tmp_path / "later.json")
+    assert cli.main(["index", str(folder)]) == 0
+    capsys.readouterr()
+    shutil.move(tmp_path / "later.npy", folder / "img_emb" / "img_emb_2.npy")  # and then it finished
+    shutil.move(tmp_path / "later.json", folder / "done" / "done_2.json")
+    assert cli.main(["search", str(folder), "a photo", "-k", "5"]) == 0
+    out, err = capsys.readouterr()
+    assert out == exact
+    line = one_line(err)
+    assert "warning" in line and "img_emb_2.npy" in line and "clip-jax index" in line and "exact search" in line
+
+
+# --- 2. a foreign, corrupt or empty index, a bad factory: one line -------------------------------------
+
+
+@pytest.fixture
+def indexed(tmp_path) -> Path:
+    pytest.importorskip("faiss")
+    make_folder(tmp_path)
+    build_index(tmp_path)
+    return tmp_path
+
+
+def test_queries_of_another_dimension_than_the_index(indexed):
+    """On main, faiss's AssertionError."""
+    with pytest.raises(InputError, match="dimension 16, but the queries have dimension 8"):
+        index_search(indexed, np.ones(8))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes", "one byte flipped"])
+def test_a_corrupt_index_is_one_error_naming_it(indexed, damage):
+    """On main, faiss's RuntimeError (or an index read from wrong bytes)."""
+    path = indexed / "image.index"
+    data = path.read_bytes()
+    data = {"truncated": data[: len(data) // 2], "random bytes": np.random.default_rng(0).bytes(len(data)),
+            "one byte flipped": data[:-9] + bytes([data[-9] ^ 1]) + data[-8:]}[damage]
+    path.write_bytes(data)
+    with pytest.raises(InputError, match=r"image\.index: not the index its record .* corrupt or replaced"):
+        index_search(indexed, np.ones(DIM))
+
+
+def test_an_empty_index_is_one_error_naming_it(indexed):
+    """An index of 0 vectors (with a record that matches its bytes): on main, no hits and no word."""
+    import faiss
+
+    from clip_jax.search import _sha256
+
+    path = indexed / "image.index"
+    faiss.write_index(faiss.IndexFlatIP(DIM), str(path))
+    record = json.loads((indexed / "image.index.json").read_text())
+    record.update(index_bytes=path.stat().st_size, index_sha256=_sha256(path))
+    (indexed / "image.index.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match=r"image\.index: an empty index \(0 vectors\)"):
+        index_search(indexed, np.ones(DIM))
+
+
+def test_a_folder_without_rows_is_not_indexed(tmp_path):
+    pytest.importorskip("faiss")
+    make_folder(tmp_path, sizes=(0, 0))
+    with pytest.raises(InputError, match="no rows; nothing to index"):
+        build_index(tmp_path)
+
+
+@pytest.mark.parametrize("factory", ["bogus", "PQ7", "IVF1000,Flat", "IDMap,Flat"])
+def test_a_bad_factory_is_one_error_naming_it(tmp_path, factory):
+    """Unparsable, a dimension it can't split, more clusters than rows, an index that takes ids: on main,
+    faiss's RuntimeError."""
+    pytest.importorskip("faiss")
+    make_folder(tmp_path)
+    with pytest.raises(InputError, match=f"index factory {factory!r}") as e:
+        build_index(tmp_path, factory=factory)
+    assert "\n" not in str(e.value) and "/project/faiss" not in str(e.value)
+    assert not (tmp_path / "image.index").exists()
+
+
+def test_cli_bad_factory_and_corrupt_index_are_one_line(tmp_path, model, capsys):
+    pytest.importorskip("faiss")
+    folder = cli_folder(tmp_path / "f", model)
+    assert cli.main(["index", str(folder), "--factory", "bogus"]) == 1
+    assert "index factory 'bogus'" in one_line(capsys.readouterr().err)
+    assert cli.main(["index", str(folder)]) == 0
+    (folder / "image.index").write_bytes((folder / "image.index").read_bytes()[:100])
+    capsys.readouterr()
+    assert cli.main(["search", str(folder), "a photo"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "image.index" in one_line(err) and "corrupt" in err
+
+
+# --- 3. NaN rows ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 3, 20])
+def test_nan_rows_never_outrank_real_ones_on_the_devices_or_with_numpy(tmp_path, k):
+    """On main, DeviceTopK ranked NaN first (lax.top_k's order) and dropped it after: -k 1 gave nothing."""
+    rng = np.random.default_rng(2)
+    shards = [rng.standard_normal((n, DIM)) for n in (9, 5, 12)]
+    shards[0][[0, 4]] = np.nan
+    shards[1][:] = np.nan  # a whole chunk of NaN rows
+    shards[2][3, 7] = np.inf  # inf in a row: its norm is inf, its score NaN
+    for i, rows in enumerate(shards):
+        add_shard(tmp_path, i, rows)
+    queries = rng.standard_normal((2, DIM)).astype(np.float32)
+    real = [(f"{i}/{r}", rows[r]) for i, rows in enumerate(shards) for r in range(len(rows))
+            if np.isfinite(rows[r]).all()]
+    emb = np.stack([np.asarray(v, np.float16).astype(np.float32) for _, v in real])
+    scores = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (
+        emb / np.linalg.norm(emb, axis=1, keepdims=True)).T
+    expected = [[real[j][0] for j in np.argsort(-s, kind="stable")[:k]] for s in scores]
+    for device in (False, True):
+        hits = search(tmp_path, queries, k=k, chunk_rows=4, device=device)
+        assert values(hits) == expected, f"device={device}"
+        assert all(np.isfinite(h.score) for q in hits for h in q)
+
+
+def test_queries_holding_nan_are_refused(tmp_path):
+    make_folder(tmp_path)
+    with pytest.raises(InputError, match="NaN"):
+        search(tmp_path, np.full(DIM, np.nan))
+
+
+# --- 4. shards with missing, cut or mismatched files -------------------------------------------------
+
+
+def test_a_done_shard_whose_npy_was_deleted_is_an_error_naming_it(tmp_path):
+    """On main, search skipped the shard and answered from the others."""
+    make_folder(tmp_path)
+    (tmp_path / "img_emb" / "img_emb_1.npy").unlink()
+    with pytest.raises(InputError, match=r"img_emb_1\.npy: missing, but .*done_1\.json says the shard is done.*rerun"):
+        search(tmp_path, np.ones(DIM))
+
+
+def test_a_shard_the_manifest_calls_done_without_its_npy_is_an_error(tmp_path):
+    """embed.py's layout (image folders): no done/ markers, the manifest's shards say what is done."""
+    make_folder(tmp_path)
+    shutil.rmtree(tmp_path / "done")
+    (tmp_path / "manifest.json").write_text(json.dumps({"shards": {
+        str(k): {"items": n, "rows": n, "errors": []} for k, n in enumerate((6, 4, 5))}}))
+    (tmp_path / "img_emb" / "img_emb_2.npy").unlink()
+    with pytest.raises(InputError, match=r"img_emb_2\.npy \(shard 2\): missing, but .*manifest\.json says"):
+        search(tmp_path, np.ones(DIM))
+
+
+@pytest.mark.parametrize("marker", ["", "[]", "{", "null"])
+def test_a_done_marker_that_is_not_a_record_is_an_error_naming_it(tmp_path, marker):
+    make_folder(tmp_path)
+    (tmp_path / "done" / "done_1.json").write_text(marker)
+    with pytest.raises(InputError, match=r"done_1\.json: not a done marker"):
+        search(tmp_path, np.ones(DIM))
+
+
+def cut_npy(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-10])
+
+
+def other_dim(path: Path) -> None:
+    np.save(path, np.ones((6, DIM * 2), np.float16))
+
+
+def fewer_rows(path: Path) -> None:  # a whole .npy, but not the one the job wrote: the done marker says 6
+    np.save(path, np.ones((5, DIM), np.float16))
+
+
+def not_npy(path: Path) -> None:
+    path.write_bytes(b"PK\x03\x04 a zip, not a .npy")
+
+
+def strings(path: Path) -> None:
+    np.save(path, np.array([["a"] * DIM] * 6))
+
+
+@pytest.mark.parametrize("damage", [cut_npy, other_dim, fewer_rows, not_npy, strings])
+def test_a_cut_or_mismatched_npy_is_an_error_naming_it(tmp_path, damage):
+    """Shard 0 is damaged; the queries would find rows elsewhere. On main: ValueError, a zip read as an
+    npz (AttributeError), or (fewer rows) a metadata mismatch only if a hit fell in that shard."""
+    make_folder(tmp_path)
+    damage(tmp_path / "img_emb" / "img_emb_0.npy")
+    for device in (False, True):
+        with pytest.raises(InputError, match=r"img_emb_0\.npy"):
+            search(tmp_path, np.ones(DIM), device=device)
+
+
+def test_metadata_of_another_row_count_is_an_error_even_without_a_hit_there(tmp_path):
+    make_folder(tmp_path)
+    pq.write_table(pa.table({"image_path": ["x"] * 3}), tmp_path / "metadata" / "metadata_2.parquet")
+    with pytest.raises(InputError, match=r"metadata_2\.parquet: 3 rows, but the shard's embeddings have 5"):
+        search(tmp_path, np.load(tmp_path / "img_emb" / "img_emb_0.npy")[0], k=1)
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1 not parquet PAR1", None])
+def test_a_corrupt_or_missing_metadata_parquet_is_an_error_naming_it(tmp_path, content):
+    make_folder(tmp_path)
+    path = tmp_path / "metadata" / "metadata_1.parquet"
+    if content is None:
+        path.unlink()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=r"metadata_1\.parquet"):
+        search(tmp_path, np.ones(DIM))
+
+
+def test_cli_missing_npy_is_one_line(tmp_path, model, capsys):
+    folder = cli_folder(tmp_path / "f", model)
+    (folder / "img_emb" / "img_emb_1.npy").unlink()
+    assert cli.main(["search", str(folder), "a photo", "--numpy"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "img_emb_1.npy: missing" in one_line(err)
+
+
+# --- 5. fuzz: the readers of the folder's files ------------------------------------------------------
+
+
+def _npy_seed() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.random.default_rng(0).standard_normal((4, 8)).astype(np.float16))
+    return buf.getvalue()
+
+
+def _parquet_seed() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"image_path": [f"k{i}" for i in range(4)], "score": [0.5] * 4}), buf)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+@FUZZ
+@given(data=any_bytes(_npy_seed()))
+def test_npy_reader_fuzz(scratch, data):
+    path = scratch / "img_emb_0.npy"
+    path.write_bytes(data)
+
+    def read():
+        emb = _open_embeddings(path)
+        return np.asarray(emb, np.float32).sum()  # every row it returns can be read
+
+    bounded(read)
+
+
+@FUZZ
+@given(data=any_bytes(_parquet_seed()))
+def test_metadata_reader_fuzz(scratch, data):
+    path = scratch / "metadata" / "metadata_0.parquet"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(data)
+
+    def read():
+        if _metadata_rows(path, "image_path") == 4:
+            return _metadata(scratch, "0", "image_path", [0, 3])
+
+    bounded(read)
+
+
+@FUZZ
+@given(data=any_bytes(b'{"shard": "00000.tar", "items": 3, "rows": 3, "errors": [["k", "bad image"]]}'))
+def test_done_marker_reader_fuzz(scratch, data):
+    path = scratch / "done_0.json"
+    path.write_bytes(data)
+    bounded(lambda: _read_json_record(path, "a done marker"))
+
+
+@pytest.fixture(scope="module")
+def index_folder(tmp_path_factory) -> tuple[Path, bytes, bytes]:
+    pytest.importorskip("faiss")
+    folder = make_folder(tmp_path_factory.mktemp("indexed"), sizes=(3, 2))
+    build_index(folder)
+    return folder, (folder / "image.index").read_bytes(), (folder / "image.index.json").read_bytes()
+
+
+def _index_seed() -> bytes:
+    """A small Flat index's bytes (built here, so the strategy needs no folder)."""
+    try:
+        import faiss
+    except ImportError:
+        return b""
+    index = faiss.IndexFlatIP(DIM)
+    index.add(np.eye(5, DIM, dtype=np.float32))
+    return faiss.serialize_index(index).tobytes()
+
+
+@FUZZ
+@given(data=mutated(_index_seed()))
+def test_index_reader_fuzz(index_folder, data):
+    """Mutated index bytes, with the record of the real index: refused before faiss reads them."""
+    folder, index, record = index_folder
+    (folder / "image.index").write_bytes(data)
+    (folder / "image.index.json").write_bytes(record)
+    bounded(lambda: index_search(folder, np.ones(DIM), k=2))
+
+
+@FUZZ
+@given(data=mutated(json.dumps({"format": "clip_jax.index", "version": 1, "dim": DIM, "rows": 5,
+                                "index_bytes": 400, "index_sha256": "0" * 64, "shards": [
+                                    {"file": "img_emb/img_emb_0.npy", "rows": 3, "bytes": 224,
+                                     "done_sha256": None}]}).encode()))
+def test_index_record_reader_fuzz(index_folder, data):
+    folder, index, _ = index_folder
+    (folder / "image.index").write_bytes(index)
+    (folder / "image.index.json").write_bytes(data)
+    bounded(lambda: index_search(folder, np.ones(DIM), k=2))
+
+
+def test_the_fuzzed_index_folder_answers_when_whole(index_folder):
+    """The fuzz tests' folder, restored: the index answers (so they exercise refusals, not a broken folder)."""
+    folder, index, record = index_folder
+    (folder / "image.index").write_bytes(index)
+    (folder / "image.index.json").write_bytes(record)
+    assert len(index_search(folder, np.ones(DIM), k=2)[0]) == 2
+    assert issubclass(StaleIndexError, ClipJaxError)
