@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ClipJaxError
+from .errors import ClipJaxError, InputError, LimitError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -49,27 +51,30 @@ class VisionConfig:
     def __post_init__(self):
         if isinstance(self.layers, list):
             object.__setattr__(self, "layers", tuple(self.layers))
+        if self.pool_type not in VISION_POOL_TYPES:
+            raise InputError(f"not supported: vision pool_type={short_repr(self.pool_type)} "
+                             f"(one of {VISION_POOL_TYPES})")
+        _check_fields_of(_own_fields(self), "vision.")  # every source's values pass here before use
         if self.heads is None:
             # OpenAI: ViT heads = width // 64; ResNet attention pool heads = width * 32 // 64.
             object.__setattr__(self, "heads", self.width * 32 // 64 if self.is_resnet else self.width // 64)
-        if self.pool_type not in VISION_POOL_TYPES:
-            raise ValueError(f"not supported: vision pool_type={self.pool_type!r} (one of {VISION_POOL_TYPES})")
+            if self.heads < 1:
+                raise InputError(f"config field 'vision.width': {self.width} is narrower than one head of width 64")
         if self.is_resnet:
-            if len(self.layers) != 4:
-                raise ValueError(f"ModifiedResNet needs 4 stage depths, got layers={self.layers}")
             if self.image_size % 32:
-                raise ValueError(f"ModifiedResNet image_size must be a multiple of 32, got {self.image_size}")
+                raise InputError(f"ModifiedResNet image_size must be a multiple of 32, got {self.image_size}")
             vit_only = {"ls_init_value": None, "pool_type": "tok", "final_ln_after_pool": False, "no_ln_pre": False}
             for name, default in vit_only.items():
                 if getattr(self, name) != default:
-                    raise ValueError(f"not supported: {name}={getattr(self, name)!r} with a ModifiedResNet (ViT only)")
+                    raise InputError(f"not supported: {name}={getattr(self, name)!r} with a ModifiedResNet (ViT only)")
         else:
             if not self.patch_size:
-                raise ValueError("a ViT needs patch_size")
+                raise InputError("a ViT needs patch_size")
             if self.image_size % self.patch_size:
-                raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+                raise InputError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.width % self.heads:
-            raise ValueError(f"vision width {self.width} is not divisible by heads {self.heads}")
+            raise InputError(f"vision width {self.width} is not divisible by heads {self.heads}")
+        _check_mlp_width("vision", self.width, self.mlp_ratio)
 
     @property
     def is_resnet(self) -> bool:
@@ -103,10 +108,12 @@ class TextConfig:
     proj_bias: bool = False
 
     def __post_init__(self):
-        if self.width % self.heads:
-            raise ValueError(f"text width {self.width} is not divisible by heads {self.heads}")
         if self.pool_type not in TEXT_POOL_TYPES:
-            raise ValueError(f"not supported: text pool_type={self.pool_type!r} (one of {TEXT_POOL_TYPES})")
+            raise InputError(f"not supported: text pool_type={short_repr(self.pool_type)} (one of {TEXT_POOL_TYPES})")
+        _check_fields_of(_own_fields(self), "text.")  # every source's values pass here before use
+        if self.width % self.heads:
+            raise InputError(f"text width {self.width} is not divisible by heads {self.heads}")
+        _check_mlp_width("text", self.width, self.mlp_ratio)
 
     @property
     def causal(self) -> bool:
@@ -142,8 +149,11 @@ class CLIPConfig:
     fill_color: int = 0  # padding value of open_clip's "longest" resize mode
 
     def __post_init__(self):
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        for name, cls in (("vision", VisionConfig), ("text", TextConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise InputError(f"config field {name!r}: expected a {cls.__name__}, got "
+                                 f"{type(getattr(self, name)).__name__}")
+        _check_fields_of({k: v for k, v in _own_fields(self).items() if k not in ("vision", "text")}, "")
         for name in ("image_mean", "image_std"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
 
@@ -154,7 +164,7 @@ class CLIPConfig:
         """One of OpenAI's nine models, e.g. "ViT-B/32" (or "ViT-B-32", "ViT-L-14-336px")."""
         key = canonical_name(name)
         if key not in PRESETS:
-            raise ValueError(f"unknown model {name!r}; known: {', '.join(PRESETS)}")
+            raise InputError(f"unknown model {name!r}; known: {', '.join(PRESETS)}")
         return PRESETS[key]
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,7 +175,8 @@ class CLIPConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CLIPConfig:
-        """The inverse of to_dict. `d` is checked first (validate_config_dict): ValueError naming the field."""
+        """The inverse of to_dict. `d` is checked first (validate_config_dict): InputError (a ValueError)
+        naming the field, LimitError for a value out of its range."""
         validate_config_dict(d)
         d = dict(d)
         d["vision"] = VisionConfig(**d.get("vision", {}))
@@ -173,8 +184,9 @@ class CLIPConfig:
         return cls(**d)
 
     @classmethod
-    def from_json(cls, s: str) -> CLIPConfig:
-        return cls.from_dict(json.loads(s))
+    def from_json(cls, s: str | bytes) -> CLIPConfig:
+        """The inverse of to_json; the text is bounded in size and nesting before it is parsed."""
+        return cls.from_dict(parse_config_json(s))
 
 
 # --- validating a config dict ----------------------------------------------------------------------
@@ -242,25 +254,115 @@ _RULES: dict[str, dict[str, tuple]] = {
 
 def validate_config_dict(d: Any) -> None:
     """Check a config dict (CLIPConfig.to_dict's form, e.g. JSON read from a file) before anything is built:
-    every field known, of its type and in its range. Raises ValueError("config field 'vision.layers': ...")."""
+    every field known, of its type and in its range. Raises InputError("config field 'vision.layers': ..."),
+    LimitError (an InputError) for a number out of its range; both are ValueErrors."""
     _check_fields_of(d, "")
     for tower in ("vision", "text"):
         if tower in d:
             _check_fields_of(d[tower], f"{tower}.")
 
 
+def check_field(field_name: str, value: Any, name: str | None = None) -> Any:
+    """`value` checked against the rule of clip_jax's config field `field_name` ("vision.layers",
+    "layer_norm_eps"): -> value, or InputError/LimitError naming it as `name` (the field as the source
+    calls it, e.g. "vision_config.num_hidden_layers"). The one validation every config source goes
+    through (open_clip's and transformers' configs, the converted file's, inference from weights)."""
+    prefix, _, leaf = field_name.rpartition(".")
+    check, expected = _RULES[f"{prefix}." if prefix else ""][leaf]
+    if not check(value):
+        raise field_error(name or field_name, expected, value)
+    return value
+
+
+def field_error(name: str, expected: str, value: Any) -> InputError:
+    """A config field's value refused: LimitError for a number of the right type out of its range, else
+    InputError (a wrong type, NaN)."""
+    finite = type(value) is int or (type(value) is float and math.isfinite(value))
+    cls = LimitError if finite else InputError
+    return cls(f"config field '{name}': expected {expected}, got {short_repr(value)}")
+
+
+def short_repr(value: Any) -> str:
+    """repr of a value from outside, cut short (a 10^5-digit int or a deep list prints in bounded time)."""
+    if type(value) is int and abs(value) > 10**30:
+        return "an int of about 10^" + str(int(math.log10(abs(value))))
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # nested too deep, an int past Python's digit limit
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _own_fields(config: Any) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def _check_mlp_width(tower: str, width: int, ratio: float) -> None:
+    if not 1 <= int(width * ratio) <= MAX_WIDTH * 64:
+        raise LimitError(f"config field '{tower}.mlp_ratio': {ratio!r} gives an MLP width of {int(width * ratio)} "
+                         f"for width {width}")
+
+
 def _check_fields_of(d: Any, prefix: str) -> None:
     if not isinstance(d, dict):
         where = f"config field {prefix[:-1]!r}" if prefix else "a config"
-        raise ValueError(f"{where} must be an object of fields, got {type(d).__name__}")
+        raise InputError(f"{where} must be an object of fields, got {type(d).__name__}")
     rules = _RULES[prefix]
     unknown = [f"{prefix}{name!s:.60}" for name in d if name not in rules]
     if unknown:
-        raise ValueError(f"unknown config fields: {unknown}")
+        raise InputError(f"unknown config fields: {unknown[:5]}")
     for name, value in d.items():
         check, expected = rules[name]
         if not check(value):
-            raise ValueError(f"config field '{prefix}{name}': expected {expected}, got {value!r:.80}")
+            raise field_error(f"{prefix}{name}", expected, value)
+
+
+# --- reading config JSON ---------------------------------------------------------------------------
+#
+# Config files come from the Hub and from strangers: read with a byte cap, and their nesting measured
+# before json parses them (json.loads of 200k nested brackets raises RecursionError). The largest real
+# configs are a few KB, nested 3 deep.
+
+MAX_CONFIG_BYTES = 16 << 20
+MAX_JSON_DEPTH = 32
+# A string, or an unterminated one to the end: one pass (a search restarted at each quote of an unterminated
+# string would be quadratic).
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*+"?', re.DOTALL)
+
+
+def read_config_json(path: str | os.PathLike, where: str | None = None) -> Any:
+    """A JSON config file -> its value. InputError naming the file (`where`, default the path) when it
+    can't be read or parsed; LimitError past MAX_CONFIG_BYTES or nested deeper than MAX_JSON_DEPTH."""
+    where = where or str(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise InputError(f"{where}: unreadable: {e.strerror or e}") from None
+    return parse_config_json(data, where)
+
+
+def parse_config_json(data: str | bytes, where: str = "config") -> Any:
+    """JSON text of a config -> its value, bounded in size and depth before it is parsed."""
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    if len(data) > MAX_CONFIG_BYTES:
+        raise LimitError(f"{where}: over {MAX_CONFIG_BYTES >> 20} MiB, not a config")
+    depth = json_depth(data)
+    if depth > MAX_JSON_DEPTH:
+        raise LimitError(f"{where}: JSON nested {depth} deep (at most {MAX_JSON_DEPTH})")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, an int of 5000 digits
+        raise InputError(f"{where}: not JSON ({str(e)[:200]})") from None
+
+
+def json_depth(data: bytes) -> int:
+    """The deepest nesting of brackets in JSON text, strings left out: numpy, linear in the size."""
+    import numpy as np  # here: the command line imports this module before it needs numpy
+    skeleton = np.frombuffer(_JSON_STRING.sub(b"", data), np.uint8)
+    step = np.isin(skeleton, (ord("["), ord("{"))).astype(np.int64) - np.isin(skeleton, (ord("]"), ord("}")))
+    return int(np.cumsum(step).max(initial=0))
 
 
 def _openai(embed_dim, image_size, layers, width, patch_size, text_width) -> CLIPConfig:
@@ -305,9 +407,21 @@ def config_from_state_dict(state_dict: Mapping[str, Any], activation: str = "qui
     Only shapes are read. What can't be seen in the weights takes OpenAI's values: QuickGELU, heads of
     width 64, causal text pooled at the EOT, class-token vision pooling. open_clip models that differ
     (e.g. ViT-H-14's head width 80, exact-GELU models) need their config: see `config_from_open_clip`.
-    A tensor it reads that the state dict lacks raises MissingTensorError (a ValueError) naming it.
+    A tensor it reads that the state dict lacks raises MissingTensorError (a ValueError) naming it; shapes
+    that give no valid config (20,000 blocks, a width of 0) an InputError or LimitError naming the field.
     """
+    try:
+        return _infer_from_state_dict(state_dict, activation)
+    except ClipJaxError as e:
+        if isinstance(e, MissingTensorError):
+            raise
+        raise type(e)(f"the architecture inferred from the weights' shapes: {e}") from None
+    except (ValueError, TypeError, ZeroDivisionError, IndexError, AttributeError) as e:  # shapes of the wrong rank
+        raise InputError(f"cannot infer the architecture from the weights' shapes: {type(e).__name__}: "
+                         f"{str(e)[:200]}") from None
 
+
+def _infer_from_state_dict(state_dict: Mapping[str, Any], activation: str) -> CLIPConfig:
     def shape(key: str) -> tuple[int, ...]:
         if key not in state_dict:
             raise MissingTensorError(f"cannot infer the architecture: the checkpoint has no {key!r}")
@@ -334,7 +448,7 @@ def config_from_state_dict(state_dict: Mapping[str, Any], activation: str = "qui
         n_pos = shape("visual.attnpool.positional_embedding")[0]
         grid = round((n_pos - 1) ** 0.5)
         if grid**2 + 1 != n_pos:
-            raise ValueError(f"visual.attnpool.positional_embedding has {n_pos} rows, not a square grid + 1")
+            raise InputError(f"visual.attnpool.positional_embedding has {n_pos} rows, not a square grid + 1")
         vision = VisionConfig(image_size=grid * 32, layers=layers, width=width, patch_size=None)
 
     text_width = shape("ln_final.weight")[0]
@@ -395,7 +509,7 @@ _REFUSED_UNLESS = {
 
 
 def _refuse(where: str, field_name: str, value: Any, why: str = "") -> None:
-    raise ValueError(f"not supported: {where}{field_name}={value!r}" + (f" ({why})" if why else ""))
+    raise InputError(f"not supported: {where}{field_name}={short_repr(value)}" + (f" ({why})" if why else ""))
 
 
 def _check_fields(cfg: Mapping[str, Any], supported: set[str], where: str) -> None:
@@ -411,20 +525,32 @@ def _check_fields(cfg: Mapping[str, Any], supported: set[str], where: str) -> No
         _refuse(where, name, value, "an open_clip field clip_jax doesn't know")
 
 
-def _square(value: Any, where: str) -> int:
+def _square(value: Any, field_name: str, where: str) -> int:
+    """open_clip's size: an int, or [h, w] with h == w; checked as clip_jax's `field_name`."""
     if isinstance(value, (list, tuple)):
         if len(value) != 2 or value[0] != value[1]:
             _refuse(where, "", value, "only square sizes")
-        return int(value[0])
-    return int(value)
+        value = value[0]
+    return check_field(field_name, value, where)
+
+
+def _section(cfg: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    """A nested object of a config (absent or null: empty); anything else an InputError naming it."""
+    value = cfg.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InputError(f"config field '{where}{key}': expected an object, got {type(value).__name__}")
+    return dict(value)
 
 
 def _norm_eps(cfg: Mapping[str, Any], where: str) -> float | None:
-    kwargs = cfg.get("norm_kwargs") or {}
+    kwargs = _section(cfg, "norm_kwargs", where)
     extra = set(kwargs) - {"eps"}
     if extra:
         _refuse(where, "norm_kwargs", kwargs, "only eps")
-    return kwargs.get("eps")
+    eps = kwargs.get("eps")
+    return None if eps is None else check_field("layer_norm_eps", eps, f"{where}norm_kwargs.eps")
 
 
 _VISION_FIELDS = {
@@ -458,21 +584,26 @@ def config_from_open_clip(
     open_clip_config.json) and its "preprocess_cfg" -> CLIPConfig.
 
     quick_gelu overrides the model config's flag (a pretrained tag records the activation it was trained
-    with). Raises ValueError("not supported: <field>=<value>") for any field clip_jax does not implement.
+    with). Raises InputError (a ValueError) "not supported: <field>=<value>" for any field clip_jax does not
+    implement, and for a value of the wrong type or out of its range (LimitError) naming the field.
     """
+    if not isinstance(model_cfg, Mapping):
+        raise InputError(f"an open_clip model config must be an object, got {type(model_cfg).__name__}")
     model_cfg = dict(model_cfg)
     _check_fields(model_cfg, _MODEL_FIELDS, "")
-    v, t = dict(model_cfg.get("vision_cfg") or {}), dict(model_cfg.get("text_cfg") or {})
+    v, t = _section(model_cfg, "vision_cfg", ""), _section(model_cfg, "text_cfg", "")
     _check_fields(v, _VISION_FIELDS, "vision_cfg.")
     _check_fields(t, _TEXT_FIELDS, "text_cfg.")
     if quick_gelu is None:
-        quick_gelu = bool(model_cfg.get("quick_gelu", _OPEN_CLIP_MODEL["quick_gelu"]))
+        quick_gelu = model_cfg.get("quick_gelu", _OPEN_CLIP_MODEL["quick_gelu"])
+        if type(quick_gelu) is not bool:
+            raise field_error("quick_gelu", "true or false", quick_gelu)
     vision = _open_clip_vision(v)
     text = _open_clip_text(t)
     eps = _open_clip_layer_norm_eps(v, t, vision.is_resnet)
-    preprocess = _open_clip_preprocess(dict(preprocess_cfg or {}))
+    preprocess = _open_clip_preprocess(_section({"preprocess_cfg": preprocess_cfg}, "preprocess_cfg", ""))
     return CLIPConfig(
-        embed_dim=int(model_cfg.get("embed_dim", _OPEN_CLIP_MODEL["embed_dim"])),
+        embed_dim=check_field("embed_dim", model_cfg.get("embed_dim", _OPEN_CLIP_MODEL["embed_dim"])),
         vision=vision,
         text=text,
         activation="quick_gelu" if quick_gelu else "gelu",
@@ -484,42 +615,36 @@ def config_from_open_clip(
 def _open_clip_vision(v: Mapping[str, Any]) -> VisionConfig:
     """open_clip's vision_cfg -> VisionConfig (heads from head_width, as open_clip computes them)."""
     c = {**_OPEN_CLIP_VISION, **v}
-    layers = c["layers"]
+    # Each value checked by the rule of the clip_jax field it becomes, under open_clip's name.
+    take = lambda key, ours=None: check_field(f"vision.{ours or key}", c[key], f"vision_cfg.{key}")
+    layers = take("layers")
     resnet = isinstance(layers, (list, tuple))
-    width = int(c["width"])
-    head_width = int(c["head_width"])
-    if width * (32 if resnet else 1) % head_width:
+    width = take("width")
+    head_width = check_field("vision.width", c["head_width"], "vision_cfg.head_width")
+    if width * (32 if resnet else 1) % head_width or width * (32 if resnet else 1) < head_width:
         _refuse("vision_cfg.", "head_width", head_width, f"does not divide the width {width}")
     return VisionConfig(
-        image_size=_square(c["image_size"], "vision_cfg.image_size"),
-        layers=tuple(layers) if resnet else int(layers),
+        image_size=_square(c["image_size"], "vision.image_size", "vision_cfg.image_size"),
+        layers=tuple(layers) if resnet else layers,
         width=width,
-        patch_size=None if resnet else _square(c["patch_size"], "vision_cfg.patch_size"),
+        patch_size=None if resnet else _square(c["patch_size"], "vision.patch_size", "vision_cfg.patch_size"),
         heads=width * 32 // head_width if resnet else width // head_width,
-        mlp_ratio=float(c["mlp_ratio"]),
-        ls_init_value=c["ls_init_value"],
-        pool_type=c["pool_type"],
-        final_ln_after_pool=bool(c["final_ln_after_pool"]),
-        no_ln_pre=bool(c["no_ln_pre"]),
+        mlp_ratio=float(take("mlp_ratio")),
+        ls_init_value=take("ls_init_value"),
+        pool_type=c["pool_type"],  # VisionConfig refuses another: "not supported: vision pool_type=..."
+        final_ln_after_pool=take("final_ln_after_pool"),
+        no_ln_pre=take("no_ln_pre"),
     )
 
 
 def _open_clip_text(t: Mapping[str, Any]) -> TextConfig:
     """open_clip's text_cfg -> TextConfig."""
     c = {**_OPEN_CLIP_TEXT, **t}
-    return TextConfig(
-        context_length=int(c["context_length"]),
-        vocab_size=int(c["vocab_size"]),
-        width=int(c["width"]),
-        heads=int(c["heads"]),
-        layers=int(c["layers"]),
-        mlp_ratio=float(c["mlp_ratio"]),
-        ls_init_value=c["ls_init_value"],
-        no_causal_mask=bool(c["no_causal_mask"]),
-        pool_type=c["pool_type"],
-        eos_id=int(c["eos_id"]),
-        proj_bias=bool(c["proj_bias"]),
-    )
+    take = lambda key: check_field(f"text.{key}", c[key], f"text_cfg.{key}")
+    fields = ("context_length", "vocab_size", "width", "heads", "layers", "ls_init_value", "no_causal_mask",
+              "eos_id", "proj_bias")
+    return TextConfig(mlp_ratio=float(take("mlp_ratio")), pool_type=c["pool_type"],  # TextConfig checks it
+                      **{key: take(key) for key in fields})
 
 
 def _open_clip_layer_norm_eps(v: Mapping[str, Any], t: Mapping[str, Any], resnet: bool) -> float:
@@ -548,6 +673,6 @@ def _open_clip_preprocess(pp: Mapping[str, Any]) -> dict[str, Any]:
     if pp.get("mode", "RGB") != "RGB":
         _refuse("preprocess_cfg.", "mode", pp["mode"])
     defaults = _defaults(CLIPConfig)
-    out = {field: pp.get(name) or defaults[field] for name, field in _PREPROCESS_FIELDS.items() if field}
-    return {**out, "image_mean": tuple(out["image_mean"]), "image_std": tuple(out["image_std"]),
-            "fill_color": int(out["fill_color"])}
+    out = {field: check_field(field, pp.get(name) or defaults[field], f"preprocess_cfg.{name}")
+           for name, field in _PREPROCESS_FIELDS.items() if field}
+    return {**out, "image_mean": tuple(out["image_mean"]), "image_std": tuple(out["image_std"])}

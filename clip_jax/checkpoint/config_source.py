@@ -15,14 +15,14 @@ The origin is recorded in the converted file (metadata "config_source").
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..config import CLIPConfig, config_from_open_clip
+from ..config import CLIPConfig, config_from_open_clip, read_config_json
+from ..errors import ClipJaxError, InputError
 from ..pretrained import architectures
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -51,7 +51,7 @@ def resolve_config(path: str | os.PathLike, config: ConfigArg = None, model: str
     dict, or a JSON file: open_clip_config.json or a bare model config), else model= (an open_clip
     architecture name), else an open_clip_config.json beside the file, else None (inferred)."""
     if config is not None and model is not None:
-        raise ValueError("give either a config or a model architecture, not both")
+        raise InputError("give either a config or a model architecture, not both")
     if isinstance(config, ConfigSource):
         return config
     if isinstance(config, CLIPConfig):
@@ -73,23 +73,19 @@ def read_open_clip_config(path: str | os.PathLike, where: str | None = None) -> 
     config ({"embed_dim": ..., "vision_cfg": ..., "text_cfg": ...}) -> CLIPConfig. Errors name `where`
     (default: the file)."""
     where = where or str(path)
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{where}: unreadable open_clip config: {e}") from None
-    return _from_open_clip_json(data, where)
+    return _from_open_clip_json(read_config_json(path, where), where)
 
 
 def _from_open_clip_json(data: Any, where: str) -> CLIPConfig:
     if not isinstance(data, Mapping) or not ("model_cfg" in data or "vision_cfg" in data):
-        raise ValueError(f"{where}: not an open_clip config (no 'model_cfg' and no 'vision_cfg')")
+        raise InputError(f"{where}: not an open_clip config (no 'model_cfg' and no 'vision_cfg')")
     model_cfg, preprocess_cfg = (data["model_cfg"], data.get("preprocess_cfg")) if "model_cfg" in data else (data, None)
     if not isinstance(model_cfg, Mapping) or not isinstance(preprocess_cfg, (Mapping, type(None))):
-        raise ValueError(f"{where}: 'model_cfg' and 'preprocess_cfg' must be objects")
+        raise InputError(f"{where}: 'model_cfg' and 'preprocess_cfg' must be objects")
     try:
         return config_from_open_clip(model_cfg, preprocess_cfg)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{where}: {e}") from None
+    except ClipJaxError as e:  # keeps its type: LimitError for a value out of range
+        raise type(e)(f"{where}: {e}") from None
 
 
 def architecture(name: str) -> CLIPConfig:
@@ -101,7 +97,7 @@ def architecture(name: str) -> CLIPConfig:
         known = list(models) + [m + QUICKGELU_SUFFIX for m in models]
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise ValueError(f"unknown open_clip architecture {name!r}; {hint}known: {', '.join(models)} "
+        raise InputError(f"unknown open_clip architecture {name!r}; {hint}known: {', '.join(models)} "
                          f"(each also with {QUICKGELU_SUFFIX})")
     return config_from_open_clip(models[base], quick_gelu=name != base)
 
