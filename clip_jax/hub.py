@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import pretrained
-from .checkpoint import read_params, store, transformers as hf_format
+from .checkpoint import check_param_dtypes, read_params, store, transformers as hf_format
 from .checkpoint.config_source import (
     OPEN_CLIP_CONFIG,
     ConfigArg,
@@ -129,7 +129,16 @@ def read_any(
     progress: bool = True,
     subfolder: str | None = None,
 ) -> hf_format.Checkpoint:
-    """Anything `load` takes -> Checkpoint (config, params, kind, projection, origin)."""
+    """Anything `load` takes -> Checkpoint (config, params, kind, projection, origin). Every source's params
+    are checked here to be floating point before anything is built from them (CheckpointError naming the
+    tensor and its dtype)."""
+    checkpoint = _read_any(name_or_path, config, model, cache_dir, progress, subfolder)
+    check_param_dtypes(checkpoint.params, name_or_path if isinstance(name_or_path, (str, os.PathLike)) else
+                       getattr(name_or_path, "name", str(name_or_path)))
+    return checkpoint
+
+
+def _read_any(name_or_path, config, model, cache_dir, progress, subfolder) -> hf_format.Checkpoint:
     if subfolder is not None and not (isinstance(name_or_path, (str, os.PathLike))
                                       and (str(name_or_path).startswith(HF_PREFIX) or Path(name_or_path).is_dir())):
         raise ValueError("subfolder= is for hf-hub: repositories and local folders")

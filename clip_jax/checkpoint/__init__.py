@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import CLIPConfig
+from ..errors import ClipJaxError
 from . import store, transformers as hf_format
 from .config_source import (
     AssumedActivationWarning,
@@ -41,7 +42,9 @@ def read_checkpoint(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if store.is_converted(path):
-        return (*store.load(path), "the converted file")
+        config, params = store.load(path)
+        check_param_dtypes(params, path)
+        return config, params, "the converted file"
     source = resolve_config(path, config, model)
     state_dict = load_state_dict(path)
     try:
@@ -49,6 +52,9 @@ def read_checkpoint(
     except ConversionError as e:
         given = f" (config: {source.origin})" if source.config is not None else ""
         raise ConversionError(f"{path}: {e}{given}") from None
+    except ClipJaxError as e:  # a config inferred from the weights out of range: name the file
+        raise type(e)(f"{path}: {e}") from None
+    check_param_dtypes(params, path)
     origin = source.origin
     if source.config is None and not source.activation_known:
         if is_openai_archive(path, state_dict):
@@ -57,6 +63,17 @@ def read_checkpoint(
             warnings.warn(assumed_activation_message(path), AssumedActivationWarning, stacklevel=3)
             origin = "inferred from the weights' shapes; QuickGELU assumed"
     return config, params, origin
+
+
+def check_param_dtypes(params: dict[str, np.ndarray], where: str | os.PathLike) -> None:
+    """Every format's params pass here before a model is built from them (read_checkpoint, and
+    clip_jax.hub.read_any for all that load reads): a weight of a non-float dtype (bool, int64, ...) is
+    a CheckpointError naming the file, the tensor and the dtype, not a model silently computing with it."""
+    for name, value in params.items():
+        try:
+            hf_format.check_weight_dtype(name, np.asarray(value))
+        except CheckpointError as e:
+            raise CheckpointError(f"{where}: {e}") from None
 
 
 FORMATS = ("clip_jax", "transformers")
@@ -109,5 +126,5 @@ def convert(
 
 
 __all__ = ["AssumedActivationWarning", "CheckpointError", "ConfigSource", "ConversionError", "convert",
-           "load_state_dict", "read_checkpoint", "read_params", "resolve_config", "store",
+           "check_param_dtypes", "load_state_dict", "read_checkpoint", "read_params", "resolve_config", "store",
            "to_torch_state_dict"]

@@ -26,7 +26,19 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..config import OPENAI_MEAN, OPENAI_STD, CLIPConfig, TextConfig, VisionConfig
+from ..config import (
+    MAX_WIDTH,
+    OPENAI_MEAN,
+    OPENAI_STD,
+    CLIPConfig,
+    TextConfig,
+    VisionConfig,
+    check_field,
+    field_error,
+    read_config_json,
+    short_repr,
+)
+from ..errors import ClipJaxError, InputError
 from ..fileio import atomic_write
 from ..model import ConversionError, abstract_model, param_shapes, raise_if_any
 from ..towers import model_type
@@ -135,6 +147,8 @@ def from_hf(state_dict: Mapping[str, np.ndarray], expected: Mapping[str, tuple[i
             continue
         used.update(sources)
         arrays = [np.asarray(state_dict[s]) for s in sources]
+        for source, array in zip(sources, arrays):
+            check_weight_dtype(source, array)
         try:
             value = _to_jax(arrays, transform)
         except ValueError:
@@ -147,6 +161,15 @@ def from_hf(state_dict: Mapping[str, np.ndarray], expected: Mapping[str, tuple[i
     unexpected = sorted(k for k in state_dict if k not in used and not IGNORED.match(k))
     raise_if_any(missing, unexpected, mismatched)
     return params
+
+
+FLOAT_NAMES = ("float16", "float32", "float64", "bfloat16")  # bfloat16: ml_dtypes' type
+
+
+def check_weight_dtype(name: str, array: np.ndarray) -> None:
+    """A weight must be floating point: a bool, int, complex or object tensor is refused, naming it."""
+    if array.dtype.name not in FLOAT_NAMES:
+        raise CheckpointError(f"{name}: a tensor of dtype {array.dtype}, not floating point")
 
 
 def to_hf(params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -188,29 +211,44 @@ def _to_jax(arrays: list[np.ndarray], transform: str | None) -> np.ndarray:
 
 
 def _refuse(field: str, value: Any, why: str = "") -> None:
-    raise ValueError(f"not supported: {field}={value!r}" + (f" ({why})" if why else ""))
+    raise InputError(f"not supported: {field}={short_repr(value)}" + (f" ({why})" if why else ""))
 
 
 def kind_of(cfg: Mapping[str, Any]) -> tuple[str, bool | None]:
     """(kind, projection) from a config.json's architectures (or model_type); projection None when the
     config doesn't say (a bare model_type): the weights decide."""
+    if not isinstance(cfg, Mapping):
+        raise InputError(f"a config.json must be an object, got {type(cfg).__name__}")
     archs = cfg.get("architectures") or []
     if archs:
-        if len(archs) != 1 or archs[0] not in ARCHITECTURES:
+        if not isinstance(archs, list) or len(archs) != 1 or not isinstance(archs[0], str) \
+                or archs[0] not in ARCHITECTURES:
             _refuse("architectures", archs, f"clip_jax reads {', '.join(ARCHITECTURES)}")
         return ARCHITECTURES[archs[0]]
     model_type = cfg.get("model_type")
-    if model_type not in MODEL_TYPES:
+    if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
         _refuse("model_type", model_type, f"clip_jax reads {', '.join(MODEL_TYPES)}")
     kind = MODEL_TYPES[model_type]
     return kind, (True if kind == "clip" else None)
 
 
-def _int(cfg: Mapping[str, Any], key: str, default: int, where: str) -> int:
-    value = cfg.get(key, default)
-    if type(value) is not int or value < 1:
-        raise ValueError(f"{where}{key}: expected a positive int, got {value!r}")
+def _int(cfg: Mapping[str, Any], key: str, default: int, where: str, field: str) -> int:
+    """cfg[key], checked by the rule of clip_jax's config field it becomes (config.check_field): the same
+    ranges as every other source, named as the config.json names it."""
+    return check_field(field, cfg.get(key, default), f"{where}{key}")
+
+
+def _section(cfg: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = cfg.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InputError(f"config field '{key}': expected an object, got {type(value).__name__}")
     return value
+
+
+def _eps(cfg: Mapping[str, Any], where: str) -> float:
+    return float(check_field("layer_norm_eps", cfg.get("layer_norm_eps", 1e-5), f"{where}layer_norm_eps"))
 
 
 def _activation(cfg: Mapping[str, Any], where: str) -> str:
@@ -221,7 +259,9 @@ def _activation(cfg: Mapping[str, Any], where: str) -> str:
 
 
 def _mlp_ratio(cfg: Mapping[str, Any], width: int, default: int, where: str) -> float:
-    hidden = _int(cfg, "intermediate_size", default, where)
+    hidden = cfg.get("intermediate_size", default)
+    if type(hidden) is not int or not 1 <= hidden <= MAX_WIDTH * 64:
+        raise field_error(f"{where}intermediate_size", f"an int in [1, {MAX_WIDTH * 64}]", hidden)
     ratio = hidden / width
     if int(width * ratio) != hidden:
         _refuse(f"{where}intermediate_size", hidden, f"not a width x ratio clip_jax can express for width {width}")
@@ -230,37 +270,38 @@ def _mlp_ratio(cfg: Mapping[str, Any], width: int, default: int, where: str) -> 
 
 def _text_config(cfg: Mapping[str, Any], where: str) -> tuple[TextConfig, str, float]:
     """transformers' CLIPTextConfig (its defaults) -> (TextConfig, activation, layer_norm_eps)."""
-    width = _int(cfg, "hidden_size", 512, where)
-    eos = cfg.get("eos_token_id", 49407)
-    if type(eos) is not int:
-        _refuse(f"{where}eos_token_id", eos, "one token id")
+    width = _int(cfg, "hidden_size", 512, where, "text.width")
+    eos = check_field("text.eos_id", cfg.get("eos_token_id", 49407), f"{where}eos_token_id")
     pooling = {"pool_type": "argmax"} if eos == LEGACY_EOS else {"pool_type": "eos", "eos_id": eos}
     text = TextConfig(
-        context_length=_int(cfg, "max_position_embeddings", 77, where),
-        vocab_size=_int(cfg, "vocab_size", 49408, where),
+        context_length=_int(cfg, "max_position_embeddings", 77, where, "text.context_length"),
+        vocab_size=_int(cfg, "vocab_size", 49408, where, "text.vocab_size"),
         width=width,
-        heads=_int(cfg, "num_attention_heads", 8, where),
-        layers=_int(cfg, "num_hidden_layers", 12, where),
+        heads=_int(cfg, "num_attention_heads", 8, where, "text.heads"),
+        layers=_int(cfg, "num_hidden_layers", 12, where, "text.layers"),
         mlp_ratio=_mlp_ratio(cfg, width, 2048, where),
         **pooling,
     )
-    return text, _activation(cfg, where), float(cfg.get("layer_norm_eps", 1e-5))
+    return text, _activation(cfg, where), _eps(cfg, where)
 
 
 def _vision_config(cfg: Mapping[str, Any], where: str) -> tuple[VisionConfig, str, float]:
     """transformers' CLIPVisionConfig (its defaults) -> (VisionConfig, activation, layer_norm_eps)."""
     if cfg.get("num_channels", 3) != 3:
         _refuse(f"{where}num_channels", cfg["num_channels"], "RGB only")
-    width = _int(cfg, "hidden_size", 768, where)
+    width = _int(cfg, "hidden_size", 768, where, "vision.width")
+    layers = _int(cfg, "num_hidden_layers", 12, where, "vision.layers")
+    if type(layers) is not int:  # the rule also takes a ResNet's 4 stage depths; transformers has no ResNet
+        raise field_error(f"{where}num_hidden_layers", "an int", layers)
     vision = VisionConfig(
-        image_size=_int(cfg, "image_size", 224, where),
-        layers=_int(cfg, "num_hidden_layers", 12, where),
+        image_size=_int(cfg, "image_size", 224, where, "vision.image_size"),
+        layers=layers,
         width=width,
-        patch_size=_int(cfg, "patch_size", 32, where),
-        heads=_int(cfg, "num_attention_heads", 12, where),
+        patch_size=_int(cfg, "patch_size", 32, where, "vision.patch_size"),
+        heads=_int(cfg, "num_attention_heads", 12, where, "vision.heads"),
         mlp_ratio=_mlp_ratio(cfg, width, 3072, where),
     )
-    return vision, _activation(cfg, where), float(cfg.get("layer_norm_eps", 1e-5))
+    return vision, _activation(cfg, where), _eps(cfg, where)
 
 
 def config_from_transformers(
@@ -275,12 +316,12 @@ def config_from_transformers(
     projection = said if said is not None else bool(projection)
     towers: dict[str, tuple] = {}
     if kind == "clip":
-        towers["text"] = _text_config(cfg.get("text_config") or {}, "text_config.")
-        towers["vision"] = _vision_config(cfg.get("vision_config") or {}, "vision_config.")
-        embed_dim = _int(cfg, "projection_dim", 512, "")
+        towers["text"] = _text_config(_section(cfg, "text_config"), "text_config.")
+        towers["vision"] = _vision_config(_section(cfg, "vision_config"), "vision_config.")
+        embed_dim = _int(cfg, "projection_dim", 512, "", "embed_dim")
     else:
         towers[kind] = (_text_config if kind == "text" else _vision_config)(cfg, "")
-        embed_dim = _int(cfg, "projection_dim", 512, "") if projection else towers[kind][0].width
+        embed_dim = _int(cfg, "projection_dim", 512, "", "embed_dim") if projection else towers[kind][0].width
     activations = {name: act for name, (_, act, _) in towers.items()}
     if len(set(activations.values())) > 1:
         _refuse("vision_config.hidden_act", activations["vision"],
@@ -306,13 +347,14 @@ _RESAMPLE = {3: "bicubic", 2: "bilinear"}  # PIL's numbering, as CLIPImageProces
 
 def _preprocessing(pp: Mapping[str, Any]) -> tuple[tuple, tuple, str]:
     """mean, std and interpolation from a preprocessor_config.json (CLIPImageProcessor)."""
+    if not isinstance(pp, Mapping):
+        raise InputError(f"a preprocessor_config.json must be an object, got {type(pp).__name__}")
     resample = pp.get("resample", 3)
-    if resample not in _RESAMPLE:
+    if type(resample) is not int or resample not in _RESAMPLE:
         _refuse("preprocessor_config.resample", resample, "bicubic (3) or bilinear (2)")
     mean, std = pp.get("image_mean") or OPENAI_MEAN, pp.get("image_std") or OPENAI_STD
     for field, value in (("image_mean", mean), ("image_std", std)):
-        if not (isinstance(value, (list, tuple)) and len(value) == 3):
-            _refuse(f"preprocessor_config.{field}", value, "3 numbers")
+        check_field(field, value, f"preprocessor_config.{field}")
     return tuple(mean), tuple(std), _RESAMPLE[resample]
 
 
@@ -395,31 +437,45 @@ def weights_file(folder: Path) -> Path | None:
     return None
 
 
+MAX_SHARDS = 4096  # the largest released checkpoints have a few hundred shards
+
+
 def shard_files(index: Path) -> list[str]:
-    """The shard file names an `*.index.json` lists (its weight_map's values), checked to be plain names
-    inside the folder."""
+    """The shard file names an `*.index.json` lists (its weight_map's values), each once, checked to be
+    plain file names in the index's folder that are weights, not an index (itself or another): reading
+    them can't recurse or leave the folder. CheckpointError naming the index and the shard otherwise."""
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted(set(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        weight_map = read_config_json(index)["weight_map"]
+    except (ClipJaxError, KeyError, TypeError) as e:
         raise CheckpointError(f"{index}: not a sharded checkpoint index ({type(e).__name__}: {e})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: not a sharded checkpoint index (weight_map is not an object of file names)")
+    files = sorted(set(weight_map.values()))
+    if len(files) > MAX_SHARDS:
+        raise CheckpointError(f"{index}: names {len(files)} shards (at most {MAX_SHARDS})")
     for name in files:
-        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-            raise CheckpointError(f"{index}: shard {name!r} is not a file name in the same folder")
+        if Path(name).name != name or name in ("", ".", "..") or "\\" in name or "\0" in name:
+            raise CheckpointError(f"{index}: shard {name[:200]!r} is not a file name in the same folder")
+        if name.endswith(INDEX_SUFFIX) or name == index.name:
+            raise CheckpointError(f"{index}: shard {name[:200]!r} is an index, not a weights file")
     return files
 
 
 def read_weights(path: Path) -> dict[str, np.ndarray]:
     """One weights file, or every shard of an index, -> transformers' state dict (torch names, layouts)."""
-    if path.name.endswith(INDEX_SUFFIX):
-        out: dict[str, np.ndarray] = {}
-        for name in shard_files(path):
-            shard = read_weights(path.parent / name)
-            twice = set(shard) & set(out)
-            if twice:
-                raise CheckpointError(f"{path}: {sorted(twice)[0]!r} is in more than one shard")
-            out.update(shard)
-        return out
+    if not path.name.endswith(INDEX_SUFFIX):
+        return _read_weights_file(path)
+    out: dict[str, np.ndarray] = {}
+    for name in shard_files(path):  # plain weights files: no recursion
+        shard = _read_weights_file(path.parent / name)
+        twice = set(shard) & set(out)
+        if twice:
+            raise CheckpointError(f"{path}: {sorted(twice)[0]!r} is in more than one shard")
+        out.update(shard)
+    return out
+
+
+def _read_weights_file(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix == ".msgpack":
@@ -431,18 +487,23 @@ def read_flax_msgpack(path: Path) -> dict[str, np.ndarray]:
     """FlaxCLIPModel's flax_model.msgpack -> transformers' torch-style state dict. The file is restored
     with flax.serialization.msgpack_restore (plain msgpack of nested dicts and arrays; nothing runs),
     then each Flax leaf is renamed and laid out as transformers' PyTorch<->Flax conversion does."""
+    return flax_state_dict(path.read_bytes(), path)
+
+
+def flax_state_dict(data: bytes, path: str | os.PathLike = "flax msgpack") -> dict[str, np.ndarray]:
+    """read_flax_msgpack on the file's bytes (`path` names it in errors): CheckpointError for anything
+    that isn't a tree of named arrays at most MAX_TREE_DEPTH deep."""
     from flax.serialization import msgpack_restore
 
     try:
-        tree = msgpack_restore(path.read_bytes())
-    except Exception as e:  # malformed input surfaces as many exception types
-        raise CheckpointError(f"{path}: not a Flax msgpack checkpoint ({type(e).__name__}: {e})") from None
+        tree = msgpack_restore(data)
+    except Exception as e:  # malformed input surfaces as many exception types  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a Flax msgpack checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
     if isinstance(tree, Mapping) and set(tree) == {"params"}:
         tree = tree["params"]
     out = {}
     for name, value in _flatten(tree, path):
         *parents, leaf = name.split(".")
-        value = np.asarray(value)
         if leaf == "kernel":  # Dense [in, out] -> [out, in]; Conv (kh, kw, I, O) -> [O, I, kh, kw]
             leaf, value = "weight", value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
         elif leaf in ("scale", "embedding"):
@@ -451,14 +512,24 @@ def read_flax_msgpack(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _flatten(tree: Any, path: Path, prefix: str = ""):
+MAX_TREE_DEPTH = 16  # FlaxCLIPModel's params nest 7 deep
+
+
+def _flatten(tree: Any, path: str | os.PathLike, prefix: str = "", depth: int = 0):
     if not isinstance(tree, Mapping):
         if not isinstance(tree, np.ndarray):
-            raise CheckpointError(f"{path}: {prefix[:-1] or 'the root'} is a {type(tree).__name__}, not an array")
+            raise CheckpointError(f"{path}: {prefix[:-1][:200] or 'the root'} is a {type(tree).__name__}, "
+                                  "not an array")
+        if tree.dtype.name not in FLOAT_NAMES:  # a bool, int, object or string array is no weight
+            raise CheckpointError(f"{path}: {prefix[:-1][:200]} is of dtype {tree.dtype}, not floating point")
         yield prefix[:-1], tree
         return
+    if depth >= MAX_TREE_DEPTH:
+        raise CheckpointError(f"{path}: {prefix[:200]}... nested over {MAX_TREE_DEPTH} deep, not a Flax checkpoint")
     for key, value in tree.items():
-        yield from _flatten(value, path, f"{prefix}{key}.")
+        if not isinstance(key, str):
+            raise CheckpointError(f"{path}: {prefix}{key!r:.60} is not a parameter name")
+        yield from _flatten(value, path, f"{prefix}{key}.", depth + 1)
 
 
 def with_tower_prefix(state_dict: Mapping[str, np.ndarray], kind: str) -> dict[str, np.ndarray]:
@@ -471,12 +542,10 @@ def with_tower_prefix(state_dict: Mapping[str, np.ndarray], kind: str) -> dict[s
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: unreadable JSON: {e}") from None
+    """A config.json or preprocessor_config.json, bounded in size and nesting (config.read_config_json)."""
+    data = read_config_json(path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
@@ -489,7 +558,10 @@ def read_folder(folder: str | os.PathLike) -> Checkpoint:
                                 f"{', '.join(WEIGHTS)}, whole or sharded)")
     cfg = read_json(folder / CONFIG)
     pp = read_json(folder / PREPROCESSOR_CONFIG) if (folder / PREPROCESSOR_CONFIG).is_file() else None
-    kind = kind_of(cfg)[0]
+    try:  # every field checked before a weight is read or a model is traced
+        kind = config_from_transformers(cfg, pp)[1]
+    except ClipJaxError as e:
+        raise type(e)(f"{folder / CONFIG}: {e}") from None
     state_dict = with_tower_prefix(read_weights(weights), kind)
     has_projection = any(k in state_dict for k in ("text_projection.weight", "visual_projection.weight"))
     try:
