@@ -10,6 +10,32 @@ list of shards, and a shard yields samples as plain dicts, in the shard's order:
         for sample in shard:                       # streamed: one sample in memory at a time
             ...
 
+Two more keys carry what was wrong with one sample, so that the job logs it (errors.tsv: shard, key,
+reason) and goes on; absent keys mean no error:
+- "__error__": str: the sample can't be used; its "image" is None (a parquet image cell that is a
+  string, not bytes; a member name that is not UTF-8, whose key is then printed with backslash escapes).
+- "__field_errors__": list[str]: fields dropped from a sample that is otherwise used, each None
+  ("json: nested deeper than 64 levels", "caption: int64, not a string", "cls: not an integer").
+A file that can't be read at all (missing, not a tar or parquet file, cut short, a length that lies)
+raises ShardError naming it, for that shard alone; the samples it yielded before are whole.
+Image files (the third kind below) carry "image_path" instead of "image".
+
+Hostile input. Shards and tables come from strangers, so every length and size in them is checked
+before it is used, and the bytes of a shard or table are data, never a path on this machine:
+- tar: a header's checksum, each pax record's length, a member's size (negative, not a number, over
+  1 GiB, or past the end of a file whose size is known: ShardError before any read; streams of unknown
+  size are read 16 MiB at a time, so a lying header costs the bytes that exist); data without the
+  end-of-archive marker is a ShardError ("cut short"), never taken as a whole shard.
+- fields: .json over 1 MiB or nested deeper than 64 levels, .txt over 1 MiB, .cls that is not an int64:
+  a __field_errors__ entry. Integers in .json are kept at any size (the metadata writer bounds them).
+- parquet: read 64 rows at a time (never a whole row group), each cell's size checked in Arrow before it
+  becomes a Python object (image 64 MiB, caption 1 MiB, key 4 KiB), rows made into Python objects
+  16 MiB at a time: a 1 MB file that expands to 10 GB is read in flat memory. Image cells are bytes
+  or the {bytes, path} struct's bytes; a string, a struct with a path and no bytes, or another type is
+  a per-row __error__, unless `image_paths=True` (--image-paths) declares a column of local paths,
+  which then become "image_path".
+- brace patterns: more than 1,000,000 names is a LimitError, counted before any name is made.
+
 Storage: a plain path is read with open(); anything with a protocol ("gs://", "s3://", "http://",
 "hf://", "memory://", "file://") through fsspec, so every fsspec filesystem works (the protocol's own
 package must be installed: gcsfs, s3fs, aiohttp for HTTP). Brace patterns ("{000..127}", "{a,b}") are
@@ -19,13 +45,13 @@ not it holds the files; globs ("*") are listed.
 Formats, chosen by the name:
 - "*.tar": WebDataset shards (what img2dataset writes). Members are grouped into samples by key as the
   webdataset library does: the key is the member's path up to the first dot of its file name, the rest
-  is the field ("jpg", "txt", "json", "cls"). The tar is read forward as a stream, so shards on object
-  storage or HTTP are never seeked or downloaded whole. The reader is a plain 512-byte-header parser:
-  on the same shards it read ~3x the bytes/s of the webdataset library and of tarfile's "r|" mode
-  (both copy every block through tarfile's stream buffer; benchmarks/embed.py --shards measures it),
-  and it needs no extra dependency.
+  is the field ("jpg", "txt", "json", "cls"; "a.b.jpg" is key "a", field "b.jpg"). The tar is read
+  forward as a stream, so shards on object storage or HTTP are never seeked or downloaded whole. The
+  reader is a plain 512-byte-header parser: on the same shards it read ~3x the bytes/s of the webdataset
+  library and of tarfile's "r|" mode (both copy every block through tarfile's stream buffer;
+  benchmarks/embed.py --shards measures it), and it needs no extra dependency.
 - "*.parquet" (or a folder of them): an image column of raw bytes or of Hugging Face datasets'
-  {"bytes", "path"} structs, an optional caption column; read one row group at a time.
+  {"bytes", "path"} structs, an optional caption column and key column.
 - anything else: today's image inputs (folders, globs, .txt lists, image files), grouped into shards of
   `shard_size` files; the samples carry the file's path as "key" and "image_path".
 """
@@ -36,6 +62,7 @@ import glob
 import json
 import os
 import re
+import stat
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,9 +70,10 @@ from pathlib import Path
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import ClipJaxError, MissingExtraError
+from .errors import ClipJaxError, InputError, LimitError, MissingExtraError
 
 __all__ = ["IMAGE_FIELDS", "Shard", "ShardError", "Source", "TarShard", "ParquetShard", "FileShard", "braceexpand",
            "open_source", "is_url", "open_binary", "url_to_fs", "IMAGE_EXTENSIONS", "collect_images", "read_captions"]
@@ -96,28 +124,128 @@ def open_binary(path: str):
         raise _missing_extra(path, e) from None
 
 
-_BRACE = re.compile(r"\{([^{}]*)\}")
+# A brace pattern names shards; more names than this is a mistake (or a hostile pattern), not a job.
+MAX_NAMES = 1_000_000
+_MAX_BRACE_DEPTH = 64
+_RANGE = re.compile(r"(-?\d{1,18})\.\.(-?\d{1,18})(?:\.\.(\d{1,18}))?")
 
 
-def braceexpand(pattern: str) -> list[str]:
-    """bash's brace expansion: "a{0..2}b" -> a0b a1b a2b (zero-padded as written: {00..10}),
-    "x{a,b}" -> xa xb; nested and repeated braces expand left to right. No filesystem access."""
-    m = _BRACE.search(pattern)
-    while m and "," not in m.group(1) and not re.fullmatch(r"-?\d+\.\.-?\d+(\.\.\d+)?", m.group(1)):
-        m = _BRACE.search(pattern, m.end())  # "{}" or "{x}": literal, as in bash
-    if not m:
-        return [pattern]
-    body, head, tail = m.group(1), pattern[: m.start()], pattern[m.end():]
-    r = re.fullmatch(r"(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?", body)
-    if r:
-        a, b, step = r.group(1), r.group(2), int(r.group(3) or 1)
-        width = max(len(a), len(b)) if (a.lstrip("-").startswith("0") or b.lstrip("-").startswith("0")) else 0
-        lo, hi = int(a), int(b)
-        rng = range(lo, hi + 1, step) if lo <= hi else range(lo, hi - 1, -step)
-        items = [str(i).zfill(width) for i in rng]
+def _brace_pairs(pattern: str) -> dict[int, int]:
+    """Position of each "{" -> its matching "}" (one pass with a stack; unmatched braces are literal)."""
+    pairs, stack = {}, []
+    for i, c in enumerate(pattern):
+        if c == "{":
+            stack.append(i)
+        elif c == "}" and stack:
+            pairs[stack.pop()] = i
+    return pairs
+
+
+def _brace_parse(pattern: str, lo: int, hi: int, pairs: dict[int, int], depth: int = 0) -> list:
+    """pattern[lo:hi] as a sequence of parts: a str (literal), ("alt", [sequence, ...]) or ("range", range,
+    width). A brace group with no top-level comma that is not a range stays literal, as in bash."""
+    if depth > _MAX_BRACE_DEPTH:
+        raise InputError(f"{pattern}: braces nested deeper than {_MAX_BRACE_DEPTH} levels")
+    parts: list = []
+    literal, i = [], lo
+    while i < hi:
+        j = pairs.get(i)
+        if j is None or j >= hi:
+            literal.append(pattern[i])
+            i += 1
+            continue
+        commas, k = [], i + 1
+        while k < j:  # top-level commas of the group
+            if pattern[k] == ",":
+                commas.append(k)
+            k = pairs[k] + 1 if k in pairs and pairs[k] < j else k + 1
+        body = pattern[i + 1: j]
+        r = None if commas else _RANGE.fullmatch(body)
+        if literal:
+            parts.append("".join(literal))
+            literal = []
+        if commas:
+            bounds = [i, *commas, j]
+            alts = [_brace_parse(pattern, a + 1, b, pairs, depth + 1) for a, b in zip(bounds, bounds[1:])]
+            parts.append(("alt", alts))
+        elif r:
+            a, b, step = r.group(1), r.group(2), max(int(r.group(3) or 1), 1)
+            # bash pads when an end has a leading zero: {00..10}, not {0..10}
+            padded = any(len(e.lstrip("-")) > 1 and e.lstrip("-").startswith("0") for e in (a, b))
+            lo_, hi_ = int(a), int(b)
+            rng = range(lo_, hi_ + 1, step) if lo_ <= hi_ else range(lo_, hi_ - 1, -step)
+            parts.append(("range", rng, max(len(a), len(b)) if padded else 0))
+        else:  # "{}" or "{x}": literal braces, expansions inside still expand ("{x{a,b}}" -> "{xa}" "{xb}")
+            parts += ["{", *_brace_parse(pattern, i + 1, j, pairs, depth + 1), "}"]
+        i = j + 1
+    if literal:
+        parts.append("".join(literal))
+    return _merged(parts)
+
+
+def _merged(parts: list) -> list:
+    """Adjacent literals joined, and one-name ranges made literal, so that the number of parts (the
+    depth of _brace_iter's recursion) is bounded by the count: ~2 * log2(MAX_NAMES) at most."""
+    out: list = []
+    for p in parts:
+        if not isinstance(p, str) and p[0] == "range" and len(p[1]) == 1:
+            p = str(p[1][0]).zfill(p[2])
+        if isinstance(p, str) and out and isinstance(out[-1], str):
+            out[-1] += p
+        elif p != "":
+            out.append(p)
+    return out
+
+
+def _brace_count(parts: list, cap: int) -> int:
+    """How many names a parsed sequence expands to, saturating at cap + 1 (ranges count in O(1))."""
+    n = 1
+    for p in parts:
+        if isinstance(p, str):
+            continue
+        if p[0] == "range":
+            k = len(p[1])
+        else:
+            k = 0
+            for alt in p[1]:
+                k = min(k + _brace_count(alt, cap), cap + 1)
+        n = min(n * k, cap + 1)
+    return n
+
+
+def _brace_iter(parts: list, prefix: str = "") -> Iterator[str]:
+    """The names of a parsed sequence, left to right (the leftmost brace varies slowest), lazily."""
+    if not parts:
+        yield prefix
+        return
+    head, rest = parts[0], parts[1:]
+    if isinstance(head, str):
+        yield from _brace_iter(rest, prefix + head)
+    elif head[0] == "range":
+        for i in head[1]:
+            yield from _brace_iter(rest, prefix + str(i).zfill(head[2]))
     else:
-        items = body.split(",")
-    return [out for item in items for out in braceexpand(head + item + tail)]
+        for alt in head[1]:
+            yield from _brace_iter(alt + rest, prefix)
+
+
+def iter_braceexpand(pattern: str, limit: int = MAX_NAMES) -> Iterator[str]:
+    """braceexpand, lazily. The count is computed before any name is made (ranges in O(1)), so a
+    pattern of more than `limit` names raises LimitError at once, whatever its size."""
+    pairs = _brace_pairs(pattern)
+    parts = _brace_parse(pattern, 0, len(pattern), pairs)
+    if _brace_count(parts, limit) > limit:
+        raise LimitError(f"{pattern}: expands to more than {limit:,} names; a shard list is shorter than that "
+                         "(split the job, or name a folder or a glob)")
+    return _brace_iter(parts)
+
+
+def braceexpand(pattern: str, limit: int = MAX_NAMES) -> list[str]:
+    """bash's brace expansion: "a{0..2}b" -> a0b a1b a2b (zero-padded as written: {00..10}, a step:
+    {0..10..5}), "x{a,b}" -> xa xb, nested "{a,b{1..2}}" -> a b1 b2; the leftmost brace varies slowest.
+    No filesystem access. More than `limit` names (default 1,000,000) is a LimitError, raised before
+    any name is made; braces nested deeper than 64 levels an InputError."""
+    return list(iter_braceexpand(pattern, limit))
 
 
 def _suffix(path: str) -> str:
@@ -139,32 +267,94 @@ def _glob(pattern: str) -> list[str]:
 # --- samples ----------------------------------------------------------------------------------------
 
 
-def _text(data: bytes | None) -> str | None:
-    return None if data is None else data.decode("utf-8", "replace")
+# Per-sample bounds: a field past them is dropped (a __field_errors__ entry), the sample kept.
+MAX_TEXT_BYTES = 1 << 20  # a caption (tar .txt, a parquet caption cell)
+MAX_JSON_BYTES = 1 << 20  # a sample's .json metadata
+MAX_JSON_DEPTH = 64  # nesting of [ and {: json.loads recurses, so 200k levels would be a RecursionError
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+_CLS = re.compile(rb"\s*[-+]?[0-9]{1,19}\s*")
 
 
-def _json(data: bytes | None) -> dict | None:
-    if data is None:
-        return None
+def _text(data: bytes) -> str:
+    """A caption: UTF-8, undecodable bytes replaced (not an error: captions from the web often have some)."""
+    if len(data) > MAX_TEXT_BYTES:
+        raise InputError(f"{len(data):,} bytes, over the {MAX_TEXT_BYTES >> 20} MiB a caption may hold")
+    return data.decode("utf-8", "replace")
+
+
+def _json_depth(data: bytes) -> int:
+    """The deepest nesting of [ and { outside strings, without parsing (so without recursion)."""
+    if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
+        return 0  # can't be deeper than the limit: the common case, at C speed
+    depth = deepest = 0
+    for m in _JSON_BRACKET.finditer(_JSON_STRING.sub(b'""', data)):
+        depth += 1 if m.group() in (b"[", b"{") else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _json(data: bytes) -> dict:
+    """A sample's .json: a dict (any other JSON value is wrapped as {"json": value}). Its integers are
+    Python ints of any size (>= 2**63 included): bounding them for a table is the metadata writer's job."""
+    if len(data) > MAX_JSON_BYTES:
+        raise InputError(f"{len(data):,} bytes, over the {MAX_JSON_BYTES >> 20} MiB a sample's metadata may hold")
+    if _json_depth(data) > MAX_JSON_DEPTH:
+        raise InputError(f"nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         value = json.loads(data)
-    except ValueError:
-        return None
+    except RecursionError:  # unreachable past the depth check; kept so that no input escapes as a traceback
+        raise InputError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as e:  # UnicodeDecodeError included; huge integers (int_max_str_digits) too
+        raise InputError(f"not valid JSON ({str(e)[:100]})") from None
     return value if isinstance(value, dict) else {"json": value}
 
 
-def _cls(data: bytes | None) -> int | None:
+def _cls(data: bytes) -> int:
+    """A class index: ASCII digits with an optional sign, in int64's range."""
+    if len(data) > 64 or not _CLS.fullmatch(data):
+        raise InputError(f"not an integer ({data[:20]!r})")
+    value = int(data)
+    if not -(2**63) <= value < 2**63:
+        raise InputError(f"{value} is out of int64's range")
+    return value
+
+
+_FIELD_READERS = {"txt": _text, "json": _json, "cls": _cls}
+
+
+def _escape_name(name: str) -> str | None:
+    """A member name that is not UTF-8 (decoded with surrogateescape) -> a printable key with backslash
+    escapes ("caf\xe9"); None for a name that is fine as it is."""
     try:
-        return None if data is None else int(data.decode().strip())
-    except ValueError:
+        name.encode("utf-8")
         return None
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def make_sample(key: str, fields: dict[str, bytes], shard: str, index: int) -> dict:
-    """A WebDataset sample (its members' bytes by field) -> the sample dict of this module."""
-    image = next((fields[f] for f in IMAGE_FIELDS if f in fields), None)
-    return {"key": key, "image": image, "txt": _text(fields.get("txt")), "json": _json(fields.get("json")),
-            "cls": _cls(fields.get("cls")), "__shard__": shard, "__index__": index}
+    """A WebDataset sample (its members' bytes by field) -> the sample dict of this module. A field that
+    can't be read (see the bounds above) is None and named in "__field_errors__"; a key that is not
+    UTF-8 makes the whole sample an "__error__" (with a printable, escaped key)."""
+    sample = {"key": key, "image": None, "txt": None, "json": None, "cls": None, "__shard__": shard,
+              "__index__": index}
+    escaped = _escape_name(key)
+    if escaped is not None:
+        sample.update(key=escaped, __error__="member name is not UTF-8")
+        return sample
+    sample["image"] = next((fields[f] for f in IMAGE_FIELDS if f in fields), None)
+    errors = []
+    for name, read in _FIELD_READERS.items():
+        data = fields.get(name)
+        if data is not None:
+            try:
+                sample[name] = read(data)
+            except InputError as e:
+                errors.append(f"{name}: {e}")
+    if errors:
+        sample["__field_errors__"] = errors
+    return sample
 
 
 # --- shards -----------------------------------------------------------------------------------------
@@ -202,47 +392,148 @@ def _split_member(name: str) -> tuple[str, str] | None:
     return m.group(1), m.group(2).lower()
 
 
-def _pax(data: bytes) -> dict[str, str]:
-    """A pax extended header's records ("%d key=value\n")."""
+# Bounds of the tar reader, checked before a length from a header is used.
+BLOCK = 512
+MAX_MEMBER_BYTES = 1 << 30  # one member (an image, a caption) of a shard
+MAX_HEADER_BYTES = 1 << 20  # a pax extended header or a GNU long name
+_READ_CHUNK = 16 << 20  # longer reads grow a buffer as the data arrives, not by what a header claims
+_ZERO_BLOCK = bytes(BLOCK)
+_META_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+               tarfile.SOLARIS_XHDTYPE)
+_MEMBER_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+
+
+class TarFormatError(ShardError):
+    """Tar data that breaks the format or a bound; `reason` is the message without the shard's name."""
+
+    def __init__(self, where: str, reason: str):
+        super().__init__(f"{where}: {reason}")
+        self.reason = reason
+
+
+def _remaining(f) -> int | None:
+    """Bytes left in f, where it can be known without reading: a local file's size (fstat), an fsspec
+    file's .size; None for a stream."""
+    try:
+        st = os.fstat(f.fileno())
+        if stat.S_ISREG(st.st_mode):
+            return st.st_size - f.tell()
+    except (OSError, ValueError, AttributeError):
+        pass
+    size = getattr(f, "size", None)
+    if isinstance(size, int):
+        try:
+            return size - f.tell()
+        except (OSError, ValueError, AttributeError):
+            return None
+    return None
+
+
+def _read(f, size: int) -> bytes:
+    """Up to `size` bytes (fewer only at the end of f), read at most _READ_CHUNK at a time: a stream's
+    read(n) may allocate n up front, so a lying length would cost its claim, not the bytes that exist."""
+    data = f.read(min(size, _READ_CHUNK))
+    if len(data) == size:
+        return data
+    parts, got = [data], len(data)
+    while got < size:
+        chunk = f.read(min(_READ_CHUNK, size - got))
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _pax(data: bytes, where: str = "tar stream") -> dict[str, str]:
+    """A pax extended header's records ("%d key=value\n"), each length checked against the data."""
     out, pos = {}, 0
-    while pos < len(data):
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        key, _, value = data[space + 1: pos + length - 1].partition(b"=")
-        out[key.decode()] = value.decode("utf-8", "surrogateescape")
-        pos += length
+    while pos < len(data) and data[pos] != 0:  # tarfile, too, stops at a NUL
+        space = data.find(b" ", pos, pos + 21)
+        digits = data[pos:space] if space > pos else b""
+        if not digits.isdigit():
+            raise TarFormatError(where, f"pax header: record at byte {pos} has no length")
+        length = int(digits)
+        end = pos + length
+        if length <= len(digits) + 2 or end > len(data) or data[end - 1] != 0x0A:
+            raise TarFormatError(where, f"pax header: record at byte {pos} has a bad length ({length})")
+        key, eq, value = data[space + 1: end - 1].partition(b"=")
+        if not eq:
+            raise TarFormatError(where, f"pax header: record at byte {pos} has no '='")
+        out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos = end
     return out
 
 
-def tar_members(f) -> Iterator[tuple[str, bytes]]:
+def _pax_size(value: str, where: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,19}", value):
+        raise TarFormatError(where, f"pax size {value[:40]!r} is not a byte count")
+    return int(value)
+
+
+def tar_members(f, name: str | None = None) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of the regular files of a tar stream, in order; GNU long names and pax headers
     are honoured. Reads the stream forward only, one member at a time (3-4x the speed of tarfile's
-    "r|" mode here, whose stream buffer copies every block)."""
-    long_name, pax = None, {}
+    "r|" mode here, whose stream buffer copies every block); a member's data and its padding are read
+    before it is yielded.
+
+    Every length is checked before it is used: a header's checksum, a pax record's length, a size that
+    is negative, not a number, past MAX_MEMBER_BYTES (1 GiB; 1 MiB for pax headers and long names) or
+    past the end of a file of known size. Data that ends without the end-of-archive marker (cut short,
+    even exactly at a member's end) is an error: a shard is whole or refused. One zero block then the
+    end of the data is accepted, as tarfile and GNU tar accept it; a lone zero block followed by more
+    data is not (GNU tar stops there with a warning, so later members would be lost). Errors are
+    TarFormatError (a ShardError) naming `name` (default: f.name)."""
+    where = str(name or getattr(f, "name", None) or "tar stream")
+    remaining = _remaining(f)
+    pos, long_name, pax = 0, None, {}
+
+    def fail(reason: str) -> TarFormatError:
+        return TarFormatError(where, reason)
+
     while True:
-        header = f.read(512)
-        if len(header) < 512 or header == bytes(512):
-            if 0 < len(header) < 512:
-                raise EOFError("cut short inside a header")
-            return
-        info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
-        size = int(pax.get("size", info.size))
-        data = f.read(size)
+        header = _read(f, BLOCK)
+        pos += len(header)
+        if len(header) < BLOCK:
+            if not header:
+                raise fail("cut short: no end-of-archive marker" if pos else "empty file, not a tar archive")
+            raise fail(f"cut short inside a header at byte {pos - len(header)}")
+        if header == _ZERO_BLOCK:
+            rest = _read(f, BLOCK)
+            if rest.count(0) == len(rest):  # the second zero block, or the end of the data
+                return
+            raise fail(f"a lone zero block at byte {pos - BLOCK} followed by more data")
+        try:
+            info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+        except tarfile.TarError as e:
+            raise fail(f"bad header at byte {pos - BLOCK} ({e})") from None
+        meta = info.type in _META_TYPES
+        member = info.name if meta else (pax.get("path") or long_name or info.name)
+        size = _pax_size(pax["size"], where) if "size" in pax and not meta else info.size
+        limit = MAX_HEADER_BYTES if meta else MAX_MEMBER_BYTES
+        if size < 0:
+            raise fail(f"member {member[:200]!r} has a negative size ({size})")
+        if size > limit:
+            raise fail(f"member {member[:200]!r} claims {size:,} bytes, over the {limit >> 20} MiB a "
+                       f"{'header' if meta else 'member'} may hold")
+        if remaining is not None and pos + size > remaining:
+            raise fail(f"member {member[:200]!r} claims {size:,} bytes but {max(remaining - pos, 0):,} remain: "
+                       "cut short")
+        data = _read(f, size)
+        pos += len(data)
         if len(data) < size:
-            raise EOFError(f"cut short inside {info.name!r}")
-        f.read(-size % 512)
+            raise fail(f"cut short inside member {member[:200]!r}")
+        pos += len(_read(f, -size % BLOCK))
         if info.type == tarfile.GNUTYPE_LONGNAME:
             long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
-            continue
-        if info.type == tarfile.XHDTYPE:
-            pax = _pax(data)
-            continue
-        if info.type == tarfile.XGLTYPE:
-            continue
-        name = pax.get("path") or long_name or info.name
-        long_name, pax = None, {}
-        if info.type in tarfile.REGULAR_TYPES:
-            yield name, data
+        elif info.type in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
+            pax = _pax(data, where)
+        elif info.type == tarfile.GNUTYPE_SPARSE:
+            raise fail(f"member {member[:200]!r} is a GNU sparse file, which a shard can't hold")
+        elif not meta:
+            long_name, pax = None, {}
+            if info.type in _MEMBER_TYPES:
+                yield member, data
 
 
 @dataclass
@@ -253,7 +544,7 @@ class TarShard(Shard):
         with self.open() as f:
             key, fields, index = None, {}, 0
             try:
-                for name, data in tar_members(f):
+                for name, data in tar_members(f, self.url):
                     split = _split_member(name)
                     if split is None or split[0].rsplit("/", 1)[-1].startswith("__"):
                         continue
@@ -264,58 +555,266 @@ class TarShard(Shard):
                             index += 1
                         key, fields = k, {}
                     fields[suffix] = data
+            except TarFormatError as e:
+                raise ShardError(f"{self.url}: unreadable tar data after {index} samples ({e.reason})") from None
             except (tarfile.TarError, EOFError, OSError, ValueError) as e:
                 raise ShardError(f"{self.url}: unreadable tar data after {index} samples ({e})") from None
             if key is not None:
                 yield make_sample(key, fields, self.url, index)
 
 
+# Bounds of the parquet reader: a table is read a few rows at a time, and a cell's size is checked (in
+# Arrow, without making a Python object of it) before it becomes one.
+MAX_IMAGE_BYTES = 64 << 20  # one image cell
+MAX_PATH_CHARS = 4096  # one path cell (image_paths=True)
+MAX_KEY_BYTES = 4096  # one key cell
+_BATCH_ROWS = 64  # rows decoded by Arrow at a time: a 1 MB file of one repeated 1 MB value is 64 MB, not 10 GB
+_SLICE_BYTES = 16 << 20  # rows turned into Python objects at a time (at least one)
+# What pyarrow raises on bytes that are not a valid parquet file, at open or anywhere in the iteration.
+_ARROW_ERRORS = (pa.ArrowException, OSError, ValueError, TypeError, IndexError, KeyError, OverflowError, MemoryError,
+                 NotImplementedError)
+
+
+def _column_kind(t: pa.DataType) -> str:
+    """"binary", "string", "struct" (Hugging Face's {bytes, path} Image feature), "scalar" or "other"."""
+    if pa.types.is_dictionary(t):
+        return _column_kind(t.value_type)
+    if (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+            or pa.types.is_binary_view(t)):
+        return "binary"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return "string"
+    if pa.types.is_struct(t):
+        return "struct"
+    if pa.types.is_nested(t) or pa.types.is_union(t) or pa.types.is_map(t):
+        return "other"
+    return "scalar"
+
+
+def _type_name(t: pa.DataType) -> str:
+    return "str" if _column_kind(t) == "string" else str(t)[:60]
+
+
+def _lengths(arr: pa.Array) -> list[int]:
+    """Each cell's size in bytes (0 for nulls), computed by Arrow without materialising the cells."""
+    return pc.binary_length(arr).fill_null(0).to_pylist()
+
+
+class _Column:
+    """One column of a batch, turned into Python values slice by slice; cells over `cap` bytes are never
+    materialised (their value is None and `too_big[i]` says so)."""
+
+    def __init__(self, arr: pa.Array, cap: int, binary: bool = True):
+        if pa.types.is_dictionary(arr.type):
+            arr = arr.dictionary_decode()
+        if pa.types.is_binary_view(arr.type) or pa.types.is_string_view(arr.type):  # no binary_length kernel
+            arr = arr.cast(pa.large_binary() if pa.types.is_binary_view(arr.type) else pa.large_string())
+        self.arr = arr
+        self.sizes = _lengths(arr) if binary else [0] * len(arr)
+        self.too_big = [s > cap for s in self.sizes]
+
+    def values(self, lo: int, hi: int) -> list:
+        if not any(self.too_big[lo:hi]):
+            return self.arr.slice(lo, hi - lo).to_pylist()
+        return [None if self.too_big[i] else self.arr[i].as_py() for i in range(lo, hi)]
+
+
+def _slices(sizes: list[int], limit: int) -> Iterator[tuple[int, int]]:
+    """Consecutive row ranges whose cells add up to at most `limit` bytes (a bigger row alone)."""
+    lo, total = 0, 0
+    for i, s in enumerate(sizes):
+        if i > lo and total + s > limit:
+            yield lo, i
+            lo, total = i, 0
+        total += s
+    if lo < len(sizes):
+        yield lo, len(sizes)
+
+
 @dataclass
 class ParquetShard(Shard):
-    """A parquet file with an image column (bytes, or {bytes, path} structs) and optional captions,
-    read one row group at a time."""
+    """A parquet file with an image column (bytes, or {bytes, path} structs) and optional captions, read
+    _BATCH_ROWS rows at a time (never a whole row group). A cell is data, never a path on this machine:
+    an image cell that is a string, or a struct with a path but no bytes, is a per-row "__error__" unless
+    `image_paths` says the column holds local paths (then it becomes "image_path")."""
 
     image_column: str | None = None
     caption_column: str | None = None
     key_column: str | None = None
+    image_paths: bool = False
 
     def columns(self, schema_names: Sequence[str]) -> tuple[str | None, str | None, str | None]:
         def pick(given, defaults, what):
             if given is not None:
                 if given not in schema_names:
-                    raise ValueError(f"{self.url}: no {what} column {given!r} (columns: {', '.join(schema_names)})")
+                    raise InputError(f"{self.url}: no {what} column {given!r} (columns: {', '.join(schema_names)})")
                 return given
             return next((c for c in defaults if c in schema_names), None)
 
         return (pick(self.image_column, IMAGE_COLUMNS, "image"), pick(self.caption_column, CAPTION_COLUMNS, "caption"),
                 pick(self.key_column, KEY_COLUMNS, "key"))
 
+    def _open(self, f) -> tuple[pq.ParquetFile, dict[str, str], int]:
+        try:
+            pf = pq.ParquetFile(f)
+            schema, num_rows = pf.schema_arrow, pf.metadata.num_rows
+        except _ARROW_ERRORS as e:
+            raise ShardError(f"{self.url}: not a parquet file ({str(e)[:200]})") from None
+        image, caption, key = self.columns(schema.names)
+        if image is None and caption is None:
+            raise InputError(f"{self.url}: neither an image nor a caption column (columns: {', '.join(schema.names)}); "
+                             "name them with --image-column, --caption-column")
+        roles = {}
+        for role, name in (("image", image), ("caption", caption), ("key", key)):
+            if name is not None:
+                if schema.get_field_index(name) < 0:
+                    raise ShardError(f"{self.url}: column {name!r} appears more than once")
+                roles[role] = name
+        return pf, roles, len(str(max(num_rows - 1, 0)))
+
     def __iter__(self) -> Iterator[dict]:
         with self.open() as f:
-            try:
-                pf = pq.ParquetFile(f)
-            except (pa.ArrowException, OSError) as e:
-                raise ShardError(f"{self.url}: not a parquet file ({e})") from None
-            image, caption, key = self.columns(pf.schema_arrow.names)
-            if image is None and caption is None:
-                raise ValueError(f"{self.url}: neither an image nor a caption column "
-                                 f"(columns: {', '.join(pf.schema_arrow.names)}); name them with --image-column, "
-                                 "--caption-column")
-            wanted = [c for c in dict.fromkeys([image, caption, key]) if c is not None]
-            width = len(str(max(pf.metadata.num_rows - 1, 0)))
+            pf, roles, width = self._open(f)
             index = 0
-            for g in range(pf.num_row_groups):
-                table = pf.read_row_group(g, columns=wanted)
-                cols = {c: table.column(c).to_pylist() for c in wanted}
-                for i in range(table.num_rows):
-                    img = cols[image][i] if image else None
-                    if isinstance(img, dict):  # Hugging Face datasets' Image feature
-                        img = img.get("bytes")
-                    k = cols[key][i] if key else None
-                    yield {"key": str(k) if k is not None else str(index).zfill(width),
-                           "image": img, "txt": cols[caption][i] if caption else None, "json": None, "cls": None,
-                           "__shard__": self.url, "__index__": index}
-                    index += 1
+            batches = pf.iter_batches(batch_size=_BATCH_ROWS, columns=list(dict.fromkeys(roles.values())))
+            while True:
+                try:
+                    batch = next(batches, None)
+                    if batch is None:
+                        return
+                    rows = _Batch(batch, roles, self.image_paths)
+                except _ARROW_ERRORS as e:
+                    raise self._unreadable(index, e) from None
+                for lo, hi in _slices(rows.sizes, _SLICE_BYTES):
+                    try:
+                        samples = [rows.sample(i, index + i - lo, width, self.url) for i in rows.materialise(lo, hi)]
+                    except _ARROW_ERRORS as e:
+                        raise self._unreadable(index, e) from None
+                    yield from samples
+                    index += hi - lo
+
+    def _unreadable(self, index: int, e: BaseException) -> ShardError:
+        if isinstance(e, ClipJaxError):
+            return e
+        return ShardError(f"{self.url}: unreadable parquet data after {index} rows ({str(e)[:200]})")
+
+
+class _Batch:
+    """A record batch's image, caption and key columns, turned into sample dicts a slice of rows at a time.
+    A column of the wrong type is never materialised: only whether each cell is null is read."""
+
+    def __init__(self, batch: pa.RecordBatch, roles: dict[str, str], image_paths: bool):
+        self.image_paths = image_paths
+        self.image_column = roles.get("image")
+        arrs = {role: batch.column(batch.schema.get_field_index(name)) for role, name in roles.items()}
+        self.kinds = {role: _column_kind(a.type) for role, a in arrs.items()}
+        self.types = {role: _type_name(a.type) for role, a in arrs.items()}
+        self.cols: dict[str, _Column] = {}
+        self.present: dict[str, list[bool]] = {}  # role -> cells not null, for columns of the wrong type
+        n = batch.num_rows
+        self._image(arrs.get("image"))
+        caption, key = arrs.get("caption"), arrs.get("key")
+        if caption is not None:
+            if self.kinds["caption"] in ("string", "binary"):
+                self.cols["caption"] = _Column(caption, MAX_TEXT_BYTES)
+            else:
+                self.present["caption"] = caption.is_valid().to_pylist()
+        if key is not None and self.kinds["key"] != "other":
+            self.cols["key"] = _Column(key, MAX_KEY_BYTES, binary=self.kinds["key"] in ("string", "binary"))
+        self.sizes = [sum(c.sizes[i] for c in self.cols.values()) for i in range(n)]
+        self.values: dict[str, list] = {}
+        self.lo = 0
+
+    def _image(self, image: pa.Array | None) -> None:
+        if image is None:
+            return
+        kind = self.kinds["image"]
+        if kind == "struct":  # Hugging Face datasets' Image feature: {bytes, path}
+            if pa.types.is_dictionary(image.type):
+                image = image.dictionary_decode()
+            children = {image.type.field(i).name: child for i, child in enumerate(image.flatten())}
+            data, path = children.get("bytes"), children.get("path")
+            if data is not None and _column_kind(data.type) == "binary":
+                self.cols["image"] = _Column(data, MAX_IMAGE_BYTES)
+            else:
+                self.types["image"] = "a struct without a bytes field"
+                self.present["image"] = image.is_valid().to_pylist()
+            if path is not None and _column_kind(path.type) == "string":
+                self.cols["path"] = _Column(path, MAX_PATH_CHARS)
+        elif kind == "binary":
+            self.cols["image"] = _Column(image, MAX_IMAGE_BYTES)
+        elif kind == "string" and self.image_paths:
+            self.cols["path"] = _Column(image, MAX_PATH_CHARS)
+        else:  # strings without image_paths, or another type: an error for each cell that is not null
+            self.present["image"] = image.is_valid().to_pylist()
+
+    def materialise(self, lo: int, hi: int) -> range:
+        """Make Python values of rows lo..hi (cells within their bounds only); returns the rows."""
+        self.values = {role: c.values(lo, hi) for role, c in self.cols.items()}
+        self.lo = lo
+        return range(lo, hi)
+
+    def _value(self, role: str, i: int):
+        return self.values[role][i - self.lo] if role in self.values else None
+
+    def _too_big(self, role: str, i: int) -> int:
+        c = self.cols.get(role)
+        return c.sizes[i] if c is not None and c.too_big[i] else 0
+
+    def sample(self, i: int, index: int, width: int, url: str) -> dict:
+        sample = {"key": None, "image": None, "txt": None, "json": None, "cls": None, "__shard__": url,
+                  "__index__": index}
+        errors: list[str] = []
+        self._key(sample, i, index, width, errors)
+        self._image_cell(sample, i)
+        self._caption(sample, i, errors)
+        if errors:
+            sample["__field_errors__"] = errors
+        return sample
+
+    def _key(self, sample: dict, i: int, index: int, width: int, errors: list[str]) -> None:
+        k = self._value("key", i)
+        if self._too_big("key", i):
+            errors.append(f"key: {self._too_big('key', i):,} bytes, over the {MAX_KEY_BYTES:,} a key may hold")
+        elif self.kinds.get("key") == "other":
+            errors.append(f"key: a {self.types['key']} column, not a scalar")
+        sample["key"] = (str(index).zfill(width) if k is None else
+                         k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else str(k))
+
+    def _image_cell(self, sample: dict, i: int) -> None:
+        data, path = self._value("image", i), self._value("path", i)
+        if data is not None:
+            sample["image"] = data
+        elif self._too_big("image", i):
+            sample["__error__"] = (f"image: {self._too_big('image', i):,} bytes, over the {MAX_IMAGE_BYTES >> 20} MiB "
+                                   "an image may hold")
+        elif path is not None:
+            if self.image_paths:
+                sample["image_path"] = path
+            else:
+                sample["__error__"] = ("image struct holds a path but no bytes (paths are not opened unless asked: "
+                                       "image_paths=True, --image-paths)")
+        elif self._too_big("path", i):
+            sample["__error__"] = f"image path: over the {MAX_PATH_CHARS:,} bytes a path may hold"
+        elif self.present.get("image", ())[i:i + 1] == [True]:
+            hint = (" (a path? paths are not opened unless asked: image_paths=True, --image-paths)"
+                    if self.kinds["image"] == "string" else "")
+            sample["__error__"] = f"image column {self.image_column!r} holds {self.types['image']}, not bytes{hint}"
+
+    def _caption(self, sample: dict, i: int, errors: list[str]) -> None:
+        c = self._value("caption", i)
+        if self._too_big("caption", i):
+            errors.append(f"caption: {self._too_big('caption', i):,} bytes, over the {MAX_TEXT_BYTES >> 20} MiB a "
+                          "caption may hold")
+        elif isinstance(c, bytes):
+            try:
+                sample["txt"] = c.decode("utf-8")
+            except UnicodeDecodeError:
+                errors.append("caption: bytes that are not UTF-8")
+        elif c is not None:
+            sample["txt"] = c
+        elif self.present.get("caption", ())[i:i + 1] == [True]:
+            errors.append(f"caption: {self.types['caption']}, not a string")
 
 
 @dataclass
@@ -343,11 +842,15 @@ class Source:
 
 
 def _expand(inputs: Sequence[str | os.PathLike]) -> list[str]:
-    out = []
+    """The names of `inputs`: braces expanded (lazily, the count capped at MAX_NAMES over all inputs
+    before any name is made), globs of shards listed, folders of shards listed."""
+    out: list[str] = []
     for item in inputs:
         s = os.fspath(item)
         # An existing file or folder is taken as named, even with braces in its name.
-        for name in [s] if not is_url(s) and os.path.exists(os.path.expanduser(s)) else braceexpand(s):
+        names = [s] if not is_url(s) and os.path.exists(os.path.expanduser(s)) else \
+            iter_braceexpand(s, MAX_NAMES - len(out))
+        for name in names:
             if _is_glob(name) and _suffix(name) in ("tar", "parquet"):
                 found = _glob(name)
                 if not found:
@@ -436,10 +939,11 @@ def shard_kind(name: str) -> str:
 
 def open_source(inputs: Sequence[str | os.PathLike], *, image_column: str | None = None,
                 caption_column: str | None = None, key_column: str | None = None,
-                shard_size: int = 100_000) -> Source:
+                shard_size: int = 100_000, image_paths: bool = False) -> Source:
     """The shards of `inputs` (see the module docstring). Tar and parquet names are not checked for
     existence here (a host may hold only its own shards); image inputs are listed as embed always did.
-    Mixing kinds in one call is refused."""
+    Mixing kinds in one call is refused. `image_paths`: the parquet image column holds local paths, which
+    are opened (without it a string cell is a per-row error: a table's cells are data, never paths)."""
     names = _expand(inputs)
     kinds = {shard_kind(n) for n in names}
     if len(kinds) > 1:
@@ -448,7 +952,8 @@ def open_source(inputs: Sequence[str | os.PathLike], *, image_column: str | None
     if kind == "tar":
         return Source("tar", [TarShard(n) for n in names])
     if kind == "parquet":
-        return Source("parquet", [ParquetShard(n, image_column, caption_column, key_column) for n in names])
+        return Source("parquet", [ParquetShard(n, image_column, caption_column, key_column, image_paths)
+                                  for n in names])
     paths = collect_images(names)
     shards = [FileShard(f"files[{lo}:{lo + shard_size}]", paths[lo: lo + shard_size])
               for lo in range(0, len(paths), shard_size)]
