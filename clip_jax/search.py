@@ -91,7 +91,7 @@ def _npy_header(path: Path) -> tuple[np.dtype, bool, tuple[int, int], int]:
     with open(path, "rb") as f:
         head = f.read(10)
         if len(head) < 10 or head[:6] != _NPY_MAGIC or head[6] not in (1, 2, 3):
-            raise _NpyError("not a .npy file (no .npy magic and version)")
+            raise _NpyError("no .npy magic and version")
         size = 2 if head[6] == 1 else 4
         head += f.read(size - 2)
         length = int.from_bytes(head[8:8 + size], "little")
@@ -204,6 +204,24 @@ class _Shard(NamedTuple):
     emb: np.ndarray  # memory-mapped [rows, D]
 
 
+def _check_sizes(folder: Path, record_file: Path, record: dict, paths: list[Path]) -> None:
+    """Each of `paths` that the done record lists in its "files" ({"sub/name": bytes}, as embed_shards
+    writes it) must be there with that size: done means the files are there and whole."""
+    files = record.get("files")
+    if not isinstance(files, dict):
+        return  # a record from before sizes were recorded (or embed.py's manifest): rows are checked instead
+    for path in paths:
+        size = files.get(path.relative_to(folder).as_posix())
+        if type(size) is not int:
+            continue
+        if not path.exists():
+            raise InputError(f"{path}: missing, but {record_file} says the shard is done; the folder is incomplete: "
+                             "rerun the embedding job to redo it")
+        if path.stat().st_size != size:
+            raise InputError(f"{path}: {path.stat().st_size} bytes, but {record_file} records {size}: not the file "
+                             "the job wrote (cut or replaced); rerun the embedding job")
+
+
 def _shards(folder: Path, space: str, dim: int | None = None) -> list[_Shard]:
     """The folder's shards of `space`, each checked (see the module docstring); `dim`: the queries'."""
     sub, column = _space(space)
@@ -218,20 +236,22 @@ def _shards(folder: Path, space: str, dim: int | None = None) -> list[_Shard]:
     shards = []
     against = "the queries have" if dim is not None else f"{files[0][1].name} has"
     for key, path in files:
+        meta = _metadata_file(folder, key)
+        record = done.get(int(key))
         emb = _open_embeddings(path)
         dim = emb.shape[1] if dim is None else dim
         if emb.shape[1] != dim:
             raise InputError(f"{path}: embeddings of dimension {emb.shape[1]}, but {against} dimension {dim}")
-        record = done.get(int(key))
         rows = record[2].get("rows") if record else None
-        if isinstance(rows, int) and rows != emb.shape[0]:
+        if type(rows) is int and rows != emb.shape[0]:
             raise InputError(f"{path}: {emb.shape[0]} rows, but {record[1]} says {rows}; the file is not the one "
                              "the job wrote: rerun the embedding job")
-        meta = _metadata_file(folder, key)
         meta_rows = _metadata_rows(meta, column)
         if meta_rows != emb.shape[0]:
             raise InputError(f"{meta}: {meta_rows} rows, but the shard's embeddings have {emb.shape[0]} "
                              f"({path.name}); the folder's files don't belong together")
+        if record:  # last: a row count that differs says more than a size
+            _check_sizes(folder, record[1], record[2], [path, meta])
         shards.append(_Shard(key, path, emb))
     return shards
 
@@ -447,8 +467,14 @@ def build_index(folder: str | os.PathLike, space: str = "image", factory: str | 
     if factory is None:
         factory = "Flat" if n < 100_000 else f"IVF{int(4 * np.sqrt(n))},Flat"
 
+    nonfinite = 0
+
     def rows(emb):
-        x = np.nan_to_num(np.asarray(emb, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        nonlocal nonfinite
+        x = np.array(emb, np.float32)  # a copy: the memory-mapped rows are read-only
+        bad = ~np.isfinite(x).all(axis=1)
+        nonfinite += int(bad.sum())
+        x[bad] = 0.0  # indexed as zeros; index_search never returns them (as exact search doesn't)
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
     try:
@@ -460,6 +486,7 @@ def build_index(folder: str | os.PathLike, space: str = "image", factory: str | 
                     break
                 sample.append(rows(s.emb))
             index.train(np.concatenate(sample)[:train_rows])
+            nonfinite = 0  # counted again as the rows are added
         for s in shards:
             index.add(rows(s.emb))
     except (RuntimeError, AssertionError, TypeError) as e:
@@ -469,7 +496,7 @@ def build_index(folder: str | os.PathLike, space: str = "image", factory: str | 
 
     out, record_path = folder / INDEX.format(space=space), folder / RECORD.format(space=space)
     record = {"format": _RECORD_FORMAT, "version": 1, "space": space, "factory": factory, "dim": int(dim),
-              "rows": int(n), "shards": _coverage(folder, shards)}
+              "rows": int(n), "nonfinite_rows": nonfinite, "shards": _coverage(folder, shards)}
     # The old record goes first: killed in between, the new index has no record (stale), never a wrong one.
     record_path.unlink(missing_ok=True)
 
@@ -503,7 +530,7 @@ def _read_record(folder: Path, space: str) -> dict:
         raise StaleIndexError(f"{folder / INDEX.format(space=space)}: no record of what it covers ({path.name}: "
                               f"built by an older clip-jax, or interrupted): rerun `clip-jax index {folder}`")
     record = _read_json_record(path, "an index record")
-    ints = ("dim", "rows", "index_bytes")
+    ints = ("dim", "rows", "index_bytes", "nonfinite_rows")
     if (record.get("format") != _RECORD_FORMAT or not all(type(record.get(f)) is int for f in ints)
             or not isinstance(record.get("index_sha256"), str) or not isinstance(record.get("shards"), list)):
         raise InputError(f"{path}: not an index record (format, dim, rows, index size and digest, shards)")
@@ -565,6 +592,21 @@ def index_search(folder: str | os.PathLike, queries: np.ndarray, k: int = 10, sp
             _faiss().extract_index_ivf(index).nprobe = nprobe
         except RuntimeError:  # not an IVF index
             pass
-    scores, ids = index.search(q, k)
-    best = [(s[i >= 0], i[i >= 0].astype(np.int64)) for s, i in zip(scores, ids)]
-    return _hits(folder, space, _offsets(shards), best)
+    offsets = _offsets(shards)
+    extra = max(record["nonfinite_rows"], 0)  # rows indexed as zeros: asked for, then dropped
+    scores, ids = index.search(q, min(k + extra, index.ntotal))
+    best = []
+    for s, i in zip(scores, ids):
+        keep = i >= 0
+        if extra:
+            keep &= np.array([_finite_row(shards, offsets, row) for row in i])
+        best.append((s[keep][:k], i[keep][:k].astype(np.int64)))
+    return _hits(folder, space, offsets, best)
+
+
+def _finite_row(shards: list[_Shard], offsets: list[tuple[int, str, int]], row: int) -> bool:
+    """Whether global row `row` holds only finite values (-1, faiss's "no result", counts as not)."""
+    if row < 0:
+        return False
+    w = int(np.searchsorted([o[0] for o in offsets], row, side="right")) - 1
+    return bool(np.isfinite(shards[w].emb[row - offsets[w][0]]).all())

@@ -247,6 +247,26 @@ def test_nan_rows_never_outrank_real_ones_on_the_devices_or_with_numpy(tmp_path,
         assert all(np.isfinite(h.score) for q in hits for h in q)
 
 
+@pytest.mark.parametrize("factory", ["Flat", "IVF2,Flat"])
+def test_an_index_over_nan_rows_never_returns_them(tmp_path, factory):
+    """NaN rows are indexed as zeros (faiss can't hold NaN) and dropped from the results, as exact search
+    drops them: a Flat index answers as exact search does. On main they were returned (score 0 or NaN)."""
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(3)
+    shards = [rng.standard_normal((n, DIM)) for n in (40, 30)]
+    shards[0][::3] = np.nan
+    for i, rows in enumerate(shards):
+        add_shard(tmp_path, i, rows)
+    build_index(tmp_path, factory=factory)
+    queries = rng.standard_normal((3, DIM))
+    for k in (1, 5, 70):
+        found = index_search(tmp_path, queries, k=k, nprobe=2)
+        assert [len(q) for q in found] == [min(k, 56)] * 3  # 70 rows, 14 of them NaN
+        assert all(not h.value.startswith("0/") or int(h.value[2:]) % 3 for q in found for h in q)
+        if factory == "Flat":
+            assert values(found) == values(search(tmp_path, queries, k=k))
+
+
 def test_queries_holding_nan_are_refused(tmp_path):
     make_folder(tmp_path)
     with pytest.raises(InputError, match="NaN"):
@@ -312,6 +332,26 @@ def test_a_cut_or_mismatched_npy_is_an_error_naming_it(tmp_path, damage):
     for device in (False, True):
         with pytest.raises(InputError, match=r"img_emb_0\.npy"):
             search(tmp_path, np.ones(DIM), device=device)
+
+
+@pytest.mark.parametrize("name", ["img_emb/img_emb_1.npy", "metadata/metadata_1.parquet"])
+def test_a_file_of_another_size_than_its_done_marker_records_is_an_error(tmp_path, name):
+    """Done markers that record each file's size (embed_shards): a file cut or replaced since, even by a
+    well-formed one, is not the shard the job wrote."""
+    make_folder(tmp_path)
+    marker = tmp_path / "done" / "done_1.json"
+    files = {n: (tmp_path / n).stat().st_size for n in ("img_emb/img_emb_1.npy", "metadata/metadata_1.parquet")}
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "files": files}))
+    search(tmp_path, np.ones(DIM))  # whole: fine
+    if name.endswith(".npy"):
+        np.save(tmp_path / name, np.ones((4, DIM), np.float32))  # its rows, but not the job's float16
+    else:
+        pq.write_table(pa.table({"image_path": ["a much longer name than before"] * 4}), tmp_path / name)
+    with pytest.raises(InputError, match=rf"{name}: \d+ bytes, but .*done_1\.json records {files[name]}"):
+        search(tmp_path, np.ones(DIM))
+    (tmp_path / name).unlink()
+    with pytest.raises(InputError, match=rf"{name}: missing"):
+        search(tmp_path, np.ones(DIM))
 
 
 def test_metadata_of_another_row_count_is_an_error_even_without_a_hit_there(tmp_path):
@@ -431,7 +471,7 @@ def test_index_reader_fuzz(index_folder, data):
 
 @FUZZ
 @given(data=mutated(json.dumps({"format": "clip_jax.index", "version": 1, "dim": DIM, "rows": 5,
-                                "index_bytes": 400, "index_sha256": "0" * 64, "shards": [
+                                "index_bytes": 400, "index_sha256": "0" * 64, "nonfinite_rows": 0, "shards": [
                                     {"file": "img_emb/img_emb_0.npy", "rows": 3, "bytes": 224,
                                      "done_sha256": None}]}).encode()))
 def test_index_record_reader_fuzz(index_folder, data):
