@@ -75,6 +75,9 @@ def add_embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-column",
                    help="parquet: the image column, bytes or {bytes, path} (default: image, jpg, img)")
     p.add_argument("--caption-column", help="parquet: the caption column (default: caption, text, txt)")
+    p.add_argument("--image-paths", action="store_true",
+                   help="parquet: the image column holds paths to local files, read from this machine (by default "
+                        "only image bytes are read: a path in the data is an error for that row, never opened)")
     p.add_argument("--text", action=argparse.BooleanOptionalAction, default=True,
                    help="shards: also embed the captions (txt members or --caption-column; default: on)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -95,9 +98,9 @@ def run_embed(args: argparse.Namespace) -> int:
               dtype=args.dtype, emb_dtype=args.emb_dtype, shard_size=args.shard_size, num_threads=args.num_threads,
               model_parallel=args.model_parallel, attention=args.attention, progress=not args.no_progress,
               truncate=args.truncate, image_column=args.image_column, caption_column=args.caption_column,
-              text=args.text)
+              text=args.text, image_paths=args.image_paths)
     if jax.process_index() == 0:
-        skipped = f", {s.skipped} skipped (see {args.output.rstrip('/')}/{ERRORS})" if s.skipped else ""
+        skipped = f", {s.skipped} skipped (see {args.output.rstrip('/')}/{ERRORS})" if s.errors else ""
         print(f"{args.output}: {s.rows} rows of {s.items} items in {s.shards} shards{skipped}; "
               f"{s.shards_done_now} shards done in this run, {s.seconds:.1f} s")
     return 0

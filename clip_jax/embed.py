@@ -10,7 +10,8 @@ k is zero-padded to the same width as clip-retrieval's (int(log10(shards)) + 1),
 shard order, which is how clip-retrieval, autofaiss and embedding-reader read the folder.
 
 Shard k holds input items [k * shard_size, (k + 1) * shard_size) minus the unreadable ones. Each file is
-written atomically, and a shard counts as done only once the manifest (also written atomically) says so.
+written atomically, and a shard counts as done only once the manifest (also written atomically) says so,
+with the size of each of its files: a rerun redoes a shard whose files are missing or of another size.
 Killed at any point, a rerun redoes at most the shard in progress, and rewrites its files whole: no row
 is lost or written twice.
 """
@@ -22,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -173,7 +175,7 @@ class EmbedJob:
             if diff:
                 self._remove_uncommitted()
             else:
-                self.done = {k: v for k, v in old.get("shards", {}).items() if self._files_exist(int(k))}
+                self.done = {k: v for k, v in old.get("shards", {}).items() if self._files_whole(int(k), v)}
         elif any(p.name != LOCK for p in self.out.iterdir()):
             raise ValueError(f"{self.out}: folder is not empty and has no {MANIFEST}; use a new output folder")
 
@@ -220,8 +222,20 @@ class EmbedJob:
             out["text"] = self.out / "text_emb" / f"text_emb_{key}.npy"
         return out
 
-    def _files_exist(self, k: int) -> bool:
-        return all(p.exists() for p in self.paths(k).values())
+    def _files_whole(self, k: int, shard: dict) -> bool:
+        """Done means whole: each of the shard's files there with the size the manifest records (an entry
+        without sizes, or a file missing or of another size, is warned about and the shard redone)."""
+        files = shard.get("files")
+        want = {p.relative_to(self.out).as_posix(): p for p in self.paths(k).values()}
+        if not isinstance(files, dict) or sorted(files) != sorted(want):
+            problem = "the manifest does not record its files' sizes"
+        else:
+            sizes = {rel: p.stat().st_size if p.is_file() else None for rel, p in want.items()}
+            problem = next((f"{rel} is missing" if sizes[rel] is None else f"{rel} has {sizes[rel]} bytes, not "
+                            f"{files[rel]}" for rel in want if sizes[rel] != files[rel]), None)
+        if problem is not None:
+            print(f"warning: {self.out / MANIFEST}: shard {k}: {problem}; it is embedded again", file=sys.stderr)
+        return problem is None
 
     def todo(self) -> list[int]:
         return [k for k in range(self.num_shards) if str(k) not in self.done]
@@ -254,7 +268,9 @@ class EmbedJob:
             _write_npy(paths["text"], text_emb[keep].astype(self.emb_dtype))
             columns["caption"] = [c for c, ok in zip(self.captions[lo:hi], keep) if ok]
         _write_parquet(paths["metadata"], columns)
-        self.done[str(k)] = {"items": hi - lo, "rows": int(keep.sum()), "errors": [list(e) for e in errors]}
+        files = {p.relative_to(self.out).as_posix(): p.stat().st_size for p in paths.values()}
+        self.done[str(k)] = {"items": hi - lo, "rows": int(keep.sum()), "errors": [list(e) for e in errors],
+                             "files": files}
         self._commit()
 
     def _commit(self) -> None:
@@ -294,6 +310,7 @@ def embed(
     image_column: str | None = None,
     caption_column: str | None = None,
     text: bool = True,
+    image_paths: bool = False,
 ) -> Summary:
     """Embed image files and/or captions into `output`, resuming a run that was stopped.
 
@@ -302,6 +319,8 @@ def embed(
       ("data/{00000..00127}.tar"): then see clip_jax.embed_shards (one output shard per input shard,
       each process its own shards, `output` may be an fsspec URL). image_column, caption_column: the
       parquet columns (default: image/jpg/img, caption/text/txt). text: also embed the shards' captions.
+      image_paths: the parquet image column holds paths of files on this machine, read from here; by
+      default only image bytes are read, and a string in the column is an error for that row.
     captions: a text file (one caption a line) or a list of strings. With images too, caption i pairs
       with image i (same row of metadata_k), and a row whose image cannot be read is dropped from both.
     model: anything clip_jax.load takes. dtype: compute dtype (float32, float16, bfloat16).
@@ -317,7 +336,8 @@ def embed(
     """
     _check_job_args(model, dtype, emb_dtype)
     t0 = time.perf_counter()
-    source = open_source(inputs, image_column=image_column, caption_column=caption_column) if inputs else None
+    source = open_source(inputs, image_column=image_column, caption_column=caption_column,
+                         image_paths=image_paths) if inputs else None
     if source is not None and source.kind != "files":
         if captions is not None:
             raise ValueError("--captions pairs lines with image files; shards carry their own captions "
@@ -451,8 +471,9 @@ def _embed_shards(source, output, model, t0: float, *, dtype: str, emb_dtype: st
                                         progress=progress)
     shards = shards or {}
     errors = [(shards[k]["shard"], key, reason) for k in sorted(shards, key=int) for key, reason in shards[k]["errors"]]
-    return Summary(sum(s["items"] for s in shards.values()), sum(s["rows"] for s in shards.values()), len(errors),
-                   job.num_shards, done_now, time.perf_counter() - t0, errors)
+    items, rows = sum(s["items"] for s in shards.values()), sum(s["rows"] for s in shards.values())
+    # errors.tsv also lists the fields dropped from kept samples: skipped counts the samples left out.
+    return Summary(items, rows, items - rows, job.num_shards, done_now, time.perf_counter() - t0, errors)
 
 
 def _check_captions_fit(captions: Sequence[str], context_length: int, chunk: int) -> None:

@@ -4,9 +4,12 @@ each process its own shards, no shared disk needed.
     OUT/img_emb/img_emb_{k}.npy          float16 [rows_k, embed_dim], L2-normalized; k = input shard k
     OUT/text_emb/text_emb_{k}.npy        the captions' embeddings, the same rows
     OUT/metadata/metadata_{k}.parquet    image_path (the sample key, as clip-retrieval), key, caption, and the
-                                         sample's json fields as columns; row i = row i of the .npy files
-    OUT/done/done_{k}.json               shard k is complete: its input URL, items, rows and errors
-    OUT/errors.tsv                       shard <TAB> key <TAB> reason, for the samples skipped
+                                         sample's json fields as columns (see _metadata); row i = row i of
+                                         the .npy files
+    OUT/done/done_{k}.json               shard k is complete: its input URL, items, rows, errors, and the
+                                         byte size of each file written for it
+    OUT/errors.tsv                       shard <TAB> key <TAB> reason: the samples skipped, the fields dropped
+                                         from kept samples, and the shards that could not be read
     OUT/manifest.json                    the job, and every shard once all are done
 
 Plan: input shard k belongs to process k % process_count, a function of the shard list alone, so every
@@ -16,7 +19,15 @@ other's input.
 
 Progress: a shard is done once done_{k}.json exists; it is written after the shard's data files, so a
 process killed at any point leaves a shard either done or redone whole by the next run (every file is
-replaced whole: an atomic rename locally, one object PUT on object storage). A rerun skips done shards.
+replaced whole: an atomic rename locally, one object PUT on object storage). A rerun skips done shards
+whose files are all there with the sizes their marker records; a shard whose marker is unreadable, or
+whose files are missing or of another size, is embedded again (with a warning line).
+
+Hostile input: a sample the reader marks unusable ("__error__", see clip_jax.sources) or whose image
+can't be decoded is skipped; a field it dropped ("__field_errors__") is logged and the sample kept; both
+go to errors.tsv. A shard that can't be opened or is cut short fails alone: the other shards are
+finished and marked done, the failed ones are not (nothing is marked done over lost samples), and the
+job ends with an error naming them; a rerun retries them.
 
 End: each process hands its shards' summaries to process 0 through jax.distributed's key-value store;
 process 0 writes errors.tsv and manifest.json, and every process returns after a barrier.
@@ -30,6 +41,7 @@ import itertools
 import json
 import math
 import os
+import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -41,10 +53,11 @@ import pyarrow.parquet as pq
 from jax._src import distributed  # the key-value store of jax.distributed's client (no public name)
 
 from .embed_folder import ERRORS, FORMAT, MANIFEST, progress_bar, tsv_field
+from .errors import ClipJaxError, InputError
 from .fileio import atomic_write
 from .image import Decoder
 from .parallel import prefetch
-from .sources import Source, is_url, url_to_fs
+from .sources import ShardError, Source, is_url, url_to_fs
 from .tokenizer import tokenize
 
 FORMAT_VERSION = 2
@@ -95,6 +108,17 @@ class Destination:
         except FileNotFoundError:
             return None
 
+    def sizes(self, sub: str) -> dict[str, int]:
+        """{"sub/name": byte size} of the files in folder `sub`: one listing (one request on object storage)."""
+        try:
+            if self.local:
+                with os.scandir(Path(self.root) / sub) as entries:
+                    return {f"{sub}/{e.name}": e.stat().st_size for e in entries if e.is_file()}
+            return {f"{sub}/{info['name'].rstrip('/').rsplit('/', 1)[-1]}": int(info.get("size") or 0)
+                    for info in self.fs.ls(self._remote(sub), detail=True) if info.get("type") != "directory"}
+        except FileNotFoundError:
+            return {}
+
     def listdir(self, sub: str = "") -> list[str]:
         try:
             if self.local:
@@ -110,30 +134,162 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _parquet_bytes(columns: dict[str, list]) -> bytes:
-    arrays = {}
-    for name, values in columns.items():
-        try:
-            arrays[name] = pa.array(values)
-        except (pa.ArrowException, TypeError, ValueError):  # mixed types in a json field: keep it as JSON text
-            arrays[name] = pa.array([None if v is None else json.dumps(v) for v in values], pa.string())
-        if pa.types.is_null(arrays[name].type):
-            arrays[name] = arrays[name].cast(pa.string())
+# The metadata's json fields. Each field gets a column while a shard has at most MAX_COLUMNS distinct
+# fields; past that (web data with a key per sample), only the fields present in at least half the rows
+# do, and the rest of each row goes to one JSON text column, OTHER. Only the first _TRACKED distinct
+# field names are counted, so memory and time stay linear in the shard's bytes, whatever its keys.
+MAX_COLUMNS = 256
+_TRACKED = 4096
+BASE_COLUMNS = ("image_path", "key", "caption")
+OTHER = "json_other"
+_ARROW_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError, RecursionError)
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
-    pq.write_table(pa.table(arrays), buf)
+    pq.write_table(table, buf)
     return buf.getvalue()
 
 
-def _metadata(samples: list[dict], keep: np.ndarray) -> dict[str, list]:
-    """image_path (the key, as clip-retrieval names it), key, caption, then the json fields by first
-    appearance; rows in input order, skipped samples left out."""
+def _utf8(value) -> str:
+    """`value` as text parquet can store: lone surrogates (a name that was not UTF-8) as backslash escapes."""
+    text = value if isinstance(value, str) else str(value)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _text_column(values: list) -> pa.Array:
+    try:
+        return pa.array(values, pa.string())
+    except _ARROW_ERRORS:  # one bad value changes that value only
+        return pa.array([None if v is None else _utf8(v) for v in values], pa.string())
+
+
+def _writable(t: pa.DataType) -> bool:
+    """parquet can't store a struct without fields ({} in JSON)."""
+    if pa.types.is_struct(t):
+        return t.num_fields > 0 and all(_writable(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _writable(t.value_type)
+    return True
+
+
+def _kind(value):
+    """The column type `value` would need (values of one kind share a column), or None if it fits none."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "number" if -2**63 <= value < 2**63 else None  # past int64: pyarrow's OverflowError
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bytes):
+        return "binary"
+    if isinstance(value, (dict, list)):
+        try:
+            t = pa.array([value]).type
+        except _ARROW_ERRORS:
+            return None
+        return t if _writable(t) else None
+    return None
+
+
+def _json_column(values: list) -> tuple[pa.Array | None, list[int]]:
+    """A json field's values as one column (None if no value fits one), and the rows whose value is left
+    out of it (they go to the row's OTHER text instead): a value that doesn't fit the column's type
+    changes alone, not the column."""
+    try:
+        array = pa.array(values)
+        if _writable(array.type):
+            return (array.cast(pa.string()) if pa.types.is_null(array.type) else array), []
+    except _ARROW_ERRORS:
+        pass
+    values = [_utf8(v) if isinstance(v, str) else v for v in values]
+    kinds = [None if v is None else _kind(v) for v in values]
+    counts: dict = {}
+    for kind in kinds:
+        if kind is not None:
+            counts[kind] = counts.get(kind, 0) + 1
+    if counts:
+        main = max(counts, key=counts.get)  # the most common kind; ties to the first seen
+        kept = [v if kind == main else None for v, kind in zip(values, kinds)]
+        try:
+            array = pa.array(kept, main if isinstance(main, pa.DataType) else None)
+            if _writable(array.type):
+                return array, [i for i, v in enumerate(values) if v is not None and kinds[i] != main]
+        except _ARROW_ERRORS:
+            pass
+    return None, [i for i, v in enumerate(values) if v is not None]
+
+
+def _json_fields(jsons: list[dict | None]) -> list[str]:
+    """The json fields that get a column, in order of first appearance (see MAX_COLUMNS)."""
+    counts: dict[str, int] = {}
+    overflow = False
+    for fields in jsons:
+        for name in fields or ():
+            if name in counts:
+                counts[name] += 1
+            elif len(counts) < _TRACKED:
+                counts[name] = 1
+            else:
+                overflow = True
+    names = [f for f in counts if isinstance(f, str) and f not in BASE_COLUMNS and f != OTHER and _utf8(f) == f]
+    if not overflow and len(names) <= MAX_COLUMNS:
+        return names
+    need = (len(jsons) + 1) // 2
+    return [f for f in names if counts[f] >= need][:MAX_COLUMNS]
+
+
+def _json_text(fields: dict, key: str, errors: list[tuple[str, str]]) -> str:
+    """A row's remaining json fields as one JSON object (text); a value JSON can't hold is logged and left out."""
+    try:
+        text = json.dumps(fields, ensure_ascii=False, allow_nan=True)
+    except (TypeError, ValueError, RecursionError):
+        fields = dict(fields)
+        for name in list(fields):
+            try:
+                json.dumps(fields[name])
+            except (TypeError, ValueError, RecursionError) as e:
+                errors.append((key, f"json: field {_utf8(name)!r} not stored in the metadata ({type(e).__name__})"))
+                del fields[name]
+        text = json.dumps(fields, ensure_ascii=False)
+    return text if _utf8(text) == text else json.dumps(fields)  # ASCII escapes for lone surrogates
+
+
+def _metadata(samples: list[dict], keep: np.ndarray, errors: list[tuple[str, str]] | None = None) -> pa.Table:
+    """image_path (the key, as clip-retrieval names it), key, caption, then the json fields (see
+    MAX_COLUMNS), then OTHER if any row has fields left over; rows in input order, skipped samples left
+    out. A value that doesn't fit its column moves to its row's OTHER text; a string that isn't UTF-8
+    gets backslash escapes. What can't be stored at all is appended to `errors` as (key, reason)."""
+    errors = [] if errors is None else errors
     rows = [s for s, ok in zip(samples, keep) if ok]
-    columns: dict[str, list] = {"image_path": [s.get("image_path", s["key"]) for s in rows],
-                                "key": [s["key"] for s in rows], "caption": [s["txt"] for s in rows]}
-    fields = [f for f in dict.fromkeys(k for s in rows for k in (s["json"] or {})) if f not in columns]
+    keys = [s["key"] for s in rows]
+    jsons = [s.get("json") if isinstance(s.get("json"), dict) else None for s in rows]
+    columns = {"image_path": _text_column([s.get("image_path", s["key"]) for s in rows]),
+               "key": _text_column(keys),
+               "caption": _text_column([s.get("txt") if isinstance(s.get("txt"), str) else None for s in rows])}
+    fields = _json_fields(jsons)
+    moved: dict[int, dict] = {}  # row -> the values that didn't fit their column
     for f in fields:
-        columns[f] = [(s["json"] or {}).get(f) for s in rows]
-    return columns
+        array, out = _json_column([j.get(f) if j else None for j in jsons])
+        if array is not None:
+            columns[f] = array
+        for i in out:
+            moved.setdefault(i, {})[f] = jsons[i][f]
+    chosen = set(fields)
+    other = []
+    for i, j in enumerate(jsons):
+        extra = moved.get(i, ())
+        rest = {k: v for k, v in j.items() if k not in chosen or k in extra} if j else None
+        other.append(_json_text(rest, _utf8(keys[i]), errors) if rest else None)
+    if any(t is not None for t in other):
+        columns[OTHER] = pa.array(other, pa.string())
+    return pa.table(columns)
 
 
 # --- coordination ------------------------------------------------------------------------------------
@@ -228,90 +384,199 @@ class ShardJob:
     def write_manifest(self, shards: dict) -> None:
         self.dest.write(MANIFEST, json.dumps({**self.identity, "shards": shards}, indent=1, sort_keys=True).encode())
 
-    def done(self, k: int) -> dict | None:
-        data = self.dest.read(f"{DONE}/done_{self.key(k)}.json")
-        return None if data is None else json.loads(data)
+    def marker(self, k: int) -> str:
+        return f"{DONE}/done_{self.key(k)}.json"
+
+    def done_shards(self, ks: Sequence[int]) -> dict[str, dict]:
+        """{str(k): summary} of the shards of `ks` that are done: a valid marker, and every file it names
+        there with the size it records. Any other marker is warned about, and its shard embedded again."""
+        sizes: dict[str, int] = {}
+        for sub in {rel.split("/", 1)[0] for rel in self.paths(0).values()}:
+            sizes.update(self.dest.sizes(sub))
+        done = {}
+        for k in ks:
+            data = self.dest.read(self.marker(k))
+            if data is None:
+                continue
+            summary, problem = _read_marker(data, self.urls[k], self.paths(k))
+            if problem is None:
+                problem = next((f"{rel} is missing" if rel not in sizes else f"{rel} has {sizes[rel]} bytes, not "
+                                f"{size}" for rel, size in summary["files"].items() if sizes.get(rel) != size), None)
+            if problem is None:
+                done[str(k)] = summary
+            else:
+                print(f"warning: {self.dest}/{self.marker(k)}: {problem}; shard {k} is embedded again",
+                      file=sys.stderr)
+        return done
 
     def write_shard(self, k: int, samples: list[dict], keep: np.ndarray, image_emb: np.ndarray,
                     text_emb: np.ndarray | None, errors: list[tuple[str, str]]) -> dict:
-        paths = self.paths(k)
-        self.dest.write(paths["image"], _npy_bytes(image_emb.astype(self.emb_dtype)))
+        """The shard's data files, then its done marker (the commit: it records each file's size)."""
+        paths, files = self.paths(k), {}
+        errors = list(errors)
+
+        def write(rel: str, data: bytes) -> None:
+            self.dest.write(rel, data)
+            files[rel] = len(data)
+
+        write(paths["image"], _npy_bytes(image_emb.astype(self.emb_dtype)))
         if self.text:
-            self.dest.write(paths["text"], _npy_bytes(text_emb.astype(self.emb_dtype)))
-        self.dest.write(paths["metadata"], _parquet_bytes(_metadata(samples, keep)))
+            write(paths["text"], _npy_bytes(text_emb.astype(self.emb_dtype)))
+        write(paths["metadata"], _parquet_bytes(_metadata(samples, keep, errors)))
         summary = {"shard": self.urls[k], "items": len(samples), "rows": int(keep.sum()),
-                   "errors": [list(e) for e in errors]}
-        self.dest.write(f"{DONE}/done_{self.key(k)}.json", json.dumps(summary, sort_keys=True).encode())
+                   "errors": [list(e) for e in errors], "files": files}
+        self.dest.write(self.marker(k), json.dumps(summary, sort_keys=True).encode())
         return summary
 
-    def finish(self, shards: dict) -> None:
-        """Process 0, once every shard is done: errors.tsv, then the manifest (the last file written)."""
-        lines = ["shard\tkey\treason"] + [f"{tsv_field(shards[k]['shard'])}\t{tsv_field(key)}\t{tsv_field(r)}"
-                                          for k in sorted(shards, key=int) for key, r in shards[k]["errors"]]
-        self.dest.write(ERRORS, ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
-        self.write_manifest(shards)
+    def finish(self, shards: dict, failed: dict[str, str] | None = None) -> None:
+        """Process 0, once every shard has run: errors.tsv, then, if none failed, the manifest (the last
+        file written: a job whose manifest lists its shards is complete)."""
+        lines = [b"shard\tkey\treason"] + [_tsv_line(shards[k]["shard"], key, r)
+                                           for k in sorted(shards, key=int) for key, r in shards[k]["errors"]]
+        lines += [_tsv_line(self.urls[int(k)], "", failed[k]) for k in sorted(failed or {}, key=int)]
+        self.dest.write(ERRORS, b"\n".join(lines) + b"\n")
+        if not failed:
+            self.write_manifest(shards)
+
+
+def _tsv_line(*fields: str) -> bytes:
+    """One errors.tsv line: a name's own bytes where it wasn't UTF-8 (surrogateescape), escapes otherwise."""
+    out = []
+    for f in fields:
+        f = tsv_field(str(f))
+        try:
+            out.append(f.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError:  # a surrogate no byte maps to (from a JSON "\\ud800" escape)
+            out.append(f.encode("utf-8", "backslashreplace"))
+    return b"\t".join(out)
+
+
+def _read_marker(data: bytes, url: str, paths: dict[str, str]) -> tuple[dict | None, str | None]:
+    """A done marker -> (summary, None), or (None, what is wrong with it)."""
+    try:
+        summary = json.loads(data)
+    except (ValueError, RecursionError):
+        return None, "not JSON" if data.strip() else "empty"
+    if not isinstance(summary, dict):
+        return None, f"not a JSON object ({type(summary).__name__})"
+    ints = [summary.get(f) for f in ("items", "rows")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in ints) or ints[1] > ints[0]:
+        return None, "no valid items and rows"
+    errors = summary.get("errors")
+    if not (isinstance(errors, list) and all(isinstance(e, list) and len(e) == 2 and all(isinstance(x, str) for x in e)
+                                             for e in errors)):
+        return None, "no valid errors list"
+    if summary.get("shard") != url:
+        return None, f"written for another input shard ({summary.get('shard')!r})"
+    files = summary.get("files")
+    if not (isinstance(files, dict) and sorted(files) == sorted(paths.values())
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in files.values())):
+        return None, "does not record its files and their sizes"
+    return summary, None
 
 
 # --- decoding ----------------------------------------------------------------------------------------
 
 
 NO_IMAGE = "no image in the sample (jpg, jpeg, png, webp, ...)"
+KEPT = "; field dropped, sample kept"  # ends the errors.tsv reason of a field error
+SHARD_ERRORS = (ShardError, InputError)  # a shard that can't be read: that shard fails, the job goes on
+
+
+def _checked(sample: dict) -> tuple[dict, str | None, list[str]]:
+    """A sample as the job uses it -> (sample, why it is skipped or None, fields dropped). Honours the
+    reader's "__error__" and "__field_errors__" (see clip_jax.sources) and checks the types the job relies
+    on itself: an image is bytes (a string is never opened as a path here), a caption a string."""
+    reason = sample.get("__error__")
+    fields = [str(f) for f in sample.get("__field_errors__") or ()]
+    image, txt, meta = sample.get("image"), sample.get("txt"), sample.get("json")
+    if reason is None and image is not None and not isinstance(image, (bytes, bytearray, memoryview)):
+        reason = f"image: {type(image).__name__}, not bytes"
+    changed = {}
+    if not isinstance(sample.get("key"), str):
+        changed["key"] = str(sample.get("key"))
+    if txt is not None and not isinstance(txt, str):
+        fields.append(f"caption: {type(txt).__name__}, not a string")
+        changed["txt"] = None
+    if meta is not None and not isinstance(meta, dict):
+        fields.append(f"json: {type(meta).__name__}, not an object")
+        changed["json"] = None
+    if reason is not None:
+        changed["image"] = None
+    return ({**sample, **changed} if changed else sample), (None if reason is None else str(reason)), fields
 
 
 def decoded_batches(shards: Iterable[tuple[int, Iterable[dict]]], decoder: Decoder, batch_size: int,
                     ahead: int) -> Iterator[tuple]:
     """shards: (k, samples) pairs -> per batch (k, samples, uint8 pixels [batch_size, n, n, 3] zero-padded,
-    ok [len(samples)], errors [(key, reason)]), in order, then (k, None, None, None, None) once shard k
-    has ended. A batch holds one shard's samples; decoding runs on `decoder` and goes on into the next
-    shard while the devices work, at most `ahead` batches beyond the one returned (memory stays bounded)."""
+    ok [len(samples)], errors [(key, reason)]), in order, then (k, None, None, None, failure) once shard k
+    has ended: failure is None, or why the shard could not be read to its end (ShardError, InputError:
+    its batches so far were yielded, and must not be marked done). A batch holds one shard's samples;
+    decoding runs on `decoder` and goes on into the next shard while the devices work, at most `ahead`
+    batches beyond the one returned (memory stays bounded)."""
     shape = tuple(decoder.transform.shape)
     pending: deque = deque()
 
     def start(k, batch):
         buf = np.zeros((batch_size,) + shape, np.uint8)
-        sources = [s["image"] if s["image"] is not None else s.get("image_path") for s in batch]
+        checked = [_checked(s) for s in batch]
+        batch = [c[0] for c in checked]
+        sources = [None if reason is not None else s["image"] if s["image"] is not None else s.get("image_path")
+                   for s, reason, _ in checked]
         has = [i for i, source in enumerate(sources) if source is not None]
         futures = dict(zip(has, decoder.submit([sources[i] for i in has], [buf[i] for i in has])))
-        pending.append((k, batch, buf, futures))
+        pending.append((k, batch, buf, (futures, checked)))
 
     def finish():
-        k, batch, buf, futures = pending.popleft()
+        k, batch, buf, state = pending.popleft()
         if batch is None:
-            return k, None, None, None, None
+            return k, None, None, None, state
+        futures, checked = state
         ok, errors = np.zeros(len(batch), bool), []
-        for i, sample in enumerate(batch):
-            error = futures[i].result() if i in futures else NO_IMAGE
+        for i, (sample, reason, fields) in enumerate(checked):
+            error = reason if reason is not None else futures[i].result() if i in futures else NO_IMAGE
             if error is None:
                 ok[i] = True
+                errors += [(sample["key"], f + KEPT) for f in fields]
             else:
                 errors.append((sample["key"], error if isinstance(error, str) else error.reason))
         return k, batch, buf, ok, errors
 
     for k, samples in shards:
         batch: list[dict] = []
-        for sample in itertools.chain(samples, [None]):
-            if sample is not None:
-                batch.append(sample)
-            if batch and (len(batch) == batch_size or sample is None):
-                start(k, batch)
-                batch = []
-            while len(pending) > ahead:
-                yield finish()
-        pending.append((k, None, None, None))
+        failure = None
+        try:
+            for sample in itertools.chain(samples, [None]):
+                if sample is not None:
+                    batch.append(sample)
+                if batch and (len(batch) == batch_size or sample is None):
+                    start(k, batch)
+                    batch = []
+                while len(pending) > ahead:
+                    yield finish()
+        except SHARD_ERRORS as e:
+            failure = str(e)
+        pending.append((k, None, None, failure))
     while pending:
         yield finish()
 
 
+class ShardsFailedError(ClipJaxError):
+    """Shards that could not be read: the others are done, these are not (a rerun retries them)."""
+
+
 def run(job: ShardJob, sharded, transform, *, num_threads: int | None, truncate: bool, progress: bool):
     """Embed this process's unfinished shards; returns (merged shard summaries on process 0 else None,
-    shards done in this run on this process). Process 0 must have called job.check_folder() first."""
+    shards done in this run on this process). Process 0 must have called job.check_folder() first.
+    Raises ShardsFailedError, once every other shard is done, if some shards could not be read."""
     me, count = jax.process_index(), jax.process_count()
     run_id = f"clip_jax_embed/{job.identity['shards_sha256'][:16]}/{next(_runs)}"
     _barrier(f"{run_id}/start")  # process 0 has checked and claimed the folder
 
     mine = plan(job.num_shards, me, count)
-    summaries = {str(k): s for k in mine if (s := job.done(k)) is not None}
+    summaries: dict[str, dict] = job.done_shards(mine)
     todo = [k for k in mine if str(k) not in summaries]
+    failed: dict[str, str] = {}
     dim = sharded.config.embed_dim
 
     def write(k, samples, feats, oks, errors):
@@ -325,15 +590,19 @@ def run(job: ShardJob, sharded, transform, *, num_threads: int | None, truncate:
         return job.write_shard(k, samples, keep, image_emb, text_emb, errors)
 
     bar = progress_bar(None, 0, "img", progress and bool(todo))
-    shards = ((k, iter(job.source.shards[k])) for k in todo)
+    shards = ((k, job.source.shards[k]) for k in todo)
     acc: dict[int, tuple[list, list, list, list]] = {}
     with Decoder(transform, num_threads) as decoder:
         try:
             # Shards are read and decoded in a background thread, ahead of the devices.
             for k, batch, pixels, ok, errs in prefetch(decoded_batches(shards, decoder, sharded.batch_size, 2), 2):
                 samples, feats, oks, errors = acc.setdefault(k, ([], [], [], []))
-                if batch is None:  # shard k has ended
-                    summaries[str(k)] = write(k, *acc.pop(k))
+                if batch is None:  # shard k has ended: whole (errs is None), or not
+                    parts = acc.pop(k)
+                    if errs is None:
+                        summaries[str(k)] = write(k, *parts)
+                    else:
+                        failed[str(k)] = errs
                     continue
                 feats.append(sharded.encode_image(pixels, normalized=True)[: len(batch)])
                 samples += [{**s, "image": None} for s in batch]  # metadata only: the bytes can go
@@ -342,12 +611,26 @@ def run(job: ShardJob, sharded, transform, *, num_threads: int | None, truncate:
                 bar.update(len(batch))
         finally:
             bar.close()
-    merged = _gather_to_first(f"{run_id}/shards", summaries)
+    merged = _gather_to_first(f"{run_id}/shards", {**summaries, **{k: {"failed": r} for k, r in failed.items()}})
     if merged is not None:
         missing = [k for k in range(job.num_shards) if str(k) not in merged]
         if missing:  # cannot happen unless a process ran another plan
             raise RuntimeError(f"shards {missing[:5]} were not embedded by any process")
-        job.finish(merged)
+        failed_all = {k: s["failed"] for k, s in merged.items() if "failed" in s}
+        merged = {k: s for k, s in merged.items() if "failed" not in s}
+        job.finish(merged, failed_all)
+        failed = failed_all
     _barrier(f"{run_id}/end")
+    if failed:
+        raise _failed_error(job, failed)
     return merged, len(todo)
 
+
+def _failed_error(job: ShardJob, failed: dict[str, str]) -> ShardsFailedError:
+    """One line: the shards that failed (the first few, with why), and that a rerun retries them."""
+    first = sorted(failed, key=int)[:3]
+    more = f" and {len(failed) - len(first)} more" if len(failed) > len(first) else ""
+    why = "; ".join(failed[k].splitlines()[0] if failed[k] else job.urls[int(k)] for k in first)
+    return ShardsFailedError(
+        f"{len(failed)} of {job.num_shards} shards could not be read: {why}{more} (listed in "
+        f"{job.dest}/{ERRORS}); the other shards are done, and rerunning the same command retries these")

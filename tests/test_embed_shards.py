@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,16 +114,29 @@ def test_rerun_of_a_finished_job_changes_nothing(data, full_run, capsys):
     assert folder_files(full_run) == before
 
 
-def test_killed_then_rerun_equals_an_uninterrupted_run(data, full_run, tmp_path):
+# Shard 1's writes, in order: its image .npy, text .npy, metadata, done marker. Killed right after each,
+# the rerun must equal an uninterrupted run, and only after the last may shard 1 be marked done. A job
+# that wrote the marker first (a mutation the previous test, killing at the marker itself, let pass) fails
+# at N=1: done_1.json is there over missing files. (The rerun would heal it, as done means whole, so
+# the state after the kill is what catches it.) N=1 runs by default; the others are -m slow.
+WRITES = ["img_emb", "text_emb", "metadata", "done"]
+
+
+@pytest.mark.parametrize("n", [1, *(pytest.param(n, marks=pytest.mark.slow) for n in (2, 3, 4))])
+def test_killed_after_each_write_then_rerun_equals_an_uninterrupted_run(data, full_run, tmp_path, capfd, n):
     tmp, _, model = data
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     argv = [str(a) for a in args([tmp / "data" / "{00000..00002}.tar"], out, model)]
-    proc = subprocess.run([sys.executable, "-m", "tests.kill_after_files", "1", *argv], env=env, capture_output=True,
-                          text=True)
+    proc = subprocess.run([sys.executable, "-m", "tests.kill_after_files", f"1:{n}", *argv], env=env,
+                          capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert sorted(os.listdir(out / "done")) == ["done_0.json"]  # shard 1's files are there, not its marker
+    written = {p.parent.name for p in out.rglob("*_1.*")}
+    assert written == set(WRITES[:n])  # killed right after the nth write, and only then
+    assert sorted(os.listdir(out / "done")) == ["done_0.json"] + (["done_1.json"] if n == 4 else [])
+    capfd.readouterr()
     assert main(*argv) == 0
+    assert "warning" not in capfd.readouterr().err  # nothing the kill left needed repairing
     assert folder_files(out) == folder_files(full_run)
 
 
@@ -143,6 +157,108 @@ def test_parquet_equals_the_same_samples_as_tar(data, full_run, tmp_path):
                                       np.load(full_run / "img_emb" / f"img_emb_{k}.npy"))
         meta = pq.read_table(out / "metadata" / f"metadata_{k}.parquet").to_pydict()
         assert meta["key"] == pq.read_table(full_run / "metadata" / f"metadata_{k}.parquet").column("key").to_pylist()
+
+
+def same_outputs(out: Path, want: Path) -> None:
+    """The embeddings and metadata equal (markers and errors.tsv name each run's own input paths)."""
+    a, b = folder_files(out), folder_files(want)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        if name.endswith((".npy", ".parquet")):
+            assert a[name] == b[name], name
+
+
+def test_shards_that_cannot_be_read_fail_alone(data, full_run, tmp_path, capsys):
+    """Shard 1 cut inside its 6th sample (after a first batch was embedded), shard 2 missing: shard 0 is
+    done and kept, shards 1 and 2 are not marked done, the command says so in one line and exits 1, and
+    a rerun once they are back does them alone. On main the error stopped the job where it arose, and
+    done markers of finished shards still in the pipeline were never written."""
+    tmp, _, model = data
+    src = tmp_path / "data"
+    shutil.copytree(tmp / "data", src)
+    cut, missing = src / "00001.tar", src / "00002.tar"
+    whole = {p: p.read_bytes() for p in (cut, missing)}
+    cut.write_bytes(whole[cut][: whole[cut].index(b"000010005.jpg") + 512 + 100])  # inside the member's data
+    missing.unlink()
+    out = tmp_path / "out"
+    argv = args([src / "{00000..00002}.tar"], out, model)
+    assert main(*argv) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "2 of 3 shards could not be read" in err and "00001.tar" in err and "00002.tar" in err
+    assert "rerunning the same command retries these" in err
+    assert sorted(os.listdir(out / "done")) == ["done_0.json"]
+    assert not (out / "img_emb" / "img_emb_1.npy").exists()
+    assert json.loads((out / "manifest.json").read_text())["shards"] == {}  # the job is not complete
+    failed = [line.split("\t") for line in (out / "errors.tsv").read_text().splitlines()[-2:]]
+    assert [(shard, key) for shard, key, _ in failed] == [(str(cut), ""), (str(missing), "")]
+    for p, data_ in whole.items():
+        p.write_bytes(data_)
+    assert main(*argv) == 0
+    assert "2 shards done in this run" in capsys.readouterr().out
+    same_outputs(out, full_run)
+
+
+def test_a_rerun_redoes_the_shards_whose_files_are_not_whole(data, full_run, tmp_path, capsys):
+    """Done means whole: a deleted .npy, a short one, a done marker that is `[]`: each shard is warned
+    about in one line naming the file and embedded again; the folder then equals an uninterrupted run."""
+    tmp, _, model = data
+    out = tmp_path / "copy"
+    shutil.copytree(full_run, out)
+    (out / "img_emb" / "img_emb_0.npy").unlink()
+    short = out / "text_emb" / "text_emb_1.npy"
+    short.write_bytes(short.read_bytes()[:-8])
+    (out / "done" / "done_2.json").write_text("[]")
+    assert main(*args([tmp / "data" / "{00000..00002}.tar"], out, model)) == 0
+    outerr = capsys.readouterr()
+    assert "3 shards done in this run" in outerr.out
+    warnings = outerr.err.strip().splitlines()
+    assert len(warnings) == 3 and all(w.startswith("warning: ") and "embedded again" in w for w in warnings)
+    assert "done_0.json: img_emb/img_emb_0.npy is missing" in warnings[0]
+    assert "done_1.json: text_emb/text_emb_1.npy has" in warnings[1]
+    assert "done_2.json: not a JSON object (list)" in warnings[2]
+    assert folder_files(out) == folder_files(full_run)
+
+
+@pytest.mark.parametrize("marker, problem", [
+    (b"", "empty"), (b"[]", "not a JSON object"), (b"{not json", "not JSON"), (b"[" * 100_000, "not JSON"),
+    (b'{"items": 3}', "no valid items and rows"), (b'{"items": 3, "rows": 4, "errors": []}', "items and rows"),
+    (b'{"items": 3, "rows": 3, "errors": [["k"]], "shard": "s"}', "no valid errors list"),
+    (b'{"items": 3, "rows": 3, "errors": [], "shard": "other"}', "another input shard"),
+    (b'{"items": 3, "rows": 3, "errors": [], "shard": "s"}', "does not record its files"),  # before sizes
+    (b'{"items": 3, "rows": 3, "errors": [], "shard": "s", "files": {"a.npy": "9"}}', "does not record"),
+])
+def test_a_done_marker_that_is_not_one_is_named_and_its_shard_redone(marker, problem):
+    from clip_jax.embed_shards import _read_marker
+
+    summary, why = _read_marker(marker, "s", {"image": "a.npy"})
+    assert summary is None and problem in why
+    good = b'{"items": 3, "rows": 3, "errors": [["k", "r"]], "shard": "s", "files": {"a.npy": 9}}'
+    assert _read_marker(good, "s", {"image": "a.npy"}) == (json.loads(good), None)
+
+
+def test_a_column_of_paths_is_read_only_with_image_paths(data, full_run, tmp_path, capsys):
+    """A parquet image column of local paths: never opened by default (each row an error in errors.tsv,
+    the job completes); read, as the same images, when --image-paths says the column holds paths."""
+    import pyarrow as pa
+
+    tmp, samples, model = data
+    paths = []
+    for s in samples[0]:
+        paths.append(tmp_path / f"{s['__key__']}.jpg")
+        paths[-1].write_bytes(s["jpg"])
+    pq.write_table(pa.table({"key": [s["__key__"] for s in samples[0]], "image": [str(p) for p in paths],
+                             "caption": [s["txt"] for s in samples[0]]}), tmp_path / "paths.parquet")
+    out = tmp_path / "default"
+    assert main(*args([tmp_path / "paths.parquet"], out, model)) == 0
+    assert "0 rows of 5 items in 1 shards, 5 skipped" in capsys.readouterr().out
+    assert all("--image-paths" in line for line in (out / "errors.tsv").read_text().splitlines()[1:])
+    out = tmp_path / "opted_in"
+    assert main(*args([tmp_path / "paths.parquet"], out, model, "--image-paths")) == 0
+    np.testing.assert_array_equal(np.load(out / "img_emb" / "img_emb_0.npy"),
+                                  np.load(full_run / "img_emb" / "img_emb_0.npy"))
+    meta = pq.read_table(out / "metadata" / "metadata_0.parquet").to_pydict()
+    assert meta["image_path"] == [str(p) for p in paths] and meta["key"] == [s["__key__"] for s in samples[0]]
 
 
 def test_fsspec_source_and_destination(data, full_run):
