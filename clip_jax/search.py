@@ -43,7 +43,10 @@ __all__ = ["DeviceTopK", "Hit", "StaleIndexError", "build_index", "index_search"
 SPACES = {"image": ("img_emb", "image_path"), "text": ("text_emb", "caption")}
 _DONE = "done"  # embed_shards.DONE: done/done_{key}.json marks shard key complete
 _MANIFEST = "manifest.json"  # embed_folder.MANIFEST: its "shards" are the shards done (both jobs)
-_MAX_RECORD_BYTES = 1 << 20  # a done marker is ~100 bytes plus its errors; past this it isn't one
+# Bounds on the JSON records read whole: a done marker is ~200 bytes plus its shard's errors (a shard of
+# 10k failed samples: a few MB); a manifest or an index record holds a line per shard.
+_MARKER_MAX = 64 << 20
+_MANIFEST_MAX = 1 << 30
 
 
 def _space(space: str) -> tuple[str, str]:
@@ -137,16 +140,14 @@ def _open_embeddings(path: Path) -> np.ndarray:
         raise InputError(f"{path}: not a readable .npy file ({detail}); rerun the embedding job") from None
 
 
-def _read_json_record(path: Path, what: str) -> dict:
+def _read_json_record(path: Path, what: str, limit: int = _MARKER_MAX) -> dict:
     """A small JSON object from outside (a done marker, an index record), or InputError naming it."""
     try:
         if not path.is_file():
             raise InputError(f"{path}: not a regular file")
-        with open(path, "rb") as f:
-            data = f.read(_MAX_RECORD_BYTES + 1)
-        if len(data) > _MAX_RECORD_BYTES:
-            raise InputError(f"{path}: over {_MAX_RECORD_BYTES} bytes, not {what}")
-        value = json.loads(data)
+        if path.stat().st_size > limit:  # before reading: read(limit) would allocate the whole limit
+            raise InputError(f"{path}: over {limit} bytes, not {what}")
+        value = json.loads(path.read_bytes())
     except (ValueError, RecursionError, OSError) as e:
         if isinstance(e, InputError):
             raise
@@ -162,7 +163,7 @@ def _done_records(folder: Path) -> dict[int, tuple[str, Path, dict]]:
     done: dict[int, tuple[str, Path, dict]] = {}
     manifest = folder / _MANIFEST
     if manifest.exists():
-        shards = _read_json_record(manifest, "an embedding manifest").get("shards", {})
+        shards = _read_json_record(manifest, "an embedding manifest", _MANIFEST_MAX).get("shards", {})
         if not isinstance(shards, dict):
             raise InputError(f"{manifest}: not an embedding manifest (its 'shards' is not an object)")
         for k, record in shards.items():
@@ -444,7 +445,7 @@ def _coverage(folder: Path, shards: list[_Shard]) -> list[dict]:
     out = []
     for s in shards:
         marker = folder / _DONE / f"done_{s.key}.json"
-        out.append({"file": str(s.path.relative_to(folder)), "rows": int(s.emb.shape[0]),
+        out.append({"file": s.path.relative_to(folder).as_posix(), "rows": int(s.emb.shape[0]),
                     "bytes": s.path.stat().st_size, "done_sha256": _sha256(marker) if marker.is_file() else None})
     return out
 
@@ -456,7 +457,8 @@ def build_index(folder: str | os.PathLike, space: str = "image", factory: str | 
     docstring). factory: a faiss index_factory string; default "Flat" (exact) below 100k rows, else
     "IVF{4 sqrt(N)},Flat" trained on up to train_rows rows; one faiss refuses (or can't train or fill on
     these rows) is an InputError naming it. Shards are added one at a time, so memory holds one shard
-    beside the index. NaN rows are indexed as zeros (they score 0)."""
+    beside the index. Rows holding NaN or inf are indexed as zeros and counted in the record, and
+    index_search never returns them (as exact search doesn't)."""
     faiss = _faiss()
     folder = Path(folder)
     shards = _shards(folder, space)
@@ -511,7 +513,7 @@ def build_index(folder: str | os.PathLike, space: str = "image", factory: str | 
 
 def _stale(record_path: Path, record: dict, now: list[dict]) -> str | None:
     """Why `now` (the folder's _coverage) isn't what the record covers, or None."""
-    then = {s.get("file"): s for s in record["shards"] if isinstance(s, dict)}
+    then = {s["file"]: s for s in record["shards"]}  # entries checked by _read_record
     current = {s["file"]: s for s in now}
     added, removed = sorted(current.keys() - then.keys()), sorted(then.keys() - current.keys(), key=str)
     changed = sorted(f for f in current.keys() & then.keys() if current[f] != then[f])
@@ -529,11 +531,15 @@ def _read_record(folder: Path, space: str) -> dict:
     if not path.exists():
         raise StaleIndexError(f"{folder / INDEX.format(space=space)}: no record of what it covers ({path.name}: "
                               f"built by an older clip-jax, or interrupted): rerun `clip-jax index {folder}`")
-    record = _read_json_record(path, "an index record")
+    record = _read_json_record(path, "an index record", _MANIFEST_MAX)
     ints = ("dim", "rows", "index_bytes", "nonfinite_rows")
     if (record.get("format") != _RECORD_FORMAT or not all(type(record.get(f)) is int for f in ints)
             or not isinstance(record.get("index_sha256"), str) or not isinstance(record.get("shards"), list)):
         raise InputError(f"{path}: not an index record (format, dim, rows, index size and digest, shards)")
+    for shard in record["shards"]:
+        if not (isinstance(shard, dict) and isinstance(shard.get("file"), str) and type(shard.get("rows")) is int
+                and type(shard.get("bytes")) is int):
+            raise InputError(f"{path}: not an index record (a shard entry without its file, rows and bytes)")
     return record
 
 

@@ -127,6 +127,21 @@ def test_an_index_without_its_record_is_refused(tmp_path):
         index_search(tmp_path, np.ones(DIM))
 
 
+@pytest.mark.parametrize("edit", [
+    lambda r: r["shards"].append({"file": ["a list"]}),  # unhashable: once a TypeError
+    lambda r: r.update(shards=[]),
+    lambda r: r.update(dim="16"),
+    lambda r: r.update(format="something else"),
+])
+def test_a_tampered_index_record_is_refused(indexed, edit):
+    path = indexed / "image.index.json"
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record))
+    with pytest.raises(InputError, match=r"image\.index"):
+        index_search(indexed, np.ones(DIM))
+
+
 def test_cli_search_through_a_stale_index_warns_and_answers_exactly(tmp_path, model, capsys):
     pytest.importorskip("faiss")
     folder = cli_folder(tmp_path / "f", model)
