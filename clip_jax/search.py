@@ -167,7 +167,7 @@ def _done_records(folder: Path) -> dict[int, tuple[str, Path, dict]]:
         if not isinstance(shards, dict):
             raise InputError(f"{manifest}: not an embedding manifest (its 'shards' is not an object)")
         for k, record in shards.items():
-            if not (isinstance(k, str) and k.isdigit() and isinstance(record, dict)):
+            if not (isinstance(k, str) and k.isascii() and k.isdigit() and isinstance(record, dict)):
                 raise InputError(f"{manifest}: not an embedding manifest (shard {str(k)[:40]!r} is not a record)")
             done[int(k)] = ("", manifest, record)
     for path in (folder / _DONE).glob("done_*.json"):

@@ -456,6 +456,25 @@ def test_done_marker_reader_fuzz(scratch, data):
 
 
 @pytest.fixture(scope="module")
+def small_folder(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("small"), sizes=(3, 2))
+
+
+_MARKER_SEED = json.dumps({"shard": "00001.tar", "items": 3, "rows": 2, "errors": [["k", "bad"]], "files": {
+    "img_emb/img_emb_1.npy": 192, "metadata/metadata_1.parquet": 600}}).encode()
+
+
+@FUZZ
+@given(marker=mutated(_MARKER_SEED), manifest=mutated(json.dumps({"model": "m", "shards": {
+    "0": {"items": 3, "rows": 3, "errors": []}, "1": {"items": 3, "rows": 2, "errors": []}}}).encode()))
+def test_search_over_mutated_done_records_fuzz(small_folder, marker, manifest):
+    """A folder whose done marker and manifest are mutated: search answers or refuses in one line."""
+    (small_folder / "done" / "done_1.json").write_bytes(marker)
+    (small_folder / "manifest.json").write_bytes(manifest)
+    bounded(lambda: search(small_folder, np.ones(DIM), k=2))
+
+
+@pytest.fixture(scope="module")
 def index_folder(tmp_path_factory) -> tuple[Path, bytes, bytes]:
     pytest.importorskip("faiss")
     folder = make_folder(tmp_path_factory.mktemp("indexed"), sizes=(3, 2))
