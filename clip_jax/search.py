@@ -6,15 +6,17 @@ Only the metadata rows of the hits are looked up.
 
 The folder is outside input, checked before anything is scored, so search never answers from part of it
 silently: every shard a done record names (done/done_{k}.json, or the manifest's shards) must have its
-.npy with the rows the record says; every .npy must be a float [rows, D] array of the same D, with a
-metadata parquet of as many rows. Anything else is one InputError naming the file. A row holding NaN (or
-inf) can't be ranked: it is never returned, on the devices as with numpy.
+.npy with the rows the record says, and the byte sizes where it records them; every .npy must be a float
+[rows, D] array of the same D (its header parsed here, checked against the file's size), with a metadata
+parquet of as many rows. Anything else is one InputError naming the file. A row holding NaN (or inf)
+can't be ranked: it is never returned, on the devices, with numpy or through an index.
 
 An index (`build_index`) records what it was built from, beside it ({space}.index.json): the shard files,
 their rows and sizes, the done markers' digests, the dimension, the factory and the index file's own
 size and sha256. `index_search` refuses an index whose folder has changed since (StaleIndexError: rerun
 `clip-jax index`), and one whose bytes aren't those it recorded (corrupt or replaced): faiss never reads
-bytes that clip_jax did not write.
+bytes that clip_jax did not write. `clip-jax search` answers a StaleIndexError with exact search and one
+warning line; the other errors are one line.
 """
 
 from __future__ import annotations
