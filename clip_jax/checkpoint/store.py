@@ -16,6 +16,7 @@ from safetensors.numpy import save_file
 from ..config import CLIPConfig
 from ..dtypes import FLOAT_DTYPES
 from ..fileio import atomic_write
+from .torch_files import CheckpointError, check_safetensors_dtypes
 
 FORMAT = "clip_jax"
 FORMAT_VERSION = "1"
@@ -56,17 +57,22 @@ def is_converted(path: str | os.PathLike) -> bool:
 
 
 def load(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, np.ndarray]]:
-    """-> (config, flat params). The file is memory-mapped; each tensor is copied out once."""
+    """-> (config, flat params). The file is memory-mapped; each tensor is copied out once. Anything wrong
+    with the file (its header, its config, its tensors) is a CheckpointError naming it."""
     try:
         with safe_open(str(path), framework="numpy") as f:
             metadata = f.metadata() or {}
             if metadata.get("format") != FORMAT:
-                raise ValueError(f"{path}: not a converted clip_jax file (no '{FORMAT}' format in its metadata)")
+                raise CheckpointError(f"{path}: not a converted clip_jax file (no '{FORMAT}' format in its metadata)")
             config = _stored_config(path, metadata)
+            try:
+                check_safetensors_dtypes(f)
+            except CheckpointError as e:
+                raise CheckpointError(f"{path}: {e}") from None
             _check_header(path, config, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
             return config, {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as e:
-        raise ValueError(f"{path}: unreadable safetensors file: {e}") from None
+        raise CheckpointError(f"{path}: unreadable safetensors file: {e}") from None
 
 
 def _stored_config(path: str | os.PathLike, metadata: Mapping[str, str]) -> CLIPConfig:
@@ -74,11 +80,13 @@ def _stored_config(path: str | os.PathLike, metadata: Mapping[str, str]) -> CLIP
     try:
         return CLIPConfig.from_dict(json.loads(metadata["config"]))
     except KeyError:
-        raise ValueError(f"{path}: no 'config' in its safetensors metadata") from None
+        raise CheckpointError(f"{path}: no 'config' in its safetensors metadata") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: the config in its metadata is not JSON ({e})") from None
+        raise CheckpointError(f"{path}: the config in its metadata is not JSON ({e})") from None
+    except RecursionError:  # json's parser recurses once per level of [ or {
+        raise CheckpointError(f"{path}: the config in its metadata is nested too deeply") from None
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def _check_header(path: str | os.PathLike, config: CLIPConfig, shapes: Mapping[str, tuple[int, ...]]) -> None:
@@ -88,12 +96,12 @@ def _check_header(path: str | os.PathLike, config: CLIPConfig, shapes: Mapping[s
     for field_name, prefix, n in _block_counts(config):
         found = {int(m[1]) for name in shapes if (m := re.match(re.escape(prefix) + r"(\d+)\.", name))}
         if found != set(range(n)):
-            raise ValueError(f"{path}: config field '{field_name}' says {n} blocks, the file holds "
-                             f"{len(found)} ({prefix}N)")
+            raise CheckpointError(f"{path}: config field '{field_name}' says {n} blocks, the file holds "
+                                  f"{len(found)} ({prefix}N)")
     for name, want, fields in _implied_shapes(config):
         if shapes.get(name) != want:
             got = shapes[name] if name in shapes else "no such tensor"
-            raise ValueError(f"{path}: config fields {fields} imply {name} of shape {want}, the file holds {got}")
+            raise CheckpointError(f"{path}: config fields {fields} imply {name} of shape {want}, the file holds {got}")
 
 
 def _block_counts(c: CLIPConfig) -> list[tuple[str, str, int]]:

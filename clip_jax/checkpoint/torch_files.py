@@ -33,6 +33,7 @@ import os
 import pickle
 import pickletools
 import re
+import reprlib
 import struct
 import zipfile
 import zlib
@@ -170,25 +171,44 @@ def _state_of(obj: _ScriptObject) -> Any:
     return getattr(obj, "state", None)  # unset when the pickle never BUILDs it
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 60, 60, 40
+
+
+def _brief(value: Any) -> str:
+    """repr(value), bounded in length and depth: a pickle's values may be nested or huge."""
+    try:
+        return _REPR.repr(value)
+    except (ValueError, RecursionError):  # e.g. an int past Python's limit on digits it converts
+        return f"<{type(value).__name__}>"
+
+
 def _is_int(value: Any) -> bool:
     return type(value) is int  # bool is an int subclass; torch never writes it here
 
 
 def _int_tuple(value: Any, what: str) -> tuple:
     if not isinstance(value, (tuple, list)) or not all(_is_int(v) for v in value):
-        raise CheckpointError(f"tensor {what} must be a tuple of ints, got {value!r:.100}")
+        raise CheckpointError(f"tensor {what} must be a tuple of ints, got {_brief(value)}")
     if len(value) > 64:  # numpy's limit on dimensions
         raise CheckpointError(f"tensor has {len(value)} dimensions; at most 64 are supported")
     return tuple(value)
 
 
+# No storage, offset, dimension or stride of a real tensor comes near this (256 Ti elements); past it, numpy's
+# 64-bit sizes and strides (in bytes) could overflow, and a dimension of 0 elsewhere would hide it from the
+# bounds check.
+MAX_EXTENT = 1 << 48
+
+
 def _check_view(storage: _StorageRef, offset: int, size: tuple, stride: tuple) -> None:
     """Refuse any view that would read outside its storage."""
     if len(size) != len(stride):
-        raise CheckpointError(f"tensor size {size} and stride {stride} differ in length")
-    if offset < 0 or any(n < 0 for n in size) or any(s < 0 for s in stride):
+        raise CheckpointError(f"tensor size {_brief(size)} and stride {_brief(stride)} differ in length")
+    if not all(0 <= v < MAX_EXTENT for v in (offset, *size, *stride)):
         raise CheckpointError(
-            f"tensor view offset={offset} size={size} stride={stride} has negative entries"
+            f"tensor view offset={_brief(offset)} size={_brief(size)} stride={_brief(stride)} has entries "
+            f"that are negative or 2**48 or more"
         )
     if math.prod(size) == 0:
         end = offset  # an empty view may sit at the very end of its storage
@@ -214,13 +234,13 @@ def _rebuild_tensor_v2(
     if not isinstance(storage, _StorageRef):
         raise CheckpointError(f"tensor storage must come from a persistent id, got {type(storage).__name__}")
     if not _is_int(storage_offset):
-        raise CheckpointError(f"tensor storage offset must be an int, got {storage_offset!r:.100}")
+        raise CheckpointError(f"tensor storage offset must be an int, got {_brief(storage_offset)}")
     size = _int_tuple(size, "size")
     stride = _int_tuple(stride, "stride")
     # Metadata only ever carries the conj/neg view bits; a set bit would change
     # the values, which we do not emulate.
     if metadata and (not isinstance(metadata, dict) or any(metadata.values())):
-        raise CheckpointError(f"tensor metadata {metadata!r:.100} (conj/neg views) is not supported")
+        raise CheckpointError(f"tensor metadata {_brief(metadata)} (conj/neg views) is not supported")
     _check_view(storage, storage_offset, size, stride)
     return _TensorRef(storage, storage_offset, size, stride)
 
@@ -303,7 +323,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         try:
             return self._allowed[(module, name)]
         except (KeyError, TypeError):
-            raise CheckpointError(f"refused global {module}.{name}: not on the allow-list") from None
+            raise CheckpointError(f"refused global {module:.100}.{name:.100}: not on the allow-list") from None
 
     def _script_class(self, qualified_name: str) -> type:
         """One inert `_ScriptObject` subclass per TorchScript class name."""
@@ -316,7 +336,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         if self._load_persistent is None:
-            raise CheckpointError(f"unexpected persistent id {pid!r:.100}")
+            raise CheckpointError(f"unexpected persistent id {_brief(pid)}")
         return self._load_persistent(pid)
 
 
@@ -335,19 +355,19 @@ class _StorageTable:
     def __call__(self, pid: Any) -> _StorageRef:
         kind = pid[0] if isinstance(pid, tuple) and pid else pid
         if not isinstance(pid, tuple) or kind != "storage":
-            raise CheckpointError(f"refused persistent id of kind {kind!r:.60}: only 'storage' is allowed")
+            raise CheckpointError(f"refused persistent id of kind {_brief(kind)}: only 'storage' is allowed")
         expected = 6 if self.legacy else 5
         if len(pid) != expected:
             raise CheckpointError(f"storage persistent id has {len(pid)} fields, expected {expected}")
         _, storage_type, key, location, numel = pid[:5]
         if not isinstance(storage_type, _StorageType):
-            raise CheckpointError(f"storage type {storage_type!r:.60} is not a known torch storage class")
+            raise CheckpointError(f"storage type {_brief(storage_type)} is not a known torch storage class")
         if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
-            raise CheckpointError(f"refused storage key {key!r:.100}: not a plain storage name")
-        if not isinstance(location, str) or not _is_int(numel) or numel < 0:
-            raise CheckpointError(f"malformed storage persistent id {pid!r:.200}")
+            raise CheckpointError(f"refused storage key {_brief(key)}: not a plain storage name")
+        if not isinstance(location, str) or not _is_int(numel) or not 0 <= numel < MAX_EXTENT:
+            raise CheckpointError(f"malformed storage persistent id {_brief(pid)}")
         if self.legacy and pid[5] is not None:
-            raise CheckpointError(f"storage view metadata {pid[5]!r:.100} (pre-1.0 files) is not supported")
+            raise CheckpointError(f"storage view metadata {_brief(pid[5])} (pre-1.0 files) is not supported")
 
         ref = self.storages.get(key)
         if ref is None:
@@ -361,7 +381,13 @@ class _StorageTable:
 def _unpickle(data: bytes, allowed: dict, persistent_load=None, torchscript=False) -> Any:
     """Unpickle one pickle from `data` (at most MAX_PICKLE_BYTES), after `_scan_pickle` has checked it."""
     end = _scan_pickle(data)
-    return _RestrictedUnpickler(io.BytesIO(data[:end]), allowed, persistent_load, torchscript).load()
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data[:end]), allowed, persistent_load, torchscript).load()
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the pickle is a program: its faults surface as any type
+        # (stack underflow, a memo miss, an unknown protocol, APPEND to an int, calling a dict, ...)
+        raise CheckpointError(f"malformed pickle: {type(err).__name__}: {_brief(str(err))}") from None
 
 
 # --- the memory budget: what reading may allocate, decided before allocating it -------------------
@@ -451,7 +477,7 @@ def _check_copy_budget(named: dict[str, _TensorRef], owners: dict[str, str]) -> 
         name = max(copies, key=copies.get)
         ref = named[name]
         raise CheckpointError(
-            f"tensor {name!r} (size {ref.size}, stride {ref.stride}, {ref.storage.dtype}) and the other views "
+            f"tensor {_brief(name)} (size {ref.size}, stride {ref.stride}, {ref.storage.dtype}) and the other views "
             f"would copy {total} bytes out of {len(storages)} storages of {stored} bytes; at most the storages' "
             f"bytes + {COPY_SLACK >> 20} MiB are copied (views repeating a storage or overlapping themselves)"
         )
@@ -464,17 +490,13 @@ def _nbytes(ref: _StorageRef) -> int:
 # --- from unpickled object tree to named tensors --------------------------------------------------
 
 _PREFIXES = ("module.", "_orig_mod.")
+_PREFIX_RUN = re.compile("(?:" + "|".join(map(re.escape, _PREFIXES)) + ")*")
 
 
 def _strip_prefixes(name: str) -> str:
-    """Drop DataParallel/DDP (`module.`) and torch.compile (`_orig_mod.`) prefixes."""
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in _PREFIXES:
-            if name.startswith(prefix):
-                name, stripped = name[len(prefix):], True
-    return name
+    """Drop DataParallel/DDP (`module.`) and torch.compile (`_orig_mod.`) prefixes, any number of them,
+    in one pass (a name of a million prefixes must not cost a million copies of itself)."""
+    return name[_PREFIX_RUN.match(name).end():]
 
 
 def _named_tensors_from_dict(obj: Any) -> dict[str, _TensorRef]:
@@ -486,17 +508,21 @@ def _named_tensors_from_dict(obj: Any) -> dict[str, _TensorRef]:
     out: dict[str, _TensorRef] = {}
     for key, value in obj.items():
         if not isinstance(key, str):
-            raise CheckpointError(f"state dict key {key!r:.60} is not a string")
+            raise CheckpointError(f"state dict key {_brief(key)} is not a string")
         if not isinstance(value, _TensorRef):
             continue  # e.g. bookkeeping entries; a state dict's payload is its tensors
         name = _strip_prefixes(key)
         if name in out:
-            raise CheckpointError(f"two entries map to {name!r} after removing module./_orig_mod. prefixes")
+            raise CheckpointError(f"two entries map to {_brief(name)} after removing module./_orig_mod. prefixes")
         out[name] = value
     if obj and not out:
         keys = ", ".join(map(str, list(obj)[:8]))
         raise CheckpointError(f"no tensors at the top level of the state dict (keys: {keys})")
     return out
+
+
+# Real module trees are a few levels deep (OpenAI's ViT: visual.transformer.resblocks.0.attn).
+MAX_MODULE_DEPTH = 64
 
 
 def _named_tensors_from_script_module(root: Any) -> dict[str, _TensorRef]:
@@ -518,11 +544,13 @@ def _named_tensors_from_script_module(root: Any) -> dict[str, _TensorRef]:
         if not isinstance(state, dict):
             raise CheckpointError(f"TorchScript object {module.qualified_name} has no attribute dict")
         if id(module) in active:
-            raise CheckpointError(f"TorchScript module tree has a cycle at {prefix[:-1]!r}")
+            raise CheckpointError(f"TorchScript module tree has a cycle at {_brief(prefix[:-1])}")
+        if len(active) >= MAX_MODULE_DEPTH:  # before Python's own recursion limit, with a message that says so
+            raise CheckpointError(f"TorchScript modules nested more than {MAX_MODULE_DEPTH} deep at {_brief(prefix)}")
         active.add(id(module))
         for attr, value in state.items():
             if not isinstance(attr, str):
-                raise CheckpointError(f"TorchScript attribute name {attr!r:.60} is not a string")
+                raise CheckpointError(f"TorchScript attribute name {_brief(attr)} is not a string")
             if isinstance(value, _TensorRef):
                 out[prefix + attr] = value
             elif isinstance(value, _ScriptObject) and isinstance(_state_of(value), dict) \
@@ -599,7 +627,19 @@ def _zip_root(names: list[str]) -> str:
     return roots[0]
 
 
+# What zipfile (and zlib under it) raise for an archive whose structure or compressed data is corrupt.
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, struct.error, UnicodeDecodeError,
+               NotImplementedError)  # the last: a compression method zipfile doesn't know
+
+
 def _load_zip(path: str) -> dict[str, np.ndarray]:
+    try:
+        return _read_zip(path)
+    except _ZIP_ERRORS as err:
+        raise CheckpointError(f"corrupt or truncated zip archive: {type(err).__name__}: {_brief(str(err))}") from None
+
+
+def _read_zip(path: str) -> dict[str, np.ndarray]:
     with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
         names = zf.namelist()
         root = _zip_root(names)
@@ -708,12 +748,15 @@ class _ZipLayout:
 
     def data_offset(self, info: zipfile.ZipInfo) -> int:
         """Check `info` against its local header and neighbours -> the file offset of its data."""
+        if info.header_offset < 0:  # zipfile adds the archive's offset in the file, which can go negative
+            raise CheckpointError(f"zip entry {info.filename!r}: local header at offset {info.header_offset}")
         self.raw.seek(info.header_offset)
         header = self.raw.read(_LOCAL_HEADER.size)
         if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
             raise CheckpointError(f"zip entry {info.filename!r}: bad local header")
         _, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len = _LOCAL_HEADER.unpack(header)
-        name = self.raw.read(name_len).decode("utf-8" if flags & _UTF8_NAME else "cp437")
+        # A name that isn't valid UTF-8 decodes with replacement characters, so it can't match below.
+        name = self.raw.read(name_len).decode("utf-8" if flags & _UTF8_NAME else "cp437", errors="replace")
         extra = self.raw.read(extra_len)
         if name != info.orig_filename or method != info.compress_type:
             raise CheckpointError(f"zip entry {info.filename!r}: local header names {name!r}, method {method}")
@@ -824,18 +867,38 @@ def _looks_like_safetensors(head: bytes, file_size: int) -> bool:
     return 2 <= header_len <= file_size - 8 and head[8:9] == b"{"
 
 
+# safetensors dtypes numpy holds (bfloat16 through ml_dtypes); others (float8, complex) are refused by name.
+SAFETENSORS_DTYPES = frozenset({"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "BF16", "F32",
+                                "F64"})
+
+
+def check_safetensors_dtypes(f: Any) -> None:
+    """Refuse, from an open safetensors file's header alone, a tensor of a dtype numpy can't hold."""
+    for key in f.keys():
+        dtype = f.get_slice(key).get_dtype()
+        if dtype not in SAFETENSORS_DTYPES:
+            raise CheckpointError(f"tensor {_brief(key)} has dtype {_brief(dtype)}, which clip_jax does not read "
+                                  f"(it reads {', '.join(sorted(SAFETENSORS_DTYPES))})")
+
+
 def _load_safetensors(path: str) -> dict[str, np.ndarray]:
-    # The package does its own bounds checks.  Its numpy path names dtypes by
-    # string ('bfloat16'), which works because importing ml_dtypes registers it.
-    from safetensors import safe_open
+    # The package does its own bounds checks (header length, JSON, offsets, shapes against byte counts).
+    # Its numpy path names dtypes by string ('bfloat16'), which works because importing ml_dtypes
+    # registers it.
+    from safetensors import SafetensorError, safe_open
 
     out = {}
-    with safe_open(path, framework="np") as f:
-        for key in f.keys():
-            name = _strip_prefixes(key)
-            if name in out:
-                raise CheckpointError(f"two entries map to {name!r} after removing module./_orig_mod. prefixes")
-            out[name] = f.get_tensor(key)
+    try:
+        with safe_open(path, framework="np") as f:
+            check_safetensors_dtypes(f)
+            for key in f.keys():
+                name = _strip_prefixes(key)
+                if name in out:
+                    raise CheckpointError(
+                        f"two entries map to {_brief(name)} after removing module./_orig_mod. prefixes")
+                out[name] = f.get_tensor(key)
+    except SafetensorError as err:
+        raise CheckpointError(f"unreadable safetensors file: {err}") from None
     return out
 
 
@@ -859,10 +922,14 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             return _load_safetensors(path)
         if head.startswith(b"\x80"):  # pickle PROTO opcode: legacy torch.save
             return _load_legacy(path)
+        if head[8:9] == b"{":  # a safetensors header whose length field is wrong
+            (header_len,) = struct.unpack("<Q", head[:8])
+            raise CheckpointError(f"safetensors header length {header_len}: a header is at least 2 bytes and "
+                                  f"at most the {file_size - 8} bytes that follow its length")
         raise CheckpointError(f"not a PyTorch checkpoint (unrecognised header {head[:8]!r})")
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
-    except zipfile.BadZipFile as err:
-        raise CheckpointError(f"{path}: corrupt or truncated zip archive ({err})") from err
-    except Exception as err:  # malformed input surfaces as many exception types
+    except OSError as err:  # the file itself: missing, unreadable, a folder
+        raise CheckpointError(f"{path}: cannot read checkpoint: {type(err).__name__}: {err}") from None
+    except Exception as err:  # a last resort, chained so tests can tell it fired: each reader maps its own
         raise CheckpointError(f"{path}: cannot read checkpoint: {type(err).__name__}: {err}") from err
