@@ -10,27 +10,35 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .errors import InputError
+
 MANIFEST = "manifest.json"
 ERRORS = "errors.tsv"
 FORMAT = "clip_jax.embed"  # the manifest's "format", whichever job wrote it
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
-    """An embedding folder's manifest.json as a dict; ValueError naming the file if it isn't one."""
+    """An embedding folder's manifest.json as a dict; InputError (a ValueError) naming the file if it
+    isn't one."""
     path = Path(path)
     if not path.is_file():  # a FIFO would block the read
-        raise ValueError(f"{path}: not a regular file")
+        raise InputError(f"{path}: not a regular file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ValueError(f"{path}: not a valid manifest ({e})") from None
+        data = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"{path}: not a valid manifest ({str(e)[:200]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("shards", {}), dict):
-        raise ValueError(f"{path}: not a valid manifest (expected a JSON object with a 'shards' object)")
+        raise InputError(f"{path}: not a valid manifest (expected a JSON object with a 'shards' object)")
     for k, shard in data.get("shards", {}).items():  # what a rerun reads of each shard done
         if not (isinstance(shard, dict) and isinstance(shard.get("items"), int) and isinstance(shard.get("rows"), int)
-                and isinstance(shard.get("errors"), list)):
-            raise ValueError(f"{path}: not a valid manifest (shard {k!r} lacks its items, rows or errors)")
+                and isinstance(shard.get("errors"), list) and all(_is_error(e) for e in shard["errors"])):
+            raise InputError(f"{path}: not a valid manifest (shard {k[:40]!r} lacks its items, rows or errors)")
     return data
+
+
+def _is_error(entry) -> bool:
+    """An errors entry of a manifest or done marker: [path or key, reason]."""
+    return isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)
 
 
 def tsv_field(s: str) -> str:

@@ -369,11 +369,14 @@ class ShardJob:
         if old is not None:
             try:
                 old = json.loads(old)
-            except ValueError as e:
-                raise ValueError(f"{self.dest}/{MANIFEST}: not a valid manifest ({e})") from None
-            diff = [k for k in self.identity if not isinstance(old, dict) or old.get(k) != self.identity[k]]
+            except (ValueError, RecursionError) as e:
+                raise InputError(f"{self.dest}/{MANIFEST}: not a valid manifest ({str(e)[:200]})") from None
+            if not isinstance(old, dict):
+                raise InputError(f"{self.dest}/{MANIFEST}: not a valid manifest (a JSON {type(old).__name__}, "
+                                 "not an object)")
+            diff = [k for k in self.identity if old.get(k) != self.identity[k]]
             if diff:
-                detail = ", ".join(f"{k}: {old.get(k)!r} there, {self.identity[k]!r} now" for k in diff[:4])
+                detail = ", ".join(f"{k}: {repr(old.get(k))[:80]} there, {self.identity[k]!r} now" for k in diff[:4])
                 raise ValueError(f"{self.dest} holds another embedding job ({detail}); use a new output folder")
             return
         if self.dest.listdir():

@@ -26,7 +26,7 @@ from clip_jax import cli, embed as embed_mod
 from clip_jax.embed_shards import MAX_COLUMNS, OTHER, _metadata, _parquet_bytes
 from clip_jax.sources import Shard, Source
 
-from .fuzz import FUZZ, bounded
+from .fuzz import FUZZ, any_bytes, bounded
 from .shards import jpeg
 from .tiny import save_tiny
 
@@ -236,3 +236,41 @@ def test_folder_job_killed_after_each_write_then_rerun_equals_an_uninterrupted_r
     assert sorted(json.loads((out / "manifest.json").read_text())["shards"]) == ["0"]
     assert cli.main(argv) == 0
     assert data_files(out) == data_files(folder_run)
+
+
+# --- the job's own records, read back by a rerun: fuzzed --------------------------------------------------
+
+
+GOOD_MARKER = json.dumps({"shard": "s", "items": 3, "rows": 2, "errors": [["k", "not an image"]],
+                          "files": {"img_emb/img_emb_0.npy": 134, "metadata/metadata_0.parquet": 900}}).encode()
+
+
+@FUZZ
+@given(any_bytes(GOOD_MARKER))
+def test_done_marker_reader_fuzz(data):
+    """A done marker is the summary, or a reason to redo its shard: never an exception."""
+    from clip_jax.embed_shards import _read_marker
+
+    paths = {"image": "img_emb/img_emb_0.npy", "metadata": "metadata/metadata_0.parquet"}
+    summary, problem = bounded(lambda: _read_marker(data, "s", paths))
+    assert (summary is None) != (problem is None)
+
+
+GOOD_MANIFEST = json.dumps({"format": "clip_jax.embed", "items": 3, "shards": {
+    "0": {"items": 3, "rows": 2, "errors": [["a.png", "not an image"]], "files": {"img_emb/img_emb_0.npy": 134}}}
+}).encode()
+
+
+@FUZZ
+@given(any_bytes(GOOD_MANIFEST))
+def test_manifest_reader_fuzz(data):
+    """read_manifest: a dict, or the project's InputError naming the file (main: RecursionError at depth)."""
+    import tempfile
+
+    from clip_jax.embed_folder import read_manifest
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "manifest.json"
+        path.write_bytes(data)
+        got = bounded(lambda: read_manifest(path))
+    assert got is None or isinstance(got, dict)

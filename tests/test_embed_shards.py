@@ -146,6 +146,18 @@ def test_another_job_in_the_folder_is_refused(data, full_run, capsys):
     assert "holds another embedding job" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("manifest", [b"[]", b"[" * 100_000, b"\xff"])
+def test_a_manifest_that_is_not_one_is_one_line(data, tmp_path, capsys, manifest):
+    """On main: AttributeError ('list' has no 'get') or RecursionError tracebacks."""
+    tmp, _, model = data
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_bytes(manifest)
+    assert main(*args([tmp / "data" / "{00000..00002}.tar"], out, model)) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "manifest.json: not a valid manifest" in err, err
+
+
 def test_parquet_equals_the_same_samples_as_tar(data, full_run, tmp_path):
     tmp, samples, model = data
     for k, s in enumerate(samples):  # shard 1's images as {bytes, path} structs, the others as bytes
