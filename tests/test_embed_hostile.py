@@ -79,6 +79,13 @@ def test_a_key_that_is_not_utf8_changes_that_key_only():
     assert json.loads(got[OTHER][1]) == {"k\udcfe": 1} and got[OTHER][0] is None
 
 
+def test_a_json_field_named_like_a_column_is_kept_not_dropped():
+    """On main a json field called key, caption or image_path was silently left out of the metadata."""
+    got = table([sample("a", {"key": "k", "caption": "c", OTHER: 1, "w": 2})])
+    assert got["key"] == ["a"] and got["w"] == [2]
+    assert json.loads(got[OTHER][0]) == {"key": "k", "caption": "c", OTHER: 1}
+
+
 def test_two_thousand_distinct_keys_a_sample_stay_bounded():
     """On main every distinct key became a column of every row: 2000 keys x n samples columns of n rows
     (a 35 MB shard grew to 3.5 GB). Now the fields present in at least half the rows get columns (at most

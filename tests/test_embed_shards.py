@@ -73,6 +73,25 @@ def full_run(data):
     return out
 
 
+@pytest.fixture(scope="module")
+def run_embed(data):
+    """embed() as the command line calls it (batch 4, this process's devices), with one ShardedCLIP whose
+    compiled programs every call reuses: for the tests whose point is not the command line (~0.1 s a
+    call rather than a compile each)."""
+    import jax
+
+    from clip_jax import embed, parallel
+
+    _, _, model = data
+    sharded, _ = embed._load_sharded(str(model), "float32", None, parallel.make_mesh(1, devices=jax.local_devices()), 4)
+
+    def run(inputs, out, **kw):
+        return embed.embed([str(i) for i in inputs], str(out), str(model), batch_size=4, progress=False,
+                           sharded=sharded, **kw)
+
+    return run
+
+
 def test_one_output_shard_per_input_shard(data, full_run):
     _, samples, model = data
     assert sorted(folder_files(full_run)) == [
@@ -123,7 +142,8 @@ WRITES = ["img_emb", "text_emb", "metadata", "done"]
 
 
 @pytest.mark.parametrize("n", [1, *(pytest.param(n, marks=pytest.mark.slow) for n in (2, 3, 4))])
-def test_killed_after_each_write_then_rerun_equals_an_uninterrupted_run(data, full_run, tmp_path, capfd, n):
+def test_killed_after_each_write_then_rerun_equals_an_uninterrupted_run(data, full_run, run_embed, tmp_path, capfd,
+                                                                        n):
     tmp, _, model = data
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
@@ -135,7 +155,7 @@ def test_killed_after_each_write_then_rerun_equals_an_uninterrupted_run(data, fu
     assert written == set(WRITES[:n])  # killed right after the nth write, and only then
     assert sorted(os.listdir(out / "done")) == ["done_0.json"] + (["done_1.json"] if n == 4 else [])
     capfd.readouterr()
-    assert main(*argv) == 0
+    assert run_embed([tmp / "data" / "{00000..00002}.tar"], out).shards_done_now == (1 if n == 4 else 2)
     assert "warning" not in capfd.readouterr().err  # nothing the kill left needed repairing
     assert folder_files(out) == folder_files(full_run)
 
@@ -158,12 +178,12 @@ def test_a_manifest_that_is_not_one_is_one_line(data, tmp_path, capsys, manifest
     assert len(err.strip().splitlines()) == 1 and "manifest.json: not a valid manifest" in err, err
 
 
-def test_parquet_equals_the_same_samples_as_tar(data, full_run, tmp_path):
+def test_parquet_equals_the_same_samples_as_tar(data, full_run, run_embed, tmp_path):
     tmp, samples, model = data
     for k, s in enumerate(samples):  # shard 1's images as {bytes, path} structs, the others as bytes
         write_parquet(tmp_path / f"p{k}.parquet", s, struct=k == 1, row_group_size=2)
     out = tmp_path / "out"
-    assert main(*args([tmp_path / "p{0..2}.parquet"], out, model, "--image-column", "image")) == 0
+    assert run_embed([tmp_path / "p{0..2}.parquet"], out, image_column="image").rows == 14
     for k in range(3):
         np.testing.assert_array_equal(np.load(out / "img_emb" / f"img_emb_{k}.npy"),
                                       np.load(full_run / "img_emb" / f"img_emb_{k}.npy"))
@@ -180,7 +200,7 @@ def same_outputs(out: Path, want: Path) -> None:
             assert a[name] == b[name], name
 
 
-def test_shards_that_cannot_be_read_fail_alone(data, full_run, tmp_path, capsys):
+def test_shards_that_cannot_be_read_fail_alone(data, full_run, run_embed, tmp_path, capsys):
     """Shard 1 cut inside its 6th sample (after a first batch was embedded), shard 2 missing: shard 0 is
     done and kept, shards 1 and 2 are not marked done, the command says so in one line and exits 1, and
     a rerun once they are back does them alone. On main the error stopped the job where it arose, and
@@ -206,12 +226,11 @@ def test_shards_that_cannot_be_read_fail_alone(data, full_run, tmp_path, capsys)
     assert [(shard, key) for shard, key, _ in failed] == [(str(cut), ""), (str(missing), "")]
     for p, data_ in whole.items():
         p.write_bytes(data_)
-    assert main(*argv) == 0
-    assert "2 shards done in this run" in capsys.readouterr().out
+    assert run_embed([src / "{00000..00002}.tar"], out).shards_done_now == 2
     same_outputs(out, full_run)
 
 
-def test_a_rerun_redoes_the_shards_whose_files_are_not_whole(data, full_run, tmp_path, capsys):
+def test_a_rerun_redoes_the_shards_whose_files_are_not_whole(data, full_run, run_embed, tmp_path, capsys):
     """Done means whole: a deleted .npy, a short one, a done marker that is `[]`: each shard is warned
     about in one line naming the file and embedded again; the folder then equals an uninterrupted run."""
     tmp, _, model = data
@@ -221,10 +240,8 @@ def test_a_rerun_redoes_the_shards_whose_files_are_not_whole(data, full_run, tmp
     short = out / "text_emb" / "text_emb_1.npy"
     short.write_bytes(short.read_bytes()[:-8])
     (out / "done" / "done_2.json").write_text("[]")
-    assert main(*args([tmp / "data" / "{00000..00002}.tar"], out, model)) == 0
-    outerr = capsys.readouterr()
-    assert "3 shards done in this run" in outerr.out
-    warnings = outerr.err.strip().splitlines()
+    assert run_embed([tmp / "data" / "{00000..00002}.tar"], out).shards_done_now == 3
+    warnings = capsys.readouterr().err.strip().splitlines()
     assert len(warnings) == 3 and all(w.startswith("warning: ") and "embedded again" in w for w in warnings)
     assert "done_0.json: img_emb/img_emb_0.npy is missing" in warnings[0]
     assert "done_1.json: text_emb/text_emb_1.npy has" in warnings[1]
@@ -249,7 +266,7 @@ def test_a_done_marker_that_is_not_one_is_named_and_its_shard_redone(marker, pro
     assert _read_marker(good, "s", {"image": "a.npy"}) == (json.loads(good), None)
 
 
-def test_a_column_of_paths_is_read_only_with_image_paths(data, full_run, tmp_path, capsys):
+def test_a_column_of_paths_is_read_only_with_image_paths(data, full_run, run_embed, tmp_path):
     """A parquet image column of local paths: never opened by default (each row an error in errors.tsv,
     the job completes); read, as the same images, when --image-paths says the column holds paths."""
     import pyarrow as pa
@@ -262,11 +279,11 @@ def test_a_column_of_paths_is_read_only_with_image_paths(data, full_run, tmp_pat
     pq.write_table(pa.table({"key": [s["__key__"] for s in samples[0]], "image": [str(p) for p in paths],
                              "caption": [s["txt"] for s in samples[0]]}), tmp_path / "paths.parquet")
     out = tmp_path / "default"
-    assert main(*args([tmp_path / "paths.parquet"], out, model)) == 0
-    assert "0 rows of 5 items in 1 shards, 5 skipped" in capsys.readouterr().out
+    summary = run_embed([tmp_path / "paths.parquet"], out)
+    assert (summary.items, summary.rows, summary.skipped) == (5, 0, 5)
     assert all("--image-paths" in line for line in (out / "errors.tsv").read_text().splitlines()[1:])
     out = tmp_path / "opted_in"
-    assert main(*args([tmp_path / "paths.parquet"], out, model, "--image-paths")) == 0
+    assert run_embed([tmp_path / "paths.parquet"], out, image_paths=True).rows == 5
     np.testing.assert_array_equal(np.load(out / "img_emb" / "img_emb_0.npy"),
                                   np.load(full_run / "img_emb" / "img_emb_0.npy"))
     meta = pq.read_table(out / "metadata" / "metadata_0.parquet").to_pydict()
