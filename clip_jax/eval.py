@@ -25,6 +25,10 @@ The metrics are CLIP_benchmark's (clip_benchmark/metrics/*.py), computed the sam
   mean cross-entropy + wd/2 * ||W||^2 (bias unregularized): scikit-learn's LogisticRegression with
   C = 1 / (wd * n), OpenAI's protocol, and deterministic.
 
+The feature cache (cache_dir) holds one float32 .npy per (model, transform, data set): a file that is not
+the array expected (corrupt, cut short, another shape or dtype) is a CacheWarning naming it, computed
+again and replaced; a cache that can't be written is a CacheWarning, and the result stands.
+
 The retrieval scores are never materialized whole: query blocks (split over this host's devices) meet key
 blocks, and only per-query counts come back, so N x M never sits on one device. In a multi-host run every
 process gets all features back from the ShardedCLIP and computes the same metrics from them.
@@ -33,9 +37,11 @@ process gets all features back from the ShardedCLIP and computes the same metric
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import sys
+import warnings
 import weakref
 from collections.abc import Sequence
 from functools import partial
@@ -50,6 +56,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from . import download
+from .errors import InputError
+from .eval_cli import RESULT_FIELDS, check_output, output_path  # noqa: F401  (re-exported)
 from .eval_data import (  # noqa: F401  (re-exported: the data side of this module)
     CaptionedImages,
     LabelledImages,
@@ -72,7 +80,7 @@ __all__ = [
     "accuracy", "mean_per_class_recall", "retrieval_metrics", "probe_sweep", "fit_probe", "image_features",
     "model_fingerprint", "sharded_model", "resolve_templates", "result", "write_result", "WD_LIST",
     "LabelledImages", "CaptionedImages", "classification_data", "retrieval_data", "image_folder", "caption_table",
-    "wds_dataset",
+    "wds_dataset", "CacheWarning", "read_cache", "RESULT_FIELDS", "output_path", "check_output",
 ]
 
 TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")
@@ -397,24 +405,77 @@ def _agree(flag: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.asarray([flag]))))
 
 
-def _cached(cache_dir, key: str, compute):
-    """compute() -> float32 array, stored as CACHE/key.npy (written by process 0, atomically)."""
+_MAX_NPY_HEADER = 10_000  # numpy's own max_header_size: np.save's headers are ~100 bytes
+
+
+class CacheWarning(UserWarning):
+    """A feature cache file that was unusable (computed again) or could not be written (not stored)."""
+
+
+def read_cache(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray:
+    """A feature cache file -> its float32 array of `shape`. Anything else (not a .npy, another dtype,
+    shape or length, cut short, trailing bytes) is an InputError naming the file. The header is checked
+    before any data is read, so a header claiming a huge shape allocates nothing."""
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        try:
+            version = fmt.read_magic(f)
+            if version not in ((1, 0), (2, 0)):  # what np.save writes for a float array
+                raise ValueError(f"unknown .npy version {version}")
+            # the header's length, bounded before numpy reads that many bytes (a 4-byte field in 2.0)
+            length_field = f.read(2 if version == (1, 0) else 4)
+            length = int.from_bytes(length_field, "little")
+            if len(length_field) < (2 if version == (1, 0) else 4) or length > _MAX_NPY_HEADER:
+                raise ValueError(f"a header of {length} bytes")
+            header = io.BytesIO(length_field + f.read(length))
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            got_shape, fortran, dtype = read_header(header)
+        except Exception as e:  # noqa: BLE001 - numpy's header parse (tokenize, literal_eval) of outside bytes
+            raise InputError(f"{path}: not a .npy file ({type(e).__name__}: {e!s:.200})") from None
+        if dtype != np.dtype("<f4") or tuple(got_shape) != tuple(shape) or fortran:
+            raise InputError(f"{path}: a {dtype} array of shape {tuple(got_shape)}, expected float32 {tuple(shape)}")
+        out = np.empty(shape, np.float32)
+        n = f.readinto(memoryview(out).cast("B")) if out.size else 0
+        if n != out.nbytes or f.read(1):
+            raise InputError(f"{path}: {'cut short' if n != out.nbytes else 'trailing bytes'} "
+                             f"(the array is {out.nbytes} bytes)")
+    return out
+
+
+def _load_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The cached array, None if there is none or it is unusable (then a CacheWarning naming the file)."""
+    if not path.is_file():
+        return None
+    try:
+        return read_cache(path, shape)
+    except (OSError, InputError) as e:
+        warnings.warn(f"{path}: feature cache unusable, computing it again: {e}", CacheWarning, stacklevel=3)
+        return None
+
+
+def _cached(cache_dir, key: str, compute, shape: tuple[int, ...]):
+    """compute() -> float32 array of `shape`, stored as CACHE/key.npy (written by process 0, atomically).
+    A cache file that is corrupt, cut short or of another shape is computed again and replaced; one that
+    can't be written is a warning, not the loss of what was computed."""
 
     if cache_dir is None:
         return compute()
     path = Path(cache_dir) / f"{key}.npy"
-    hit = _agree(path.is_file())
-    if hit:
-        return np.load(path)
+    value = _load_cached(path, shape)
+    if _agree(value is not None):  # every process embeds (a collective) if any one must
+        return value
     value = compute()
     if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
 
         def write(tmp):
             with open(tmp, "wb") as f:
-                np.save(f, value)
+                np.save(f, np.asarray(value, np.float32))
 
-        atomic_write(path, write)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, write)
+        except OSError as e:
+            warnings.warn(f"{path}: feature cache not stored: {e}", CacheWarning, stacklevel=2)
     return value
 
 
@@ -490,11 +551,13 @@ class _Runner:
     def images(self, data, desc: str = "images") -> np.ndarray:
         key = _key("image", self.model_key, _transform_key(self.preprocess), data.fingerprint)
         return _cached(self.cache_dir if data.fingerprint else None, key,
-                       lambda: image_features(self.sharded, self.preprocess, data.images, self.progress, desc))
+                       lambda: image_features(self.sharded, self.preprocess, data.images, self.progress, desc),
+                       (len(data.images), self.sharded.config.embed_dim))
 
     def texts(self, texts: Sequence[str], truncate: bool) -> np.ndarray:
         key = _key("text", self.model_key, list(texts), truncate)
-        return _cached(self.cache_dir, key, lambda: text_features(self.sharded, texts, truncate))
+        return _cached(self.cache_dir, key, lambda: text_features(self.sharded, texts, truncate),
+                       (len(texts), self.sharded.config.embed_dim))
 
 
 # --- the three tasks --------------------------------------------------------------------------------
@@ -510,7 +573,7 @@ def resolve_templates(spec: str | Sequence[str] | None, data: LabelledImages | N
         templates = list(IMAGENET_TEMPLATES)
     elif spec == "dataset":
         if data is None or not data.templates:
-            raise ValueError("--templates dataset: this data set ships no zeroshot_classification_templates.txt")
+            raise InputError("--templates dataset: this data set ships no zeroshot_classification_templates.txt")
         templates = list(data.templates)
     elif isinstance(spec, str):
         if os.path.isfile(spec):
@@ -522,7 +585,13 @@ def resolve_templates(spec: str | Sequence[str] | None, data: LabelledImages | N
     templates = [t.replace("{c}", "{}") for t in templates]
     bad = [t for t in templates if "{}" not in t]
     if not templates or bad:
-        raise ValueError(f"templates must each contain {{c}} or {{}} where the class name goes; got {bad or 'none'}")
+        raise InputError(f"templates must each contain {{c}} or {{}} where the class name goes; got {bad or 'none'}")
+    for t in templates:  # another placeholder would fail at str.format, after the model loaded
+        try:
+            t.format("x")
+        except (ValueError, KeyError, IndexError, AttributeError) as e:
+            raise InputError(f"template {t[:200]!r}: only {{c}} or {{}} may be in braces (write a literal brace as "
+                             f"{{{{ or }}}}): {type(e).__name__} {e}") from None
     return templates
 
 
@@ -582,14 +651,14 @@ def result(dataset: str, model: str, pretrained: str, task: str, metrics: dict, 
 
 
 def write_result(path: str | os.PathLike, res: dict) -> Path:
-    """Write `res` as JSON, atomically. `path` may use CLIP_benchmark's placeholders: {dataset},
-    {model}, {pretrained}, {task}, {language}."""
-    slug = {k: str(res.get(k, "")).replace("/", "_") for k in ("dataset", "model", "pretrained", "task", "language")}
-    target = Path(os.fspath(path).format(**slug))
+    """Write `res` as JSON, atomically, making missing folders. `path` may use CLIP_benchmark's
+    placeholders (see output_path)."""
+    target = output_path(path, res)
     text = json.dumps(res, indent=None) + "\n"
 
     def write(tmp):
         Path(tmp).write_text(text, encoding="utf-8")
 
+    target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(target, write)
     return target

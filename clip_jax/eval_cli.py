@@ -11,10 +11,57 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import string
 import sys
 from pathlib import Path
 
-from .cli_common import add_distributed_args, add_model_args, add_truncate_arg, initialize_distributed, positive_int
+from .cli_common import (
+    add_distributed_args,
+    add_model_args,
+    add_truncate_arg,
+    initialize_distributed,
+    one_line_warnings,
+    positive_int,
+)
+from .errors import InputError
+from .fileio import output_target
+
+RESULT_FIELDS = ("dataset", "model", "pretrained", "task", "language")  # the placeholders of a result path
+
+
+def output_path(template: str | os.PathLike, res: dict) -> Path:
+    """The result file a template names for `res`: CLIP_benchmark's placeholders {dataset}, {model},
+    {pretrained}, {task}, {language} filled in ("/" in a value becomes "_"). Any other placeholder, or a
+    template str.format refuses, is an InputError naming it and listing the valid ones."""
+    template = os.fspath(template)
+    slug = {k: str(res.get(k, "")).replace("/", "_") for k in RESULT_FIELDS}
+    valid = " ".join(f"{{{k}}}" for k in RESULT_FIELDS)
+    try:
+        for _, name, _, _ in string.Formatter().parse(template):
+            if name is not None and name not in RESULT_FIELDS:
+                raise InputError(f"--output {template}: unknown placeholder {{{name}}}; the valid ones are {valid} "
+                                 "(write a literal brace as {{ or }})")
+        return Path(template.format(**slug))
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"--output {template}: not a valid template ({e}); placeholders: {valid}") from None
+
+
+def check_output(template: str | os.PathLike) -> Path:
+    """Before any work: the template is valid (output_path), and the file it names could be written: not
+    an existing folder or device, its nearest existing folder writable (missing folders are made when the
+    result is written). -> the path with placeholder values "x". Raises InputError or OSError naming it."""
+    path = output_path(template, dict.fromkeys(RESULT_FIELDS, "x"))
+    output_target(path)  # refuses an existing folder, FIFO or device
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{template}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{template}: the folder {folder} is not writable")
+    return path
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -81,13 +128,21 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    if args.output:  # an unknown placeholder or an unwritable folder: refused before the work, not after
+        check_output(args.output)
     initialize_distributed(args)
     # When run, not at the top: cli.py imports this module for its arguments, and `clip-jax --help`
     # should not wait for jax.
+    from . import eval as ev
+
+    with one_line_warnings(ev.CacheWarning):
+        return _run_eval(args, ev)
+
+
+def _run_eval(args: argparse.Namespace, ev) -> int:
     import jax
     import jax.numpy as jnp
 
-    from . import eval as ev
     from .hub import load
 
     progress = not args.no_progress and jax.process_index() == 0
@@ -118,8 +173,8 @@ def run_eval(args: argparse.Namespace) -> int:
                     args.pretrained or (Path(args.model).name if is_file else str(args.model)),
                     args.task, metrics, args.language)
     if jax.process_index() == 0:
+        print(json.dumps(res), flush=True)  # first: a failed write must not lose the result
         if args.output:
             path = ev.write_result(args.output, res)
             print(f"wrote {path}", file=sys.stderr)
-        print(json.dumps(res))
     return 0

@@ -21,6 +21,16 @@
   may be an fsspec URL; relative image paths are relative to the file's folder (its folder URL), image
   URLs are kept as written, and images at URLs are read through fsspec when they are embedded.
 
+Hostile input (files from strangers): every reader here returns or raises the project's own error
+(clip_jax.errors), one line naming the file, shard or sample. Bounds set before use: `nshards.txt` is a
+count from 1 to MAX_SHARDS, small text files (classnames, templates, dataset_type.txt) are read up to
+MAX_TEXT_BYTES before they are split into lines. A CSV that isn't UTF-8 names the file and the byte; a
+CSV field past the csv module's limit (128 KiB) names the file and line. A wds shard that isn't a
+readable tar is a ShardError naming it. A sample whose `.cls` isn't an integer (or isn't UTF-8) is
+refused with the shard and key, not skipped: as an unreadable image, a label that can't be read would
+make the result incomparable with CLIP_benchmark's (which stops there too). A `.txt` caption that isn't
+UTF-8 is decoded with U+FFFD replacing the bad bytes, as clip_jax.sources does for every job.
+
 Every data set has a `fingerprint`: a digest of what it holds (paths, sizes, modification times,
 labels; for URLs what the store reports: size, and mtime / ETag / generation where it has them), which
 keys the on-disk feature cache.
@@ -28,12 +38,14 @@ keys the on-disk feature cache.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
 import json
 import os
 import posixpath
+import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +53,11 @@ from pathlib import Path
 import numpy as np
 
 from . import sources
+from .errors import ClipJaxError, InputError, LimitError
 
 __all__ = ["LabelledImages", "CaptionedImages", "TarMembers", "ImageFiles", "image_folder", "caption_table",
-           "wds_dataset", "classification_data", "retrieval_data", "read_lines", "IMG_EXTENSIONS"]
+           "wds_dataset", "classification_data", "retrieval_data", "read_lines", "read_nshards", "IMG_EXTENSIONS",
+           "DataNotFoundError", "MAX_SHARDS", "MAX_TEXT_BYTES"]
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, matched case-insensitively as torchvision does
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -52,6 +66,13 @@ CLASSNAMES = "classnames.txt"
 TEMPLATES = "zeroshot_classification_templates.txt"
 IMAGE_COLUMNS = ("image", "filepath", "path", "file", "filename", "image_path")
 CAPTION_COLUMNS = ("caption", "text", "title", "captions")
+MAX_SHARDS = 100_000  # nshards.txt: far above any CLIP_benchmark export (ImageNet's is a few dozen)
+MAX_TEXT_BYTES = 16 * 2**20  # classnames, templates: read no more than this before splitting lines
+MAX_LABEL = 2**31 - 1  # a .cls above this is no class index (and would overflow int64 past 2^63)
+
+
+class DataNotFoundError(ClipJaxError, FileNotFoundError):
+    """A data set's folder, file or image that isn't there (still a FileNotFoundError)."""
 
 
 @dataclass
@@ -138,7 +159,10 @@ def _images(paths: list[str]) -> Sequence:
 
 
 def _fs(url: str):
-    return sources.url_to_fs(url)
+    try:
+        return sources.url_to_fs(url)
+    except ValueError as e:  # fsspec's "Protocol not known: ..." for a URL from a table's cell
+        raise InputError(f"{url}: {e}") from None
 
 
 def _join(root: str, *parts: str) -> str:
@@ -171,11 +195,18 @@ def _parent(path: str) -> str:
     return str(Path(path).parent)
 
 
-def _read_text(path: str) -> str:
-    if sources.is_url(path):
-        with sources.open_binary(path) as f:
-            return f.read().decode("utf-8")
-    return Path(path).read_text(encoding="utf-8")
+def _read_text(path: str, limit: int | None = None) -> str:
+    """A small text file (a path or URL), UTF-8; more than `limit` bytes (default MAX_TEXT_BYTES) is a
+    LimitError, read no further."""
+    limit = MAX_TEXT_BYTES if limit is None else limit
+    with sources.open_binary(path) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise LimitError(f"{path}: larger than {limit} bytes (the limit for this file)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 4]!r})") from None
 
 
 def _basename(root: str) -> str:
@@ -247,7 +278,7 @@ def _url_folder(root: str) -> tuple[list[str], list[str], list[int], list]:
     _folder_files walks a local tree: by containing folder, then by name."""
     fs, p = _fs(root)
     if not fs.isdir(p):
-        raise FileNotFoundError(f"{root}: no such folder")
+        raise DataNotFoundError(f"{root}: no such folder")
     base = p.rstrip("/")
     folders = sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(p, detail=True)
                      if e.get("type") == "directory")
@@ -277,7 +308,7 @@ def image_folder(root: str | os.PathLike, classnames: str | os.PathLike | Sequen
         folders, paths, labels, ids = _url_folder(root)
     else:
         if not os.path.isdir(root):
-            raise FileNotFoundError(f"{root}: no such folder")
+            raise DataNotFoundError(f"{root}: no such folder")
         folders = sorted(e.name for e in os.scandir(root) if e.is_dir())
         paths, labels = [], []
         for i, c in enumerate(folders):
@@ -285,9 +316,9 @@ def image_folder(root: str | os.PathLike, classnames: str | os.PathLike | Sequen
             paths += files
             labels += [i] * len(files)
     if not folders:
-        raise FileNotFoundError(f"{root}: no class folders (an ImageFolder has one subfolder per class)")
+        raise DataNotFoundError(f"{root}: no class folders (an ImageFolder has one subfolder per class)")
     if not paths:
-        raise FileNotFoundError(f"{root}: no images ({', '.join(IMG_EXTENSIONS)}) in its class folders")
+        raise DataNotFoundError(f"{root}: no images ({', '.join(IMG_EXTENSIONS)}) in its class folders")
     if classnames is None:
         found = _beside(root, CLASSNAMES)
         names = read_lines(found) if found else list(folders)
@@ -296,7 +327,7 @@ def image_folder(root: str | os.PathLike, classnames: str | os.PathLike | Sequen
     else:
         names = [str(c) for c in classnames]
     if len(names) != len(folders):
-        raise ValueError(f"{root}: {len(folders)} class folders but {len(names)} class names")
+        raise InputError(f"{root}: {len(folders)} class folders but {len(names)} class names")
     tpl = _beside(root, TEMPLATES)
     labels = np.asarray(labels, np.int64)
     ids = ids if sources.is_url(root) else _file_ids(paths)
@@ -308,13 +339,19 @@ def _pick(header: list[str], wanted: str | None, known: tuple[str, ...], what: s
     lower = [h.strip().lower() for h in header]
     if wanted is not None:
         if wanted not in header:
-            raise ValueError(f"{path}: no column {wanted!r} (columns: {', '.join(header)})")
+            raise InputError(f"{path}: no column {wanted!r} (columns: {_columns(header)})")
         return header.index(wanted)
     for k in known:
         if k in lower:
             return lower.index(k)
-    raise ValueError(f"{path}: no {what} column; name one of {', '.join(known)} in the header, "
-                     f"or pass the column's name (columns: {', '.join(header)})")
+    raise InputError(f"{path}: no {what} column; name one of {', '.join(known)} in the header, "
+                     f"or pass the column's name (columns: {_columns(header)})")
+
+
+def _columns(header: list[str], n: int = 20) -> str:
+    """A header's first columns for a message (a hostile one may have thousands, each of any length)."""
+    shown = ", ".join(h[:40] for h in header[:n])
+    return shown + (f", ... ({len(header)} in all)" if len(header) > n else "")
 
 
 def caption_table(path: str | os.PathLike, image_column: str | None = None, caption_column: str | None = None,
@@ -322,14 +359,10 @@ def caption_table(path: str | os.PathLike, image_column: str | None = None, capt
     """A CSV/TSV (a file or an fsspec URL) of image path + caption -> CaptionedImages, images in order of
     first appearance. Relative image paths are relative to the file's folder; image URLs are kept."""
     path = os.fspath(path)
-    url = sources.is_url(path)
     delimiter = "\t" if Path(_basename(path)).suffix.lower() in (".tsv", ".tab") else ","
-    opened = (io.TextIOWrapper(sources.open_binary(path), encoding="utf-8", newline="") if url
-              else open(path, newline="", encoding="utf-8"))
-    with opened as f:
-        rows = list(csv.reader(f, delimiter=delimiter))
+    rows = _csv_rows(path, delimiter)
     if not rows:
-        raise ValueError(f"{path}: empty")
+        raise InputError(f"{path}: empty")
     header, rows = rows[0], rows[1:]
     ic = _pick(header, image_column, IMAGE_COLUMNS, "image", path)
     cc = _pick(header, caption_column, CAPTION_COLUMNS, "caption", path)
@@ -340,7 +373,7 @@ def caption_table(path: str | os.PathLike, image_column: str | None = None, capt
         if not any(cell.strip() for cell in row):
             continue
         if len(row) <= max(ic, cc):
-            raise ValueError(f"{path}:{n}: {len(row)} columns, expected {len(header)}")
+            raise InputError(f"{path}:{n}: {len(row)} columns, expected {len(header)}")
         image = _resolve(_parent(path), row[ic].strip())
         if image not in index:
             index[image] = len(images)
@@ -348,15 +381,49 @@ def caption_table(path: str | os.PathLike, image_column: str | None = None, capt
             captions.append([])
         captions[index[image]] += [c.strip() for c in row[cc].splitlines() if c.strip()]
     if not images:
-        raise ValueError(f"{path}: no rows")
+        raise InputError(f"{path}: no rows")
     at_urls = [p for p in images if sources.is_url(p)]
     infos = dict(zip(at_urls, _url_infos(at_urls)))
     missing = [p for p in images if (infos[p] is None if p in infos else not os.path.isfile(p))]
     if missing:
-        raise FileNotFoundError(f"{path}: {len(missing)} image(s) not found, e.g. {missing[0]}")
+        raise DataNotFoundError(f"{path}: {len(missing)} image(s) not found, e.g. {missing[0]}")
     ids = [_url_id(p, infos[p]) if p in infos else _file_ids([p])[0] for p in images]
     return CaptionedImages(_images(images), captions, name or Path(_basename(path)).stem,
                            _digest(["table", ids, captions]))
+
+
+def _csv_rows(path: str, delimiter: str) -> list[list[str]]:
+    """The rows of a CSV/TSV (a path or URL); what the csv module or UTF-8 refuses is an InputError naming
+    the file and the line (a field past the csv module's limit, a NUL) or the byte (not UTF-8)."""
+    with io.TextIOWrapper(sources.open_binary(path), encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            return list(reader)
+        except csv.Error as e:
+            raise InputError(f"{path}:{reader.line_num}: {e}") from None
+        except UnicodeDecodeError:
+            pass
+    raise InputError(f"{path}: not UTF-8 text (at byte {_utf8_error_offset(path)})")
+
+
+def _utf8_error_offset(path: str) -> int | str:
+    """The offset of the first byte of `path` that isn't UTF-8 ("?" if it reads clean this time): a
+    second pass, taken only once a read has failed (TextIOWrapper's error is relative to its chunk)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    start = 0  # offset of the next chunk in the file
+    with sources.open_binary(path) as f:
+        while chunk := f.read(1 << 20):
+            pending = len(decoder.getstate()[0])  # bytes held back from the previous chunk
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                return start - pending + e.start
+            start += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as e:
+        return start - len(e.object) + e.start
+    return "?"
 
 
 def _resolve(folder: str, image: str) -> str:
@@ -377,6 +444,19 @@ def is_wds(root: str | os.PathLike, split: str) -> bool:
     return _isfile(_join(os.fspath(root), split, "nshards.txt"))
 
 
+def read_nshards(path: str) -> int:
+    """The shard count in a wds layout's nshards.txt: an integer from 1 to MAX_SHARDS, else an
+    InputError (LimitError past the bound) naming the file, before any shard name is made."""
+    text = _read_text(path, limit=64).strip()
+    try:
+        n = int(text)
+    except ValueError:
+        raise InputError(f"{path}: not a shard count ({text[:40]!r})") from None
+    if not 1 <= n <= MAX_SHARDS:
+        raise LimitError(f"{path}: {n} shards; a count from 1 to {MAX_SHARDS} is expected")
+    return n
+
+
 class _Counted:
     """A forward-read stream that counts the bytes read from it (so members' data offsets are known)."""
 
@@ -388,6 +468,9 @@ class _Counted:
         self.pos += len(data)
         return data
 
+    def __getattr__(self, name: str):  # fileno, tell, size: how the tar reader knows the shard's length
+        return getattr(self.f, name)
+
 
 def _wds_samples(shards: list[str]):
     """Yield (key, {field: (shard, data offset, size)}) per sample of each shard, in order: the shard
@@ -398,7 +481,7 @@ def _wds_samples(shards: list[str]):
         with sources.TarShard(shard).open() as raw:
             f = _Counted(raw)
             try:
-                for name, data in sources.tar_members(f):
+                for name, data in sources.tar_members(f, shard):
                     # tar_members has read the member's data and its padding to the 512-byte block
                     offset = f.pos - (-len(data) % 512) - len(data)
                     split = sources._split_member(name)
@@ -410,10 +493,26 @@ def _wds_samples(shards: list[str]):
                             yield key, fields
                         key, fields = k, {}
                     fields[field] = (shard, offset, len(data), data if field in ("cls", "txt") else None)
-            except (OSError, EOFError, ValueError) as e:
+            except sources.ShardError as e:  # the reader's own: named already, or named here
+                raise e if shard in str(e) else sources.ShardError(f"{shard}: {e}") from None
+            except (tarfile.TarError, OSError, EOFError, ValueError, OverflowError, MemoryError) as e:
+                # tarfile's InvalidHeaderError (a bad checksum) is neither an OSError nor a ValueError
                 raise sources.ShardError(f"{shard}: unreadable tar data ({e})") from None
         if key is not None:
             yield key, fields
+
+
+def _label(member: tuple, key: str) -> int:
+    """A sample's `.cls` -> its class index; anything but a decimal integer from 0 to MAX_LABEL is an
+    InputError naming the shard and key (refused, not skipped: see the module docstring)."""
+    shard, data = member[0], member[3]
+    try:
+        label = int(data.decode("utf-8").strip())
+    except ValueError:  # UnicodeDecodeError is one; so is int()'s refusal of over 4300 digits
+        raise InputError(f"{shard}: sample {key[:200]!r}: .cls is not an integer ({data[:32]!r})") from None
+    if not 0 <= label <= MAX_LABEL:
+        raise InputError(f"{shard}: sample {key[:200]!r}: .cls {str(label)[:32]} is no class index")
+    return label
 
 
 def _shard_ids(shards: list[str]) -> list:
@@ -432,13 +531,13 @@ def wds_dataset(root: str | os.PathLike, split: str = "test", name: str | None =
     """CLIP_benchmark's `wds_*` layout (a folder or an fsspec URL) -> LabelledImages, or CaptionedImages
     when dataset_type.txt says "retrieval"."""
     root = os.fspath(root)
-    nshards = int(_read_text(_join(root, split, "nshards.txt")).strip())
+    nshards = read_nshards(_join(root, split, "nshards.txt"))
     shards = [_join(root, split, f"{i}.tar") for i in range(nshards)]
     kind_file = _join(root, "dataset_type.txt")
-    kind = _read_text(kind_file).strip().lower() if _isfile(kind_file) else "classification"
+    kind = _read_text(kind_file, limit=1024).strip().lower() if _isfile(kind_file) else "classification"
     if kind == "multilabel":
-        raise ValueError(f"{root}: multi-label data sets (dataset_type.txt: multilabel) are not supported")
-    images, labels, captions = [], [], []
+        raise InputError(f"{root}: multi-label data sets (dataset_type.txt: multilabel) are not supported")
+    images, labels, captions, keys = [], [], [], []
     for key, parts in _wds_samples(shards):
         image = next((parts[k] for k in WDS_IMAGE_KEYS if k in parts), None)
         if image is None:
@@ -446,26 +545,31 @@ def wds_dataset(root: str | os.PathLike, split: str = "test", name: str | None =
         if kind == "retrieval":
             if "txt" not in parts:
                 continue
-            captions.append(parts["txt"][3].decode("utf-8").splitlines())
+            # not UTF-8: U+FFFD for the bad bytes, as clip_jax.sources reads captions for every job
+            captions.append(parts["txt"][3].decode("utf-8", "replace").splitlines())
         else:
             if "cls" not in parts:
                 continue
-            labels.append(int(parts["cls"][3].decode().strip()))
+            labels.append(_label(parts["cls"], key))
+            keys.append((image[0], key))
         images.append(image[:3])
     if not images:
         what = "txt" if kind == "retrieval" else "cls"
-        raise ValueError(f"{_join(root, split)}: no samples with an image and a {what}")
+        raise InputError(f"{_join(root, split)}: no samples with an image and a {what}")
     shard_ids = _shard_ids(shards)
     name = name or _basename(root)
     if kind == "retrieval":
         return CaptionedImages(TarMembers(images), captions, name, _digest(["wds", shard_ids, images, captions]))
     names_file, tpl_file = _join(root, CLASSNAMES), _join(root, TEMPLATES)
     if not _isfile(names_file):
-        raise FileNotFoundError(f"{names_file}: no class names (CLIP_benchmark's export writes one)")
+        raise DataNotFoundError(f"{names_file}: no class names (CLIP_benchmark's export writes one)")
     labels = np.asarray(labels, np.int64)
     classnames = read_lines(names_file)
-    if labels.max() >= len(classnames) or labels.min() < 0:
-        raise ValueError(f"{root}: a label is outside the {len(classnames)} classes of {names_file}")
+    outside = np.flatnonzero(labels >= len(classnames))
+    if len(outside):
+        shard, key = keys[outside[0]]
+        raise InputError(f"{shard}: sample {key[:200]!r}: label {labels[outside[0]]} is outside the {len(classnames)} "
+                         f"classes of {names_file} ({len(outside)} such sample(s))")
     return LabelledImages(TarMembers(images), labels, classnames, read_lines(tpl_file) if _isfile(tpl_file) else None,
                           name, _digest(["wds", shard_ids, images, labels.tolist()]))
 
@@ -480,16 +584,16 @@ def classification_data(root: str | os.PathLike, split: str | None = None,
     if split is not None and is_wds(root, split):
         data = wds_dataset(root, split)
         if not isinstance(data, LabelledImages):
-            raise ValueError(f"{root}: a retrieval data set (dataset_type.txt), not a classification one")
+            raise InputError(f"{root}: a retrieval data set (dataset_type.txt), not a classification one")
         if classnames is not None:
             names = read_lines(classnames)
             if len(names) != len(data.classnames):
-                raise ValueError(f"{classnames}: {len(names)} names for {len(data.classnames)} classes")
+                raise InputError(f"{classnames}: {len(names)} names for {len(data.classnames)} classes")
             data.classnames = names
         return data
     folder = _join(root, split) if split is not None else root
     if sources.is_url(root) and not _isdir(folder):
-        raise FileNotFoundError(f"{folder}: no such folder (nor {_join(root, split or 'test', 'nshards.txt')} of "
+        raise DataNotFoundError(f"{folder}: no such folder (nor {_join(root, split or 'test', 'nshards.txt')} of "
                                 "CLIP_benchmark's wds layout)")
     return image_folder(folder, classnames, name=_basename(root) if split is not None else None)
 
@@ -501,9 +605,9 @@ def retrieval_data(source: str | os.PathLike, split: str = "test", image_column:
     source = os.fspath(source)
     if os.path.isdir(source) or (sources.is_url(source) and is_wds(source, split)):
         if not is_wds(source, split):
-            raise ValueError(f"{source}: a folder, but not CLIP_benchmark's wds layout ({split}/nshards.txt)")
+            raise InputError(f"{source}: a folder, but not CLIP_benchmark's wds layout ({split}/nshards.txt)")
         data = wds_dataset(source, split)
         if not isinstance(data, CaptionedImages):
-            raise ValueError(f"{source}: a classification data set (no dataset_type.txt saying retrieval)")
+            raise InputError(f"{source}: a classification data set (no dataset_type.txt saying retrieval)")
         return data
     return caption_table(source, image_column, caption_column)
