@@ -139,6 +139,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 # do, and the rest of each row goes to one JSON text column, OTHER. Only the first _TRACKED distinct
 # field names are counted, so memory and time stay linear in the shard's bytes, whatever its keys.
 MAX_COLUMNS = 256
+MAX_DEPTH = 64  # json values nested deeper are not stored (the readers drop such a .json already)
 _TRACKED = 4096
 BASE_COLUMNS = ("image_path", "key", "caption")
 OTHER = "json_other"
@@ -169,12 +170,40 @@ def _text_column(values: list) -> pa.Array:
 
 
 def _writable(t: pa.DataType) -> bool:
-    """parquet can't store a struct without fields ({} in JSON)."""
-    if pa.types.is_struct(t):
-        return t.num_fields > 0 and all(_writable(t.field(i).type) for i in range(t.num_fields))
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        return _writable(t.value_type)
+    """parquet can't store a struct without fields ({} in JSON). Iterative: a type may be deep."""
+    stack = [t]
+    while stack:
+        t = stack.pop()
+        if pa.types.is_struct(t):
+            if t.num_fields == 0:
+                return False
+            stack += [t.field(i).type for i in range(t.num_fields)]
+        elif pa.types.is_list(t) or pa.types.is_large_list(t):
+            stack.append(t.value_type)
     return True
+
+
+def _too_deep(value) -> bool:
+    """Nested deeper than MAX_DEPTH (pyarrow's conversion recurses in C++: deep enough, it crashes)."""
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if children is not None:
+            if depth >= MAX_DEPTH:
+                return True
+            stack += [(c, depth + 1) for c in children]
+    return False
+
+
+def _shallow(fields, key: str, errors: list[tuple[str, str]]) -> dict | None:
+    """A sample's json object without the fields nested past MAX_DEPTH (each logged), or None if not an object."""
+    if not isinstance(fields, dict):
+        return None
+    deep = [f for f, v in fields.items() if isinstance(v, (dict, list)) and _too_deep(v)]
+    for f in deep:
+        errors.append((key, f"json: field {_utf8(f)!r} nested deeper than {MAX_DEPTH} levels, not stored"))
+    return {f: v for f, v in fields.items() if f not in deep} if deep else fields
 
 
 def _kind(value):
@@ -269,7 +298,7 @@ def _metadata(samples: list[dict], keep: np.ndarray, errors: list[tuple[str, str
     errors = [] if errors is None else errors
     rows = [s for s, ok in zip(samples, keep) if ok]
     keys = [s["key"] for s in rows]
-    jsons = [s.get("json") if isinstance(s.get("json"), dict) else None for s in rows]
+    jsons = [_shallow(s.get("json"), _utf8(s["key"]), errors) for s in rows]
     columns = {"image_path": _text_column([s.get("image_path", s["key"]) for s in rows]),
                "key": _text_column(keys),
                "caption": _text_column([s.get("txt") if isinstance(s.get("txt"), str) else None for s in rows])}

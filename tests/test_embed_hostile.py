@@ -86,6 +86,20 @@ def test_a_json_field_named_like_a_column_is_kept_not_dropped():
     assert json.loads(got[OTHER][0]) == {"key": "k", "caption": "c", OTHER: 1}
 
 
+def test_a_value_nested_past_the_bound_is_logged_and_left_out():
+    """pyarrow's conversion recurses in C++: on main a value 100k deep reaching the metadata writer
+    crashed the process (segmentation fault; the readers bound .json depth, the writer now does too)."""
+    deep = 1
+    for _ in range(100_000):
+        deep = {"a": deep}
+    samples = [sample("k0", {"d": deep, "x": 1}), sample("k1", {"d": {"a": 1}, "x": 2})]
+    errors = []
+    data = bounded(lambda: _parquet_bytes(_metadata(samples, np.ones(2, bool), errors)))
+    got = pq.read_table(io.BytesIO(data)).to_pydict()
+    assert got["x"] == [1, 2] and got["d"] == [None, {"a": 1}]
+    assert errors == [("k0", "json: field 'd' nested deeper than 64 levels, not stored")]
+
+
 def test_two_thousand_distinct_keys_a_sample_stay_bounded():
     """On main every distinct key became a column of every row: 2000 keys x n samples columns of n rows
     (a 35 MB shard grew to 3.5 GB). Now the fields present in at least half the rows get columns (at most
