@@ -290,7 +290,7 @@ def test_a_column_of_paths_is_read_only_with_image_paths(data, full_run, run_emb
     assert meta["image_path"] == [str(p) for p in paths] and meta["key"] == [s["__key__"] for s in samples[0]]
 
 
-def test_fsspec_source_and_destination(data, full_run):
+def test_fsspec_source_and_destination(data, full_run, run_embed, capsys):
     import fsspec
 
     tmp, _, model = data
@@ -302,6 +302,13 @@ def test_fsspec_source_and_destination(data, full_run):
         if name.endswith(".npy"):
             assert fs.cat(f"/out/{name}") == data_, name
     assert "00001.tar" in fs.cat("/out/errors.tsv").decode()
+    # A rerun checks the markers' sizes against one listing of each folder on the object store.
+    assert run_embed(["memory://in/{00000..00002}.tar"], "memory://out").shards_done_now == 0
+    fs.pipe("/out/metadata/metadata_2.parquet", b"cut")
+    capsys.readouterr()
+    assert run_embed(["memory://in/{00000..00002}.tar"], "memory://out").shards_done_now == 1
+    assert "metadata/metadata_2.parquet has 3 bytes" in capsys.readouterr().err
+    assert fs.cat("/out/metadata/metadata_2.parquet") == folder_files(full_run)["metadata/metadata_2.parquet"]
 
 
 def test_plan_gives_each_shard_to_one_process():
