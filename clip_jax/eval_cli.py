@@ -2,8 +2,9 @@
 
 Prints the result (CLIP_benchmark's JSON: dataset, model, pretrained, task, metrics, language) on stdout
 and, with --output, writes it there atomically (CLIP_benchmark's placeholders such as
-'{dataset}_{model}_{task}.json' work). Image features are cached on disk (--cache), so a second task on
-the same data and model does not embed it again.
+'{dataset}_{model}_{task}.json' work; any other placeholder, or a folder that can't be written, is
+refused before the evaluation starts; missing folders are made). Image features are cached on disk
+(--cache), so a second task on the same data and model does not embed it again.
 """
 
 from __future__ import annotations
@@ -128,13 +129,17 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    if args.output:  # an unknown placeholder or an unwritable folder: refused before the work, not after
-        check_output(args.output)
+    if args.output:  # an unknown placeholder: refused before the work, not after it
+        output_path(args.output, {})
     initialize_distributed(args)
     # When run, not at the top: cli.py imports this module for its arguments, and `clip-jax --help`
     # should not wait for jax.
+    import jax
+
     from . import eval as ev
 
+    if args.output and jax.process_index() == 0:  # the process that writes it: its folder is writable
+        check_output(args.output)
     with one_line_warnings(ev.CacheWarning):
         return _run_eval(args, ev)
 

@@ -263,7 +263,7 @@ def test_unwritable_cache_is_a_warning_not_the_loss_of_the_result(tmp_path):
     assert np.array_equal(out, GOOD)
 
 
-@pytest.mark.slow  # the bundled model's first compile: ~15 s on 2 cores
+@pytest.mark.slow  # the bundled model compiled and run twice: 4 s alone, 15 s on a busy 2-core machine
 def test_cli_recomputes_a_truncated_cache_and_prints_the_result_first(tmp_path, capsys):
     """End to end with the bundled model: a cache file cut short is one warning line and the same metrics;
     the result is on stdout before the result file is written."""
