@@ -493,25 +493,21 @@ def image_features(sharded, preprocess, images: Sequence, progress: bool = True,
     """Normalized image features [N, D] of paths (or encoded image bytes), in order. An unreadable image
     is an error naming it: an evaluation that silently dropped rows would not be comparable."""
     out = np.zeros((len(images), sharded.config.embed_dim), np.float32)
-    errors = []
+    errors, bad = [], []
     with tqdm(total=len(images), unit="img", desc=desc, disable=not progress or jax.process_index() != 0,
               file=sys.stderr) as bar:
         for batch in sharded.embed_image_files(images, preprocess, normalized=True):
             out[batch.start: batch.start + len(batch.features)] = batch.features
-            errors += batch.errors
+            errors += batch.errors  # this process's rows
+            bad += (batch.start + np.flatnonzero(~np.asarray(batch.ok, bool))).tolist()  # every process's
             bar.update(len(batch.features))
-    if errors:
-        path, reason = errors[0]
-        shown = path if isinstance(path, str) else f"image {_index_of(images, path)}"
-        raise ValueError(f"{len(errors)} unreadable image(s), e.g. {shown}: {reason}")
+    if bad:  # every process sees the same rows, so every process stops
+        i = bad[0]
+        shown = images.describe(i) if hasattr(images, "describe") else str(images[i])
+        # the reason: this process's first error, which is row i's when this process read every row
+        reason = f": {errors[0][1]}" if errors and len(errors) == len(bad) else ""
+        raise InputError(f"{len(bad)} unreadable image(s), e.g. image {i}, {shown}{reason}")
     return out
-
-
-def _index_of(images, item) -> str:
-    try:
-        return str(list(images).index(item))
-    except ValueError:
-        return "?"
 
 
 def text_features(sharded, texts: Sequence[str], truncate: bool = True, batch: int = 65536) -> np.ndarray:

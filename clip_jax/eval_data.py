@@ -114,18 +114,38 @@ class _ReadOnAccess(Sequence):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return type(self)(self.entries[i])
+            return self._sliced(i)
         return self._get(self.entries[i])
+
+    def _sliced(self, i: slice):
+        return type(self)(self.entries[i])
 
     def _get(self, entry):
         raise NotImplementedError
 
+    def describe(self, i: int) -> str:
+        """Item i for a message, without reading it."""
+        return str(self.entries[i])
+
 
 class TarMembers(_ReadOnAccess):
-    """The bytes of tar members, read on access: (shard path or URL, data offset, size) per item."""
+    """The bytes of tar members, read on access: (shard path or URL, data offset, size) per item; keys:
+    the samples' keys (named in messages)."""
+
+    def __init__(self, entries: list, keys: list[str] | None = None):
+        super().__init__(entries)
+        self.keys = keys
+
+    def _sliced(self, i: slice):
+        return TarMembers(self.entries[i], self.keys[i] if self.keys is not None else None)
 
     def _get(self, entry) -> bytes:
         return _read_bytes(*entry)
+
+    def describe(self, i: int) -> str:
+        shard, offset, _ = self.entries[i]
+        key = f"sample {self.keys[i][:200]!r}, " if self.keys is not None else ""
+        return f"{shard}: {key}the member at byte {offset}"
 
 
 class ImageFiles(_ReadOnAccess):
@@ -551,7 +571,7 @@ def wds_dataset(root: str | os.PathLike, split: str = "test", name: str | None =
             if "cls" not in parts:
                 continue
             labels.append(_label(parts["cls"], key))
-            keys.append((image[0], key))
+        keys.append(key)
         images.append(image[:3])
     if not images:
         what = "txt" if kind == "retrieval" else "cls"
@@ -559,7 +579,7 @@ def wds_dataset(root: str | os.PathLike, split: str = "test", name: str | None =
     shard_ids = _shard_ids(shards)
     name = name or _basename(root)
     if kind == "retrieval":
-        return CaptionedImages(TarMembers(images), captions, name, _digest(["wds", shard_ids, images, captions]))
+        return CaptionedImages(TarMembers(images, keys), captions, name, _digest(["wds", shard_ids, images, captions]))
     names_file, tpl_file = _join(root, CLASSNAMES), _join(root, TEMPLATES)
     if not _isfile(names_file):
         raise DataNotFoundError(f"{names_file}: no class names (CLIP_benchmark's export writes one)")
@@ -567,11 +587,12 @@ def wds_dataset(root: str | os.PathLike, split: str = "test", name: str | None =
     classnames = read_lines(names_file)
     outside = np.flatnonzero(labels >= len(classnames))
     if len(outside):
-        shard, key = keys[outside[0]]
+        shard, key = images[outside[0]][0], keys[outside[0]]
         raise InputError(f"{shard}: sample {key[:200]!r}: label {labels[outside[0]]} is outside the {len(classnames)} "
                          f"classes of {names_file} ({len(outside)} such sample(s))")
-    return LabelledImages(TarMembers(images), labels, classnames, read_lines(tpl_file) if _isfile(tpl_file) else None,
-                          name, _digest(["wds", shard_ids, images, labels.tolist()]))
+    templates = read_lines(tpl_file) if _isfile(tpl_file) else None
+    return LabelledImages(TarMembers(images, keys), labels, classnames, templates, name,
+                          _digest(["wds", shard_ids, images, labels.tolist()]))
 
 
 def classification_data(root: str | os.PathLike, split: str | None = None,

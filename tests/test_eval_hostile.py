@@ -190,6 +190,41 @@ def test_images_read_back_at_their_offsets(tmp_path):
     assert [data.images[i] for i in range(len(data))] == images and data.labels.tolist() == [1] * 4
 
 
+def test_unreadable_wds_image_names_shard_and_key_without_reading_the_rest(tmp_path, monkeypatch):
+    """Today "1 unreadable image(s), e.g. image 1": no shard, no key, found by reading every image again."""
+    from clip_jax.parallel import EmbeddedBatch
+
+    data = ev.classification_data(wds(tmp_path / "wds", [samples(b"0", b"1", b"0")]))
+
+    class Sharded:  # embed_image_files' contract: rows of bad images are not ok, with (item, reason)
+        class config:
+            embed_dim = 4
+
+        def embed_image_files(self, images, preprocess, normalized):
+            yield EmbeddedBatch(0, np.zeros((2, 4), np.float32), np.array([True, False]), [(images[1], "bad PNG")])
+            yield EmbeddedBatch(2, np.zeros((1, 4), np.float32), np.array([True]), [])
+
+    reads = []
+    monkeypatch.setattr(eval_data, "_read_bytes", lambda *a: reads.append(a) or PNG)
+    with pytest.raises(InputError, match=r"1 unreadable image\(s\), e.g. image 1, .*test/0.tar: sample 's1', "
+                                         r"the member at byte \d+: bad PNG"):
+        ev.image_features(Sharded(), None, data.images, progress=False)
+    assert len(reads) == 1  # the one the stub read, not the whole data set again
+
+
+@pytest.mark.slow  # the bundled model compiled: a few seconds
+def test_unreadable_wds_image_through_the_model(tmp_path):
+    from clip_jax import load
+
+    model, preprocess = load(TINY_CLIP)
+    png = io.BytesIO()
+    __import__("PIL.Image").Image.new("RGB", (8, 8)).save(png, "PNG")
+    members = [("s0.png", png.getvalue()), ("s0.cls", b"0"), ("s1.png", b"not a png"), ("s1.cls", b"1")]
+    data = ev.classification_data(wds(tmp_path / "wds", [members]))
+    with pytest.raises(InputError, match=r"e.g. image 1, .*0.tar: sample 's1', the member at byte 2560: not a"):
+        ev.zeroshot_classification(model, preprocess, data, ["a {c}"], batch_size=8, progress=False)
+
+
 def test_non_utf8_caption_is_replaced_not_a_traceback(tmp_path):
     """Today UnicodeDecodeError; now decoded as clip_jax.sources does (U+FFFD), the sample kept."""
     root = wds(tmp_path / "wds", [samples(b"a cat", b"a d\xffg", field="txt")], kind="retrieval")
