@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from flax import nnx
 
+from .errors import InputError, LimitError
 from .model import l2_normalize
 from .tokenizer import tokenize
 
@@ -47,17 +47,37 @@ IMAGENET_TEMPLATES: tuple[str, ...] = (
 )
 
 
+MAX_TEMPLATE_BYTES = 16 * 2**20  # a templates file is read no further than this
+
+
 def read_templates(spec: str) -> tuple[str, ...]:
-    """--templates: "imagenet" (the 80 above), a file of templates (one a line), or one template."""
+    """--templates: "imagenet" (the 80 above), a file of templates (one a line, UTF-8, at most
+    MAX_TEMPLATE_BYTES), or one template. Each must have one {} where the label goes and no other
+    placeholder (a literal brace is {{ or }}); anything else is an InputError naming the file."""
     if spec == "imagenet":
         return IMAGENET_TEMPLATES
     if os.path.isfile(spec):
-        templates = tuple(line for line in Path(spec).read_text(encoding="utf-8").splitlines() if line.strip())
+        with open(spec, "rb") as f:
+            data = f.read(MAX_TEMPLATE_BYTES + 1)
+        if len(data) > MAX_TEMPLATE_BYTES:
+            raise LimitError(f"{spec}: larger than {MAX_TEMPLATE_BYTES} bytes, too large for a templates file")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{spec}: not UTF-8 text (byte {e.start})") from None
+        templates = tuple(line for line in text.splitlines() if line.strip())
     else:
         templates = (spec,)
-    bad = [t for t in templates if "{}" not in t]
+    bad = [t[:200] for t in templates if "{}" not in t][:5]
     if not templates or bad:
-        raise ValueError(f"templates must each contain {{}} where the label goes; got {bad or 'none'} (from {spec!r})")
+        raise InputError(f"templates must each contain {{}} where the label goes; got {bad or 'none'} "
+                         f"(from {spec[:200]!r})")
+    for t in templates:  # another placeholder would fail at str.format, a traceback once the model loaded
+        try:
+            t.format("x")
+        except (ValueError, KeyError, IndexError, AttributeError) as e:
+            raise InputError(f"template {t[:200]!r} (from {spec[:200]!r}): only {{}} may be in braces (a literal "
+                             f"brace is {{{{ or }}}}): {type(e).__name__} {e}") from None
     return templates
 
 

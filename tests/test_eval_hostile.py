@@ -257,6 +257,36 @@ def test_text_files_are_read_with_a_byte_cap(tmp_path, monkeypatch):
         ev.read_lines(tmp_path / "t.txt")
 
 
+def test_template_placeholders_and_files_are_checked_before_the_model(tmp_path, monkeypatch):
+    """Today "a {c} {x}" was a KeyError at str.format once the model had loaded (eval and classify), and
+    a templates file that isn't UTF-8 a line naming no file."""
+    from clip_jax import zeroshot
+
+    for spec in ("a {c} {x}", "a {} {0}", "a {c} {"):
+        with pytest.raises(InputError, match="only {c} or {} may be in braces|where the class name goes"):
+            ev.resolve_templates(spec)
+        with pytest.raises(InputError):
+            zeroshot.read_templates(spec.replace("{c}", "{}"))
+    assert ev.resolve_templates("a {c} {{x}}") == ["a {} {{x}}"]
+    (tmp_path / "t.txt").write_bytes(b"a {}\nb \xff {}\n")
+    with pytest.raises(InputError, match=r"t.txt: not UTF-8 text \(byte 7\)"):
+        zeroshot.read_templates(str(tmp_path / "t.txt"))
+    monkeypatch.setattr(zeroshot, "MAX_TEMPLATE_BYTES", 10)
+    (tmp_path / "t.txt").write_bytes(b"a {}\n" * 3)
+    with pytest.raises(LimitError, match="t.txt: larger than 10 bytes"):
+        zeroshot.read_templates(str(tmp_path / "t.txt"))
+
+
+@FUZZ
+@given(data=any_bytes(b"a photo of a {}.\nitap of a {}.\n"))
+def test_classify_templates_fuzz(fuzz_dir, data):
+    from clip_jax import zeroshot
+
+    (fuzz_dir / "templates.txt").write_bytes(data)
+    templates = bounded(lambda: zeroshot.read_templates(str(fuzz_dir / "templates.txt")))
+    assert templates is None or all(t.format("x") for t in templates)
+
+
 # --- the feature cache ------------------------------------------------------------------------------
 
 
