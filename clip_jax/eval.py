@@ -57,7 +57,6 @@ from tqdm import tqdm
 
 from . import download
 from .errors import InputError
-from .eval_cli import RESULT_FIELDS, check_output, output_path  # noqa: F401  (re-exported)
 from .eval_data import (  # noqa: F401  (re-exported: the data side of this module)
     CaptionedImages,
     LabelledImages,
@@ -72,6 +71,7 @@ from .fileio import atomic_write
 from .image import transform_for
 from .model import flat_params
 from .parallel import ShardedCLIP
+from .results import RESULT_FIELDS, check_output, output_path, result, write_result  # noqa: F401  (re-exported)
 from .tokenizer import tokenize
 from .zeroshot import IMAGENET_TEMPLATES, zeroshot_classifier
 
@@ -640,21 +640,3 @@ def linear_probe(model, preprocess, train: LabelledImages, test: LabelledImages,
 # --- CLIP_benchmark's result file -------------------------------------------------------------------
 
 
-def result(dataset: str, model: str, pretrained: str, task: str, metrics: dict, language: str = "en", **extra) -> dict:
-    """The dict CLIP_benchmark's `eval` dumps (and its `build` step collects)."""
-    return {"dataset": dataset, "model": model, "pretrained": pretrained, "task": task, "metrics": metrics,
-            "language": language, **extra}
-
-
-def write_result(path: str | os.PathLike, res: dict) -> Path:
-    """Write `res` as JSON, atomically, making missing folders. `path` may use CLIP_benchmark's
-    placeholders (see output_path)."""
-    target = output_path(path, res)
-    text = json.dumps(res, indent=None) + "\n"
-
-    def write(tmp):
-        Path(tmp).write_text(text, encoding="utf-8")
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(target, write)
-    return target

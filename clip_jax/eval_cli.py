@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import string
 import sys
 from pathlib import Path
 
@@ -24,45 +23,7 @@ from .cli_common import (
     one_line_warnings,
     positive_int,
 )
-from .errors import InputError
-from .fileio import output_target
-
-RESULT_FIELDS = ("dataset", "model", "pretrained", "task", "language")  # the placeholders of a result path
-
-
-def output_path(template: str | os.PathLike, res: dict) -> Path:
-    """The result file a template names for `res`: CLIP_benchmark's placeholders {dataset}, {model},
-    {pretrained}, {task}, {language} filled in ("/" in a value becomes "_"). Any other placeholder, or a
-    template str.format refuses, is an InputError naming it and listing the valid ones."""
-    template = os.fspath(template)
-    slug = {k: str(res.get(k, "")).replace("/", "_") for k in RESULT_FIELDS}
-    valid = " ".join(f"{{{k}}}" for k in RESULT_FIELDS)
-    try:
-        for _, name, _, _ in string.Formatter().parse(template):
-            if name is not None and name not in RESULT_FIELDS:
-                raise InputError(f"--output {template}: unknown placeholder {{{name}}}; the valid ones are {valid} "
-                                 "(write a literal brace as {{ or }})")
-        return Path(template.format(**slug))
-    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as e:
-        if isinstance(e, InputError):
-            raise
-        raise InputError(f"--output {template}: not a valid template ({e}); placeholders: {valid}") from None
-
-
-def check_output(template: str | os.PathLike) -> Path:
-    """Before any work: the template is valid (output_path), and the file it names could be written: not
-    an existing folder or device, its nearest existing folder writable (missing folders are made when the
-    result is written). -> the path with placeholder values "x". Raises InputError or OSError naming it."""
-    path = output_path(template, dict.fromkeys(RESULT_FIELDS, "x"))
-    output_target(path)  # refuses an existing folder, FIFO or device
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise NotADirectoryError(f"{template}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"{template}: the folder {folder} is not writable")
-    return path
+from .results import check_output, output_path
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ for layer, names in enumerate([
     "checkpoint.transformers checkpoint.export checkpoint parallel train compilation",
     "hub",
     # applications
-    "zeroshot search sources eval_data embed_folder embed_shards embed eval",
+    "zeroshot search sources eval_data results embed_folder embed_shards embed eval",
     "cli_common eval_cli cli",
     "__init__",
     "demo",  # shows the public API: `import clip_jax`
