@@ -9,7 +9,7 @@ can't be read), so `except ValueError` still works, and the command line prints 
 
 from __future__ import annotations
 
-__all__ = ["ClipJaxError", "InputError", "LimitError", "MissingExtraError"]
+__all__ = ["ClipJaxError", "InputError", "LimitError", "MissingExtraError", "ShardError"]
 
 
 class ClipJaxError(Exception):
@@ -26,3 +26,8 @@ class LimitError(InputError):
 
 class MissingExtraError(ClipJaxError, ImportError):
     """An optional dependency is not installed; the message names the pip extra that brings it."""
+
+
+class ShardError(ClipJaxError, OSError):
+    """A shard that could not be read (missing, not a tar or parquet file, cut short): that shard fails
+    alone, and a rerun retries it."""

@@ -62,7 +62,6 @@ import glob
 import json
 import os
 import re
-import stat
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -73,7 +72,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import ClipJaxError, InputError, LimitError, MissingExtraError
+from .braces import MAX_NAMES, braceexpand, iter_braceexpand  # noqa: F401  (part of this module's API)
+from .errors import ClipJaxError, InputError, MissingExtraError, ShardError
+from .tarstream import TarFormatError, tar_members  # noqa: F401  (part of this module's API)
 
 __all__ = ["IMAGE_FIELDS", "Shard", "ShardError", "Source", "TarShard", "ParquetShard", "FileShard", "braceexpand",
            "open_source", "is_url", "open_binary", "url_to_fs", "IMAGE_EXTENSIONS", "collect_images", "read_captions"]
@@ -122,130 +123,6 @@ def open_binary(path: str):
         return fsspec.open(path, "rb").open()
     except ImportError as e:
         raise _missing_extra(path, e) from None
-
-
-# A brace pattern names shards; more names than this is a mistake (or a hostile pattern), not a job.
-MAX_NAMES = 1_000_000
-_MAX_BRACE_DEPTH = 64
-_RANGE = re.compile(r"(-?\d{1,18})\.\.(-?\d{1,18})(?:\.\.(\d{1,18}))?")
-
-
-def _brace_pairs(pattern: str) -> dict[int, int]:
-    """Position of each "{" -> its matching "}" (one pass with a stack; unmatched braces are literal)."""
-    pairs, stack = {}, []
-    for i, c in enumerate(pattern):
-        if c == "{":
-            stack.append(i)
-        elif c == "}" and stack:
-            pairs[stack.pop()] = i
-    return pairs
-
-
-def _brace_parse(pattern: str, lo: int, hi: int, pairs: dict[int, int], depth: int = 0) -> list:
-    """pattern[lo:hi] as a sequence of parts: a str (literal), ("alt", [sequence, ...]) or ("range", range,
-    width). A brace group with no top-level comma that is not a range stays literal, as in bash."""
-    if depth > _MAX_BRACE_DEPTH:
-        raise InputError(f"{pattern}: braces nested deeper than {_MAX_BRACE_DEPTH} levels")
-    parts: list = []
-    literal, i = [], lo
-    while i < hi:
-        j = pairs.get(i)
-        if j is None or j >= hi:
-            literal.append(pattern[i])
-            i += 1
-            continue
-        commas, k = [], i + 1
-        while k < j:  # top-level commas of the group
-            if pattern[k] == ",":
-                commas.append(k)
-            k = pairs[k] + 1 if k in pairs and pairs[k] < j else k + 1
-        body = pattern[i + 1: j]
-        r = None if commas else _RANGE.fullmatch(body)
-        if literal:
-            parts.append("".join(literal))
-            literal = []
-        if commas:
-            bounds = [i, *commas, j]
-            alts = [_brace_parse(pattern, a + 1, b, pairs, depth + 1) for a, b in zip(bounds, bounds[1:])]
-            parts.append(("alt", alts))
-        elif r:
-            a, b, step = r.group(1), r.group(2), max(int(r.group(3) or 1), 1)
-            # bash pads when an end has a leading zero: {00..10}, not {0..10}
-            padded = any(len(e.lstrip("-")) > 1 and e.lstrip("-").startswith("0") for e in (a, b))
-            lo_, hi_ = int(a), int(b)
-            rng = range(lo_, hi_ + 1, step) if lo_ <= hi_ else range(lo_, hi_ - 1, -step)
-            parts.append(("range", rng, max(len(a), len(b)) if padded else 0))
-        else:  # "{}" or "{x}": literal braces, expansions inside still expand ("{x{a,b}}" -> "{xa}" "{xb}")
-            parts += ["{", *_brace_parse(pattern, i + 1, j, pairs, depth + 1), "}"]
-        i = j + 1
-    if literal:
-        parts.append("".join(literal))
-    return _merged(parts)
-
-
-def _merged(parts: list) -> list:
-    """Adjacent literals joined, and one-name ranges made literal, so that the number of parts (the
-    depth of _brace_iter's recursion) is bounded by the count: ~2 * log2(MAX_NAMES) at most."""
-    out: list = []
-    for p in parts:
-        if not isinstance(p, str) and p[0] == "range" and len(p[1]) == 1:
-            p = str(p[1][0]).zfill(p[2])
-        if isinstance(p, str) and out and isinstance(out[-1], str):
-            out[-1] += p
-        elif p != "":
-            out.append(p)
-    return out
-
-
-def _brace_count(parts: list, cap: int) -> int:
-    """How many names a parsed sequence expands to, saturating at cap + 1 (ranges count in O(1))."""
-    n = 1
-    for p in parts:
-        if isinstance(p, str):
-            continue
-        if p[0] == "range":
-            k = len(p[1])
-        else:
-            k = 0
-            for alt in p[1]:
-                k = min(k + _brace_count(alt, cap), cap + 1)
-        n = min(n * k, cap + 1)
-    return n
-
-
-def _brace_iter(parts: list, prefix: str = "") -> Iterator[str]:
-    """The names of a parsed sequence, left to right (the leftmost brace varies slowest), lazily."""
-    if not parts:
-        yield prefix
-        return
-    head, rest = parts[0], parts[1:]
-    if isinstance(head, str):
-        yield from _brace_iter(rest, prefix + head)
-    elif head[0] == "range":
-        for i in head[1]:
-            yield from _brace_iter(rest, prefix + str(i).zfill(head[2]))
-    else:
-        for alt in head[1]:
-            yield from _brace_iter(alt + rest, prefix)
-
-
-def iter_braceexpand(pattern: str, limit: int = MAX_NAMES) -> Iterator[str]:
-    """braceexpand, lazily. The count is computed before any name is made (ranges in O(1)), so a
-    pattern of more than `limit` names raises LimitError at once, whatever its size."""
-    pairs = _brace_pairs(pattern)
-    parts = _brace_parse(pattern, 0, len(pattern), pairs)
-    if _brace_count(parts, limit) > limit:
-        raise LimitError(f"{pattern}: expands to more than {limit:,} names; a shard list is shorter than that "
-                         "(split the job, or name a folder or a glob)")
-    return _brace_iter(parts)
-
-
-def braceexpand(pattern: str, limit: int = MAX_NAMES) -> list[str]:
-    """bash's brace expansion: "a{0..2}b" -> a0b a1b a2b (zero-padded as written: {00..10}, a step:
-    {0..10..5}), "x{a,b}" -> xa xb, nested "{a,b{1..2}}" -> a b1 b2; the leftmost brace varies slowest.
-    No filesystem access. More than `limit` names (default 1,000,000) is a LimitError, raised before
-    any name is made; braces nested deeper than 64 levels an InputError."""
-    return list(iter_braceexpand(pattern, limit))
 
 
 def _suffix(path: str) -> str:
@@ -360,10 +237,6 @@ def make_sample(key: str, fields: dict[str, bytes], shard: str, index: int) -> d
 # --- shards -----------------------------------------------------------------------------------------
 
 
-class ShardError(ClipJaxError, OSError):
-    """A shard that could not be read (missing, not a tar or parquet file, cut short)."""
-
-
 @dataclass
 class Shard:
     """One unit of work: a file (or a group of files) whose samples are read in order."""
@@ -390,183 +263,6 @@ def _split_member(name: str) -> tuple[str, str] | None:
     if not m:
         return None
     return m.group(1), m.group(2).lower()
-
-
-# Bounds of the tar reader, checked before a length from a header is used.
-BLOCK = 512
-MAX_MEMBER_BYTES = 1 << 30  # one member (an image, a caption) of a shard
-MAX_HEADER_BYTES = 1 << 20  # a pax extended header or a GNU long name
-_READ_CHUNK = 16 << 20  # longer reads grow a buffer as the data arrives, not by what a header claims
-_ZERO_BLOCK = bytes(BLOCK)
-_META_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
-               tarfile.SOLARIS_XHDTYPE)
-_MEMBER_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
-
-
-class TarFormatError(ShardError):
-    """Tar data that breaks the format or a bound; `reason` is the message without the shard's name."""
-
-    def __init__(self, where: str, reason: str):
-        super().__init__(f"{where}: {reason}")
-        self.reason = reason
-
-
-def _remaining(f) -> int | None:
-    """Bytes left in f, where it can be known without reading: a local file's size (fstat), an fsspec
-    file's .size; None for a stream."""
-    try:
-        st = os.fstat(f.fileno())
-        if stat.S_ISREG(st.st_mode):
-            return st.st_size - f.tell()
-    except (OSError, ValueError, AttributeError):
-        pass
-    size = getattr(f, "size", None)
-    if isinstance(size, int):
-        try:
-            return size - f.tell()
-        except (OSError, ValueError, AttributeError):
-            return None
-    return None
-
-
-def _read(f, size: int) -> bytes:
-    """Up to `size` bytes (fewer only at the end of f), read at most _READ_CHUNK at a time: a stream's
-    read(n) may allocate n up front, so a lying length would cost its claim, not the bytes that exist."""
-    data = f.read(min(size, _READ_CHUNK))
-    if len(data) == size:
-        return data
-    parts, got = [data], len(data)
-    while got < size:
-        chunk = f.read(min(_READ_CHUNK, size - got))
-        if not chunk:
-            break
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
-
-
-_OCTAL = re.compile(rb"[0-7]+")
-
-
-def _number(field: bytes) -> int:
-    """A header's number, as tarfile reads it: octal digits ended by NUL or space, or GNU base-256
-    (first byte 0x80; 0xff for a negative number). Anything else is a ValueError."""
-    if field[0] in (0x80, 0xFF):
-        n = int.from_bytes(field[1:], "big")
-        return n - 256 ** (len(field) - 1) if field[0] == 0xFF else n
-    digits = field.split(b"\0", 1)[0].strip()
-    if not digits:
-        return 0
-    if not _OCTAL.fullmatch(digits):
-        raise ValueError(f"invalid number {field!r}")
-    return int(digits, 8)
-
-
-def _header(buf: bytes) -> tuple[str, int, bytes]:
-    """A 512-byte ustar/GNU header -> (name, size, type), as tarfile.TarInfo.frombuf reads them, checksum
-    checked; without parsing the fields this reader doesn't use (frombuf was 60% of the reader's time)."""
-    unsigned = sum(buf) - sum(buf[148:156]) + 256  # the checksum field counts as eight spaces
-    if _number(buf[148:156]) != unsigned and _number(buf[148:156]) not in tarfile.calc_chksums(buf):
-        raise ValueError("bad checksum")
-    kind = buf[156:157]
-    name = buf[0:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-    prefix = buf[345:500].split(b"\0", 1)[0]
-    if kind == tarfile.AREGTYPE and name.endswith("/"):  # old V7 tar: a directory is a file named "x/"
-        kind = tarfile.DIRTYPE
-    if prefix and kind not in tarfile.GNU_TYPES:
-        name = prefix.decode("utf-8", "surrogateescape") + "/" + name
-    return name, _number(buf[124:136]), kind
-
-
-def _pax(data: bytes, where: str = "tar stream") -> dict[str, str]:
-    """A pax extended header's records ("%d key=value\n"), each length checked against the data."""
-    out, pos = {}, 0
-    while pos < len(data) and data[pos] != 0:  # tarfile, too, stops at a NUL
-        space = data.find(b" ", pos, pos + 21)
-        digits = data[pos:space] if space > pos else b""
-        if not digits.isdigit():
-            raise TarFormatError(where, f"pax header: record at byte {pos} has no length")
-        length = int(digits)
-        end = pos + length
-        if length <= len(digits) + 2 or end > len(data) or data[end - 1] != 0x0A:
-            raise TarFormatError(where, f"pax header: record at byte {pos} has a bad length ({length})")
-        key, eq, value = data[space + 1: end - 1].partition(b"=")
-        if not eq:
-            raise TarFormatError(where, f"pax header: record at byte {pos} has no '='")
-        out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-        pos = end
-    return out
-
-
-def _pax_size(value: str, where: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,19}", value):
-        raise TarFormatError(where, f"pax size {value[:40]!r} is not a byte count")
-    return int(value)
-
-
-def tar_members(f, name: str | None = None) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of the regular files of a tar stream, in order; GNU long names and pax headers
-    are honoured. Reads the stream forward only, one member at a time (3-4x the speed of tarfile's
-    "r|" mode here, whose stream buffer copies every block); a member's data and its padding are read
-    before it is yielded.
-
-    Every length is checked before it is used: a header's checksum, a pax record's length, a size that
-    is negative, not a number, past MAX_MEMBER_BYTES (1 GiB; 1 MiB for pax headers and long names) or
-    past the end of a file of known size. Data that ends without the end-of-archive marker (cut short,
-    even exactly at a member's end) is an error: a shard is whole or refused. One zero block then the
-    end of the data is accepted, as tarfile and GNU tar accept it; a lone zero block followed by more
-    data is not (GNU tar stops there with a warning, so later members would be lost). Errors are
-    TarFormatError (a ShardError) naming `name` (default: f.name)."""
-    where = str(name or getattr(f, "name", None) or "tar stream")
-    remaining = _remaining(f)
-    pos, long_name, pax = 0, None, {}
-
-    def fail(reason: str) -> TarFormatError:
-        return TarFormatError(where, reason)
-
-    while True:
-        header = _read(f, BLOCK)
-        pos += len(header)
-        if len(header) < BLOCK:
-            if not header:
-                raise fail("cut short: no end-of-archive marker" if pos else "empty file, not a tar archive")
-            raise fail(f"cut short inside a header at byte {pos - len(header)}")
-        if header == _ZERO_BLOCK:
-            rest = _read(f, BLOCK)
-            if rest.count(0) == len(rest):  # the second zero block, or the end of the data
-                return
-            raise fail(f"a lone zero block at byte {pos - BLOCK} followed by more data")
-        try:
-            header_name, header_size, kind = _header(header)
-        except ValueError as e:
-            raise fail(f"bad header at byte {pos - BLOCK} ({e})") from None
-        meta = kind in _META_TYPES
-        member = header_name if meta else (pax.get("path") or long_name or header_name)
-        size = _pax_size(pax["size"], where) if "size" in pax and not meta else header_size
-        limit = MAX_HEADER_BYTES if meta else MAX_MEMBER_BYTES
-        if size < 0:
-            raise fail(f"member {member[:200]!r} has a negative size ({size})")
-        if size > limit:
-            raise fail(f"member {member[:200]!r} claims {size:,} bytes, over the {limit >> 20} MiB a "
-                       f"{'header' if meta else 'member'} may hold")
-        if remaining is not None and pos + size > remaining:
-            raise fail(f"member {member[:200]!r} claims {size:,} bytes but {max(remaining - pos, 0):,} remain: "
-                       "cut short")
-        data = _read(f, size)
-        pos += len(data)
-        if len(data) < size:
-            raise fail(f"cut short inside member {member[:200]!r}")
-        pos += len(_read(f, -size % BLOCK))
-        if kind == tarfile.GNUTYPE_LONGNAME:
-            long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
-        elif kind in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
-            pax = _pax(data, where)
-        elif kind == tarfile.GNUTYPE_SPARSE:
-            raise fail(f"member {member[:200]!r} is a GNU sparse file, which a shard can't hold")
-        elif not meta:
-            long_name, pax = None, {}
-            if kind in _MEMBER_TYPES:
-                yield member, data
 
 
 @dataclass

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "clip_jax"
 LAYERS: dict[str, int] = {}
 for layer, names in enumerate([
     # foundations: no clip_jax imports
-    "errors fileio roles config dtypes ftfy_fast synthetic",
+    "errors braces tarstream fileio roles config dtypes ftfy_fast synthetic",
     # inputs and outputs of the model, without the model
     "tokenizer image checks pretrained download",
     "model",

@@ -137,7 +137,7 @@ def test_the_header_parser_reads_what_tarfile_reads(block, fix):
     aren't plain octal digits (tarfile's int() also takes "+7", "0o7", "1_0")."""
     import tarfile
 
-    from clip_jax.sources import _header
+    from clip_jax.tarstream import _header
 
     block = (block + bytes(512))[:512]
     block = with_checksum(block) if fix else block

@@ -15,13 +15,13 @@ from clip_jax.errors import ClipJaxError, InputError, LimitError
 from clip_jax.sources import (
     ShardError,
     TarShard,
-    _pax,
     _split_member,
     braceexpand,
     iter_braceexpand,
     open_source,
     tar_members,
 )
+from clip_jax.tarstream import _pax
 
 from .fuzz import bounded
 from .shards import END_OF_ARCHIVE, pax_member, pax_record, tar_block, tar_header, tar_member, write_members, write_tar
@@ -151,9 +151,9 @@ def test_a_bad_header_checksum_is_a_shard_error():
 
 
 def test_members_over_the_cap_name_shard_and_member(monkeypatch):
-    import clip_jax.sources as sources
+    import clip_jax.tarstream as tarstream
 
-    monkeypatch.setattr(sources, "MAX_MEMBER_BYTES", 1000)
+    monkeypatch.setattr(tarstream, "MAX_MEMBER_BYTES", 1000)
     data = GOOD + tar_member("big.jpg", b"x" * 1001) + END_OF_ARCHIVE
     with pytest.raises(ShardError, match="t.tar: member 'big.jpg' claims 1,001 bytes, over the"):
         members(data)
