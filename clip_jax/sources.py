@@ -47,9 +47,9 @@ Formats, chosen by the name:
   webdataset library does: the key is the member's path up to the first dot of its file name, the rest
   is the field ("jpg", "txt", "json", "cls"; "a.b.jpg" is key "a", field "b.jpg"). The tar is read
   forward as a stream, so shards on object storage or HTTP are never seeked or downloaded whole. The
-  reader is a plain 512-byte-header parser: on the same shards it read ~3x the bytes/s of the webdataset
-  library and of tarfile's "r|" mode (both copy every block through tarfile's stream buffer;
-  benchmarks/embed.py --shards measures it), and it needs no extra dependency.
+  reader (tarstream.py) is a plain 512-byte-header parser: on the same shards it read ~3x the samples/s
+  of the webdataset library and of tarfile's "r|" mode (both copy every block through tarfile's stream
+  buffer; benchmarks/embed.py --shards measures it), and it needs no extra dependency.
 - "*.parquet" (or a folder of them): an image column of raw bytes or of Hugging Face datasets'
   {"bytes", "path"} structs, an optional caption column and key column.
 - anything else: today's image inputs (folders, globs, .txt lists, image files), grouped into shards of
