@@ -663,6 +663,7 @@ def _failed_error(job: ShardJob, failed: dict[str, str]) -> ShardsFailedError:
     first = sorted(failed, key=int)[:3]
     more = f" and {len(failed) - len(first)} more" if len(failed) > len(first) else ""
     why = "; ".join(failed[k].splitlines()[0] if failed[k] else job.urls[int(k)] for k in first)
+    others = "the other shards are done, and " if len(failed) < job.num_shards else ""
     return ShardsFailedError(
         f"{len(failed)} of {job.num_shards} shards could not be read: {why}{more} (listed in "
-        f"{job.dest}/{ERRORS}); the other shards are done, and rerunning the same command retries these")
+        f"{job.dest}/{ERRORS}); {others}rerunning the same command retries these")
