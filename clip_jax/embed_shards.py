@@ -53,11 +53,11 @@ import pyarrow.parquet as pq
 from jax._src import distributed  # the key-value store of jax.distributed's client (no public name)
 
 from .embed_folder import ERRORS, FORMAT, MANIFEST, progress_bar, tsv_field
-from .errors import ClipJaxError, InputError
+from .errors import ClipJaxError, InputError, ShardError
 from .fileio import atomic_write
 from .image import Decoder
 from .parallel import prefetch
-from .sources import ShardError, Source, is_url, url_to_fs
+from .sources import Source, is_url, url_to_fs
 from .tokenizer import tokenize
 
 FORMAT_VERSION = 2

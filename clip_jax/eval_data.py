@@ -53,7 +53,8 @@ from pathlib import Path
 import numpy as np
 
 from . import sources
-from .errors import ClipJaxError, InputError, LimitError
+from .errors import ClipJaxError, InputError, LimitError, ShardError
+from .tarstream import tar_members
 
 __all__ = ["LabelledImages", "CaptionedImages", "TarMembers", "ImageFiles", "image_folder", "caption_table",
            "wds_dataset", "classification_data", "retrieval_data", "read_lines", "read_nshards", "IMG_EXTENSIONS",
@@ -494,14 +495,14 @@ class _Counted:
 
 def _wds_samples(shards: list[str]):
     """Yield (key, {field: (shard, data offset, size)}) per sample of each shard, in order: the shard
-    read forward once by sources.tar_members, members grouped into samples by sources' (webdataset's)
+    read forward once by tarstream.tar_members, members grouped into samples by sources' (webdataset's)
     rule, as clip_jax.sources.TarShard groups them."""
     for shard in shards:
         key, fields = None, {}
         with sources.TarShard(shard).open() as raw:
             f = _Counted(raw)
             try:
-                for name, data in sources.tar_members(f, shard):
+                for name, data in tar_members(f, shard):
                     # tar_members has read the member's data and its padding to the 512-byte block
                     offset = f.pos - (-len(data) % 512) - len(data)
                     split = sources._split_member(name)
@@ -513,11 +514,11 @@ def _wds_samples(shards: list[str]):
                             yield key, fields
                         key, fields = k, {}
                     fields[field] = (shard, offset, len(data), data if field in ("cls", "txt") else None)
-            except sources.ShardError as e:  # the reader's own: named already, or named here
-                raise e if shard in str(e) else sources.ShardError(f"{shard}: {e}") from None
+            except ShardError as e:  # the reader's own: named already, or named here
+                raise e if shard in str(e) else ShardError(f"{shard}: {e}") from None
             except (tarfile.TarError, OSError, EOFError, ValueError, OverflowError, MemoryError) as e:
                 # tarfile's InvalidHeaderError (a bad checksum) is neither an OSError nor a ValueError
-                raise sources.ShardError(f"{shard}: unreadable tar data ({e})") from None
+                raise ShardError(f"{shard}: unreadable tar data ({e})") from None
         if key is not None:
             yield key, fields
 

@@ -72,12 +72,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .braces import MAX_NAMES, braceexpand, iter_braceexpand  # noqa: F401  (part of this module's API)
+from .braces import MAX_NAMES, iter_braceexpand
 from .errors import ClipJaxError, InputError, MissingExtraError, ShardError
-from .tarstream import TarFormatError, tar_members  # noqa: F401  (part of this module's API)
+from .tarstream import TarFormatError, tar_members
 
-__all__ = ["IMAGE_FIELDS", "Shard", "ShardError", "Source", "TarShard", "ParquetShard", "FileShard", "braceexpand",
-           "open_source", "is_url", "open_binary", "url_to_fs", "IMAGE_EXTENSIONS", "collect_images", "read_captions"]
+__all__ = ["IMAGE_FIELDS", "Shard", "Source", "TarShard", "ParquetShard", "FileShard", "open_source", "is_url",
+           "open_binary", "url_to_fs", "IMAGE_EXTENSIONS", "collect_images", "read_captions"]
 
 # Image fields in order of preference, as clip-retrieval and img2dataset name them.
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 import clip_jax.eval as ev
-from clip_jax import cli, eval_data, sources
+from clip_jax import cli, eval_data
 from clip_jax.demo import TINY_CLIP
-from clip_jax.errors import ClipJaxError, InputError, LimitError
+from clip_jax.errors import ClipJaxError, InputError, LimitError, ShardError
 
 from .fuzz import FUZZ, any_bytes, bounded, mutated
 
@@ -157,7 +157,7 @@ def test_bad_tar_checksum_names_the_shard(tmp_path, capsys):
     data = bytearray(shard.read_bytes())
     data[1024] ^= 0x20  # the second member's name: its header checksum no longer holds
     shard.write_bytes(bytes(data))
-    with pytest.raises(sources.ShardError, match=r"test/1.tar: .*checksum"):
+    with pytest.raises(ShardError, match=r"test/1.tar: .*checksum"):
         ev.classification_data(root)
     assert cli.main(["eval", "zeroshot_classification", str(root), "--model", "x"]) == 1
     assert str(shard) in one_line(capsys.readouterr().err)

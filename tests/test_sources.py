@@ -8,7 +8,10 @@ import tarfile
 
 import pytest
 
-from clip_jax.sources import ShardError, braceexpand, open_source, tar_members
+from clip_jax.braces import braceexpand
+from clip_jax.errors import ShardError
+from clip_jax.sources import open_source
+from clip_jax.tarstream import tar_members
 
 from .local_server import QuietHandler, serve
 from .shards import make_samples, write_parquet, write_tar

@@ -13,7 +13,9 @@ import fsspec
 import pytest
 from hypothesis import given, strategies as st
 
-from clip_jax.sources import ParquetShard, TarShard, braceexpand, iter_braceexpand, tar_members
+from clip_jax.braces import braceexpand, iter_braceexpand
+from clip_jax.sources import ParquetShard, TarShard
+from clip_jax.tarstream import tar_members
 
 from .fuzz import FUZZ, any_bytes, bounded, mutated
 from .shards import hostile_seed_tar, make_samples, write_parquet, write_tar

@@ -11,17 +11,10 @@ import tarfile
 
 import pytest
 
-from clip_jax.errors import ClipJaxError, InputError, LimitError
-from clip_jax.sources import (
-    ShardError,
-    TarShard,
-    _split_member,
-    braceexpand,
-    iter_braceexpand,
-    open_source,
-    tar_members,
-)
-from clip_jax.tarstream import _pax
+from clip_jax.braces import braceexpand, iter_braceexpand
+from clip_jax.errors import ClipJaxError, InputError, LimitError, ShardError
+from clip_jax.sources import TarShard, _split_member, open_source
+from clip_jax.tarstream import _pax, tar_members
 
 from .fuzz import bounded
 from .shards import END_OF_ARCHIVE, pax_member, pax_record, tar_block, tar_header, tar_member, write_members, write_tar
