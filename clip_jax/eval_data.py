@@ -54,7 +54,7 @@ import numpy as np
 
 from . import sources
 from .errors import ClipJaxError, InputError, LimitError, ShardError
-from .tarstream import tar_members
+from .tarstream import tar_samples
 
 __all__ = ["LabelledImages", "CaptionedImages", "TarMembers", "ImageFiles", "image_folder", "caption_table",
            "wds_dataset", "classification_data", "retrieval_data", "read_lines", "read_nshards", "IMG_EXTENSIONS",
@@ -478,49 +478,21 @@ def read_nshards(path: str) -> int:
     return n
 
 
-class _Counted:
-    """A forward-read stream that counts the bytes read from it (so members' data offsets are known)."""
-
-    def __init__(self, f):
-        self.f, self.pos = f, 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.pos += len(data)
-        return data
-
-    def __getattr__(self, name: str):  # fileno, tell, size: how the tar reader knows the shard's length
-        return getattr(self.f, name)
-
-
 def _wds_samples(shards: list[str]):
-    """Yield (key, {field: (shard, data offset, size)}) per sample of each shard, in order: the shard
-    read forward once by tarstream.tar_members, members grouped into samples by sources' (webdataset's)
-    rule, as clip_jax.sources.TarShard groups them."""
+    """Yield (key, {field: (shard, data offset, size, bytes of .cls/.txt else None)}) per sample of each
+    shard, in order: each shard read forward once by tarstream.tar_samples, the reader and grouping
+    clip_jax.sources.TarShard reads with."""
     for shard in shards:
-        key, fields = None, {}
-        with sources.TarShard(shard).open() as raw:
-            f = _Counted(raw)
+        with sources.TarShard(shard).open() as f:
             try:
-                for name, data in tar_members(f, shard):
-                    # tar_members has read the member's data and its padding to the 512-byte block
-                    offset = f.pos - (-len(data) % 512) - len(data)
-                    split = sources._split_member(name)
-                    if split is None or split[0].rsplit("/", 1)[-1].startswith("__"):
-                        continue
-                    k, field = split
-                    if k != key:
-                        if key is not None:
-                            yield key, fields
-                        key, fields = k, {}
-                    fields[field] = (shard, offset, len(data), data if field in ("cls", "txt") else None)
+                for key, fields in tar_samples(f, shard, offsets=True):
+                    yield key, {name: (shard, offset, len(data), data if name in ("cls", "txt") else None)
+                                for name, (data, offset) in fields.items()}
             except ShardError as e:  # the reader's own: named already, or named here
                 raise e if shard in str(e) else ShardError(f"{shard}: {e}") from None
             except (tarfile.TarError, OSError, EOFError, ValueError, OverflowError, MemoryError) as e:
                 # tarfile's InvalidHeaderError (a bad checksum) is neither an OSError nor a ValueError
                 raise ShardError(f"{shard}: unreadable tar data ({e})") from None
-        if key is not None:
-            yield key, fields
 
 
 def _label(member: tuple, key: str) -> int:

@@ -74,7 +74,7 @@ import pyarrow.parquet as pq
 
 from .braces import MAX_NAMES, iter_braceexpand
 from .errors import ClipJaxError, InputError, MissingExtraError, ShardError
-from .tarstream import TarFormatError, tar_members
+from .tarstream import TarFormatError, tar_samples
 
 __all__ = ["IMAGE_FIELDS", "Shard", "Source", "TarShard", "ParquetShard", "FileShard", "open_source", "is_url",
            "open_binary", "url_to_fs", "IMAGE_EXTENSIONS", "collect_images", "read_captions"]
@@ -257,39 +257,21 @@ class Shard:
             raise ShardError(f"{self.url}: cannot open ({e})") from None
 
 
-def _split_member(name: str) -> tuple[str, str] | None:
-    """webdataset's rule: key = path up to the first dot of the file name; field = the rest, lowercased."""
-    m = re.fullmatch(r"((?:.*/)?[^./][^/]*?)\.([^/]*)", name)
-    if not m:
-        return None
-    return m.group(1), m.group(2).lower()
-
-
 @dataclass
 class TarShard(Shard):
     """A WebDataset .tar shard, streamed member by member (no seeking, no index)."""
 
     def __iter__(self) -> Iterator[dict]:
         with self.open() as f:
-            key, fields, index = None, {}, 0
+            index = 0
             try:
-                for name, data in tar_members(f, self.url):
-                    split = _split_member(name)
-                    if split is None or split[0].rsplit("/", 1)[-1].startswith("__"):
-                        continue
-                    k, suffix = split
-                    if k != key:
-                        if key is not None:
-                            yield make_sample(key, fields, self.url, index)
-                            index += 1
-                        key, fields = k, {}
-                    fields[suffix] = data
+                for key, fields in tar_samples(f, self.url):
+                    yield make_sample(key, fields, self.url, index)
+                    index += 1
             except TarFormatError as e:
                 raise ShardError(f"{self.url}: unreadable tar data after {index} samples ({e.reason})") from None
             except (tarfile.TarError, EOFError, OSError, ValueError) as e:
                 raise ShardError(f"{self.url}: unreadable tar data after {index} samples ({e})") from None
-            if key is not None:
-                yield make_sample(key, fields, self.url, index)
 
 
 # Bounds of the parquet reader: a table is read a few rows at a time, and a cell's size is checked (in

@@ -11,7 +11,7 @@ import pytest
 from clip_jax.braces import braceexpand
 from clip_jax.errors import ShardError
 from clip_jax.sources import open_source
-from clip_jax.tarstream import tar_members
+from clip_jax.tarstream import group_samples, tar_members, tar_samples
 
 from .local_server import QuietHandler, serve
 from .shards import make_samples, write_parquet, write_tar
@@ -49,6 +49,47 @@ def test_tar_long_names_and_pax_headers_match_tarfile(tmp_path):
                 tar.addfile(info, io.BytesIO(b"x" * (i + 1)))
         with open(path, "rb") as f:
             assert [(n, len(d)) for n, d in tar_members(f)] == [(n, i + 1) for i, n in enumerate(names)]
+
+
+def test_member_offsets_read_the_member_back(tmp_path):
+    """tar_members(offsets=True): each member's data offset, whatever headers (GNU long names, pax) come
+    before it, so eval_data reads an image back by a ranged read without a second tar reader."""
+    path = tmp_path / "long.tar"
+    names = ["a" * 150 + ".jpg", "d/é" * 60 + ".txt", "short.txt"]
+    for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        with tarfile.open(path, "w", format=fmt) as tar:
+            for i, n in enumerate(names):
+                info = tarfile.TarInfo(n)
+                info.size = 700 * (i + 1)
+                tar.addfile(info, io.BytesIO(bytes([i + 1]) * info.size))
+        data = path.read_bytes()
+        with open(path, "rb") as f:
+            got = list(tar_members(f, offsets=True))
+        assert [n for n, _, _ in got] == names
+        assert all(data[at: at + len(d)] == d for _, d, at in got)
+        with tarfile.open(path) as tar:
+            assert [at for _, _, at in got] == [m.offset_data for m in tar.getmembers()]
+
+
+def test_one_grouping_of_members_into_samples():
+    """webdataset's grouping, shared by TarShard and eval_data: consecutive members of one key, fields
+    lowercased, dot-files and "__" keys skipped, any value carried along."""
+    members = [("a.jpg", 1), ("a.TXT", 2), (".hidden.jpg", 3), ("__key__.txt", 4), ("d/b.seg.png", 5), ("noext", 6),
+               ("a.cls", 7)]
+    assert list(group_samples(members)) == [("a", {"jpg": 1, "txt": 2}), ("d/b", {"seg.png": 5}), ("a", {"cls": 7})]
+
+
+def test_tar_samples_with_offsets_agree_with_the_shard_reader(tmp_path):
+    path = write_tar(tmp_path / "s.tar", make_samples(0, 3))
+    data = path.read_bytes()
+    with open(path, "rb") as f:
+        plain = list(tar_samples(f, str(path)))
+    with open(path, "rb") as f:
+        placed = list(tar_samples(f, str(path), offsets=True))
+    assert [k for k, _ in plain] == [k for k, _ in placed] == [s["key"] for s in open_source([str(path)])]
+    for (_, fields), (_, at) in zip(plain, placed):
+        assert fields == {name: d for name, (d, _) in at.items()}
+        assert all(data[o: o + len(d)] == d for d, o in at.values())
 
 
 def test_a_cut_tar_names_the_shard(tmp_path):

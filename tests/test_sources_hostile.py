@@ -13,8 +13,8 @@ import pytest
 
 from clip_jax.braces import braceexpand, iter_braceexpand
 from clip_jax.errors import ClipJaxError, InputError, LimitError, ShardError
-from clip_jax.sources import TarShard, _split_member, open_source
-from clip_jax.tarstream import _pax, tar_members
+from clip_jax.sources import TarShard, open_source
+from clip_jax.tarstream import _pax, split_member, tar_members
 
 from .fuzz import bounded
 from .shards import END_OF_ARCHIVE, pax_member, pax_record, tar_block, tar_header, tar_member, write_members, write_tar
@@ -183,8 +183,8 @@ def test_keys_split_as_webdataset_splits_them():
              "d/", "d/noext", "a b.c d", "d/é.jpg", "x.tar.gz", "__key__.txt"]
     for n in names:
         m = WDS_RULE.match(n)
-        assert _split_member(n) == (None if m is None else (m.group(1), m.group(2).lower())), n
-    assert WDS_RULE.match("d/.x.jpg").groups() == ("d/", "x.jpg") and _split_member("d/.x.jpg") is None
+        assert split_member(n) == (None if m is None else (m.group(1), m.group(2).lower())), n
+    assert WDS_RULE.match("d/.x.jpg").groups() == ("d/", "x.jpg") and split_member("d/.x.jpg") is None
 
 
 def test_a_pax_size_overrides_the_ustar_field():
