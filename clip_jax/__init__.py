@@ -18,9 +18,11 @@ _EXPORTS = {
     "config": ["CLIPConfig", "TextConfig", "VisionConfig", "config_from_open_clip", "config_from_state_dict"],
     "hub": ["available_models", "load", "load_params"],
     "image": ["ImageError", "image_transform", "load_images"],
-    "model": ["CLIP", "TowerStates", "build", "clip_logits", "flat_params", "functional", "image_states",
-              "l2_normalize", "resize_pos_embed", "text_states"],
+    "model": ["CLIP", "build", "clip_logits", "flat_params", "functional", "image_states", "l2_normalize",
+              "text_states"],
     "parallel": ["ShardedCLIP", "make_mesh", "pmap_logits"],
+    "pos_embed": ["resize_pos_embed"],
+    "states": ["TowerStates"],
     "tokenizer": ["tokenize", "trim_tokens"],
     "towers": ["MissingTowerError", "TextTower", "VisionTower"],
     "zeroshot": ["IMAGENET_TEMPLATES", "zeroshot_classifier"],
@@ -59,7 +61,6 @@ if TYPE_CHECKING:  # what type checkers and editors see: the names above, eagerl
     from .image import ImageError, image_transform, load_images  # noqa: F401
     from .model import (  # noqa: F401
         CLIP,
-        TowerStates,
         build,
         clip_logits,
         flat_params,
@@ -67,10 +68,11 @@ if TYPE_CHECKING:  # what type checkers and editors see: the names above, eagerl
         image_states,
         l2_normalize,
         l2_normalize as normalize,
-        resize_pos_embed,
         text_states,
     )
     from .parallel import ShardedCLIP, make_mesh, pmap_logits  # noqa: F401
+    from .pos_embed import resize_pos_embed  # noqa: F401
+    from .states import TowerStates  # noqa: F401
     from .tokenizer import tokenize, trim_tokens  # noqa: F401
     from .towers import MissingTowerError, TextTower, VisionTower  # noqa: F401
     from .zeroshot import IMAGENET_TEMPLATES, zeroshot_classifier  # noqa: F401

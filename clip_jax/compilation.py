@@ -9,7 +9,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from .model import CLIP, lower
+from .calls import lower
+from .model import CLIP
 from .tokenizer import DEFAULT_BUCKETS
 
 DEFAULT_TEXT_BUCKETS = DEFAULT_BUCKETS  # the token lengths trim_tokens cuts to

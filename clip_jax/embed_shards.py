@@ -57,7 +57,8 @@ from .errors import ClipJaxError, InputError, ShardError
 from .fileio import atomic_write
 from .image import Decoder
 from .parallel import prefetch
-from .sources import Source, is_url, url_to_fs
+from .sources import Source
+from .storage import is_url, listdir, read_bytes, url_to_fs
 from .tokenizer import tokenize
 
 FORMAT_VERSION = 2
@@ -100,11 +101,13 @@ class Destination:
         else:
             self.fs.pipe_file(self._remote(rel), data)
 
+    def _at(self, rel: str) -> str:
+        """The path or URL of `rel` in the folder, as clip_jax.storage reads it."""
+        return str(Path(self.root) / rel) if self.local else f"{self.root}/{rel}"
+
     def read(self, rel: str) -> bytes | None:
         try:
-            if self.local:
-                return (Path(self.root) / rel).read_bytes()
-            return self.fs.cat_file(self._remote(rel))
+            return read_bytes(self._at(rel))
         except FileNotFoundError:
             return None
 
@@ -121,9 +124,7 @@ class Destination:
 
     def listdir(self, sub: str = "") -> list[str]:
         try:
-            if self.local:
-                return sorted(os.listdir(Path(self.root) / sub))
-            return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self._remote(sub), detail=False))
+            return listdir(self._at(sub) if sub else self.root)
         except FileNotFoundError:
             return []
 

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import sources
+from . import sources, storage
 from .errors import ClipJaxError, InputError, LimitError, ShardError
 from .tarstream import tar_samples
 
@@ -141,7 +141,7 @@ class TarMembers(_ReadOnAccess):
         return TarMembers(self.entries[i], self.keys[i] if self.keys is not None else None)
 
     def _get(self, entry) -> bytes:
-        return _read_bytes(*entry)
+        return storage.read_bytes(*entry)
 
     def describe(self, i: int) -> str:
         shard, offset, _ = self.entries[i]
@@ -158,85 +158,18 @@ class ImageFiles(_ReadOnAccess):
         return self.entries
 
     def _get(self, path: str):
-        return _read_bytes(path) if sources.is_url(path) else path
-
-
-def _read_bytes(path: str, offset: int = 0, size: int | None = None) -> bytes:
-    """The bytes of a local file or an fsspec URL: all of it, or `size` bytes from `offset` (one ranged
-    read on object storage, no listing)."""
-    if sources.is_url(path):
-        fs, p = _fs(path)
-        if size is None and not offset:
-            return fs.cat_file(p)
-        return fs.cat_file(p, start=offset, end=None if size is None else offset + size)
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(-1 if size is None else size)
+        return storage.read_bytes(path) if storage.is_url(path) else path
 
 
 def _images(paths: list[str]) -> Sequence:
     """Local paths as the plain list they always were; with any URL among them, an ImageFiles."""
-    return ImageFiles(paths) if any(sources.is_url(p) for p in paths) else paths
-
-
-def _fs(url: str):
-    try:
-        return sources.url_to_fs(url)
-    except ValueError as e:  # fsspec's "Protocol not known: ..." for a URL from a table's cell
-        raise InputError(f"{url}: {e}") from None
-
-
-def _join(root: str, *parts: str) -> str:
-    """A path or URL below root (URLs always with "/")."""
-    if sources.is_url(root):
-        return "/".join([root.rstrip("/"), *parts])
-    return os.path.join(root, *parts)
-
-
-def _isfile(path: str) -> bool:
-    if sources.is_url(path):
-        fs, p = _fs(path)
-        return fs.isfile(p)
-    return os.path.isfile(path)
-
-
-def _isdir(path: str) -> bool:
-    if sources.is_url(path):
-        fs, p = _fs(path)
-        return fs.isdir(p)
-    return os.path.isdir(path)
-
-
-def _parent(path: str) -> str:
-    """The folder holding path (a URL's: the URL up to its last "/", at least "protocol://")."""
-    if sources.is_url(path):
-        protocol, rest = path.split("://", 1)
-        rest = rest.rstrip("/")
-        return f"{protocol}://{rest.rsplit('/', 1)[0] if '/' in rest else ''}"
-    return str(Path(path).parent)
-
-
-def _read_text(path: str, limit: int | None = None) -> str:
-    """A small text file (a path or URL), UTF-8; more than `limit` bytes (default MAX_TEXT_BYTES) is a
-    LimitError, read no further."""
-    limit = MAX_TEXT_BYTES if limit is None else limit
-    with sources.open_binary(path) as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise LimitError(f"{path}: larger than {limit} bytes (the limit for this file)")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 4]!r})") from None
-
-
-def _basename(root: str) -> str:
-    return root.rstrip("/").rsplit("/", 1)[-1] if sources.is_url(root) else Path(root).name
+    return ImageFiles(paths) if any(storage.is_url(p) for p in paths) else paths
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:
-    """Non-empty lines, stripped (CLIP_benchmark's reading of classnames.txt and templates); a path or URL."""
-    return [s.strip() for s in _read_text(os.fspath(path)).splitlines() if s.strip()]
+    """Non-empty lines, stripped (CLIP_benchmark's reading of classnames.txt and templates); a path or URL,
+    read up to MAX_TEXT_BYTES."""
+    return [s.strip() for s in storage.read_text(os.fspath(path), MAX_TEXT_BYTES).splitlines() if s.strip()]
 
 
 def _digest(obj) -> str:
@@ -265,7 +198,7 @@ def _url_infos(urls: Sequence[str]) -> list[dict | None]:
     from concurrent.futures import ThreadPoolExecutor
 
     def info(url):
-        fs, p = _fs(url)
+        fs, p = storage.url_to_fs(url)
         try:
             found = fs.info(p)
         except FileNotFoundError:
@@ -278,11 +211,11 @@ def _url_infos(urls: Sequence[str]) -> list[dict | None]:
 
 def _beside(root: str, name: str) -> str | None:
     """CLIP_benchmark keeps metadata beside the split folders: look in root, then its parent."""
-    for folder in dict.fromkeys((root, _parent(root))):
+    for folder in dict.fromkeys((root, storage.parent(root))):
         if folder.endswith("://"):  # not above a bucket (or a store's root)
             continue
-        if _isfile(_join(folder, name)):
-            return _join(folder, name)
+        if storage.isfile(storage.join(folder, name)):
+            return storage.join(folder, name)
     return None
 
 
@@ -297,7 +230,7 @@ def _folder_files(folder: Path) -> list[str]:
 def _url_folder(root: str) -> tuple[list[str], list[str], list[int], list]:
     """An ImageFolder tree at an fsspec URL -> (class folders, image URLs, labels, cache ids), in the order
     _folder_files walks a local tree: by containing folder, then by name."""
-    fs, p = _fs(root)
+    fs, p = storage.url_to_fs(root)
     if not fs.isdir(p):
         raise DataNotFoundError(f"{root}: no such folder")
     base = p.rstrip("/")
@@ -309,7 +242,7 @@ def _url_folder(root: str) -> tuple[list[str], list[str], list[int], list]:
         names = sorted((n.rsplit("/", 1), n) for n, info in found.items()
                        if info.get("type", "file") == "file" and n.lower().endswith(IMG_EXTENSIONS))
         for _, n in names:
-            url = _join(root, n[len(base) + 1:]) if n.startswith(base + "/") else fs.unstrip_protocol(n)
+            url = storage.join(root, n[len(base) + 1:]) if n.startswith(base + "/") else fs.unstrip_protocol(n)
             paths.append(url)
             ids.append(_url_id(url, found[n]))
         labels += [i] * len(names)
@@ -325,7 +258,7 @@ def image_folder(root: str | os.PathLike, classnames: str | os.PathLike | Sequen
     beside the class folders if there is one, else the folder names.
     """
     root = os.fspath(root)
-    if sources.is_url(root):
+    if storage.is_url(root):
         folders, paths, labels, ids = _url_folder(root)
     else:
         if not os.path.isdir(root):
@@ -351,9 +284,9 @@ def image_folder(root: str | os.PathLike, classnames: str | os.PathLike | Sequen
         raise InputError(f"{root}: {len(folders)} class folders but {len(names)} class names")
     tpl = _beside(root, TEMPLATES)
     labels = np.asarray(labels, np.int64)
-    ids = ids if sources.is_url(root) else _file_ids(paths)
+    ids = ids if storage.is_url(root) else _file_ids(paths)
     return LabelledImages(_images(paths), labels, names, read_lines(tpl) if tpl else None,
-                          name or _basename(root), _digest(["folder", ids, labels.tolist()]))
+                          name or storage.basename(root), _digest(["folder", ids, labels.tolist()]))
 
 
 def _pick(header: list[str], wanted: str | None, known: tuple[str, ...], what: str, path) -> int:
@@ -380,7 +313,7 @@ def caption_table(path: str | os.PathLike, image_column: str | None = None, capt
     """A CSV/TSV (a file or an fsspec URL) of image path + caption -> CaptionedImages, images in order of
     first appearance. Relative image paths are relative to the file's folder; image URLs are kept."""
     path = os.fspath(path)
-    delimiter = "\t" if Path(_basename(path)).suffix.lower() in (".tsv", ".tab") else ","
+    delimiter = "\t" if Path(storage.basename(path)).suffix.lower() in (".tsv", ".tab") else ","
     rows = _csv_rows(path, delimiter)
     if not rows:
         raise InputError(f"{path}: empty")
@@ -395,7 +328,7 @@ def caption_table(path: str | os.PathLike, image_column: str | None = None, capt
             continue
         if len(row) <= max(ic, cc):
             raise InputError(f"{path}:{n}: {len(row)} columns, expected {len(header)}")
-        image = _resolve(_parent(path), row[ic].strip())
+        image = _resolve(storage.parent(path), row[ic].strip())
         if image not in index:
             index[image] = len(images)
             images.append(image)
@@ -403,20 +336,20 @@ def caption_table(path: str | os.PathLike, image_column: str | None = None, capt
         captions[index[image]] += [c.strip() for c in row[cc].splitlines() if c.strip()]
     if not images:
         raise InputError(f"{path}: no rows")
-    at_urls = [p for p in images if sources.is_url(p)]
+    at_urls = [p for p in images if storage.is_url(p)]
     infos = dict(zip(at_urls, _url_infos(at_urls)))
     missing = [p for p in images if (infos[p] is None if p in infos else not os.path.isfile(p))]
     if missing:
         raise DataNotFoundError(f"{path}: {len(missing)} image(s) not found, e.g. {missing[0]}")
     ids = [_url_id(p, infos[p]) if p in infos else _file_ids([p])[0] for p in images]
-    return CaptionedImages(_images(images), captions, name or Path(_basename(path)).stem,
+    return CaptionedImages(_images(images), captions, name or Path(storage.basename(path)).stem,
                            _digest(["table", ids, captions]))
 
 
 def _csv_rows(path: str, delimiter: str) -> list[list[str]]:
     """The rows of a CSV/TSV (a path or URL); what the csv module or UTF-8 refuses is an InputError naming
     the file and the line (a field past the csv module's limit, a NUL) or the byte (not UTF-8)."""
-    with io.TextIOWrapper(sources.open_binary(path), encoding="utf-8", newline="") as f:
+    with io.TextIOWrapper(storage.open_binary(path), encoding="utf-8", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         try:
             return list(reader)
@@ -432,7 +365,7 @@ def _utf8_error_offset(path: str) -> int | str:
     second pass, taken only once a read has failed (TextIOWrapper's error is relative to its chunk)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     start = 0  # offset of the next chunk in the file
-    with sources.open_binary(path) as f:
+    with storage.open_binary(path) as f:
         while chunk := f.read(1 << 20):
             pending = len(decoder.getstate()[0])  # bytes held back from the previous chunk
             try:
@@ -450,9 +383,9 @@ def _utf8_error_offset(path: str) -> int | str:
 def _resolve(folder: str, image: str) -> str:
     """An image cell of a table in `folder` -> its path or URL: URLs as written, other paths relative to
     the folder (a URL folder: joined and normalized as a URL path)."""
-    if sources.is_url(image):
+    if storage.is_url(image):
         return image
-    if sources.is_url(folder):
+    if storage.is_url(folder):
         protocol, rest = folder.split("://", 1)
         return f"{protocol}://{posixpath.normpath(posixpath.join(rest, image))}"
     return os.path.join(folder, os.path.expanduser(image))
@@ -462,13 +395,13 @@ def _resolve(folder: str, image: str) -> str:
 
 
 def is_wds(root: str | os.PathLike, split: str) -> bool:
-    return _isfile(_join(os.fspath(root), split, "nshards.txt"))
+    return storage.isfile(storage.join(os.fspath(root), split, "nshards.txt"))
 
 
 def read_nshards(path: str) -> int:
     """The shard count in a wds layout's nshards.txt: an integer from 1 to MAX_SHARDS, else an
     InputError (LimitError past the bound) naming the file, before any shard name is made."""
-    text = _read_text(path, limit=64).strip()
+    text = storage.read_text(path, 64).strip()
     try:
         n = int(text)
     except ValueError:
@@ -511,11 +444,11 @@ def _label(member: tuple, key: str) -> int:
 def _shard_ids(shards: list[str]) -> list:
     """What the feature cache keys a shard by: its path, size and modification time (URLs: what the
     store reports of them: size, and mtime / ETag / generation where it has them)."""
-    if not any(sources.is_url(s) for s in shards):
+    if not any(storage.is_url(s) for s in shards):
         return _file_ids(shards)
     out = []
     for s in shards:
-        fs, p = _fs(s)
+        fs, p = storage.url_to_fs(s)
         out.append(_url_id(s, fs.info(p)))
     return out
 
@@ -524,10 +457,10 @@ def wds_dataset(root: str | os.PathLike, split: str = "test", name: str | None =
     """CLIP_benchmark's `wds_*` layout (a folder or an fsspec URL) -> LabelledImages, or CaptionedImages
     when dataset_type.txt says "retrieval"."""
     root = os.fspath(root)
-    nshards = read_nshards(_join(root, split, "nshards.txt"))
-    shards = [_join(root, split, f"{i}.tar") for i in range(nshards)]
-    kind_file = _join(root, "dataset_type.txt")
-    kind = _read_text(kind_file, limit=1024).strip().lower() if _isfile(kind_file) else "classification"
+    nshards = read_nshards(storage.join(root, split, "nshards.txt"))
+    shards = [storage.join(root, split, f"{i}.tar") for i in range(nshards)]
+    kind_file = storage.join(root, "dataset_type.txt")
+    kind = storage.read_text(kind_file, 1024).strip().lower() if storage.isfile(kind_file) else "classification"
     if kind == "multilabel":
         raise InputError(f"{root}: multi-label data sets (dataset_type.txt: multilabel) are not supported")
     images, labels, captions, keys = [], [], [], []
@@ -548,13 +481,13 @@ def wds_dataset(root: str | os.PathLike, split: str = "test", name: str | None =
         images.append(image[:3])
     if not images:
         what = "txt" if kind == "retrieval" else "cls"
-        raise InputError(f"{_join(root, split)}: no samples with an image and a {what}")
+        raise InputError(f"{storage.join(root, split)}: no samples with an image and a {what}")
     shard_ids = _shard_ids(shards)
-    name = name or _basename(root)
+    name = name or storage.basename(root)
     if kind == "retrieval":
         return CaptionedImages(TarMembers(images, keys), captions, name, _digest(["wds", shard_ids, images, captions]))
-    names_file, tpl_file = _join(root, CLASSNAMES), _join(root, TEMPLATES)
-    if not _isfile(names_file):
+    names_file, tpl_file = storage.join(root, CLASSNAMES), storage.join(root, TEMPLATES)
+    if not storage.isfile(names_file):
         raise DataNotFoundError(f"{names_file}: no class names (CLIP_benchmark's export writes one)")
     labels = np.asarray(labels, np.int64)
     classnames = read_lines(names_file)
@@ -563,7 +496,7 @@ def wds_dataset(root: str | os.PathLike, split: str = "test", name: str | None =
         shard, key = images[outside[0]][0], keys[outside[0]]
         raise InputError(f"{shard}: sample {key[:200]!r}: label {labels[outside[0]]} is outside the {len(classnames)} "
                          f"classes of {names_file} ({len(outside)} such sample(s))")
-    templates = read_lines(tpl_file) if _isfile(tpl_file) else None
+    templates = read_lines(tpl_file) if storage.isfile(tpl_file) else None
     return LabelledImages(TarMembers(images, keys), labels, classnames, templates, name,
                           _digest(["wds", shard_ids, images, labels.tolist()]))
 
@@ -585,11 +518,11 @@ def classification_data(root: str | os.PathLike, split: str | None = None,
                 raise InputError(f"{classnames}: {len(names)} names for {len(data.classnames)} classes")
             data.classnames = names
         return data
-    folder = _join(root, split) if split is not None else root
-    if sources.is_url(root) and not _isdir(folder):
-        raise DataNotFoundError(f"{folder}: no such folder (nor {_join(root, split or 'test', 'nshards.txt')} of "
-                                "CLIP_benchmark's wds layout)")
-    return image_folder(folder, classnames, name=_basename(root) if split is not None else None)
+    folder = storage.join(root, split) if split is not None else root
+    if storage.is_url(root) and not storage.isdir(folder):
+        nshards = storage.join(root, split or "test", "nshards.txt")
+        raise DataNotFoundError(f"{folder}: no such folder (nor {nshards} of CLIP_benchmark's wds layout)")
+    return image_folder(folder, classnames, name=storage.basename(root) if split is not None else None)
 
 
 def retrieval_data(source: str | os.PathLike, split: str = "test", image_column: str | None = None,
@@ -597,7 +530,7 @@ def retrieval_data(source: str | os.PathLike, split: str = "test", image_column:
     """A CSV/TSV file, or a wds-layout folder, whose dataset_type.txt says retrieval; either at a local
     path or an fsspec URL."""
     source = os.fspath(source)
-    if os.path.isdir(source) or (sources.is_url(source) and is_wds(source, split)):
+    if os.path.isdir(source) or (storage.is_url(source) and is_wds(source, split)):
         if not is_wds(source, split):
             raise InputError(f"{source}: a folder, but not CLIP_benchmark's wds layout ({split}/nshards.txt)")
         data = wds_dataset(source, split)

@@ -38,7 +38,8 @@ from .checkpoint.config_source import (
 from .config import CLIPConfig
 from .download import ChecksumError, DownloadError, default_cache_dir, download, sha256_file
 from .image import transform_for
-from .model import CLIP, build, resize_pos_embed
+from .model import CLIP, build
+from .pos_embed import resize_pos_embed
 from .pretrained import Pretrained
 from .towers import model_type
 

@@ -36,11 +36,11 @@ before it is used, and the bytes of a shard or table are data, never a path on t
   which then become "image_path".
 - brace patterns: more than 1,000,000 names is a LimitError, counted before any name is made.
 
-Storage: a plain path is read with open(); anything with a protocol ("gs://", "s3://", "http://",
-"hf://", "memory://", "file://") through fsspec, so every fsspec filesystem works (the protocol's own
-package must be installed: gcsfs, s3fs, aiohttp for HTTP). Brace patterns ("{000..127}", "{a,b}") are
-expanded as bash does, without listing anything, so every host computes the same shard list whether or
-not it holds the files; globs ("*") are listed.
+Storage (clip_jax.storage): a plain path is read with open(); anything with a protocol ("gs://", "s3://",
+"http://", "hf://", "memory://", "file://") through fsspec, so every fsspec filesystem works (the
+protocol's own package must be installed: gcsfs, s3fs, aiohttp for HTTP). Brace patterns ("{000..127}",
+"{a,b}") are expanded as bash does, without listing anything, so every host computes the same shard list
+whether or not it holds the files; globs ("*") are listed.
 
 Formats, chosen by the name:
 - "*.tar": WebDataset shards (what img2dataset writes). Members are grouped into samples by key as the
@@ -58,7 +58,6 @@ Formats, chosen by the name:
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -67,17 +66,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import storage
 from .braces import MAX_NAMES, iter_braceexpand
-from .errors import ClipJaxError, InputError, MissingExtraError, ShardError
+from .errors import ClipJaxError, InputError, ShardError
 from .tarstream import TarFormatError, tar_samples
 
-__all__ = ["IMAGE_FIELDS", "Shard", "Source", "TarShard", "ParquetShard", "FileShard", "open_source", "is_url",
-           "open_binary", "url_to_fs", "IMAGE_EXTENSIONS", "collect_images", "read_captions"]
+__all__ = ["IMAGE_FIELDS", "Shard", "Source", "TarShard", "ParquetShard", "FileShard", "open_source",
+           "IMAGE_EXTENSIONS", "collect_images", "read_captions"]
 
 # Image fields in order of preference, as clip-retrieval and img2dataset name them.
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
@@ -88,57 +87,12 @@ CAPTION_COLUMNS = ("caption", "text", "txt", "TEXT")
 KEY_COLUMNS = ("key", "__key__", "id")
 
 
-# --- names and storage --------------------------------------------------------------------------------
-
-
-def is_url(path: str) -> bool:
-    """True for "protocol://..." (fsspec), False for plain local paths."""
-    return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", path))
-
-
-# fsspec's backends by protocol -> the clip-jax extra that installs it (pyproject.toml).
-_EXTRAS = {"http": "http", "https": "http", "gs": "gcs", "gcs": "gcs", "s3": "s3", "s3a": "s3"}
-
-
-def _missing_extra(url: str, e: ImportError) -> MissingExtraError:
-    protocol = url.split("://", 1)[0].lower()
-    extra = _EXTRAS.get(protocol)
-    how = f"pip install 'clip-jax[{extra}]'" if extra else f"install fsspec's backend for {protocol}://"
-    return MissingExtraError(f"{url}: reading {protocol}:// needs a package that is not installed ({e}); {how}")
-
-
-def url_to_fs(url: str):
-    """fsspec.core.url_to_fs, with a missing backend (aiohttp, gcsfs, s3fs) as one line naming the extra."""
-    try:
-        return fsspec.core.url_to_fs(url)
-    except ImportError as e:
-        raise _missing_extra(url, e) from None
-
-
-def open_binary(path: str):
-    """A binary, forward-readable file object for a local path or an fsspec URL."""
-    if not is_url(path):
-        return open(os.path.expanduser(path), "rb")
-    try:
-        return fsspec.open(path, "rb").open()
-    except ImportError as e:
-        raise _missing_extra(path, e) from None
+# --- names --------------------------------------------------------------------------------------------
 
 
 def _suffix(path: str) -> str:
     name = path.rstrip("/").rsplit("/", 1)[-1]
     return name.rsplit(".", 1)[-1].lower() if "." in name else ""
-
-
-def _glob(pattern: str) -> list[str]:
-    if is_url(pattern):
-        try:
-            fs, _, paths = fsspec.get_fs_token_paths(pattern)
-        except ImportError as e:
-            raise _missing_extra(pattern, e) from None
-        protocol = pattern.split("://", 1)[0]
-        return sorted(p if is_url(p) else f"{protocol}://{p.lstrip('/') if protocol != 'file' else p}" for p in paths)
-    return sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
 
 
 # --- samples ----------------------------------------------------------------------------------------
@@ -252,7 +206,7 @@ class Shard:
 
     def open(self):
         try:
-            return open_binary(self.url)
+            return storage.open_binary(self.url)
         except (OSError, ValueError) as e:
             raise ShardError(f"{self.url}: cannot open ({e})") from None
 
@@ -576,16 +530,16 @@ def _expand(inputs: Sequence[str | os.PathLike]) -> list[str]:
     for item in inputs:
         s = os.fspath(item)
         # An existing file or folder is taken as named, even with braces in its name.
-        names = [s] if not is_url(s) and os.path.exists(os.path.expanduser(s)) else \
+        names = [s] if not storage.is_url(s) and os.path.exists(os.path.expanduser(s)) else \
             iter_braceexpand(s, MAX_NAMES - len(out))
         for name in names:
             if _is_glob(name) and _suffix(name) in ("tar", "parquet"):
-                found = _glob(name)
+                found = storage.glob(name)
                 if not found:
                     raise FileNotFoundError(f"{name}: no file matches this pattern")
                 out += found
-            elif not is_url(name) and os.path.isdir(os.path.expanduser(name)):
-                found = [os.path.join(name, f) for f in sorted(os.listdir(os.path.expanduser(name)))
+            elif not storage.is_url(name) and os.path.isdir(os.path.expanduser(name)):
+                found = [os.path.join(name, f) for f in storage.listdir(os.path.expanduser(name))
                          if _suffix(f) in ("tar", "parquet")]
                 out += found or [name]  # a folder of images: today's input
             else:
@@ -644,7 +598,7 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
         elif p.exists():
             paths.append(str(p))
         elif _is_glob(s):
-            matches = sorted(glob.glob(os.path.expanduser(s), recursive=True))
+            matches = storage.glob(s)
             if not matches:
                 raise FileNotFoundError(f"{s}: no file matches this pattern")
             for m in matches:

@@ -17,15 +17,11 @@ from flax import nnx
 
 from .config import CLIPConfig
 from .errors import ClipJaxError
-from .model import (
-    CLIP,
-    Dtype,
-    ModifiedResNet,
-    TextTowerMixin,
-    VisionTransformer,
-    cast_params,
-    runtime_options,
-)
+from .layers import Dtype
+from .model import CLIP, cast_params, runtime_options
+from .resnet import ModifiedResNet
+from .text import TextTowerMixin
+from .vit import VisionTransformer
 
 
 class MissingTowerError(ClipJaxError, ValueError):

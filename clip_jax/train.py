@@ -34,7 +34,9 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .checks import check_images, check_tokens
-from .model import CLIP, Bottleneck, ResidualAttentionBlock, declared_by_name
+from .layers import ResidualAttentionBlock
+from .model import CLIP, declared_by_name
+from .resnet import Bottleneck
 from .roles import DATA as DATA_AXIS, declared, flat_name, is_variable
 
 # OpenAI: "clipped to prevent scaling the logits by more than 100".

@@ -23,7 +23,9 @@ from flax import nnx
 from open_clip.modified_resnet import AttentionPool2d as TorchAttentionPool2d, Bottleneck as TorchBottleneck
 from open_clip.transformer import LayerNorm, QuickGELU, ResidualAttentionBlock as TorchBlock
 
-from clip_jax.model import AttentionPool2d, Bottleneck, ResidualAttentionBlock
+from clip_jax.layers import ResidualAttentionBlock
+from clip_jax.pooling import AttentionPool2d
+from clip_jax.resnet import Bottleneck
 
 from .tiny import TINY
 

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 import clip_jax
-from clip_jax import model as model_lib
+from clip_jax import calls as model_lib
 from tests.tiny import TINY, tiny_batch as batch, tiny_model
 
 

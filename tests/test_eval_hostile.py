@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import clip_jax.eval as ev
-from clip_jax import cli, eval_data
+from clip_jax import cli, eval_data, storage
 from clip_jax.demo import TINY_CLIP
 from clip_jax.errors import ClipJaxError, InputError, LimitError, ShardError
 
@@ -205,7 +205,7 @@ def test_unreadable_wds_image_names_shard_and_key_without_reading_the_rest(tmp_p
             yield EmbeddedBatch(2, np.zeros((1, 4), np.float32), np.array([True]), [])
 
     reads = []
-    monkeypatch.setattr(eval_data, "_read_bytes", lambda *a: reads.append(a) or PNG)
+    monkeypatch.setattr(storage, "read_bytes", lambda *a: reads.append(a) or PNG)
     with pytest.raises(InputError, match=r"1 unreadable image\(s\), e.g. image 1, .*test/0.tar: sample 's1', "
                                          r"the member at byte \d+: bad PNG"):
         ev.image_features(Sharded(), None, data.images, progress=False)

@@ -13,9 +13,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "clip_jax"
 LAYERS: dict[str, int] = {}
 for layer, names in enumerate([
     # foundations: no clip_jax imports
-    "errors braces tarstream fileio roles config dtypes ftfy_fast synthetic",
+    "errors braces tarstream storage fileio roles config dtypes ftfy_fast synthetic",
     # inputs and outputs of the model, without the model
-    "tokenizer image checks pretrained download",
+    "tokenizer image checks pretrained download param_check pos_embed",
+    # the model's parts: layers and jitted calls, then the towers and heads built from the layers
+    "layers calls",
+    "pooling vit resnet states text",
     "model",
     "towers",
     # around the model: checkpoints, devices, training, start-up

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 import clip_jax
 from clip_jax.checkpoint.torch_names import expected_params, from_torch, to_torch, torch_name
 from clip_jax.config import CLIPConfig, config_from_open_clip, config_from_state_dict
-from clip_jax.model import abstract_model, bicubic_weights, resize_pos_embed
+from clip_jax.model import abstract_model
+from clip_jax.pos_embed import bicubic_weights, resize_pos_embed
 from clip_jax.roles import declarations
 
 from .tiny import OPEN_CLIP_TINY as TINY  # one layer a tower (test_exact_gelu_vs_quick_gelu uses two)

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..config import CLIPConfig, MissingTensorError, config_from_state_dict
-from ..model import ConversionError, abstract_model, check_params, declared_by_name, param_shapes, raise_if_any
+from ..model import abstract_model, declared_by_name, param_shapes
+from ..param_check import ConversionError, check_params, raise_if_any
 from ..roles import Declared, declarations
 
 # Tensors of OpenAI and open_clip checkpoints that aren't parameters.

@@ -40,7 +40,8 @@ from ..config import (
 )
 from ..errors import ClipJaxError, InputError
 from ..fileio import atomic_write
-from ..model import ConversionError, abstract_model, param_shapes, raise_if_any
+from ..model import abstract_model, param_shapes
+from ..param_check import ConversionError, raise_if_any
 from ..towers import model_type
 from .torch_files import CheckpointError, load_state_dict
 from .torch_writer import write_safetensors

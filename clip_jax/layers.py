@@ -1,0 +1,244 @@
+"""The transformer's layers, laid out like OpenAI's `clip/model.py` and open_clip's `transformer.py`:
+attention, MLP, LayerScale, the residual block and the stack, with the helpers every tower builds
+its parameters with (each declared with its role and sharding, roles.py) and the patch convolution.
+
+Numerics follow the reference, and not Flax's defaults, where the two differ: LayerNorm eps 1e-5, in
+float32 with the two-pass variance; QuickGELU or exact erf GELU. With a bfloat16/float16 compute
+dtype, LayerNorm and softmax stay float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .config import CLIPConfig
+from .roles import BIAS, GAIN, KERNEL, MODEL, NORM_BIAS, NORM_SCALE, Role, declare
+
+Dtype = jnp.dtype | type
+
+
+# While set, every initializer returns a jax.ShapeDtypeStruct: abstract_model() builds the module tree
+# (names, shapes, dtypes) without tracing or allocating anything.
+_SHAPES_ONLY = contextvars.ContextVar("clip_jax_shapes_only", default=False)
+
+
+def _init(init: Callable) -> Callable:
+    def init_or_shape(key, shape, dtype=jnp.float32):
+        if _SHAPES_ONLY.get():
+            return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype))
+        return init(key, shape, dtype)
+
+    return init_or_shape
+
+
+# Every parameter is declared with its role and the mesh axis of each dimension (roles.py): the
+# conversion to PyTorch, the sharding, weight decay and the fp16 release mix are read from there.
+
+
+def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, role: Role) -> nnx.Param:
+    """A parameter used as it is (an embedding, a projection matrix), replicated on a mesh."""
+    return nnx.Param(_init(nnx.initializers.normal(std))(rngs.params(), shape), **declare(role, *(None,) * len(shape)))
+
+
+def _dense(din: int, dout: int, dtype, precision, rngs: nnx.Rngs, std: float | None = None,
+           axes: tuple[str | None, str | None] = (None, None), torch_name: str | None = None) -> nnx.Linear:
+    """nn.Linear(din, dout); `axes` split its kernel [in, out] on a mesh, the bias along with the output.
+    torch_name: torch's name for the weight where its module keeps it itself ("in_proj" for
+    nn.MultiheadAttention's in_proj_weight / in_proj_bias)."""
+    init = nnx.initializers.normal(std) if std else nnx.initializers.lecun_normal()
+    names = (f"{torch_name}_weight", f"{torch_name}_bias") if torch_name else (None, None)
+    return nnx.Linear(din, dout, dtype=dtype, precision=precision, kernel_init=_init(init),
+                      bias_init=_init(nnx.initializers.zeros), rngs=rngs,
+                      kernel_metadata=declare(KERNEL, *axes, torch_name=names[0]),
+                      bias_metadata=declare(BIAS, axes[1], torch_name=names[1]))
+
+
+def _layer_norm(width: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # float32 whatever the compute dtype, as OpenAI's LayerNorm subclass does; the two-pass variance
+    # (Flax's fast E[x^2] - E[x]^2 loses digits) to match torch.
+    return nnx.LayerNorm(width, epsilon=eps, dtype=jnp.float32, use_fast_variance=False, rngs=rngs,
+                         scale_init=_init(nnx.initializers.ones), bias_init=_init(nnx.initializers.zeros),
+                         scale_metadata=declare(NORM_SCALE, None), bias_metadata=declare(NORM_BIAS, None))
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+# Exact erf GELU, as torch.nn.GELU(); Flax's gelu defaults to the tanh approximation.
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": partial(jax.nn.gelu, approximate=False)}
+
+
+def _matmul_precision(precision: str | None):
+    return jax.default_matmul_precision(precision) if precision else contextlib.nullcontext()
+
+
+def _take_rows(x: jax.Array, index: jax.Array) -> jax.Array:
+    """`x[arange(B), index]` for x [B, L, ...], index int [B] -> [B, ...], as a gather whose batch dim
+    is a batching dim. With `x[jnp.arange(B), index]` and an index built inside the program (the image
+    tower's zeros), the SPMD partitioner can't tell the rows are local: every chip gathered a global
+    batch's worth of rows and all-reduced it over "data" (bf16[65536, 768] on a v5e 16x16)."""
+    return jnp.take_along_axis(x, index[:, None, None].astype(jnp.int32), axis=1, mode="clip")[:, 0]
+
+
+class MultiheadAttention(nnx.Module):
+    """torch.nn.MultiheadAttention (batch first): q, k, v stacked in `in_proj`, then `out_proj`."""
+
+    def __init__(self, width: int, heads: int, *, dtype, precision, attention: str | None, rngs: nnx.Rngs):
+        self.heads = heads
+        self.attention = attention
+        self.precision = precision
+        # Megatron split on a "model" mesh axis: heads across devices. out_proj's rows are split; in_proj
+        # is replicated, as no contiguous split of its fused q|k|v columns gives a device whole heads
+        # (it would reshard every call): each device computes its heads from it (see _project_in).
+        self.in_proj = _dense(width, 3 * width, dtype, precision, rngs, std=width**-0.5, axes=(None, None),
+                              torch_name="in_proj")
+        self.out_proj = _dense(width, width, dtype, precision, rngs, std=width**-0.5, axes=(MODEL, None))
+
+    def _project_in(self, x: jax.Array, parts: slice) -> jax.Array:
+        """x [B, L, D] through in_proj, for q (parts 0:1), k and v (1:3) or all three (0:3) -> [B, L,
+        parts, heads, head_dim]. The kernel is viewed as [D, 3, heads, head_dim], so the heads are an
+        axis of the matmul: on a mesh whose "model" axis splits the heads, each device computes its own
+        heads' columns from the replicated kernel, and nothing moves between devices."""
+        d, h = x.shape[-1], self.heads
+        kernel = self.in_proj.kernel[...].astype(x.dtype).reshape(d, 3, h, d // h)[:, parts]
+        bias = self.in_proj.bias[...].astype(x.dtype).reshape(3, h, d // h)[parts]
+        return jnp.einsum("bld,dthk->blthk", x, kernel, precision=self.precision) + bias
+
+    def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
+        """x: [B, L, D] -> [B, L, D]."""
+        b, length, d = x.shape
+        q, k, v = jnp.unstack(self._project_in(x, slice(0, 3)), axis=2)
+        # Softmax runs in float32 inside jax.nn.dot_product_attention for every input dtype.
+        with _matmul_precision(self.precision):
+            out = jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=self.attention)
+        return self.out_proj(out.reshape(b, length, d))
+
+    def query_one(self, x: jax.Array, index: jax.Array, causal: bool = False) -> jax.Array:
+        """Attention output at one position per row: x [B, L, D], index int [B] -> [B, 1, D].
+
+        Equal to __call__(x)[arange(B), index] but projects queries, output and (in the block) the MLP
+        for one token instead of L: the last block of a tower only needs its pooled token.
+        """
+        b, length, d = x.shape
+        q = self._project_in(_take_rows(x, index)[:, None], slice(0, 1))[:, :, 0]
+        k, v = jnp.unstack(self._project_in(x, slice(1, 3)), axis=2)
+        # Causal: the query at position i sees keys 0..i, which is a key length of i + 1 (a padding mask,
+        # which cuDNN takes natively, rather than a dense mask it would have to add as a bias).
+        lengths = (index + 1).astype(jnp.int32) if causal else None
+        with _matmul_precision(self.precision):
+            out = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation=self.attention)
+        return self.out_proj(out.reshape(b, 1, d))
+
+
+class MLP(nnx.Module):
+    def __init__(self, width: int, hidden: int, activation: str, *, dtype, precision, rngs: nnx.Rngs):
+        # Megatron split: the hidden units across devices (c_fc columns, c_proj rows).
+        self.c_fc = _dense(width, hidden, dtype, precision, rngs, std=(2 * width) ** -0.5, axes=(None, MODEL))
+        self.c_proj = _dense(hidden, width, dtype, precision, rngs, std=width**-0.5, axes=(MODEL, None))
+        self.activation = activation
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.c_proj(ACTIVATIONS[self.activation](self.c_fc(x)))
+
+
+class LayerScale(nnx.Module):
+    """open_clip's LayerScale: x * gamma, one learned gain per channel."""
+
+    def __init__(self, width: int, init_value: float):
+        self.gamma = nnx.Param(_init(nnx.initializers.constant(init_value))(None, (width,)), **declare(GAIN, None))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x * self.gamma[...].astype(x.dtype)
+
+
+class ResidualAttentionBlock(nnx.Module):
+    def __init__(self, width: int, heads: int, mlp_width: int, cfg: CLIPConfig, *, ls_init_value: float | None = None,
+                 dtype, precision, attention, rngs):
+        self.dtype = dtype
+        self.ln_1 = _layer_norm(width, cfg.layer_norm_eps, rngs)
+        self.attn = MultiheadAttention(width, heads, dtype=dtype, precision=precision, attention=attention, rngs=rngs)
+        self.ln_2 = _layer_norm(width, cfg.layer_norm_eps, rngs)
+        self.mlp = MLP(width, mlp_width, cfg.activation, dtype=dtype, precision=precision, rngs=rngs)
+        # open_clip: ls_1 / ls_2 scale the attention and MLP branches (Identity when ls_init_value is None).
+        if ls_init_value is not None:
+            self.ls_1 = LayerScale(width, ls_init_value)
+            self.ls_2 = LayerScale(width, ls_init_value)
+        self.layer_scale = ls_init_value is not None
+
+    def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
+        # LayerNorm returns float32; cast back so the residual stream stays in the compute dtype.
+        attn = self.attn(self.ln_1(x).astype(self.dtype), causal=causal)
+        x = x + (self.ls_1(attn) if self.layer_scale else attn)
+        mlp = self.mlp(self.ln_2(x).astype(self.dtype))
+        return x + (self.ls_2(mlp) if self.layer_scale else mlp)
+
+    def pooled(self, x: jax.Array, index: jax.Array, causal: bool = False) -> jax.Array:
+        """__call__(x)[arange(B), index] for x [B, L, D], index int [B] -> [B, D], computing only that token."""
+        attn = self.attn.query_one(self.ln_1(x).astype(self.dtype), index, causal=causal)
+        y = _take_rows(x, index)[:, None] + (self.ls_1(attn) if self.layer_scale else attn)
+        mlp = self.mlp(self.ln_2(y).astype(self.dtype))
+        return (y + (self.ls_2(mlp) if self.layer_scale else mlp))[:, 0]
+
+
+class Transformer(nnx.Module):
+    def __init__(self, width: int, layers: int, heads: int, mlp_width: int, cfg: CLIPConfig, **kw):
+        self.resblocks = nnx.List([ResidualAttentionBlock(width, heads, mlp_width, cfg, **kw) for _ in range(layers)])
+
+    def __call__(self, x: jax.Array, causal: bool = False, pool: jax.Array | None = None) -> jax.Array:
+        """x: [B, L, D] -> [B, L, D]; with pool (int [B], one position per row) -> [B, D], the output at
+        those positions only: the last block then works on one token per row (~7% of a 12-layer tower)."""
+        *body, last = self.resblocks
+        for block in body:
+            x = block(x, causal=causal)
+        return last(x, causal=causal) if pool is None else last.pooled(x, pool, causal=causal)
+
+    def hidden_states(self, x: jax.Array, keep: tuple[int, ...], causal: bool = False) -> tuple[jax.Array, dict]:
+        """x: [B, L, D] -> (the last block's output, {i: hidden state i for i in keep}): state 0 is the
+        input of block 0, state i the output of block i - 1 (transformers' `hidden_states` numbering).
+        Only the kept states outlive the loop."""
+        kept = {0: x} if 0 in keep else {}
+        for i, block in enumerate(self.resblocks, start=1):
+            x = block(x, causal=causal)
+            if i in keep:
+                kept[i] = x
+        return x, kept
+
+
+def _project(x: jax.Array, proj: jax.Array, dtype, precision) -> jax.Array:
+    """x @ proj in the compute dtype, accumulated and returned in float32."""
+    return jnp.dot(x.astype(dtype), proj.astype(dtype), precision=precision, preferred_element_type=jnp.float32)
+
+
+def conv2d(conv: nnx.Conv, x: jax.Array, kernel: jax.Array | None = None) -> jax.Array:
+    """conv(x) for a bias-free nnx.Conv, NHWC: x [N, H, W, C] -> [N, H', W', C']; `kernel` replaces the
+    module's own (same shape) when given.
+
+    Where the windows don't overlap (kernel size == stride, no padding: ViT's patch embedding, ResNet's
+    1x1 convs) the convolution is a matmul over patches, which XLA's CPU backend runs up to twice as fast
+    as its convolution. Other backends keep the convolution, which cuDNN fuses with bias, residual, relu.
+    """
+    dtype = conv.dtype or x.dtype
+    x, kernel = x.astype(dtype), (conv.kernel[...] if kernel is None else kernel).astype(dtype)
+    kh, kw, c, out = kernel.shape
+    s = conv.strides
+    convolve = partial(jax.lax.conv_general_dilated, window_strides=(s, s), padding=conv.padding,
+                       dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=conv.precision)
+    if (kh, kw) != (s, s) or conv.padding not in ("VALID", ((0, 0), (0, 0))):
+        return convolve(x, kernel)
+
+    def matmul(x, kernel):
+        n, h, w, _ = x.shape
+        gh, gw = h // kh, w // kw  # VALID drops a remainder
+        patches = x[:, : gh * kh, : gw * kw].reshape(n, gh, kh, gw, kw, c).transpose(0, 1, 3, 2, 4, 5)
+        return jnp.dot(patches.reshape(n, gh, gw, kh * kw * c), kernel.reshape(kh * kw * c, out),
+                       precision=conv.precision)
+
+    return jax.lax.platform_dependent(x, kernel, cpu=matmul, default=convolve)

@@ -1,0 +1,41 @@
+"""Pooling heads: OpenAI's attention pool, which ends the ModifiedResNet image tower."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .layers import _dense, _matmul_precision, _normal
+from .roles import EMBEDDING, MODEL
+
+
+class AttentionPool2d(nnx.Module):
+    """Attention pooling where only the mean token queries the feature map."""
+
+    def __init__(self, spacial_dim: int, embed_dim: int, num_heads: int, output_dim: int, *, dtype, precision,
+                 attention, rngs):
+        self.num_heads = num_heads
+        self.attention = attention
+        self.precision = precision
+        self.positional_embedding = _normal(rngs, (spacial_dim**2 + 1, embed_dim), embed_dim**-0.5, EMBEDDING)
+        std = embed_dim**-0.5
+        # Megatron split: heads across devices, as in MultiheadAttention.
+        self.k_proj = _dense(embed_dim, embed_dim, dtype, precision, rngs, std=std, axes=(None, MODEL))
+        self.q_proj = _dense(embed_dim, embed_dim, dtype, precision, rngs, std=std, axes=(None, MODEL))
+        self.v_proj = _dense(embed_dim, embed_dim, dtype, precision, rngs, std=std, axes=(None, MODEL))
+        self.c_proj = _dense(embed_dim, output_dim, dtype, precision, rngs, std=std, axes=(MODEL, None))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [N, H, W, C] -> [N, output_dim]."""
+        n, h, w, c = x.shape
+        x = x.reshape(n, h * w, c)
+        x = jnp.concatenate([x.mean(axis=1, keepdims=True), x], axis=1)
+        x = x + self.positional_embedding[...].astype(x.dtype)
+        head_dim = c // self.num_heads
+        q = self.q_proj(x[:, :1]).reshape(n, 1, self.num_heads, head_dim)
+        k = self.k_proj(x).reshape(n, h * w + 1, self.num_heads, head_dim)
+        v = self.v_proj(x).reshape(n, h * w + 1, self.num_heads, head_dim)
+        with _matmul_precision(self.precision):
+            out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention)
+        return self.c_proj(out.reshape(n, c))
