@@ -38,34 +38,36 @@ def test_tar_shards_group_members_by_key(tmp_path):
     assert got[3]["__shard__"] == str(tmp_path / "00001.tar")
 
 
+LONG_NAMES = ["a" * 150 + ".jpg", "d/é" * 60 + ".txt", "short.txt"]  # a GNU long name or pax path header each
+
+
+def long_names_tar(path, fmt: int, size: int) -> None:
+    """LONG_NAMES written by tarfile in format `fmt`, member i holding size * (i + 1) bytes of i + 1."""
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for i, n in enumerate(LONG_NAMES):
+            info = tarfile.TarInfo(n)
+            info.size = size * (i + 1)
+            tar.addfile(info, io.BytesIO(bytes([i + 1]) * info.size))
+
+
 def test_tar_long_names_and_pax_headers_match_tarfile(tmp_path):
     path = tmp_path / "long.tar"
-    names = ["a" * 150 + ".jpg", "d/é" * 60 + ".txt", "short.txt"]
     for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
-        with tarfile.open(path, "w", format=fmt) as tar:
-            for i, n in enumerate(names):
-                info = tarfile.TarInfo(n)
-                info.size = i + 1
-                tar.addfile(info, io.BytesIO(b"x" * (i + 1)))
+        long_names_tar(path, fmt, 1)
         with open(path, "rb") as f:
-            assert [(n, len(d)) for n, d in tar_members(f)] == [(n, i + 1) for i, n in enumerate(names)]
+            assert [(n, len(d)) for n, d in tar_members(f)] == [(n, i + 1) for i, n in enumerate(LONG_NAMES)]
 
 
 def test_member_offsets_read_the_member_back(tmp_path):
     """tar_members(offsets=True): each member's data offset, whatever headers (GNU long names, pax) come
     before it, so eval_data reads an image back by a ranged read without a second tar reader."""
     path = tmp_path / "long.tar"
-    names = ["a" * 150 + ".jpg", "d/é" * 60 + ".txt", "short.txt"]
     for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
-        with tarfile.open(path, "w", format=fmt) as tar:
-            for i, n in enumerate(names):
-                info = tarfile.TarInfo(n)
-                info.size = 700 * (i + 1)
-                tar.addfile(info, io.BytesIO(bytes([i + 1]) * info.size))
+        long_names_tar(path, fmt, 700)
         data = path.read_bytes()
         with open(path, "rb") as f:
             got = list(tar_members(f, offsets=True))
-        assert [n for n, _, _ in got] == names
+        assert [n for n, _, _ in got] == LONG_NAMES
         assert all(data[at: at + len(d)] == d for _, d, at in got)
         with tarfile.open(path) as tar:
             assert [at for _, _, at in got] == [m.offset_data for m in tar.getmembers()]
