@@ -47,6 +47,7 @@ import os
 import posixpath
 import tarfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,8 +196,6 @@ def _url_id(url: str, info: dict) -> tuple:
 
 def _url_infos(urls: Sequence[str]) -> list[dict | None]:
     """fs.info of each URL (None where there is no such file), a few requests at a time."""
-    from concurrent.futures import ThreadPoolExecutor
-
     def info(url):
         fs, p = storage.url_to_fs(url)
         try:

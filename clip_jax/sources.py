@@ -91,7 +91,7 @@ KEY_COLUMNS = ("key", "__key__", "id")
 
 
 def _suffix(path: str) -> str:
-    name = path.rstrip("/").rsplit("/", 1)[-1]
+    name = storage.basename(path)
     return name.rsplit(".", 1)[-1].lower() if "." in name else ""
 
 
@@ -199,7 +199,7 @@ class Shard:
 
     @property
     def name(self) -> str:
-        return self.url.rstrip("/").rsplit("/", 1)[-1]
+        return storage.basename(self.url)
 
     def __iter__(self) -> Iterator[dict]:
         raise NotImplementedError
