@@ -11,9 +11,9 @@
 - CLIP_benchmark's WebDataset export (`ROOT/SPLIT/nshards.txt`, `ROOT/SPLIT/0.tar ...`, and beside them
   `classnames.txt`, `zeroshot_classification_templates.txt`, `dataset_type.txt`), ROOT a local folder or
   any fsspec URL ("gs://bucket/wds_imagenet1k", "hf://datasets/...", "file://...", "memory://..."). The
-  shards are read through clip_jax.sources (one forward pass each, its tar reader and webdataset's
-  grouping of members into samples, as `clip-jax embed` reads them); images stay in the shards and are
-  read back by offset (a ranged read on object storage) when they are embedded.
+  shards are read through clip_jax.tarstream.tar_samples (one forward pass each: the tar reader and
+  webdataset's grouping of members into samples that `clip-jax embed` reads with); images stay in the
+  shards and are read back by the offset it reports (a ranged read on object storage) when embedded.
 - A CSV or TSV (by suffix; a header row) of image path + caption, for retrieval: the image column is
   `image`, `filepath`, `path`, `file` or `filename` (or --image-column), the caption column `caption`,
   `text`, `title` or `captions` (or --caption-column). Rows naming the same image add captions to it;
@@ -30,6 +30,8 @@ readable tar is a ShardError naming it. A sample whose `.cls` isn't an integer (
 refused with the shard and key, not skipped: as an unreadable image, a label that can't be read would
 make the result incomparable with CLIP_benchmark's (which stops there too). A `.txt` caption that isn't
 UTF-8 is decoded with U+FFFD replacing the bad bytes, as clip_jax.sources does for every job.
+
+Paths and URLs are told apart and read by clip_jax.storage.
 
 Every data set has a `fingerprint`: a digest of what it holds (paths, sizes, modification times,
 labels; for URLs what the store reports: size, and mtime / ETag / generation where it has them), which
