@@ -5,9 +5,10 @@ Every attribute path mirrors the PyTorch name (`visual.transformer.resblocks.3.a
 it is made (roles.py), so converting a checkpoint is a rename of leaves by role (checkpoint/torch_names.py).
 The parts: layers.py (attention, MLP, residual block, transformer stack), vit.py and resnet.py (the image
 towers), pooling.py (attention pool), text.py (the text tower), states.py (hidden states), calls.py
-(the jitted calls), param_check.py, pos_embed.py. Here: the CLIP module, its jitted public calls
-(clip_logits, text_states, image_states), functional, build and abstract_model, and the declarations by
-name. Images are NHWC; the feature normalization and the logits are float32 whatever the compute dtype.
+(the jitted calls), param_check.py, pos_embed.py; the name registry for flat params is
+checkpoint/declared.py. Here: the CLIP module, its jitted public calls (clip_logits, text_states,
+image_states), functional, build and abstract_model, and the declarations of a model. Images are NHWC;
+the feature normalization and the logits are float32 whatever the compute dtype.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from flax import nnx
 # clip_jax.model.rebind; clip_jax.model.lower and conv2d are called by that name).
 from .calls import call_jitted, lower as lower, rebind as rebind
 from .checks import check_images, check_tokens
-from .config import CLIPConfig, TextConfig, VisionConfig
+from .config import CLIPConfig, TextConfig
 from .image import normalize_pixels
 from .layers import _SHAPES_ONLY, Dtype, conv2d as conv2d
 from .param_check import check_params
@@ -302,38 +303,3 @@ def flat_params(model: CLIP) -> dict[str, jax.Array]:
 def model_declarations(model: nnx.Module) -> dict[str, Declared]:
     """Flat clip_jax name -> what model.py declares for it (role, sharding), for a model or abstract model."""
     return declarations(nnx.state(model))
-
-
-# A flat params dict has no metadata: its names are looked up in what the model declares, for models of
-# every variant (digits, the block indices, stand for any index). Tiny widths: only names matter here.
-_EVERY_VARIANT = (
-    CLIPConfig(
-        embed_dim=8,
-        vision=VisionConfig(image_size=16, layers=2, width=8, patch_size=8, heads=1, ls_init_value=0.1),
-        text=TextConfig(context_length=4, vocab_size=8, width=8, heads=1, layers=2, ls_init_value=0.1, proj_bias=True),
-    ),
-    CLIPConfig(embed_dim=8, vision=VisionConfig(image_size=32, layers=(1, 2, 1, 1), width=8, patch_size=None),
-               text=TextConfig(context_length=4, vocab_size=8, width=8, heads=1, layers=1)),
-)
-
-
-def _pattern(name: str) -> str:
-    return ".".join("#" if part.isdigit() else part for part in name.split("."))
-
-
-@lru_cache(maxsize=1)
-def _declared_patterns() -> dict[str, Declared]:
-    table: dict[str, Declared] = {}
-    for config in _EVERY_VARIANT:
-        for name, info in declarations(abstract_model(config)[1]).items():
-            table.setdefault(_pattern(name), info)
-    return table
-
-
-def declared_by_name(name: str) -> Declared:
-    """What model.py declares for the param `name` (any clip_jax name, of any config), for flat params
-    dicts and plain pytrees that carry no metadata. KeyError for a name no clip_jax model has."""
-    try:
-        return _declared_patterns()[_pattern(name)]
-    except KeyError:
-        raise KeyError(f"{name}: not a clip_jax parameter name") from None

@@ -32,9 +32,10 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .calls import check_platform
+from .checkpoint.declared import declared_by_name
 from .checks import check_images, check_tokens
 from .image import Decoder
-from .model import CLIP, declared_by_name, functional, l2_normalize, logits
+from .model import CLIP, functional, l2_normalize, logits
 from .roles import DATA, MODEL, declared, flat_name, is_variable
 from .tokenizer import DEFAULT_BUCKETS, trim_tokens
 

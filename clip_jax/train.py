@@ -33,9 +33,10 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from .checkpoint.declared import declared_by_name
 from .checks import check_images, check_tokens
 from .layers import ResidualAttentionBlock
-from .model import CLIP, declared_by_name
+from .model import CLIP
 from .resnet import Bottleneck
 from .roles import DATA as DATA_AXIS, declared, flat_name, is_variable
 

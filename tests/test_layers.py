@@ -22,7 +22,8 @@ for layer, names in enumerate([
     "model",
     "towers",
     # around the model: checkpoints, devices, training, start-up
-    "checkpoint.torch_files checkpoint.torch_writer checkpoint.store checkpoint.config_source checkpoint.torch_names "
+    "checkpoint.declared checkpoint.torch_files checkpoint.torch_writer checkpoint.store checkpoint.config_source "
+    "checkpoint.torch_names "
     "checkpoint.transformers checkpoint.export checkpoint parallel train compilation",
     "hub",
     # applications

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from clip_jax.checkpoint.declared import declared_by_name
 from clip_jax.config import PRESETS
-from clip_jax.model import abstract_model, declared_by_name, param_shapes
+from clip_jax.model import abstract_model, param_shapes
 from clip_jax.roles import MODEL, ROLES, declarations, declared
 from clip_jax.towers import TextTower, VisionTower
 

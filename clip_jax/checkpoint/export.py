@@ -20,9 +20,10 @@ import ml_dtypes
 import numpy as np
 
 from ..fileio import output_target
-from ..model import declared_by_name, flat_params, model_declarations
+from ..model import flat_params, model_declarations
 from ..roles import Declared
 from ..towers import kind_of
+from .declared import declared_by_name
 from .store import DTYPES, cast_params
 from .torch_names import to_torch_state_dict
 from .torch_writer import write_safetensors, write_torch_zip

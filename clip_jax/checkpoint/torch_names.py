@@ -17,9 +17,10 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..config import CLIPConfig, MissingTensorError, config_from_state_dict
-from ..model import abstract_model, declared_by_name, param_shapes
+from ..model import abstract_model, param_shapes
 from ..param_check import ConversionError, check_params, raise_if_any
 from ..roles import Declared, declarations
+from .declared import declared_by_name
 
 # Tensors of OpenAI and open_clip checkpoints that aren't parameters.
 IGNORED = re.compile(r"(^|.*\.)(input_resolution|context_length|vocab_size|attn_mask|num_batches_tracked)$")
