@@ -112,14 +112,19 @@ class MultiheadAttention(nnx.Module):
         bias = self.in_proj.bias[...].astype(x.dtype).reshape(3, h, d // h)[parts]
         return jnp.einsum("bld,dthk->blthk", x, kernel, precision=self.precision) + bias
 
-    def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
-        """x: [B, L, D] -> [B, L, D]."""
-        b, length, d = x.shape
-        q, k, v = jnp.unstack(self._project_in(x, slice(0, 3)), axis=2)
+    def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, **mask) -> jax.Array:
+        """q [B, Lq, heads, head_dim], k and v [B, L, heads, head_dim] -> out_proj of the attention
+        [B, Lq, D]; `mask`: dot_product_attention's is_causal or key_value_seq_lengths."""
+        b, length, h, k_dim = q.shape
         # Softmax runs in float32 inside jax.nn.dot_product_attention for every input dtype.
         with _matmul_precision(self.precision):
-            out = jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=self.attention)
-        return self.out_proj(out.reshape(b, length, d))
+            out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention, **mask)
+        return self.out_proj(out.reshape(b, length, h * k_dim))
+
+    def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
+        """x: [B, L, D] -> [B, L, D]."""
+        q, k, v = jnp.unstack(self._project_in(x, slice(0, 3)), axis=2)
+        return self._attend(q, k, v, is_causal=causal)
 
     def query_one(self, x: jax.Array, index: jax.Array, causal: bool = False) -> jax.Array:
         """Attention output at one position per row: x [B, L, D], index int [B] -> [B, 1, D].
@@ -127,15 +132,12 @@ class MultiheadAttention(nnx.Module):
         Equal to __call__(x)[arange(B), index] but projects queries, output and (in the block) the MLP
         for one token instead of L: the last block of a tower only needs its pooled token.
         """
-        b, length, d = x.shape
         q = self._project_in(_take_rows(x, index)[:, None], slice(0, 1))[:, :, 0]
         k, v = jnp.unstack(self._project_in(x, slice(1, 3)), axis=2)
         # Causal: the query at position i sees keys 0..i, which is a key length of i + 1 (a padding mask,
         # which cuDNN takes natively, rather than a dense mask it would have to add as a bias).
         lengths = (index + 1).astype(jnp.int32) if causal else None
-        with _matmul_precision(self.precision):
-            out = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation=self.attention)
-        return self.out_proj(out.reshape(b, 1, d))
+        return self._attend(q, k, v, key_value_seq_lengths=lengths)
 
 
 class MLP(nnx.Module):
@@ -173,19 +175,26 @@ class ResidualAttentionBlock(nnx.Module):
             self.ls_2 = LayerScale(width, ls_init_value)
         self.layer_scale = ls_init_value is not None
 
-    def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
+    def _forward(self, x: jax.Array, causal: bool, index: jax.Array | None = None) -> jax.Array:
+        """The block's one wiring: x [B, L, D] -> [B, L, D], or with index (int [B]) the rows at those
+        positions only, [B, 1, D]: the attention queries, the residual and the MLP see one token per row."""
         # LayerNorm returns float32; cast back so the residual stream stays in the compute dtype.
-        attn = self.attn(self.ln_1(x).astype(self.dtype), causal=causal)
+        h = self.ln_1(x).astype(self.dtype)
+        if index is None:
+            attn = self.attn(h, causal=causal)
+        else:
+            attn = self.attn.query_one(h, index, causal=causal)
+            x = _take_rows(x, index)[:, None]
         x = x + (self.ls_1(attn) if self.layer_scale else attn)
         mlp = self.mlp(self.ln_2(x).astype(self.dtype))
         return x + (self.ls_2(mlp) if self.layer_scale else mlp)
 
+    def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
+        return self._forward(x, causal)
+
     def pooled(self, x: jax.Array, index: jax.Array, causal: bool = False) -> jax.Array:
         """__call__(x)[arange(B), index] for x [B, L, D], index int [B] -> [B, D], computing only that token."""
-        attn = self.attn.query_one(self.ln_1(x).astype(self.dtype), index, causal=causal)
-        y = _take_rows(x, index)[:, None] + (self.ls_1(attn) if self.layer_scale else attn)
-        mlp = self.mlp(self.ln_2(y).astype(self.dtype))
-        return (y + (self.ls_2(mlp) if self.layer_scale else mlp))[:, 0]
+        return self._forward(x, causal, index)[:, 0]
 
 
 class Transformer(nnx.Module):
