@@ -95,7 +95,7 @@ def param_specs(params: Any, mesh: Mesh) -> Any:
     doesn't divide leaves that parameter replicated.
 
     params: a model's nnx.State (its Variables carry the declarations), or any pytree of arrays whose
-    paths are clip_jax names (looked up with model.declared_by_name)."""
+    paths are clip_jax names (looked up with checkpoint.declared.declared_by_name)."""
     m = mesh.shape[MODEL]
 
     def spec(axes: tuple, shape: tuple) -> P:

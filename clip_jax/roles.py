@@ -11,7 +11,7 @@ Every Variable of a clip_jax model carries two pieces of Flax metadata, set when
 
 So adding a layer means declaring its parameters in model.py; the tables follow. The metadata survives
 `nnx.split`/`merge`, `jax.tree.map` (the shape-only abstract model has it too) and optax's states.
-A plain pytree of arrays has no metadata: for those, `clip_jax.model.declared_by_name` looks a name up
+A plain pytree of arrays has no metadata: for those, `clip_jax.checkpoint.declared.declared_by_name` looks a name up
 in what the model declares.
 """
 
