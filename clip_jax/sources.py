@@ -72,6 +72,7 @@ import pyarrow.parquet as pq
 
 from . import storage
 from .braces import MAX_NAMES, iter_braceexpand
+from .config import json_depth
 from .errors import ClipJaxError, InputError, ShardError
 from .tarstream import TarFormatError, tar_samples
 
@@ -102,8 +103,6 @@ def _suffix(path: str) -> str:
 MAX_TEXT_BYTES = 1 << 20  # a caption (tar .txt, a parquet caption cell)
 MAX_JSON_BYTES = 1 << 20  # a sample's .json metadata
 MAX_JSON_DEPTH = 64  # nesting of [ and {: json.loads recurses, so 200k levels would be a RecursionError
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
-_JSON_BRACKET = re.compile(rb"[\[\]{}]")
 _CLS = re.compile(rb"\s*[-+]?[0-9]{1,19}\s*")
 
 
@@ -118,11 +117,7 @@ def _json_depth(data: bytes) -> int:
     """The deepest nesting of [ and { outside strings, without parsing (so without recursion)."""
     if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
         return 0  # can't be deeper than the limit: the common case, at C speed
-    depth = deepest = 0
-    for m in _JSON_BRACKET.finditer(_JSON_STRING.sub(b'""', data)):
-        depth += 1 if m.group() in (b"[", b"{") else -1
-        deepest = max(deepest, depth)
-    return deepest
+    return json_depth(data)
 
 
 def _json(data: bytes) -> dict:
