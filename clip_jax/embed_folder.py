@@ -23,17 +23,22 @@ def read_manifest(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():  # a FIFO would block the read
         raise InputError(f"{path}: not a regular file")
+    return parse_manifest(path.read_bytes(), str(path))
+
+
+def parse_manifest(data: bytes, where: str) -> dict:
+    """A manifest's bytes (either job's, from any storage) -> a dict; InputError naming `where` if it isn't one."""
     try:
-        data = json.loads(path.read_bytes())
+        manifest = json.loads(data)
     except (ValueError, RecursionError) as e:
-        raise InputError(f"{path}: not a valid manifest ({str(e)[:200]})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("shards", {}), dict):
-        raise InputError(f"{path}: not a valid manifest (expected a JSON object with a 'shards' object)")
-    for k, shard in data.get("shards", {}).items():  # what a rerun reads of each shard done
+        raise InputError(f"{where}: not a valid manifest ({str(e)[:200]})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards", {}), dict):
+        raise InputError(f"{where}: not a valid manifest (expected a JSON object with a 'shards' object)")
+    for k, shard in manifest.get("shards", {}).items():  # what a rerun reads of each shard done
         if not (isinstance(shard, dict) and isinstance(shard.get("items"), int) and isinstance(shard.get("rows"), int)
                 and isinstance(shard.get("errors"), list) and all(_is_error(e) for e in shard["errors"])):
-            raise InputError(f"{path}: not a valid manifest (shard {k[:40]!r} lacks its items, rows or errors)")
-    return data
+            raise InputError(f"{where}: not a valid manifest (shard {k[:40]!r} lacks its items, rows or errors)")
+    return manifest
 
 
 def _is_error(entry) -> bool:

@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from jax._src import distributed  # the key-value store of jax.distributed's client (no public name)
 
-from .embed_folder import ERRORS, FORMAT, MANIFEST, progress_bar, tsv_field
+from .embed_folder import ERRORS, FORMAT, MANIFEST, parse_manifest, progress_bar, tsv_field
 from .errors import ClipJaxError, InputError, ShardError
 from .fileio import atomic_write
 from .image import Decoder
@@ -397,13 +397,7 @@ class ShardJob:
         """Process 0, before any shard: refuse a folder holding something else, then claim it."""
         old = self.dest.read(MANIFEST)
         if old is not None:
-            try:
-                old = json.loads(old)
-            except (ValueError, RecursionError) as e:
-                raise InputError(f"{self.dest}/{MANIFEST}: not a valid manifest ({str(e)[:200]})") from None
-            if not isinstance(old, dict):
-                raise InputError(f"{self.dest}/{MANIFEST}: not a valid manifest (a JSON {type(old).__name__}, "
-                                 "not an object)")
+            old = parse_manifest(old, f"{self.dest}/{MANIFEST}")
             diff = [k for k in self.identity if old.get(k) != self.identity[k]]
             if diff:
                 detail = ", ".join(f"{k}: {repr(old.get(k))[:80]} there, {self.identity[k]!r} now" for k in diff[:4])
