@@ -1,7 +1,7 @@
 """The dtypes clip_jax knows by name, one list for the command line, the converter and the jobs.
 
 Names only (no numpy, no ml_dtypes), so the command line can offer them without importing either;
-`checkpoint/store.py` maps them to numpy types.
+`checkpoint/store.NUMPY_DTYPES` maps them to numpy types.
 """
 
 from __future__ import annotations

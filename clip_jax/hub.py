@@ -25,9 +25,11 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+from huggingface_hub import constants as hf_constants, hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
 
 from . import pretrained
-from .checkpoint import check_param_dtypes, read_params, store, transformers as hf_format
+from .checkpoint import Checkpoint, check_param_dtypes, hf_format, read_params, store
 from .checkpoint.config_source import (
     OPEN_CLIP_CONFIG,
     ConfigArg,
@@ -44,7 +46,6 @@ from .pretrained import Pretrained
 from .towers import model_type
 
 HF_PREFIX = "hf-hub:"
-HF_CONFIG = OPEN_CLIP_CONFIG
 HF_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip's order
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
@@ -129,7 +130,7 @@ def read_any(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     subfolder: str | None = None,
-) -> hf_format.Checkpoint:
+) -> Checkpoint:
     """Anything `load` takes -> Checkpoint (config, params, kind, projection, origin). Every source's params
     are checked here to be floating point before anything is built from them (CheckpointError naming the
     tensor and its dtype)."""
@@ -139,7 +140,7 @@ def read_any(
     return checkpoint
 
 
-def _read_any(name_or_path, config, model, cache_dir, progress, subfolder) -> hf_format.Checkpoint:
+def _read_any(name_or_path, config, model, cache_dir, progress, subfolder) -> Checkpoint:
     if subfolder is not None and not (isinstance(name_or_path, (str, os.PathLike))
                                       and (str(name_or_path).startswith(HF_PREFIX) or Path(name_or_path).is_dir())):
         raise ValueError("subfolder= is for hf-hub: repositories and local folders")
@@ -152,7 +153,7 @@ def _read_any(name_or_path, config, model, cache_dir, progress, subfolder) -> hf
         if subfolder is not None:
             raise FileNotFoundError(f"{folder}: no such folder (subfolder={subfolder!r} of {name_or_path})")
     read = _read(name_or_path, config, model, cache_dir, progress, subfolder)
-    return read if isinstance(read, hf_format.Checkpoint) else hf_format.Checkpoint(*read, "clip", True, "")
+    return read if isinstance(read, Checkpoint) else Checkpoint(*read, "clip", True, "")
 
 
 def _read(name_or_path, config, model, cache_dir, progress, subfolder):
@@ -241,18 +242,16 @@ def _from_hub(repo_id: str, revision: str | None, cache_dir, subfolder: str | No
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
         raise ValueError(f"{HF_PREFIX}{repo_id}: expected {HF_PREFIX}org/repo")
     where = f"{HF_PREFIX}{repo_id}" + (f" (subfolder {subfolder})" if subfolder else "")
-    from huggingface_hub.errors import EntryNotFoundError
-
     try:
         if subfolder:  # open_clip's repos keep their files at the top: a subfolder is transformers'
-            raise EntryNotFoundError(f"{HF_CONFIG} is not looked for in a subfolder")
-        config_path = _hf_file(repo_id, HF_CONFIG, revision)
+            raise EntryNotFoundError(f"{OPEN_CLIP_CONFIG} is not looked for in a subfolder")
+        config_path = _hf_file(repo_id, OPEN_CLIP_CONFIG, revision)
     except EntryNotFoundError as e:
         try:
             return _from_hub_transformers(repo_id, revision, subfolder, where)
         except EntryNotFoundError as e2:
             raise FileNotFoundError(
-                f"{where}: no {HF_CONFIG} ({type(e).__name__}) and no transformers {hf_format.CONFIG} "
+                f"{where}: no {OPEN_CLIP_CONFIG} ({type(e).__name__}) and no transformers {hf_format.CONFIG} "
                 f"({type(e2).__name__}): not an open_clip or transformers repo, or not in the local cache in "
                 "offline mode") from None
     config = read_open_clip_config(config_path, where)
@@ -263,8 +262,6 @@ def _from_hub(repo_id: str, revision: str | None, cache_dir, subfolder: str | No
 def _from_hub_transformers(repo_id: str, revision: str | None, subfolder: str | None, where: str):
     """Fetch a transformers checkpoint's files (config.json, preprocessor_config.json if there, the
     weights transformers would pick, every shard of an index) -> Checkpoint, read from the snapshot."""
-    from huggingface_hub.errors import EntryNotFoundError
-
     fetch = lambda name: Path(_hf_file(repo_id, name, revision, subfolder))
     config_path = fetch(hf_format.CONFIG)  # EntryNotFoundError: not a transformers repo either
     try:
@@ -291,11 +288,6 @@ def _from_hub_transformers(repo_id: str, revision: str | None, subfolder: str | 
 
 
 def _hf_file(repo_id: str, filename: str, revision: str | None, subfolder: str | None = None) -> str:
-    try:
-        from huggingface_hub import constants as hf_constants, hf_hub_download
-    except ImportError:
-        raise ImportError("loading from the Hugging Face Hub needs huggingface_hub: "
-                          "pip install huggingface_hub") from None
     # huggingface_hub reads these variables once, at import; read them again so a later setting counts.
     offline = hf_constants.HF_HUB_OFFLINE or _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
     return hf_hub_download(
@@ -306,8 +298,6 @@ def _hf_file(repo_id: str, filename: str, revision: str | None, subfolder: str |
 
 
 def _hf_weights(repo_id: str, revision: str | None, names: tuple[str, ...]) -> Path:
-    from huggingface_hub.errors import EntryNotFoundError
-
     errors = []
     for name in names:
         try:

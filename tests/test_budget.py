@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clip_jax.checkpoint import torch_files
+from clip_jax.checkpoint import torch_pickle
 from clip_jax.checkpoint.torch_files import CheckpointError, load_state_dict
 from tests import hostile as H
 
@@ -173,7 +173,7 @@ def test_real_torch_files_within_budget(tmp_path):
 # (float32: a quarter as many), so a budget that counted elements, or counted the storages in elements,
 # or the view that owns its storage's buffer as a copy, or `>=` for `>`, fails one of them.
 
-SLACK = torch_files.COPY_SLACK
+SLACK = torch_pickle.COPY_SLACK
 F4, U1 = "FloatStorage", "ByteStorage"
 ITEMSIZE = {F4: 4, U1: 1}
 WHOLE = 1 << 20  # a 4 MiB float32 storage: its owner view, then full-size copies of it (tied parameters)

@@ -195,7 +195,7 @@ def test_failed_write_leaves_old_file(tmp_path, monkeypatch, suffix):
 
     real_record = torch_writer._write_record
     monkeypatch.setattr(torch_writer, "_write_record", die_on_second_record)
-    monkeypatch.setattr("safetensors.numpy.save_file", die_in_save_file)
+    monkeypatch.setattr(torch_writer, "save_file", die_in_save_file)
     with pytest.raises(OSError, match="disk full"):
         export({"logit_scale": np.zeros((), np.float32)}, path)
     assert path.read_bytes() == b"old"

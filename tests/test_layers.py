@@ -15,16 +15,17 @@ for layer, names in enumerate([
     # foundations: no clip_jax imports
     "errors braces tarstream storage fileio roles config dtypes ftfy_fast synthetic",
     # inputs and outputs of the model, without the model
-    "tokenizer image checks pretrained download param_check pos_embed",
+    "tokenizer image checks pretrained download param_check pos_embed "
+    "checkpoint.torch_pickle checkpoint.torch_save_reader checkpoint.torch_files checkpoint.torch_writer "
+    "checkpoint.store",
     # the model's parts: layers and jitted calls, then the towers and heads built from the layers
     "layers calls",
     "pooling vit resnet states text",
     "model",
     "towers",
     # around the model: checkpoints, devices, training, start-up
-    "checkpoint.declared checkpoint.torch_files checkpoint.torch_writer checkpoint.store checkpoint.config_source "
-    "checkpoint.torch_names "
-    "checkpoint.transformers checkpoint.export checkpoint parallel train compilation",
+    "checkpoint.declared checkpoint.config_source checkpoint.result checkpoint.torch_names "
+    "checkpoint.hf_format checkpoint.export checkpoint parallel train compilation",
     "hub",
     # applications
     "zeroshot search sources eval_data results embed_folder embed_shards embed eval",

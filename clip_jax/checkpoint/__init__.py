@@ -10,7 +10,7 @@ import numpy as np
 
 from ..config import CLIPConfig
 from ..errors import ClipJaxError
-from . import store, transformers as hf_format
+from . import hf_format, store
 from .config_source import (
     AssumedActivationWarning,
     ConfigArg,
@@ -19,6 +19,7 @@ from .config_source import (
     is_openai_archive,
     resolve_config,
 )
+from .result import Checkpoint, check_weight_dtype
 from .torch_files import CheckpointError, load_state_dict
 from .torch_names import ConversionError, from_torch, to_torch_state_dict
 
@@ -71,7 +72,7 @@ def check_param_dtypes(params: dict[str, np.ndarray], where: str | os.PathLike) 
     a CheckpointError naming the file, the tensor and the dtype, not a model silently computing with it."""
     for name, value in params.items():
         try:
-            hf_format.check_weight_dtype(name, np.asarray(value))
+            check_weight_dtype(name, np.asarray(value))
         except CheckpointError as e:
             raise CheckpointError(f"{where}: {e}") from None
 
@@ -114,9 +115,9 @@ def convert(
         checkpoint = hf_format.read_folder(src)
     else:
         read_config, params, origin = read_checkpoint(src, config, model=model)
-        checkpoint = hf_format.Checkpoint(read_config, params, "clip", True, origin)
+        checkpoint = Checkpoint(read_config, params, "clip", True, origin)
     if format == "transformers":
-        params = store.cast_params(checkpoint.params, dtype)
+        params = store.cast_flat(checkpoint.params, dtype)
         return hf_format.write_folder(dst, params, checkpoint.config, checkpoint.kind, checkpoint.projection)
     if checkpoint.kind != "clip":
         raise ValueError(f"{src}: a single {checkpoint.kind} tower; a converted clip_jax file holds a full CLIP: "
@@ -125,6 +126,6 @@ def convert(
     return dst
 
 
-__all__ = ["AssumedActivationWarning", "CheckpointError", "ConfigSource", "ConversionError", "convert",
+__all__ = ["AssumedActivationWarning", "Checkpoint", "CheckpointError", "ConfigSource", "ConversionError", "convert",
            "check_param_dtypes", "load_state_dict", "read_checkpoint", "read_params", "resolve_config", "store",
            "to_torch_state_dict"]

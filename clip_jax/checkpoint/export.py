@@ -7,7 +7,7 @@
 
 Either file loads into open_clip's CLIP with `load_state_dict(sd, strict=True)` (and into OpenAI's
 `build_model`), and `python -m convert` reads it back to identical params. The files themselves are
-written by torch_writer.py; transformers' folders by transformers.py.
+written by torch_writer.py; transformers' folders by hf_format.py.
 """
 
 from __future__ import annotations
@@ -19,19 +19,20 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from ..dtypes import FLOAT_DTYPES
 from ..fileio import output_target
 from ..model import flat_params, model_declarations
 from ..roles import Declared
 from ..towers import kind_of
 from .declared import declared_by_name
-from .store import DTYPES, cast_params
+from .hf_format import write_folder
+from .store import cast_flat
 from .torch_names import to_torch_state_dict
 from .torch_writer import write_safetensors, write_torch_zip
-from .transformers import write_folder
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 FP16_MIX = "fp16_mix"
-EXPORT_DTYPES = ("keep", *DTYPES, FP16_MIX)
+EXPORT_DTYPES = ("keep", *FLOAT_DTYPES, FP16_MIX)
 
 
 # --- the state dict ---------------------------------------------------------------------------------
@@ -62,7 +63,7 @@ def _flat(model_or_params) -> tuple[dict[str, np.ndarray], dict[str, Declared] |
 def _cast(params: dict[str, np.ndarray], dtype: str, declared: Mapping[str, Declared] | None) -> dict[str, np.ndarray]:
     if dtype not in EXPORT_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}; got {dtype!r}")
-    return fp16_mix(params, declared) if dtype == FP16_MIX else cast_params(params, dtype)
+    return fp16_mix(params, declared) if dtype == FP16_MIX else cast_flat(params, dtype)
 
 
 def torch_state_dict(model_or_params, dtype: str = "keep") -> dict[str, np.ndarray]:

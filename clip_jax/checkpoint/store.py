@@ -20,17 +20,18 @@ from .torch_files import CheckpointError, check_safetensors_dtypes
 
 FORMAT = "clip_jax"
 FORMAT_VERSION = "1"
-# Name -> numpy type (numpy knows "bfloat16" once ml_dtypes is imported).
-DTYPES = {name: np.dtype(name).type for name in FLOAT_DTYPES}
+# dtypes.FLOAT_DTYPES' names -> numpy types (numpy knows "bfloat16" once ml_dtypes is imported).
+NUMPY_DTYPES = {name: np.dtype(name).type for name in FLOAT_DTYPES}
 
 
-def cast_params(params: Mapping[str, np.ndarray], dtype: str = "keep") -> dict[str, np.ndarray]:
-    """Cast floating params to `dtype` ("keep", "float32", "float16", "bfloat16")."""
+def cast_flat(params: Mapping[str, np.ndarray], dtype: str = "keep") -> dict[str, np.ndarray]:
+    """A flat params dict (name -> numpy array) with its floating arrays cast to `dtype` ("keep",
+    "float32", "float16", "bfloat16"); other arrays as they are."""
     if dtype == "keep":
         return dict(params)
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of keep, {', '.join(DTYPES)}; got {dtype!r}")
-    target = DTYPES[dtype]
+    if dtype not in NUMPY_DTYPES:
+        raise ValueError(f"dtype must be one of keep, {', '.join(NUMPY_DTYPES)}; got {dtype!r}")
+    target = NUMPY_DTYPES[dtype]
     return {k: v.astype(target) if np.issubdtype(v.dtype, np.floating) or v.dtype == ml_dtypes.bfloat16 else v
             for k, v in params.items()}
 
@@ -40,7 +41,7 @@ def save(path: str | os.PathLike, params: Mapping[str, np.ndarray], config: CLIP
     """Write params + config to `path` atomically. origin: where the config came from (metadata
     "config_source", e.g. "open_clip_config.json beside the checkpoint")."""
     # np.asarray, not np.ascontiguousarray, which turns the 0-d logit_scale into shape (1,).
-    tensors = {k: np.asarray(v, order="C") for k, v in cast_params(params, dtype).items()}
+    tensors = {k: np.asarray(v, order="C") for k, v in cast_flat(params, dtype).items()}
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_json()}
     if origin:
         metadata["config_source"] = origin

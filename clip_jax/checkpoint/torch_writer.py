@@ -19,9 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from ..fileio import atomic_write
-from .torch_files import STORAGE_DTYPES
+from .torch_pickle import STORAGE_DTYPES
 
 ALIGNMENT = 64  # torch.save's data record alignment (`.storage_alignment`)
 # numpy dtype -> torch's legacy storage class, the type tag torch.load reads a storage's dtype from:
@@ -170,8 +171,6 @@ def write_torch_zip(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray
 
 def write_safetensors(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray]) -> None:
     """{name: array} as a .safetensors file (open_clip reads these with safetensors.torch.load_file)."""
-    from safetensors.numpy import save_file
-
     # np.asarray(order="C"), not np.ascontiguousarray, which turns a 0-d logit_scale into shape (1,).
     tensors = {k: np.asarray(_contiguous_le(k, v), order="C") for k, v in state_dict.items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))

@@ -22,9 +22,10 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
+from flax.serialization import msgpack_restore
 
 from ..config import (
     MAX_WIDTH,
@@ -43,6 +44,7 @@ from ..fileio import atomic_write
 from ..model import abstract_model, param_shapes
 from ..param_check import ConversionError, raise_if_any
 from ..towers import model_type
+from .result import FLOAT_NAMES, Checkpoint, check_weight_dtype
 from .torch_files import CheckpointError, load_state_dict
 from .torch_writer import write_safetensors
 
@@ -51,7 +53,6 @@ PREPROCESSOR_CONFIG = "preprocessor_config.json"
 # transformers' own order of preference.
 WEIGHTS = ("model.safetensors", "pytorch_model.bin", "flax_model.msgpack")
 INDEX_SUFFIX = ".index.json"
-KINDS = ("clip", "text", "vision")
 LEGACY_EOS = 2  # before transformers PR #24773 every CLIP config said 2: pooling is argmax(ids)
 ARCHITECTURES = {
     "CLIPModel": ("clip", True),
@@ -68,19 +69,6 @@ IGNORED = re.compile(r"(text_model|vision_model)\.embeddings\.position_ids$")
 TOWER_PREFIX = {"text": "text_model.", "vision": "vision_model."}
 TOWER_TOP = {"text": ("embeddings.", "encoder.", "final_layer_norm."),
              "vision": ("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm.")}
-
-
-class Checkpoint(NamedTuple):
-    """A transformers checkpoint read into clip_jax's terms.
-
-    kind: "clip" (both towers), "text" or "vision" (one tower); projection: whether the tower(s) project
-    to embed_dim (CLIPModel and the *WithProjection classes); origin: what the config came from."""
-
-    config: CLIPConfig
-    params: dict[str, np.ndarray]
-    kind: str
-    projection: bool
-    origin: str
 
 
 # --- names ----------------------------------------------------------------------------------------
@@ -164,15 +152,6 @@ def from_hf(state_dict: Mapping[str, np.ndarray], expected: Mapping[str, tuple[i
     return params
 
 
-FLOAT_NAMES = ("float16", "float32", "float64", "bfloat16")  # bfloat16: ml_dtypes' type
-
-
-def check_weight_dtype(name: str, array: np.ndarray) -> None:
-    """A weight must be floating point: a bool, int, complex or object tensor is refused, naming it."""
-    if array.dtype.name not in FLOAT_NAMES:
-        raise CheckpointError(f"{name}: a tensor of dtype {array.dtype}, not floating point")
-
-
 def to_hf(params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Flat clip_jax params -> transformers' state dict (torch layouts)."""
     out = {}
@@ -215,9 +194,9 @@ def _refuse(field: str, value: Any, why: str = "") -> None:
     raise InputError(f"not supported: {field}={short_repr(value)}" + (f" ({why})" if why else ""))
 
 
-def kind_of(cfg: Mapping[str, Any]) -> tuple[str, bool | None]:
-    """(kind, projection) from a config.json's architectures (or model_type); projection None when the
-    config doesn't say (a bare model_type): the weights decide."""
+def architecture_of(cfg: Mapping[str, Any]) -> tuple[str, bool | None]:
+    """The transformers class a config.json describes, by its architectures (or model_type), as (kind,
+    projection); projection None when the config doesn't say (a bare model_type): the weights decide."""
     if not isinstance(cfg, Mapping):
         raise InputError(f"a config.json must be an object, got {type(cfg).__name__}")
     archs = cfg.get("architectures") or []
@@ -313,7 +292,7 @@ def config_from_transformers(
     A single tower's CLIPConfig carries defaults for the tower it lacks; without a projection its
     embed_dim is the tower's width (nothing reads it). projection: what the weights say, for a config
     that doesn't name its class."""
-    kind, said = kind_of(cfg)
+    kind, said = architecture_of(cfg)
     projection = said if said is not None else bool(projection)
     towers: dict[str, tuple] = {}
     if kind == "clip":
@@ -494,8 +473,6 @@ def read_flax_msgpack(path: Path) -> dict[str, np.ndarray]:
 def flax_state_dict(data: bytes, path: str | os.PathLike = "flax msgpack") -> dict[str, np.ndarray]:
     """read_flax_msgpack on the file's bytes (`path` names it in errors): CheckpointError for anything
     that isn't a tree of named arrays at most MAX_TREE_DEPTH deep."""
-    from flax.serialization import msgpack_restore
-
     try:
         tree = msgpack_restore(data)
     except Exception as e:  # malformed input surfaces as many exception types  # noqa: BLE001
@@ -551,7 +528,7 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def read_folder(folder: str | os.PathLike) -> Checkpoint:
-    """A transformers CLIP folder -> Checkpoint (config, flat clip_jax params, kind, projection)."""
+    """A transformers CLIP folder -> Checkpoint (config, flat clip_jax params, kind, projection, origin)."""
     folder = Path(folder)
     weights = weights_file(folder)
     if not (folder / CONFIG).is_file() or weights is None:
@@ -581,8 +558,9 @@ def write_folder(folder: str | os.PathLike, params: Mapping[str, np.ndarray], co
                  projection: bool) -> Path:
     """config.json, model.safetensors and preprocessor_config.json in `folder` (created), each written
     atomically, for transformers' CLIPModel (kind "clip") or the tower class of kind and projection."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    kinds = tuple(dict.fromkeys(kind for kind, _ in ARCHITECTURES.values()))
+    if kind not in kinds:
+        raise ValueError(f"kind must be one of {kinds}, got {kind!r}")
     cfg = config_to_transformers(config, kind, projection)
     state_dict = to_hf(params)
     pp = preprocessor_config(config) if kind != "text" else None
