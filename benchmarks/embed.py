@@ -9,7 +9,7 @@ on the host, in the same run:
                            processes, persistent), model.encode_image(normalize=True) per batch
   clip_jax (ShardedCLIP)   ShardedCLIP.embed_image_files: --workers decoding threads, uint8 batches
                            padded to the batch size and prefetched to the devices, normalized there
-  clip_jax embed job       clip_jax.embed.embed: the same plus the output folder (float16 .npy,
+  clip_jax embed job       clip_jax.jobs.embed.embed: the same plus the output folder (float16 .npy,
                            parquet, manifest), one shard per round
 
 Compilation and worker start-up are excluded (one warm-up pass each); each figure is the best of
@@ -88,7 +88,7 @@ def main(argv=None):
 
     import clip_jax
     from clip_jax.checkpoint.torch_names import from_torch
-    from clip_jax.embed import embed
+    from clip_jax.jobs.embed import embed
     from clip_jax.parallel import ShardedCLIP
     from tests.images import write_jpegs
     from tests.reference import reference_model
@@ -199,9 +199,9 @@ def shards_main(args) -> None:
 
     from clip_jax.checkpoint import store
     from clip_jax.checkpoint.torch_names import from_torch
-    from clip_jax.embed_shards import decoded_batches
+    from clip_jax.data.sources import open_source
     from clip_jax.image import Decoder, image_transform
-    from clip_jax.sources import open_source
+    from clip_jax.jobs.embed_shards import decoded_batches
     from tests.images import write_jpegs
     from tests.reference import reference_model
     from tests.shards import write_tar
@@ -256,7 +256,7 @@ def shards_main(args) -> None:
         return run
 
     n = len(data)
-    rows = {"tar reader (clip_jax.sources)": _best(read_ours, args.repeat)}
+    rows = {"tar reader (clip_jax.data.sources)": _best(read_ours, args.repeat)}
     try:
         rows["tar reader (webdataset library)"] = _best(read_webdataset, args.repeat)
     except ImportError:

@@ -1,4 +1,4 @@
-"""Zero-shot classification end to end: `clip_jax.eval` vs CLIP_benchmark's torch loop, same run.
+"""Zero-shot classification end to end: `clip_jax.jobs.eval` vs CLIP_benchmark's torch loop, same run.
 
 Both sides start from the same PNG files (an ImageFolder drawn with clip_jax.synthetic, 30 classes) and the
 same weights (the bundled tiny CLIP, or --model, exported to open_clip's format for the torch side), build
@@ -7,7 +7,7 @@ recall:
 
   CLIP_benchmark   clip_benchmark.metrics.zeroshot_classification.evaluate: torchvision ImageFolder with
                    open_clip's eval transform, DataLoader(--workers processes), float32 (amp off on the CPU)
-  clip_jax         clip_jax.eval.zeroshot_classification: ShardedCLIP over every device, --workers
+  clip_jax         clip_jax.jobs.eval.zeroshot_classification: ShardedCLIP over every device, --workers
                    decoding threads, no feature cache
 
 Each side runs once to warm up (compilation, worker start-up), then the best of --repeat interleaved
@@ -44,9 +44,9 @@ def main() -> None:
     from torchvision.datasets import ImageFolder
 
     import clip_jax
-    import clip_jax.eval as ev
+    import clip_jax.jobs.eval as ev
     from clip_jax import synthetic
-    from clip_jax.demo import TINY_CLIP
+    from clip_jax.cli.demo import TINY_CLIP
     from clip_jax.parallel import ShardedCLIP
 
     try:

@@ -39,7 +39,7 @@ def main(argv=None):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from clip_jax.search import search
+    from clip_jax.jobs.search import search
 
     tmp = tempfile.mkdtemp(prefix="clip_jax_search_bench_")
     os.makedirs(os.path.join(tmp, "img_emb"))

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import TYPE_CHECKING, Any
 
 # Each public name is imported from its module on first use (PEP 562), so `import clip_jax` (and with it
@@ -28,17 +29,21 @@ _EXPORTS = {
     "zeroshot": ["IMAGENET_TEMPLATES", "zeroshot_classifier"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-_ALIASES = {"normalize": "l2_normalize"}  # the public name of feature L2 normalization before it was renamed
+# Modules that moved into the applications' subpackages: `clip_jax.eval` still answers, with a warning.
+_MOVED = {"embed": "jobs.embed", "eval": "jobs.eval", "search": "jobs.search", "sources": "data.sources",
+          "demo": "cli.demo"}
 
-__all__ = sorted([*_MODULE_OF, *_ALIASES])
+__all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name: str) -> Any:
-    target = _ALIASES.get(name, name)
-    if target in _MODULE_OF:
-        value = getattr(importlib.import_module(f".{_MODULE_OF[target]}", __name__), target)
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    elif name in _MOVED:
+        warnings.warn(f"clip_jax.{name} is now clip_jax.{_MOVED[name]}", DeprecationWarning, stacklevel=2)
+        return importlib.import_module(f".{_MOVED[name]}", __name__)  # not cached: each use warns
     else:
-        try:  # a submodule not imported yet: `import clip_jax; clip_jax.eval`
+        try:  # a submodule not imported yet: `import clip_jax; clip_jax.jobs`
             value = importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError as e:
             if e.name != f"{__name__}.{name}":
@@ -67,7 +72,6 @@ if TYPE_CHECKING:  # what type checkers and editors see: the names above, eagerl
         functional,
         image_states,
         l2_normalize,
-        l2_normalize as normalize,
         text_states,
     )
     from .parallel import ShardedCLIP, make_mesh, pmap_logits  # noqa: F401

@@ -9,7 +9,7 @@ can't be read), so `except ValueError` still works, and the command line prints 
 
 from __future__ import annotations
 
-__all__ = ["ClipJaxError", "InputError", "LimitError", "MissingExtraError", "ShardError"]
+__all__ = ["ClipJaxError", "InputError", "LimitError", "MissingExtraError", "ShardError", "require_extra"]
 
 
 class ClipJaxError(Exception):
@@ -31,3 +31,13 @@ class MissingExtraError(ClipJaxError, ImportError):
 class ShardError(ClipJaxError, OSError):
     """A shard that could not be read (missing, not a tar or parquet file, cut short): that shard fails
     alone, and a rerun retries it."""
+
+
+def require_extra(extra: str, what: str, *modules: str) -> None:
+    """Raise MissingExtraError, one line naming `pip install 'clip-jax[extra]'`, when any of `modules` is
+    not installed. Looked up with find_spec: nothing is imported, so the check costs no start-up time."""
+    from importlib.util import find_spec  # kept local: this module imports nothing at the top
+
+    missing = [m for m in modules if find_spec(m) is None]
+    if missing:
+        raise MissingExtraError(f"{what} needs {', '.join(missing)}, not installed: pip install 'clip-jax[{extra}]'")

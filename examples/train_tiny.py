@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from clip_jax import synthetic  # noqa: E402
 from clip_jax.checkpoint import read_params  # noqa: E402
 from clip_jax.checkpoint.export import export  # noqa: E402
+from clip_jax.cli.demo import zero_shot_accuracy  # noqa: E402
 from clip_jax.config import CLIPConfig, TextConfig, VisionConfig  # noqa: E402
-from clip_jax.demo import zero_shot_accuracy  # noqa: E402
 from clip_jax.model import build  # noqa: E402
 from clip_jax.tokenizer import tokenize  # noqa: E402
 from clip_jax.train import Trainer, optimizer  # noqa: E402

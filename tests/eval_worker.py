@@ -28,7 +28,7 @@ def main(argv: list[str]) -> None:
     import jax
 
     import clip_jax
-    import clip_jax.eval as ev
+    import clip_jax.jobs.eval as ev
 
     model, preprocess = clip_jax.load(model_path)
     data, pairs = Path(data_dir) / "test", Path(data_dir) / "pairs.csv"

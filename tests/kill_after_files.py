@@ -22,8 +22,8 @@ import signal
 import sys
 from pathlib import PurePosixPath
 
-from clip_jax import embed, embed_shards
-from clip_jax.cli import main
+from clip_jax.cli.main import main
+from clip_jax.jobs import embed, embed_shards
 
 # An output file of shard k, in either job: img_emb/img_emb_0001.npy, metadata/metadata_1.parquet, done/done_1.json
 _SHARD_FILE = re.compile(r"(?:img_emb|text_emb|metadata|done)_(\d+)\.(?:npy|parquet|json)")

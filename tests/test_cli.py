@@ -25,9 +25,9 @@ import pytest
 from PIL import Image
 
 import clip_jax
-from clip_jax import cli
-from clip_jax.embed import EmbedJob, collect_images
-from clip_jax.search import search
+from clip_jax.cli import main as cli
+from clip_jax.jobs.embed import EmbedJob, collect_images
+from clip_jax.jobs.search import search
 
 from .tiny import save_tiny
 
@@ -466,7 +466,7 @@ def test_embed_lock_keeps_a_second_job_out(data, tmp_path, capsys):
         first.close()
     assert main(*embed_args([imgs / "a"], out, model)) == 0
 
-    from clip_jax.embed import LOCK
+    from clip_jax.jobs.embed import LOCK
 
     killed = tmp_path / "killed"
     killed.mkdir()

@@ -20,11 +20,11 @@ import pytest
 from hypothesis import given, strategies as st
 
 import clip_jax
-from clip_jax import cli
 from clip_jax.checkpoint import hf_format, store
 from clip_jax.checkpoint.config_source import _from_open_clip_json, read_open_clip_config
 from clip_jax.checkpoint.torch_names import to_torch_state_dict
 from clip_jax.checkpoint.torch_writer import write_safetensors
+from clip_jax.cli import main as cli
 from clip_jax.config import (
     MAX_CONFIG_BYTES,
     CLIPConfig,

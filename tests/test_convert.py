@@ -167,7 +167,7 @@ def gelu_model():
 
 def _convert_cli(capsys, *argv) -> tuple[int, str]:
     """`clip-jax convert ARGV` in this process (a subprocess would start JAX again): (exit code, stderr)."""
-    from clip_jax.cli import main
+    from clip_jax.cli.main import main
 
     capsys.readouterr()
     code = main(["convert", *map(str, argv)])

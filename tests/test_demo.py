@@ -14,7 +14,7 @@ from PIL import Image
 
 from clip_jax import synthetic
 from clip_jax.checkpoint import read_params
-from clip_jax.demo import TINY_CLIP, contact_sheet, table, zero_shot, zero_shot_accuracy
+from clip_jax.cli.demo import TINY_CLIP, contact_sheet, table, zero_shot, zero_shot_accuracy
 from clip_jax.model import build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,13 +139,27 @@ def test_zero_shot_probabilities(tiny):
     np.testing.assert_allclose(probs, np.take_along_axis(want, idx, axis=1), atol=1e-5)
 
 
-def run_demo(*args: str) -> subprocess.CompletedProcess:
-    # torch is made unimportable: the demo must not need it
-    code = ("import sys, runpy; sys.modules['torch'] = None; sys.argv = ['clip_jax.demo', *sys.argv[1:]]; "
-            "runpy.run_module('clip_jax.demo', run_name='__main__')")
+# `clip-jax demo ARGS` (the installed script's entry point) with torch and the jobs extra made unimportable:
+# Quick start's `pip install .` brings neither, and the demo must need neither.
+_BLOCKED = "import sys; sys.modules.update(torch=None, pyarrow=None); "
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    code = _BLOCKED + "from clip_jax.cli.main import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
+
+
+def run_demo(*args: str) -> subprocess.CompletedProcess:
+    return run_cli("demo", *args)
+
+
+def test_a_job_without_the_jobs_extra_says_how_to_install_it(tmp_path):
+    proc = run_cli("embed", str(tmp_path), "-o", str(tmp_path / "out"), "--model", str(TINY_CLIP))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "clip-jax: error: clip_jax.jobs needs pyarrow, not installed: pip install 'clip-jax[jobs]'"]
 
 
 def test_demo_end_to_end(tmp_path):

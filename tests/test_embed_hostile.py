@@ -22,9 +22,10 @@ import pytest
 from hypothesis import given, strategies as st
 from PIL import Image
 
-from clip_jax import cli, embed as embed_mod
-from clip_jax.embed_shards import MAX_COLUMNS, OTHER, _metadata, _parquet_bytes
-from clip_jax.sources import Shard, Source
+from clip_jax.cli import main as cli
+from clip_jax.data.sources import Shard, Source
+from clip_jax.jobs import embed as embed_mod
+from clip_jax.jobs.embed_shards import MAX_COLUMNS, OTHER, _metadata, _parquet_bytes
 
 from .fuzz import FUZZ, any_bytes, bounded
 from .shards import jpeg
@@ -281,7 +282,7 @@ GOOD_MARKER = json.dumps({"shard": "s", "items": 3, "rows": 2, "errors": [["k", 
 @given(any_bytes(GOOD_MARKER))
 def test_done_marker_reader_fuzz(data):
     """A done marker is the summary, or a reason to redo its shard: never an exception."""
-    from clip_jax.embed_shards import _read_marker
+    from clip_jax.jobs.embed_shards import _read_marker
 
     paths = {"image": "img_emb/img_emb_0.npy", "metadata": "metadata/metadata_0.parquet"}
     summary, problem = bounded(lambda: _read_marker(data, "s", paths))
@@ -299,7 +300,7 @@ def test_manifest_reader_fuzz(data):
     """read_manifest: a dict, or the project's InputError naming the file (main: RecursionError at depth)."""
     import tempfile
 
-    from clip_jax.embed_folder import read_manifest
+    from clip_jax.jobs.embed_folder import read_manifest
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "manifest.json"

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import clip_jax
-from clip_jax import cli
-from clip_jax.embed_shards import plan
+from clip_jax.cli import main as cli
+from clip_jax.jobs.embed_shards import plan
 
 from .shards import make_samples, write_parquet, write_tar
 from .test_multihost import reserved_port, wait_all
@@ -80,7 +80,8 @@ def run_embed(data):
     call rather than a compile each)."""
     import jax
 
-    from clip_jax import embed, parallel
+    from clip_jax import parallel
+    from clip_jax.jobs import embed
 
     _, _, model = data
     sharded, _ = embed._load_sharded(str(model), "float32", None, parallel.make_mesh(1, devices=jax.local_devices()), 4)
@@ -258,7 +259,7 @@ def test_a_rerun_redoes_the_shards_whose_files_are_not_whole(data, full_run, run
     (b'{"items": 3, "rows": 3, "errors": [], "shard": "s", "files": {"a.npy": "9"}}', "does not record"),
 ])
 def test_a_done_marker_that_is_not_one_is_named_and_its_shard_redone(marker, problem):
-    from clip_jax.embed_shards import _read_marker
+    from clip_jax.jobs.embed_shards import _read_marker
 
     summary, why = _read_marker(marker, "s", {"image": "a.npy"})
     assert summary is None and problem in why
@@ -367,7 +368,7 @@ def test_search_by_image_finds_the_image_itself_first(data, full_run, tmp_path, 
 
 
 def test_search_on_the_devices_equals_numpy(tmp_path):
-    from clip_jax.search import search
+    from clip_jax.jobs.search import search
 
     rng = np.random.default_rng(0)
     (tmp_path / "img_emb").mkdir()

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 import clip_jax
-import clip_jax.eval as ev
+import clip_jax.jobs.eval as ev
 from clip_jax import synthetic
-from clip_jax.demo import TINY_CLIP
+from clip_jax.cli.demo import TINY_CLIP
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
@@ -376,7 +376,7 @@ def test_wds_layout(tmp_path, tiny):
 
 
 def test_wds_layout_at_an_fsspec_url(tiny):
-    """The wds layout on fsspec's in-memory file system: read through clip_jax.sources, images read back
+    """The wds layout on fsspec's in-memory file system: read through clip_jax.data.sources, images read back
     by ranged reads; the same samples and metrics as the local folder."""
     fsspec = pytest.importorskip("fsspec")
     tmp, model, preprocess, _ = tiny
@@ -493,7 +493,7 @@ def test_caption_table_at_an_fsspec_url(tiny, tmp_path):
 
 
 def test_cli_result_file_and_cache(tiny, tmp_path, monkeypatch, capsys):
-    from clip_jax import cli
+    from clip_jax.cli import main as cli
 
     tmp, *_ = tiny
     out = tmp_path / "{dataset}_{model}_{task}.json"
@@ -516,7 +516,7 @@ def test_cli_result_file_and_cache(tiny, tmp_path, monkeypatch, capsys):
 
 
 def test_user_errors(tmp_path, capsys):
-    from clip_jax import cli
+    from clip_jax.cli import main as cli
 
     (tmp_path / "empty").mkdir()
     assert cli.main(["eval", "zeroshot_classification", str(tmp_path / "empty"), "--model", "x"]) == 1

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-import clip_jax.eval as ev
-from clip_jax import cli, eval_data, storage
-from clip_jax.demo import TINY_CLIP
+import clip_jax.jobs.eval as ev
+from clip_jax.cli import main as cli
+from clip_jax.cli.demo import TINY_CLIP
+from clip_jax.data import storage
 from clip_jax.errors import ClipJaxError, InputError, LimitError, ShardError
+from clip_jax.jobs import eval_data
 
 from .fuzz import FUZZ, any_bytes, bounded, mutated
 
@@ -226,7 +228,7 @@ def test_unreadable_wds_image_through_the_model(tmp_path):
 
 
 def test_non_utf8_caption_is_replaced_not_a_traceback(tmp_path):
-    """Today UnicodeDecodeError; now decoded as clip_jax.sources does (U+FFFD), the sample kept."""
+    """Today UnicodeDecodeError; now decoded as clip_jax.data.sources does (U+FFFD), the sample kept."""
     root = wds(tmp_path / "wds", [samples(b"a cat", b"a d\xffg", field="txt")], kind="retrieval")
     data = ev.retrieval_data(root)
     assert data.captions == [["a cat"], ["a d\ufffdg"]]

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "clip_jax"
 LAYERS: dict[str, int] = {}
 for layer, names in enumerate([
     # foundations: no clip_jax imports
-    "errors braces tarstream storage fileio roles config dtypes ftfy_fast synthetic",
+    "errors fileio roles config dtypes ftfy_fast synthetic",
     # inputs and outputs of the model, without the model
     "tokenizer image checks pretrained download param_check pos_embed "
     "checkpoint.torch_pickle checkpoint.torch_save_reader checkpoint.torch_files checkpoint.torch_writer "
@@ -27,11 +27,16 @@ for layer, names in enumerate([
     "checkpoint.declared checkpoint.config_source checkpoint.result checkpoint.torch_names "
     "checkpoint.hf_format checkpoint.export checkpoint parallel train compilation",
     "hub",
-    # applications
-    "zeroshot search sources eval_data results embed_folder embed_shards embed eval",
-    "cli_common eval_cli cli",
+    "zeroshot",
     "__init__",
-    "demo",  # shows the public API: `import clip_jax`
+    # applications (the jobs extra): data sets from anywhere, then the jobs, then the command line
+    "data data.braces data.tarstream data.storage",
+    "data.sources",
+    "jobs jobs.search jobs.eval_data jobs.results jobs.embed_folder jobs.embed_shards jobs.embed jobs.eval",
+    "cli cli.common",
+    "cli.eval cli.demo",  # the demo shows the public API: `import clip_jax`
+    "cli.main",
+    "cli.__main__",
 ]):
     for name in names.split():
         LAYERS[name] = layer

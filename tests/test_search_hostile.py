@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given
 
-from clip_jax import cli
+from clip_jax.cli import main as cli
 from clip_jax.errors import ClipJaxError, InputError
-from clip_jax.search import (
+from clip_jax.jobs.search import (
     StaleIndexError,
     _metadata,
     _metadata_rows,
@@ -193,7 +193,7 @@ def test_an_empty_index_is_one_error_naming_it(indexed):
     """An index of 0 vectors (with a record that matches its bytes): on main, no hits and no word."""
     import faiss
 
-    from clip_jax.search import _sha256
+    from clip_jax.jobs.search import _sha256
 
     path = indexed / "image.index"
     faiss.write_index(faiss.IndexFlatIP(DIM), str(path))

@@ -8,10 +8,10 @@ import tarfile
 
 import pytest
 
-from clip_jax.braces import braceexpand
+from clip_jax.data.braces import braceexpand
+from clip_jax.data.sources import open_source
+from clip_jax.data.tarstream import group_samples, tar_members, tar_samples
 from clip_jax.errors import ShardError
-from clip_jax.sources import open_source
-from clip_jax.tarstream import group_samples, tar_members, tar_samples
 
 from .local_server import QuietHandler, serve
 from .shards import make_samples, write_parquet, write_tar

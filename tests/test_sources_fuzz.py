@@ -1,4 +1,4 @@
-"""Property-based fuzzing of clip_jax.sources' readers of outside bytes (issue 23, class 9): the tar reader
+"""Property-based fuzzing of clip_jax.data.sources' readers of outside bytes (issue 23, class 9): the tar reader
 (tar_members, TarShard), the parquet reader (ParquetShard) and brace expansion, each on mutated valid
 inputs, held to tests/fuzz.bounded: it returns, or raises the project's own error, in bounded time and
 memory. A sample may carry "__error__" or "__field_errors__"; its values must still be of their types."""
@@ -13,9 +13,9 @@ import fsspec
 import pytest
 from hypothesis import given, strategies as st
 
-from clip_jax.braces import braceexpand, iter_braceexpand
-from clip_jax.sources import ParquetShard, TarShard
-from clip_jax.tarstream import tar_members
+from clip_jax.data.braces import braceexpand, iter_braceexpand
+from clip_jax.data.sources import ParquetShard, TarShard
+from clip_jax.data.tarstream import tar_members
 
 from .fuzz import FUZZ, any_bytes, bounded, mutated
 from .shards import hostile_seed_tar, make_samples, write_parquet, write_tar
@@ -139,7 +139,7 @@ def test_the_header_parser_reads_what_tarfile_reads(block, fix):
     aren't plain octal digits (tarfile's int() also takes "+7", "0o7", "1_0")."""
     import tarfile
 
-    from clip_jax.tarstream import _header
+    from clip_jax.data.tarstream import _header
 
     block = (block + bytes(512))[:512]
     block = with_checksum(block) if fix else block

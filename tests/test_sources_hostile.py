@@ -11,10 +11,10 @@ import tarfile
 
 import pytest
 
-from clip_jax.braces import braceexpand, iter_braceexpand
+from clip_jax.data.braces import braceexpand, iter_braceexpand
+from clip_jax.data.sources import TarShard, open_source
+from clip_jax.data.tarstream import _pax, split_member, tar_members
 from clip_jax.errors import ClipJaxError, InputError, LimitError, ShardError
-from clip_jax.sources import TarShard, open_source
-from clip_jax.tarstream import _pax, split_member, tar_members
 
 from .fuzz import bounded
 from .shards import END_OF_ARCHIVE, pax_member, pax_record, tar_block, tar_header, tar_member, write_members, write_tar
@@ -144,7 +144,7 @@ def test_a_bad_header_checksum_is_a_shard_error():
 
 
 def test_members_over_the_cap_name_shard_and_member(monkeypatch):
-    import clip_jax.tarstream as tarstream
+    import clip_jax.data.tarstream as tarstream
 
     monkeypatch.setattr(tarstream, "MAX_MEMBER_BYTES", 1000)
     data = GOOD + tar_member("big.jpg", b"x" * 1001) + END_OF_ARCHIVE
@@ -375,7 +375,7 @@ def test_captions_and_keys_of_other_types(tmp_path):
 def test_an_image_cell_over_the_cap_is_refused_without_a_copy(tmp_path, monkeypatch):
     import pyarrow as pa
 
-    import clip_jax.sources as sources
+    import clip_jax.data.sources as sources
 
     monkeypatch.setattr(sources, "MAX_IMAGE_BYTES", 1000)
     path = parquet(tmp_path / "big.parquet", image=pa.array([b"x" * 1000, b"y" * 1001, b"z"]))

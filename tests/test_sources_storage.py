@@ -10,9 +10,9 @@ import fsspec
 import pytest
 from hypothesis import given
 
-from clip_jax import storage
-from clip_jax.embed_shards import Destination
+from clip_jax.data import storage
 from clip_jax.errors import ClipJaxError, InputError, LimitError
+from clip_jax.jobs.embed_shards import Destination
 
 from .fuzz import FUZZ, bounded, mutated
 

@@ -32,9 +32,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import clip_jax  # noqa: E402
-from clip_jax import cli  # noqa: E402
 from clip_jax.checkpoint import hf_format  # noqa: E402
-from clip_jax.cli import add_convert_args  # noqa: E402
+from clip_jax.cli import main as cli  # noqa: E402
+from clip_jax.cli.main import add_convert_args  # noqa: E402
 
 from .test_hub import COMMIT1, fake_hub, open_clip_tiny  # noqa: E402,F401
 from .tiny import TINY_RN, TRANSFORMERS_TINY as SMALL  # noqa: E402

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from clip_jax import search
 from clip_jax.config import MissingTensorError, config_from_state_dict
-from clip_jax.embed_folder import read_manifest
+from clip_jax.jobs import search
+from clip_jax.jobs.embed_folder import read_manifest
 
 
 def test_a_state_dict_without_clip_tensors():

@@ -1,4 +1,4 @@
-"""`clip-jax eval TASK DATA --model M`: the three evaluations of clip_jax.eval from the command line.
+"""`clip-jax eval TASK DATA --model M`: the three evaluations of clip_jax.jobs.eval from the command line.
 
 Prints the result (CLIP_benchmark's JSON: dataset, model, pretrained, task, metrics, language) on stdout
 and, with --output, writes it there atomically (CLIP_benchmark's placeholders such as
@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from .cli_common import (
+from .common import (
     add_distributed_args,
     add_model_args,
     add_truncate_arg,
@@ -23,7 +23,6 @@ from .cli_common import (
     one_line_warnings,
     positive_int,
 )
-from .results import check_output, output_path
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -90,14 +89,16 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    # When run, not at the top: cli/main.py imports this module for its arguments, and `clip-jax --help`
+    # waits neither for jax nor for the jobs extra (a missing one is a one-line error, here).
+    from ..jobs.results import check_output, output_path
+
     if args.output:  # an unknown placeholder: refused before the work, not after it
         output_path(args.output, {})
     initialize_distributed(args)
-    # When run, not at the top: cli.py imports this module for its arguments, and `clip-jax --help`
-    # should not wait for jax.
     import jax
 
-    from . import eval as ev
+    from ..jobs import eval as ev
 
     if args.output and jax.process_index() == 0:  # the process that writes it: its folder is writable
         check_output(args.output)
@@ -109,7 +110,7 @@ def _run_eval(args: argparse.Namespace, ev) -> int:
     import jax
     import jax.numpy as jnp
 
-    from .hub import load
+    from ..hub import load
 
     progress = not args.no_progress and jax.process_index() == 0
     if args.task == "zeroshot_classification":

@@ -13,8 +13,8 @@ import sys
 import warnings
 from collections.abc import Iterator
 
-from .dtypes import FLOAT_DTYPES
-from .errors import ClipJaxError
+from ..dtypes import FLOAT_DTYPES
+from ..errors import ClipJaxError
 
 # Failures the user can act on: one clear line on stderr, no traceback. (The checkpoint code's
 # CheckpointError and ConversionError are ValueErrors.) Not KeyError: a missing key is a bug unless the
@@ -68,7 +68,7 @@ def add_distributed_args(p: argparse.ArgumentParser) -> None:
 def initialize_distributed(args: argparse.Namespace) -> None:
     """jax.distributed must start before any other JAX call."""
     if args.distributed or args.coordinator or args.num_processes or args.process_id is not None:
-        from .parallel import initialize  # here: jax only for the commands that use it (see the docstring)
+        from ..parallel import initialize  # here: jax only for the commands that use it (see the docstring)
 
         initialize(args.coordinator, args.num_processes, args.process_id)
 

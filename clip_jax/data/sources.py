@@ -36,7 +36,7 @@ before it is used, and the bytes of a shard or table are data, never a path on t
   which then become "image_path".
 - brace patterns: more than 1,000,000 names is a LimitError, counted before any name is made.
 
-Storage (clip_jax.storage): a plain path is read with open(); anything with a protocol ("gs://", "s3://",
+Storage (clip_jax.data.storage): a plain path is read with open(); anything with a protocol ("gs://", "s3://",
 "http://", "hf://", "memory://", "file://") through fsspec, so every fsspec filesystem works (the
 protocol's own package must be installed: gcsfs, s3fs, aiohttp for HTTP). Brace patterns ("{000..127}",
 "{a,b}") are expanded as bash does, without listing anything, so every host computes the same shard list
@@ -70,10 +70,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..config import json_depth
+from ..errors import ClipJaxError, InputError, ShardError
 from . import storage
 from .braces import MAX_NAMES, iter_braceexpand
-from .config import json_depth
-from .errors import ClipJaxError, InputError, ShardError
 from .tarstream import TarFormatError, tar_samples
 
 __all__ = ["IMAGE_FIELDS", "Shard", "Source", "TarShard", "ParquetShard", "FileShard", "open_source",

@@ -36,8 +36,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from jax.experimental import multihost_utils
 
-from . import embed_shards, parallel
-from .dtypes import EMBEDDING_DTYPES, FLOAT_DTYPES, one_of
+from .. import parallel
+from ..data.sources import IMAGE_EXTENSIONS, collect_images, open_source, read_captions  # noqa: F401  (also embed's)
+from ..dtypes import EMBEDDING_DTYPES, FLOAT_DTYPES, one_of
+from ..fileio import atomic_write
+from ..hub import load
+from ..image import ImageError, transform_for
+from ..tokenizer import tokenize
+from . import embed_shards
 from .embed_folder import (  # noqa: F401  (MANIFEST, ERRORS, FORMAT, read_manifest: also embed's names)
     ERRORS,
     FORMAT,
@@ -46,11 +52,6 @@ from .embed_folder import (  # noqa: F401  (MANIFEST, ERRORS, FORMAT, read_manif
     read_manifest,
     tsv_field,
 )
-from .fileio import atomic_write
-from .hub import load
-from .image import ImageError, transform_for
-from .sources import IMAGE_EXTENSIONS, collect_images, open_source, read_captions  # noqa: F401  (also embed's)
-from .tokenizer import tokenize
 
 LOCK = ".clip_jax_embed.lock"  # flock'ed by the running job; removed when it ends
 NOT_UTF8 = "file name is not valid UTF-8 (image_path is UTF-8 text); rename the file"
@@ -316,7 +317,7 @@ def embed(
 
     inputs: folders (recursive), .txt lists of image paths, globs, image files (see collect_images);
       or WebDataset .tar shards / parquet files, local or fsspec URLs, with brace patterns
-      ("data/{00000..00127}.tar"): then see clip_jax.embed_shards (one output shard per input shard,
+      ("data/{00000..00127}.tar"): then see clip_jax.jobs.embed_shards (one output shard per input shard,
       each process its own shards, `output` may be an fsspec URL). image_column, caption_column: the
       parquet columns (default: image/jpg/img, caption/text/txt). text: also embed the shards' captions.
       image_paths: the parquet image column holds paths of files on this machine, read from here; by

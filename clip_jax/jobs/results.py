@@ -11,8 +11,8 @@ import os
 import string
 from pathlib import Path
 
-from .errors import InputError
-from .fileio import atomic_write, output_target
+from ..errors import InputError
+from ..fileio import atomic_write, output_target
 
 __all__ = ["RESULT_FIELDS", "check_output", "output_path", "result", "write_result"]
 

@@ -23,7 +23,7 @@ replaced whole: an atomic rename locally, one object PUT on object storage). A r
 whose files are all there with the sizes their marker records; a shard whose marker is unreadable, or
 whose files are missing or of another size, is embedded again (with a warning line).
 
-Hostile input: a sample the reader marks unusable ("__error__", see clip_jax.sources) or whose image
+Hostile input: a sample the reader marks unusable ("__error__", see clip_jax.data.sources) or whose image
 can't be decoded is skipped; a field it dropped ("__field_errors__") is logged and the sample kept; both
 go to errors.tsv. A shard that can't be opened or is cut short fails alone: the other shards are
 finished and marked done, the failed ones are not (nothing is marked done over lost samples), and the
@@ -52,14 +52,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from jax._src import distributed  # the key-value store of jax.distributed's client (no public name)
 
+from ..data.sources import Source
+from ..data.storage import is_url, listdir, read_bytes, url_to_fs
+from ..errors import ClipJaxError, InputError, ShardError
+from ..fileio import atomic_write
+from ..image import Decoder
+from ..parallel import prefetch
+from ..tokenizer import tokenize
 from .embed_folder import ERRORS, FORMAT, MANIFEST, parse_manifest, progress_bar, tsv_field
-from .errors import ClipJaxError, InputError, ShardError
-from .fileio import atomic_write
-from .image import Decoder
-from .parallel import prefetch
-from .sources import Source
-from .storage import is_url, listdir, read_bytes, url_to_fs
-from .tokenizer import tokenize
 
 FORMAT_VERSION = 2
 DONE = "done"
@@ -102,7 +102,7 @@ class Destination:
             self.fs.pipe_file(self._remote(rel), data)
 
     def _at(self, rel: str) -> str:
-        """The path or URL of `rel` in the folder, as clip_jax.storage reads it."""
+        """The path or URL of `rel` in the folder, as clip_jax.data.storage reads it."""
         return str(Path(self.root) / rel) if self.local else f"{self.root}/{rel}"
 
     def read(self, rel: str) -> bytes | None:
@@ -512,7 +512,7 @@ SHARD_ERRORS = (ShardError, InputError)  # a shard that can't be read: that shar
 
 def _checked(sample: dict) -> tuple[dict, str | None, list[str]]:
     """A sample as the job uses it -> (sample, why it is skipped or None, fields dropped). Honours the
-    reader's "__error__" and "__field_errors__" (see clip_jax.sources) and checks the types the job relies
+    reader's "__error__" and "__field_errors__" (see clip_jax.data.sources) and checks the types the job relies
     on itself: an image is bytes (a string is never opened as a path here), a caption a string."""
     reason = sample.get("__error__")
     fields = [str(f) for f in sample.get("__field_errors__") or ()]

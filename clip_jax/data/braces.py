@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from .errors import InputError, LimitError
+from ..errors import InputError, LimitError
 
 __all__ = ["MAX_NAMES", "braceexpand", "iter_braceexpand"]
 

@@ -1,9 +1,9 @@
 """The whole pipeline in one command, offline: convert a PyTorch checkpoint, load it, classify images
 zero-shot against label prompts, report.
 
-    python -m clip_jax.demo                        # the bundled tiny model on generated shapes
-    python -m clip_jax.demo --model ViT-B/32       # the same with any name or file clip_jax.load takes
-    python -m clip_jax.demo --out results/ --n 30 --seed 3
+    clip-jax demo                        # the bundled tiny model on generated shapes
+    clip-jax demo --model ViT-B/32       # the same with any name or file clip_jax.load takes
+    clip-jax demo --out results/ --n 30 --seed 3
 
 Steps: `python -m convert` the checkpoint (the bundled clip_jax/assets/tiny_clip.pt by default) into
 OUT/, load the converted file with clip_jax.load, draw images of colored shapes (clip_jax.synthetic),
@@ -26,16 +26,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from . import synthetic
-from .checkpoint import AssumedActivationWarning, convert
-from .checkpoint.store import is_converted
-from .cli_common import USER_ERRORS, one_line_warnings
-from .fileio import atomic_write
-from .hub import load
-from .image import transform_for
-from .zeroshot import classify, zeroshot_classifier
+from .. import synthetic
+from ..checkpoint import AssumedActivationWarning, convert
+from ..checkpoint.store import is_converted
+from ..fileio import atomic_write
+from ..hub import load
+from ..image import transform_for
+from ..zeroshot import classify, zeroshot_classifier
+from .common import USER_ERRORS, one_line_warnings
 
-TINY_CLIP = Path(__file__).resolve().parent / "assets" / "tiny_clip.pt"
+TINY_CLIP = Path(__file__).resolve().parent.parent / "assets" / "tiny_clip.pt"
 DEFAULT_MODEL = "tiny"
 
 
@@ -149,7 +149,7 @@ def convert_checkpoint(src: Path, out_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m clip_jax.demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="clip-jax demo", description=__doc__.split("\n")[0])
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="'tiny' (the bundled model), a model name (ViT-B/32, ...) or a checkpoint file")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: ./demo_out)")

@@ -37,8 +37,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from .errors import InputError, MissingExtraError
-from .fileio import atomic_write
+from ..errors import InputError, MissingExtraError
+from ..fileio import atomic_write
 
 __all__ = ["DeviceTopK", "Hit", "StaleIndexError", "build_index", "index_search", "search", "shard_files"]
 

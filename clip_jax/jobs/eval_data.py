@@ -1,4 +1,4 @@
-"""The data sets `clip_jax.eval` reads, in CLIP_benchmark's layouts.
+"""The data sets `clip_jax.jobs.eval` reads, in CLIP_benchmark's layouts.
 
 - An ImageFolder tree (torchvision's rules, so samples and labels come in the same order as
   CLIP_benchmark's loader): one subfolder per class, classes sorted by folder name, files sorted within
@@ -11,7 +11,7 @@
 - CLIP_benchmark's WebDataset export (`ROOT/SPLIT/nshards.txt`, `ROOT/SPLIT/0.tar ...`, and beside them
   `classnames.txt`, `zeroshot_classification_templates.txt`, `dataset_type.txt`), ROOT a local folder or
   any fsspec URL ("gs://bucket/wds_imagenet1k", "hf://datasets/...", "file://...", "memory://..."). The
-  shards are read through clip_jax.tarstream.tar_samples (one forward pass each: the tar reader and
+  shards are read through clip_jax.data.tarstream.tar_samples (one forward pass each: the tar reader and
   webdataset's grouping of members into samples that `clip-jax embed` reads with); images stay in the
   shards and are read back by the offset it reports (a ranged read on object storage) when embedded.
 - A CSV or TSV (by suffix; a header row) of image path + caption, for retrieval: the image column is
@@ -29,9 +29,9 @@ CSV field past the csv module's limit (128 KiB) names the file and line. A wds s
 readable tar is a ShardError naming it. A sample whose `.cls` isn't an integer (or isn't UTF-8) is
 refused with the shard and key, not skipped: as an unreadable image, a label that can't be read would
 make the result incomparable with CLIP_benchmark's (which stops there too). A `.txt` caption that isn't
-UTF-8 is decoded with U+FFFD replacing the bad bytes, as clip_jax.sources does for every job.
+UTF-8 is decoded with U+FFFD replacing the bad bytes, as clip_jax.data.sources does for every job.
 
-Paths and URLs are told apart and read by clip_jax.storage.
+Paths and URLs are told apart and read by clip_jax.data.storage.
 
 Every data set has a `fingerprint`: a digest of what it holds (paths, sizes, modification times,
 labels; for URLs what the store reports: size, and mtime / ETag / generation where it has them), which
@@ -55,9 +55,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import sources, storage
-from .errors import ClipJaxError, InputError, LimitError, ShardError
-from .tarstream import tar_samples
+from ..data import sources, storage
+from ..data.tarstream import tar_samples
+from ..errors import ClipJaxError, InputError, LimitError, ShardError
 
 __all__ = ["LabelledImages", "CaptionedImages", "TarMembers", "ImageFiles", "image_folder", "caption_table",
            "wds_dataset", "classification_data", "retrieval_data", "read_lines", "read_nshards", "IMG_EXTENSIONS",
@@ -415,7 +415,7 @@ def read_nshards(path: str) -> int:
 def _wds_samples(shards: list[str]):
     """Yield (key, {field: (shard, data offset, size, bytes of .cls/.txt else None)}) per sample of each
     shard, in order: each shard read forward once by tarstream.tar_samples, the reader and grouping
-    clip_jax.sources.TarShard reads with."""
+    clip_jax.data.sources.TarShard reads with."""
     for shard in shards:
         with sources.TarShard(shard).open() as f:
             try:
@@ -472,7 +472,7 @@ def wds_dataset(root: str | os.PathLike, split: str = "test", name: str | None =
         if kind == "retrieval":
             if "txt" not in parts:
                 continue
-            # not UTF-8: U+FFFD for the bad bytes, as clip_jax.sources reads captions for every job
+            # not UTF-8: U+FFFD for the bad bytes, as clip_jax.data.sources reads captions for every job
             captions.append(parts["txt"][3].decode("utf-8", "replace").splitlines())
         else:
             if "cls" not in parts:

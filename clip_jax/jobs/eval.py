@@ -1,7 +1,7 @@
 """Evaluations with CLIP_benchmark's definitions and result format: zero-shot classification, zero-shot
 retrieval and linear probes, with the features computed by a ShardedCLIP over every device.
 
-    import clip_jax, clip_jax.eval as ev
+    import clip_jax, clip_jax.jobs.eval as ev
     model, preprocess = clip_jax.load("model.safetensors")
     data = ev.classification_data("imagenet/val")                   # ImageFolder, or the wds_* layout
     ev.zeroshot_classification(model, preprocess, data)             # {"acc1", "acc5", "mean_per_class_recall"}
@@ -55,8 +55,14 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from . import download
-from .errors import InputError
+from .. import download
+from ..errors import InputError
+from ..fileio import atomic_write
+from ..image import transform_for
+from ..model import flat_params
+from ..parallel import ShardedCLIP
+from ..tokenizer import tokenize
+from ..zeroshot import IMAGENET_TEMPLATES, zeroshot_classifier
 from .eval_data import (  # noqa: F401  (re-exported: the data side of this module)
     CaptionedImages,
     LabelledImages,
@@ -67,13 +73,7 @@ from .eval_data import (  # noqa: F401  (re-exported: the data side of this modu
     retrieval_data,
     wds_dataset,
 )
-from .fileio import atomic_write
-from .image import transform_for
-from .model import flat_params
-from .parallel import ShardedCLIP
 from .results import RESULT_FIELDS, check_output, output_path, result, write_result  # noqa: F401  (re-exported)
-from .tokenizer import tokenize
-from .zeroshot import IMAGENET_TEMPLATES, zeroshot_classifier
 
 __all__ = [
     "TASKS", "zeroshot_classification", "zeroshot_retrieval", "linear_probe", "classification_metrics",

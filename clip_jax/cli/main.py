@@ -1,4 +1,4 @@
-"""The `clip-jax` command line: convert, embed, classify, search, index (and eval, in eval_cli.py).
+"""The `clip-jax` command line: convert, embed, classify, search, index, demo (and eval, in cli/eval.py).
 
 Start-up: this module and the ones it imports at the top load no jax, numpy or model code; each run_*
 function imports what its command needs when it runs, so `clip-jax --help` and a mistyped argument
@@ -12,7 +12,8 @@ import sys
 from importlib.util import find_spec
 from pathlib import Path
 
-from .cli_common import (  # noqa: F401  (DTYPES, non_negative_int: also this module's names)
+from ..dtypes import EMBEDDING_DTYPES, FLOAT_DTYPES
+from .common import (  # noqa: F401  (DTYPES, non_negative_int: also this module's names)
     DTYPES,
     USER_ERRORS,
     add_distributed_args,
@@ -23,8 +24,7 @@ from .cli_common import (  # noqa: F401  (DTYPES, non_negative_int: also this mo
     one_line_warnings,
     positive_int,
 )
-from .dtypes import EMBEDDING_DTYPES, FLOAT_DTYPES
-from .eval_cli import add_eval_args
+from .eval import add_eval_args
 
 
 def add_convert_args(p: argparse.ArgumentParser) -> None:
@@ -47,7 +47,7 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> None:
-    from .checkpoint import AssumedActivationWarning, convert  # when run: see the module docstring
+    from ..checkpoint import AssumedActivationWarning, convert  # when run: see the module docstring
 
     with one_line_warnings(AssumedActivationWarning):
         dst = convert(args.src, args.output, dtype=args.dtype, config=args.config, model=args.model,
@@ -90,7 +90,7 @@ def run_embed(args: argparse.Namespace) -> int:
     initialize_distributed(args)
     import jax  # when run: see the module docstring
 
-    from .embed import ERRORS, embed
+    from ..jobs.embed import ERRORS, embed
 
     if not args.inputs and not args.captions:
         raise ValueError("nothing to embed: give image INPUTs and/or --captions FILE")
@@ -135,10 +135,10 @@ def run_classify(args: argparse.Namespace) -> int:
     import jax.numpy as jnp  # when run: see the module docstring
     import numpy as np
 
-    from .hub import load
-    from .parallel import ShardedCLIP
-    from .sources import collect_images
-    from .zeroshot import logit_scale, read_templates, top_k, zeroshot_classifier
+    from ..data.sources import collect_images
+    from ..hub import load
+    from ..parallel import ShardedCLIP
+    from ..zeroshot import logit_scale, read_templates, top_k, zeroshot_classifier
 
     labels, templates = _labels(args), read_templates(args.templates)
     paths = collect_images(args.images)
@@ -177,10 +177,10 @@ def run_search(args: argparse.Namespace) -> int:
     import jax.numpy as jnp  # when run: see the module docstring
     import numpy as np
 
-    from .embed_folder import MANIFEST, read_manifest
-    from .hub import load
-    from .search import INDEX, StaleIndexError, index_search, search
-    from .tokenizer import tokenize
+    from ..hub import load
+    from ..jobs.embed_folder import MANIFEST, read_manifest
+    from ..jobs.search import INDEX, StaleIndexError, index_search, search
+    from ..tokenizer import tokenize
 
     manifest = Path(args.folder) / MANIFEST
     info = read_manifest(manifest) if manifest.exists() else {}
@@ -215,7 +215,7 @@ def add_index_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from .search import build_index  # when run: see the module docstring
+    from ..jobs.search import build_index  # when run: see the module docstring
 
     try:
         print(f"wrote {build_index(args.folder, factory=args.factory)}")
@@ -235,6 +235,8 @@ def parser() -> argparse.ArgumentParser:
     add_eval_args(sub.add_parser("eval", help="CLIP_benchmark's evaluations: zero-shot classification, "
                                               "retrieval recall@k, linear probe"))
     add_index_args(sub.add_parser("index", help="a faiss index of an embedding folder, which search then uses"))
+    # Listed for --help; `main` hands the arguments after "demo" to the demo's own parser.
+    sub.add_parser("demo", help="the bundled tiny model, offline: zero-shot on generated shapes (clip-jax demo --help)")
     return p
 
 
@@ -262,6 +264,11 @@ def _tolerate_undecodable_names() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:
+        from .demo import main as demo  # when run: see the module docstring
+
+        return demo(argv[1:])
     return run(parser(), argv)
 
 

@@ -3,7 +3,7 @@
 A plain path is read with open() and os; anything with a protocol ("gs://", "s3://", "http://", "hf://",
 "memory://", "file://") through fsspec, so every fsspec filesystem works once its package is installed
 (gcsfs, s3fs, aiohttp for HTTP): a missing one is a MissingExtraError naming the extra that brings it,
-a protocol fsspec doesn't know an InputError naming the URL. Readers of data sets (clip_jax.sources,
+a protocol fsspec doesn't know an InputError naming the URL. Readers of data sets (clip_jax.data.sources,
 eval_data) and the embedding jobs' output folders (embed_shards.Destination) go through here.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import fsspec
 
-from .errors import InputError, LimitError, MissingExtraError
+from ..errors import InputError, LimitError, MissingExtraError
 
 __all__ = ["is_url", "url_to_fs", "open_binary", "read_bytes", "read_text", "join", "isfile", "isdir", "parent",
            "basename", "listdir", "glob"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .errors import InputError
+from ..errors import InputError
 
 MANIFEST = "manifest.json"
 ERRORS = "errors.tsv"

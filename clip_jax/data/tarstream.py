@@ -3,7 +3,7 @@ and webdataset's grouping of those members into samples by key.
 
 A plain 512-byte-header parser (no tarfile stream buffer, no seeking), so shards on object storage or
 HTTP are read as they arrive; see `tar_members` for what it accepts and refuses. Every reader of tar
-shards (clip_jax.sources' TarShard, eval_data's CLIP_benchmark export) reads through `tar_samples`.
+shards (clip_jax.data.sources' TarShard, eval_data's CLIP_benchmark export) reads through `tar_samples`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from .errors import ShardError
+from ..errors import ShardError
 
 __all__ = ["BLOCK", "MAX_HEADER_BYTES", "MAX_MEMBER_BYTES", "TarFormatError", "tar_members", "split_member",
            "group_samples", "tar_samples"]
