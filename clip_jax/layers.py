@@ -1,6 +1,8 @@
 """The transformer's layers, laid out like OpenAI's `clip/model.py` and open_clip's `transformer.py`:
 attention, MLP, LayerScale, the residual block and the stack, with the helpers every tower builds
 its parameters with (each declared with its role and sharding, roles.py) and the patch convolution.
+Blocks take the scalars they use (width, heads, eps, activation, ...), never a config: the towers read
+their config once and pass them down. A stack rematerializes its blocks when its `remat` option is set.
 
 Numerics follow the reference, and not Flax's defaults, where the two differ: LayerNorm eps 1e-5, in
 float32 with the two-pass variance; QuickGELU or exact erf GELU. With a bfloat16/float16 compute
@@ -18,7 +20,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .config import CLIPConfig
 from .roles import BIAS, GAIN, KERNEL, MODEL, NORM_BIAS, NORM_SCALE, Role, declare
 
 Dtype = jnp.dtype | type
@@ -72,8 +73,35 @@ def quick_gelu(x: jax.Array) -> jax.Array:
     return x * jax.nn.sigmoid(1.702 * x)
 
 
-# Exact erf GELU, as torch.nn.GELU(); Flax's gelu defaults to the tanh approximation.
-ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": partial(jax.nn.gelu, approximate=False)}
+# The function of each activation a config may name (config.ACTIVATIONS). Exact erf GELU, as
+# torch.nn.GELU(); Flax's gelu defaults to the tanh approximation.
+ACTIVATION_FUNCTIONS = {"quick_gelu": quick_gelu, "gelu": partial(jax.nn.gelu, approximate=False)}
+
+# Which intermediates a rematerialized block keeps for the backward pass (jax.checkpoint_policies), by
+# name: nothing but its input; also its matmuls' outputs; those of them without batch dimensions.
+REMAT_POLICIES = {
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _check_remat_policy(name: str) -> str:
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy must be one of {tuple(REMAT_POLICIES)}; got {name!r}")
+    return name
+
+
+def rematerialized(fn: Callable, remat: bool, policy: str) -> Callable:
+    """fn(module, *arrays) -> arrays, with the activations recomputed in the backward pass when `remat`
+    (nnx.remat, keeping what REMAT_POLICIES[policy] saves); fn itself otherwise.
+
+    graph_updates=False: nothing is written back into the module graph. The blocks don't change their
+    state (BatchNorm runs on frozen statistics), and the graph write-back refuses the BatchStat variables
+    of a model merged inside a traced train step (flax.errors.TraceContextError)."""
+    if not remat:
+        return fn
+    return nnx.remat(fn, policy=REMAT_POLICIES[policy], graph_updates=False)
 
 
 def _matmul_precision(precision: str | None):
@@ -141,14 +169,18 @@ class MultiheadAttention(nnx.Module):
 
 
 class MLP(nnx.Module):
+    """c_fc, the activation (a name in ACTIVATION_FUNCTIONS), c_proj: [..., width] -> [..., width]."""
+
     def __init__(self, width: int, hidden: int, activation: str, *, dtype, precision, rngs: nnx.Rngs):
+        if activation not in ACTIVATION_FUNCTIONS:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATION_FUNCTIONS)}; got {activation!r}")
         # Megatron split: the hidden units across devices (c_fc columns, c_proj rows).
         self.c_fc = _dense(width, hidden, dtype, precision, rngs, std=(2 * width) ** -0.5, axes=(None, MODEL))
         self.c_proj = _dense(hidden, width, dtype, precision, rngs, std=width**-0.5, axes=(MODEL, None))
         self.activation = activation
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.c_proj(ACTIVATIONS[self.activation](self.c_fc(x)))
+        return self.c_proj(ACTIVATION_FUNCTIONS[self.activation](self.c_fc(x)))
 
 
 class LayerScale(nnx.Module):
@@ -161,19 +193,35 @@ class LayerScale(nnx.Module):
         return x * self.gamma[...].astype(x.dtype)
 
 
+class Identity(nnx.Module):
+    """nn.Identity: an option that is off (no params, no names in a checkpoint)."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x
+
+
 class ResidualAttentionBlock(nnx.Module):
-    def __init__(self, width: int, heads: int, mlp_width: int, cfg: CLIPConfig, *, ls_init_value: float | None = None,
-                 dtype, precision, attention, rngs):
+    """open_clip's ResidualAttentionBlock: x + ls_1(attn(ln_1(x))), then x + ls_2(mlp(ln_2(x))).
+
+    Args:
+      width, heads: the residual stream's width and the attention heads.
+      mlp_width: the MLP's hidden units.
+      eps: both LayerNorms' epsilon.
+      activation: the MLP's, a name in ACTIVATION_FUNCTIONS.
+      ls_init_value: LayerScale's initial gain; None: no LayerScale (ls_1, ls_2 are identities).
+      dtype, precision: compute dtype and matmul precision; attention: dot_product_attention's
+        implementation (None, "xla", "cudnn").
+    """
+
+    def __init__(self, width: int, heads: int, mlp_width: int, *, eps: float, activation: str,
+                 ls_init_value: float | None = None, dtype, precision, attention: str | None, rngs: nnx.Rngs):
         self.dtype = dtype
-        self.ln_1 = _layer_norm(width, cfg.layer_norm_eps, rngs)
+        self.ln_1 = _layer_norm(width, eps, rngs)
         self.attn = MultiheadAttention(width, heads, dtype=dtype, precision=precision, attention=attention, rngs=rngs)
-        self.ln_2 = _layer_norm(width, cfg.layer_norm_eps, rngs)
-        self.mlp = MLP(width, mlp_width, cfg.activation, dtype=dtype, precision=precision, rngs=rngs)
-        # open_clip: ls_1 / ls_2 scale the attention and MLP branches (Identity when ls_init_value is None).
-        if ls_init_value is not None:
-            self.ls_1 = LayerScale(width, ls_init_value)
-            self.ls_2 = LayerScale(width, ls_init_value)
-        self.layer_scale = ls_init_value is not None
+        self.ln_2 = _layer_norm(width, eps, rngs)
+        self.mlp = MLP(width, mlp_width, activation, dtype=dtype, precision=precision, rngs=rngs)
+        scale = (lambda: LayerScale(width, ls_init_value)) if ls_init_value is not None else Identity
+        self.ls_1, self.ls_2 = scale(), scale()
 
     def _forward(self, x: jax.Array, causal: bool, index: jax.Array | None = None) -> jax.Array:
         """The block's one wiring: x [B, L, D] -> [B, L, D], or with index (int [B]) the rows at those
@@ -185,9 +233,8 @@ class ResidualAttentionBlock(nnx.Module):
         else:
             attn = self.attn.query_one(h, index, causal=causal)
             x = _take_rows(x, index)[:, None]
-        x = x + (self.ls_1(attn) if self.layer_scale else attn)
-        mlp = self.mlp(self.ln_2(x).astype(self.dtype))
-        return x + (self.ls_2(mlp) if self.layer_scale else mlp)
+        x = x + self.ls_1(attn)
+        return x + self.ls_2(self.mlp(self.ln_2(x).astype(self.dtype)))
 
     def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
         return self._forward(x, causal)
@@ -198,24 +245,42 @@ class ResidualAttentionBlock(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    def __init__(self, width: int, layers: int, heads: int, mlp_width: int, cfg: CLIPConfig, **kw):
-        self.resblocks = nnx.List([ResidualAttentionBlock(width, heads, mlp_width, cfg, **kw) for _ in range(layers)])
+    """`layers` ResidualAttentionBlocks (`resblocks`); the other arguments are each block's.
+
+    remat: recompute each block's activations in the backward pass (one more forward pass of compute,
+    and only each block's input kept), keeping what REMAT_POLICIES[remat_policy] names. Settable on a
+    built model (clip_jax.train.with_remat); names and params don't change.
+    """
+
+    def __init__(self, width: int, layers: int, heads: int, mlp_width: int, *, remat: bool = False,
+                 remat_policy: str = "nothing_saveable", **block):
+        self.resblocks = nnx.List([ResidualAttentionBlock(width, heads, mlp_width, **block) for _ in range(layers)])
+        self.remat = remat
+        self.remat_policy = _check_remat_policy(remat_policy)
+
+    def _blocks(self, causal: bool) -> tuple[Callable, Callable]:
+        """(block, x) -> block(x) and (block, x, index) -> block.pooled(x, index), rematerialized when asked."""
+        call = rematerialized(lambda block, x: block(x, causal=causal), self.remat, self.remat_policy)
+        pooled = lambda block, x, index: block.pooled(x, index, causal=causal)
+        return call, rematerialized(pooled, self.remat, self.remat_policy)
 
     def __call__(self, x: jax.Array, causal: bool = False, pool: jax.Array | None = None) -> jax.Array:
         """x: [B, L, D] -> [B, L, D]; with pool (int [B], one position per row) -> [B, D], the output at
         those positions only: the last block then works on one token per row (~7% of a 12-layer tower)."""
+        call, pooled = self._blocks(causal)
         *body, last = self.resblocks
         for block in body:
-            x = block(x, causal=causal)
-        return last(x, causal=causal) if pool is None else last.pooled(x, pool, causal=causal)
+            x = call(block, x)
+        return call(last, x) if pool is None else pooled(last, x, pool)
 
     def hidden_states(self, x: jax.Array, keep: tuple[int, ...], causal: bool = False) -> tuple[jax.Array, dict]:
         """x: [B, L, D] -> (the last block's output, {i: hidden state i for i in keep}): state 0 is the
         input of block 0, state i the output of block i - 1 (transformers' `hidden_states` numbering).
         Only the kept states outlive the loop."""
+        call, _ = self._blocks(causal)
         kept = {0: x} if 0 in keep else {}
         for i, block in enumerate(self.resblocks, start=1):
-            x = block(x, causal=causal)
+            x = call(block, x)
             if i in keep:
                 kept[i] = x
         return x, kept

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .config import CLIPConfig, VisionConfig
-from .layers import _init, conv2d
+from .layers import _check_remat_policy, _init, conv2d, rematerialized
 from .pooling import AttentionPool2d
 from .roles import BATCH_STAT, KERNEL, MODEL, NORM_BIAS, NORM_SCALE, declare
 
@@ -92,6 +92,27 @@ class Bottleneck(nnx.Module):
         return jax.nn.relu(out + identity)
 
 
+class ResNetStage(nnx.List):
+    """One stage of Bottlenecks (torch's nn.Sequential `layer1`...`layer4`): the first with `stride` and
+    the change of width, then `blocks - 1` more. remat: as Transformer's, per Bottleneck."""
+
+    def __init__(self, inplanes: int, planes: int, blocks: int, stride: int, *, eps: float, remat: bool = False,
+                 remat_policy: str = "nothing_saveable", dtype, precision, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, precision=precision, rngs=rngs)
+        outplanes = planes * Bottleneck.expansion
+        super().__init__([Bottleneck(inplanes, planes, stride, eps, **kw)]
+                         + [Bottleneck(outplanes, planes, 1, eps, **kw) for _ in range(1, blocks)])
+        self.remat = remat
+        self.remat_policy = _check_remat_policy(remat_policy)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [N, H, W, inplanes] -> [N, H / stride, W / stride, 4 * planes]."""
+        call = rematerialized(lambda block, x: block(x), self.remat, self.remat_policy)
+        for block in self:
+            x = call(block, x)
+        return x
+
+
 class ModifiedResNet(nnx.Module):
     """OpenAI's ResNet: a 3-conv stem with avgpool, anti-aliased strided blocks, an attention pool."""
 
@@ -108,16 +129,12 @@ class ModifiedResNet(nnx.Module):
         self.bn2 = _batch_norm(width // 2, eps, dtype, rngs)
         self.conv3 = _conv(width // 2, width, 3, **kw)
         self.bn3 = _batch_norm(width, eps, dtype, rngs)
-
-        inplanes = width
-        stages = []
-        for i, blocks in enumerate(v.layers):
-            planes, stride = width * 2**i, (1 if i == 0 else 2)
-            stage = [Bottleneck(inplanes, planes, stride, eps, **kw)]
-            inplanes = planes * Bottleneck.expansion
-            stage += [Bottleneck(inplanes, planes, 1, eps, **kw) for _ in range(1, blocks)]
-            stages.append(nnx.List(stage))
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        # Stage i: planes width * 2**i, stride 2 but for the first; each takes the last one's 4 * planes.
+        inplanes = [width] + [width * 2**i * Bottleneck.expansion for i in range(3)]
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            ResNetStage(inplanes[i], width * 2**i, blocks, 1 if i == 0 else 2, eps=eps, **kw)
+            for i, blocks in enumerate(v.layers)
+        )
         self.attnpool = AttentionPool2d(
             v.grid_size, width * 32, v.heads, cfg.embed_dim, attention=attention, **kw
         )
@@ -130,6 +147,5 @@ class ModifiedResNet(nnx.Module):
         x = jax.nn.relu(conv_bn(self.conv3, self.bn3, x))
         x = _avg_pool(x, 2)
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for block in stage:
-                x = block(x)
+            x = stage(x)
         return self.attnpool(x).astype(jnp.float32)

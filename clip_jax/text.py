@@ -29,8 +29,8 @@ class TextTowerMixin:
         )
         self.positional_embedding = _normal(rngs, (t.context_length, t.width), 0.01, EMBEDDING)
         self.transformer = Transformer(
-            t.width, t.layers, t.heads, t.mlp_width, cfg, ls_init_value=t.ls_init_value, dtype=dtype,
-            precision=precision, attention=attention, rngs=rngs,
+            t.width, t.layers, t.heads, t.mlp_width, eps=cfg.layer_norm_eps, activation=cfg.activation,
+            ls_init_value=t.ls_init_value, dtype=dtype, precision=precision, attention=attention, rngs=rngs,
         )
         self.ln_final = _layer_norm(t.width, cfg.layer_norm_eps, rngs)
         # None without a projection, as transformers' CLIPTextModel. open_clip's proj_bias: an nn.Linear

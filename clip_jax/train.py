@@ -19,7 +19,6 @@ batches); the BatchNorm affine scale and bias are trained, without weight decay.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from collections.abc import Mapping
@@ -28,16 +27,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from .calls import rebind
 from .checkpoint.declared import declared_by_name
 from .checks import check_images, check_tokens
-from .layers import ResidualAttentionBlock
+from .layers import Transformer, _check_remat_policy
 from .model import CLIP
-from .resnet import Bottleneck
+from .resnet import ResNetStage
 from .roles import DATA as DATA_AXIS, declared, flat_name, is_variable
 
 # OpenAI: "clipped to prevent scaling the logits by more than 100".
@@ -64,10 +63,6 @@ def contrastive_loss(logits_per_image: jax.Array) -> jax.Array:
 # --- the optimizer ----------------------------------------------------------------------------------
 
 
-# A jax key path into an nnx.State -> the clip_jax name, e.g. "visual.transformer.resblocks.0.ln_1.scale".
-param_name = flat_name
-
-
 def decays(name: str) -> bool:
     """Whether AdamW decays the param `name`: the role model.py declares for it says so (Linear and
     conv weights and the projections do; norm gains and biases, Linear biases, embeddings, LayerScale
@@ -80,7 +75,7 @@ def decay_mask(params: Any) -> Any:
     declared role says (for a plain pytree of arrays, looked up by its clip_jax name)."""
     if any(is_variable(x) for x in jax.tree.leaves(params, is_leaf=is_variable)):
         return jax.tree.map(lambda v: v.replace(declared(v).role.decays), params, is_leaf=is_variable)
-    return jax.tree_util.tree_map_with_path(lambda path, x: decays(param_name(path)), params)
+    return jax.tree_util.tree_map_with_path(lambda path, x: decays(flat_name(path)), params)
 
 
 def schedule(learning_rate: float, total_steps: int, warmup_steps: int, end_factor: float = 0.0) -> optax.Schedule:
@@ -124,7 +119,7 @@ def clamp_logit_scale(params: nnx.State) -> nnx.State:
     open_clip do. Clipping the parameter (not the value used in the loss) keeps the stored value equal to
     the one the model computes with, and leaves Adam no gradient-free region to drift in."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: jnp.clip(x, 0.0, LOGIT_SCALE_MAX).astype(x.dtype) if param_name(path) == "logit_scale" else x,
+        lambda path, x: jnp.clip(x, 0.0, LOGIT_SCALE_MAX).astype(x.dtype) if flat_name(path) == "logit_scale" else x,
         params,
     )
 
@@ -132,60 +127,24 @@ def clamp_logit_scale(params: nnx.State) -> nnx.State:
 # --- gradient checkpointing -------------------------------------------------------------------------
 
 
-def _rematerialized(method):
-    """`method` of a module, with its activations recomputed in the backward pass (jax.checkpoint over
-    the module's split state). Array arguments are traced; the others (such as `causal`) are closed
-    over, i.e. static. Nothing is written back to the module: the blocks don't change their state
-    (BatchNorm runs on frozen statistics), and nnx.remat's write-back refuses the BatchStat variables
-    of a model merged inside a traced step."""
-
-    @functools.wraps(method)
-    def wrapped(self, *args, **kwargs):
-        is_array = lambda v: isinstance(v, (jax.Array, np.ndarray))
-        arrays = [v for v in (*args, *kwargs.values()) if is_array(v)]
-        graphdef, state = nnx.split(self)
-
-        def body(state, *traced):
-            it = iter(traced)
-            a = [next(it) if is_array(v) else v for v in args]
-            kw = {k: next(it) if is_array(v) else v for k, v in kwargs.items()}
-            return method(nnx.merge(graphdef, state), *a, **kw)
-
-        return jax.checkpoint(body)(state, *arrays)
-
-    return wrapped
+def set_remat(model: nnx.Module, remat: bool = True, policy: str = "nothing_saveable") -> None:
+    """Set the remat option of every transformer stack and ResNet stage in `model`, in place: with
+    `remat`, each residual block's activations are recomputed in the backward pass, keeping what the
+    jax.checkpoint policy named `policy` saves (clip_jax.layers.REMAT_POLICIES). Names and params don't
+    change."""
+    _check_remat_policy(policy)
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, (Transformer, ResNetStage)):
+            module.remat, module.remat_policy = remat, policy
+    rebind(model)  # its jitted calls were compiled for the structure before
 
 
-class CheckpointedResidualAttentionBlock(ResidualAttentionBlock):
-    """A transformer block whose activations are recomputed in the backward pass."""
-
-    __call__ = _rematerialized(ResidualAttentionBlock.__call__)
-    if hasattr(ResidualAttentionBlock, "pooled"):  # the last block's one-token path, where the model has it
-        pooled = _rematerialized(ResidualAttentionBlock.pooled)
-
-
-class CheckpointedBottleneck(Bottleneck):
-    """A ResNet bottleneck block whose activations are recomputed in the backward pass."""
-
-    __call__ = _rematerialized(Bottleneck.__call__)
-
-
-_CHECKPOINTED = {ResidualAttentionBlock: CheckpointedResidualAttentionBlock, Bottleneck: CheckpointedBottleneck}
-
-
-def with_remat(model: CLIP) -> CLIP:
-    """A copy of `model` (sharing its arrays) whose residual blocks are rematerialized (jax.checkpoint,
-    which nnx.remat wraps): the backward pass recomputes each block's activations instead of keeping
-    them, for about one more forward pass of compute; what is kept is each block's input. Names and
-    params are unchanged.
-
-    The block classes of the copy are swapped for checkpointed subclasses, so model.py needs no flag.
-    """
-    graphdef, state = nnx.split(model)
-    copy = nnx.merge(graphdef, state)
-    for _, module in nnx.iter_modules(copy):
-        if type(module) in _CHECKPOINTED:
-            module.__class__ = _CHECKPOINTED[type(module)]
+def with_remat(model: CLIP, policy: str = "nothing_saveable") -> CLIP:
+    """A copy of `model` (sharing its arrays) whose residual blocks are rematerialized (`set_remat`): the
+    backward pass recomputes each block's activations instead of keeping them, for about one more
+    forward pass of compute; with the default policy what is kept is each block's input."""
+    copy = nnx.merge(*nnx.split(model))
+    set_remat(copy, True, policy)
     return copy
 
 
@@ -214,7 +173,8 @@ class Trainer:
       model: the CLIP to train (its dtype is the compute dtype: build(..., dtype="bfloat16") trains in
         bf16 with float32 params, LayerNorm, softmax and loss). The model itself is not changed.
       tx: the optimizer, e.g. `optimizer(...)`.
-      remat: gradient checkpointing over the residual blocks (see `with_remat`).
+      remat: gradient checkpointing over the residual blocks (see `set_remat`), keeping what the
+        jax.checkpoint policy named `remat_policy` saves ("nothing_saveable": each block's input only).
       mesh: data parallelism, e.g. clip_jax.parallel.make_mesh(): the batch is split over the mesh axis
         "data"; params and optimizer state are replicated (also over a "model" axis, if any). The loss
         is over the global batch: each image is scored against every text of every device (jit
@@ -226,12 +186,12 @@ class Trainer:
     """
 
     def __init__(self, model: CLIP, tx: optax.GradientTransformation, *, remat: bool = False,
-                 mesh: Mesh | None = None, donate: bool = False):
+                 remat_policy: str = "nothing_saveable", mesh: Mesh | None = None, donate: bool = False):
         self.config = model.config
         self.tx = tx
         self.mesh = mesh
         if remat:
-            model = with_remat(model)
+            model = with_remat(model, remat_policy)
         self.graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
         self._init_params, self._init_frozen = params, frozen
         kw = {}
@@ -266,10 +226,7 @@ class Trainer:
         """A CLIP holding the state's arrays (not copies; without gradient checkpointing), e.g. to
         evaluate it or to `export` it."""
         model = nnx.merge(self.graphdef, state.params, state.frozen)
-        for _, module in nnx.iter_modules(model):  # back to the plain block classes
-            for plain, checkpointed in _CHECKPOINTED.items():
-                if type(module) is checkpointed:
-                    module.__class__ = plain
+        set_remat(model, False)
         return model
 
     # --- steps
@@ -385,6 +342,6 @@ def restore_checkpoint(directory: str | os.PathLike, like: TrainState, step: int
 
 __all__ = [
     "LOGIT_SCALE_MAX", "Trainer", "TrainState", "clamp_logit_scale", "contrastive_loss", "decay_mask",
-    "decays", "latest_step", "optimizer", "param_name", "restore_checkpoint", "save_checkpoint", "schedule",
+    "decays", "latest_step", "optimizer", "restore_checkpoint", "save_checkpoint", "schedule", "set_remat",
     "with_remat",
 ]

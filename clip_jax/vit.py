@@ -29,8 +29,8 @@ class VisionTransformer(nnx.Module):
         if not v.no_ln_pre:  # open_clip's no_ln_pre: nn.Identity, no params
             self.ln_pre = _layer_norm(v.width, cfg.layer_norm_eps, rngs)
         self.transformer = Transformer(
-            v.width, v.layers, v.heads, v.mlp_width, cfg, ls_init_value=v.ls_init_value, dtype=dtype,
-            precision=precision, attention=attention, rngs=rngs,
+            v.width, v.layers, v.heads, v.mlp_width, eps=cfg.layer_norm_eps, activation=cfg.activation,
+            ls_init_value=v.ls_init_value, dtype=dtype, precision=precision, attention=attention, rngs=rngs,
         )
         self.ln_post = _layer_norm(v.width, cfg.layer_norm_eps, rngs)
         if projection:  # transformers' CLIPVisionModel has none

@@ -23,15 +23,15 @@ from flax import nnx
 from open_clip.modified_resnet import AttentionPool2d as TorchAttentionPool2d, Bottleneck as TorchBottleneck
 from open_clip.transformer import LayerNorm, QuickGELU, ResidualAttentionBlock as TorchBlock
 
-from clip_jax.layers import ResidualAttentionBlock
+from clip_jax import config
+from clip_jax.layers import ACTIVATION_FUNCTIONS, MLP, ResidualAttentionBlock
 from clip_jax.pooling import AttentionPool2d
 from clip_jax.resnet import Bottleneck
-
-from .tiny import TINY
 
 ATOL = 3e-6
 GRAD_RTOL = 2e-6
 FLOAT32 = dict(dtype=jnp.float32, precision="highest")
+EPS = 1e-5  # torch's LayerNorm and BatchNorm2d default, and OpenAI's
 
 
 def perturbed(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -97,10 +97,14 @@ def assert_close(got, want, atol: float = ATOL):
     np.testing.assert_allclose(got, want, atol=atol, rtol=0)
 
 
-def block_pair(width: int = 64, heads: int = 4, seed: int = 0):
+def block_pair(width: int = 64, heads: int = 4, seed: int = 0, activation: str = "quick_gelu",
+               ls_init_value: float | None = None):
     torch.manual_seed(seed)
-    ref = perturbed(TorchBlock(width, heads, mlp_ratio=4.0, act_layer=QuickGELU, norm_layer=LayerNorm), seed)
-    ours = built(ResidualAttentionBlock, width, heads, 4 * width, TINY, attention=None, **FLOAT32)
+    act_layer = {"quick_gelu": QuickGELU, "gelu": torch.nn.GELU}[activation]
+    ref = perturbed(TorchBlock(width, heads, mlp_ratio=4.0, ls_init_value=ls_init_value, act_layer=act_layer,
+                               norm_layer=LayerNorm), seed)
+    ours = built(ResidualAttentionBlock, width, heads, 4 * width, eps=EPS, activation=activation,
+                 ls_init_value=ls_init_value, attention=None, **FLOAT32)
     copy_weights(ours, ref)
     return ref, ours
 
@@ -120,6 +124,33 @@ def test_vit_block():
     assert_close(run(ours, x), want)
     ours.ln_1.epsilon = ours.ln_2.epsilon = 1e-6
     assert np.abs(np.asarray(run(ours, x)) - want).max() > 100 * ATOL
+
+
+def test_layer_scale_gelu_block():
+    """A block with LayerScale (open_clip's ls_1, ls_2, gains set off their init) and exact GELU; without
+    LayerScale the block has no ls_* params, and with its gains at 1 it is the plain block."""
+    ref, ours = block_pair(seed=5, activation="gelu", ls_init_value=0.5)
+    with torch.no_grad():
+        ref.ls_1.gamma.mul_(torch.linspace(0.5, 2.0, 64))
+        ref.ls_2.gamma.mul_(torch.linspace(2.0, 0.5, 64))
+    copy_weights(ours, ref)
+    x = tokens(2, 10, 64, seed=5)
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x)).numpy()
+    assert_close(run(ours, x), want)
+    # LayerScale changes the output: gains of 1 (an identity LayerScale) move it by far more than ATOL
+    ours.ls_1.gamma.set_value(jnp.ones(64))
+    ours.ls_2.gamma.set_value(jnp.ones(64))
+    assert np.abs(np.asarray(run(ours, x)) - want).max() > 100 * ATOL
+    plain = built(ResidualAttentionBlock, 64, 4, 256, eps=EPS, activation="gelu", attention=None, **FLOAT32)
+    assert not any("ls_" in str(path) for path, _ in nnx.to_flat_state(nnx.state(plain)))
+
+
+def test_activations_are_the_configs():
+    """Every activation a config accepts has its function, and no other; another name is refused."""
+    assert tuple(ACTIVATION_FUNCTIONS) == config.ACTIVATIONS
+    with pytest.raises(ValueError, match="activation must be one of"):
+        MLP(8, 32, "relu", rngs=nnx.Rngs(0), **FLOAT32)
 
 
 def test_causal_text_block_and_its_pooled_token():
@@ -154,7 +185,7 @@ def test_attention_pool():
 def bottleneck_pair(inplanes: int, planes: int, stride: int, seed: int):
     torch.manual_seed(seed)
     ref = perturbed(TorchBottleneck(inplanes, planes, stride), seed)
-    ours = built(Bottleneck, inplanes, planes, stride, TINY.layer_norm_eps, **FLOAT32)
+    ours = built(Bottleneck, inplanes, planes, stride, EPS, **FLOAT32)
     copy_weights(ours, ref)
     return ref, ours
 
