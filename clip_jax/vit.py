@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .config import CLIPConfig, VisionConfig
-from .layers import Transformer, _init, _layer_norm, _normal, _project, conv2d
+from .layers import Identity, Transformer, _init, _layer_norm, _normal, _project, conv2d
 from .roles import EMBEDDING, KERNEL, PROJECTION, declare
 
 
@@ -26,8 +26,8 @@ class VisionTransformer(nnx.Module):
         )
         self.class_embedding = _normal(rngs, (v.width,), scale, EMBEDDING)
         self.positional_embedding = _normal(rngs, (v.grid_size**2 + 1, v.width), scale, EMBEDDING)
-        if not v.no_ln_pre:  # open_clip's no_ln_pre: nn.Identity, no params
-            self.ln_pre = _layer_norm(v.width, cfg.layer_norm_eps, rngs)
+        # open_clip's no_ln_pre: nn.Identity, no params
+        self.ln_pre = Identity() if v.no_ln_pre else _layer_norm(v.width, cfg.layer_norm_eps, rngs)
         self.transformer = Transformer(
             v.width, v.layers, v.heads, v.mlp_width, eps=cfg.layer_norm_eps, activation=cfg.activation,
             ls_init_value=v.ls_init_value, dtype=dtype, precision=precision, attention=attention, rngs=rngs,
@@ -39,7 +39,6 @@ class VisionTransformer(nnx.Module):
         self.precision = precision
         self.pool_type = v.pool_type
         self.final_ln_after_pool = v.final_ln_after_pool
-        self.no_ln_pre = v.no_ln_pre
 
     def _tokens(self, x: jax.Array) -> jax.Array:
         """x: [N, H, W, 3] normalized -> the transformer's input [N, 1 + grid**2, width]."""
@@ -48,17 +47,15 @@ class VisionTransformer(nnx.Module):
         x = x.reshape(n, gh * gw, width)
         cls = jnp.broadcast_to(self.class_embedding[...].astype(x.dtype), (n, 1, width))
         x = jnp.concatenate([cls, x], axis=1) + self.positional_embedding[...].astype(x.dtype)
-        if not self.no_ln_pre:
-            x = self.ln_pre(x).astype(self.dtype)
-        return x
+        return self.ln_pre(x).astype(self.dtype)  # LayerNorm returns float32
 
     def _pool(self, x: jax.Array) -> jax.Array:
         """The transformer's output [N, L, width] -> the pooled vector [N, width] float32, before `proj`."""
         if self.pool_type == "tok":
             return self.ln_post(x[:, 0])
-        if self.final_ln_after_pool:
+        if self.final_ln_after_pool:  # as open_clip's CLIPA models: the mean of the patch tokens, then LN
             return self.ln_post(x[:, 1:].astype(jnp.float32).mean(axis=1))
-        return self.ln_post(x[:, 1:]).mean(axis=1)
+        return self.ln_post(x[:, 1:]).mean(axis=1)  # LN on every token, then the mean of the patch tokens
 
     def hidden_states(self, images: jax.Array, keep: tuple[int, ...]) -> tuple:
         """images [N, H, W, 3] normalized -> (last_hidden_state, {i: hidden state i}, pooled, features or
@@ -72,11 +69,8 @@ class VisionTransformer(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [N, H, W, 3] normalized -> [N, embed_dim] float32."""
         x = self._tokens(x)
-        n = x.shape[0]
         if self.pool_type == "tok":  # LayerNorm is per token: normalizing only the class token is the same
-            x = self.ln_post(self.transformer(x, pool=jnp.zeros((n,), jnp.int32)))
-        elif self.final_ln_after_pool:  # 'avg', as open_clip's CLIPA models: mean of patch tokens, then LN
-            x = self.ln_post(self.transformer(x)[:, 1:].astype(jnp.float32).mean(axis=1))
-        else:  # 'avg': LN on every token, then the mean of the patch tokens
-            x = self.ln_post(self.transformer(x)[:, 1:]).mean(axis=1)
+            x = self.ln_post(self.transformer(x, pool=jnp.zeros((x.shape[0],), jnp.int32)))
+        else:
+            x = self._pool(self.transformer(x))
         return _project(x, self.proj[...], self.dtype, self.precision)
