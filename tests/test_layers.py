@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "clip_jax"
 LAYERS: dict[str, int] = {}
 for layer, names in enumerate([
     # foundations: no clip_jax imports
-    "errors fileio roles config dtypes ftfy_fast synthetic",
+    "errors fileio roles config_fields config dtypes ftfy_fast synthetic",
     # inputs and outputs of the model, without the model
     "tokenizer image checks pretrained download param_check pos_embed "
     "checkpoint.torch_pickle checkpoint.torch_save_reader checkpoint.torch_files checkpoint.torch_writer "
@@ -23,6 +23,7 @@ for layer, names in enumerate([
     "pooling vit resnet states text",
     "model",
     "towers",
+    "families",  # what makes a family: its config, models, tokenizer, preprocessing, head
     # around the model: checkpoints, devices, training, start-up
     "checkpoint.declared checkpoint.config_source checkpoint.result checkpoint.torch_names "
     "checkpoint.hf_format checkpoint.export checkpoint parallel train compilation",
