@@ -49,7 +49,8 @@ class Family:
     config_from_open_clip: (open_clip model config, preprocess config) -> config.
     tokenizer: config -> the tokenizer the reference uses for it.
     transform: config -> the eval preprocessing the reference uses for it.
-    head: model -> the scalars `logits` takes, as keyword arguments (CLIP: logit_scale).
+    head: model -> the scalars `logits` takes, as keyword arguments (CLIP: logit_scale); arrays, or
+      jax.ShapeDtypeStructs for a model built from shapes.
     logits: (image features [N, D], text features [M, D], **head) -> (per image [N, M], per text [M, N]).
     """
 
@@ -109,7 +110,7 @@ def _clip_tokenizer(config: CLIPConfig) -> Tokenizer:
 
 
 def _clip_head(model: nnx.Module) -> dict[str, jax.Array]:
-    return {"logit_scale": model.logit_scale[...]}
+    return {"logit_scale": model.logit_scale.get_raw_value()}  # raw: a ShapeDtypeStruct in a model of shapes
 
 
 CLIP_FAMILY = register(Family(

@@ -34,8 +34,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from .calls import check_platform
 from .checkpoint.declared import declared_by_name
 from .checks import check_images, check_tokens
+from .families import family_of
 from .image import Decoder
-from .model import CLIP, functional, l2_normalize, logits
+from .model import CLIP, functional, l2_normalize
 from .roles import DATA, MODEL, declared, flat_name, is_variable
 from .tokenizer import DEFAULT_BUCKETS, trim_tokens
 
@@ -132,9 +133,20 @@ def gather(x: jax.Array) -> np.ndarray:
     """A global array -> numpy on this host, whole and in order (an all-gather across processes)."""
     if jax.process_count() == 1 or x.is_fully_addressable:
         return np.asarray(x)
-    from jax.experimental import multihost_utils
+    from jax.experimental import multihost_utils  # only with several processes: not loaded by one
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _head(model, family) -> dict[str, float]:
+    """The family's head scalars of a two-tower model as floats; {} for a single tower (it embeds, it
+    doesn't score pairs) or a model built from shapes (nothing to read)."""
+    if family.kind_of(model) != "clip":
+        return {}
+    values = family.head(model)
+    if any(isinstance(v, jax.ShapeDtypeStruct) for v in values.values()):
+        return {}
+    return {name: float(np.asarray(v)) for name, v in values.items()}
 
 
 # --- host-to-device prefetch ------------------------------------------------------------------------
@@ -231,7 +243,9 @@ class ShardedCLIP:
       prefetch: batches moved to the devices ahead of the compute.
       text_buckets: token lengths the text batches are trimmed to (exact: see tokenizer.trim_tokens).
 
-    Attributes: mesh, batch_size, config, params (the sharded pytree), logit_scale (a float, log scale).
+    Attributes: mesh, batch_size, config, family (clip_jax.families), params (the sharded pytree), head
+    (the scalars the family's logits take, as floats; {} for a single tower or a model built from
+    shapes), logit_scale (a float, log scale, or None).
     """
 
     def __init__(self, model: CLIP, mesh: Mesh | None = None, batch_size: int = 256, prefetch: int = 2,
@@ -242,16 +256,15 @@ class ShardedCLIP:
         self.batch_size = _round_up(max(1, batch_size), self.n_data)
         self.prefetch = prefetch
         self.config = model.config
+        self.family = family_of(model)
         self.text_buckets = tuple(sorted(text_buckets))
         self.rows = NamedSharding(self.mesh, P(DATA))  # any rank: the trailing dims are replicated
         image_fn, params = functional(model, "image_features")
         text_fn, _ = functional(model, "text_features")
         self.params = shard_params(params, self.mesh)
         shardings = jax.tree.map(lambda s: NamedSharding(self.mesh, s), param_specs(params, self.mesh))
-        # A single tower (TextTower, VisionTower) has no logit scale: it embeds, it doesn't score pairs.
-        scale = model.logit_scale.get_raw_value() if hasattr(model, "logit_scale") else None
-        unknown = scale is None or isinstance(scale, jax.ShapeDtypeStruct)
-        self.logit_scale = None if unknown else float(np.asarray(scale))
+        self.head = _head(model, self.family)
+        self.logit_scale = self.head.get("logit_scale")
 
         # The programs take the params as a flat list: flattening an nnx.State walks it in Python, about a
         # millisecond per call for ViT-B/32, where a list is flattened in C++.
@@ -366,12 +379,13 @@ class ShardedCLIP:
 
     def clip_logits(self, images: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """-> (logits_per_image [N_img, N_txt], logits_per_text), float32, as clip_jax.clip_logits."""
-        if self.logit_scale is None:
-            raise ValueError("this model has no logit_scale (a single tower, or built from shapes only): "
-                             "clip_logits needs a full CLIP")
+        if not self.head:
+            raise ValueError("this model has no logit scale (a single tower, or built from shapes only): "
+                             "clip_logits needs both towers")
         img = self.encode_image(images)
         txt = self.encode_text(tokens)
-        per_image, per_text = logits(jnp.asarray(img), jnp.asarray(txt), jnp.asarray(self.logit_scale))
+        head = {name: jnp.asarray(value, jnp.float32) for name, value in self.head.items()}
+        per_image, per_text = self.family.logits(jnp.asarray(img), jnp.asarray(txt), **head)
         return np.asarray(per_image), np.asarray(per_text)
 
     # -- files --
