@@ -3,6 +3,10 @@
 A config holds every hyperparameter that changes the numbers a model computes, so a converted file
 (params + config JSON) rebuilds the model alone. Runtime choices (compute dtype, attention kernel) are
 arguments of the model, not of the config.
+
+Each field is declared once (config_fields.declare): its default, the rule its values pass, its names in
+open_clip's and transformers' configs, and whether it adds parameters of its own. Validation, the open_clip
+and transformers readers and writers, and checkpoint/declared's every-variant configs are derived from that.
 """
 
 from __future__ import annotations
@@ -13,9 +17,32 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from .config_fields import (
+    BOOL,
+    LAYER_SCALE,
+    MAX_CONTEXT,
+    MAX_IMAGE_SIZE,
+    MAX_LAYERS,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    NAME,
+    OBJECT,
+    RATIO,
+    RGB,
+    TOWER_LAYERS,
+    WIDTH,
+    Rule,
+    declare,
+    int_in,
+    number_in,
+    one_of,
+    source_default,
+    source_keys,
+    vit_only_defaults,
+)
 from .errors import ClipJaxError, InputError, LimitError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -33,20 +60,24 @@ class MissingTensorError(ClipJaxError, ValueError):
 class VisionConfig:
     """The image tower. `layers` an int: a ViT; a 4-tuple of block counts: OpenAI's ModifiedResNet."""
 
-    image_size: int = 224
-    layers: int | tuple[int, int, int, int] = 12
-    width: int = 768
-    patch_size: int | None = 32  # None for ModifiedResNet
-    heads: int | None = None  # derived as OpenAI's build_model does when None
-    mlp_ratio: float = 4.0
+    image_size: int = declare(224, int_in(1, MAX_IMAGE_SIZE), coded=("open_clip",), hf="image_size")
+    layers: int | tuple[int, int, int, int] = declare(12, TOWER_LAYERS, coded=("open_clip",), hf="num_hidden_layers")
+    width: int = declare(768, WIDTH, hf="hidden_size")
+    patch_size: int | None = declare(  # None for ModifiedResNet
+        32, int_in(1, MAX_IMAGE_SIZE, optional=True), coded=("open_clip",), open_clip_default=16, hf="patch_size")
+    heads: int | None = declare(  # derived as OpenAI's build_model does when None; open_clip gives head_width
+        None, int_in(1, MAX_WIDTH, optional=True), open_clip="head_width", coded=("open_clip",),
+        open_clip_default=64, hf="num_attention_heads", hf_default=12)
+    mlp_ratio: float = declare(4.0, RATIO, coded=("open_clip", "hf"), hf="intermediate_size")
     # open_clip's ViT options (names as in its CLIPVisionCfg). ls_init_value: LayerScale after attention
     # and MLP (params ls_1.gamma, ls_2.gamma; the value only seeds a random init). pool_type: class token
     # ('tok') or the mean of the patch tokens ('avg'). final_ln_after_pool: ln_post on the pooled vector
-    # instead of on every token (differs for 'avg'). no_ln_pre: no LayerNorm before the transformer.
-    ls_init_value: float | None = None
-    pool_type: str = "tok"
-    final_ln_after_pool: bool = False
-    no_ln_pre: bool = False
+    # instead of on every token (differs for 'avg'; transformers pools 'tok', where it changes nothing).
+    # no_ln_pre: no LayerNorm before the transformer.
+    ls_init_value: float | None = declare(None, LAYER_SCALE, vit_only=True, adds_params=0.1)
+    pool_type: str = declare("tok", one_of(*VISION_POOL_TYPES), coded=("open_clip",), vit_only=True)
+    final_ln_after_pool: bool = declare(False, BOOL, vit_only=True, coded=("hf",))
+    no_ln_pre: bool = declare(False, BOOL, vit_only=True)
 
     def __post_init__(self):
         if isinstance(self.layers, list):
@@ -63,8 +94,7 @@ class VisionConfig:
         if self.is_resnet:
             if self.image_size % 32:
                 raise InputError(f"ModifiedResNet image_size must be a multiple of 32, got {self.image_size}")
-            vit_only = {"ls_init_value": None, "pool_type": "tok", "final_ln_after_pool": False, "no_ln_pre": False}
-            for name, default in vit_only.items():
+            for name, default in vit_only_defaults(VisionConfig).items():
                 if getattr(self, name) != default:
                     raise InputError(f"not supported: {name}={getattr(self, name)!r} with a ModifiedResNet (ViT only)")
         else:
@@ -92,20 +122,21 @@ class VisionConfig:
 
 @dataclass(frozen=True)
 class TextConfig:
-    context_length: int = 77
-    vocab_size: int = 49408
-    width: int = 512
-    heads: int = 8
-    layers: int = 12
-    mlp_ratio: float = 4.0
+    context_length: int = declare(77, int_in(1, MAX_CONTEXT), hf="max_position_embeddings")
+    vocab_size: int = declare(49408, int_in(1, MAX_VOCAB), hf="vocab_size")
+    width: int = declare(512, WIDTH, hf="hidden_size")
+    heads: int = declare(8, int_in(1, MAX_WIDTH), hf="num_attention_heads")
+    layers: int = declare(12, int_in(1, MAX_LAYERS), hf="num_hidden_layers")
+    mlp_ratio: float = declare(4.0, RATIO, coded=("open_clip", "hf"), hf="intermediate_size")
     # open_clip's text options (names as in its CLIPTextCfg). no_causal_mask: bidirectional attention.
     # pool_type: the token whose feature is the text's: 'argmax' (the EOT, the largest id), 'last', 'first',
     # or 'eos' (the first position holding eos_id). proj_bias: text_projection is a Linear with a bias.
-    ls_init_value: float | None = None
-    no_causal_mask: bool = False
-    pool_type: str = "argmax"
-    eos_id: int = 2  # open_clip's default; read only by pool_type 'eos'
-    proj_bias: bool = False
+    # transformers' eos_token_id gives both pool_type and eos_id (hf_format).
+    ls_init_value: float | None = declare(None, LAYER_SCALE, adds_params=0.1)
+    no_causal_mask: bool = declare(False, BOOL)
+    pool_type: str = declare("argmax", one_of(*TEXT_POOL_TYPES), coded=("open_clip", "hf"), hf="eos_token_id")
+    eos_id: int = declare(2, int_in(0, MAX_VOCAB), coded=("hf",), hf="eos_token_id")  # read by pool_type 'eos'
+    proj_bias: bool = declare(False, BOOL, adds_params=True)
 
     def __post_init__(self):
         if self.pool_type not in TEXT_POOL_TYPES:
@@ -132,21 +163,35 @@ class TextConfig:
         return int(self.width * self.mlp_ratio)
 
 
+# CLIPConfig's fields: open_clip's model config and preprocess_cfg; transformers' top-level config, each
+# tower's config.json (activation, eps) and preprocessor_config.json (preprocessing).
+_IN_CODE = ("open_clip", "hf")
+
+
 @dataclass(frozen=True)
 class CLIPConfig:
-    embed_dim: int = 512
-    vision: VisionConfig = field(default_factory=VisionConfig)
-    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = declare(512, WIDTH, hf="projection_dim", coded=("hf",))
+    vision: VisionConfig = declare(rule=OBJECT, default_factory=VisionConfig, open_clip="vision_cfg",
+                                   hf="vision_config", coded=_IN_CODE)
+    text: TextConfig = declare(rule=OBJECT, default_factory=TextConfig, open_clip="text_cfg", hf="text_config",
+                               coded=_IN_CODE)
     # OpenAI trained with QuickGELU, x * sigmoid(1.702 x); open_clip's non-"quickgelu" models use exact erf GELU.
-    activation: str = "quick_gelu"
-    # PyTorch's LayerNorm eps (Flax defaults to 1e-6).
-    layer_norm_eps: float = 1e-5
-    # Preprocessing that belongs to the weights (open_clip tags differ from OpenAI's).
-    image_mean: tuple[float, float, float] = OPENAI_MEAN
-    image_std: tuple[float, float, float] = OPENAI_STD
-    resize_mode: str = "shortest"
-    interpolation: str = "bicubic"
-    fill_color: int = 0  # padding value of open_clip's "longest" resize mode
+    activation: str = declare("quick_gelu", one_of(*ACTIVATIONS), open_clip="quick_gelu", hf="hidden_act",
+                              coded=_IN_CODE)
+    # PyTorch's LayerNorm eps (Flax defaults to 1e-6); open_clip's norm_kwargs.eps of each tower.
+    layer_norm_eps: float = declare(1e-5, number_in(1e-12, 0.1), open_clip=None, hf="layer_norm_eps",
+                                    coded=_IN_CODE)
+    # Preprocessing that belongs to the weights (open_clip tags differ from OpenAI's). transformers: the
+    # CLIPImageProcessor of preprocessor_config.json, which resizes the shortest side and pads nothing.
+    image_mean: tuple[float, float, float] = declare(OPENAI_MEAN, RGB, open_clip=None, preprocess="mean",
+                                                     hf="image_mean", coded=("hf",))
+    image_std: tuple[float, float, float] = declare(OPENAI_STD, RGB, open_clip=None, preprocess="std",
+                                                    hf="image_std", coded=("hf",))
+    resize_mode: str = declare("shortest", NAME, open_clip=None, preprocess="resize_mode", coded=("hf",))
+    interpolation: str = declare("bicubic", NAME, open_clip=None, preprocess="interpolation", hf="resample",
+                                 coded=("hf",))
+    fill_color: int = declare(0, int_in(0, 255), open_clip=None, preprocess="fill_color",  # "longest" pads
+                              coded=("hf",))
 
     def __post_init__(self):
         for name, cls in (("vision", VisionConfig), ("text", TextConfig)):
@@ -190,65 +235,10 @@ class CLIPConfig:
 
 
 # --- validating a config dict ----------------------------------------------------------------------
-#
-# A converted file's config is input like any other: its types and ranges are checked before anything is
-# built from it (a ViT of 20,000 layers takes minutes and gigabytes to find out it matches no weights).
-# The ranges are generous: the largest released CLIP towers have 48 blocks (ViT-bigG-14), 36 in one
-# ResNet stage (RN50x64), width 1664, 448 px images, 77 tokens.
 
-MAX_LAYERS = 256
-MAX_WIDTH = 1 << 14
-MAX_IMAGE_SIZE = 1 << 13
-MAX_CONTEXT = 1 << 13
-MAX_VOCAB = 1 << 24
-
-
-def _int_in(lo: int, hi: int, optional: bool = False):
-    def check(v: Any) -> bool:
-        return (optional and v is None) or (type(v) is int and lo <= v <= hi)  # bool is no int here
-    return check, f"an int in [{lo}, {hi}]" + (" or null" if optional else "")
-
-
-def _number_in(lo: float, hi: float, optional: bool = False):
-    def check(v: Any) -> bool:
-        return (optional and v is None) or (type(v) in (int, float) and lo <= v <= hi)  # NaN fails both
-    return check, f"a number in [{lo:g}, {hi:g}]" + (" or null" if optional else "")
-
-
-def _one_of(*choices: str):
-    return (lambda v: type(v) is str and v in choices), f"one of {choices}"
-
-
-def _resnet_layers(v: Any) -> bool:
-    return isinstance(v, (list, tuple)) and len(v) == 4 and all(_int_in(1, MAX_LAYERS)[0](n) for n in v)
-
-
-_BOOL = (lambda v: type(v) is bool), "true or false"
-_NAME = (lambda v: type(v) is str and 0 < len(v) <= 64), "a name"
-_RGB = (lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(_number_in(-1e3, 1e3)[0](x) for x in v),
-        "3 numbers")
-_LAYERS = (lambda v: _int_in(1, MAX_LAYERS)[0](v) or _resnet_layers(v),
-           f"an int in [1, {MAX_LAYERS}] (ViT) or 4 of them (ResNet)")
-_WIDTH = _int_in(1, MAX_WIDTH)
-_RULES: dict[str, dict[str, tuple]] = {
-    "": {
-        "embed_dim": _WIDTH, "vision": ((lambda v: isinstance(v, dict)), "an object"),
-        "text": ((lambda v: isinstance(v, dict)), "an object"), "activation": _one_of(*ACTIVATIONS),
-        "layer_norm_eps": _number_in(1e-12, 0.1), "image_mean": _RGB, "image_std": _RGB,
-        "resize_mode": _NAME, "interpolation": _NAME, "fill_color": _int_in(0, 255),
-    },
-    "vision.": {
-        "image_size": _int_in(1, MAX_IMAGE_SIZE), "layers": _LAYERS, "width": _WIDTH,
-        "patch_size": _int_in(1, MAX_IMAGE_SIZE, optional=True), "heads": _int_in(1, MAX_WIDTH, optional=True),
-        "mlp_ratio": _number_in(1e-3, 64), "ls_init_value": _number_in(-1e3, 1e3, optional=True),
-        "pool_type": _one_of(*VISION_POOL_TYPES), "final_ln_after_pool": _BOOL, "no_ln_pre": _BOOL,
-    },
-    "text.": {
-        "context_length": _int_in(1, MAX_CONTEXT), "vocab_size": _int_in(1, MAX_VOCAB), "width": _WIDTH,
-        "heads": _int_in(1, MAX_WIDTH), "layers": _int_in(1, MAX_LAYERS), "mlp_ratio": _number_in(1e-3, 64),
-        "ls_init_value": _number_in(-1e3, 1e3, optional=True), "no_causal_mask": _BOOL,
-        "pool_type": _one_of(*TEXT_POOL_TYPES), "eos_id": _int_in(0, MAX_VOCAB), "proj_bias": _BOOL,
-    },
+_RULES: dict[str, dict[str, Rule]] = {
+    prefix: {f.name: f.metadata["rule"] for f in dataclasses.fields(cls)}
+    for prefix, cls in (("", CLIPConfig), ("vision.", VisionConfig), ("text.", TextConfig))
 }
 
 
@@ -553,27 +543,27 @@ def _norm_eps(cfg: Mapping[str, Any], where: str) -> float | None:
     return None if eps is None else check_field("layer_norm_eps", eps, f"{where}norm_kwargs.eps")
 
 
-_VISION_FIELDS = {
-    "layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size", "ls_init_value", "pool_type",
-    "final_ln_after_pool", "no_ln_pre", "norm_kwargs",
-}
-_TEXT_FIELDS = {
-    "context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value", "no_causal_mask",
-    "pool_type", "eos_id", "proj_bias", "norm_kwargs",
-}
-_MODEL_FIELDS = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu"}
+# The keys open_clip's configs may hold, from the fields' declarations; norm_kwargs: each tower's LayerNorm
+# eps, clip_jax's one layer_norm_eps.
+_VISION_FIELDS = set(source_keys(VisionConfig, "open_clip").values()) | {"norm_kwargs"}
+_TEXT_FIELDS = set(source_keys(TextConfig, "open_clip").values()) | {"norm_kwargs"}
+_MODEL_FIELDS = set(source_keys(CLIPConfig, "open_clip").values())
 
 
-def _defaults(cls) -> dict[str, Any]:
+def _defaults(cls: type) -> dict[str, Any]:
     """A config dataclass's field defaults (fields with a default factory left out)."""
     return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
-# open_clip's defaults (its CLIPVisionCfg and CLIPTextCfg, its model config) for the fields a config may
-# leave out: clip_jax's own dataclass defaults, but where open_clip's differ. (head_width: open_clip sizes
-# heads by their width, clip_jax by their number.)
-_OPEN_CLIP_VISION = {**_defaults(VisionConfig), "patch_size": 16, "head_width": 64}
-_OPEN_CLIP_TEXT = _defaults(TextConfig)
+def _open_clip_defaults(cls: type) -> dict[str, Any]:
+    """open_clip's defaults (its CLIPVisionCfg, CLIPTextCfg) for the keys a config may leave out, by
+    open_clip's names: clip_jax's own defaults, but where the declaration gives open_clip's."""
+    keys = source_keys(cls, "open_clip")
+    return {keys[f.name]: source_default(f, "open_clip") for f in dataclasses.fields(cls) if f.name in keys}
+
+
+_OPEN_CLIP_VISION = _open_clip_defaults(VisionConfig)
+_OPEN_CLIP_TEXT = _open_clip_defaults(TextConfig)
 _OPEN_CLIP_MODEL = {**_defaults(CLIPConfig), "quick_gelu": False}
 
 
@@ -615,36 +605,36 @@ def config_from_open_clip(
 def _open_clip_vision(v: Mapping[str, Any]) -> VisionConfig:
     """open_clip's vision_cfg -> VisionConfig (heads from head_width, as open_clip computes them)."""
     c = {**_OPEN_CLIP_VISION, **v}
-    # Each value checked by the rule of the clip_jax field it becomes, under open_clip's name.
-    take = lambda key, ours=None: check_field(f"vision.{ours or key}", c[key], f"vision_cfg.{key}")
-    layers = take("layers")
+    layers = check_field("vision.layers", c["layers"], "vision_cfg.layers")
     resnet = isinstance(layers, (list, tuple))
-    width = take("width")
+    plain = _copied(VisionConfig, c, "vision")
+    width = plain["width"]
     head_width = check_field("vision.width", c["head_width"], "vision_cfg.head_width")
     if width * (32 if resnet else 1) % head_width or width * (32 if resnet else 1) < head_width:
         _refuse("vision_cfg.", "head_width", head_width, f"does not divide the width {width}")
     return VisionConfig(
         image_size=_square(c["image_size"], "vision.image_size", "vision_cfg.image_size"),
         layers=tuple(layers) if resnet else layers,
-        width=width,
         patch_size=None if resnet else _square(c["patch_size"], "vision.patch_size", "vision_cfg.patch_size"),
         heads=width * 32 // head_width if resnet else width // head_width,
-        mlp_ratio=float(take("mlp_ratio")),
-        ls_init_value=take("ls_init_value"),
+        mlp_ratio=float(check_field("vision.mlp_ratio", c["mlp_ratio"], "vision_cfg.mlp_ratio")),
         pool_type=c["pool_type"],  # VisionConfig refuses another: "not supported: vision pool_type=..."
-        final_ln_after_pool=take("final_ln_after_pool"),
-        no_ln_pre=take("no_ln_pre"),
+        **plain,
     )
+
+
+def _copied(cls: type, c: Mapping[str, Any], tower: str) -> dict[str, Any]:
+    """The fields open_clip holds as clip_jax does, each checked by its field's rule under open_clip's name."""
+    return {name: check_field(f"{tower}.{name}", c[key], f"{tower}_cfg.{key}")
+            for name, key in source_keys(cls, "open_clip", coded=False).items()}
 
 
 def _open_clip_text(t: Mapping[str, Any]) -> TextConfig:
     """open_clip's text_cfg -> TextConfig."""
     c = {**_OPEN_CLIP_TEXT, **t}
-    take = lambda key: check_field(f"text.{key}", c[key], f"text_cfg.{key}")
-    fields = ("context_length", "vocab_size", "width", "heads", "layers", "ls_init_value", "no_causal_mask",
-              "eos_id", "proj_bias")
-    return TextConfig(mlp_ratio=float(take("mlp_ratio")), pool_type=c["pool_type"],  # TextConfig checks it
-                      **{key: take(key) for key in fields})
+    mlp_ratio = float(check_field("text.mlp_ratio", c["mlp_ratio"], "text_cfg.mlp_ratio"))
+    return TextConfig(mlp_ratio=mlp_ratio, pool_type=c["pool_type"],  # TextConfig checks pool_type
+                      **_copied(TextConfig, c, "text"))
 
 
 def _open_clip_layer_norm_eps(v: Mapping[str, Any], t: Mapping[str, Any], resnet: bool) -> float:
@@ -659,9 +649,10 @@ def _open_clip_layer_norm_eps(v: Mapping[str, Any], t: Mapping[str, Any], resnet
     return eps.pop()
 
 
-# open_clip's preprocess_cfg name -> CLIPConfig field (an absent or empty value takes the field's default)
-_PREPROCESS_FIELDS = {"mean": "image_mean", "std": "image_std", "resize_mode": "resize_mode",
-                      "interpolation": "interpolation", "fill_color": "fill_color", "size": None, "mode": None}
+# open_clip's preprocess_cfg name -> CLIPConfig field (an absent or empty value takes the field's default);
+# size is the vision tower's image_size, mode the colour mode (RGB).
+_PREPROCESS_FIELDS = {**{f.metadata["preprocess"]: f.name for f in dataclasses.fields(CLIPConfig)
+                         if f.metadata["preprocess"]}, "size": None, "mode": None}
 
 
 def _open_clip_preprocess(pp: Mapping[str, Any]) -> dict[str, Any]:

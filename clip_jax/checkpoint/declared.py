@@ -1,25 +1,26 @@
 """The name registry: what the model declares (role, sharding) for a flat clip_jax param name, for params
 dicts and plain pytrees that carry no metadata (a converted file, a state dict, an optax state). A new
-variant that adds parameters adds a config to _EVERY_VARIANT."""
+variant that adds parameters declares the value that adds them (config_fields.declare(adds_params=...))."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 
 from ..config import CLIPConfig, TextConfig, VisionConfig
+from ..config_fields import adds_params
 from ..model import abstract_model
 from ..roles import Declared, declarations
 
 # A flat params dict has no metadata: its names are looked up in what the model declares, for models of
-# every variant (digits, the block indices, stand for any index). Tiny widths: only names matter here.
+# every variant (digits, the block indices, stand for any index): a ViT with every option that gives it
+# parameters it lacks at the option's default (config_fields.declare's adds_params), and a ResNet with the
+# defaults (text_projection without a bias, ...). Tiny widths: only names matter.
+_TINY_TEXT = {"context_length": 4, "vocab_size": 8, "width": 8, "heads": 1, "layers": 2}
 _EVERY_VARIANT = (
-    CLIPConfig(
-        embed_dim=8,
-        vision=VisionConfig(image_size=16, layers=2, width=8, patch_size=8, heads=1, ls_init_value=0.1),
-        text=TextConfig(context_length=4, vocab_size=8, width=8, heads=1, layers=2, ls_init_value=0.1, proj_bias=True),
-    ),
-    CLIPConfig(embed_dim=8, vision=VisionConfig(image_size=32, layers=(1, 2, 1, 1), width=8, patch_size=None),
-               text=TextConfig(context_length=4, vocab_size=8, width=8, heads=1, layers=1)),
+    CLIPConfig(embed_dim=8, text=TextConfig(**_TINY_TEXT, **adds_params(TextConfig)), vision=VisionConfig(
+        image_size=16, layers=2, width=8, patch_size=8, heads=1, **adds_params(VisionConfig))),
+    CLIPConfig(embed_dim=8, text=TextConfig(**_TINY_TEXT), vision=VisionConfig(
+        image_size=32, layers=(1, 2, 1, 1), width=8, patch_size=None, **adds_params(VisionConfig, resnet=True))),
 )
 
 

@@ -17,6 +17,7 @@ exactly is refused with `not supported: <field>=<value>`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -39,6 +40,7 @@ from ..config import (
     read_config_json,
     short_repr,
 )
+from ..config_fields import source_default, source_keys
 from ..errors import ClipJaxError, InputError
 from ..fileio import atomic_write
 from ..model import abstract_model, param_shapes
@@ -248,20 +250,21 @@ def _mlp_ratio(cfg: Mapping[str, Any], width: int, default: int, where: str) -> 
     return ratio
 
 
+def _copied(cls: type, cfg: Mapping[str, Any], where: str, tower: str) -> dict[str, Any]:
+    """The fields transformers holds as clip_jax does (config_fields.source_keys), each checked by its field's
+    rule under transformers' name, transformers' default where the config leaves it out."""
+    keys = source_keys(cls, "hf", coded=False)
+    return {f.name: check_field(f"{tower}.{f.name}", cfg.get(keys[f.name], source_default(f, "hf")),
+                                f"{where}{keys[f.name]}")
+            for f in dataclasses.fields(cls) if f.name in keys}
+
+
 def _text_config(cfg: Mapping[str, Any], where: str) -> tuple[TextConfig, str, float]:
     """transformers' CLIPTextConfig (its defaults) -> (TextConfig, activation, layer_norm_eps)."""
-    width = _int(cfg, "hidden_size", 512, where, "text.width")
+    plain = _copied(TextConfig, cfg, where, "text")
     eos = check_field("text.eos_id", cfg.get("eos_token_id", 49407), f"{where}eos_token_id")
     pooling = {"pool_type": "argmax"} if eos == LEGACY_EOS else {"pool_type": "eos", "eos_id": eos}
-    text = TextConfig(
-        context_length=_int(cfg, "max_position_embeddings", 77, where, "text.context_length"),
-        vocab_size=_int(cfg, "vocab_size", 49408, where, "text.vocab_size"),
-        width=width,
-        heads=_int(cfg, "num_attention_heads", 8, where, "text.heads"),
-        layers=_int(cfg, "num_hidden_layers", 12, where, "text.layers"),
-        mlp_ratio=_mlp_ratio(cfg, width, 2048, where),
-        **pooling,
-    )
+    text = TextConfig(mlp_ratio=_mlp_ratio(cfg, plain["width"], 2048, where), **pooling, **plain)
     return text, _activation(cfg, where), _eps(cfg, where)
 
 
@@ -269,18 +272,10 @@ def _vision_config(cfg: Mapping[str, Any], where: str) -> tuple[VisionConfig, st
     """transformers' CLIPVisionConfig (its defaults) -> (VisionConfig, activation, layer_norm_eps)."""
     if cfg.get("num_channels", 3) != 3:
         _refuse(f"{where}num_channels", cfg["num_channels"], "RGB only")
-    width = _int(cfg, "hidden_size", 768, where, "vision.width")
-    layers = _int(cfg, "num_hidden_layers", 12, where, "vision.layers")
-    if type(layers) is not int:  # the rule also takes a ResNet's 4 stage depths; transformers has no ResNet
-        raise field_error(f"{where}num_hidden_layers", "an int", layers)
-    vision = VisionConfig(
-        image_size=_int(cfg, "image_size", 224, where, "vision.image_size"),
-        layers=layers,
-        width=width,
-        patch_size=_int(cfg, "patch_size", 32, where, "vision.patch_size"),
-        heads=_int(cfg, "num_attention_heads", 12, where, "vision.heads"),
-        mlp_ratio=_mlp_ratio(cfg, width, 3072, where),
-    )
+    plain = _copied(VisionConfig, cfg, where, "vision")
+    if type(plain["layers"]) is not int:  # the rule also takes a ResNet's 4 stage depths; transformers has none
+        raise field_error(f"{where}num_hidden_layers", "an int", plain["layers"])
+    vision = VisionConfig(mlp_ratio=_mlp_ratio(cfg, plain["width"], 3072, where), **plain)
     return vision, _activation(cfg, where), _eps(cfg, where)
 
 
@@ -341,23 +336,17 @@ def _preprocessing(pp: Mapping[str, Any]) -> tuple[tuple, tuple, str]:
 def config_to_transformers(config: CLIPConfig, kind: str, projection: bool) -> dict[str, Any]:
     """The config.json transformers reads for this model. Refuses what transformers' CLIP can't hold."""
     _check_exportable(config, kind)
-    text_act = vision_act = config.activation
+    both = {"hidden_act": config.activation, "layer_norm_eps": config.layer_norm_eps,
+            "projection_dim": config.embed_dim}
     text = {
-        "model_type": "clip_text_model", "hidden_size": config.text.width,
-        "intermediate_size": config.text.mlp_width, "num_hidden_layers": config.text.layers,
-        "num_attention_heads": config.text.heads, "max_position_embeddings": config.text.context_length,
-        "vocab_size": config.text.vocab_size, "hidden_act": text_act, "layer_norm_eps": config.layer_norm_eps,
+        "model_type": "clip_text_model", **_as_transformers(config.text), **both,
+        "intermediate_size": config.text.mlp_width,
         # argmax pooling is transformers' legacy rule for eos_token_id 2
         "eos_token_id": LEGACY_EOS if config.text.pool_type == "argmax" else config.text.eos_id,
-        "bos_token_id": 49406, "pad_token_id": 1, "projection_dim": config.embed_dim,
+        "bos_token_id": 49406, "pad_token_id": 1,
     }
-    v = config.vision
-    vision = {
-        "model_type": "clip_vision_model", "hidden_size": v.width, "intermediate_size": v.mlp_width,
-        "num_hidden_layers": v.layers, "num_attention_heads": v.heads, "image_size": v.image_size,
-        "patch_size": v.patch_size, "num_channels": 3, "hidden_act": vision_act,
-        "layer_norm_eps": config.layer_norm_eps, "projection_dim": config.embed_dim,
-    }
+    vision = {"model_type": "clip_vision_model", **_as_transformers(config.vision), **both,
+              "intermediate_size": config.vision.mlp_width, "num_channels": 3}
     arch = next(a for a, kp in ARCHITECTURES.items() if kp == (kind, projection or kind == "clip"))
     if kind == "clip":
         return {"architectures": [arch], "model_type": "clip", "projection_dim": config.embed_dim,
@@ -365,12 +354,23 @@ def config_to_transformers(config: CLIPConfig, kind: str, projection: bool) -> d
     return {"architectures": [arch], **(text if kind == "text" else vision)}
 
 
+def _as_transformers(tower: TextConfig | VisionConfig) -> dict[str, Any]:
+    """A tower's fields transformers holds as clip_jax does, by transformers' names."""
+    return {key: getattr(tower, name) for name, key in source_keys(type(tower), "hf", coded=False).items()}
+
+
+def _absent(tower: TextConfig | VisionConfig, prefix: str) -> list[tuple[str, Any, Any]]:
+    """(field, value, default) for each field transformers' CLIP has no option for (config_fields.declare's hf=None):
+    exportable at its default only."""
+    return [(prefix + f.name, getattr(tower, f.name), f.default) for f in dataclasses.fields(tower)
+            if f.metadata["hf"] is None and "hf" not in f.metadata["coded"]]
+
+
 def _check_exportable(config: CLIPConfig, kind: str) -> None:
     t, v = config.text, config.vision
     checks = []
     if kind in ("clip", "text"):
-        checks += [("text.proj_bias", t.proj_bias, False), ("text.ls_init_value", t.ls_init_value, None),
-                   ("text.no_causal_mask", t.no_causal_mask, False)]
+        checks += _absent(t, "text.")
         if t.pool_type not in ("argmax", "eos") or (t.pool_type == "eos" and t.eos_id == LEGACY_EOS):
             checks.append(("text.pool_type", t.pool_type, "argmax"))
         if t.mlp_width != t.width * t.mlp_ratio:
@@ -378,8 +378,7 @@ def _check_exportable(config: CLIPConfig, kind: str) -> None:
     if kind in ("clip", "vision"):
         if v.is_resnet:
             _refuse("vision.layers", v.layers, "transformers has no CLIP ResNet")
-        checks += [("vision.ls_init_value", v.ls_init_value, None), ("vision.pool_type", v.pool_type, "tok"),
-                   ("vision.no_ln_pre", v.no_ln_pre, False)]
+        checks += _absent(v, "vision.")
     for field, value, want in checks:
         if value != want:
             _refuse(field, value, "transformers' CLIP has no such option")
