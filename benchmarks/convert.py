@@ -55,6 +55,7 @@ print(f"{dt:.3f} {peak - base:.1f} {n}")
 
 def write_archive(path: Path) -> None:
     sys.path.insert(0, str(ROOT))
+    # here: the PyTorch reference writes the archive; each timed run is a child importing what it measures
     from tests.reference import reference_model, save_torchscript
 
     model = reference_model("ViT-B-32")

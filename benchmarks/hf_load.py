@@ -74,6 +74,7 @@ MODES = {"transformers": "transformers CLIPModel.from_pretrained", "clip_jax": "
 
 
 def write_folder(folder: Path) -> None:
+    # here: torch and transformers write the checkpoint; each timed run is a child importing what it measures
     import torch
     import transformers
 
