@@ -26,7 +26,10 @@ from PIL import Image
 
 import clip_jax
 from clip_jax.cli import main as cli
-from clip_jax.jobs.embed import EmbedJob, collect_images
+from clip_jax.data.sources import collect_images
+from clip_jax.jobs import embed_folder
+from clip_jax.jobs.embed import EmbedJob
+from clip_jax.jobs.embed_folder import LOCK
 from clip_jax.jobs.search import search
 
 from .tiny import save_tiny
@@ -119,8 +122,9 @@ def test_embed_writes_clip_retrieval_layout(data, full_run):
     _, imgs, model = data
     files = read_folder(full_run)
     assert sorted(files) == [
-        "errors.tsv", "img_emb/img_emb_0.npy", "img_emb/img_emb_1.npy", "img_emb/img_emb_2.npy",
-        "img_emb/img_emb_3.npy", "manifest.json", "metadata/metadata_0.parquet", "metadata/metadata_1.parquet",
+        "done/done_0.json", "done/done_1.json", "done/done_2.json", "done/done_3.json", "errors.tsv",
+        "img_emb/img_emb_0.npy", "img_emb/img_emb_1.npy", "img_emb/img_emb_2.npy", "img_emb/img_emb_3.npy",
+        "manifest.json", "metadata/metadata_0.parquet", "metadata/metadata_1.parquet",
         "metadata/metadata_2.parquet", "metadata/metadata_3.parquet",
     ]
     emb = np.concatenate([files[f"img_emb/img_emb_{k}.npy"] for k in range(4)])
@@ -143,9 +147,10 @@ def test_embed_resumes_after_sigkill(data, full_run, tmp_path):
     env.pop("XLA_FLAGS", None)
     argv = [sys.executable, "-m", "tests.kill_after_files", "1", *map(str, embed_args([imgs], out, model))]
     proc = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
-    # Killed right after shard 1's files were written, before the manifest said it was done.
+    # Killed right after shard 1's files were written, before its done marker said it was done.
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert sorted(json.loads((out / "manifest.json").read_text())["shards"]) == ["0"]
+    assert sorted(os.listdir(out / "done")) == ["done_0.json"]
+    assert json.loads((out / "manifest.json").read_text())["shards"] == {}  # listed once all are done
     assert (out / "img_emb" / "img_emb_1.npy").exists()
     assert not (out / "img_emb" / "img_emb_2.npy").exists()
 
@@ -184,7 +189,8 @@ def test_embed_captions_only(data, tmp_path):
     out = tmp_path / "out"
     assert main(*embed_args([], out, model, "--captions", tmp_path / "caps.txt", "--emb-dtype", "float32")) == 0
     files = read_folder(out)
-    assert sorted(files) == ["errors.tsv", "manifest.json", "metadata/metadata_0.parquet", "text_emb/text_emb_0.npy"]
+    assert sorted(files) == ["done/done_0.json", "errors.tsv", "manifest.json", "metadata/metadata_0.parquet",
+                             "text_emb/text_emb_0.npy"]
     assert files["metadata/metadata_0.parquet"] == {"caption": captions}
     m, _ = clip_jax.load(model)
     want = clip_jax.l2_normalize(m.encode_text(clip_jax.tokenizer.tokenize(captions, truncate=True)))
@@ -384,15 +390,15 @@ def test_embed_output_files_full_disk_fifo_and_symlink(data, tmp_path, monkeypat
     caps.write_text("".join(f"caption {i}\n" for i in range(6)))  # 2 shards of 4
     out = tmp_path / "out"
     argv = embed_args([], out, model, "--captions", caps)
-    real_write = pq.write_table
+    real_write = embed_folder._write_bytes
 
-    def full_at_shard_1(table, where, *args, **kwargs):
+    def full_at_shard_1(where, data):
         if "metadata_1" in str(where):
             Path(where).write_bytes(b"part")
-            raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
-        return real_write(table, where, *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(where, data)
 
-    monkeypatch.setattr(pq, "write_table", full_at_shard_1)
+    monkeypatch.setattr(embed_folder, "_write_bytes", full_at_shard_1)
     assert main(*argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"clip-jax: error: {out / 'metadata' / 'metadata_1.parquet'}: no space left on device "
@@ -401,7 +407,7 @@ def test_embed_output_files_full_disk_fifo_and_symlink(data, tmp_path, monkeypat
 
     elsewhere = tmp_path / "elsewhere.tsv"
     elsewhere.write_text("old")
-    (out / "errors.tsv").unlink()
+    (out / "errors.tsv").unlink(missing_ok=True)  # written when the job ends
     (out / "errors.tsv").symlink_to(elsewhere)
     fifo = out / "text_emb" / "text_emb_1.npy"
     fifo.unlink()
@@ -465,8 +471,6 @@ def test_embed_lock_keeps_a_second_job_out(data, tmp_path, capsys):
     finally:
         first.close()
     assert main(*embed_args([imgs / "a"], out, model)) == 0
-
-    from clip_jax.jobs.embed import LOCK
 
     killed = tmp_path / "killed"
     killed.mkdir()

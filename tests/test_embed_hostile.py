@@ -25,7 +25,8 @@ from PIL import Image
 from clip_jax.cli import main as cli
 from clip_jax.data.sources import Shard, Source
 from clip_jax.jobs import embed as embed_mod
-from clip_jax.jobs.embed_shards import MAX_COLUMNS, OTHER, _metadata, _parquet_bytes
+from clip_jax.jobs.embed_folder import parquet_bytes
+from clip_jax.jobs.embed_shards import MAX_COLUMNS, OTHER, _metadata
 
 from .fuzz import FUZZ, any_bytes, bounded
 from .shards import jpeg
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def table(samples: list[dict]) -> dict[str, list]:
     """The metadata parquet the job writes for `samples` (all kept), read back."""
-    data = _parquet_bytes(_metadata(samples, np.ones(len(samples), bool)))
+    data = parquet_bytes(_metadata(samples, np.ones(len(samples), bool)))
     return pq.read_table(io.BytesIO(data)).to_pydict()
 
 
@@ -95,7 +96,7 @@ def test_a_value_nested_past_the_bound_is_logged_and_left_out():
         deep = {"a": deep}
     samples = [sample("k0", {"d": deep, "x": 1}), sample("k1", {"d": {"a": 1}, "x": 2})]
     errors = []
-    data = bounded(lambda: _parquet_bytes(_metadata(samples, np.ones(2, bool), errors)))
+    data = bounded(lambda: parquet_bytes(_metadata(samples, np.ones(2, bool), errors)))
     got = pq.read_table(io.BytesIO(data)).to_pydict()
     assert got["x"] == [1, 2] and got["d"] == [None, {"a": 1}]
     assert errors == [("k0", "json: field 'd' nested deeper than 64 levels, not stored")]
@@ -107,7 +108,7 @@ def test_two_thousand_distinct_keys_a_sample_stay_bounded():
     MAX_COLUMNS), and the rest of each row is one JSON text: memory and time linear in the input."""
     n = 100
     samples = [sample(f"s{i}", {"common": i, **{f"k{i}_{j}": j for j in range(2000)}}) for i in range(n)]
-    data = bounded(lambda: _parquet_bytes(_metadata(samples, np.ones(n, bool))), megabytes=48, seconds=20)
+    data = bounded(lambda: parquet_bytes(_metadata(samples, np.ones(n, bool))), megabytes=48, seconds=20)
     got = pq.read_table(io.BytesIO(data))
     assert got.column_names == ["image_path", "key", "caption", "common", OTHER]
     rest = got.column(OTHER).to_pylist()
@@ -137,7 +138,7 @@ def test_any_json_metadata_is_written_whole(rows):
     """Whatever JSON a sample carries, its shard's metadata is written, one row per sample, within the
     harness's bounds: no value can fail the shard."""
     samples = [sample(key, meta) for key, meta in rows]
-    data = bounded(lambda: _parquet_bytes(_metadata(samples, np.ones(len(samples), bool))))
+    data = bounded(lambda: parquet_bytes(_metadata(samples, np.ones(len(samples), bool))))
     # Read back on this thread: once in a full run (not reproduced in thousands of reruns of these
     # examples) a worker crashed inside pyarrow's thread pool here, with the main thread in read_table.
     assert pq.read_table(io.BytesIO(data), use_threads=False).num_rows == len(rows)
@@ -248,8 +249,10 @@ def test_folder_job_redoes_a_shard_whose_file_is_short(images, model, folder_run
     capsys.readouterr()
     assert rerun(out).shards_done_now == 2
     err = capsys.readouterr().err
-    assert [w.split(": ", 3)[2] for w in err.strip().splitlines()] == ["shard 1", "shard 2"]
-    assert "img_emb/img_emb_1.npy has" in err and "metadata/metadata_2.parquet is missing" in err
+    lines = err.strip().splitlines()
+    assert [line.rsplit("; ", 1)[1] for line in lines] == [f"shard {k} is embedded again" for k in (1, 2)]
+    assert "done_1.json: img_emb/img_emb_1.npy has" in lines[0]
+    assert "done_2.json: metadata/metadata_2.parquet is missing" in lines[1]
     assert data_files(out) == data_files(folder_run)
     assert json.loads((out / "manifest.json").read_text()) == json.loads((folder_run / "manifest.json").read_text())
 
@@ -257,8 +260,8 @@ def test_folder_job_redoes_a_shard_whose_file_is_short(images, model, folder_run
 @pytest.mark.parametrize("n", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)])
 def test_folder_job_killed_after_each_write_then_rerun_equals_an_uninterrupted_run(images, model, folder_run, rerun,
                                                                                   tmp_path, n):
-    """Shard 1's writes: its .npy (1), metadata (2), errors.tsv (3), then the manifest (the commit). Until
-    the manifest, shard 1 must not count as done; a job that committed first fails at n=1."""
+    """Shard 1's writes: its .npy (1), metadata (2), then its done marker (3, the commit). Until the
+    marker, shard 1 must not count as done; a job that committed first fails at n=1."""
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
@@ -266,8 +269,8 @@ def test_folder_job_killed_after_each_write_then_rerun_equals_an_uninterrupted_r
     proc = subprocess.run([sys.executable, "-m", "tests.kill_after_files", f"1:{n}", *argv], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert sorted(json.loads((out / "manifest.json").read_text())["shards"]) == ["0"]
-    assert rerun(out).shards_done_now == 2
+    assert sorted(os.listdir(out / "done")) == ["done_0.json"] + (["done_1.json"] if n == 3 else [])
+    assert rerun(out).shards_done_now == (1 if n == 3 else 2)
     assert data_files(out) == data_files(folder_run)
 
 
@@ -282,10 +285,10 @@ GOOD_MARKER = json.dumps({"shard": "s", "items": 3, "rows": 2, "errors": [["k", 
 @given(any_bytes(GOOD_MARKER))
 def test_done_marker_reader_fuzz(data):
     """A done marker is the summary, or a reason to redo its shard: never an exception."""
-    from clip_jax.jobs.embed_shards import _read_marker
+    from clip_jax.jobs.embed_folder import read_marker
 
     paths = {"image": "img_emb/img_emb_0.npy", "metadata": "metadata/metadata_0.parquet"}
-    summary, problem = bounded(lambda: _read_marker(data, "s", paths))
+    summary, problem = bounded(lambda: read_marker(data, "s", paths))
     assert (summary is None) != (problem is None)
 
 

@@ -259,12 +259,12 @@ def test_a_rerun_redoes_the_shards_whose_files_are_not_whole(data, full_run, run
     (b'{"items": 3, "rows": 3, "errors": [], "shard": "s", "files": {"a.npy": "9"}}', "does not record"),
 ])
 def test_a_done_marker_that_is_not_one_is_named_and_its_shard_redone(marker, problem):
-    from clip_jax.jobs.embed_shards import _read_marker
+    from clip_jax.jobs.embed_folder import read_marker
 
-    summary, why = _read_marker(marker, "s", {"image": "a.npy"})
+    summary, why = read_marker(marker, "s", {"image": "a.npy"})
     assert summary is None and problem in why
     good = b'{"items": 3, "rows": 3, "errors": [["k", "r"]], "shard": "s", "files": {"a.npy": 9}}'
-    assert _read_marker(good, "s", {"image": "a.npy"}) == (json.loads(good), None)
+    assert read_marker(good, "s", {"image": "a.npy"}) == (json.loads(good), None)
 
 
 def test_a_column_of_paths_is_read_only_with_image_paths(data, full_run, run_embed, tmp_path):

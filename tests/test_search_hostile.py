@@ -522,3 +522,77 @@ def test_the_fuzzed_index_folder_answers_when_whole(index_folder):
     (folder / "image.index.json").write_bytes(record)
     assert len(index_search(folder, np.ones(DIM), k=2)[0]) == 2
     assert issubclass(StaleIndexError, ClipJaxError)
+
+
+# --- folders written at earlier format versions -----------------------------------------------------------
+
+
+def _data_files(folder: Path, rows: list[np.ndarray], text: list[np.ndarray] | None, columns) -> dict:
+    """Each shard's .npy files and metadata as the embedding jobs write them -> {"sub/name": byte size}."""
+    files = {}
+    for sub in ("img_emb", "metadata") + (("text_emb",) if text is not None else ()):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for k, r in enumerate(rows):
+        np.save(folder / "img_emb" / f"img_emb_{k}.npy", r.astype(np.float16))
+        if text is not None:
+            np.save(folder / "text_emb" / f"text_emb_{k}.npy", text[k].astype(np.float16))
+        pq.write_table(pa.table(columns(k, len(r))), folder / "metadata" / f"metadata_{k}.parquet")
+    for p in folder.rglob("*_*.*"):
+        files[p.relative_to(folder).as_posix()] = p.stat().st_size
+    return files
+
+
+def _v1_folder(folder: Path, rows: list[np.ndarray]) -> Path:
+    """format_version 1 (image folders): the manifest alone says which shards are done, no done/ folder."""
+    files = _data_files(folder, rows, None, lambda k, n: {"image_path": [f"{k}/{i}" for i in range(n)]})
+    shards = {str(k): {"items": len(r) + (k == 1), "rows": len(r), "errors": [["bad.png", "not an image"]] * (k == 1),
+                       "files": {rel: size for rel, size in files.items() if rel.endswith(f"_{k}.npy")
+                                 or rel.endswith(f"_{k}.parquet")}} for k, r in enumerate(rows)}
+    (folder / "manifest.json").write_text(json.dumps({
+        "format": "clip_jax.embed", "format_version": 1, "inputs_sha256": "0" * 64, "items": 16, "shard_size": 6,
+        "num_shards": len(rows), "model": "m", "dtype": "float32", "emb_dtype": "float16", "image": True,
+        "text": False, "shards": shards}, indent=1, sort_keys=True))
+    (folder / "errors.tsv").write_text("path\treason\nbad.png\tnot an image\n")
+    return folder
+
+
+def _v2_folder(folder: Path, rows: list[np.ndarray], text: list[np.ndarray]) -> Path:
+    """format_version 2 (tar or parquet shards): a done marker per shard, the manifest lists them all at the end."""
+    files = _data_files(folder, rows, text, lambda k, n: {"image_path": [f"{k}/{i}" for i in range(n)],
+                                                           "key": [f"{k}/{i}" for i in range(n)],
+                                                           "caption": [f"caption {i}" for i in range(n)]})
+    (folder / "done").mkdir()
+    shards = {}
+    for k, r in enumerate(rows):
+        own = {rel: size for rel, size in files.items() if rel.endswith((f"_{k}.npy", f"_{k}.parquet"))}
+        shards[str(k)] = {"shard": f"data/{k:05d}.tar", "items": len(r), "rows": len(r), "errors": [], "files": own}
+        (folder / "done" / f"done_{k}.json").write_text(json.dumps(shards[str(k)], sort_keys=True))
+    (folder / "manifest.json").write_text(json.dumps({
+        "format": "clip_jax.embed", "format_version": 2, "input_format": "tar", "shards_sha256": "0" * 64,
+        "num_shards": len(rows), "model": "m", "dtype": "float32", "emb_dtype": "float16", "image": True,
+        "text": True, "image_column": None, "caption_column": None, "shards": shards}, indent=1, sort_keys=True))
+    (folder / "errors.tsv").write_text("shard\tkey\treason\n")
+    return folder
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_folders_of_format_versions_1_and_2_are_searched_whole(tmp_path, version):
+    """The folders the jobs wrote before format 3 (the layouts above, as they were written) answer every
+    query with the brute-force top k over all their rows; one shard's file cut short is still refused."""
+    rng = np.random.default_rng(version)
+    rows = [rng.standard_normal((n, DIM)) for n in (6, 4, 5)]
+    folder = tmp_path / "folder"
+    if version == 1:
+        _v1_folder(folder, rows)
+    else:
+        _v2_folder(folder, rows, [rng.standard_normal((len(r), DIM)) for r in rows])
+    queries = rng.standard_normal((3, DIM))
+    flat = np.concatenate([r.astype(np.float16).astype(np.float32) for r in rows])
+    flat /= np.linalg.norm(flat, axis=1, keepdims=True)
+    order = np.argsort(-(queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ flat.T, axis=1, kind="stable")
+    names = [f"{k}/{i}" for k, r in enumerate(rows) for i in range(len(r))]
+    assert values(search(folder, queries, k=5)) == [[names[i] for i in q[:5]] for q in order]
+    npy = folder / "img_emb" / "img_emb_1.npy"
+    npy.write_bytes(npy.read_bytes()[:-2])
+    with pytest.raises(InputError, match=r"img_emb_1\.npy"):
+        search(folder, queries, k=5)

@@ -1,5 +1,5 @@
 """clip_jax.storage: a local path and an fsspec URL read the same way, through one module (sources,
-eval_data and embed_shards' Destination all use it)."""
+eval_data and embed_folder's Destination all use it)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given
 
 from clip_jax.data import storage
 from clip_jax.errors import ClipJaxError, InputError, LimitError
-from clip_jax.jobs.embed_shards import Destination
+from clip_jax.jobs.embed_folder import Destination
 
 from .fuzz import FUZZ, bounded, mutated
 

@@ -90,7 +90,8 @@ def run_embed(args: argparse.Namespace) -> int:
     initialize_distributed(args)
     import jax  # when run: see the module docstring
 
-    from ..jobs.embed import ERRORS, embed
+    from ..jobs.embed import embed
+    from ..jobs.embed_folder import ERRORS
 
     if not args.inputs and not args.captions:
         raise ValueError("nothing to embed: give image INPUTs and/or --captions FILE")

@@ -1,27 +1,16 @@
 """`clip-jax embed` on WebDataset or parquet shards: one output shard per input shard, on any storage,
-each process its own shards, no shared disk needed.
+each process its own shards, no shared disk needed. The output is an embedding folder (embed_folder.py:
+its layout, done markers, resume and identity check), with these columns:
 
-    OUT/img_emb/img_emb_{k}.npy          float16 [rows_k, embed_dim], L2-normalized; k = input shard k
-    OUT/text_emb/text_emb_{k}.npy        the captions' embeddings, the same rows
     OUT/metadata/metadata_{k}.parquet    image_path (the sample key, as clip-retrieval), key, caption, and the
-                                         sample's json fields as columns (see _metadata); row i = row i of
-                                         the .npy files
-    OUT/done/done_{k}.json               shard k is complete: its input URL, items, rows, errors, and the
-                                         byte size of each file written for it
+                                         sample's json fields as columns (see _metadata); k = input shard k
     OUT/errors.tsv                       shard <TAB> key <TAB> reason: the samples skipped, the fields dropped
                                          from kept samples, and the shards that could not be read
-    OUT/manifest.json                    the job, and every shard once all are done
 
 Plan: input shard k belongs to process k % process_count, a function of the shard list alone, so every
 host computes the same plan and reads only its own shards. Each process runs its own devices (a mesh of
 jax.local_devices()): no collective runs between hosts while embedding, so hosts never wait on each
 other's input.
-
-Progress: a shard is done once done_{k}.json exists; it is written after the shard's data files, so a
-process killed at any point leaves a shard either done or redone whole by the next run (every file is
-replaced whole: an atomic rename locally, one object PUT on object storage). A rerun skips done shards
-whose files are all there with the sizes their marker records; a shard whose marker is unreadable, or
-whose files are missing or of another size, is embedded again (with a warning line).
 
 Hostile input: a sample the reader marks unusable ("__error__", see clip_jax.data.sources) or whose image
 can't be decoded is skipped; a field it dropped ("__field_errors__") is logged and the sample kept; both
@@ -29,111 +18,31 @@ go to errors.tsv. A shard that can't be opened or is cut short fails alone: the 
 finished and marked done, the failed ones are not (nothing is marked done over lost samples), and the
 job ends with an error naming them; a rerun retries them.
 
-End: each process hands its shards' summaries to process 0 through jax.distributed's key-value store;
-process 0 writes errors.tsv and manifest.json, and every process returns after a barrier.
+End: each process hands its shards' summaries to process 0 (jax.experimental.multihost_utils'
+process_allgather); process 0 writes errors.tsv and manifest.json, and every process returns after a
+barrier (sync_global_devices).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
-import math
 import os
-import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 
 import jax
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-from jax._src import distributed  # the key-value store of jax.distributed's client (no public name)
+from jax.experimental import multihost_utils
 
 from ..data.sources import Source
-from ..data.storage import is_url, listdir, read_bytes, url_to_fs
 from ..errors import ClipJaxError, InputError, ShardError
-from ..fileio import atomic_write
 from ..image import Decoder
 from ..parallel import prefetch
 from ..tokenizer import tokenize
-from .embed_folder import ERRORS, FORMAT, MANIFEST, parse_manifest, progress_bar, tsv_field
-
-FORMAT_VERSION = 2
-DONE = "done"
-_TIMEOUT_MS = 7 * 24 * 3600 * 1000  # waits for the other hosts: as long as a job may run
-_runs = itertools.count()  # distinct key-value names for each job run in this process
-
-
-# --- the destination ---------------------------------------------------------------------------------
-
-
-class Destination:
-    """An output folder: a local path (atomic renames) or an fsspec URL (one PUT per file)."""
-
-    def __init__(self, root: str | os.PathLike):
-        root = os.fspath(root)
-        if root.startswith("file://"):
-            root = root[len("file://"):]
-        self.root = root.rstrip("/") or "/"
-        self.local = not is_url(self.root)
-        if not self.local:
-            self.fs, self.path = url_to_fs(self.root)
-
-    def __str__(self) -> str:
-        return self.root
-
-    def _remote(self, rel: str) -> str:
-        return f"{self.path.rstrip('/')}/{rel}"
-
-    def makedirs(self, *subs: str) -> None:
-        for sub in subs:
-            if self.local:
-                (Path(self.root) / sub).mkdir(parents=True, exist_ok=True)
-            else:
-                self.fs.makedirs(self._remote(sub), exist_ok=True)
-
-    def write(self, rel: str, data: bytes) -> None:
-        if self.local:
-            atomic_write(Path(self.root) / rel, lambda tmp: Path(tmp).write_bytes(data))
-        else:
-            self.fs.pipe_file(self._remote(rel), data)
-
-    def _at(self, rel: str) -> str:
-        """The path or URL of `rel` in the folder, as clip_jax.data.storage reads it."""
-        return str(Path(self.root) / rel) if self.local else f"{self.root}/{rel}"
-
-    def read(self, rel: str) -> bytes | None:
-        try:
-            return read_bytes(self._at(rel))
-        except FileNotFoundError:
-            return None
-
-    def sizes(self, sub: str) -> dict[str, int]:
-        """{"sub/name": byte size} of the files in folder `sub`: one listing (one request on object storage)."""
-        try:
-            if self.local:
-                with os.scandir(Path(self.root) / sub) as entries:
-                    return {f"{sub}/{e.name}": e.stat().st_size for e in entries if e.is_file()}
-            return {f"{sub}/{info['name'].rstrip('/').rsplit('/', 1)[-1]}": int(info.get("size") or 0)
-                    for info in self.fs.ls(self._remote(sub), detail=True) if info.get("type") != "directory"}
-        except FileNotFoundError:
-            return {}
-
-    def listdir(self, sub: str = "") -> list[str]:
-        try:
-            return listdir(self._at(sub) if sub else self.root)
-        except FileNotFoundError:
-            return []
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array))
-    return buf.getvalue()
-
+from .embed_folder import ERRORS, EmbeddingFolder, progress_bar
 
 # The metadata's json fields. Each field gets a column while a shard has at most MAX_COLUMNS distinct
 # fields; past that (web data with a key per sample), only the fields present in at least half the rows
@@ -145,12 +54,6 @@ _TRACKED = 4096
 BASE_COLUMNS = ("image_path", "key", "caption")
 OTHER = "json_other"
 _ARROW_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError, RecursionError)
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
 
 
 def _utf8(value) -> str:
@@ -325,29 +228,27 @@ def _metadata(samples: list[dict], keep: np.ndarray, errors: list[tuple[str, str
 # --- coordination ------------------------------------------------------------------------------------
 
 
-def _client():
-    if jax.process_count() == 1:
-        return None
-    return distributed.global_state.client
-
-
 def _barrier(name: str) -> None:
-    client = _client()
-    if client is not None:
-        client.wait_at_barrier(name, _TIMEOUT_MS)
+    """Every process waits here until all have come (a no-op in a one-process run)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
-def _gather_to_first(name: str, own: dict) -> dict | None:
-    """Every process's `own` dict, merged, on process 0 (None elsewhere), through the key-value store."""
-    client = _client()
-    if client is None:
+def _gather_to_first(own: dict) -> dict | None:
+    """Every process's `own` dict (JSON), merged, on process 0 (None elsewhere). Collectives need equal
+    shapes: the lengths go first, then each process's bytes padded to the longest."""
+    if jax.process_count() == 1:
         return dict(own)
-    client.key_value_set(f"{name}/{jax.process_index()}", json.dumps(own))
+    data = np.frombuffer(json.dumps(own).encode(), np.uint8)
+    lengths = multihost_utils.process_allgather(np.array([data.size], np.int64))
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[: data.size] = data
+    blobs = multihost_utils.process_allgather(padded)
     if jax.process_index() != 0:
         return None
     merged = {}
-    for p in range(jax.process_count()):
-        merged.update(json.loads(client.blocking_key_value_get(f"{name}/{p}", _TIMEOUT_MS)))
+    for blob, n in zip(blobs, lengths.reshape(-1)):
+        merged.update(json.loads(blob[: int(n)].tobytes()))
     return merged
 
 
@@ -367,139 +268,35 @@ def _fingerprint(urls: Sequence[str]) -> str:
 
 
 class ShardJob:
-    """One output folder fed by the shards of a Source; see the module docstring."""
+    """The shards of a Source, embedded into an EmbeddingFolder; see the module docstring."""
 
     def __init__(self, output: str | os.PathLike, source: Source, *, model: str, dtype: str, emb_dtype: str,
                  text: bool, columns: dict | None = None):
-        self.dest = Destination(output)
         self.source = source
         self.urls = [s.url for s in source.shards]
         self.num_shards = len(self.urls)
-        self.digits = int(math.log10(max(self.num_shards, 1))) + 1  # clip-retrieval's zero padding
-        self.emb_dtype, self.text = emb_dtype, text
-        self.identity = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "input_format": source.kind,
-            "shards_sha256": _fingerprint(self.urls), "num_shards": self.num_shards, "model": model, "dtype": dtype,
-            "emb_dtype": emb_dtype, "image": True, "text": text, **(columns or {}),
-        }
-
-    def key(self, k: int) -> str:
-        return str(k).zfill(self.digits)
-
-    def paths(self, k: int) -> dict[str, str]:
-        key = self.key(k)
-        out = {"image": f"img_emb/img_emb_{key}.npy", "metadata": f"metadata/metadata_{key}.parquet"}
-        if self.text:
-            out["text"] = f"text_emb/text_emb_{key}.npy"
-        return out
-
-    def check_folder(self) -> None:
-        """Process 0, before any shard: refuse a folder holding something else, then claim it."""
-        old = self.dest.read(MANIFEST)
-        if old is not None:
-            old = parse_manifest(old, f"{self.dest}/{MANIFEST}")
-            diff = [k for k in self.identity if old.get(k) != self.identity[k]]
-            if diff:
-                detail = ", ".join(f"{k}: {repr(old.get(k))[:80]} there, {self.identity[k]!r} now" for k in diff[:4])
-                raise ValueError(f"{self.dest} holds another embedding job ({detail}); use a new output folder")
-            return
-        if self.dest.listdir():
-            raise ValueError(f"{self.dest}: folder is not empty and has no {MANIFEST}; use a new output folder")
-        self.dest.makedirs("img_emb", "metadata", DONE, *(["text_emb"] if self.text else []))
-        self.write_manifest({})
-
-    def write_manifest(self, shards: dict) -> None:
-        self.dest.write(MANIFEST, json.dumps({**self.identity, "shards": shards}, indent=1, sort_keys=True).encode())
-
-    def marker(self, k: int) -> str:
-        return f"{DONE}/done_{self.key(k)}.json"
+        self.text = text
+        self.folder = EmbeddingFolder(output, num_shards=self.num_shards, model=model, dtype=dtype,
+                                      emb_dtype=emb_dtype, image=True, text=text,
+                                      inputs={"input_format": source.kind, "inputs_sha256": _fingerprint(self.urls),
+                                              **(columns or {})})
 
     def done_shards(self, ks: Sequence[int]) -> dict[str, dict]:
-        """{str(k): summary} of the shards of `ks` that are done: a valid marker, and every file it names
-        there with the size it records. Any other marker is warned about, and its shard embedded again."""
-        sizes: dict[str, int] = {}
-        for sub in {rel.split("/", 1)[0] for rel in self.paths(0).values()}:
-            sizes.update(self.dest.sizes(sub))
-        done = {}
-        for k in ks:
-            data = self.dest.read(self.marker(k))
-            if data is None:
-                continue
-            summary, problem = _read_marker(data, self.urls[k], self.paths(k))
-            if problem is None:
-                problem = next((f"{rel} is missing" if rel not in sizes else f"{rel} has {sizes[rel]} bytes, not "
-                                f"{size}" for rel, size in summary["files"].items() if sizes.get(rel) != size), None)
-            if problem is None:
-                done[str(k)] = summary
-            else:
-                print(f"warning: {self.dest}/{self.marker(k)}: {problem}; shard {k} is embedded again",
-                      file=sys.stderr)
-        return done
+        return self.folder.done_shards(ks, self.urls)
 
     def write_shard(self, k: int, samples: list[dict], keep: np.ndarray, image_emb: np.ndarray,
                     text_emb: np.ndarray | None, errors: list[tuple[str, str]]) -> dict:
-        """The shard's data files, then its done marker (the commit: it records each file's size)."""
-        paths, files = self.paths(k), {}
+        """Input shard k's rows (keep: bool [len(samples)]), into output shard k; -> its summary."""
         errors = list(errors)
-
-        def write(rel: str, data: bytes) -> None:
-            self.dest.write(rel, data)
-            files[rel] = len(data)
-
-        write(paths["image"], _npy_bytes(image_emb.astype(self.emb_dtype)))
-        if self.text:
-            write(paths["text"], _npy_bytes(text_emb.astype(self.emb_dtype)))
-        write(paths["metadata"], _parquet_bytes(_metadata(samples, keep, errors)))
-        summary = {"shard": self.urls[k], "items": len(samples), "rows": int(keep.sum()),
-                   "errors": [list(e) for e in errors], "files": files}
-        self.dest.write(self.marker(k), json.dumps(summary, sort_keys=True).encode())
-        return summary
+        metadata = _metadata(samples, keep, errors)  # appends what it can't store to errors
+        return self.folder.write_shard(k, self.urls[k], len(samples), image_emb, text_emb, metadata, errors)
 
     def finish(self, shards: dict, failed: dict[str, str] | None = None) -> None:
-        """Process 0, once every shard has run: errors.tsv, then, if none failed, the manifest (the last
-        file written: a job whose manifest lists its shards is complete)."""
-        lines = [b"shard\tkey\treason"] + [_tsv_line(shards[k]["shard"], key, r)
-                                           for k in sorted(shards, key=int) for key, r in shards[k]["errors"]]
-        lines += [_tsv_line(self.urls[int(k)], "", failed[k]) for k in sorted(failed or {}, key=int)]
-        self.dest.write(ERRORS, b"\n".join(lines) + b"\n")
-        if not failed:
-            self.write_manifest(shards)
-
-
-def _tsv_line(*fields: str) -> bytes:
-    """One errors.tsv line: a name's own bytes where it wasn't UTF-8 (surrogateescape), escapes otherwise."""
-    out = []
-    for f in fields:
-        f = tsv_field(str(f))
-        try:
-            out.append(f.encode("utf-8", "surrogateescape"))
-        except UnicodeEncodeError:  # a surrogate no byte maps to (from a JSON "\\ud800" escape)
-            out.append(f.encode("utf-8", "backslashreplace"))
-    return b"\t".join(out)
-
-
-def _read_marker(data: bytes, url: str, paths: dict[str, str]) -> tuple[dict | None, str | None]:
-    """A done marker -> (summary, None), or (None, what is wrong with it)."""
-    try:
-        summary = json.loads(data)
-    except (ValueError, RecursionError):
-        return None, "not JSON" if data.strip() else "empty"
-    if not isinstance(summary, dict):
-        return None, f"not a JSON object ({type(summary).__name__})"
-    ints = [summary.get(f) for f in ("items", "rows")]
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in ints) or ints[1] > ints[0]:
-        return None, "no valid items and rows"
-    errors = summary.get("errors")
-    if not (isinstance(errors, list) and all(isinstance(e, list) and len(e) == 2 and all(isinstance(x, str) for x in e)
-                                             for e in errors)):
-        return None, "no valid errors list"
-    if summary.get("shard") != url:
-        return None, f"written for another input shard ({summary.get('shard')!r})"
-    files = summary.get("files")
-    if not (isinstance(files, dict) and sorted(files) == sorted(paths.values())
-            and all(isinstance(n, int) and not isinstance(n, bool) for n in files.values())):
-        return None, "does not record its files and their sizes"
-    return summary, None
+        """Process 0, once every shard has run: errors.tsv (the samples skipped, the fields dropped, the
+        shards that failed), and the manifest if none failed."""
+        rows = [(shards[k]["shard"], key, r) for k in sorted(shards, key=int) for key, r in shards[k]["errors"]]
+        rows += [(self.urls[int(k)], "", failed[k]) for k in sorted(failed or {}, key=int)]
+        self.folder.finish(shards, ("shard", "key", "reason"), rows, complete=not failed)
 
 
 # --- decoding ----------------------------------------------------------------------------------------
@@ -594,11 +391,10 @@ class ShardsFailedError(ClipJaxError):
 
 def run(job: ShardJob, sharded, transform, *, num_threads: int | None, truncate: bool, progress: bool):
     """Embed this process's unfinished shards; returns (merged shard summaries on process 0 else None,
-    shards done in this run on this process). Process 0 must have called job.check_folder() first.
+    shards done in this run on this process). Process 0 must have called job.folder.open() first.
     Raises ShardsFailedError, once every other shard is done, if some shards could not be read."""
     me, count = jax.process_index(), jax.process_count()
-    run_id = f"clip_jax_embed/{job.identity['shards_sha256'][:16]}/{next(_runs)}"
-    _barrier(f"{run_id}/start")  # process 0 has checked and claimed the folder
+    _barrier("clip_jax embed: folder claimed")  # process 0 has checked and claimed the folder
 
     mine = plan(job.num_shards, me, count)
     summaries: dict[str, dict] = job.done_shards(mine)
@@ -638,7 +434,7 @@ def run(job: ShardJob, sharded, transform, *, num_threads: int | None, truncate:
                 bar.update(len(batch))
         finally:
             bar.close()
-    merged = _gather_to_first(f"{run_id}/shards", {**summaries, **{k: {"failed": r} for k, r in failed.items()}})
+    merged = _gather_to_first({**summaries, **{k: {"failed": r} for k, r in failed.items()}})
     if merged is not None:
         missing = [k for k in range(job.num_shards) if str(k) not in merged]
         if missing:  # cannot happen unless a process ran another plan
@@ -647,7 +443,7 @@ def run(job: ShardJob, sharded, transform, *, num_threads: int | None, truncate:
         merged = {k: s for k, s in merged.items() if "failed" not in s}
         job.finish(merged, failed_all)
         failed = failed_all
-    _barrier(f"{run_id}/end")
+    _barrier("clip_jax embed: folder finished")
     if failed:
         raise _failed_error(job, failed)
     return merged, len(todo)
@@ -661,4 +457,4 @@ def _failed_error(job: ShardJob, failed: dict[str, str]) -> ShardsFailedError:
     others = "the other shards are done, and " if len(failed) < job.num_shards else ""
     return ShardsFailedError(
         f"{len(failed)} of {job.num_shards} shards could not be read: {why}{more} (listed in "
-        f"{job.dest}/{ERRORS}); {others}rerunning the same command retries these")
+        f"{job.folder}/{ERRORS}); {others}rerunning the same command retries these")

@@ -5,11 +5,12 @@ running top-k, so memory stays at one chunk (chunk_rows x embed_dim float32) wha
 Only the metadata rows of the hits are looked up.
 
 The folder is outside input, checked before anything is scored, so search never answers from part of it
-silently: every shard a done record names (done/done_{k}.json, or the manifest's shards) must have its
-.npy with the rows the record says, and the byte sizes where it records them; every .npy must be a float
-[rows, D] array of the same D (its header parsed here, checked against the file's size), with a metadata
-parquet of as many rows. Anything else is one InputError naming the file. A row holding NaN (or inf)
-can't be ranked: it is never returned, on the devices, with numpy or through an index.
+silently: every shard a done record names (done/done_{k}.json, and the manifest's shards: a folder of
+format version 1 has only these) must have its .npy with the rows the record says, and the byte sizes
+where it records them; every .npy must be a float [rows, D] array of the same D (its header parsed here,
+checked against the file's size), with a metadata parquet of as many rows. Anything else is one
+InputError naming the file. A row holding NaN (or inf) can't be ranked: it is never returned, on the
+devices, with numpy or through an index.
 
 An index (`build_index`) records what it was built from, beside it ({space}.index.json): the shard files,
 their rows and sizes, the done markers' digests, the dimension, the factory and the index file's own
@@ -39,12 +40,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ..errors import InputError, MissingExtraError
 from ..fileio import atomic_write
+from .embed_folder import DONE, MANIFEST
 
 __all__ = ["DeviceTopK", "Hit", "StaleIndexError", "build_index", "index_search", "search", "shard_files"]
 
 SPACES = {"image": ("img_emb", "image_path"), "text": ("text_emb", "caption")}
-_DONE = "done"  # embed_shards.DONE: done/done_{key}.json marks shard key complete
-_MANIFEST = "manifest.json"  # embed_folder.MANIFEST: its "shards" are the shards done (both jobs)
 # Bounds on the JSON records read whole: a done marker is ~200 bytes plus its shard's errors (a shard of
 # 10k failed samples: a few MB); a manifest or an index record holds a line per shard.
 _MARKER_MAX = 64 << 20
@@ -54,7 +54,7 @@ _MANIFEST_MAX = 1 << 30
 def _space(space: str) -> tuple[str, str]:
     """(the embeddings' subfolder, the metadata column) of `space`."""
     if space not in SPACES:
-        raise ValueError(f"space must be one of {tuple(SPACES)}, got {space!r}")
+        raise InputError(f"space must be one of {tuple(SPACES)}, got {space!r}")
     return SPACES[space]
 
 
@@ -163,7 +163,7 @@ def _done_records(folder: Path) -> dict[int, tuple[str, Path, dict]]:
     """{k: (key or "", the record's file, the record)} of every shard a done marker or the manifest calls
     done. A done marker that isn't a JSON object (empty, `[]`, cut short) is an InputError naming it."""
     done: dict[int, tuple[str, Path, dict]] = {}
-    manifest = folder / _MANIFEST
+    manifest = folder / MANIFEST
     if manifest.exists():
         shards = _read_json_record(manifest, "an embedding manifest", _MANIFEST_MAX).get("shards", {})
         if not isinstance(shards, dict):
@@ -172,7 +172,7 @@ def _done_records(folder: Path) -> dict[int, tuple[str, Path, dict]]:
             if not (isinstance(k, str) and k.isascii() and k.isdigit() and isinstance(record, dict)):
                 raise InputError(f"{manifest}: not an embedding manifest (shard {str(k)[:40]!r} is not a record)")
             done[int(k)] = ("", manifest, record)
-    for path in (folder / _DONE).glob("done_*.json"):
+    for path in (folder / DONE).glob("done_*.json"):
         m = re.fullmatch(r"done_(\d+)\.json", path.name)
         if m:
             done[int(m.group(1))] = (m.group(1), path, _read_json_record(path, "a done marker"))
@@ -208,11 +208,11 @@ class _Shard(NamedTuple):
 
 
 def _check_sizes(folder: Path, record_file: Path, record: dict, paths: list[Path]) -> None:
-    """Each of `paths` that the done record lists in its "files" ({"sub/name": bytes}, as embed_shards
+    """Each of `paths` that the done record lists in its "files" ({"sub/name": bytes}, as embed_folder
     writes it) must be there with that size: done means the files are there and whole."""
     files = record.get("files")
     if not isinstance(files, dict):
-        return  # a record from before sizes were recorded (or embed.py's manifest): rows are checked instead
+        return  # a record without sizes (a format version 1 manifest's may lack them): rows are checked instead
     for path in paths:
         size = files.get(path.relative_to(folder).as_posix())
         if type(size) is not int:
@@ -331,6 +331,8 @@ class DeviceTopK:
         self.fn = jax.jit(top_k, in_shardings=(self.whole, self.split, None), out_shardings=self.whole)
 
     def __call__(self, q: np.ndarray, chunk: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """_numpy_top_k's call on the devices; k is the one fixed when compiled (self.k)."""
+        del k
         n = len(chunk)
         if n < self.rows:
             chunk = np.concatenate([chunk, np.zeros((self.rows - n, chunk.shape[1]), chunk.dtype)])
@@ -358,7 +360,7 @@ def search(folder: str | os.PathLike, queries: np.ndarray, k: int = 10, space: s
     """
     _space(space)
     if k < 1:
-        raise ValueError(f"k must be positive, got {k}")
+        raise InputError(f"k must be positive, got {k}")
     folder = Path(folder)
     q = _queries(queries)
     n_q, dim = q.shape
@@ -446,7 +448,7 @@ def _coverage(folder: Path, shards: list[_Shard]) -> list[dict]:
     """Per shard, what a rebuilt index would differ by: its file, rows, bytes and done marker's digest."""
     out = []
     for s in shards:
-        marker = folder / _DONE / f"done_{s.key}.json"
+        marker = folder / DONE / f"done_{s.key}.json"
         out.append({"file": s.path.relative_to(folder).as_posix(), "rows": int(s.emb.shape[0]),
                     "bytes": s.path.stat().st_size, "done_sha256": _sha256(marker) if marker.is_file() else None})
     return out
@@ -580,7 +582,7 @@ def index_search(folder: str | os.PathLike, queries: np.ndarray, k: int = 10, sp
     than the queries. `clip-jax search` falls back to exact search on a StaleIndexError, with a warning."""
     _space(space)
     if k < 1:
-        raise ValueError(f"k must be positive, got {k}")
+        raise InputError(f"k must be positive, got {k}")
     _faiss()
     folder = Path(folder)
     q = _queries(queries)
