@@ -150,54 +150,66 @@ def tar_members(f, name: str | None = None, offsets: bool = False) -> Iterator[t
     where = str(name or getattr(f, "name", None) or "tar stream")
     remaining = _remaining(f)
     pos, long_name, pax = 0, None, {}
-
-    def fail(reason: str) -> TarFormatError:
-        return TarFormatError(where, reason)
-
     while True:
-        header = _read(f, BLOCK)
-        pos += len(header)
-        if len(header) < BLOCK:
-            if not header:
-                raise fail("cut short: no end-of-archive marker" if pos else "empty file, not a tar archive")
-            raise fail(f"cut short inside a header at byte {pos - len(header)}")
-        if header == _ZERO_BLOCK:
-            rest = _read(f, BLOCK)
-            if rest.count(0) == len(rest):  # the second zero block, or the end of the data
-                return
-            raise fail(f"a lone zero block at byte {pos - BLOCK} followed by more data")
+        header = _header_block(f, pos, where)
+        if header is None:
+            return
+        pos += BLOCK
         try:
             header_name, header_size, kind = _header(header)
         except ValueError as e:
-            raise fail(f"bad header at byte {pos - BLOCK} ({e})") from None
+            raise TarFormatError(where, f"bad header at byte {pos - BLOCK} ({e})") from None
         meta = kind in _META_TYPES
         member = header_name if meta else (pax.get("path") or long_name or header_name)
         size = _pax_size(pax["size"], where) if "size" in pax and not meta else header_size
-        limit = MAX_HEADER_BYTES if meta else MAX_MEMBER_BYTES
-        if size < 0:
-            raise fail(f"member {member[:200]!r} has a negative size ({size})")
-        if size > limit:
-            raise fail(f"member {member[:200]!r} claims {size:,} bytes, over the {limit >> 20} MiB a "
-                       f"{'header' if meta else 'member'} may hold")
-        if remaining is not None and pos + size > remaining:
-            raise fail(f"member {member[:200]!r} claims {size:,} bytes but {max(remaining - pos, 0):,} remain: "
-                       "cut short")
+        _check_size(where, member, size, meta, remaining, pos)
         at = pos
         data = _read(f, size)
         pos += len(data)
         if len(data) < size:
-            raise fail(f"cut short inside member {member[:200]!r}")
+            raise TarFormatError(where, f"cut short inside member {member[:200]!r}")
         pos += len(_read(f, -size % BLOCK))
         if kind == tarfile.GNUTYPE_LONGNAME:
             long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
         elif kind in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
             pax = _pax(data, where)
         elif kind == tarfile.GNUTYPE_SPARSE:
-            raise fail(f"member {member[:200]!r} is a GNU sparse file, which a shard can't hold")
+            raise TarFormatError(where, f"member {member[:200]!r} is a GNU sparse file, which a shard can't hold")
         elif not meta:
             long_name, pax = None, {}
             if kind in _MEMBER_TYPES:
                 yield (member, data, at) if offsets else (member, data)
+
+
+def _header_block(f, pos: int, where: str) -> bytes | None:
+    """The next 512-byte header at byte `pos`, or None at the end-of-archive marker (two zero blocks, or
+    one then the end of the data); TarFormatError for data cut short or a lone zero block."""
+    header = _read(f, BLOCK)
+    if len(header) < BLOCK:
+        if not header:
+            raise TarFormatError(where, "cut short: no end-of-archive marker" if pos else
+                                 "empty file, not a tar archive")
+        raise TarFormatError(where, f"cut short inside a header at byte {pos}")
+    if header == _ZERO_BLOCK:
+        rest = _read(f, BLOCK)
+        if rest.count(0) == len(rest):  # the second zero block, or the end of the data
+            return None
+        raise TarFormatError(where, f"a lone zero block at byte {pos} followed by more data")
+    return header
+
+
+def _check_size(where: str, member: str, size: int, meta: bool, remaining: int | None, pos: int) -> None:
+    """A member's size, checked before any of its data is read: not negative, within its limit (meta: a
+    header's), and not past the end of a file of known size (`remaining` bytes, its data from `pos`)."""
+    limit = MAX_HEADER_BYTES if meta else MAX_MEMBER_BYTES
+    if size < 0:
+        raise TarFormatError(where, f"member {member[:200]!r} has a negative size ({size})")
+    if size > limit:
+        raise TarFormatError(where, f"member {member[:200]!r} claims {size:,} bytes, over the {limit >> 20} MiB a "
+                             f"{'header' if meta else 'member'} may hold")
+    if remaining is not None and pos + size > remaining:
+        raise TarFormatError(where, f"member {member[:200]!r} claims {size:,} bytes but "
+                             f"{max(remaining - pos, 0):,} remain: cut short")
 
 
 _MEMBER_NAME = re.compile(r"((?:.*/)?[^./][^/]*?)\.([^/]*)")
