@@ -47,6 +47,7 @@ def main() -> None:
     import clip_jax.jobs.eval as ev
     from clip_jax import synthetic
     from clip_jax.cli.demo import TINY_CLIP
+    from clip_jax.jobs import eval_data
     from clip_jax.parallel import ShardedCLIP
 
     try:
@@ -70,7 +71,7 @@ def main() -> None:
         ds = ImageFolder(str(root), transform=transform)
         loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers,
                                              persistent_workers=args.workers > 0)
-        data = ev.image_folder(root)
+        data = eval_data.image_folder(root)
 
         def theirs():
             return cb.evaluate(tmodel, loader, lambda t: open_clip.tokenize(t, context_length=ctx), ds.classes,

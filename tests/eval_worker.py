@@ -29,19 +29,20 @@ def main(argv: list[str]) -> None:
 
     import clip_jax
     import clip_jax.jobs.eval as ev
+    from clip_jax.jobs import eval_data
 
     model, preprocess = clip_jax.load(model_path)
     data, pairs = Path(data_dir) / "test", Path(data_dir) / "pairs.csv"
     cache = Path(out_dir) / f"cache{num_processes}"
     common = dict(batch_size=8, progress=False)
-    classes = ev.classification_data(data)
+    classes = eval_data.classification_data(data)
     out = {
         "devices": [jax.device_count(), jax.local_device_count()],
         "classification": ev.zeroshot_classification(model, preprocess, classes, "a photo of a {c}.", cache_dir=cache,
                                                      **common),
         "classification_cached": ev.zeroshot_classification(model, preprocess, classes, "a photo of a {c}.",
                                                             cache_dir=cache, **common),
-        "retrieval": ev.zeroshot_retrieval(model, preprocess, ev.retrieval_data(pairs), **common),
+        "retrieval": ev.zeroshot_retrieval(model, preprocess, eval_data.retrieval_data(pairs), **common),
         "cache_files": len(list(cache.glob("*.npy"))),
     }
     (Path(out_dir) / f"result_{process_id}.json").write_text(json.dumps(out))

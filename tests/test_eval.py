@@ -23,6 +23,7 @@ import clip_jax
 import clip_jax.jobs.eval as ev
 from clip_jax import synthetic
 from clip_jax.cli.demo import TINY_CLIP
+from clip_jax.jobs import eval_data
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
@@ -175,7 +176,7 @@ def test_zeroshot_classification_matches_clip_benchmark(tiny):
     tmp, model, preprocess, (tmodel, transform, tokenizer) = tiny
     from torchvision.datasets import ImageFolder
 
-    data = ev.classification_data(tmp / "shapes", "test")
+    data = eval_data.classification_data(tmp / "shapes", "test")
     ours = ev.zeroshot_classification(model, preprocess, data, TEMPLATES, batch_size=64, progress=False)
     ds = ImageFolder(str(tmp / "shapes" / "test"), transform=transform)
     assert ds.classes == data.classnames and [s[0] for s in ds.samples] == data.images
@@ -206,7 +207,7 @@ def test_zeroshot_retrieval_matches_clip_benchmark(tiny, tmp_path):
     tmp, model, preprocess, (tmodel, transform, tokenizer) = tiny
     from PIL import Image
 
-    data = ev.classification_data(tmp / "shapes", "test")
+    data = eval_data.classification_data(tmp / "shapes", "test")
     images = data.images[:60]
     rng = np.random.default_rng(0)
     rows = [["image", "caption"]]
@@ -218,7 +219,7 @@ def test_zeroshot_retrieval_matches_clip_benchmark(tiny, tmp_path):
         rows += [[p, c] for c in captions[-1]]
     with open(tmp_path / "pairs.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
-    pairs = ev.retrieval_data(tmp_path / "pairs.csv")
+    pairs = eval_data.retrieval_data(tmp_path / "pairs.csv")
     assert pairs.images == images and pairs.captions == captions
     ours = ev.zeroshot_retrieval(model, preprocess, pairs, batch_size=64, progress=False)
 
@@ -261,7 +262,7 @@ def test_shrunk_random_open_clip_model(tmp_path):
     (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
     write_folder(tmp_path / "data", 60, seed=5, size=40)
     model, preprocess = clip_jax.load(tmp_path / "random.pt")
-    data = ev.image_folder(tmp_path / "data")
+    data = eval_data.image_folder(tmp_path / "data")
     ours = ev.zeroshot_classification(model, preprocess, data, ["a {c}"], batch_size=32, progress=False)
     transform = open_clip.image_transform(32, is_train=False)
     ds = ImageFolder(str(tmp_path / "data"), transform=transform)
@@ -282,8 +283,8 @@ def test_probe_within_a_point_of_scikit_learn(tiny):
 
     tmp, model, preprocess, _ = tiny
     sharded = ev.sharded_model(model, batch_size=64)
-    train = ev.classification_data(tmp / "shapes", "train")
-    test = ev.classification_data(tmp / "shapes", "test")
+    train = eval_data.classification_data(tmp / "shapes", "train")
+    test = eval_data.classification_data(tmp / "shapes", "test")
     # Harder than the synthetic task: features with noise, so the regularization matters.
     rng = np.random.default_rng(0)
 
@@ -356,7 +357,7 @@ def wds_export(src, write) -> list[int]:
 def test_wds_layout(tmp_path, tiny):
     """CLIP_benchmark's export: split/nshards.txt, split/N.tar with cls + image, classnames and templates."""
     tmp, model, preprocess, _ = tiny
-    src = ev.classification_data(tmp / "shapes", "test")
+    src = eval_data.classification_data(tmp / "shapes", "test")
     root = tmp_path / "wds_shapes"
 
     def write(rel, data):
@@ -364,14 +365,14 @@ def test_wds_layout(tmp_path, tiny):
         (root / rel).write_bytes(data)
 
     order = wds_export(src, write)
-    data = ev.classification_data(root)
+    data = eval_data.classification_data(root)
     assert len(data) == len(src) and data.templates == TEMPLATES and data.classnames == src.classnames
     assert data.labels.tolist() == src.labels[order].tolist()
     assert data.images[3] == Path(src.images[order[3]]).read_bytes()
     ours = ev.zeroshot_classification(model, preprocess, data, batch_size=64, progress=False)
     folder = ev.zeroshot_classification(model, preprocess, src, TEMPLATES, batch_size=64, progress=False)
     assert ours == folder  # the same images in another order: the same metrics
-    by_url = ev.classification_data(f"file://{root}")  # the same shards through fsspec
+    by_url = eval_data.classification_data(f"file://{root}")  # the same shards through fsspec
     assert by_url.labels.tolist() == data.labels.tolist() and by_url.images[7] == data.images[7]
 
 
@@ -380,20 +381,20 @@ def test_wds_layout_at_an_fsspec_url(tiny):
     by ranged reads; the same samples and metrics as the local folder."""
     fsspec = pytest.importorskip("fsspec")
     tmp, model, preprocess, _ = tiny
-    src = ev.classification_data(tmp / "shapes", "test")
+    src = eval_data.classification_data(tmp / "shapes", "test")
     fs = fsspec.filesystem("memory")
     try:
         order = wds_export(src, lambda rel, data: fs.pipe(f"/wds_shapes/{rel}", data))
-        data = ev.classification_data("memory://wds_shapes")
+        data = eval_data.classification_data("memory://wds_shapes")
         assert data.name == "wds_shapes" and data.templates == TEMPLATES and data.classnames == src.classnames
         assert data.labels.tolist() == src.labels[order].tolist()
         assert [data.images[i] for i in (0, 5, len(src) - 1)] == [
             Path(src.images[order[i]]).read_bytes() for i in (0, 5, len(src) - 1)]
-        assert data.fingerprint == ev.classification_data("memory://wds_shapes/", "test").fingerprint
+        assert data.fingerprint == eval_data.classification_data("memory://wds_shapes/", "test").fingerprint
         ours = ev.zeroshot_classification(model, preprocess, data, batch_size=64, progress=False)
         assert ours == ev.zeroshot_classification(model, preprocess, src, TEMPLATES, batch_size=64, progress=False)
         with pytest.raises(FileNotFoundError, match="wds layout"):  # neither wds shards nor a folder
-            ev.classification_data("memory://wds_shapes", "train")
+            eval_data.classification_data("memory://wds_shapes", "train")
     finally:
         fs.rm("/wds_shapes", recursive=True)
 
@@ -410,7 +411,7 @@ def test_image_folder_at_an_fsspec_url(tiny, tmp_path):
     images read back through fsspec, the same metrics; the cache key from what the store reports."""
     fsspec = pytest.importorskip("fsspec")
     tmp, model, preprocess, _ = tiny
-    src = ev.classification_data(tmp / "shapes", "test")
+    src = eval_data.classification_data(tmp / "shapes", "test")
     root = tmp_path / "small_tree"
     first = src.classnames[src.labels[0]]
     for i in range(0, len(src), 10):  # 15 images over most of the classes
@@ -427,8 +428,8 @@ def test_image_folder_at_an_fsspec_url(tiny, tmp_path):
     fs = fsspec.filesystem("memory")
     try:
         _copy_to_memory(fs, root, "/small_tree")
-        local = ev.classification_data(root, "test")
-        data = ev.classification_data("memory://small_tree", "test")
+        local = eval_data.classification_data(root, "test")
+        data = eval_data.classification_data("memory://small_tree", "test")
         assert isinstance(local.images, list)  # local trees stay plain paths
         assert [Path(p).relative_to(root).as_posix() for p in local.images[:2]] == [
             f"test/{first}/x000.png", f"test/{first}/sub/x030.png"]
@@ -437,14 +438,14 @@ def test_image_folder_at_an_fsspec_url(tiny, tmp_path):
         assert data.images.paths == [f"memory://small_tree/{Path(p).relative_to(root).as_posix()}"
                                      for p in local.images]
         assert list(data.images) == [Path(p).read_bytes() for p in local.images]
-        assert ev.image_folder("memory://small_tree/test", "memory://small_tree/upper.txt").classnames == [
+        assert eval_data.image_folder("memory://small_tree/test", "memory://small_tree/upper.txt").classnames == [
             c.upper() for c in folders]
         ours = ev.zeroshot_classification(model, preprocess, data, batch_size=64, progress=False)
         assert len(folders) >= 5 and not np.isnan(ours["acc5"])
         assert ours == ev.zeroshot_classification(model, preprocess, local, batch_size=64, progress=False)
-        assert data.fingerprint == ev.classification_data("memory://small_tree/", "test").fingerprint
+        assert data.fingerprint == eval_data.classification_data("memory://small_tree/", "test").fingerprint
         fs.pipe(data.images.paths[5].split("://", 1)[1], list(data.images)[5])  # rewritten: a new object
-        assert data.fingerprint != ev.classification_data("memory://small_tree", "test").fingerprint
+        assert data.fingerprint != eval_data.classification_data("memory://small_tree", "test").fingerprint
     finally:
         fs.rm("/small_tree", recursive=True)
 
@@ -455,7 +456,7 @@ def test_caption_table_at_an_fsspec_url(tiny, tmp_path):
     table's own folder URL, image URLs are kept (also in a local table)."""
     fsspec = pytest.importorskip("fsspec")
     tmp, model, preprocess, _ = tiny
-    src = ev.classification_data(tmp / "shapes", "test")
+    src = eval_data.classification_data(tmp / "shapes", "test")
     root = tmp_path / "pairs"
     rows = [["image", "caption"]]
     for i in range(8):
@@ -469,25 +470,25 @@ def test_caption_table_at_an_fsspec_url(tiny, tmp_path):
     fs = fsspec.filesystem("memory")
     try:
         _copy_to_memory(fs, root, "/pairs")
-        local = ev.retrieval_data(root / "pairs.csv")
-        data = ev.retrieval_data("memory://pairs/pairs.csv")
+        local = eval_data.retrieval_data(root / "pairs.csv")
+        data = eval_data.retrieval_data("memory://pairs/pairs.csv")
         assert isinstance(local.images, list) and data.name == local.name == "pairs"
         assert data.captions == local.captions and len(data.captions[2]) == 2 and len(data.captions[0]) == 2
         assert data.images.paths == [f"memory://pairs/img/{i}.png" for i in range(8)]
         assert list(data.images) == [Path(p).read_bytes() for p in local.images]
         ours = ev.zeroshot_retrieval(model, preprocess, data, batch_size=64, progress=False)
         assert ours == ev.zeroshot_retrieval(model, preprocess, local, batch_size=64, progress=False)
-        assert data.fingerprint == ev.retrieval_data("memory://pairs/pairs.csv").fingerprint != local.fingerprint
+        assert data.fingerprint == eval_data.retrieval_data("memory://pairs/pairs.csv").fingerprint != local.fingerprint
 
         fs.pipe("/pairs/sub/more.tsv", b"filepath\ttext\n../img/1.png\tone\nmemory://pairs/img/4.png\tfour\n")
-        more = ev.caption_table("memory://pairs/sub/more.tsv")
+        more = eval_data.caption_table("memory://pairs/sub/more.tsv")
         assert more.images.paths == ["memory://pairs/img/1.png", "memory://pairs/img/4.png"]
         (tmp_path / "mixed.csv").write_text("image,caption\npairs/img/0.png,zero\nmemory://pairs/img/4.png,four\n")
-        mixed = ev.caption_table(tmp_path / "mixed.csv")
+        mixed = eval_data.caption_table(tmp_path / "mixed.csv")
         assert mixed.images[0] == str(root / "img" / "0.png") and mixed.images[1] == list(data.images)[4]
         fs.pipe("/pairs/gone.csv", b"image,caption\nimg/0.png,zero\nimg/99.png,lost\n")
         with pytest.raises(FileNotFoundError, match="1 image.*img/99.png"):
-            ev.caption_table("memory://pairs/gone.csv")
+            eval_data.caption_table("memory://pairs/gone.csv")
     finally:
         fs.rm("/pairs", recursive=True)
 

@@ -19,7 +19,7 @@ from clip_jax.cli import main as cli
 from clip_jax.cli.demo import TINY_CLIP
 from clip_jax.data import storage
 from clip_jax.errors import ClipJaxError, InputError, LimitError, ShardError
-from clip_jax.jobs import eval_data
+from clip_jax.jobs import eval_data, results
 
 from .fuzz import FUZZ, any_bytes, bounded, mutated
 
@@ -81,8 +81,8 @@ def test_unknown_output_placeholder_is_refused_before_the_work(tmp_path, no_work
         assert cli.main(args + ["-o", str(tmp_path / bad)]) == 1
         assert "--output" in one_line(capsys.readouterr().err)
     with pytest.raises(InputError, match="unknown placeholder {nonexistent}"):
-        ev.write_result(tmp_path / "{nonexistent}.json", ev.result("d", "m", "p", "t", {}))
-    assert ev.output_path("r/{dataset}_{{x}}.json", {"dataset": "a/b"}) == Path("r/a_b_{x}.json")
+        results.write_result(tmp_path / "{nonexistent}.json", results.result("d", "m", "p", "t", {}))
+    assert results.output_path("r/{dataset}_{{x}}.json", {"dataset": "a/b"}) == Path("r/a_b_{x}.json")
 
 
 def test_unwritable_output_is_refused_before_the_work(tmp_path, no_work, capsys):
@@ -96,8 +96,8 @@ def test_unwritable_output_is_refused_before_the_work(tmp_path, no_work, capsys)
 
 
 def test_write_result_makes_missing_folders(tmp_path):
-    res = ev.result("d", "m", "p", "t", {"acc1": 1.0})
-    path = ev.write_result(tmp_path / "new" / "{task}" / "r.json", res)
+    res = results.result("d", "m", "p", "t", {"acc1": 1.0})
+    path = results.write_result(tmp_path / "new" / "{task}" / "r.json", res)
     assert path == tmp_path / "new" / "t" / "r.json" and json.loads(path.read_text()) == res
 
 
@@ -116,7 +116,7 @@ def test_csv_field_over_the_limit_names_file_and_line(pairs, capsys):
     csv_file = pairs / "pairs.csv"
     csv_file.write_text("image,caption\na.png,fine\nb.png," + "x" * 140_000 + "\n")
     with pytest.raises(InputError, match=r"pairs.csv:3: field larger than field limit"):
-        ev.caption_table(csv_file)
+        eval_data.caption_table(csv_file)
     assert cli.main(["eval", "zeroshot_retrieval", str(csv_file), "--model", "x"]) == 1
     assert f"{csv_file}:3: field larger" in one_line(capsys.readouterr().err)
 
@@ -133,19 +133,19 @@ def test_csv_not_utf8_names_file_and_byte(pairs, capsys):
     far = b"image,caption\n" + b"a.png,\xc3\xa9\n" * 200_000
     csv_file.write_bytes(far + b"b.png,\xe2\x82\n")
     with pytest.raises(InputError, match=rf"at byte {len(far) + 6}\)"):
-        ev.caption_table(csv_file)
+        eval_data.caption_table(csv_file)
 
 
 def test_csv_url_of_an_unknown_protocol_is_one_line(pairs):
     (pairs / "pairs.csv").write_text("image,caption\nnosuchprotocol://x/a.png,a\n")
     with pytest.raises(ClipJaxError, match="nosuchprotocol://x/a.png"):
-        ev.caption_table(pairs / "pairs.csv")
+        eval_data.caption_table(pairs / "pairs.csv")
 
 
 def test_missing_images_are_the_project_s_error(pairs):
     (pairs / "pairs.csv").write_text("image,caption\na.png,a\ngone.png,b\n")
     with pytest.raises(FileNotFoundError, match="gone.png") as e:
-        ev.caption_table(pairs / "pairs.csv")
+        eval_data.caption_table(pairs / "pairs.csv")
     assert isinstance(e.value, ClipJaxError)
 
 
@@ -160,7 +160,7 @@ def test_bad_tar_checksum_names_the_shard(tmp_path, capsys):
     data[1024] ^= 0x20  # the second member's name: its header checksum no longer holds
     shard.write_bytes(bytes(data))
     with pytest.raises(ShardError, match=r"test/1.tar: .*checksum"):
-        ev.classification_data(root)
+        eval_data.classification_data(root)
     assert cli.main(["eval", "zeroshot_classification", str(root), "--model", "x"]) == 1
     assert str(shard) in one_line(capsys.readouterr().err)
 
@@ -171,14 +171,14 @@ def test_unreadable_cls_names_shard_and_key(tmp_path, cls):
     2^63, or a label of -1 reported without its sample: now refused with the shard and the key."""
     root = wds(tmp_path / "wds", [samples(b"0", cls, b"1")])
     with pytest.raises(InputError, match=r"test/0.tar: sample 's1': \.cls") as e:
-        ev.classification_data(root)
+        eval_data.classification_data(root)
     assert len(str(e.value)) < 200  # one short line, not the 5000 digits
 
 
 def test_label_outside_the_classes_names_shard_and_key(tmp_path):
     root = wds(tmp_path / "wds", [samples(b"0"), samples(b"1", b"2")])
     with pytest.raises(InputError, match=r"test/1.tar: sample 's1': label 2 is outside the 2 classes"):
-        ev.classification_data(root)
+        eval_data.classification_data(root)
 
 
 def test_images_read_back_at_their_offsets(tmp_path):
@@ -188,7 +188,7 @@ def test_images_read_back_at_their_offsets(tmp_path):
     images = [b"a" * 512, b"b" * 1024, b"c", b"d" * 513]
     members = [m for i, im in enumerate(images) for m in ((f"v1.2/k{i}.png", im), (f"v1.2/k{i}.cls", b"1"))]
     members += [("v1.2/k9.x.png", b"e"), ("v1.2/k9.x.cls", b"0")]  # field "x.png": not an image, as there
-    data = ev.classification_data(wds(tmp_path / "wds", [members[:4], members[4:]]))
+    data = eval_data.classification_data(wds(tmp_path / "wds", [members[:4], members[4:]]))
     assert [data.images[i] for i in range(len(data))] == images and data.labels.tolist() == [1] * 4
 
 
@@ -196,7 +196,7 @@ def test_unreadable_wds_image_names_shard_and_key_without_reading_the_rest(tmp_p
     """Today "1 unreadable image(s), e.g. image 1": no shard, no key, found by reading every image again."""
     from clip_jax.parallel import EmbeddedBatch
 
-    data = ev.classification_data(wds(tmp_path / "wds", [samples(b"0", b"1", b"0")]))
+    data = eval_data.classification_data(wds(tmp_path / "wds", [samples(b"0", b"1", b"0")]))
 
     class Sharded:  # embed_image_files' contract: rows of bad images are not ok, with (item, reason)
         class config:
@@ -222,7 +222,7 @@ def test_unreadable_wds_image_through_the_model(tmp_path):
     png = io.BytesIO()
     __import__("PIL.Image").Image.new("RGB", (8, 8)).save(png, "PNG")
     members = [("s0.png", png.getvalue()), ("s0.cls", b"0"), ("s1.png", b"not a png"), ("s1.cls", b"1")]
-    data = ev.classification_data(wds(tmp_path / "wds", [members]))
+    data = eval_data.classification_data(wds(tmp_path / "wds", [members]))
     with pytest.raises(InputError, match=r"e.g. image 1, .*0.tar: sample 's1', the member at byte 2560: not a"):
         ev.zeroshot_classification(model, preprocess, data, ["a {c}"], batch_size=8, progress=False)
 
@@ -230,7 +230,7 @@ def test_unreadable_wds_image_through_the_model(tmp_path):
 def test_non_utf8_caption_is_replaced_not_a_traceback(tmp_path):
     """Today UnicodeDecodeError; now decoded as clip_jax.data.sources does (U+FFFD), the sample kept."""
     root = wds(tmp_path / "wds", [samples(b"a cat", b"a d\xffg", field="txt")], kind="retrieval")
-    data = ev.retrieval_data(root)
+    data = eval_data.retrieval_data(root)
     assert data.captions == [["a cat"], ["a d\ufffdg"]]
 
 
@@ -242,7 +242,7 @@ def test_nshards_is_bounded_before_use(tmp_path, text, error):
     root = wds(tmp_path / "wds", [samples(b"0")])
     (root / "test" / "nshards.txt").write_bytes(text.encode("latin-1"))
     with pytest.raises(error, match="nshards.txt"):
-        ev.classification_data(root)
+        eval_data.classification_data(root)
 
 
 def test_text_files_are_read_with_a_byte_cap(tmp_path, monkeypatch):
@@ -250,13 +250,13 @@ def test_text_files_are_read_with_a_byte_cap(tmp_path, monkeypatch):
     monkeypatch.setattr(eval_data, "MAX_TEXT_BYTES", 1000)
     root = wds(tmp_path / "wds", [samples(b"0")], classnames=["cat", "dog" * 400])
     with pytest.raises(LimitError, match="classnames.txt: larger than 1000 bytes"):
-        ev.classification_data(root)
+        eval_data.classification_data(root)
     (tmp_path / "t.txt").write_bytes(b"a {c}\n" * 200)
     with pytest.raises(LimitError, match="t.txt"):
-        ev.read_lines(tmp_path / "t.txt")
+        eval_data.read_lines(tmp_path / "t.txt")
     (tmp_path / "t.txt").write_bytes(b"a \xff{c}\n")
     with pytest.raises(InputError, match=r"t.txt: not UTF-8 text \(byte 2"):
-        ev.read_lines(tmp_path / "t.txt")
+        eval_data.read_lines(tmp_path / "t.txt")
 
 
 def test_template_placeholders_and_files_are_checked_before_the_model(tmp_path, monkeypatch):
@@ -372,14 +372,14 @@ CSV_SEED = b'image,caption\na.png,a cat\nb.png,"two\nlines"\n"c.png","a, quoted 
 @given(data=any_bytes(CSV_SEED))
 def test_caption_table_fuzz(fuzz_dir, data):
     (fuzz_dir / "t.csv").write_bytes(data)
-    bounded(lambda: ev.caption_table(fuzz_dir / "t.csv"))
+    bounded(lambda: eval_data.caption_table(fuzz_dir / "t.csv"))
 
 
 @FUZZ
 @given(data=st.one_of(any_bytes(b"cat\ndog\n  bird  \n\nfish\n"), any_bytes(b"a photo of a {c}.\nitap of a {c}.\n")))
 def test_text_file_readers_fuzz(fuzz_dir, data):
     (fuzz_dir / "lines.txt").write_bytes(data)
-    lines = bounded(lambda: ev.read_lines(fuzz_dir / "lines.txt"))
+    lines = bounded(lambda: eval_data.read_lines(fuzz_dir / "lines.txt"))
     assert lines is None or all(s == s.strip() and s for s in lines)
     bounded(lambda: eval_data.read_nshards(str(fuzz_dir / "lines.txt")))
     bounded(lambda: ev.resolve_templates(str(fuzz_dir / "lines.txt")))
@@ -412,4 +412,4 @@ def test_wds_shard_fuzz(fuzz_dir, data):
     if not (root / "classnames.txt").exists():
         wds(root, [[]])
     (root / "test" / "0.tar").write_bytes(data)
-    bounded(lambda: ev.classification_data(root))
+    bounded(lambda: eval_data.classification_data(root))

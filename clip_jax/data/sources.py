@@ -52,7 +52,7 @@ Formats, chosen by the name:
   buffer; benchmarks/embed.py --shards measures it), and it needs no extra dependency.
 - "*.parquet" (or a folder of them): an image column of raw bytes or of Hugging Face datasets'
   {"bytes", "path"} structs, an optional caption column and key column.
-- anything else: today's image inputs (folders, globs, .txt lists, image files), grouped into shards of
+- anything else: image inputs (folders, globs, .txt lists of paths, image files), grouped into shards of
   `shard_size` files; the samples carry the file's path as "key" and "image_path".
 """
 
@@ -496,7 +496,7 @@ class _Batch:
 
 @dataclass
 class FileShard(Shard):
-    """A group of image files (today's folders, globs, lists): samples whose image is read from a path."""
+    """A group of image files (from folders, globs, lists): samples whose image is read from a path."""
 
     paths: list[str] = field(default_factory=list)
 
@@ -536,7 +536,7 @@ def _expand(inputs: Sequence[str | os.PathLike]) -> list[str]:
             elif not storage.is_url(name) and os.path.isdir(os.path.expanduser(name)):
                 found = [os.path.join(name, f) for f in storage.listdir(os.path.expanduser(name))
                          if _suffix(f) in ("tar", "parquet")]
-                out += found or [name]  # a folder of images: today's input
+                out += found or [name]  # no shards in it: a folder of images
             else:
                 out.append(name)
     return out
@@ -618,13 +618,13 @@ def open_source(inputs: Sequence[str | os.PathLike], *, image_column: str | None
                 caption_column: str | None = None, key_column: str | None = None,
                 shard_size: int = 100_000, image_paths: bool = False) -> Source:
     """The shards of `inputs` (see the module docstring). Tar and parquet names are not checked for
-    existence here (a host may hold only its own shards); image inputs are listed as embed always did.
+    existence here (a host may hold only its own shards); image inputs are listed (collect_images).
     Mixing kinds in one call is refused. `image_paths`: the parquet image column holds local paths, which
     are opened (without it a string cell is a per-row error: a table's cells are data, never paths)."""
     names = _expand(inputs)
     kinds = {shard_kind(n) for n in names}
     if len(kinds) > 1:
-        raise ValueError("inputs mix tar shards, parquet files and image files; embed them as separate jobs")
+        raise InputError("inputs mix tar shards, parquet files and image files; embed them as separate jobs")
     kind = kinds.pop() if kinds else "files"
     if kind == "tar":
         return Source("tar", [TarShard(n) for n in names])

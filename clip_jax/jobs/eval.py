@@ -2,12 +2,13 @@
 retrieval and linear probes, with the features computed by a ShardedCLIP over every device.
 
     import clip_jax, clip_jax.jobs.eval as ev
+    from clip_jax.jobs.eval_data import classification_data, retrieval_data
     model, preprocess = clip_jax.load("model.safetensors")
-    data = ev.classification_data("imagenet/val")                   # ImageFolder, or the wds_* layout
+    data = classification_data("imagenet/val")                      # ImageFolder, or the wds_* layout
     ev.zeroshot_classification(model, preprocess, data)             # {"acc1", "acc5", "mean_per_class_recall"}
-    ev.zeroshot_retrieval(model, preprocess, ev.retrieval_data("pairs.csv"))
-    ev.linear_probe(model, preprocess, ev.classification_data("cifar", "train"),
-                    ev.classification_data("cifar", "test"))       # {"lp_acc1", ..., "weight_decay"}
+    ev.zeroshot_retrieval(model, preprocess, retrieval_data("pairs.csv"))
+    ev.linear_probe(model, preprocess, classification_data("cifar", "train"),
+                    classification_data("cifar", "test"))          # {"lp_acc1", ..., "weight_decay"}
 
 The metrics are CLIP_benchmark's (clip_benchmark/metrics/*.py), computed the same way:
 - classification: `acc1`/`acc5` are top-k accuracy on cosine scores against class weights (each class the
@@ -63,24 +64,16 @@ from ..model import flat_params
 from ..parallel import ShardedCLIP
 from ..tokenizer import tokenize
 from ..zeroshot import IMAGENET_TEMPLATES, zeroshot_classifier
-from .eval_data import (  # noqa: F401  (re-exported: the data side of this module)
-    CaptionedImages,
-    LabelledImages,
-    caption_table,
-    classification_data,
-    image_folder,
-    read_lines,
-    retrieval_data,
-    wds_dataset,
-)
-from .results import RESULT_FIELDS, check_output, output_path, result, write_result  # noqa: F401  (re-exported)
+
+# classification_data, retrieval_data, result, write_result: clip_jax.cli.eval calls them as ev.*; every
+# other caller imports them from eval_data and results, where they are defined.
+from .eval_data import CaptionedImages, LabelledImages, classification_data, read_lines, retrieval_data  # noqa: F401
+from .results import result, write_result  # noqa: F401
 
 __all__ = [
     "TASKS", "zeroshot_classification", "zeroshot_retrieval", "linear_probe", "classification_metrics",
     "accuracy", "mean_per_class_recall", "retrieval_metrics", "probe_sweep", "fit_probe", "image_features",
-    "model_fingerprint", "sharded_model", "resolve_templates", "result", "write_result", "WD_LIST",
-    "LabelledImages", "CaptionedImages", "classification_data", "retrieval_data", "image_folder", "caption_table",
-    "wds_dataset", "CacheWarning", "read_cache", "RESULT_FIELDS", "output_path", "check_output",
+    "model_fingerprint", "sharded_model", "resolve_templates", "WD_LIST", "CacheWarning", "read_cache",
 ]
 
 TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")
@@ -319,7 +312,7 @@ def _split_val(n: int, proportion: float, seed: int) -> tuple[np.ndarray, np.nda
     perm = np.random.default_rng(seed).permutation(n)
     n_val = int(round(proportion * n))
     if not 0 < n_val < n:
-        raise ValueError(f"val_proportion={proportion} of {n} training rows leaves no validation or no training rows")
+        raise InputError(f"val_proportion={proportion} of {n} training rows leaves no validation or no training rows")
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
@@ -337,7 +330,7 @@ def _fewshot(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
             keep.append(p)
     short = {c: n for c, n in counts.items() if n != k}
     if short:
-        raise ValueError(f"fewshot_k={k}: too few training rows for classes {sorted(short)[:10]}")
+        raise InputError(f"fewshot_k={k}: too few training rows for classes {sorted(short)[:10]}")
     return np.asarray(keep)
 
 
@@ -614,7 +607,7 @@ def zeroshot_retrieval(model, preprocess, data: CaptionedImages, recall_k: Seque
     texts = [t for caps in data.captions for t in caps]
     owner = np.asarray([i for i, caps in enumerate(data.captions) for _ in caps], np.int64)
     if not texts:
-        raise ValueError(f"{data.name}: no captions")
+        raise InputError(f"{data.name}: no captions")
     image_feats = run.images(data)
     text_feats = run.texts(texts, truncate)
     return retrieval_metrics(image_feats, text_feats, owner, recall_k)
@@ -627,7 +620,7 @@ def linear_probe(model, preprocess, train: LabelledImages, test: LabelledImages,
     "weight_decay", ...) of a probe on the frozen, normalized image features (see probe_metrics)."""
     num_classes = len(train.classnames)
     if len(test.classnames) != num_classes:
-        raise ValueError(f"train has {num_classes} classes, test {len(test.classnames)}")
+        raise InputError(f"train has {num_classes} classes, test {len(test.classnames)}")
     run = _Runner(model, preprocess, batch_size, mesh, cache_dir, progress)
     train_x = run.images(train, "train")
     val_x = run.images(val, "val") if val is not None else None
