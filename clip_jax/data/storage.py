@@ -4,7 +4,7 @@ A plain path is read with open() and os; anything with a protocol ("gs://", "s3:
 "memory://", "file://") through fsspec, so every fsspec filesystem works once its package is installed
 (gcsfs, s3fs, aiohttp for HTTP): a missing one is a MissingExtraError naming the extra that brings it,
 a protocol fsspec doesn't know an InputError naming the URL. Readers of data sets (clip_jax.data.sources,
-eval_data) and the embedding jobs' output folders (embed_shards.Destination) go through here.
+eval_data) and the embedding jobs' output folders (embed_folder.Destination) go through here.
 """
 
 from __future__ import annotations
