@@ -274,6 +274,19 @@ def test_folder_job_killed_after_each_write_then_rerun_equals_an_uninterrupted_r
     assert data_files(out) == data_files(folder_run)
 
 
+def test_folder_job_writes_to_an_fsspec_url_as_to_a_path(folder_run, rerun):
+    """Image files go through the same embedding-folder writer as shards: a memory:// folder gets the
+    same files, byte for byte, as a local one, and a rerun there finds every shard done."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    assert rerun("memory://folder-job").shards_done_now == 3
+    got = {p.split("folder-job/", 1)[1]: fs.cat_file(p) for p in fs.find("/folder-job")}
+    assert json.loads(got.pop("manifest.json")) == json.loads((folder_run / "manifest.json").read_text())
+    assert got == data_files(folder_run)
+    assert rerun("memory://folder-job").shards_done_now == 0
+
+
 # --- the job's own records, read back by a rerun: fuzzed --------------------------------------------------
 
 
