@@ -39,7 +39,7 @@ from .checkpoint.config_source import (
 )
 from .config import CLIPConfig
 from .download import ChecksumError, DownloadError, default_cache_dir, download, sha256_file
-from .image import transform_for
+from .families import family_of
 from .model import CLIP, build
 from .pos_embed import resize_pos_embed
 from .pretrained import Pretrained
@@ -100,7 +100,7 @@ def load(
         config, params = with_image_size(config, params, image_size)
     model = build(config, params, dtype=dtype, param_dtype=param_dtype, attention=attention,
                   **model_type(kind, projection))
-    return model, transform_for(config)
+    return model, family_of(config).transform(config)
 
 
 def load_params(

@@ -8,8 +8,9 @@ import dataclasses
 import numpy as np
 import pytest
 
+from clip_jax.clip_family import CLIP_FAMILY
 from clip_jax.errors import InputError
-from clip_jax.families import CLIP_FAMILY, FAMILIES, Family, family_of, register
+from clip_jax.families import FAMILIES, Family, family_of, register
 from clip_jax.image import transform_for
 from clip_jax.model import CLIP, build
 from clip_jax.tokenizer import tokenize
@@ -48,7 +49,8 @@ def test_a_second_family_is_found_by_its_own_config_type():
         width: int = 4
 
     toy = Family(name="toy", config_type=ToyConfig, models={}, config_from_state_dict=None,
-                 config_from_open_clip=None, tokenizer=None, transform=None, head=None, logits=None)
+                 config_from_open_clip=None, check_header=None, tokenizer=None, transform=None, head=None,
+                 logits=None)
     register(toy)
     try:
         assert family_of(ToyConfig()) is toy

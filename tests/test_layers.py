@@ -15,7 +15,7 @@ for layer, names in enumerate([
     # foundations: no clip_jax imports
     "errors fileio roles config_fields config dtypes ftfy_fast synthetic",
     # inputs and outputs of the model, without the model
-    "tokenizer image checks pretrained download param_check pos_embed "
+    "families tokenizer image checks pretrained download param_check pos_embed "
     "checkpoint.torch_pickle checkpoint.torch_save_reader checkpoint.torch_files checkpoint.torch_writer "
     "checkpoint.store",
     # the model's parts: layers and jitted calls, then the towers and heads built from the layers
@@ -23,7 +23,7 @@ for layer, names in enumerate([
     "pooling vit resnet states text",
     "model",
     "towers",
-    "families",  # what makes a family: its config, models, tokenizer, preprocessing, head
+    "clip_family",  # the CLIP family's declaration (clip_jax.families)
     # around the model: checkpoints, devices, training, start-up
     "checkpoint.declared checkpoint.config_source checkpoint.result checkpoint.torch_names "
     "checkpoint.hf_format checkpoint.export checkpoint parallel train compilation",

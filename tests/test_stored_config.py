@@ -13,6 +13,7 @@ from safetensors.numpy import save_file
 import clip_jax
 import clip_jax.model
 from clip_jax.checkpoint import store
+from clip_jax.families import family_of
 from tests.tiny import TINY, TINY_RN, tiny_params
 
 
@@ -68,7 +69,23 @@ def test_bad_config_is_refused_before_building(tmp_path, monkeypatch, case):
         assert str(path) in str(info.value) and needle in str(info.value), str(info.value)
 
 
+def test_the_family_is_recorded_and_an_unknown_one_is_refused(tmp_path):
+    from safetensors import safe_open
+
+    path = tmp_path / "saved.safetensors"
+    store.save(path, tiny_params(), TINY)
+    with safe_open(str(path), framework="numpy") as f:
+        assert f.metadata()["family"] == "clip"
+    tensors = {k: np.asarray(v, order="C") for k, v in tiny_params().items()}
+    other = tmp_path / "other.safetensors"
+    save_file(tensors, str(other), metadata={"format": store.FORMAT, "format_version": store.FORMAT_VERSION,
+                                             "family": "bogus", "config": TINY.to_json()})
+    with pytest.raises(ValueError, match=f"{other}: unknown model family 'bogus'; known: clip"):
+        store.load(other)
+
+
 def test_valid_config_still_loads(tmp_path):
+    """A file written before families were recorded (no "family" in its metadata) is a CLIP."""
     config, params = store.load(write(tmp_path / "model.safetensors", TINY.to_json()))
     assert config == TINY and set(params) == set(tiny_params())
 
@@ -89,4 +106,4 @@ def test_header_check_agrees_with_the_model(variant):
             vision=dataclasses.replace(TINY.vision, pool_type="avg", no_ln_pre=True, ls_init_value=1e-5,
                                        mlp_ratio=2.5)),
     }[variant]
-    store._check_header("model.safetensors", config, expected_params(config))
+    assert family_of(config).check_header(config, expected_params(config)) is None
