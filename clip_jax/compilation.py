@@ -13,8 +13,6 @@ from .calls import lower
 from .model import CLIP
 from .tokenizer import DEFAULT_BUCKETS
 
-DEFAULT_TEXT_BUCKETS = DEFAULT_BUCKETS  # the token lengths trim_tokens cuts to
-
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
     """Keep compiled XLA executables on disk so a second process starts warm.
@@ -34,7 +32,7 @@ def warmup(
     model: CLIP,
     image_batch_sizes: Iterable[int] = (),
     text_batch_sizes: Iterable[int] = (),
-    text_lengths: Iterable[int] = DEFAULT_TEXT_BUCKETS,
+    text_lengths: Iterable[int] = DEFAULT_BUCKETS,
     uint8: bool = True,
 ) -> None:
     """Compile encode_image / encode_text for these shapes now (from the persistent cache when it's on),

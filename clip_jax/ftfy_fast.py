@@ -39,6 +39,7 @@ import re
 import unicodedata
 
 import ftfy
+from ftfy import badness, chardata, fixes
 
 __all__ = ["MIRRORED_FTFY", "FAST_PATH", "FAST_PATH_OFF", "fix_text", "is_clean_ascii"]
 
@@ -144,8 +145,6 @@ def _build_mirror(version: str) -> tuple[dict | None, str | None]:
     if version.split(".")[:2] != MIRRORED_FTFY.split("."):
         return None, (f"ftfy {version} is installed; clip_jax.ftfy_fast mirrors ftfy {MIRRORED_FTFY}'s "
                       "fix_text, so texts go through ftfy.fix_text itself (the same ids, slower)")
-    from ftfy import badness, chardata, fixes
-
     mojibake = _mojibake_triggers(badness.BADNESS_RE)
     c1 = _class_chars(chardata.C1_CONTROL_RE)
     single_quotes = _class_chars(chardata.SINGLE_QUOTE_RE)
@@ -166,7 +165,6 @@ def _build_mirror(version: str) -> tuple[dict | None, str | None]:
     surrogates = "\ud800-\udfff"
     everything = mojibake | c1 | ligatures | widths | quotes | line_breaks | controls | {"\x1b", "&"}
     return {
-        "fixes": fixes,
         "any": re.compile(_char_class(everything)[:-1] + surrogates + "]"),
         "mojibake": re.compile(_char_class(mojibake)),
         "c1": re.compile(_char_class(c1)),
@@ -193,7 +191,6 @@ FAST_PATH = _MIRROR is not None  # False: every text goes through ftfy.fix_text;
 def _fix_segment(text: str, unescape: bool) -> str:
     """`ftfy.fix_and_explain(text, TextFixerConfig(explain=False)).text`, skipping no-ops."""
     m = _MIRROR
-    fixes = m["fixes"]
     normalize = unicodedata.normalize
     while True:
         orig = text

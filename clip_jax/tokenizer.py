@@ -45,11 +45,11 @@ from itertools import chain
 import numpy as np
 import regex
 
-from .ftfy_fast import FAST_PATH as FTFY_FAST_PATH, fix_text, is_clean_ascii  # noqa: F401  (FTFY_FAST_PATH: re-export)
+from .errors import InputError
+from .ftfy_fast import fix_text, is_clean_ascii
 
 __all__ = [
     "SimpleTokenizer",
-    "Tokenizer",
     "tokenize",
     "trim_tokens",
     "default_tokenizer",
@@ -135,7 +135,7 @@ class SimpleTokenizer:
             isinstance(t, str) and t and not any(c.isspace() for c in t) for t in special_tokens
         ):
             # Whitespace-free, so that no pre-split piece ever spans a space.
-            raise ValueError("special_tokens must be two non-empty strings without whitespace (start, end)")
+            raise InputError("special_tokens must be two non-empty strings without whitespace (start, end)")
         byte_encoder = bytes_to_unicode()
         self.byte_encoder = byte_encoder
         self.byte_decoder = {v: k for k, v in byte_encoder.items()}
@@ -146,7 +146,7 @@ class SimpleTokenizer:
         vocab += [v + "</w>" for v in vocab]
         vocab += ["".join(m) for m in merges]
         if any(t in vocab for t in special_tokens) or special_tokens[0] == special_tokens[1]:
-            raise ValueError(f"special_tokens {special_tokens!r} clash with the vocabulary")
+            raise InputError(f"special_tokens {special_tokens!r} clash with the vocabulary")
         vocab += list(special_tokens)
         self.encoder: dict[str, int] = dict(zip(vocab, range(len(vocab))))
         self.decoder: dict[int, str] = {v: k for k, v in self.encoder.items()}
@@ -272,7 +272,7 @@ class SimpleTokenizer:
         for t in tokens:
             i = operator.index(t)
             if not 0 <= i < n:
-                raise ValueError(f"token id {t!r} is outside the vocabulary [0, {n})")
+                raise InputError(f"token id {t!r} is outside the vocabulary [0, {n})")
             parts.append(id_bytes[i])
         return b"".join(parts).decode("utf-8", errors="replace").replace("</w>", " ")
 
@@ -293,7 +293,7 @@ class SimpleTokenizer:
             raise TypeError(f"context_length must be an int, got {type(context_length).__name__}")
         context_length = int(context_length)
         if context_length < 1:
-            raise ValueError(f"context_length must be >= 1, got {context_length}")
+            raise InputError(f"context_length must be >= 1, got {context_length}")
 
         sot, eot = self.sot_token_id, self.eot_token_id
         done: dict[str, list[int]] = {}
@@ -304,7 +304,7 @@ class SimpleTokenizer:
                 ids = [sot, *self._encode_clean(clean_text(text)), eot]
                 if len(ids) > context_length:
                     if not truncate:
-                        raise ValueError(
+                        raise InputError(
                             f"text {idx} ({_abbreviate(text)}) is too long for context length "
                             f"{context_length}: {len(ids)} tokens including start and end; "
                             "shorten it or pass truncate=True"
@@ -352,8 +352,6 @@ def _pack(rows: list[list[int]], context_length: int) -> np.ndarray:
 
 
 # --- module-level API -----------------------------------------------------------------------------
-
-Tokenizer = SimpleTokenizer
 
 _default: SimpleTokenizer | None = None
 _default_lock = threading.Lock()
@@ -407,11 +405,11 @@ def trim_tokens(tokens: np.ndarray, buckets: Sequence[int] = DEFAULT_BUCKETS, st
     """
     tokens = np.asarray(tokens)
     if tokens.ndim != 2:
-        raise ValueError(f"tokens must be 2-D [N, L], got shape {tokens.shape}")
+        raise InputError(f"tokens must be 2-D [N, L], got shape {tokens.shape}")
     n, length = tokens.shape
     sizes = sorted(int(b) for b in buckets)
     if not sizes or sizes[0] < 1:
-        raise ValueError(f"buckets must be positive ints, got {tuple(buckets)!r}")
+        raise InputError(f"buckets must be positive ints, got {tuple(buckets)!r}")
     if n == 0 or length == 0:
         return tokens[:, : min(sizes[0], length)]
     pos = np.argmax(tokens, axis=1)
@@ -421,7 +419,7 @@ def trim_tokens(tokens: np.ndarray, buckets: Sequence[int] = DEFAULT_BUCKETS, st
         if not strict:
             return tokens
         row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"row {row} has no end-of-text token ({EOT_ID}); cannot trim it")
+        raise InputError(f"row {row} has no end-of-text token ({EOT_ID}); cannot trim it")
     need = int(pos.max()) + 1
     keep = next((b for b in sizes if b >= need), length)
     return tokens[:, : min(keep, length)]

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from .common import (
     add_distributed_args,
@@ -96,52 +97,58 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.output:  # an unknown placeholder: refused before the work, not after it
         output_path(args.output, {})
     initialize_distributed(args)
-    import jax
-
-    from ..jobs import eval as ev
-
-    if args.output and jax.process_index() == 0:  # the process that writes it: its folder is writable
-        check_output(args.output)
-    with one_line_warnings(ev.CacheWarning):
-        return _run_eval(args, ev)
-
-
-def _run_eval(args: argparse.Namespace, ev) -> int:
-    import jax
+    import jax  # when run, as above
     import jax.numpy as jnp
 
     from ..hub import load
+    from ..jobs import eval as ev
 
-    progress = not args.no_progress and jax.process_index() == 0
+    first = jax.process_index() == 0  # the process that prints and writes the result
+    if args.output and first:
+        check_output(args.output)
+    with one_line_warnings(ev.CacheWarning):
+        data = _data(args, ev)  # a bad data set or template fails before the model loads
+        model, preprocess = load(args.model, dtype=jnp.dtype(args.dtype), attention=args.attention)
+        metrics = _metrics(args, ev, model, preprocess, data, progress=not args.no_progress and first)
+        if first:
+            _report(args, ev, data[0].name, metrics)
+    return 0
+
+
+def _data(args: argparse.Namespace, ev: ModuleType) -> tuple:
+    """The task's data: (data,), or (train, test, val or None) for linear_probe."""
     if args.task == "zeroshot_classification":
         data = ev.classification_data(args.data, args.split, args.classnames)
-        ev.resolve_templates(args.templates, data)  # a bad template fails before the model loads
-    elif args.task == "zeroshot_retrieval":
-        data = ev.retrieval_data(args.data, args.split, args.image_column, args.caption_column)
-    else:
-        data = ev.classification_data(args.data, args.train_split, args.classnames)
-        test = ev.classification_data(args.data, args.test_split, args.classnames)
-        val = ev.classification_data(args.data, args.val_split, args.classnames) if args.val_split else None
+        ev.resolve_templates(args.templates, data)
+        return (data,)
+    if args.task == "zeroshot_retrieval":
+        return (ev.retrieval_data(args.data, args.split, args.image_column, args.caption_column),)
+    train = ev.classification_data(args.data, args.train_split, args.classnames)
+    test = ev.classification_data(args.data, args.test_split, args.classnames)
+    val = ev.classification_data(args.data, args.val_split, args.classnames) if args.val_split else None
+    return train, test, val
 
-    model, preprocess = load(args.model, dtype=jnp.dtype(args.dtype), attention=args.attention)
+
+def _metrics(args: argparse.Namespace, ev: ModuleType, model, preprocess, data: tuple, progress: bool) -> dict:
     cache = None if args.no_cache else (args.cache or ev.default_cache_dir())
     common = dict(batch_size=args.batch_size, cache_dir=cache, progress=progress)
     if args.task == "zeroshot_classification":
-        metrics = ev.zeroshot_classification(model, preprocess, data, args.templates, truncate=args.truncate, **common)
-    elif args.task == "zeroshot_retrieval":
-        metrics = ev.zeroshot_retrieval(model, preprocess, data, args.recall_k, truncate=args.truncate, **common)
-    else:
-        metrics = ev.linear_probe(model, preprocess, data, test, val, args.val_proportion or None, args.fewshot_k,
-                                  args.seed, args.max_iter, **common)
+        return ev.zeroshot_classification(model, preprocess, data[0], args.templates, truncate=args.truncate,
+                                          **common)
+    if args.task == "zeroshot_retrieval":
+        return ev.zeroshot_retrieval(model, preprocess, data[0], args.recall_k, truncate=args.truncate, **common)
+    return ev.linear_probe(model, preprocess, *data, args.val_proportion or None, args.fewshot_k, args.seed,
+                           args.max_iter, **common)
 
+
+def _report(args: argparse.Namespace, ev: ModuleType, dataset: str, metrics: dict) -> None:
+    """CLIP_benchmark's result JSON on stdout, then in --output."""
     is_file = os.path.exists(args.model)
-    res = ev.result(args.dataset_name or data.name,
+    res = ev.result(args.dataset_name or dataset,
                     args.model_name or (Path(args.model).stem if is_file else str(args.model)),
                     args.pretrained or (Path(args.model).name if is_file else str(args.model)),
                     args.task, metrics, args.language)
-    if jax.process_index() == 0:
-        print(json.dumps(res), flush=True)  # first: a failed write must not lose the result
-        if args.output:
-            path = ev.write_result(args.output, res)
-            print(f"wrote {path}", file=sys.stderr)
-    return 0
+    print(json.dumps(res), flush=True)  # first: a failed write must not lose the result
+    if args.output:
+        path = ev.write_result(args.output, res)
+        print(f"wrote {path}", file=sys.stderr)
