@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .errors import InputError
+
 
 def _shape_dtype(x, what: str) -> tuple[tuple[int, ...], np.dtype]:
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
@@ -17,18 +19,18 @@ def check_images(images, image_size: int):
     """images: [N, H, W, 3] (NHWC) float normalized, or uint8 pixels after resize and crop."""
     shape, dtype = _shape_dtype(images, "images")
     if len(shape) == 3 and shape[-1] == 3:
-        raise ValueError(f"images must be a batch [N, H, W, 3]; got one image {shape}: use images[None]")
+        raise InputError(f"images must be a batch [N, H, W, 3]; got one image {shape}: use images[None]")
     if len(shape) != 4:
-        raise ValueError(f"images must be [N, H, W, 3] (NHWC); got shape {shape}")
+        raise InputError(f"images must be [N, H, W, 3] (NHWC); got shape {shape}")
     if shape[-1] != 3:
         if shape[1] == 3:
-            raise ValueError(
+            raise InputError(
                 f"images look channels-first (NCHW) with shape {shape}; clip_jax takes NHWC [N, H, W, 3]: "
                 "use images.transpose(0, 2, 3, 1)"
             )
-        raise ValueError(f"images must have 3 channels last [N, H, W, 3]; got shape {shape}")
+        raise InputError(f"images must have 3 channels last [N, H, W, 3]; got shape {shape}")
     if shape[1:3] != (image_size, image_size):
-        raise ValueError(f"this model takes {image_size}x{image_size} images; got {shape[1]}x{shape[2]} "
+        raise InputError(f"this model takes {image_size}x{image_size} images; got {shape[1]}x{shape[2]} "
                          f"(shape {shape})")
     if dtype != np.uint8 and not np.issubdtype(dtype, np.floating) and dtype.name != "bfloat16":
         raise TypeError(f"images must be float (normalized) or uint8 (pixels); got dtype {dtype}")
@@ -45,13 +47,13 @@ def check_tokens(tokens, context_length: int, vocab_size: int):
     """
     shape, dtype = _shape_dtype(tokens, "tokens")
     if len(shape) != 2:
-        raise ValueError(f"tokens must be [N, L] (clip_jax.tokenize gives [N, 77]); got shape {shape}")
+        raise InputError(f"tokens must be [N, L] (clip_jax.tokenize gives [N, 77]); got shape {shape}")
     if not np.issubdtype(dtype, np.integer):
         raise TypeError(f"tokens must be integers; got dtype {dtype}")
     if shape[1] == 0:
-        raise ValueError(f"tokens have no columns (shape {shape}); each row needs at least an SOT and an EOT")
+        raise InputError(f"tokens have no columns (shape {shape}); each row needs at least an SOT and an EOT")
     if shape[1] > context_length:
-        raise ValueError(f"tokens have length {shape[1]}, longer than this model's context_length {context_length}")
+        raise InputError(f"tokens have length {shape[1]}, longer than this model's context_length {context_length}")
     if not shape[0] or isinstance(tokens, jax.core.Tracer):  # inside the caller's own jit: nothing to read
         return tokens
     if isinstance(tokens, np.ndarray):
@@ -61,7 +63,7 @@ def check_tokens(tokens, context_length: int, vocab_size: int):
     else:
         return tokens
     if lo < 0 or hi >= vocab_size:
-        raise ValueError(f"token ids must be in [0, {vocab_size}); got min {lo}, max {hi}")
+        raise InputError(f"token ids must be in [0, {vocab_size}); got min {lo}, max {hi}")
     return tokens
 
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["DiskFullError", "TMP_PREFIX", "atomic_write", "is_disk_full", "output_target",
+__all__ = ["DiskFullError", "PathError", "TMP_PREFIX", "atomic_write", "is_disk_full", "output_target",
            "remove_stale_temporaries"]
 
 TMP_PREFIX = ".clip_jax-tmp."
@@ -35,15 +35,22 @@ _KINDS = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a
           stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
 
 
-class DiskFullError(OSError):
+class PathError(OSError):
+    """An OS error on `path` (its .filename), worded "PATH: reason" like clip_jax's other messages."""
+
+    def __init__(self, code: int, reason: str, path: str | os.PathLike):
+        self.message = f"{path}: {reason}"
+        super().__init__(code, reason, os.fspath(path))
+
+    def __str__(self) -> str:  # not OSError's "[Errno 28] reason: 'path'"
+        return self.message
+
+
+class DiskFullError(PathError):
     """No space was left for a file being written; the target was left as it was."""
 
     def __init__(self, path: str | os.PathLike):
-        self.message = f"{path}: no space left on device (nothing was written)"
-        super().__init__(errno.ENOSPC, self.message, os.fspath(path))
-
-    def __str__(self) -> str:  # one line naming the file, not OSError's "[Errno 28] ...: 'path'"
-        return self.message
+        super().__init__(errno.ENOSPC, "no space left on device (nothing was written)", path)
 
 
 def is_disk_full(e: BaseException) -> bool:
@@ -63,8 +70,8 @@ def output_target(path: str | os.PathLike) -> Path:
         mode = os.stat(target).st_mode
     except FileNotFoundError:
         return target  # a new file (or a dangling link: the file it names is created)
-    except OSError as e:  # a symlink loop, a permission error
-        raise OSError(e.errno, f"{path}: {e.strerror}") from None
+    except OSError as e:  # a symlink loop, a permission error: named by the path given, not its target
+        raise PathError(e.errno, e.strerror, path) from None
     if not stat.S_ISREG(mode):
         kind = next((name for test, name in _KINDS.items() if test(mode)), "not a regular file")
         shown = f"{path} (-> {target})" if target != path else str(path)

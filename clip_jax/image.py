@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .config import OPENAI_MEAN, OPENAI_STD
-from .errors import ClipJaxError
+from .errors import ClipJaxError, InputError
 
 RESIZE_MODES = ("shortest", "longest", "squash")
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
@@ -81,7 +81,7 @@ def _three(v, name: str) -> tuple[float, float, float]:
         v = (v,) * 3
     v = tuple(float(x) for x in v)
     if len(v) != 3:
-        raise ValueError(f"{name} must have 3 values (R, G, B), got {len(v)}")
+        raise InputError(f"{name} must have 3 values (R, G, B), got {len(v)}")
     return v
 
 
@@ -96,7 +96,7 @@ def pixel_table(mean=OPENAI_MEAN, std=OPENAI_STD) -> np.ndarray:
     m = np.asarray(_three(mean, "mean"), dtype=np.float32)
     s = np.asarray(_three(std, "std"), dtype=np.float32)
     if np.any(s == 0):
-        raise ValueError("std must be non-zero in float32")
+        raise InputError("std must be non-zero in float32")
     x = np.arange(256, dtype=np.float32)[:, None] / np.float32(255)
     return ((x - m) / s).astype(np.float32)
 
@@ -111,18 +111,18 @@ def normalize_pixels_np(pixels: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD,
     """
     pixels = np.asarray(pixels)
     if pixels.dtype != np.uint8 or pixels.ndim < 2 or pixels.shape[-1] != 3:
-        raise ValueError(f"expected uint8 pixels [..., W, 3], got {pixels.dtype} {pixels.shape}")
+        raise InputError(f"expected uint8 pixels [..., W, 3], got {pixels.dtype} {pixels.shape}")
     m = np.asarray(_three(mean, "mean"), dtype=np.float32)
     s = np.asarray(_three(std, "std"), dtype=np.float32)
     if out is None:
         out = np.empty(pixels.shape, dtype=np.float32)
     elif out.shape != pixels.shape or out.dtype != np.float32:
-        raise ValueError(f"out must be float32 {pixels.shape}, got {out.dtype} {out.shape}")
+        raise InputError(f"out must be float32 {pixels.shape}, got {out.dtype} {out.shape}")
     w = pixels.shape[-2]
     rows_in = pixels.reshape(-1, w * 3)
     rows = out.reshape(-1, w * 3)  # a view: out is C-contiguous when we allocate it
     if not np.may_share_memory(rows, out):
-        raise ValueError("out must be C-contiguous")
+        raise InputError("out must be C-contiguous")
     np.copyto(rows, rows_in, casting="unsafe")
     np.divide(rows, np.float32(255), out=rows)
     np.subtract(rows, np.tile(m, w), out=rows)
@@ -139,7 +139,7 @@ def pixel_affine(mean=OPENAI_MEAN, std=OPENAI_STD) -> tuple[np.ndarray, np.ndarr
     m = np.asarray(_three(mean, "mean"), dtype=np.float32).astype(np.float64)
     s = np.asarray(_three(std, "std"), dtype=np.float32).astype(np.float64)
     if np.any(s == 0):
-        raise ValueError("std must be non-zero in float32")
+        raise InputError("std must be non-zero in float32")
     return (1.0 / (255.0 * s)).astype(np.float32), (-m / s).astype(np.float32)
 
 
@@ -460,15 +460,15 @@ class ImageTransform:
     ):
         if isinstance(n_px, (tuple, list)):
             if len(n_px) != 2 or n_px[0] != n_px[1]:
-                raise ValueError(f"only square sizes are supported, got {n_px}")
+                raise InputError(f"only square sizes are supported, got {n_px}")
             n_px = n_px[0]
         n_px = int(n_px)
         if n_px <= 0:
-            raise ValueError(f"n_px must be positive, got {n_px}")
+            raise InputError(f"n_px must be positive, got {n_px}")
         if resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+            raise InputError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
         if interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {tuple(INTERPOLATIONS)}, got {interpolation!r}")
+            raise InputError(f"interpolation must be one of {tuple(INTERPOLATIONS)}, got {interpolation!r}")
         self.n_px = n_px
         self.mean = _three(mean, "mean")
         self.std = _three(std, "std")
@@ -667,7 +667,7 @@ def load_images(
     gives the input index of each returned row.
     """
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if isinstance(sources, (str, os.PathLike, bytes, Image.Image)):
         raise TypeError("load_images takes a sequence of images; use transform.pixels for one")
     sources = list(sources)

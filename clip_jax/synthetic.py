@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .errors import InputError
+
 SHAPES = ("circle", "square", "triangle", "star", "cross")
 COLORS = {
     "red": (215, 35, 35),
@@ -97,7 +99,7 @@ def _outline(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
         pts = [(w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w),
                (-w, -r)]
     else:
-        raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+        raise InputError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
     c, s = math.cos(angle), math.sin(angle)
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
 

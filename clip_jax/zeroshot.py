@@ -96,9 +96,9 @@ def zeroshot_classifier(model, classnames: Sequence[str], templates: Sequence[st
     """
     classnames, templates = list(classnames), list(templates)
     if not classnames:
-        raise ValueError("no class names")
+        raise InputError("no class names")
     if not templates:
-        raise ValueError("no templates")
+        raise InputError("no templates")
     context = model.config.text.context_length
     columns = []
     for i in range(0, len(classnames), classes_per_batch):

@@ -1,16 +1,89 @@
-"""What used to reach the command line as a KeyError (which it no longer takes for a user error) is a
-ValueError naming the mistake where it is made."""
+"""The command line's error boundary: clip_jax's own errors and OS errors on a named path are one line on
+stderr and exit status 1; anything else is a bug and keeps its traceback. And mistakes a user makes are
+clip_jax errors naming what is wrong (a missing key is not a KeyError)."""
 
 from __future__ import annotations
 
+import errno
 import json
 
 import numpy as np
 import pytest
 
+import clip_jax
+from clip_jax.cli import demo, main as cli
+from clip_jax.cli.common import is_user_error
 from clip_jax.config import MissingTensorError, config_from_state_dict
+from clip_jax.errors import ClipJaxError, InputError, MissingExtraError, ShardError
+from clip_jax.fileio import DiskFullError, PathError
 from clip_jax.jobs import search
 from clip_jax.jobs.embed_folder import read_manifest
+
+USER = [
+    InputError("m.safetensors: not a clip_jax file"),
+    MissingExtraError("clip-jax index needs faiss: pip install faiss-cpu"),
+    ShardError("s.tar: cut short"),
+    FileNotFoundError(errno.ENOENT, "No such file or directory", "missing.pt"),  # open()'s, with .filename
+    FileNotFoundError("data/: no such folder"),  # clip_jax's, the path in the message
+    PermissionError("out/: the folder is not writable"),
+    IsADirectoryError(errno.EISDIR, "Is a directory", "out"),
+    OSError(errno.ELOOP, "Too many levels of symbolic links", "loop"),
+    PathError(errno.ELOOP, "Too many levels of symbolic links", "loop"),  # worded "loop: Too many ..."
+    DiskFullError("out/m.safetensors"),
+]
+BUGS = [
+    ValueError("operands could not be broadcast together with shapes (3,) (4,)"),  # numpy's
+    TypeError("unsupported operand type(s)"),
+    KeyError("visual.proj"),
+    IndexError("list index out of range"),
+    OSError("a socket closed"),  # an OS error on no path
+    ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+    RuntimeError("XLA: resource exhausted"),
+]
+
+
+@pytest.mark.parametrize("error", USER, ids=repr)
+def test_a_user_error_is_one_line(monkeypatch, capsys, error):
+    def run_index(args):
+        raise error
+
+    monkeypatch.setattr(cli, "run_index", run_index)
+    assert is_user_error(error)
+    assert cli.main(["index", "folder"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [f"clip-jax: error: {error}"]
+
+
+@pytest.mark.parametrize("error", BUGS, ids=repr)
+def test_anything_else_is_a_bug_with_its_traceback(monkeypatch, capsys, error):
+    def run_index(args):
+        raise error
+
+    monkeypatch.setattr(cli, "run_index", run_index)
+    assert not is_user_error(error)
+    with pytest.raises(type(error)) as raised:
+        cli.main(["index", "folder"])
+    assert raised.value is error and capsys.readouterr().err == ""  # Python prints it, with its traceback
+
+
+def test_the_demo_draws_the_same_line(monkeypatch, capsys, tmp_path):
+    """`clip-jax demo --model NAME` (no file: straight to clip_jax.load) has the same boundary."""
+    def load(source):
+        raise raised
+
+    monkeypatch.setattr(clip_jax, "load", load)
+    argv = ["--model", "ViT-B/32", "--out", str(tmp_path)]
+    raised = InputError("unknown model 'ViT-B/32'")
+    assert demo.main(argv) == 1
+    assert capsys.readouterr().err.splitlines() == ["clip-jax demo: error: unknown model 'ViT-B/32'"]
+    raised = ValueError("an internal shape mismatch")
+    with pytest.raises(ValueError, match="internal shape mismatch"):
+        demo.main(argv)
+
+
+def test_the_error_types_keep_their_builtin_bases():
+    assert issubclass(InputError, ClipJaxError) and issubclass(InputError, ValueError)
+    assert issubclass(MissingExtraError, ImportError) and issubclass(ShardError, OSError)
 
 
 def test_a_state_dict_without_clip_tensors():

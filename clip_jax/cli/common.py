@@ -1,4 +1,4 @@
-"""What the command lines share (`clip-jax` in cli.py, `clip-jax eval` in eval_cli.py, the demo):
+"""What the command lines share (`clip-jax` in main.py, `clip-jax eval` in eval.py, the demo):
 argparse types and argument groups, jax.distributed's start-up, the user errors they print as one line,
 and warnings printed as one line.
 
@@ -16,12 +16,19 @@ from collections.abc import Iterator
 from ..dtypes import FLOAT_DTYPES
 from ..errors import ClipJaxError
 
-# Failures the user can act on: one clear line on stderr, no traceback. (The checkpoint code's
-# CheckpointError and ConversionError are ValueErrors.) Not KeyError: a missing key is a bug unless the
-# code that looks it up says what the user got wrong, as a ValueError.
-USER_ERRORS = (ClipJaxError, OSError, ValueError)
+# Raised by clip_jax with the path first in the message ("PATH: no such file"); Python's own OS errors on a
+# file carry it in .filename.
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
-DTYPES = list(FLOAT_DTYPES)
+
+def is_user_error(e: BaseException) -> bool:
+    """A failure the user can act on, which the commands print as one line with no traceback: clip_jax's
+    own errors (errors.ClipJaxError, whose message names the file, key or field) and OS errors on a named
+    path. Anything else, a ValueError from inside numpy or jax included, is a bug: its traceback shows."""
+    if isinstance(e, ClipJaxError):
+        return True
+    return isinstance(e, OSError) and (e.filename is not None or isinstance(e, _PATH_ERRORS))
+
 
 
 def positive_int(text: str) -> int:
@@ -48,7 +55,7 @@ def add_truncate_arg(p: argparse.ArgumentParser, default: bool, what: str) -> No
 def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", "-m", required=required,
                    help="a converted clip_jax .safetensors or a PyTorch CLIP checkpoint (anything clip_jax.load takes)")
-    p.add_argument("--dtype", default="float32", choices=DTYPES, help="compute dtype (default: float32)")
+    p.add_argument("--dtype", default="float32", choices=FLOAT_DTYPES, help="compute dtype (default: float32)")
     p.add_argument("--attention", choices=["xla", "cudnn"], default=None,
                    help="attention kernel: cudnn (NVIDIA GPUs, with --dtype bfloat16/float16) or xla (default)")
     p.add_argument("--batch-size", type=positive_int, default=256,

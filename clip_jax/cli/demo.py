@@ -23,17 +23,21 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import jax
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+import clip_jax
+
+# What the public API has no name for: the demo's shapes, whether a file is converted already, the
+# transform of a model built without clip_jax.load, the command line's one-line warnings and errors, and
+# the atomic write every output file goes through.
 from .. import synthetic
-from ..checkpoint import AssumedActivationWarning, convert
+from ..checkpoint import AssumedActivationWarning
 from ..checkpoint.store import is_converted
 from ..fileio import atomic_write
-from ..hub import load
 from ..image import transform_for
-from ..zeroshot import classify, zeroshot_classifier
-from .common import USER_ERRORS, one_line_warnings
+from .common import is_user_error, one_line_warnings
 
 TINY_CLIP = Path(__file__).resolve().parent.parent / "assets" / "tiny_clip.pt"
 DEFAULT_MODEL = "tiny"
@@ -42,28 +46,29 @@ DEFAULT_MODEL = "tiny"
 # --- zero-shot classification -----------------------------------------------------------------------
 
 
-def zero_shot(model, images: Sequence[Image.Image], labels: Sequence[str], preprocess=None, k: int = 3,
-              batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def zero_shot(model: clip_jax.CLIP, images: Sequence[Image.Image], labels: Sequence[str], preprocess=None,
+              k: int = 3, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Zero-shot classification of PIL images among `labels` (class names such as "red circle"), each
-    scored by its one prompt ("a red circle") with clip_jax.zeroshot.
+    scored by its one prompt ("a red circle") with clip_jax.clip_logits, as in OpenAI's CLIP README.
 
-    preprocess: the model's transform (default: the one its config describes).
-    -> (probabilities [N, k], label indices [N, k]), best first; softmax over all the labels.
+    preprocess: the model's transform, what clip_jax.load returns with it (default: the one its config
+    describes). -> (probabilities [N, k], label indices [N, k]), best first; softmax over all the labels.
     """
-    c = model.config
     if preprocess is None:
-        preprocess = transform_for(c)
-    weights = zeroshot_classifier(model, [synthetic.prompt(label) for label in labels], templates=("{}",))
+        preprocess = transform_for(model.config)
+    tokens = clip_jax.tokenize([synthetic.prompt(label) for label in labels],
+                               context_length=model.config.text.context_length)
     probs, idx = [], []
     for start in range(0, len(images), batch_size):
         batch = np.stack([preprocess(im) for im in images[start:start + batch_size]])
-        p, i = classify(model, batch, weights, k=k)
-        probs.append(p)
-        idx.append(i)
+        logits_per_image, _ = clip_jax.clip_logits(model, batch, tokens)
+        p, i = jax.lax.top_k(jax.nn.softmax(logits_per_image, axis=-1), min(k, len(labels)))
+        probs.append(np.asarray(p))
+        idx.append(np.asarray(i))
     return np.concatenate(probs), np.concatenate(idx)
 
 
-def zero_shot_accuracy(model, images: Sequence[Image.Image], truth: Sequence[str],
+def zero_shot_accuracy(model: clip_jax.CLIP, images: Sequence[Image.Image], truth: Sequence[str],
                        labels: Sequence[str] | None = None, preprocess=None) -> float:
     """Fraction of images whose most probable label is `truth` (labels default to synthetic.labels())."""
     labels = list(synthetic.labels() if labels is None else labels)
@@ -143,7 +148,7 @@ def convert_checkpoint(src: Path, out_dir: Path) -> Path:
     dst = out_dir / (src.stem + ".safetensors")
     print(f"$ python -m convert {shlex.quote(_display(src))} -o {shlex.quote(_display(dst))}")
     with one_line_warnings(AssumedActivationWarning):
-        dst = convert(src, dst)
+        dst = clip_jax.convert(src, dst)
     print(f"wrote {dst}")
     return dst
 
@@ -166,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         if Path(source).is_file() and not is_converted(source):
             source = convert_checkpoint(Path(source), args.out)
         print(f"loading {_display(Path(source)) if Path(source).exists() else source}")
-        model, preprocess = load(source)
-    except USER_ERRORS as e:
+        model, preprocess = clip_jax.load(source)
+    except Exception as e:
+        if not is_user_error(e):
+            raise
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 1
 

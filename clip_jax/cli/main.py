@@ -13,14 +13,13 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from ..dtypes import EMBEDDING_DTYPES, FLOAT_DTYPES
-from .common import (  # noqa: F401  (DTYPES, non_negative_int: also this module's names)
-    DTYPES,
-    USER_ERRORS,
+from ..errors import InputError
+from .common import (
     add_distributed_args,
     add_model_args,
     add_truncate_arg,
     initialize_distributed,
-    non_negative_int,
+    is_user_error,
     one_line_warnings,
     positive_int,
 )
@@ -94,7 +93,7 @@ def run_embed(args: argparse.Namespace) -> int:
     from ..jobs.embed_folder import ERRORS
 
     if not args.inputs and not args.captions:
-        raise ValueError("nothing to embed: give image INPUTs and/or --captions FILE")
+        raise InputError("nothing to embed: give image INPUTs and/or --captions FILE")
     s = embed(args.inputs, args.output, args.model, captions=args.captions, batch_size=args.batch_size,
               dtype=args.dtype, emb_dtype=args.emb_dtype, shard_size=args.shard_size, num_threads=args.num_threads,
               model_parallel=args.model_parallel, attention=args.attention, progress=not args.no_progress,
@@ -125,10 +124,14 @@ def _labels(args: argparse.Namespace) -> list[str]:
     if args.labels is not None:
         labels = [s.strip() for s in args.labels.split(",")]
     else:
-        labels = [s.strip() for s in Path(args.labels_file).read_text(encoding="utf-8").splitlines()]
+        try:
+            text = Path(args.labels_file).read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{args.labels_file}: not UTF-8 text (byte {e.start})") from None
+        labels = [s.strip() for s in text.splitlines()]
     labels = [s for s in labels if s]
     if not labels:
-        raise ValueError("no labels given")
+        raise InputError("no labels given")
     return labels
 
 
@@ -144,7 +147,7 @@ def run_classify(args: argparse.Namespace) -> int:
     labels, templates = _labels(args), read_templates(args.templates)
     paths = collect_images(args.images)
     if not paths:
-        raise ValueError("no images found in the inputs")
+        raise InputError("no images found in the inputs")
     model, preprocess = load(args.model, dtype=jnp.dtype(args.dtype), attention=args.attention)
     sharded = ShardedCLIP(model, batch_size=args.batch_size)
     weights = zeroshot_classifier(sharded, labels, templates, truncate=args.truncate)
@@ -170,7 +173,7 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", "--top-k", type=positive_int, default=10, help="results (default: 10)")
     add_truncate_arg(p, False, "a query")
     p.add_argument("--model", "-m", help="the model (default: the one the folder was embedded with)")
-    p.add_argument("--dtype", default=None, choices=DTYPES, help="compute dtype (default: the folder's)")
+    p.add_argument("--dtype", default=None, choices=FLOAT_DTYPES, help="compute dtype (default: the folder's)")
     p.set_defaults(run=run_search)
 
 
@@ -187,9 +190,9 @@ def run_search(args: argparse.Namespace) -> int:
     info = read_manifest(manifest) if manifest.exists() else {}
     model_path = args.model or info.get("model")
     if not model_path:
-        raise ValueError(f"{args.folder}: no {MANIFEST} naming the model; pass --model")
+        raise InputError(f"{args.folder}: no {MANIFEST} naming the model; pass --model")
     if (args.query is None) == (args.image is None):
-        raise ValueError("give a text QUERY or --image FILE (one of them)")
+        raise InputError("give a text QUERY or --image FILE (one of them)")
     model, preprocess = load(model_path, dtype=jnp.dtype(args.dtype or info.get("dtype", "float32")))
     if args.image is not None:
         query = np.asarray(model.encode_image(preprocess.pixels(args.image)[None]))
@@ -218,11 +221,7 @@ def add_index_args(p: argparse.ArgumentParser) -> None:
 def run_index(args: argparse.Namespace) -> int:
     from ..jobs.search import build_index  # when run: see the module docstring
 
-    try:
-        print(f"wrote {build_index(args.folder, factory=args.factory)}")
-    except ImportError as e:
-        print(f"clip-jax: error: {e}", file=sys.stderr)
-        return 1
+    print(f"wrote {build_index(args.folder, factory=args.factory)}")
     return 0
 
 
@@ -242,16 +241,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(p: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
-    """Parse and run; a user error prints one line on stderr and returns 1 (no traceback)."""
+    """Parse and run; a user error (common.is_user_error) prints one line on stderr and returns 1, anything
+    else is a bug and propagates with its traceback."""
     args = p.parse_args(argv)
     _tolerate_undecodable_names()
     try:
         return args.run(args) or 0
-    except USER_ERRORS as e:
-        msg = str(e)
-        if hasattr(args, "truncate"):  # the tokenizer's advice, in this command's terms
-            msg = msg.replace("pass truncate=True", "pass --truncate")
-        print(f"{p.prog}: error: {msg}", file=sys.stderr)
+    except Exception as e:
+        if not is_user_error(e):
+            raise
+        # The tokenizer's advice in the command line's terms: each command that tokenizes has --truncate.
+        print(f"{p.prog}: error: {str(e).replace('pass truncate=True', 'pass --truncate')}", file=sys.stderr)
         return 1
 
 
