@@ -1,13 +1,17 @@
-"""The project's own errors: what a reader of outside bytes may raise.
+"""The project's own errors: what clip_jax raises on purpose, a reader of outside bytes included.
 
 Every reader of bytes or values that come from outside (tar/pax shards, parquet tables, zip and pickle
 checkpoints, safetensors headers, msgpack, npz, JSON configs, CSV, caches) either returns or raises a
-`ClipJaxError`; the fuzz tests (tests/test_fuzz_readers.py) hold each reader to that. The subclasses keep
-the builtin base a caller would already catch (`ValueError` for bad contents, `OSError` for a file that
-can't be read), so `except ValueError` still works, and the command line prints any of them as one line.
+`ClipJaxError`; the fuzz and hostile-input tests (tests/fuzz.py and its users, tests/test_*_hostile.py)
+hold each reader to that. The subclasses keep the builtin base a caller would already catch (`ValueError`
+for bad contents, `OSError` for a file that can't be read), so `except ValueError` still works. The
+command line prints any of them as one line (cli.common.is_user_error); any other exception is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
+
+from importlib.util import find_spec
 
 __all__ = ["ClipJaxError", "InputError", "LimitError", "MissingExtraError", "ShardError", "require_extra"]
 
@@ -36,8 +40,6 @@ class ShardError(ClipJaxError, OSError):
 def require_extra(extra: str, what: str, *modules: str) -> None:
     """Raise MissingExtraError, one line naming `pip install 'clip-jax[extra]'`, when any of `modules` is
     not installed. Looked up with find_spec: nothing is imported, so the check costs no start-up time."""
-    from importlib.util import find_spec  # kept local: this module imports nothing at the top
-
     missing = [m for m in modules if find_spec(m) is None]
     if missing:
         raise MissingExtraError(f"{what} needs {', '.join(missing)}, not installed: pip install 'clip-jax[{extra}]'")
