@@ -109,3 +109,10 @@ def test_a_manifest_whose_shard_lacks_a_field(tmp_path, shard):
     path.write_text(json.dumps({"format": "clip_jax.embed", "shards": {"0": shard}}))
     with pytest.raises(ValueError, match="not a valid manifest \\(shard '0' lacks its items, rows or errors\\)"):
         read_manifest(path)
+
+
+def test_a_labels_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes("chien\nchat\nb\xe9b\xe9\n".encode("latin-1"))
+    assert cli.main(["classify", str(tmp_path), "--labels-file", str(labels), "--model", "m.safetensors"]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"clip-jax: error: {labels}: not UTF-8 text (byte 12)"]
