@@ -56,6 +56,7 @@ def main(argv=None):
     ap.add_argument("--dir", default=None, help="reuse/keep JPEGs in this directory")
     args = ap.parse_args(argv)
 
+    # The reference, after parsing: --help answers without importing torch.
     import open_clip
     import torch
 
@@ -108,7 +109,7 @@ def main(argv=None):
     def ours_threaded_float():
         return load_images(paths, ours, num_threads=threads, normalized=True).pixels
 
-    import jax
+    import jax  # only for the on-device normalization rows
 
     jnorm = jax.jit(normalize_pixels)
 

@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="rounds (median)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
+    # After the path: tests.reference is found from the repository root; torch only to write the checkpoint.
     import torch
 
     import clip_jax

@@ -44,7 +44,7 @@ def _time(fn):
 
 
 def bench(texts, repeats, label):
-    from open_clip.tokenizer import SimpleTokenizer as OpenClipTokenizer
+    from open_clip.tokenizer import SimpleTokenizer as OpenClipTokenizer  # the reference (and torch): only here
 
     inf = float("inf")
     best = {"ref": [inf, inf], "ours": [inf, inf]}
@@ -86,7 +86,7 @@ def main():
     non_ascii = [t for t in texts if not t.isascii()]
 
     # Warm up library-level state (ftfy, regex caches) on unrelated texts.
-    from open_clip.tokenizer import SimpleTokenizer as OpenClipTokenizer
+    from open_clip.tokenizer import SimpleTokenizer as OpenClipTokenizer  # as in bench
 
     warm = captions(200, seed=args.seed + 12345)
     OpenClipTokenizer()(warm)

@@ -30,7 +30,6 @@ def is_user_error(e: BaseException) -> bool:
     return isinstance(e, OSError) and (e.filename is not None or isinstance(e, _PATH_ERRORS))
 
 
-
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (a batch of 0 or a top-0 is a mistake, refused at parsing)."""
     value = int(text)
@@ -40,6 +39,7 @@ def positive_int(text: str) -> int:
 
 
 def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (a process index)."""
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
