@@ -27,12 +27,13 @@ from flax import nnx
 from .calls import call_jitted, lower as lower, rebind as rebind
 from .checks import check_images, check_tokens
 from .config import CLIPConfig, TextConfig
+from .errors import InputError
 from .image import normalize_pixels
-from .layers import _SHAPES_ONLY, Dtype, conv2d as conv2d
+from .layers import SHAPES_ONLY, Dtype, conv2d as conv2d
 from .param_check import check_params
 from .resnet import ModifiedResNet
 from .roles import TEMPERATURE, Declared, declarations, declare, flat_name
-from .states import TowerStates, _kept, _select, layer_indices
+from .states import TowerStates, kept_layers, layer_indices, select_states
 from .text import TextTowerMixin
 from .tokenizer import trim_tokens
 from .vit import VisionTransformer
@@ -43,10 +44,10 @@ def runtime_options(dtype: Dtype, attention: str | None, precision: str | None) 
     given, so GPUs don't silently use TF32 (PyTorch's fp32 matmuls don't)."""
     dtype = jnp.dtype(dtype)
     if attention not in (None, "xla", "cudnn"):
-        raise ValueError(f"attention must be None, 'xla' or 'cudnn'; got {attention!r}")
+        raise InputError(f"attention must be None, 'xla' or 'cudnn'; got {attention!r}")
     # Otherwise the first call fails deep inside XLA's lowering.
     if attention == "cudnn" and dtype not in (jnp.bfloat16, jnp.float16):
-        raise ValueError(f"attention='cudnn' needs dtype bfloat16 or float16 (cuDNN's fused attention "
+        raise InputError(f"attention='cudnn' needs dtype bfloat16 or float16 (cuDNN's fused attention "
                          f"has no float32 kernel); got dtype {dtype}")
     # Whether cuDNN is there is checked where a program is run or lowered (call_jitted, lower), not
     # here: a model can be built on the CPU and compiled for a GPU target ahead of time.
@@ -145,8 +146,8 @@ def image_hidden_states(visual, config: CLIPConfig, images: jax.Array, layers) -
     _check_vit(config)
     if images.dtype == jnp.uint8:
         images = normalize_pixels(images, config.image_mean, config.image_std)
-    last, kept, pooled, features = visual.hidden_states(images, _kept(layers, config.vision.layers))
-    return TowerStates(last, _select(kept, layers, config.vision.layers), pooled, features)
+    last, kept, pooled, features = visual.hidden_states(images, kept_layers(layers, config.vision.layers))
+    return TowerStates(last, select_states(kept, layers, config.vision.layers), pooled, features)
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:
@@ -285,12 +286,12 @@ def abstract_model(
     Built with shape-only initializers rather than nnx.eval_shape: tracing ~300 initializers costs
     about a second for ViT-B/32 (with flax 0.12, time quadratic in the model's size), which would make
     reading a checkpoint slower than torch.load."""
-    token = _SHAPES_ONLY.set(True)
+    token = SHAPES_ONLY.set(True)
     try:
         model = (model_type or CLIP)(config, dtype=dtype, param_dtype=param_dtype, attention=attention,
                                      rngs=_ShapeOnlyRngs(), **dict(options))
     finally:
-        _SHAPES_ONLY.reset(token)
+        SHAPES_ONLY.reset(token)
     to_shape = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # BatchNorm makes its statistics eagerly
     return nnx.split(jax.tree.map(to_shape, model))
 

@@ -313,7 +313,7 @@ def test_towers_jit_bf16_and_functional(bigg):
     np.testing.assert_allclose(sharded.encode_text(TOKENS), a, atol=1e-6)
     with pytest.raises(clip_jax.MissingTowerError):
         sharded.encode_image(np.zeros((1, 224, 224, 3), np.uint8))
-    with pytest.raises(ValueError, match="no logit_scale"):
+    with pytest.raises(ValueError, match="no logit scale"):
         sharded.clip_logits(np.zeros((1, 224, 224, 3), np.uint8), TOKENS)
 
 

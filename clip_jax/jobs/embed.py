@@ -30,8 +30,7 @@ from ..data.sources import IMAGE_EXTENSIONS, open_source, read_captions
 from ..dtypes import EMBEDDING_DTYPES, FLOAT_DTYPES, one_of
 from ..errors import InputError
 from ..hub import load
-from ..image import ImageError, transform_for
-from ..tokenizer import tokenize
+from ..image import ImageError
 from . import embed_shards
 from .embed_folder import EmbeddingFolder, progress_bar
 
@@ -234,7 +233,7 @@ def _embed_files(job: EmbedJob, t0: float, *, model, dtype: str, batch_size: int
             sharded, preprocess = _sharded(sharded, model, dtype, attention, batch_size,
                                            parallel.make_mesh(model_parallel))
             if job.captions is not None and not truncate:  # fail now, not after the shards before a long caption
-                _check_captions_fit(job.captions, sharded.config.text.context_length, job.shard_size)
+                _check_captions_fit(job.captions, sharded.family.tokenizer(sharded.config), job.shard_size)
             bar = progress_bar(job.items, job.items_done() if writer else 0,
                                "img" if job.images is not None else "text", progress and writer)
             try:
@@ -257,7 +256,7 @@ def _sharded(sharded, model, dtype: str, attention, batch_size: int, mesh):
     and its preprocess transform."""
     if sharded is None:
         return _load_sharded(model, dtype, attention, mesh, batch_size)
-    return sharded, transform_for(sharded.config)  # the transform load() would give
+    return sharded, sharded.family.transform(sharded.config)  # the transform load() would give
 
 
 def _check_job_args(model, dtype: str, emb_dtype: str) -> None:
@@ -317,7 +316,7 @@ def _embed_shard(job: EmbedJob, k: int, sharded, preprocess, num_threads, trunca
         errors = _all_errors(job.images[lo:hi], keep, errors, preprocess) if writer else errors
     if job.captions is not None:
         # By default long captions are cut, as clip-retrieval does (not an error).
-        tokens = tokenize(job.captions[lo:hi], context_length=sharded.config.text.context_length, truncate=truncate)
+        tokens = sharded.family.tokenizer(sharded.config)(job.captions[lo:hi], truncate=truncate)
         text_emb = sharded.encode_text(tokens, normalized=True)
         if job.images is None:
             bar.update(hi - lo)
@@ -358,10 +357,10 @@ def _embed_shards(source, output, t0: float, *, model, dtype: str, emb_dtype: st
     return Summary(items, rows, items - rows, job.num_shards, done_now, time.perf_counter() - t0, errors)
 
 
-def _check_captions_fit(captions: Sequence[str], context_length: int, chunk: int) -> None:
+def _check_captions_fit(captions: Sequence[str], tokenizer, chunk: int) -> None:
     for lo in range(0, len(captions), chunk):
         try:
-            tokenize(captions[lo: lo + chunk], context_length=context_length)
+            tokenizer(captions[lo: lo + chunk])
         except ValueError as e:
             raise InputError(f"captions (text 0 is line {lo + 1}): {e}") from None
 

@@ -41,7 +41,6 @@ from ..data.sources import Source
 from ..errors import ClipJaxError, InputError, ShardError
 from ..image import Decoder
 from ..parallel import prefetch
-from ..tokenizer import tokenize
 from .embed_folder import ERRORS, EmbeddingFolder, progress_bar
 
 # The metadata's json fields. Each field gets a column while a shard has at most MAX_COLUMNS distinct
@@ -408,7 +407,7 @@ def run(job: ShardJob, sharded, transform, *, num_threads: int | None, truncate:
         text_emb = None
         if job.text:
             captions = [s["txt"] or "" for s, ok in zip(samples, keep) if ok]
-            tokens = tokenize(captions, context_length=sharded.config.text.context_length, truncate=truncate)
+            tokens = sharded.family.tokenizer(sharded.config)(captions, truncate=truncate)
             text_emb = sharded.encode_text(tokens, normalized=True) if captions else np.zeros((0, dim))
         return job.write_shard(k, samples, keep, image_emb, text_emb, errors)
 

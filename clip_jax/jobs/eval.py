@@ -58,11 +58,10 @@ from tqdm import tqdm
 
 from .. import download
 from ..errors import InputError
+from ..families import family_of
 from ..fileio import atomic_write
-from ..image import transform_for
 from ..model import flat_params
 from ..parallel import ShardedCLIP
-from ..tokenizer import tokenize
 from ..zeroshot import IMAGENET_TEMPLATES, zeroshot_classifier
 
 # classification_data, retrieval_data, result, write_result: clip_jax.cli.eval calls them as ev.*; every
@@ -506,9 +505,9 @@ def image_features(sharded, preprocess, images: Sequence, progress: bool = True,
 def text_features(sharded, texts: Sequence[str], truncate: bool = True, batch: int = 65536) -> np.ndarray:
     """Normalized text features [M, D]; texts longer than the context are cut (as open_clip's tokenizer
     in CLIP_benchmark) unless truncate=False."""
-    ctx = sharded.config.text.context_length
-    parts = [sharded.encode_text(tokenize(list(texts[s:s + batch]), context_length=ctx, truncate=truncate),
-                                 normalized=True) for s in range(0, len(texts), batch)]
+    tok = sharded.family.tokenizer(sharded.config)
+    parts = [sharded.encode_text(tok(list(texts[s:s + batch]), truncate=truncate), normalized=True)
+             for s in range(0, len(texts), batch)]
     return np.concatenate(parts) if parts else np.zeros((0, sharded.config.embed_dim), np.float32)
 
 
@@ -532,7 +531,7 @@ class _Runner:
 
     def __init__(self, model, preprocess, batch_size: int, mesh, cache_dir, progress: bool):
         self.sharded = sharded_model(model, batch_size, mesh)
-        self.preprocess = preprocess if preprocess is not None else transform_for(model.config)
+        self.preprocess = preprocess if preprocess is not None else family_of(model).transform(model.config)
         self.progress = progress
         self.cache_dir = cache_dir
         self.model_key = model_fingerprint(model) if cache_dir is not None else ""
