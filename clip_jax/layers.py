@@ -27,12 +27,12 @@ Dtype = jnp.dtype | type
 
 # While set, every initializer returns a jax.ShapeDtypeStruct: abstract_model() builds the module tree
 # (names, shapes, dtypes) without tracing or allocating anything.
-_SHAPES_ONLY = contextvars.ContextVar("clip_jax_shapes_only", default=False)
+SHAPES_ONLY = contextvars.ContextVar("clip_jax_shapes_only", default=False)
 
 
-def _init(init: Callable) -> Callable:
+def lazy_init(init: Callable) -> Callable:
     def init_or_shape(key, shape, dtype=jnp.float32):
-        if _SHAPES_ONLY.get():
+        if SHAPES_ONLY.get():
             return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype))
         return init(key, shape, dtype)
 
@@ -43,29 +43,30 @@ def _init(init: Callable) -> Callable:
 # conversion to PyTorch, the sharding, weight decay and the fp16 release mix are read from there.
 
 
-def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, role: Role) -> nnx.Param:
+def normal_param(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, role: Role) -> nnx.Param:
     """A parameter used as it is (an embedding, a projection matrix), replicated on a mesh."""
-    return nnx.Param(_init(nnx.initializers.normal(std))(rngs.params(), shape), **declare(role, *(None,) * len(shape)))
+    value = lazy_init(nnx.initializers.normal(std))(rngs.params(), shape)
+    return nnx.Param(value, **declare(role, *(None,) * len(shape)))
 
 
-def _dense(din: int, dout: int, dtype, precision, rngs: nnx.Rngs, std: float | None = None,
+def dense(din: int, dout: int, dtype, precision, rngs: nnx.Rngs, std: float | None = None,
            axes: tuple[str | None, str | None] = (None, None), torch_name: str | None = None) -> nnx.Linear:
     """nn.Linear(din, dout); `axes` split its kernel [in, out] on a mesh, the bias along with the output.
     torch_name: torch's name for the weight where its module keeps it itself ("in_proj" for
     nn.MultiheadAttention's in_proj_weight / in_proj_bias)."""
     init = nnx.initializers.normal(std) if std else nnx.initializers.lecun_normal()
     names = (f"{torch_name}_weight", f"{torch_name}_bias") if torch_name else (None, None)
-    return nnx.Linear(din, dout, dtype=dtype, precision=precision, kernel_init=_init(init),
-                      bias_init=_init(nnx.initializers.zeros), rngs=rngs,
+    return nnx.Linear(din, dout, dtype=dtype, precision=precision, kernel_init=lazy_init(init),
+                      bias_init=lazy_init(nnx.initializers.zeros), rngs=rngs,
                       kernel_metadata=declare(KERNEL, *axes, torch_name=names[0]),
                       bias_metadata=declare(BIAS, axes[1], torch_name=names[1]))
 
 
-def _layer_norm(width: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+def layer_norm(width: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
     # float32 whatever the compute dtype, as OpenAI's LayerNorm subclass does; the two-pass variance
     # (Flax's fast E[x^2] - E[x]^2 loses digits) to match torch.
     return nnx.LayerNorm(width, epsilon=eps, dtype=jnp.float32, use_fast_variance=False, rngs=rngs,
-                         scale_init=_init(nnx.initializers.ones), bias_init=_init(nnx.initializers.zeros),
+                         scale_init=lazy_init(nnx.initializers.ones), bias_init=lazy_init(nnx.initializers.zeros),
                          scale_metadata=declare(NORM_SCALE, None), bias_metadata=declare(NORM_BIAS, None))
 
 
@@ -86,7 +87,7 @@ REMAT_POLICIES = {
 }
 
 
-def _check_remat_policy(name: str) -> str:
+def check_remat_policy(name: str) -> str:
     if name not in REMAT_POLICIES:
         raise ValueError(f"remat_policy must be one of {tuple(REMAT_POLICIES)}; got {name!r}")
     return name
@@ -104,11 +105,11 @@ def rematerialized(fn: Callable, remat: bool, policy: str) -> Callable:
     return nnx.remat(fn, policy=REMAT_POLICIES[policy], graph_updates=False)
 
 
-def _matmul_precision(precision: str | None):
+def matmul_precision(precision: str | None):
     return jax.default_matmul_precision(precision) if precision else contextlib.nullcontext()
 
 
-def _take_rows(x: jax.Array, index: jax.Array) -> jax.Array:
+def take_rows(x: jax.Array, index: jax.Array) -> jax.Array:
     """`x[arange(B), index]` for x [B, L, ...], index int [B] -> [B, ...], as a gather whose batch dim
     is a batching dim. With `x[jnp.arange(B), index]` and an index built inside the program (the image
     tower's zeros), the SPMD partitioner can't tell the rows are local: every chip gathered a global
@@ -126,9 +127,9 @@ class MultiheadAttention(nnx.Module):
         # Megatron split on a "model" mesh axis: heads across devices. out_proj's rows are split; in_proj
         # is replicated, as no contiguous split of its fused q|k|v columns gives a device whole heads
         # (it would reshard every call): each device computes its heads from it (see _project_in).
-        self.in_proj = _dense(width, 3 * width, dtype, precision, rngs, std=width**-0.5, axes=(None, None),
+        self.in_proj = dense(width, 3 * width, dtype, precision, rngs, std=width**-0.5, axes=(None, None),
                               torch_name="in_proj")
-        self.out_proj = _dense(width, width, dtype, precision, rngs, std=width**-0.5, axes=(MODEL, None))
+        self.out_proj = dense(width, width, dtype, precision, rngs, std=width**-0.5, axes=(MODEL, None))
 
     def _project_in(self, x: jax.Array, parts: slice) -> jax.Array:
         """x [B, L, D] through in_proj, for q (parts 0:1), k and v (1:3) or all three (0:3) -> [B, L,
@@ -145,7 +146,7 @@ class MultiheadAttention(nnx.Module):
         [B, Lq, D]; `mask`: dot_product_attention's is_causal or key_value_seq_lengths."""
         b, length, h, k_dim = q.shape
         # Softmax runs in float32 inside jax.nn.dot_product_attention for every input dtype.
-        with _matmul_precision(self.precision):
+        with matmul_precision(self.precision):
             out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention, **mask)
         return self.out_proj(out.reshape(b, length, h * k_dim))
 
@@ -160,7 +161,7 @@ class MultiheadAttention(nnx.Module):
         Equal to __call__(x)[arange(B), index] but projects queries, output and (in the block) the MLP
         for one token instead of L: the last block of a tower only needs its pooled token.
         """
-        q = self._project_in(_take_rows(x, index)[:, None], slice(0, 1))[:, :, 0]
+        q = self._project_in(take_rows(x, index)[:, None], slice(0, 1))[:, :, 0]
         k, v = jnp.unstack(self._project_in(x, slice(1, 3)), axis=2)
         # Causal: the query at position i sees keys 0..i, which is a key length of i + 1 (a padding mask,
         # which cuDNN takes natively, rather than a dense mask it would have to add as a bias).
@@ -175,8 +176,8 @@ class MLP(nnx.Module):
         if activation not in ACTIVATION_FUNCTIONS:
             raise ValueError(f"activation must be one of {tuple(ACTIVATION_FUNCTIONS)}; got {activation!r}")
         # Megatron split: the hidden units across devices (c_fc columns, c_proj rows).
-        self.c_fc = _dense(width, hidden, dtype, precision, rngs, std=(2 * width) ** -0.5, axes=(None, MODEL))
-        self.c_proj = _dense(hidden, width, dtype, precision, rngs, std=width**-0.5, axes=(MODEL, None))
+        self.c_fc = dense(width, hidden, dtype, precision, rngs, std=(2 * width) ** -0.5, axes=(None, MODEL))
+        self.c_proj = dense(hidden, width, dtype, precision, rngs, std=width**-0.5, axes=(MODEL, None))
         self.activation = activation
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -187,7 +188,7 @@ class LayerScale(nnx.Module):
     """open_clip's LayerScale: x * gamma, one learned gain per channel."""
 
     def __init__(self, width: int, init_value: float):
-        self.gamma = nnx.Param(_init(nnx.initializers.constant(init_value))(None, (width,)), **declare(GAIN, None))
+        self.gamma = nnx.Param(lazy_init(nnx.initializers.constant(init_value))(None, (width,)), **declare(GAIN, None))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x * self.gamma[...].astype(x.dtype)
@@ -216,9 +217,9 @@ class ResidualAttentionBlock(nnx.Module):
     def __init__(self, width: int, heads: int, mlp_width: int, *, eps: float, activation: str,
                  ls_init_value: float | None = None, dtype, precision, attention: str | None, rngs: nnx.Rngs):
         self.dtype = dtype
-        self.ln_1 = _layer_norm(width, eps, rngs)
+        self.ln_1 = layer_norm(width, eps, rngs)
         self.attn = MultiheadAttention(width, heads, dtype=dtype, precision=precision, attention=attention, rngs=rngs)
-        self.ln_2 = _layer_norm(width, eps, rngs)
+        self.ln_2 = layer_norm(width, eps, rngs)
         self.mlp = MLP(width, mlp_width, activation, dtype=dtype, precision=precision, rngs=rngs)
         scale = (lambda: LayerScale(width, ls_init_value)) if ls_init_value is not None else Identity
         self.ls_1, self.ls_2 = scale(), scale()
@@ -232,7 +233,7 @@ class ResidualAttentionBlock(nnx.Module):
             attn = self.attn(h, causal=causal)
         else:
             attn = self.attn.query_one(h, index, causal=causal)
-            x = _take_rows(x, index)[:, None]
+            x = take_rows(x, index)[:, None]
         x = x + self.ls_1(attn)
         return x + self.ls_2(self.mlp(self.ln_2(x).astype(self.dtype)))
 
@@ -256,7 +257,7 @@ class Transformer(nnx.Module):
                  remat_policy: str = "nothing_saveable", **block):
         self.resblocks = nnx.List([ResidualAttentionBlock(width, heads, mlp_width, **block) for _ in range(layers)])
         self.remat = remat
-        self.remat_policy = _check_remat_policy(remat_policy)
+        self.remat_policy = check_remat_policy(remat_policy)
 
     def _blocks(self, causal: bool) -> tuple[Callable, Callable]:
         """(block, x) -> block(x) and (block, x, index) -> block.pooled(x, index), rematerialized when asked."""
@@ -286,7 +287,7 @@ class Transformer(nnx.Module):
         return x, kept
 
 
-def _project(x: jax.Array, proj: jax.Array, dtype, precision) -> jax.Array:
+def project(x: jax.Array, proj: jax.Array, dtype, precision) -> jax.Array:
     """x @ proj in the compute dtype, accumulated and returned in float32."""
     return jnp.dot(x.astype(dtype), proj.astype(dtype), precision=precision, preferred_element_type=jnp.float32)
 

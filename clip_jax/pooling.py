@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .layers import _dense, _matmul_precision, _normal
+from .layers import dense, matmul_precision, normal_param
 from .roles import EMBEDDING, MODEL
 
 
@@ -18,13 +18,13 @@ class AttentionPool2d(nnx.Module):
         self.num_heads = num_heads
         self.attention = attention
         self.precision = precision
-        self.positional_embedding = _normal(rngs, (spacial_dim**2 + 1, embed_dim), embed_dim**-0.5, EMBEDDING)
+        self.positional_embedding = normal_param(rngs, (spacial_dim**2 + 1, embed_dim), embed_dim**-0.5, EMBEDDING)
         std = embed_dim**-0.5
         # Megatron split: heads across devices, as in MultiheadAttention.
-        self.k_proj = _dense(embed_dim, embed_dim, dtype, precision, rngs, std=std, axes=(None, MODEL))
-        self.q_proj = _dense(embed_dim, embed_dim, dtype, precision, rngs, std=std, axes=(None, MODEL))
-        self.v_proj = _dense(embed_dim, embed_dim, dtype, precision, rngs, std=std, axes=(None, MODEL))
-        self.c_proj = _dense(embed_dim, output_dim, dtype, precision, rngs, std=std, axes=(MODEL, None))
+        self.k_proj = dense(embed_dim, embed_dim, dtype, precision, rngs, std=std, axes=(None, MODEL))
+        self.q_proj = dense(embed_dim, embed_dim, dtype, precision, rngs, std=std, axes=(None, MODEL))
+        self.v_proj = dense(embed_dim, embed_dim, dtype, precision, rngs, std=std, axes=(None, MODEL))
+        self.c_proj = dense(embed_dim, output_dim, dtype, precision, rngs, std=std, axes=(MODEL, None))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [N, H, W, C] -> [N, output_dim]."""
@@ -36,6 +36,6 @@ class AttentionPool2d(nnx.Module):
         q = self.q_proj(x[:, :1]).reshape(n, 1, self.num_heads, head_dim)
         k = self.k_proj(x).reshape(n, h * w + 1, self.num_heads, head_dim)
         v = self.v_proj(x).reshape(n, h * w + 1, self.num_heads, head_dim)
-        with _matmul_precision(self.precision):
+        with matmul_precision(self.precision):
             out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention)
         return self.c_proj(out.reshape(n, c))

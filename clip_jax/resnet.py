@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .config import CLIPConfig, VisionConfig
-from .layers import _check_remat_policy, _init, conv2d, rematerialized
+from .layers import check_remat_policy, conv2d, lazy_init, rematerialized
 from .pooling import AttentionPool2d
 from .roles import BATCH_STAT, KERNEL, MODEL, NORM_BIAS, NORM_SCALE, declare
 
@@ -20,7 +20,7 @@ def _conv(din: int, dout: int, k: int, *, stride: int = 1, dtype, precision, rng
     pad = (k - 1) // 2
     return nnx.Conv(
         din, dout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
-        precision=precision, kernel_init=_init(nnx.initializers.lecun_normal()), rngs=rngs,
+        precision=precision, kernel_init=lazy_init(nnx.initializers.lecun_normal()), rngs=rngs,
         kernel_metadata=declare(KERNEL, None, None, None, out_axis),
     )
 
@@ -28,7 +28,7 @@ def _conv(din: int, dout: int, k: int, *, stride: int = 1, dtype, precision, rng
 def _batch_norm(width: int, eps: float, dtype, rngs) -> nnx.BatchNorm:
     # Inference: running statistics, torch's eps; momentum 0.9 is torch's 0.1 in Flax's convention.
     bn = nnx.BatchNorm(width, use_running_average=True, epsilon=eps, momentum=0.9, dtype=dtype, rngs=rngs,
-                       scale_init=_init(nnx.initializers.ones), bias_init=_init(nnx.initializers.zeros),
+                       scale_init=lazy_init(nnx.initializers.ones), bias_init=lazy_init(nnx.initializers.zeros),
                        scale_metadata=declare(NORM_SCALE, None), bias_metadata=declare(NORM_BIAS, None))
     # Flax makes the statistics without a metadata argument: declared here instead.
     bn.mean = nnx.BatchStat(bn.mean.get_raw_value(), **declare(BATCH_STAT, None))
@@ -103,7 +103,7 @@ class ResNetStage(nnx.List):
         super().__init__([Bottleneck(inplanes, planes, stride, eps, **kw)]
                          + [Bottleneck(outplanes, planes, 1, eps, **kw) for _ in range(1, blocks)])
         self.remat = remat
-        self.remat_policy = _check_remat_policy(remat_policy)
+        self.remat_policy = check_remat_policy(remat_policy)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [N, H, W, inplanes] -> [N, H / stride, W / stride, 4 * planes]."""

@@ -39,9 +39,9 @@ def layer_indices(layers, n_blocks: int) -> tuple[int, ...] | None:
     return tuple(out)
 
 
-def _kept(layers: tuple[int, ...] | None, n_blocks: int) -> frozenset[int]:
+def kept_layers(layers: tuple[int, ...] | None, n_blocks: int) -> frozenset[int]:
     return frozenset(range(n_blocks + 1) if layers is None else layers)
 
 
-def _select(kept: dict, layers: tuple[int, ...] | None, n_blocks: int) -> tuple[jax.Array, ...]:
+def select_states(kept: dict, layers: tuple[int, ...] | None, n_blocks: int) -> tuple[jax.Array, ...]:
     return tuple(kept[i] for i in (range(n_blocks + 1) if layers is None else layers))

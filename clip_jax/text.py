@@ -8,9 +8,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .config import CLIPConfig, TextConfig
-from .layers import Transformer, _dense, _init, _layer_norm, _normal, _project, _take_rows
+from .layers import Transformer, dense, layer_norm, lazy_init, normal_param, project, take_rows
 from .roles import EMBEDDING, PROJECTION, TOKEN_EMBEDDING, declare
-from .states import TowerStates, _kept, _select
+from .states import TowerStates, kept_layers, select_states
 
 
 class TextTowerMixin:
@@ -24,21 +24,21 @@ class TextTowerMixin:
         self.dtype = dtype
         self.precision = precision
         self.token_embedding = nnx.Embed(
-            t.vocab_size, t.width, dtype=dtype, embedding_init=_init(nnx.initializers.normal(0.02)), rngs=rngs,
+            t.vocab_size, t.width, dtype=dtype, embedding_init=lazy_init(nnx.initializers.normal(0.02)), rngs=rngs,
             embedding_metadata=declare(TOKEN_EMBEDDING, None, None),
         )
-        self.positional_embedding = _normal(rngs, (t.context_length, t.width), 0.01, EMBEDDING)
+        self.positional_embedding = normal_param(rngs, (t.context_length, t.width), 0.01, EMBEDDING)
         self.transformer = Transformer(
             t.width, t.layers, t.heads, t.mlp_width, eps=cfg.layer_norm_eps, activation=cfg.activation,
             ls_init_value=t.ls_init_value, dtype=dtype, precision=precision, attention=attention, rngs=rngs,
         )
-        self.ln_final = _layer_norm(t.width, cfg.layer_norm_eps, rngs)
+        self.ln_final = layer_norm(t.width, cfg.layer_norm_eps, rngs)
         # None without a projection, as transformers' CLIPTextModel. open_clip's proj_bias: an nn.Linear
         # (weight [out, in] + bias) instead of a matrix.
         if projection and t.proj_bias:
-            self.text_projection = _dense(t.width, cfg.embed_dim, dtype, precision, rngs, std=t.width**-0.5)
+            self.text_projection = dense(t.width, cfg.embed_dim, dtype, precision, rngs, std=t.width**-0.5)
         elif projection:
-            self.text_projection = _normal(rngs, (t.width, cfg.embed_dim), t.width**-0.5, PROJECTION)
+            self.text_projection = normal_param(rngs, (t.width, cfg.embed_dim), t.width**-0.5, PROJECTION)
         self.text_projected = projection
         self.text_config = t
 
@@ -60,12 +60,12 @@ class TextTowerMixin:
         attention_mask): last_hidden_state is ln_final of every token, pooled its row at the pooled
         position. layers: which hidden states to keep (indices into the full tuple; None: all)."""
         t = self.text_config
-        keep = _kept(layers, t.layers)
+        keep = kept_layers(layers, t.layers)
         x, kept = self.transformer.hidden_states(self._embed(tokens), keep, causal=t.causal)
         last = self.ln_final(x)
-        pooled = _take_rows(last, _pool_index(tokens, t))
+        pooled = take_rows(last, _pool_index(tokens, t))
         features = self._text_project(pooled) if self.text_projected else None
-        return TowerStates(last, _select(kept, layers, t.layers), pooled, features)
+        return TowerStates(last, select_states(kept, layers, t.layers), pooled, features)
 
     def _embed(self, tokens: jax.Array) -> jax.Array:
         """tokens: int [N, L] -> the transformer's input [N, L, width]."""
@@ -85,8 +85,8 @@ class TextTowerMixin:
                              "clip_jax.text_states(model, tokens).pooled instead of its features")
         if self.text_config.proj_bias:
             proj, bias = self.text_projection.kernel[...], self.text_projection.bias[...]
-            return _project(x, proj, self.dtype, self.precision) + bias.astype(jnp.float32)
-        return _project(x, self.text_projection[...], self.dtype, self.precision)
+            return project(x, proj, self.dtype, self.precision) + bias.astype(jnp.float32)
+        return project(x, self.text_projection[...], self.dtype, self.precision)
 
 
 def _pool_index(tokens: jax.Array, t: TextConfig) -> jax.Array:

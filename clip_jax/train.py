@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from .calls import rebind
 from .checkpoint.declared import declared_by_name
 from .checks import check_images, check_tokens
-from .layers import Transformer, _check_remat_policy
+from .layers import Transformer, check_remat_policy
 from .model import CLIP
 from .resnet import ResNetStage
 from .roles import DATA as DATA_AXIS, declared, flat_name, is_variable
@@ -132,7 +132,7 @@ def set_remat(model: nnx.Module, remat: bool = True, policy: str = "nothing_save
     `remat`, each residual block's activations are recomputed in the backward pass, keeping what the
     jax.checkpoint policy named `policy` saves (clip_jax.layers.REMAT_POLICIES). Names and params don't
     change."""
-    _check_remat_policy(policy)
+    check_remat_policy(policy)
     for _, module in nnx.iter_modules(model):
         if isinstance(module, (Transformer, ResNetStage)):
             module.remat, module.remat_policy = remat, policy

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .config import CLIPConfig, VisionConfig
-from .layers import Identity, Transformer, _init, _layer_norm, _normal, _project, conv2d
+from .layers import Identity, Transformer, conv2d, layer_norm, lazy_init, normal_param, project
 from .roles import EMBEDDING, KERNEL, PROJECTION, declare
 
 
@@ -19,22 +19,22 @@ class VisionTransformer(nnx.Module):
         scale = v.width**-0.5
         self.conv1 = nnx.Conv(
             3, v.width, (v.patch_size, v.patch_size), strides=v.patch_size, padding="VALID", use_bias=False,
-            dtype=dtype, precision=precision, kernel_init=_init(nnx.initializers.lecun_normal()), rngs=rngs,
+            dtype=dtype, precision=precision, kernel_init=lazy_init(nnx.initializers.lecun_normal()), rngs=rngs,
             # Replicated: split output channels would split the residual stream's width, and every
             # LayerNorm would all-reduce its statistics over "model".
             kernel_metadata=declare(KERNEL, None, None, None, None),
         )
-        self.class_embedding = _normal(rngs, (v.width,), scale, EMBEDDING)
-        self.positional_embedding = _normal(rngs, (v.grid_size**2 + 1, v.width), scale, EMBEDDING)
+        self.class_embedding = normal_param(rngs, (v.width,), scale, EMBEDDING)
+        self.positional_embedding = normal_param(rngs, (v.grid_size**2 + 1, v.width), scale, EMBEDDING)
         # open_clip's no_ln_pre: nn.Identity, no params
-        self.ln_pre = Identity() if v.no_ln_pre else _layer_norm(v.width, cfg.layer_norm_eps, rngs)
+        self.ln_pre = Identity() if v.no_ln_pre else layer_norm(v.width, cfg.layer_norm_eps, rngs)
         self.transformer = Transformer(
             v.width, v.layers, v.heads, v.mlp_width, eps=cfg.layer_norm_eps, activation=cfg.activation,
             ls_init_value=v.ls_init_value, dtype=dtype, precision=precision, attention=attention, rngs=rngs,
         )
-        self.ln_post = _layer_norm(v.width, cfg.layer_norm_eps, rngs)
+        self.ln_post = layer_norm(v.width, cfg.layer_norm_eps, rngs)
         if projection:  # transformers' CLIPVisionModel has none
-            self.proj = _normal(rngs, (v.width, cfg.embed_dim), scale, PROJECTION)
+            self.proj = normal_param(rngs, (v.width, cfg.embed_dim), scale, PROJECTION)
         self.has_projection = projection
         self.precision = precision
         self.pool_type = v.pool_type
@@ -63,7 +63,7 @@ class VisionTransformer(nnx.Module):
         ln_post), pooled is ln_post of the class token."""
         x, kept = self.transformer.hidden_states(self._tokens(images), keep)
         pooled = self._pool(x)
-        features = _project(pooled, self.proj[...], self.dtype, self.precision) if self.has_projection else None
+        features = project(pooled, self.proj[...], self.dtype, self.precision) if self.has_projection else None
         return x, kept, pooled, features
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -73,4 +73,4 @@ class VisionTransformer(nnx.Module):
             x = self.ln_post(self.transformer(x, pool=jnp.zeros((x.shape[0],), jnp.int32)))
         else:
             x = self._pool(self.transformer(x))
-        return _project(x, self.proj[...], self.dtype, self.precision)
+        return project(x, self.proj[...], self.dtype, self.precision)
