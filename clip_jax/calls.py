@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from .errors import InputError
+
 # nnx.jit walks the module graph on every call (flatten, then merge): 50-90 ms for ViT-B/32 on a CPU core,
 # more than the tower's own compute at small batches and several times a GPU's at any batch. Instead each
 # model is split once, at its first call: its Variables are kept, and a call reads their current values
@@ -79,9 +81,9 @@ def check_platform(model: nnx.Module, platform: str) -> None:
     attention='cudnn' off NVIDIA GPUs; float16 compute on the CPU, whose XLA backend has no float16
     matmul accumulating in float32 (the attention's softmax and the projections use one)."""
     if getattr(model, "attention", None) == "cudnn" and platform not in ("gpu", "cuda"):
-        raise ValueError(f"attention='cudnn' needs an NVIDIA GPU; this program is for {platform!r}")
+        raise InputError(f"attention='cudnn' needs an NVIDIA GPU; this program is for {platform!r}")
     if getattr(model, "compute_dtype", None) == jnp.float16 and platform == "cpu":
-        raise ValueError("dtype='float16' doesn't run on the CPU (XLA's CPU backend has no float16 matmul "
+        raise InputError("dtype='float16' doesn't run on the CPU (XLA's CPU backend has no float16 matmul "
                          "accumulating in float32): use dtype='bfloat16' or 'float32' there, float16 on a GPU")
 
 
