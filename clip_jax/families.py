@@ -67,6 +67,14 @@ class Family:
     head: Callable[[Any], dict[str, Any]]
     logits: Callable[..., tuple[Any, Any]]
 
+    def build_args(self, kind: str, projection: bool = True) -> dict[str, Any]:
+        """model.build()'s and abstract_model()'s arguments for one of this family's checkpoint kinds:
+        {"model_type": the class, "options": its own keyword arguments (a single tower's projection)}."""
+        if kind not in self.models:
+            raise InputError(f"kind must be one of {tuple(self.models)} for {self.name} models, got {kind!r}")
+        options = () if kind == "clip" else (("projection", projection),)
+        return {"model_type": self.models[kind], "options": options}
+
     def kind_of(self, model: Any) -> str:
         """The checkpoint kind of one of this family's models ("clip", "text" or "vision")."""
         for kind, cls in self.models.items():

@@ -43,7 +43,6 @@ from .families import family_of
 from .model import CLIP, build
 from .pos_embed import resize_pos_embed
 from .pretrained import Pretrained
-from .towers import model_type
 
 HF_PREFIX = "hf-hub:"
 HF_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip's order
@@ -99,7 +98,7 @@ def load(
     if image_size is not None:
         config, params = with_image_size(config, params, image_size)
     model = build(config, params, dtype=dtype, param_dtype=param_dtype, attention=attention,
-                  **model_type(kind, projection))
+                  **family_of(config).build_args(kind, projection))
     return model, family_of(config).transform(config)
 
 

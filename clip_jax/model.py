@@ -28,6 +28,7 @@ from .calls import call_jitted, lower as lower, rebind as rebind
 from .checks import check_images, check_tokens
 from .config import CLIPConfig, TextConfig
 from .errors import InputError
+from .families import family_of
 from .image import normalize_pixels
 from .layers import SHAPES_ONLY, Dtype, conv2d as conv2d
 from .param_check import check_params
@@ -246,13 +247,15 @@ def build(
     model_type: type | None = None,
     options: tuple = (),
 ) -> CLIP:
-    """A CLIP holding `params` (flat clip_jax names, e.g. from checkpoint.store.load), cast to
-    `param_dtype`; random init from `seed` when params is None. Names and shapes are checked first.
-    model_type: another model class taking CLIP's arguments (a single tower, see towers.py), with
+    """The two-tower model of `config`'s family (a CLIP for a CLIPConfig) holding `params` (flat
+    clip_jax names, e.g. from checkpoint.store.load), cast to `param_dtype`; random init from `seed` when
+    params is None. Names and shapes are checked first.
+    model_type: another model class taking the config (a single tower: Family.build_args), with
     `options`, (name, value) pairs of its own keyword arguments."""
     if params is None:
-        return (model_type or CLIP)(config, dtype=dtype, param_dtype=param_dtype, attention=attention,
-                                    rngs=nnx.Rngs(seed), **dict(options))
+        cls = model_type or family_of(config).models["clip"]
+        return cls(config, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=nnx.Rngs(seed),
+                   **dict(options))
     graphdef, abstract = abstract_model(config, dtype=dtype, param_dtype=param_dtype, attention=attention,
                                         model_type=model_type, options=options)
     check_params(params, param_shapes(abstract))
@@ -280,16 +283,17 @@ def abstract_model(
     config: CLIPConfig, *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, attention: str | None = None,
     model_type: type | None = None, options: tuple = (),
 ) -> tuple[nnx.GraphDef, nnx.State]:
-    """(graphdef, state of jax.ShapeDtypeStruct) of CLIP(config, ...) (or model_type(config, ...,
-    **dict(options))), without allocating it. Cached.
+    """(graphdef, state of jax.ShapeDtypeStruct) of the two-tower model of `config`'s family (or
+    model_type(config, ..., **dict(options))), without allocating it. Cached.
 
     Built with shape-only initializers rather than nnx.eval_shape: tracing ~300 initializers costs
     about a second for ViT-B/32 (with flax 0.12, time quadratic in the model's size), which would make
     reading a checkpoint slower than torch.load."""
     token = SHAPES_ONLY.set(True)
     try:
-        model = (model_type or CLIP)(config, dtype=dtype, param_dtype=param_dtype, attention=attention,
-                                     rngs=_ShapeOnlyRngs(), **dict(options))
+        cls = model_type or family_of(config).models["clip"]
+        model = cls(config, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=_ShapeOnlyRngs(),
+                    **dict(options))
     finally:
         SHAPES_ONLY.reset(token)
     to_shape = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # BatchNorm makes its statistics eagerly

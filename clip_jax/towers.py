@@ -110,16 +110,6 @@ class VisionTower(nnx.Module):
 KINDS = {"clip": CLIP, "text": TextTower, "vision": VisionTower}
 
 
-def model_type(kind: str, projection: bool) -> dict:
-    """build()'s and abstract_model()'s arguments for a checkpoint kind ("clip", "text", "vision"):
-    {"model_type": the class (None: CLIP), "options": its own keyword arguments}."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {tuple(KINDS)}, got {kind!r}")
-    if kind == "clip":
-        return {"model_type": None, "options": ()}
-    return {"model_type": KINDS[kind], "options": (("projection", projection),)}
-
-
 def kind_of(model) -> tuple[str, bool]:
     """(kind, projection) of a model: ("clip", True), ("text", ...) or ("vision", ...)."""
     if isinstance(model, TextTower):

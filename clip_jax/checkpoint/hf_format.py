@@ -42,10 +42,10 @@ from ..config import (
 )
 from ..config_fields import source_default, source_keys
 from ..errors import ClipJaxError, InputError
+from ..families import family_of
 from ..fileio import atomic_write
 from ..model import abstract_model, param_shapes
 from ..param_check import ConversionError, raise_if_any
-from ..towers import model_type
 from .result import FLOAT_NAMES, Checkpoint, check_weight_dtype
 from .torch_files import CheckpointError, load_state_dict
 from .torch_writer import write_safetensors
@@ -543,7 +543,7 @@ def read_folder(folder: str | os.PathLike) -> Checkpoint:
     has_projection = any(k in state_dict for k in ("text_projection.weight", "visual_projection.weight"))
     try:
         config, kind, projection = config_from_transformers(cfg, pp, projection=has_projection)
-        expected = param_shapes(abstract_model(config, **model_type(kind, projection))[1])
+        expected = param_shapes(abstract_model(config, **family_of(config).build_args(kind, projection))[1])
         params = from_hf(state_dict, expected)
     except (ConversionError, ValueError) as e:
         raise type(e)(f"{folder}: {e}") from None
