@@ -7,8 +7,8 @@ scatter over a batch (the uint8 normalization is a multiply-add there); the GPU 
 attention and convolutions. Not what they run like, nor their numerics on the chip: nothing here has
 run on a TPU or a GPU (tests/test_gpu.py and benchmarks/gpu.sh do that when a GPU is lent).
 
-The default run compiles, for TPUs (60-90 CPU-seconds here, 45 s wall under -n 2; libtpu comes with
-the test extra):
+The default run compiles, for TPUs (60-90 CPU-seconds here, 45 s wall under -n 2), with libtpu (pip
+install -e ".[aot-tpu]"; .ci/run installs it; without it these skip, saying so):
 - ViT-B/32's widths and patch grid, 2 blocks, at the recommended 256 images a chip on a v5e 2x2. The
   batch is the recommended one, not a smaller one scaled up: a TPU program's memory isn't linear in
   the batch (what fits in the chip's 128 MiB of VMEM never reaches HBM: 5.8, 0, 57, 243 MB of HBM
@@ -24,7 +24,8 @@ block at 256 a chip, 90% of the time in the backend passes), so a full ViT-B/32 
 v5e 2x2 and 16x16, v5p 2x2x4, H200 x1 and x8; the pmap form and the train step at full size).
 
 GPUs: the H200 checks need XLA's CUDA plugin (pip install -e ".[aot-gpu]") and skip without it, so CI
-(the test extra) doesn't run them. The plugin can't join the test extra: on a machine without CUDA
+doesn't run them. libtpu has its own extra for the same reason (it logs TPU errors in every process
+without a TPU unless JAX_PLATFORMS=cpu), but .ci/run installs it and sets JAX_PLATFORMS=cpu. The plugin can't join the test extra: on a machine without CUDA
 each of its shared objects logs "Could not find cuda drivers" when jax loads it, 6 to 8 lines on stderr
 in every process that imports jax, whatever JAX_PLATFORMS, TF_CPP_MIN_LOG_LEVEL, GLOG_minloglevel,
 ABSL_MIN_LOG_LEVEL or CUDA_VISIBLE_DEVICES say (jax-cuda12-plugin 0.10.2), and the command line's
