@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import CLIPConfig
-from ..errors import ClipJaxError
+from ..errors import ClipJaxError, InputError
 from . import hf_format, store
 from .config_source import (
     AssumedActivationWarning,
@@ -100,7 +100,7 @@ def convert(
     an AssumedActivationWarning unless src is one of OpenAI's TorchScript archives).
     """
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+        raise InputError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     src = Path(src)
     if dst is None:
         dst = src.with_suffix("") if format == "transformers" else src.with_suffix(".safetensors")
@@ -108,10 +108,10 @@ def convert(
             dst = src.with_name(src.name + "-transformers")
     dst = Path(dst)
     if dst.resolve() == src.resolve():
-        raise ValueError(f"{dst}: the output would overwrite the input; pass another output path")
+        raise InputError(f"{dst}: the output would overwrite the input; pass another output path")
     if src.is_dir():
         if config is not None or model is not None:
-            raise ValueError(f"{src}: a transformers folder brings its config.json; config= and model= are for files")
+            raise InputError(f"{src}: a transformers folder brings its config.json; config= and model= are for files")
         checkpoint = hf_format.read_folder(src)
     else:
         read_config, params, origin = read_checkpoint(src, config, model=model)
@@ -120,7 +120,7 @@ def convert(
         params = store.cast_flat(checkpoint.params, dtype)
         return hf_format.write_folder(dst, params, checkpoint.config, checkpoint.kind, checkpoint.projection)
     if checkpoint.kind != "clip":
-        raise ValueError(f"{src}: a single {checkpoint.kind} tower; a converted clip_jax file holds a full CLIP: "
+        raise InputError(f"{src}: a single {checkpoint.kind} tower; a converted clip_jax file holds a full CLIP: "
                          "use format='transformers' (--format transformers), or load the folder directly")
     store.save(dst, checkpoint.params, checkpoint.config, dtype, origin=checkpoint.origin)
     return dst

@@ -20,6 +20,7 @@ import ml_dtypes
 import numpy as np
 
 from ..dtypes import FLOAT_DTYPES
+from ..errors import InputError
 from ..fileio import output_target
 from ..model import flat_params, model_declarations
 from ..roles import Declared
@@ -62,7 +63,7 @@ def _flat(model_or_params) -> tuple[dict[str, np.ndarray], dict[str, Declared] |
 
 def _cast(params: dict[str, np.ndarray], dtype: str, declared: Mapping[str, Declared] | None) -> dict[str, np.ndarray]:
     if dtype not in EXPORT_DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}; got {dtype!r}")
+        raise InputError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}; got {dtype!r}")
     return fp16_mix(params, declared) if dtype == FP16_MIX else cast_flat(params, dtype)
 
 
@@ -99,11 +100,11 @@ def export(model, path: str | os.PathLike, *, dtype: str = "keep", compress: boo
     if format == "transformers":
         return _export_transformers(model, path, dtype)
     if format != "torch":
-        raise ValueError(f"format must be 'torch' or 'transformers'; got {format!r}")
+        raise InputError(f"format must be 'torch' or 'transformers'; got {format!r}")
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (*TORCH_SUFFIXES, ".safetensors"):
-        raise ValueError(f"{path}: unknown checkpoint suffix {path.suffix!r}; use one of "
+        raise InputError(f"{path}: unknown checkpoint suffix {path.suffix!r}; use one of "
                          f"{', '.join(TORCH_SUFFIXES)} (torch.save format) or .safetensors")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{path.parent}: no such directory")
@@ -111,7 +112,7 @@ def export(model, path: str | os.PathLike, *, dtype: str = "keep", compress: boo
     state_dict = torch_state_dict(model, dtype)
     if suffix == ".safetensors":
         if compress:
-            raise ValueError(f"{path}: compress applies to .pt files only")
+            raise InputError(f"{path}: compress applies to .pt files only")
         write_safetensors(path, state_dict)
     else:
         write_torch_zip(path, state_dict, compress=compress)

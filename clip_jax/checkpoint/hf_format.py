@@ -177,7 +177,7 @@ def to_hf(params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _to_jax(arrays: list[np.ndarray], transform: str | None) -> np.ndarray:
     if transform == "qkv":  # three Linears [out, in] (or biases [out]) -> in_proj [in, 3 out] ([3 out])
         if len({a.shape for a in arrays}) != 1:
-            raise ValueError("q, k, v differ in shape")
+            raise ConversionError("q, k, v differ in shape")
         return np.concatenate([a.T if a.ndim == 2 else a for a in arrays], axis=-1)
     (x,) = arrays
     if transform == "T":
@@ -545,7 +545,7 @@ def read_folder(folder: str | os.PathLike) -> Checkpoint:
         config, kind, projection = config_from_transformers(cfg, pp, projection=has_projection)
         expected = param_shapes(abstract_model(config, **family_of(config).build_args(kind, projection))[1])
         params = from_hf(state_dict, expected)
-    except (ConversionError, ValueError) as e:
+    except ClipJaxError as e:  # anything else is a bug: it keeps its traceback
         raise type(e)(f"{folder}: {e}") from None
     return Checkpoint(config, params, kind, projection, f"transformers {CONFIG} ({cfg.get('architectures')})")
 
@@ -559,7 +559,7 @@ def write_folder(folder: str | os.PathLike, params: Mapping[str, np.ndarray], co
     atomically, for transformers' CLIPModel (kind "clip") or the tower class of kind and projection."""
     kinds = tuple(dict.fromkeys(kind for kind, _ in ARCHITECTURES.values()))
     if kind not in kinds:
-        raise ValueError(f"kind must be one of {kinds}, got {kind!r}")
+        raise InputError(f"kind must be one of {kinds}, got {kind!r}")
     cfg = config_to_transformers(config, kind, projection)
     state_dict = to_hf(params)
     pp = preprocessor_config(config) if kind != "text" else None

@@ -32,7 +32,7 @@ def cast_flat(params: Mapping[str, np.ndarray], dtype: str = "keep") -> dict[str
     if dtype == "keep":
         return dict(params)
     if dtype not in NUMPY_DTYPES:
-        raise ValueError(f"dtype must be one of keep, {', '.join(NUMPY_DTYPES)}; got {dtype!r}")
+        raise InputError(f"dtype must be one of keep, {', '.join(NUMPY_DTYPES)}; got {dtype!r}")
     target = NUMPY_DTYPES[dtype]
     return {k: v.astype(target) if np.issubdtype(v.dtype, np.floating) or v.dtype == ml_dtypes.bfloat16 else v
             for k, v in params.items()}
