@@ -39,6 +39,7 @@ from .checkpoint.config_source import (
 )
 from .config import CLIPConfig
 from .download import ChecksumError, DownloadError, default_cache_dir, download, sha256_file
+from .errors import InputError
 from .families import family_of
 from .model import CLIP, build
 from .pos_embed import resize_pos_embed
@@ -116,7 +117,7 @@ def load_params(
     checkpoint = read_any(name_or_path, config=config, model=model, cache_dir=cache_dir, progress=progress,
                           subfolder=subfolder)
     if checkpoint.kind != "clip":
-        raise ValueError(f"{name_or_path}: a single {checkpoint.kind} tower; clip_jax.load builds it "
+        raise InputError(f"{name_or_path}: a single {checkpoint.kind} tower; clip_jax.load builds it "
                          "(load_params gives the params of full CLIP models)")
     return checkpoint.config, checkpoint.params
 
@@ -142,12 +143,12 @@ def read_any(
 def _read_any(name_or_path, config, model, cache_dir, progress, subfolder) -> Checkpoint:
     if subfolder is not None and not (isinstance(name_or_path, (str, os.PathLike))
                                       and (str(name_or_path).startswith(HF_PREFIX) or Path(name_or_path).is_dir())):
-        raise ValueError("subfolder= is for hf-hub: repositories and local folders")
+        raise InputError("subfolder= is for hf-hub: repositories and local folders")
     if isinstance(name_or_path, (str, os.PathLike)) and not str(name_or_path).startswith(HF_PREFIX):
         folder = Path(name_or_path) / (subfolder or "")
         if folder.is_dir():
             if config is not None or model is not None:
-                raise ValueError("config= is for checkpoint files; a transformers folder brings its config.json")
+                raise InputError("config= is for checkpoint files; a transformers folder brings its config.json")
             return hf_format.read_folder(folder)
         if subfolder is not None:
             raise FileNotFoundError(f"{folder}: no such folder (subfolder={subfolder!r} of {name_or_path})")
@@ -159,7 +160,7 @@ def _read(name_or_path, config, model, cache_dir, progress, subfolder):
     """(config, params) of a full CLIP, or a transformers Checkpoint from the Hub."""
     is_file = isinstance(name_or_path, (str, os.PathLike)) and Path(name_or_path).is_file()
     if (config is not None or model is not None) and not is_file:
-        raise ValueError("config= is for checkpoint files; a model name or hf-hub: repo brings its own config")
+        raise InputError("config= is for checkpoint files; a model name or hf-hub: repo brings its own config")
     if isinstance(name_or_path, Pretrained):
         return _from_pretrained(name_or_path, cache_dir, progress)
     if isinstance(name_or_path, str) and name_or_path.startswith(HF_PREFIX):
@@ -170,14 +171,14 @@ def _read(name_or_path, config, model, cache_dir, progress, subfolder):
         if entry is not None:
             return _from_pretrained(entry, cache_dir, progress)
     if isinstance(name_or_path, tuple):
-        raise ValueError(f"unknown pretrained model {name_or_path!r}; {pretrained.suggest('/'.join(name_or_path))}"
+        raise InputError(f"unknown pretrained model {name_or_path!r}; {pretrained.suggest('/'.join(name_or_path))}"
                          "clip_jax.available_models() lists them")
     path = Path(name_or_path)
     if path.is_file():
         return _from_file(path, config, model)
     if path.suffix in CHECKPOINT_SUFFIXES or path.parent.is_dir() and str(path.parent) != ".":
         raise FileNotFoundError(f"{path}: no such file")
-    raise ValueError(
+    raise InputError(
         f"unknown model {str(name_or_path)!r} (and no such file); {pretrained.suggest(name_or_path)}"
         f"clip_jax.available_models() lists the names, '{HF_PREFIX}org/repo' loads from the Hugging Face Hub"
     )
@@ -189,9 +190,9 @@ def with_image_size(config: CLIPConfig, params: Params, image_size: int) -> tupl
     if image_size == v.image_size:
         return config, params
     if v.is_resnet:
-        raise ValueError(f"image_size={image_size}: only a ViT's resolution can be changed (this is a ResNet)")
+        raise InputError(f"image_size={image_size}: only a ViT's resolution can be changed (this is a ResNet)")
     if image_size <= 0 or image_size % v.patch_size:
-        raise ValueError(f"image_size={image_size} is not a positive multiple of the patch size {v.patch_size}")
+        raise InputError(f"image_size={image_size} is not a positive multiple of the patch size {v.patch_size}")
     params = dict(params)
     key = "visual.positional_embedding"
     params[key] = resize_pos_embed(params[key], image_size // v.patch_size)
@@ -205,7 +206,7 @@ def _from_file(path: Path, config: ConfigArg, model: str | None) -> tuple[CLIPCo
     if store.is_converted(path):
         stored, params = store.load(path)
         if (config is not None or model is not None) and _given(path, config, model) != stored:
-            raise ValueError(f"{path}: a converted file carries its own config, and it differs from config=")
+            raise InputError(f"{path}: a converted file carries its own config, and it differs from config=")
         return stored, params
     return read_params(path, config, model=model)  # config=, model=, open_clip_config.json beside, inferred
 
@@ -233,13 +234,13 @@ def _from_pretrained(entry: Pretrained, cache_dir, progress: bool) -> tuple[CLIP
             names = (str(Path(entry.filename).with_suffix(".safetensors")), entry.filename)  # as open_clip
         path = _hf_weights(entry.hf_hub, None, names)
         return _converted(path, _content_digest(path), config, _hub_dir(cache_dir, entry.hf_hub))
-    raise ValueError(f"{entry.name}: the registry entry has neither a url nor an hf_hub repo")
+    raise InputError(f"{entry.name}: the registry entry has neither a url nor an hf_hub repo")
 
 
 def _from_hub(repo_id: str, revision: str | None, cache_dir, subfolder: str | None = None):
     """An open_clip repo -> (config, params); a transformers one (config.json) -> Checkpoint."""
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
-        raise ValueError(f"{HF_PREFIX}{repo_id}: expected {HF_PREFIX}org/repo")
+        raise InputError(f"{HF_PREFIX}{repo_id}: expected {HF_PREFIX}org/repo")
     where = f"{HF_PREFIX}{repo_id}" + (f" (subfolder {subfolder})" if subfolder else "")
     try:
         if subfolder:  # open_clip's repos keep their files at the top: a subfolder is transformers'

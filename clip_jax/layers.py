@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from .errors import InputError
 from .roles import BIAS, GAIN, KERNEL, MODEL, NORM_BIAS, NORM_SCALE, Role, declare
 
 Dtype = jnp.dtype | type
@@ -89,7 +90,7 @@ REMAT_POLICIES = {
 
 def check_remat_policy(name: str) -> str:
     if name not in REMAT_POLICIES:
-        raise ValueError(f"remat_policy must be one of {tuple(REMAT_POLICIES)}; got {name!r}")
+        raise InputError(f"remat_policy must be one of {tuple(REMAT_POLICIES)}; got {name!r}")
     return name
 
 
@@ -174,7 +175,7 @@ class MLP(nnx.Module):
 
     def __init__(self, width: int, hidden: int, activation: str, *, dtype, precision, rngs: nnx.Rngs):
         if activation not in ACTIVATION_FUNCTIONS:
-            raise ValueError(f"activation must be one of {tuple(ACTIVATION_FUNCTIONS)}; got {activation!r}")
+            raise InputError(f"activation must be one of {tuple(ACTIVATION_FUNCTIONS)}; got {activation!r}")
         # Megatron split: the hidden units across devices (c_fc columns, c_proj rows).
         self.c_fc = dense(width, hidden, dtype, precision, rngs, std=(2 * width) ** -0.5, axes=(None, MODEL))
         self.c_proj = dense(hidden, width, dtype, precision, rngs, std=width**-0.5, axes=(MODEL, None))

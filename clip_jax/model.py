@@ -138,7 +138,7 @@ class CLIP(TextTowerMixin, nnx.Module):
 
 def _check_vit(config: CLIPConfig) -> None:
     if config.vision.is_resnet:
-        raise ValueError("image_states needs a ViT image tower; this model's is a ModifiedResNet (ResNet "
+        raise InputError("image_states needs a ViT image tower; this model's is a ModifiedResNet (ResNet "
                          "stages have no token sequence, and transformers has no CLIP ResNet)")
 
 
@@ -210,7 +210,7 @@ def _trim(tokens, t: TextConfig, trim: bool | None):
         return tokens
     if not t.trimmable:
         if trim:
-            raise ValueError(
+            raise InputError(
                 f"trim=True: this text tower (no_causal_mask={t.no_causal_mask}, pool_type={t.pool_type!r}) "
                 "reads positions after the EOT, so its tokens can't be trimmed"
             )

@@ -34,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from .calls import check_platform
 from .checkpoint.declared import declared_by_name
 from .checks import check_images, check_tokens
+from .errors import InputError
 from .families import family_of
 from .image import Decoder
 from .model import CLIP, functional, l2_normalize
@@ -66,7 +67,7 @@ def make_mesh(model_parallel: int = 1, devices: Sequence[jax.Device] | None = No
     devices = sorted(devices if devices is not None else jax.devices(), key=lambda d: (d.process_index, d.id))
     n = len(devices)
     if model_parallel < 1 or n % model_parallel:
-        raise ValueError(f"model_parallel={model_parallel} must divide the number of devices ({n})")
+        raise InputError(f"model_parallel={model_parallel} must divide the number of devices ({n})")
     # Auto axes: shardings are given at the jit boundary and XLA propagates them inside (GSPMD).
     auto = (jax.sharding.AxisType.Auto,) * 2
     processes = sorted({d.process_index for d in devices})
@@ -79,7 +80,7 @@ def make_mesh(model_parallel: int = 1, devices: Sequence[jax.Device] | None = No
     per_process = n // len(processes)
     if per_process % model_parallel or any(sum(d.process_index == p for d in devices) != per_process
                                            for p in processes):
-        raise ValueError(f"model_parallel={model_parallel} must divide each process's {per_process} devices, "
+        raise InputError(f"model_parallel={model_parallel} must divide each process's {per_process} devices, "
                          "and every process must bring as many")
     try:
         grid = mesh_utils.create_hybrid_device_mesh((per_process // model_parallel, model_parallel),
@@ -380,7 +381,7 @@ class ShardedCLIP:
     def clip_logits(self, images: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """-> (logits_per_image [N_img, N_txt], logits_per_text), float32, as clip_jax.clip_logits."""
         if not self.head:
-            raise ValueError("this model has no logit scale (a single tower, or built from shapes only): "
+            raise InputError("this model has no logit scale (a single tower, or built from shapes only): "
                              "clip_logits needs both towers")
         img = self.encode_image(images)
         txt = self.encode_text(tokens)
@@ -404,7 +405,7 @@ class ShardedCLIP:
         local = self.local_rows(bs)
         shape = (self.config.vision.image_size,) * 2 + (3,)
         if tuple(transform.shape) != shape:
-            raise ValueError(f"transform makes {transform.shape} images; this model takes {shape}")
+            raise InputError(f"transform makes {transform.shape} images; this model takes {shape}")
         with Decoder(transform, num_threads) as decoder:
             load = self._file_loader(paths, decoder, bs, local)
             for start, feats, (ok_local, errs) in self._stream("image", n, load, normalized):

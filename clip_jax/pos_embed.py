@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 
+from .errors import InputError
+
 
 def _cubic(x: np.ndarray, a: float) -> np.ndarray:
     """Keys' cubic convolution kernel with parameter a (torch: -0.75 plain, -0.5 antialiased, as PIL)."""
@@ -56,11 +58,11 @@ def resize_pos_embed(pos_embed, grid_size: int, antialias: bool = True) -> np.nd
     """
     pos_embed = np.asarray(pos_embed)
     if pos_embed.ndim != 2:
-        raise ValueError(f"positional embedding must be [1 + grid**2, width]; got shape {pos_embed.shape}")
+        raise InputError(f"positional embedding must be [1 + grid**2, width]; got shape {pos_embed.shape}")
     n, width = pos_embed.shape
     g = math.isqrt(n - 1) if n > 1 else 0
     if g * g + 1 != n:
-        raise ValueError(f"positional embedding has {n} rows, not a square grid + 1 class token")
+        raise InputError(f"positional embedding has {n} rows, not a square grid + 1 class token")
     if grid_size == g:
         return pos_embed
     rows = bicubic_weights(g, grid_size, antialias)

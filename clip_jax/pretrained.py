@@ -25,6 +25,7 @@ from importlib import resources
 from typing import Any
 
 from .config import CLIPConfig, canonical_name, config_from_open_clip
+from .errors import InputError
 
 # OpenAI's names -> open_clip's architecture with the "openai" tag.
 OPENAI = {
@@ -122,7 +123,7 @@ def resolve(name: str | tuple[str, str]) -> Pretrained | None:
     table = registry()
     if isinstance(name, tuple):
         if len(name) != 2:
-            raise ValueError(f"expected (architecture, tag), got {name!r}")
+            raise InputError(f"expected (architecture, tag), got {name!r}")
         model, tag = name
     else:
         if canonical_name(name) in OPENAI:

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .config import CLIPConfig, TextConfig
+from .errors import InputError
 from .layers import Transformer, dense, layer_norm, lazy_init, normal_param, project, take_rows
 from .roles import EMBEDDING, PROJECTION, TOKEN_EMBEDDING, declare
 from .states import TowerStates, kept_layers, select_states
@@ -72,7 +73,7 @@ class TextTowerMixin:
         t = self.text_config
         length = tokens.shape[1]
         if length != t.context_length and not t.trimmable:
-            raise ValueError(
+            raise InputError(
                 f"this text tower (no_causal_mask={t.no_causal_mask}, pool_type={t.pool_type!r}) needs all "
                 f"{t.context_length} token columns; got {length}: don't trim its tokens"
             )
@@ -81,7 +82,7 @@ class TextTowerMixin:
     def _text_project(self, x: jax.Array) -> jax.Array:
         """Pooled [N, width] float32 -> [N, embed_dim] float32."""
         if not self.text_projected:
-            raise ValueError("this text tower has no projection (transformers' CLIPTextModel): read "
+            raise InputError("this text tower has no projection (transformers' CLIPTextModel): read "
                              "clip_jax.text_states(model, tokens).pooled instead of its features")
         if self.text_config.proj_bias:
             proj, bias = self.text_projection.kernel[...], self.text_projection.bias[...]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .config import CLIPConfig
-from .errors import ClipJaxError
+from .errors import ClipJaxError, InputError
 from .layers import Dtype
 from .model import CLIP, cast_params, runtime_options
 from .resnet import ModifiedResNet
@@ -75,7 +75,7 @@ class VisionTower(nnx.Module):
         kw = dict(dtype=dtype, precision=precision, attention=attention, rngs=rngs)
         if config.vision.is_resnet:
             if not projection:
-                raise ValueError("a ResNet image tower always ends in its attention pool's projection")
+                raise InputError("a ResNet image tower always ends in its attention pool's projection")
             self.visual = ModifiedResNet(config, **kw)
         else:
             self.visual = VisionTransformer(config, projection=projection, **kw)
@@ -91,7 +91,7 @@ class VisionTower(nnx.Module):
     def image_features(self, images: jax.Array) -> jax.Array:
         """images: [N, H, W, 3], float normalized or uint8 pixels -> [N, embed_dim] float32."""
         if not self.projected:
-            raise ValueError("this image tower has no projection (transformers' CLIPVisionModel): read "
+            raise InputError("this image tower has no projection (transformers' CLIPVisionModel): read "
                              "clip_jax.image_states(model, images).pooled instead of its features")
         return CLIP.image_features(self, images)
 
