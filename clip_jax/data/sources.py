@@ -564,10 +564,19 @@ def _folder_images(folder: Path) -> list[str]:
     return found
 
 
+def _read_utf8(path: Path) -> str:
+    """A text file the user names (a list of images, captions): bytes that are not UTF-8 are an InputError
+    naming the file, not a UnicodeDecodeError (the command line shows only clip_jax's errors as one line)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
 def _file_list(path: Path) -> list[str]:
     """A .txt of image paths, one a line; relative paths are relative to the list's folder."""
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in _read_utf8(path).splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             p = Path(line).expanduser()
@@ -605,8 +614,7 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
 
 def read_captions(path: str | os.PathLike) -> list[str]:
     """One caption a line (UTF-8); every line counts, so line i pairs with image i."""
-    text = Path(path).read_text(encoding="utf-8")
-    return text.splitlines()
+    return _read_utf8(Path(path)).splitlines()
 
 
 def shard_kind(name: str) -> str:

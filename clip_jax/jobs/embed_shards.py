@@ -436,8 +436,9 @@ def run(job: ShardJob, sharded, transform, *, num_threads: int | None, truncate:
     merged = _gather_to_first({**summaries, **{k: {"failed": r} for k, r in failed.items()}})
     if merged is not None:
         missing = [k for k in range(job.num_shards) if str(k) not in merged]
-        if missing:  # cannot happen unless a process ran another plan
-            raise RuntimeError(f"shards {missing[:5]} were not embedded by any process")
+        if missing:  # only when a process ran another plan: other inputs or options, a command-line mistake
+            raise InputError(f"shards {missing[:5]} were not embedded by any process "
+                             "(did every process run the same command?)")
         failed_all = {k: s["failed"] for k, s in merged.items() if "failed" in s}
         merged = {k: s for k, s in merged.items() if "failed" not in s}
         job.finish(merged, failed_all)
