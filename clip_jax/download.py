@@ -23,7 +23,7 @@ import urllib.request
 import warnings
 from pathlib import Path
 
-from .errors import ClipJaxError
+from .errors import ClipJaxError, InputError
 from .fileio import atomic_write, output_target
 
 CHUNK = 1 << 20
@@ -64,7 +64,7 @@ def _matches(digest: str, expected: str | None) -> bool:
 
 def _check_sha256(expected: str | None) -> None:
     if expected is not None and not re.fullmatch(r"[0-9a-fA-F]{8,64}", expected):
-        raise ValueError(f"sha256 must be 8 to 64 hex digits, got {expected!r}")
+        raise InputError(f"sha256 must be 8 to 64 hex digits, got {expected!r}")
 
 
 class _Progress:
@@ -142,7 +142,7 @@ def download(
     directory = default_cache_dir(cache_dir)
     name = filename or Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
     if not name:
-        raise ValueError(f"{url}: no file name in the URL; pass filename=")
+        raise InputError(f"{url}: no file name in the URL; pass filename=")
     target = directory / name
     output_target(target)  # a FIFO or device in the cache is refused before anything is fetched
     if target.is_file():

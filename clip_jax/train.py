@@ -34,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from .calls import rebind
 from .checkpoint.declared import declared_by_name
 from .checks import check_images, check_tokens
+from .errors import InputError
 from .layers import Transformer, check_remat_policy
 from .model import CLIP
 from .resnet import ResNetStage
@@ -82,7 +83,7 @@ def schedule(learning_rate: float, total_steps: int, warmup_steps: int, end_fact
     """Linear warmup from 0 to learning_rate over warmup_steps, then cosine decay to
     end_factor * learning_rate at total_steps."""
     if not 0 <= warmup_steps < total_steps:
-        raise ValueError(f"need 0 <= warmup_steps < total_steps, got warmup_steps={warmup_steps}, "
+        raise InputError(f"need 0 <= warmup_steps < total_steps, got warmup_steps={warmup_steps}, "
                          f"total_steps={total_steps}")
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=learning_rate, warmup_steps=warmup_steps, decay_steps=total_steps,
@@ -197,7 +198,7 @@ class Trainer:
         kw = {}
         if mesh is not None:
             if DATA_AXIS not in mesh.axis_names:
-                raise ValueError(f"the mesh needs an axis named {DATA_AXIS!r}, got {mesh.axis_names}")
+                raise InputError(f"the mesh needs an axis named {DATA_AXIS!r}, got {mesh.axis_names}")
             replicated, batch = self.replicated(), self.batch_sharding()
             kw = dict(in_shardings=(replicated, batch, batch), out_shardings=(replicated, replicated))
         self._step = jax.jit(self._train_step, donate_argnums=(0,) if donate else (), **kw)
@@ -235,10 +236,10 @@ class Trainer:
         images = check_images(images, self.config.vision.image_size)
         tokens = check_tokens(tokens, self.config.text.context_length, self.config.text.vocab_size)
         if images.shape[0] != tokens.shape[0]:
-            raise ValueError(f"a batch of matching pairs needs as many images as texts, got images "
+            raise InputError(f"a batch of matching pairs needs as many images as texts, got images "
                              f"{tuple(images.shape)} and tokens {tuple(tokens.shape)}")
         if self.mesh is not None and images.shape[0] % self.mesh.shape[DATA_AXIS]:
-            raise ValueError(f"batch size {images.shape[0]} is not divisible by the {self.mesh.shape[DATA_AXIS]} "
+            raise InputError(f"batch size {images.shape[0]} is not divisible by the {self.mesh.shape[DATA_AXIS]} "
                              f"devices of the mesh axis {DATA_AXIS!r}")
         return images, tokens
 
