@@ -24,12 +24,13 @@ block at 256 a chip, 90% of the time in the backend passes), so a full ViT-B/32 
 v5e 2x2 and 16x16, v5p 2x2x4, H200 x1 and x8; the pmap form and the train step at full size).
 
 GPUs: the H200 checks need XLA's CUDA plugin (pip install -e ".[aot-gpu]") and skip without it, so CI
-doesn't run them. libtpu has its own extra for the same reason (it logs TPU errors in every process
-without a TPU unless JAX_PLATFORMS=cpu), but .ci/run installs it and sets JAX_PLATFORMS=cpu. The plugin can't join the test extra: on a machine without CUDA
-each of its shared objects logs "Could not find cuda drivers" when jax loads it, 6 to 8 lines on stderr
-in every process that imports jax, whatever JAX_PLATFORMS, TF_CPP_MIN_LOG_LEVEL, GLOG_minloglevel,
-ABSL_MIN_LOG_LEVEL or CUDA_VISIBLE_DEVICES say (jax-cuda12-plugin 0.10.2), and the command line's
-one-line errors (tests/test_convert.py, tests/test_cli.py) then fail.
+doesn't run them. The plugin can't join the test extra: on a machine without CUDA each of its shared
+objects logs "Could not find cuda drivers" when jax loads it, 6 to 8 lines on stderr in every process
+that imports jax, whatever JAX_PLATFORMS, TF_CPP_MIN_LOG_LEVEL, GLOG_minloglevel, ABSL_MIN_LOG_LEVEL or
+CUDA_VISIBLE_DEVICES say (jax-cuda12-plugin 0.10.2), and the command line's one-line errors
+(tests/test_convert.py, tests/test_cli.py) then fail. libtpu has its own extra for a like reason (it logs
+TPU errors in every process without a TPU unless JAX_PLATFORMS=cpu), but .ci/run installs it and sets
+JAX_PLATFORMS=cpu, where it is silent.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ def biased_family():
         calls.append(config)
         return CLIP_FAMILY.tokenizer(config)
 
-    family = register(dataclasses.replace(
+    register(dataclasses.replace(
         CLIP_FAMILY, name="biased", config_type=BiasedConfig,
         models={"clip": BiasedCLIP, "text": TextTower, "vision": VisionTower}, tokenizer=tokenizer,
         head=lambda m: {"logit_scale": m.logit_scale.get_raw_value(), "logit_bias": m.logit_bias.get_raw_value()},
