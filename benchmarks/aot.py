@@ -4,7 +4,7 @@
     python -m benchmarks.aot --models ViT-B/32 --targets v5e:2x2 h200:1x1x1
     python -m benchmarks.aot --models ViT-B/32 --targets v5e:2x2 --trace 12   # the 12 costliest ops
 
-For each model x target it compiles the public image and text programs (`clip_jax.model.lower`) with bf16
+For each model x target it compiles the public image and text programs (`clip_jax.calls.lower`) with bf16
 compute and params, uint8 images, sharded over the target's devices along "data" (and "model" for bigG-14),
 and prints per chip: GFLOPs per image/text (clip_jax's program, counted from the jaxpr's matmuls and
 convolutions, for the whole item even where "model" splits it over chips; beside it open_clip's, which runs
@@ -61,8 +61,9 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
+from clip_jax.calls import lower  # noqa: E402
 from clip_jax.config import PRESETS, CLIPConfig, config_from_open_clip  # noqa: E402
-from clip_jax.model import abstract_model, lower  # noqa: E402
+from clip_jax.model import abstract_model  # noqa: E402
 from clip_jax.parallel import DATA, make_mesh, pmap_logits, shard_params  # noqa: E402
 from clip_jax.train import Trainer, optimizer  # noqa: E402
 

@@ -22,15 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-# `x as x`: re-exported, importable from clip_jax.model where they were before the split (README documents
-# clip_jax.model.rebind; clip_jax.model.lower and conv2d are called by that name).
-from .calls import call_jitted, lower as lower, rebind as rebind
+from .calls import call_jitted
 from .checks import check_images, check_tokens
 from .config import CLIPConfig, TextConfig
 from .errors import InputError
 from .families import family_of
 from .image import normalize_pixels
-from .layers import SHAPES_ONLY, Dtype, conv2d as conv2d
+from .layers import SHAPES_ONLY, Dtype
 from .param_check import check_params
 from .resnet import ModifiedResNet
 from .roles import TEMPERATURE, Declared, declarations, declare, flat_name

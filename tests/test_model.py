@@ -177,7 +177,7 @@ def test_attention_choice_checked():
         with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
             clip_jax.clip_logits(cudnn, images, tokens)
         with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
-            clip_jax.model.lower(cudnn, "text_features", jax.ShapeDtypeStruct((2, 16), np.int32))
+            clip_jax.calls.lower(cudnn, "text_features", jax.ShapeDtypeStruct((2, 16), np.int32))
     model = tiny_model(TINY, attention="xla")
     images, tokens = batch()
     assert clip_jax.clip_logits(model, images, tokens)[0].shape == (2, 3)
@@ -234,7 +234,7 @@ def test_conv2d_branches_match_torch(layer, size, tiny, tiny_rn, monkeypatch):
         calls = []
         monkeypatch.setattr(jax.lax, "platform_dependent", branch(name, calls))
         with jax.default_matmul_precision("highest"):
-            got = np.asarray(clip_jax.model.conv2d(conv, jnp.asarray(x)))
+            got = np.asarray(clip_jax.layers.conv2d(conv, jnp.asarray(x)))
         assert calls == [name]
         np.testing.assert_allclose(got, want, atol=2e-6, rtol=0, err_msg=name)
 

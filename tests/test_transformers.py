@@ -305,7 +305,7 @@ def test_towers_jit_bf16_and_functional(bigg):
     assert cos.min() > 0.995
     # The states' dtypes from the program's signature: lowered (traced), not compiled; the bf16 numbers are
     # checked through encode_text above.
-    s = clip_jax.model.lower(bf16, "text_hidden_states", TOKENS, layers=(0, 1)).out_info
+    s = clip_jax.calls.lower(bf16, "text_hidden_states", TOKENS, layers=(0, 1)).out_info
     assert s.hidden_states[0].dtype == jnp.bfloat16 and s.pooled.dtype == jnp.float32
     fn, params = clip_jax.functional(f32, "text_features")
     np.testing.assert_allclose(jax.jit(fn)(params, TOKENS), a, atol=1e-6)
@@ -345,7 +345,7 @@ def test_layers_argument(small):
         np.testing.assert_array_equal(got, full.hidden_states[i])
     np.testing.assert_array_equal(some.last_hidden_state, full.last_hidden_state)
     # Only what is asked for is kept: the compiled program returns one state, not three.
-    lowered = clip_jax.model.lower(model, "text_hidden_states", TOKENS, layers=(1,))
+    lowered = clip_jax.calls.lower(model, "text_hidden_states", TOKENS, layers=(1,))
     assert len(jax.tree.leaves(lowered.out_info)) == 4  # last, one state, pooled, features
     for bad in ((3,), (-4,)):
         with pytest.raises(IndexError, match="not an index of the 3 hidden states"):
