@@ -65,7 +65,7 @@ def no_work(monkeypatch):
         raise AssertionError("the evaluation started")
 
     for name in ("classification_data", "retrieval_data"):
-        monkeypatch.setattr(ev, name, started)
+        monkeypatch.setattr(eval_data, name, started)
 
 
 # --- -o / --output ----------------------------------------------------------------------------------

@@ -101,31 +101,31 @@ def run_eval(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
     from ..hub import load
-    from ..jobs import eval as ev
+    from ..jobs import eval as ev, eval_data, results
 
     first = jax.process_index() == 0  # the process that prints and writes the result
     if args.output and first:
         check_output(args.output)
     with one_line_warnings(ev.CacheWarning):
-        data = _data(args, ev)  # a bad data set or template fails before the model loads
+        data = _data(args, eval_data, ev)  # a bad data set or template fails before the model loads
         model, preprocess = load(args.model, dtype=jnp.dtype(args.dtype), attention=args.attention)
         metrics = _metrics(args, ev, model, preprocess, data, progress=not args.no_progress and first)
         if first:
-            _report(args, ev, data[0].name, metrics)
+            _report(args, results, data[0].name, metrics)
     return 0
 
 
-def _data(args: argparse.Namespace, ev: ModuleType) -> tuple:
+def _data(args: argparse.Namespace, eval_data: ModuleType, ev: ModuleType) -> tuple:
     """The task's data: (data,), or (train, test, val or None) for linear_probe."""
     if args.task == "zeroshot_classification":
-        data = ev.classification_data(args.data, args.split, args.classnames)
+        data = eval_data.classification_data(args.data, args.split, args.classnames)
         ev.resolve_templates(args.templates, data)
         return (data,)
     if args.task == "zeroshot_retrieval":
-        return (ev.retrieval_data(args.data, args.split, args.image_column, args.caption_column),)
-    train = ev.classification_data(args.data, args.train_split, args.classnames)
-    test = ev.classification_data(args.data, args.test_split, args.classnames)
-    val = ev.classification_data(args.data, args.val_split, args.classnames) if args.val_split else None
+        return (eval_data.retrieval_data(args.data, args.split, args.image_column, args.caption_column),)
+    train = eval_data.classification_data(args.data, args.train_split, args.classnames)
+    test = eval_data.classification_data(args.data, args.test_split, args.classnames)
+    val = eval_data.classification_data(args.data, args.val_split, args.classnames) if args.val_split else None
     return train, test, val
 
 
@@ -141,14 +141,14 @@ def _metrics(args: argparse.Namespace, ev: ModuleType, model, preprocess, data: 
                            args.max_iter, **common)
 
 
-def _report(args: argparse.Namespace, ev: ModuleType, dataset: str, metrics: dict) -> None:
+def _report(args: argparse.Namespace, results: ModuleType, dataset: str, metrics: dict) -> None:
     """CLIP_benchmark's result JSON on stdout, then in --output."""
     is_file = os.path.exists(args.model)
-    res = ev.result(args.dataset_name or dataset,
+    res = results.result(args.dataset_name or dataset,
                     args.model_name or (Path(args.model).stem if is_file else str(args.model)),
                     args.pretrained or (Path(args.model).name if is_file else str(args.model)),
                     args.task, metrics, args.language)
     print(json.dumps(res), flush=True)  # first: a failed write must not lose the result
     if args.output:
-        path = ev.write_result(args.output, res)
+        path = results.write_result(args.output, res)
         print(f"wrote {path}", file=sys.stderr)

@@ -63,11 +63,7 @@ from ..fileio import atomic_write
 from ..model import flat_params
 from ..parallel import ShardedCLIP
 from ..zeroshot import IMAGENET_TEMPLATES, zeroshot_classifier
-
-# classification_data, retrieval_data, result, write_result: clip_jax.cli.eval calls them as ev.*; every
-# other caller imports them from eval_data and results, where they are defined.
-from .eval_data import CaptionedImages, LabelledImages, classification_data, read_lines, retrieval_data  # noqa: F401
-from .results import result, write_result  # noqa: F401
+from .eval_data import CaptionedImages, LabelledImages, read_lines
 
 __all__ = [
     "TASKS", "zeroshot_classification", "zeroshot_retrieval", "linear_probe", "classification_metrics",
