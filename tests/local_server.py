@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import http.server
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -40,3 +41,24 @@ def serve(handler: type[http.server.BaseHTTPRequestHandler], hits: collections.C
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 with nothing listening: a connection to it is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def count_connections(monkeypatch) -> list[tuple[str, int, float | None]]:
+    """Record every socket.create_connection (urllib's and clip_jax.download.reach's way to connect) as
+    (host, port, timeout) in the returned list; the connections are made as usual."""
+    connections = []
+    real = socket.create_connection
+
+    def create_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, *args, **kwargs):
+        connections.append((address[0], address[1], timeout))
+        return real(address, timeout, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    return connections

@@ -1,20 +1,32 @@
 """Downloads against a local HTTP server on 127.0.0.1: a good file, a checksum mismatch, a truncated
-transfer, a server that fails once, and a cached file that no longer matches its checksum. Nothing
-half-written may stay in the cache."""
+transfer, a server that fails once, and a cached file that no longer matches its checksum; a closed port
+and a connection that times out (tried once, at once); offline, the cache alone. Nothing half-written may
+stay in the cache."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
 import os
+import socket
+import time
 import warnings
 
 import pytest
 
 import clip_jax.download as download_module
-from clip_jax.download import ChecksumError, DownloadError, default_cache_dir, download
+from clip_jax.download import (
+    CONNECT_TIMEOUT,
+    ChecksumError,
+    DownloadError,
+    NotCachedError,
+    UnreachableError,
+    default_cache_dir,
+    download,
+    reach,
+)
 
-from .local_server import QuietHandler, serve as serve_http
+from .local_server import QuietHandler, closed_port, count_connections, serve as serve_http
 
 BODY = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4 bytes: more than one read chunk
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -163,3 +175,64 @@ def test_cache_entry_symlink_fifo_and_full_disk(server, hits, tmp_path, monkeypa
     with pytest.raises(OSError, match=r"^\S*new\.pt: no space left on device"):
         download(f"{server}/good/full/new.pt", SHA, cache_dir=cache, progress=False)
     assert leftovers(cache) == ["fifo.pt", "model.pt"]
+
+
+# --- a host that can't be reached -------------------------------------------------------------------
+
+
+def test_unreachable_host_is_tried_once(tmp_path, monkeypatch):
+    """A refused connection is no network (or no server): one attempt, no retries (backoff 10 s would
+    show in the time), one line naming the host; nothing in the cache."""
+    connections = count_connections(monkeypatch)
+    port = closed_port()
+    start = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a retry would warn
+        with pytest.raises(UnreachableError, match=rf"^can't reach 127\.0\.0\.1:{port} \(Connection refused\)$") as e:
+            download(f"http://127.0.0.1:{port}/m/model.pt", SHA, cache_dir=tmp_path, progress=False, backoff=10)
+    assert time.monotonic() - start < 5
+    assert connections == [("127.0.0.1", port, CONNECT_TIMEOUT)]
+    assert (e.value.host, e.value.why) == (f"127.0.0.1:{port}", "Connection refused")
+    assert leftovers(tmp_path) == []
+
+
+def test_connect_timeout_is_short_and_not_retried(tmp_path, monkeypatch):
+    """A host that doesn't answer is waited for `connect_timeout` seconds, not the read timeout, once."""
+    def no_answer(address, timeout=None, *args):
+        calls.append(timeout)
+        raise TimeoutError("timed out")
+
+    calls = []
+    monkeypatch.setattr(socket, "create_connection", no_answer)
+    with pytest.raises(UnreachableError, match=r"^can't reach example\.org \(connection timed out\)$"):
+        download("https://example.org/m.pt", SHA, cache_dir=tmp_path, progress=False, backoff=10,
+                 timeout=60, connect_timeout=0.5)
+    assert calls == [0.5]
+    assert reach("https://example.org/") == "connection timed out" and calls == [0.5, CONNECT_TIMEOUT]
+
+
+def test_server_errors_are_still_retried_with_a_long_read_timeout(server, hits, tmp_path, monkeypatch):
+    """A host that answers 503 is retried; once connected, reads wait `timeout`, not `connect_timeout`."""
+    timeouts = []
+    real = socket.socket.settimeout
+    monkeypatch.setattr(socket.socket, "settimeout", lambda sock, t: (timeouts.append(t), real(sock, t))[1])
+    with pytest.warns(UserWarning, match="HTTP 503 busy; retrying"):
+        download(f"{server}/flaky.bin", SHA, cache_dir=tmp_path, progress=False, backoff=0, timeout=42,
+                 connect_timeout=3)
+    assert hits["/flaky.bin"] == 2
+    assert 3 in timeouts and timeouts[-1] == 42  # the connection opened within 3 s, the reads then had 42
+
+
+def test_reach(server):
+    assert reach(server) is None
+    assert reach(f"http://127.0.0.1:{closed_port()}/") == "Connection refused"
+
+
+def test_offline_uses_only_the_cache(server, hits, tmp_path, monkeypatch):
+    url = f"{server}/good/offline/model.pt"
+    with pytest.raises(NotCachedError, match=r"model\.pt: no verified copy in the cache .* and offline"):
+        download(url, SHA, cache_dir=tmp_path, offline=True)
+    download(url, SHA, cache_dir=tmp_path, progress=False)
+    connections = count_connections(monkeypatch)
+    path, digest = download(url, SHA, cache_dir=tmp_path, offline=True)
+    assert path.read_bytes() == BODY and digest == SHA and connections == [] and hits[url.removeprefix(server)] == 1
