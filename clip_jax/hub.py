@@ -9,16 +9,21 @@
     load("hf-hub:org/repo", subfolder="text_encoder_2")            a folder inside a repo or a folder
 
 Downloads land in the cache (cache_dir=, else $CLIP_JAX_CACHE, else ~/.cache/clip_jax); Hub files in
-Hugging Face's own cache (HF_HUB_CACHE, HF_HUB_OFFLINE honoured). The converted params are cached as a
-clip_jax .safetensors named after the source's SHA-256, so a second load skips the conversion and a
-changed source is converted again.
+Hugging Face's own cache (HF_HUB_CACHE, HF_HUB_OFFLINE honoured, for OpenAI's URLs too). A host that can't
+be connected to is tried once, briefly (download.CONNECT_TIMEOUT), then the caches are used; if they don't
+hold the files, one line names the hosts tried and the ways out. A fallback to another host is a warning.
+The converted params are cached as a clip_jax .safetensors named after the source's SHA-256, so a second
+load skips the conversion and a changed source is converted again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
+import time
+import urllib.parse
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +43,17 @@ from .checkpoint.config_source import (
     resolve_config,
 )
 from .config import CLIPConfig
-from .download import ChecksumError, DownloadError, default_cache_dir, download, sha256_file
+from .download import (
+    ENV_CACHE,
+    ChecksumError,
+    DownloadError,
+    UnreachableError,
+    default_cache_dir,
+    download,
+    host_of,
+    reach,
+    sha256_file,
+)
 from .errors import InputError
 from .families import family_of
 from .model import CLIP, build
@@ -217,22 +232,29 @@ def _given(path: Path, config: ConfigArg, model: str | None) -> CLIPConfig | Non
 
 def _from_pretrained(entry: Pretrained, cache_dir, progress: bool) -> tuple[CLIPConfig, Params]:
     config = entry.config()
+    url_error = None
     if entry.url:
         directory = default_cache_dir(cache_dir)
         try:
-            path, digest = download(entry.url, entry.sha256, cache_dir=directory, progress=progress)
+            path, digest = download(entry.url, entry.sha256, cache_dir=directory, progress=progress,
+                                    offline=_offline())
             return _converted(path, digest, config, directory)
         except DownloadError as e:
-            # The URL is unreachable (a checksum mismatch is not retried elsewhere): try the Hub copy.
+            # Not at the URL (a checksum mismatch is not tried elsewhere): the Hub copy, said out loud.
+            if isinstance(e, UnreachableError) and not entry.hf_hub:
+                raise _unreachable(entry, cache_dir, e, None) from None
             if not entry.hf_hub or isinstance(e, ChecksumError):
                 raise
-            warnings.warn(f"{e}; loading {entry.name} from the Hugging Face Hub ({entry.hf_hub}) instead",
-                          stacklevel=3)
+            url_error = e
+            source = f"cache instead ({entry.hf_hub})" if _offline() else \
+                f"Hub instead ({host_of(hf_constants.ENDPOINT)}: {entry.hf_hub})"
+            warnings.warn(f"{entry.name}: {e}; loading it from the Hugging Face {source}", stacklevel=3)
     if entry.hf_hub:
         names = (entry.filename,) if entry.filename else HF_WEIGHTS
         if entry.filename and Path(entry.filename).suffix in (".bin", ".pth", ".pt"):
             names = (str(Path(entry.filename).with_suffix(".safetensors")), entry.filename)  # as open_clip
-        path = _hf_weights(entry.hf_hub, None, names)
+        with _hub_unreachable_error(lambda why: _unreachable(entry, cache_dir, url_error, why)):
+            path = _hf_weights(entry.hf_hub, None, names)
         return _converted(path, _content_digest(path), config, _hub_dir(cache_dir, entry.hf_hub))
     raise InputError(f"{entry.name}: the registry entry has neither a url nor an hf_hub repo")
 
@@ -242,20 +264,21 @@ def _from_hub(repo_id: str, revision: str | None, cache_dir, subfolder: str | No
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
         raise InputError(f"{HF_PREFIX}{repo_id}: expected {HF_PREFIX}org/repo")
     where = f"{HF_PREFIX}{repo_id}" + (f" (subfolder {subfolder})" if subfolder else "")
-    try:
-        if subfolder:  # open_clip's repos keep their files at the top: a subfolder is transformers'
-            raise EntryNotFoundError(f"{OPEN_CLIP_CONFIG} is not looked for in a subfolder")
-        config_path = _hf_file(repo_id, OPEN_CLIP_CONFIG, revision)
-    except EntryNotFoundError as e:
+    with _hub_unreachable_error(lambda why: _hub_unreachable_message(where, repo_id, why)):
         try:
-            return _from_hub_transformers(repo_id, revision, subfolder, where)
-        except EntryNotFoundError as e2:
-            raise FileNotFoundError(
-                f"{where}: no {OPEN_CLIP_CONFIG} ({type(e).__name__}) and no transformers {hf_format.CONFIG} "
-                f"({type(e2).__name__}): not an open_clip or transformers repo, or not in the local cache in "
-                "offline mode") from None
-    config = read_open_clip_config(config_path, where)
-    path = _hf_weights(repo_id, revision, HF_WEIGHTS)
+            if subfolder:  # open_clip's repos keep their files at the top: a subfolder is transformers'
+                raise EntryNotFoundError(f"{OPEN_CLIP_CONFIG} is not looked for in a subfolder")
+            config_path = _hf_file(repo_id, OPEN_CLIP_CONFIG, revision)
+        except EntryNotFoundError as e:
+            try:
+                return _from_hub_transformers(repo_id, revision, subfolder, where)
+            except EntryNotFoundError as e2:
+                raise FileNotFoundError(
+                    f"{where}: no {OPEN_CLIP_CONFIG} ({type(e).__name__}) and no transformers {hf_format.CONFIG} "
+                    f"({type(e2).__name__}): not an open_clip or transformers repo, or not in the local cache in "
+                    "offline mode") from None
+        config = read_open_clip_config(config_path, where)  # before the weights: an unsupported model fetches none
+        path = _hf_weights(repo_id, revision, HF_WEIGHTS)
     return _converted(path, _content_digest(path), config, _hub_dir(cache_dir, repo_id))
 
 
@@ -280,20 +303,52 @@ def _from_hub_transformers(repo_id: str, revision: str | None, subfolder: str | 
                 for shard in hf_format.shard_files(path):
                     fetch(shard)
             return hf_format.read_folder(config_path.parent)
-    offline = " in the local cache (offline mode)" if _env_true("HF_HUB_OFFLINE") else ""
+    offline = " in the local cache (offline mode)" if _offline() else ""
     raise FileNotFoundError(f"{where}: no weights{offline}: {'; '.join(errors)}")
 
 
 # --- the Hugging Face Hub -------------------------------------------------------------------------
 
 
-def _hf_file(repo_id: str, filename: str, revision: str | None, subfolder: str | None = None) -> str:
+def _offline() -> bool:
     # huggingface_hub reads these variables once, at import; read them again so a later setting counts.
-    offline = hf_constants.HF_HUB_OFFLINE or _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+    return hf_constants.HF_HUB_OFFLINE or _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+
+
+PROBE_TTL = 60.0  # seconds a probe's answer is kept: one probe serves a load's files; a network back is seen
+_probes: dict[str, tuple[float, str | None]] = {}
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hub's host can't be connected to (a few words), None if it can or offline mode is on: one
+    short attempt (download.reach), its answer kept PROBE_TTL s. Unreachable, huggingface_hub reads only
+    its cache: it would otherwise retry each file five times, backing off, before saying the same."""
+    if _offline():
+        return None
+    endpoint, now = hf_constants.ENDPOINT, time.monotonic()
+    if endpoint not in _probes or now - _probes[endpoint][0] > PROBE_TTL:
+        _probes[endpoint] = (now, reach(endpoint))
+    return _probes[endpoint][1]
+
+
+@contextlib.contextmanager
+def _hub_unreachable_error(error: Callable[[str], Exception]):
+    """Inside: a file the Hugging Face cache lacks while the Hub can't be reached is error(why), one line;
+    "not in the repo" can't be told from there."""
+    try:
+        yield
+    except (FileNotFoundError, EntryNotFoundError):
+        why = _hub_unreachable()
+        if why is None:
+            raise
+        raise error(why) from None
+
+
+def _hf_file(repo_id: str, filename: str, revision: str | None, subfolder: str | None = None) -> str:
     return hf_hub_download(
         repo_id, filename, subfolder=subfolder or None, revision=revision,
         cache_dir=os.environ.get("HF_HUB_CACHE") or None,
-        local_files_only=offline, library_name="clip_jax",
+        local_files_only=_offline() or _hub_unreachable() is not None, library_name="clip_jax",
     )
 
 
@@ -304,8 +359,45 @@ def _hf_weights(repo_id: str, revision: str | None, names: tuple[str, ...]) -> P
             return Path(_hf_file(repo_id, name, revision))
         except EntryNotFoundError as e:  # not in the repo, or (offline) not in the local cache
             errors.append(f"{name}: {type(e).__name__}")
-    offline = " in the local cache (offline mode)" if _env_true("HF_HUB_OFFLINE") else ""
+    offline = " in the local cache (offline mode)" if _offline() else ""
     raise FileNotFoundError(f"{HF_PREFIX}{repo_id}: no weights{offline}: {'; '.join(errors)}")
+
+
+def _hf_cache() -> str:
+    return os.environ.get("HF_HUB_CACHE") or hf_constants.HF_HUB_CACHE
+
+
+def _ways_out(*ways: str) -> str:
+    ways = ("load a local file instead", *ways)
+    return ", ".join(ways[:-1]) + ", or " + ways[-1]
+
+
+def _hub_way_out(repo_id: str) -> str:
+    return f"point HF_HUB_CACHE at a Hugging Face cache holding {repo_id} (HF_HUB_OFFLINE=1 then skips the network)"
+
+
+def _hub_unreachable_message(where: str, repo_id: str, why: str) -> UnreachableError:
+    host = host_of(hf_constants.ENDPOINT)
+    return UnreachableError(host, why, f"{where}: can't reach {host} ({why}), and the Hugging Face cache "
+                                       f"({_hf_cache()}) doesn't hold it: {_ways_out(_hub_way_out(repo_id))}")
+
+
+def _unreachable(entry: Pretrained, cache_dir, url_error: DownloadError | None,
+                 hub_why: str | None) -> UnreachableError:
+    """A registry entry none of whose sources could be reached: one line naming each host tried, why, and
+    the ways out (a local file, the file in CLIP_JAX_CACHE, the Hub's files in HF_HUB_CACHE)."""
+    tried, ways = [], []
+    if entry.url:
+        if isinstance(url_error, UnreachableError):
+            tried.append(f"{url_error.host} ({url_error.why})")
+        name = Path(urllib.parse.unquote(urllib.parse.urlparse(entry.url).path)).name  # the name download gives it
+        ways.append(f"copy {name} into {default_cache_dir(cache_dir)} (set by {ENV_CACHE})")
+    if hub_why is not None:
+        tried.append(f"{host_of(hf_constants.ENDPOINT)} ({hub_why}) for {entry.hf_hub}")
+        ways.append(_hub_way_out(entry.hf_hub))
+    host = url_error.host if isinstance(url_error, UnreachableError) else host_of(hf_constants.ENDPOINT)
+    why = url_error.why if isinstance(url_error, UnreachableError) else hub_why
+    return UnreachableError(host, why, f"{entry.name}: can't reach {' nor '.join(tried)}: {_ways_out(*ways)}")
 
 
 def _env_true(name: str) -> bool:

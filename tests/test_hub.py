@@ -14,6 +14,7 @@ import importlib.util
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import jax
@@ -29,7 +30,7 @@ from clip_jax.checkpoint import store
 from clip_jax.config import OPENAI_MEAN, config_from_open_clip
 from clip_jax.pretrained import OPENAI, Pretrained, resolve, with_url
 
-from .local_server import QuietHandler, serve as serve_http
+from .local_server import QuietHandler, closed_port, count_connections, serve as serve_http
 from .tiny import OPEN_CLIP_TINY as TINY
 
 FEATURE_ATOL = 2e-6  # as test_parity.py: float32 rounding over the layers
@@ -365,19 +366,112 @@ def test_converted_file_keeps_its_config(tmp_path):
         clip_jax.load(path, config=dataclasses.replace(config, activation="quick_gelu"))
 
 
-def test_openai_url_unreachable_falls_back_to_the_hub(server, hf_cache, tmp_path):
+@pytest.fixture
+def network_down(hf_cache, monkeypatch):
+    """No offline mode, and neither the Hub nor any URL a test names reachable: the Hub's endpoint is a
+    closed port on 127.0.0.1 (hf_cache blocks every other host). -> (endpoint, the connections made)."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(hub, "_probes", {})
+    return endpoint, count_connections(monkeypatch)
+
+
+def test_openai_url_unreachable_falls_back_to_the_hub(server, network_down, hf_cache, tmp_path):
     """OpenAI's entries also name the Hub copy open_clip keeps (timm/...openai); a URL that can't be
-    fetched (here a 404) falls back to it, with a warning. A checksum mismatch does not."""
+    fetched (here a 404) falls back to it, with a warning naming both hosts. A checksum mismatch does not.
+    The Hub can't be reached either: its cached copy loads, after one try to connect."""
+    endpoint, connections = network_down
     ref = open_clip_tiny(quick_gelu=True)
     fake_hub(hf_cache, "timm/tiny.openai", {"open_clip_model.safetensors": safetensors_bytes(ref)}, COMMIT1)
     entry = dataclasses.replace(resolve("ViT-B/32"), url=f"{server}/gone/ViT-B-32.pt", hf_hub="timm/tiny.openai")
-    with pytest.warns(UserWarning, match="HTTP 404.*from the Hugging Face Hub"):
+    hub_host = endpoint.removeprefix("http://")
+    with pytest.warns(UserWarning, match=rf"^ViT-B/32: {server}/gone/ViT-B-32.pt: HTTP 404 .*; loading it from "
+                                         rf"the Hugging Face Hub instead \({hub_host}: timm/tiny.openai\)$"):
         model, _ = clip_jax.load(entry, cache_dir=tmp_path, progress=False)
     assert model.config.activation == "quick_gelu"
     assert_matches(model, ref)
+    assert [c[:2] for c in connections] == [("127.0.0.1", int(server.rsplit(":", 1)[1])),
+                                            ("127.0.0.1", int(hub_host.rsplit(":", 1)[1]))]
     url, _ = serve(server, b"tampered", name="ViT-B-16.pt")
     with pytest.raises(clip_jax.download.ChecksumError):
         clip_jax.load(dataclasses.replace(entry, url=url), cache_dir=tmp_path, progress=False)
+
+
+def test_no_network_fails_fast_naming_each_host_and_the_ways_out(network_down, tmp_path):
+    """load("ViT-B/32") with no network: one connection to OpenAI's host, a warning naming the fallback,
+    one to the Hub's, then one line naming both hosts and the ways out, in well under the minutes that
+    retrying with backoff would take."""
+    endpoint, connections = network_down
+    hub_host, url_port = endpoint.removeprefix("http://"), closed_port()
+    entry = dataclasses.replace(resolve("ViT-B/32"), url=f"http://127.0.0.1:{url_port}/x/ViT-B-32.pt",
+                                hf_hub="timm/absent.openai")
+    start = time.monotonic()
+    with pytest.warns(UserWarning) as warned, pytest.raises(clip_jax.download.UnreachableError) as e:
+        clip_jax.load(entry, cache_dir=tmp_path / "c", progress=False)
+    assert time.monotonic() - start < 5
+    assert [str(w.message) for w in warned] == [
+        f"ViT-B/32: can't reach 127.0.0.1:{url_port} (Connection refused); loading it from the Hugging Face Hub "
+        f"instead ({hub_host}: timm/absent.openai)"]
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith(f"ViT-B/32: can't reach 127.0.0.1:{url_port} (Connection refused) nor {hub_host} "
+                              "(Connection refused) for timm/absent.openai: load a local file instead, copy "
+                              f"ViT-B-32.pt into {tmp_path / 'c'} (set by CLIP_JAX_CACHE), or point HF_HUB_CACHE at")
+    assert "HF_HUB_OFFLINE=1" in message
+    assert [c[:2] for c in connections] == [("127.0.0.1", url_port), ("127.0.0.1", int(hub_host.split(":")[1]))]
+    assert not (tmp_path / "c").exists() or list((tmp_path / "c").iterdir()) == []
+
+
+def test_no_network_hub_repo(network_down, hf_cache, tmp_path):
+    """An hf-hub: repo with no network: one connection, then the Hugging Face cache; what it lacks is one
+    line naming the host, the cache and the ways out."""
+    endpoint, connections = network_down
+    hub_host = endpoint.removeprefix("http://")
+    ref = open_clip_tiny(quick_gelu=False)
+    fake_hub(hf_cache, "org/tiny", {"open_clip_config.json": open_clip_config(),
+                                    "open_clip_model.safetensors": safetensors_bytes(ref)}, COMMIT1)
+    start = time.monotonic()
+    assert_matches(clip_jax.load("hf-hub:org/tiny", cache_dir=tmp_path)[0], ref)
+    with pytest.raises(clip_jax.download.UnreachableError) as e:
+        clip_jax.load("hf-hub:org/absent", cache_dir=tmp_path)
+    assert time.monotonic() - start < 5
+    assert str(e.value) == (
+        f"hf-hub:org/absent: can't reach {hub_host} (Connection refused), and the Hugging Face cache ({hf_cache}) "
+        "doesn't hold it: load a local file instead, or point HF_HUB_CACHE at a Hugging Face cache holding "
+        "org/absent (HF_HUB_OFFLINE=1 then skips the network)")
+    assert len(connections) == 1  # the probe's answer served both loads
+
+
+def test_cached_openai_file_loads_without_any_connection(server, network_down, tmp_path, monkeypatch):
+    """The file in CLIP_JAX_CACHE: load("ViT-B/32") makes no connection at all."""
+    ref = open_clip_tiny(quick_gelu=True)
+    url, sha = serve(server, zip_bytes(ref, tmp_path))
+    table = pretrained.registry()
+    monkeypatch.setitem(table, ("ViT-B-32", "openai"), with_url(table[("ViT-B-32", "openai")], url, sha))
+    monkeypatch.setenv("CLIP_JAX_CACHE", str(tmp_path / "env"))
+    clip_jax.load("ViT-B/32", progress=False)  # fills the cache
+    _, connections = network_down
+    connections.clear()
+    unreachable = f"http://127.0.0.1:{closed_port()}/{sha}/ViT-B-32.pt"
+    monkeypatch.setitem(table, ("ViT-B-32", "openai"), with_url(table[("ViT-B-32", "openai")], unreachable, sha))
+    assert_matches(clip_jax.load("ViT-B/32", progress=False)[0], ref)
+    assert connections == []
+
+
+def test_offline_mode_skips_openai_url(server, hits, hf_cache, tmp_path):
+    """HF_HUB_OFFLINE=1 holds for OpenAI's URLs too: no request; the Hub's cached copy, announced."""
+    ref = open_clip_tiny(quick_gelu=True)
+    fake_hub(hf_cache, "timm/tiny.openai", {"open_clip_model.safetensors": safetensors_bytes(ref)}, COMMIT1)
+    url, sha = serve(server, zip_bytes(ref, tmp_path))
+    entry = dataclasses.replace(resolve("ViT-B/32"), url=url, sha256=sha, hf_hub="timm/tiny.openai")
+    with pytest.warns(UserWarning, match=r"ViT-B-32\.pt: no verified copy in the cache .* and offline; loading it "
+                                         r"from the Hugging Face cache instead \(timm/tiny\.openai\)"):
+        assert_matches(clip_jax.load(entry, cache_dir=tmp_path, progress=False)[0], ref)
+    assert hits == {}
 
 
 def test_load_when_the_cache_has_no_room_for_the_converted_copy(server, tmp_path, monkeypatch):
