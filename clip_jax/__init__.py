@@ -23,6 +23,7 @@ _EXPORTS = {
               "text_states"],
     "parallel": ["ShardedCLIP", "make_mesh", "pmap_logits"],
     "pos_embed": ["resize_pos_embed"],
+    "pretrained": ["list_pretrained"],
     "states": ["TowerStates"],
     "tokenizer": ["tokenize", "trim_tokens"],
     "towers": ["MissingTowerError", "TextTower", "VisionTower"],
@@ -76,6 +77,7 @@ if TYPE_CHECKING:  # what type checkers and editors see: the names above, eagerl
     )
     from .parallel import ShardedCLIP, make_mesh, pmap_logits  # noqa: F401
     from .pos_embed import resize_pos_embed  # noqa: F401
+    from .pretrained import list_pretrained  # noqa: F401
     from .states import TowerStates  # noqa: F401
     from .tokenizer import tokenize, trim_tokens  # noqa: F401
     from .towers import MissingTowerError, TextTower, VisionTower  # noqa: F401

@@ -106,6 +106,18 @@ def available_models() -> list[str]:
     return list(OPENAI) + tags
 
 
+def list_pretrained(as_str: bool = False) -> list[tuple[str, str]] | list[str]:
+    """Every (architecture, tag) pair `load` downloads, in open_clip.list_pretrained()'s form and order:
+    the registry's pairs, then open_clip's "-quickgelu" names for the QuickGELU tags. as_str: "arch:tag".
+
+        list_pretrained()[:2] -> [("RN50", "openai"), ("RN50", "yfcc15m")]
+        load(("ViT-B-32", "laion2b_s34b_b79k")), load("ViT-B-32:laion2b_s34b_b79k")   what each pair loads
+    """
+    table = registry()
+    pairs = list(table) + [(f"{model}-quickgelu", tag) for (model, tag), e in table.items() if e.quick_gelu]
+    return [f"{model}:{tag}" for model, tag in pairs] if as_str else pairs
+
+
 def _clean_tag(tag: str) -> str:
     return tag.lower().replace("-", "_")  # open_clip's _clean_tag
 
