@@ -30,6 +30,16 @@ clip_jax's shard reader and decode pool, in img/s and per CPU-second (what one c
 else loads the machine), and the tar readers (this one vs the webdataset library).
 
     python benchmarks/embed.py --shards 4 --count 512 --vision-layers 2 --clip-retrieval-python /work/venv-cr/bin/python
+
+Small-job mode (--small N): N JPEGs in one tar shard, embedded by clip_jax.jobs.embed.embed (images and
+captions, files written) with a fresh ShardedCLIP each round, so compilation is included as a small job
+pays it; model loading is not. Rows:
+
+  shards, every batch padded to --batch-size     ShardedCLIP(buckets=()): one program of the full batch
+  shards, short batches padded to a bucket       the default: the smallest of 1, 2, 4, ... x data axis
+  the same images as files (a folder)            for reference
+
+    python benchmarks/embed.py --small 14 --batch-size 256 --repeat 1
 """
 
 from __future__ import annotations
@@ -78,9 +88,12 @@ def main(argv=None):
     ap.add_argument("--shards", type=int, default=0, help="shards mode: pack the JPEGs into this many tar shards")
     ap.add_argument("--clip-retrieval-python", help="shards mode: a python with clip-retrieval installed")
     ap.add_argument("--cores", type=int, nargs="+", default=[1, 2], help="shards mode: cores to pin each command to")
+    ap.add_argument("--small", type=int, default=0, help="small-job mode: this many JPEGs in one tar shard")
     args = ap.parse_args(argv)
     if args.shards:
         return shards_main(args)
+    if args.small:
+        return small_main(args)
 
     import jax
     import open_clip
@@ -316,6 +329,67 @@ def shards_main(args) -> None:
         diff = max(np.abs(a[k] - b[k]).max() for k in a) if a.keys() == b.keys() else float("nan")
         print(f"rows: clip_jax {len(a)}, clip-retrieval {len(b)}, same keys: {a.keys() == b.keys()}; "
               f"max |clip_jax - clip-retrieval| over the float16 embeddings of each key: {diff:.2e}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- small-job mode ---------------------------------------------------------------------------------
+
+
+def small_main(args) -> None:
+    import jax
+
+    import clip_jax
+    from clip_jax.checkpoint import store
+    from clip_jax.checkpoint.torch_names import from_torch
+    from clip_jax.jobs.embed import embed
+    from clip_jax.parallel import ShardedCLIP
+    from tests.images import write_jpegs
+    from tests.reference import reference_model
+    from tests.shards import write_tar
+
+    tmp = tempfile.mkdtemp(prefix="clip_jax_small_bench_")
+    paths = write_jpegs(os.path.join(tmp, "jpegs"), args.small)[: args.small]
+    shard = os.path.join(tmp, "00000.tar")
+    write_tar(shard, [{"__key__": f"{i:04d}", "jpg": open(p, "rb").read(), "txt": f"a photo number {i}"}
+                      for i, p in enumerate(paths)])
+    ref = reference_model("ViT-B-32", vision_layers=args.vision_layers, text_layers=1)
+    config, params = from_torch({k: v.numpy() for k, v in ref.state_dict().items()})
+    model_file = os.path.join(tmp, "model.safetensors")
+    store.save(model_file, params, config)
+    model = clip_jax.load(model_file)[0]
+
+    def job(inputs, buckets):
+        def run():
+            out = tempfile.mkdtemp(dir=tmp)
+            sharded = ShardedCLIP(model, batch_size=args.batch_size, buckets=buckets)  # fresh: compiles again
+            embed(inputs, out, model_file, batch_size=args.batch_size, num_threads=args.workers, progress=False,
+                  sharded=sharded)
+            results[run] = np.load(os.path.join(out, "img_emb", "img_emb_0.npy"))
+            shutil.rmtree(out)
+        return run
+
+    results: dict = {}
+    cases = {"shards, every batch padded to the batch size": job([shard], ()),
+             "shards, short batches padded to a bucket": job([shard], None),
+             "the same images as files (a folder)": job(paths, None)}
+    cases["the same images as files (a folder)"]()  # untimed: first-use costs (imports, threads) go here
+    best = {name: float("inf") for name in cases}
+    for _ in range(args.repeat):  # interleaved: the machine may be shared
+        for name, fn in cases.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f}; jax {jax.__version__} on {jax.devices()[0].platform} x{jax.device_count()}")
+    print(f"{len(paths)} JPEGs in one tar shard; ViT-B/32 image tower with {args.vision_layers} layers, text tower "
+          f"1 layer, float32, batch {args.batch_size}, {args.workers} decoding threads; compilation included; best "
+          f"of {args.repeat}")
+    before = best["shards, every batch padded to the batch size"]
+    for name, sec in best.items():
+        print(f"  {name:46s} {sec:7.1f} s   {before / sec:6.2f}x the full-batch padding")
+    full, bucketed = (results[fn] for fn in list(cases.values())[:2])
+    print(f"float16 rows equal bit for bit: {int((full == bucketed).all(axis=1).sum())} of {len(full)}; max "
+          f"|difference| {np.abs(full.astype(np.float32) - bucketed.astype(np.float32)).max():.1e}")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

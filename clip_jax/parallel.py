@@ -2,8 +2,9 @@
 
 A mesh has two axes: "data" (the batch is split along it) and "model" (size 1 by default; above 1, the
 big attention and MLP kernels are split along it, for towers too big for one device). Batches are padded
-to one fixed size (a multiple of the data axis, so every device gets equal rows and nothing recompiles),
-moved to the devices by a background thread while the previous batch computes, and unpadded after.
+to one of a few fixed sizes (multiples of the data axis, so every device gets equal rows; a short batch
+takes the smallest that holds it, so a small job costs what its rows cost, with one compiled program per
+size), moved to the devices by a background thread while the previous batch computes, and unpadded after.
 Images travel as uint8 (4x fewer bytes than float32) and are normalized on the device, inside the jit.
 
 Multi-host: call `initialize(...)` (jax.distributed) in every process first. Every process then runs the
@@ -224,6 +225,14 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+def _bucket_sizes(batch_size: int, n_data: int, buckets: Sequence[int] | None) -> tuple[int, ...]:
+    """The padded batch sizes, ascending, each a multiple of n_data and at most batch_size (included).
+    Default: n_data * 2**k, so a job compiles at most log2(batch_size / n_data) + 1 programs."""
+    if buckets is None:
+        buckets = [n_data << k for k in range(max(batch_size // n_data, 1).bit_length())]
+    return tuple(sorted({min(_round_up(max(1, b), n_data), batch_size) for b in buckets} | {batch_size}))
+
+
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
     if len(x) == rows:
         return x
@@ -238,23 +247,29 @@ class ShardedCLIP:
     Args:
       model: a clip_jax CLIP (any compute dtype).
       mesh: from make_mesh; default: all devices along "data".
-      batch_size: global rows per step, rounded up to a multiple of the "data" axis. Every batch is
-        padded to this size (a call with fewer rows uses the smallest multiple that holds them), so one
-        compiled program serves a whole job.
+      batch_size: global rows per step, rounded up to a multiple of the "data" axis. Full batches are
+        this size; a shorter one (the last of a job, or a small job) is padded to the smallest of
+        `buckets` that holds it, so each size compiles once and a small job doesn't pay a full batch.
+      buckets: the padded sizes a short batch may take, each rounded up to a multiple of the "data" axis
+        (default: the data axis size times 1, 2, 4, ... below batch_size; () pads every batch to
+        batch_size: one program per job). See padded_rows. What padding rows hold never changes the real
+        rows; on the CPU a row's last float32 bits can follow the padded size (XLA rounds matmuls by shape).
       prefetch: batches moved to the devices ahead of the compute.
       text_buckets: token lengths the text batches are trimmed to (exact: see tokenizer.trim_tokens).
 
-    Attributes: mesh, batch_size, config, family (clip_jax.families), params (the sharded pytree), head
-    (the scalars the family's logits take, as floats; {} for a single tower or a model built from
-    shapes), logit_scale (a float, log scale, or None).
+    Attributes: mesh, batch_size, buckets (ascending, batch_size last), config, family
+    (clip_jax.families), params (the sharded pytree), head (the scalars the family's logits take, as
+    floats; {} for a single tower or a model built from shapes), logit_scale (a float, log scale, or None).
     """
 
     def __init__(self, model: CLIP, mesh: Mesh | None = None, batch_size: int = 256, prefetch: int = 2,
-                 text_buckets: Sequence[int] = DEFAULT_BUCKETS):
+                 text_buckets: Sequence[int] = DEFAULT_BUCKETS, buckets: Sequence[int] | None = None):
         self.mesh = mesh if mesh is not None else make_mesh()
         check_platform(model, self.mesh.devices.flat[0].platform)
         self.n_data = self.mesh.shape[DATA]
         self.batch_size = _round_up(max(1, batch_size), self.n_data)
+        self.buckets = _bucket_sizes(self.batch_size, self.n_data, buckets)
+        self._local: dict[int, slice] = {}
         self.prefetch = prefetch
         self.config = model.config
         self.family = family_of(model)
@@ -298,8 +313,18 @@ class ShardedCLIP:
 
     # -- which rows this process feeds --
 
+    def padded_rows(self, n: int) -> int:
+        """The rows a global batch of n <= batch_size rows is padded to: the smallest bucket that holds it.
+        A function of n alone, so every process of a multi-process call steps the same shapes."""
+        return next(b for b in self.buckets if b >= n) if n <= self.batch_size else self.batch_size
+
     def local_rows(self, batch_rows: int) -> slice:
         """The rows of a [batch_rows, ...] global batch that this process's devices hold (contiguous)."""
+        if batch_rows not in self._local:
+            self._local[batch_rows] = self._local_rows(batch_rows)
+        return self._local[batch_rows]
+
+    def _local_rows(self, batch_rows: int) -> slice:
         idx = self.rows.addressable_devices_indices_map((batch_rows,))
         starts = sorted({s[0].start or 0 for s in idx.values()})
         stops = sorted({s[0].stop if s[0].stop is not None else batch_rows for s in idx.values()})
@@ -313,26 +338,25 @@ class ShardedCLIP:
             return jax.device_put(local, self.rows)
         return jax.make_array_from_process_local_data(self.rows, local, (global_rows,) + local.shape[1:])
 
-    def _step_rows(self, n: int) -> int:
-        return min(self.batch_size, _round_up(max(n, 1), self.n_data))
-
     def _stream(self, kind: str, n: int, load: Callable[[int, int, slice], tuple[np.ndarray, Any]],
                 normalized: bool) -> Iterator[tuple[int, np.ndarray, Any]]:
         """Yield (start, features [rows, D], info) per global batch, in order.
 
         load(start, stop, local) -> (this process's rows of the batch [start, stop), info); `local` is
-        the slice of the padded batch those rows fill. Loading and the transfer run in the prefetch
-        thread; one batch stays in flight on the devices while the previous result comes back.
+        the slice of the padded batch (padded_rows(stop - start) rows) those rows fill. Loading and the
+        transfer run in the prefetch thread; one batch stays in flight on the devices while the previous
+        result comes back.
         """
-        bs = self._step_rows(n)
-        local = self.local_rows(bs)
+        bs = self.batch_size
         fn = self._fns[kind, normalized]
 
         def host_batches():
             for start in range(0, n, bs):
                 stop = min(start + bs, n)
+                rows = self.padded_rows(stop - start)
+                local = self.local_rows(rows)
                 x, info = load(start, stop, local)
-                yield start, stop, self._to_device(_pad_rows(x, local.stop - local.start), bs), info
+                yield start, stop, self._to_device(_pad_rows(x, local.stop - local.start), rows), info
 
         pending: collections.deque = collections.deque()
         for start, stop, x, info in prefetch(host_batches(), self.prefetch):
@@ -401,23 +425,21 @@ class ShardedCLIP:
         devices by `prefetch` batches.
         """
         n = len(paths)
-        bs = self._step_rows(n)
-        local = self.local_rows(bs)
         shape = (self.config.vision.image_size,) * 2 + (3,)
         if tuple(transform.shape) != shape:
             raise InputError(f"transform makes {transform.shape} images; this model takes {shape}")
         with Decoder(transform, num_threads) as decoder:
-            load = self._file_loader(paths, decoder, bs, local)
+            load = self._file_loader(paths, decoder)
             for start, feats, (ok_local, errs) in self._stream("image", n, load, normalized):
-                ok = self._gather_mask(ok_local, bs)[: len(feats)]
+                ok = self._gather_mask(ok_local, self.padded_rows(len(feats)))[: len(feats)]
                 feats = np.where(ok[:, None], feats, 0).astype(np.float32)
                 yield EmbeddedBatch(start, feats, ok, errs)
 
-    def _file_loader(self, paths: Sequence[str], decoder: Decoder, bs: int,
-                     local: slice) -> Callable[[int, int, slice], tuple[np.ndarray, tuple]]:
+    def _file_loader(self, paths: Sequence[str],
+                     decoder: Decoder) -> Callable[[int, int, slice], tuple[np.ndarray, tuple]]:
         """`_stream`'s load for image files: this process's rows of each batch, decoded on `decoder`
         `prefetch + 1` batches ahead of the one asked for -> (uint8 pixels, (ok [rows], errors))."""
-        n = len(paths)
+        n, bs = len(paths), self.batch_size
         pending: dict[int, tuple[np.ndarray, list[Future]]] = {}
         ahead = self.prefetch + 1  # batches being decoded beyond the one the devices need next
 
@@ -425,11 +447,12 @@ class ShardedCLIP:
             if start >= n or start in pending:
                 return
             stop = min(start + bs, n)
+            local = self.local_rows(self.padded_rows(stop - start))
             lo, hi = start + local.start, min(start + local.stop, stop)
             buf = np.zeros((max(hi - lo, 0),) + decoder.transform.shape, np.uint8)
             pending[start] = (buf, decoder.submit(paths[lo:hi], buf))
 
-        def load(start, stop, local_):
+        def load(start, stop, local):
             for k in range(ahead + 1):
                 submit(start + k * bs)
             buf, futures = pending.pop(start)

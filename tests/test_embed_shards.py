@@ -179,6 +179,39 @@ def test_a_manifest_that_is_not_one_is_one_line(data, tmp_path, capsys, manifest
     assert len(err.strip().splitlines()) == 1 and "manifest.json: not a valid manifest" in err, err
 
 
+def test_a_small_shard_job_steps_buckets_not_the_full_batch(data, full_run, tmp_path):
+    """At --batch-size 256, shards of 5, 7 and 3 samples step 8-, 8- and 4-row programs (images, then the
+    kept captions: 5, 6, 3), not 256-row ones; the rows equal the full-batch path's (every batch padded to
+    256) and batch 4's to the float16 spacing, the metadata bit for bit."""
+    import jax
+
+    from clip_jax import parallel
+    from clip_jax.jobs import embed
+
+    from .test_parallel import _record_steps
+
+    tmp, _, model = data
+    outs = {}
+    for name, buckets in (("buckets", None), ("full", ())):
+        clip, _ = clip_jax.load(str(model))
+        sharded = parallel.ShardedCLIP(clip, parallel.make_mesh(1, devices=jax.local_devices()), batch_size=256,
+                                       buckets=buckets)
+        steps = _record_steps(sharded)
+        outs[name] = tmp_path / name
+        embed.embed([str(tmp / "data" / "{00000..00002}.tar")], str(outs[name]), str(model), batch_size=256,
+                    progress=False, sharded=sharded)
+        want = [8, 8, 4] if buckets is None else [256] * 3
+        assert [r for kind, r in steps if kind == "image"] == want
+        assert [r for kind, r in steps if kind == "text"] == want
+    for k in range(3):
+        for sub in ("img_emb/img_emb", "text_emb/text_emb"):
+            got = np.load(outs["buckets"] / f"{sub}_{k}.npy").astype(np.float32)
+            np.testing.assert_allclose(got, np.load(outs["full"] / f"{sub}_{k}.npy"), atol=FP16_ATOL, rtol=0)
+            np.testing.assert_allclose(got, np.load(full_run / f"{sub}_{k}.npy"), atol=FP16_ATOL, rtol=0)
+        meta = f"metadata/metadata_{k}.parquet"
+        assert (outs["buckets"] / meta).read_bytes() == (outs["full"] / meta).read_bytes()
+
+
 def test_parquet_equals_the_same_samples_as_tar(data, full_run, run_embed, tmp_path):
     tmp, samples, model = data
     for k, s in enumerate(samples):  # shard 1's images as {bytes, path} structs, the others as bytes

@@ -209,3 +209,64 @@ def test_text_row_without_eot_is_kept_whole():
     tokens[2, 50] = 49000  # ... and the largest id, where the tower pools, far past the other rows' ends
     got = parallel.ShardedCLIP(model, batch_size=4, text_buckets=(8,)).encode_text(tokens)
     np.testing.assert_allclose(got, np.asarray(model.encode_text(tokens)), atol=FEATURE_ATOL, rtol=0)
+
+
+def _record_steps(sharded: parallel.ShardedCLIP) -> list[tuple[str, int]]:
+    """Wrap `sharded`'s compiled programs: each step appends (kind, rows of the padded batch)."""
+    steps: list[tuple[str, int]] = []
+    for key, fn in list(sharded._fns.items()):
+        sharded._fns[key] = lambda leaves, x, fn=fn, kind=key[0]: (steps.append((kind, x.shape[0])), fn(leaves, x))[1]
+    return steps
+
+
+def test_bucket_sizes():
+    assert parallel._bucket_sizes(256, 1, None) == (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    assert parallel._bucket_sizes(256, 8, None) == (8, 16, 32, 64, 128, 256)
+    assert parallel._bucket_sizes(24, 8, None) == (8, 16, 24)  # batch_size itself is always one
+    assert parallel._bucket_sizes(20, 4, (3, 10, 50)) == (4, 12, 20)  # multiples of the data axis, capped
+    assert parallel._bucket_sizes(256, 1, ()) == (256,)
+
+
+def test_short_batches_take_the_smallest_bucket_and_keep_their_rows(tmp_path):
+    """A 14-image job at batch 256 steps one 16-row program, not a 256-row one; a 300-image job steps 256
+    then 64. Rows equal the full-batch path's (buckets=(): every batch padded to 256) to FEATURE_ATOL (XLA's
+    CPU matmuls round by shape), and bit for bit whatever the padding rows of their bucket hold."""
+    from PIL import Image
+
+    from clip_jax.image import image_transform
+
+    from .tiny import tiny_model
+
+    model = tiny_model()
+    s, full = parallel.ShardedCLIP(model, batch_size=256), parallel.ShardedCLIP(model, batch_size=256, buckets=())
+    assert [s.padded_rows(n) for n in (1, 3, 14, 129, 256)] == [1, 4, 16, 256, 256]
+    steps, full_steps = _record_steps(s), _record_steps(full)
+    images = np.random.RandomState(0).randint(0, 256, (300, 32, 32, 3)).astype(np.uint8)
+
+    got = s.encode_image(images[:14])
+    assert steps == [("image", 16)]
+    np.testing.assert_allclose(got, full.encode_image(images[:14]), atol=FEATURE_ATOL, rtol=0)
+    assert full_steps == [("image", 256)]
+    np.testing.assert_array_equal(s.encode_image(images[:15])[:14], got)  # another image in a padding row
+
+    steps.clear()
+    np.testing.assert_allclose(s.encode_image(images), full.encode_image(images), atol=FEATURE_ATOL, rtol=0)
+    assert steps == [("image", 256), ("image", 64)]
+    fresh = parallel.ShardedCLIP(model, batch_size=256)  # s's programs are wrapped: count on another
+    for n in (14, 13, 9, 16):  # one bucket: one program, reused
+        fresh.encode_image(images[:n])
+    assert fresh._fns["image", False]._cache_size() == 1
+
+    # Files: the same buckets, and the bad file's row stays out whatever the padding.
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(images[i]).save(paths[-1])
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    paths.insert(1, str(tmp_path / "bad.png"))
+    steps.clear()
+    batches = list(s.embed_image_files(paths, image_transform(32), num_threads=1, normalized=False))
+    assert steps == [("image", 4)]
+    assert batches[0].ok.tolist() == [True, False, True, True] and not batches[0].features[1].any()
+    np.testing.assert_allclose(batches[0].features[[0, 2, 3]], full.encode_image(images[:3]), atol=FEATURE_ATOL,
+                               rtol=0)

@@ -32,7 +32,7 @@ from ..errors import InputError
 from ..hub import load
 from ..image import ImageError
 from . import embed_shards
-from .embed_folder import EmbeddingFolder, progress_bar
+from .embed_folder import ERRORS, EmbeddingFolder, progress_bar
 
 NOT_UTF8 = "file name is not valid UTF-8 (image_path is UTF-8 text); rename the file"
 
@@ -42,7 +42,12 @@ NOT_UTF8 = "file name is not valid UTF-8 (image_path is UTF-8 text); rename the 
 
 @dataclass
 class Summary:
-    """What a run did: items in the job, rows written (now and before), files skipped, shards."""
+    """What a run did: items in the job, rows written (now and before), files skipped, shards.
+
+    In a multi-process run, process 0's counts are the job's and the other processes' are 0; `own` is
+    this process's part (shards: its shards; image files: the rows of each batch it read) and `process`
+    its (index, count).
+    """
 
     items: int
     rows: int
@@ -51,6 +56,30 @@ class Summary:
     shards_done_now: int
     seconds: float
     errors: list = field(default_factory=list)
+    own: Summary | None = None
+    process: tuple[int, int] = (0, 1)
+
+    def lines(self, output: str) -> list[str]:
+        """What `clip-jax embed` prints: the job's line (process 0), and in a multi-process run each
+        process's own line first."""
+        index, count = self.process
+        out = []
+        if count > 1 and self.own is not None:
+            o = self.own
+            out.append(f"{output}: process {index} of {count}: {_n(o.rows, 'row')} of {_n(o.items, 'item')} in "
+                       f"its {_n(o.shards, 'shard')}; {o.shards_done_now} done in this run, {o.seconds:.1f} s")
+        if index == 0:
+            skipped = f", {self.skipped} skipped (see {output.rstrip('/')}/{ERRORS})" if self.errors else ""
+            total = "in all: " if count > 1 else ""
+            out.append(f"{output}: {total}{_n(self.rows, 'row')} of {_n(self.items, 'item')} in "
+                       f"{_n(self.shards, 'shard')}{skipped}; {_n(self.shards_done_now, 'shard')} done in this "
+                       f"run, {self.seconds:.1f} s")
+        return out
+
+
+def _n(count: int, noun: str) -> str:
+    """'1 shard', '2 shards'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _fingerprint(images: Sequence[str] | None, captions: Sequence[str] | None) -> str:
@@ -227,6 +256,7 @@ def _embed_files(job: EmbedJob, t0: float, *, model, dtype: str, batch_size: int
     writer = jax.process_index() == 0
     if writer:
         job.open()
+    own = [0, 0]  # items this process read, and how many of them it could not
     try:
         todo = _agreed_todo(job, writer)
         if todo:
@@ -239,14 +269,16 @@ def _embed_files(job: EmbedJob, t0: float, *, model, dtype: str, batch_size: int
             try:
                 for k in todo:
                     image_emb, text_emb, keep, errors = _embed_shard(job, k, sharded, preprocess, num_threads,
-                                                                     truncate, bar, writer)
+                                                                     truncate, bar, writer, own)
                     if writer:
                         job.write_shard(k, image_emb, text_emb, keep, errors)
             finally:
                 bar.close()
         if writer:
             job.finish()
-        return _summary(job, len(todo), t0)
+        seconds = time.perf_counter() - t0
+        mine = Summary(own[0], own[0] - own[1], own[1], len(todo), len(todo), seconds)
+        return _summary(job, len(todo), t0, mine)
     finally:
         job.close()
 
@@ -298,10 +330,12 @@ def _load_sharded(model, dtype: str, attention, mesh, batch_size: int):
 
 
 def _embed_shard(job: EmbedJob, k: int, sharded, preprocess, num_threads, truncate: bool, bar,
-                 writer: bool) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray, list]:
+                 writer: bool, own: list[int]) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray, list]:
     """Output shard k's rows -> (image embeddings [items, D] or None, caption embeddings [items, D] or
-    None, keep: bool [items], False for an unreadable image, errors [(path, reason)])."""
+    None, keep: bool [items], False for an unreadable image, errors [(path, reason)]). Adds to `own` the
+    items this process read, and those it could not."""
     lo, hi = job.bounds(k)
+    own[0] += _own_items(sharded, hi - lo)
     keep = np.ones(hi - lo, bool)
     errors: list[tuple[str, str]] = []
     image_emb = text_emb = None
@@ -311,6 +345,7 @@ def _embed_shard(job: EmbedJob, k: int, sharded, preprocess, num_threads, trunca
             feats.append(batch.features)
             keep[batch.start: batch.start + len(batch.ok)] = batch.ok
             errors += batch.errors
+            own[1] += len(batch.errors)
             bar.update(len(batch.ok))
         image_emb = np.concatenate(feats)
         errors = _all_errors(job.images[lo:hi], keep, errors, preprocess) if writer else errors
@@ -323,9 +358,19 @@ def _embed_shard(job: EmbedJob, k: int, sharded, preprocess, num_threads, trunca
     return image_emb, text_emb, keep, errors
 
 
-def _summary(job: EmbedJob, done_now: int, t0: float) -> Summary:
+def _own_items(sharded, n: int) -> int:
+    """How many of n global rows this process reads (its devices' rows of each padded batch)."""
+    count = 0
+    for start in range(0, n, sharded.batch_size):
+        m = min(sharded.batch_size, n - start)
+        local = sharded.local_rows(sharded.padded_rows(m))
+        count += max(0, min(local.stop, m) - local.start)
+    return count
+
+
+def _summary(job: EmbedJob, done_now: int, t0: float, own: Summary) -> Summary:
     return Summary(job.items, job.rows_done(), len(job.errors()), job.num_shards, done_now,
-                   time.perf_counter() - t0, job.errors())
+                   time.perf_counter() - t0, job.errors(), own, (jax.process_index(), jax.process_count()))
 
 
 def _model_id(model) -> str:
@@ -346,15 +391,23 @@ def _embed_shards(source, output, t0: float, *, model, dtype: str, emb_dtype: st
                              "(make_mesh(devices=jax.local_devices()))")
         sharded, preprocess = _sharded(sharded, model, dtype, attention, batch_size,
                                        parallel.make_mesh(model_parallel, devices=jax.local_devices()))
-        shards, done_now = embed_shards.run(job, sharded, preprocess, num_threads=num_threads, truncate=truncate,
-                                            progress=progress)
+        shards, mine, done_now = embed_shards.run(job, sharded, preprocess, num_threads=num_threads,
+                                                  truncate=truncate, progress=progress)
     finally:
         job.folder.close()
-    shards = shards or {}
+    seconds = time.perf_counter() - t0
+    own = _shards_summary(mine, len(mine), done_now, seconds)
+    return _shards_summary(shards or {}, job.num_shards, done_now, seconds, own)
+
+
+def _shards_summary(shards: dict[str, dict], num_shards: int, done_now: int, seconds: float,
+                    own: Summary | None = None) -> Summary:
+    """A Summary of shard summaries {str(k): {"shard", "items", "rows", "errors"}}."""
     errors = [(shards[k]["shard"], key, reason) for k in sorted(shards, key=int) for key, reason in shards[k]["errors"]]
     items, rows = sum(s["items"] for s in shards.values()), sum(s["rows"] for s in shards.values())
     # errors.tsv also lists the fields dropped from kept samples: skipped counts the samples left out.
-    return Summary(items, rows, items - rows, job.num_shards, done_now, time.perf_counter() - t0, errors)
+    return Summary(items, rows, items - rows, num_shards, done_now, seconds, errors, own,
+                   (jax.process_index(), jax.process_count()))
 
 
 def _check_captions_fit(captions: Sequence[str], tokenizer, chunk: int) -> None:

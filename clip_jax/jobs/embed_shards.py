@@ -331,17 +331,18 @@ def _checked(sample: dict) -> tuple[dict, str | None, list[str]]:
 
 def decoded_batches(shards: Iterable[tuple[int, Iterable[dict]]], decoder: Decoder, batch_size: int,
                     ahead: int) -> Iterator[tuple]:
-    """shards: (k, samples) pairs -> per batch (k, samples, uint8 pixels [batch_size, n, n, 3] zero-padded,
-    ok [len(samples)], errors [(key, reason)]), in order, then (k, None, None, None, failure) once shard k
+    """shards: (k, samples) pairs -> per batch (k, samples, uint8 pixels [len(samples), n, n, 3], ok
+    [len(samples)], errors [(key, reason)]), in order, then (k, None, None, None, failure) once shard k
     has ended: failure is None, or why the shard could not be read to its end (ShardError, InputError:
-    its batches so far were yielded, and must not be marked done). A batch holds one shard's samples;
-    decoding runs on `decoder` and goes on into the next shard while the devices work, at most `ahead`
-    batches beyond the one returned (memory stays bounded)."""
+    its batches so far were yielded, and must not be marked done). A batch holds up to batch_size of one
+    shard's samples, unpadded (ShardedCLIP pads a short one to the smallest of its buckets that holds it,
+    so a small shard doesn't pay a full batch); decoding runs on `decoder` and goes on into the next shard
+    while the devices work, at most `ahead` batches beyond the one returned (memory stays bounded)."""
     shape = tuple(decoder.transform.shape)
     pending: deque = deque()
 
     def start(k, batch):
-        buf = np.zeros((batch_size,) + shape, np.uint8)
+        buf = np.zeros((len(batch),) + shape, np.uint8)
         checked = [_checked(s) for s in batch]
         batch = [c[0] for c in checked]
         sources = [None if reason is not None else s["image"] if s["image"] is not None else s.get("image_path")
@@ -390,7 +391,8 @@ class ShardsFailedError(ClipJaxError):
 
 def run(job: ShardJob, sharded, transform, *, num_threads: int | None, truncate: bool, progress: bool):
     """Embed this process's unfinished shards; returns (merged shard summaries on process 0 else None,
-    shards done in this run on this process). Process 0 must have called job.folder.open() first.
+    this process's shard summaries, shards done in this run on this process). Process 0 must have
+    called job.folder.open() first.
     Raises ShardsFailedError, once every other shard is done, if some shards could not be read."""
     me, count = jax.process_index(), jax.process_count()
     _barrier("clip_jax embed: folder claimed")  # process 0 has checked and claimed the folder
@@ -426,7 +428,7 @@ def run(job: ShardJob, sharded, transform, *, num_threads: int | None, truncate:
                     else:
                         failed[str(k)] = errs
                     continue
-                feats.append(sharded.encode_image(pixels, normalized=True)[: len(batch)])
+                feats.append(sharded.encode_image(pixels, normalized=True))
                 samples += [{**s, "image": None} for s in batch]  # metadata only: the bytes can go
                 oks.append(ok)
                 errors += errs
@@ -446,7 +448,7 @@ def run(job: ShardJob, sharded, transform, *, num_threads: int | None, truncate:
     _barrier("clip_jax embed: folder finished")
     if failed:
         raise _failed_error(job, failed)
-    return merged, len(todo)
+    return merged, summaries, len(todo)
 
 
 def _failed_error(job: ShardJob, failed: dict[str, str]) -> ShardsFailedError:
