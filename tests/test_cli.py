@@ -234,6 +234,44 @@ def test_embed_user_errors_are_one_line(data, tmp_path, capsys):
         assert main(*argv) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("clip-jax: error:") and message in err[0], err
+    assert not list(tmp_path.glob("o*")), "a failed first run leaves no output folder behind"
+
+
+def test_embed_failed_first_run_leaves_nothing_behind(data, tmp_path, capsys):
+    """A bad --model fails after the folder is claimed: a folder it made is removed, an empty folder given
+    stays (empty), and a later run with the right model works there."""
+    from .shards import make_samples, write_tar
+
+    _, imgs, model = data
+    write_tar(tmp_path / "s.tar", make_samples(0, 2))
+    missing = tmp_path / "missing.safetensors"
+    for inputs in ([imgs], [tmp_path / "s.tar"]):
+        assert main(*embed_args(inputs, tmp_path / "new", missing)) == 1
+        assert not (tmp_path / "new").exists()
+        (tmp_path / "empty").mkdir()
+        assert main(*embed_args(inputs, tmp_path / "empty", missing)) == 1
+        assert list((tmp_path / "empty").iterdir()) == []
+        assert main(*embed_args(inputs, tmp_path / "empty", model)) == 0
+        assert (tmp_path / "empty" / "manifest.json").is_file()
+        shutil.rmtree(tmp_path / "empty")
+    capsys.readouterr()
+
+
+def test_embed_summary_lines():
+    """One shard is "1 shard"; in a multi-process run each process prints its own line, process 0 also the
+    job's ("in all")."""
+    from clip_jax.jobs.embed import Summary
+
+    assert Summary(1, 1, 0, 1, 1, 0.5).lines("out") == ["out: 1 row of 1 item in 1 shard; 1 shard done in this "
+                                                        "run, 0.5 s"]
+    s = Summary(7, 6, 1, 3, 2, 1.0, [("a", "b")])
+    assert s.lines("out/") == ["out/: 6 rows of 7 items in 3 shards, 1 skipped (see out/errors.tsv); 2 shards done "
+                               "in this run, 1.0 s"]
+    own = Summary(3, 3, 0, 1, 1, 0.5)
+    assert Summary(0, 0, 0, 3, 1, 0.5, own=own, process=(1, 2)).lines("out") == [
+        "out: process 1 of 2: 3 rows of 3 items in its 1 shard; 1 done in this run, 0.5 s"]
+    first = Summary(7, 6, 1, 3, 2, 1.0, [("a", "b")], own=own, process=(0, 2)).lines("out")
+    assert first[0].startswith("out: process 0 of 2: 3 rows") and first[1].startswith("out: in all: 6 rows of 7")
 
 
 # --- classify ----------------------------------------------------------------------------------------

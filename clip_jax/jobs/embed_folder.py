@@ -22,7 +22,8 @@ files are missing or of another size, is warned about in one line and embedded a
 Identity: the manifest, written before any shard, records the job (model, dtypes, a fingerprint of the
 inputs, ...). A rerun with another identity is refused in one line naming what differs, unless no shard
 was ever done there (a run that failed at its start binds nothing). On local disk a lock file keeps a
-second job out while one runs.
+second job out while one runs. A run that claimed a new folder and ends before writing any shard (a
+model that won't load, say) removes what it made: a failed first run leaves no folder behind.
 
 Format versions ("format_version"): 1 (image folders) kept the shards done in the manifest alone, 2
 (shards) and 3 (both jobs) write done markers; clip_jax.jobs.search reads all three.
@@ -241,6 +242,8 @@ class EmbeddingFolder:
         self.identity = {"format": FORMAT, "format_version": FORMAT_VERSION, "num_shards": num_shards, "model": model,
                          "dtype": dtype, "emb_dtype": emb_dtype, "image": image, "text": text, **inputs}
         self._lock_fd: int | None = None
+        self._made: bool | None = None  # open() claimed a new folder: whether it made the root directory too
+        self._committed = False  # a shard or the end of the job was written in this run
 
     def __str__(self) -> str:
         return str(self.dest)
@@ -265,29 +268,49 @@ class EmbeddingFolder:
 
     def open(self) -> None:
         """Lock the folder (on local disk), check it holds this same job or nothing, and claim it."""
+        made_root = self.dest.local and not Path(self.dest.root).exists()
         if self.dest.local:
             self._lock()
         try:
-            self._check()
+            if self._check():
+                self._made = made_root
         except BaseException:
             self.close()
             raise
 
-    def _check(self) -> None:
+    def _check(self) -> bool:
+        """-> whether the folder was new (nothing of a job there), and is claimed now."""
         old = self.dest.read(MANIFEST)
         if old is not None:
             old = parse_manifest(old, f"{self.dest}/{MANIFEST}")
             diff = [k for k in self.identity if old.get(k) != self.identity[k]]
             if not diff:
-                return
+                return False
             if old.get("shards") or self.dest.listdir(DONE):
                 detail = ", ".join(f"{k}: {repr(old.get(k))[:80]} there, {self.identity[k]!r} now" for k in diff[:4])
                 raise InputError(f"{self.dest} holds another embedding job ({detail}); use a new output folder")
             self._remove_uncommitted()  # its run failed before any shard was done: nothing there is kept
         elif any(name != LOCK for name in self.dest.listdir()):
             raise InputError(f"{self.dest}: folder is not empty and has no {MANIFEST}; use a new output folder")
-        self.dest.makedirs(*{rel.split("/", 1)[0] for rel in self.paths(0).values()}, DONE)
+        self.dest.makedirs(*self._subfolders())
         self.write_manifest({})
+        return old is None
+
+    def _subfolders(self) -> list[str]:
+        return sorted({rel.split("/", 1)[0] for rel in self.paths(0).values()} | {DONE})
+
+    def _discard(self) -> None:
+        """Remove the manifest and empty folders open() made, if the folder holds nothing else (another
+        process of the job may have written shards there: then everything stays)."""
+        if any(self.dest.listdir(sub) for sub in self._subfolders()):
+            return
+        self.dest.remove(MANIFEST)
+        if self.dest.local:
+            for sub in self._subfolders():
+                try:
+                    (Path(self.dest.root) / sub).rmdir()
+                except OSError:  # not empty after all: keep it
+                    pass
 
     def _remove_uncommitted(self) -> None:
         """Data files no done marker counts (a shard in progress when its run failed)."""
@@ -317,11 +340,22 @@ class EmbeddingFolder:
             os.close(fd)
 
     def close(self) -> None:
-        """Release the folder's lock (a killed process releases it too: the kernel drops flock locks)."""
-        if self._lock_fd is not None:
-            (Path(self.dest.root) / LOCK).unlink(missing_ok=True)  # while still holding it; see _lock
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        """Release the folder's lock (a killed process releases it too: the kernel drops flock locks). A
+        new folder claimed by open() in which nothing was written since is removed (see _discard)."""
+        made, self._made = self._made, None
+        try:
+            if made is not None and not self._committed:
+                self._discard()
+        finally:
+            if self._lock_fd is not None:
+                (Path(self.dest.root) / LOCK).unlink(missing_ok=True)  # while still holding it; see _lock
+                os.close(self._lock_fd)
+                self._lock_fd = None
+        if made and not self._committed:
+            try:
+                Path(self.dest.root).rmdir()  # the root it made, if still empty (another job may be in it now)
+            except OSError:
+                pass
 
     # -- shards --
 
@@ -355,6 +389,7 @@ class EmbeddingFolder:
         image_emb, text_emb: [rows, D] (None for the kind the folder doesn't hold); metadata: rows rows;
         name: the input the shard was made from; items: how many it had, rows included; errors: (key or
         path, reason). -> the marker's summary."""
+        self._committed = True
         paths, files = self.paths(k), {}
         data = {"image": image_emb, "text": text_emb}
         for kind, rel in paths.items():
@@ -373,6 +408,7 @@ class EmbeddingFolder:
                complete: bool) -> None:
         """Once every shard has run: errors.tsv (header, then rows), then, if complete, the manifest listing
         `shards` (the last file written: a job whose manifest lists its shards is complete)."""
+        self._committed = True
         self.dest.write(ERRORS, b"\n".join([tsv_line(*header)] + [tsv_line(*r) for r in rows]) + b"\n")
         if complete:
             self.write_manifest(shards)
