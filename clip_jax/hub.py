@@ -68,6 +68,10 @@ Params = dict[str, np.ndarray]
 _OPENAI_WEIGHTS = ConfigSource(None, "OpenAI's weights (clip_jax registry)")
 
 
+class SourceFallbackWarning(UserWarning):
+    """A registry entry's URL failed and its Hub copy is loaded instead; the message names both sources."""
+
+
 def available_models() -> list[str]:
     """The names `load` downloads: OpenAI's nine models first, then open_clip's tags as "arch/tag"."""
     return pretrained.available_models()
@@ -248,7 +252,8 @@ def _from_pretrained(entry: Pretrained, cache_dir, progress: bool) -> tuple[CLIP
             url_error = e
             source = f"cache instead ({entry.hf_hub})" if _offline() else \
                 f"Hub instead ({host_of(hf_constants.ENDPOINT)}: {entry.hf_hub})"
-            warnings.warn(f"{entry.name}: {e}; loading it from the Hugging Face {source}", stacklevel=3)
+            warnings.warn(f"{entry.name}: {e}; loading it from the Hugging Face {source}", SourceFallbackWarning,
+                          stacklevel=3)
     if entry.hf_hub:
         names = (entry.filename,) if entry.filename else HF_WEIGHTS
         if entry.filename and Path(entry.filename).suffix in (".bin", ".pth", ".pt"):

@@ -389,8 +389,9 @@ def test_openai_url_unreachable_falls_back_to_the_hub(server, network_down, hf_c
     fake_hub(hf_cache, "timm/tiny.openai", {"open_clip_model.safetensors": safetensors_bytes(ref)}, COMMIT1)
     entry = dataclasses.replace(resolve("ViT-B/32"), url=f"{server}/gone/ViT-B-32.pt", hf_hub="timm/tiny.openai")
     hub_host = endpoint.removeprefix("http://")
-    with pytest.warns(UserWarning, match=rf"^ViT-B/32: {server}/gone/ViT-B-32.pt: HTTP 404 .*; loading it from "
-                                         rf"the Hugging Face Hub instead \({hub_host}: timm/tiny.openai\)$"):
+    announced = rf"^ViT-B/32: {server}/gone/ViT-B-32.pt: HTTP 404 .*; loading it from the Hugging Face Hub instead " \
+                rf"\({hub_host}: timm/tiny.openai\)$"
+    with pytest.warns(hub.SourceFallbackWarning, match=announced):
         model, _ = clip_jax.load(entry, cache_dir=tmp_path, progress=False)
     assert model.config.activation == "quick_gelu"
     assert_matches(model, ref)
@@ -410,7 +411,7 @@ def test_no_network_fails_fast_naming_each_host_and_the_ways_out(network_down, t
     entry = dataclasses.replace(resolve("ViT-B/32"), url=f"http://127.0.0.1:{url_port}/x/ViT-B-32.pt",
                                 hf_hub="timm/absent.openai")
     start = time.monotonic()
-    with pytest.warns(UserWarning) as warned, pytest.raises(clip_jax.download.UnreachableError) as e:
+    with pytest.warns(hub.SourceFallbackWarning) as warned, pytest.raises(clip_jax.download.UnreachableError) as e:
         clip_jax.load(entry, cache_dir=tmp_path / "c", progress=False)
     assert time.monotonic() - start < 5
     assert [str(w.message) for w in warned] == [
