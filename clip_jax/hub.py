@@ -23,6 +23,7 @@ import dataclasses
 import os
 import re
 import time
+import traceback
 import urllib.parse
 import warnings
 from collections.abc import Callable
@@ -253,7 +254,7 @@ def _from_pretrained(entry: Pretrained, cache_dir, progress: bool) -> tuple[CLIP
             source = f"cache instead ({entry.hf_hub})" if _offline() else \
                 f"Hub instead ({host_of(hf_constants.ENDPOINT)}: {entry.hf_hub})"
             warnings.warn(f"{entry.name}: {e}; loading it from the Hugging Face {source}", SourceFallbackWarning,
-                          stacklevel=3)
+                          stacklevel=_caller_stacklevel())
     if entry.hf_hub:
         names = (entry.filename,) if entry.filename else HF_WEIGHTS
         if entry.filename and Path(entry.filename).suffix in (".bin", ".pth", ".pt"):
@@ -403,6 +404,15 @@ def _unreachable(entry: Pretrained, cache_dir, url_error: DownloadError | None,
     host = url_error.host if isinstance(url_error, UnreachableError) else host_of(hf_constants.ENDPOINT)
     why = url_error.why if isinstance(url_error, UnreachableError) else hub_why
     return UnreachableError(host, why, f"{entry.name}: can't reach {' nor '.join(tried)}: {_ways_out(*ways)}")
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel, for a warning raised by the function that calls this, of the first frame outside
+    clip_jax: the warning then shows the caller's own line, whichever entry point it came through."""
+    package = str(Path(__file__).parent) + os.sep
+    stack = traceback.extract_stack()[:-1]  # innermost last; this function's own frame dropped
+    return next((level for level, frame in enumerate(reversed(stack), 1) if not frame.filename.startswith(package)),
+                1)
 
 
 def _env_true(name: str) -> bool:

@@ -7,6 +7,9 @@ Names `load` accepts (case of the tag ignored, "-" in a tag read as "_", as open
     "ViT-B-32:laion2b_s34b_b79k", ("ViT-B-32", "laion2b_s34b_b79k")      the same tag, open_clip's spellings
     "ViT-B-32-quickgelu/laion400m_e32"                                   open_clip's QuickGELU aliases
 
+available_models() lists them as clip.available_models() does (OpenAI's names, then "arch/tag");
+list_pretrained() as open_clip.list_pretrained() does ((architecture, tag) pairs, "-quickgelu" names too).
+
 The table is clip_jax/assets/pretrained.json, generated from open_clip's own by tools/pretrained_table.py
 (open_clip is not imported here). Each tag carries the preprocessing it was trained with and its
 activation: a tag trained with QuickGELU gets QuickGELU under either architecture name (open_clip would

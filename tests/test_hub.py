@@ -417,6 +417,7 @@ def test_no_network_fails_fast_naming_each_host_and_the_ways_out(network_down, t
     assert [str(w.message) for w in warned] == [
         f"ViT-B/32: can't reach 127.0.0.1:{url_port} (Connection refused); loading it from the Hugging Face Hub "
         f"instead ({hub_host}: timm/absent.openai)"]
+    assert warned[0].filename == __file__  # shown at the caller's line, not inside clip_jax
     message = str(e.value)
     assert "\n" not in message
     assert message.startswith(f"ViT-B/32: can't reach 127.0.0.1:{url_port} (Connection refused) nor {hub_host} "
