@@ -17,10 +17,11 @@ import numpy as np
 from flax import nnx
 
 from .errors import InputError, LimitError
+from .families import family_of
 from .model import l2_normalize
-from .tokenizer import tokenize
 
-__all__ = ["IMAGENET_TEMPLATES", "zeroshot_classifier", "classify", "top_k", "logit_scale", "read_templates"]
+__all__ = ["IMAGENET_TEMPLATES", "zeroshot_classifier", "classify", "top_k", "logit_scale", "read_templates",
+           "check_templates"]
 
 # The 80 templates of OpenAI's notebook, in its order.
 IMAGENET_TEMPLATES: tuple[str, ...] = (
@@ -68,17 +69,24 @@ def read_templates(spec: str) -> tuple[str, ...]:
         templates = tuple(line for line in text.splitlines() if line.strip())
     else:
         templates = (spec,)
+    return check_templates(templates, spec)
+
+
+def check_templates(templates: Sequence[str], source: str | None = None, marker: str = "{}") -> tuple[str, ...]:
+    """Each template has {} where the class name goes and no other placeholder (a literal brace is {{ or
+    }}), checked before any model loads: another placeholder would fail at str.format afterwards.
+    source: where they came from, for the message; marker: how the caller's users write the place."""
+    where = f" (from {source[:200]!r})" if source else ""
     bad = [t[:200] for t in templates if "{}" not in t][:5]
     if not templates or bad:
-        raise InputError(f"templates must each contain {{}} where the label goes; got {bad or 'none'} "
-                         f"(from {spec[:200]!r})")
-    for t in templates:  # another placeholder would fail at str.format, a traceback once the model loaded
+        raise InputError(f"templates must each contain {marker} where the class name goes; got {bad or 'none'}{where}")
+    for t in templates:
         try:
             t.format("x")
         except (ValueError, KeyError, IndexError, AttributeError) as e:
-            raise InputError(f"template {t[:200]!r} (from {spec[:200]!r}): only {{}} may be in braces (a literal "
-                             f"brace is {{{{ or }}}}): {type(e).__name__} {e}") from None
-    return templates
+            raise InputError(f"template {t[:200]!r}{where}: only {marker} may be in braces (a literal brace is "
+                             f"{{{{ or }}}}): {type(e).__name__} {e}") from None
+    return tuple(templates)
 
 
 def _text_features(model, tokens: np.ndarray) -> np.ndarray:
@@ -99,11 +107,11 @@ def zeroshot_classifier(model, classnames: Sequence[str], templates: Sequence[st
         raise InputError("no class names")
     if not templates:
         raise InputError("no templates")
-    context = model.config.text.context_length
+    tokenizer = family_of(model).tokenizer(model.config)
     columns = []
     for i in range(0, len(classnames), classes_per_batch):
         names = classnames[i: i + classes_per_batch]
-        tokens = tokenize([t.format(c) for c in names for t in templates], context_length=context, truncate=truncate)
+        tokens = tokenizer([t.format(c) for c in names for t in templates], truncate=truncate)
         feats = _text_features(model, tokens).reshape(len(names), len(templates), -1).mean(axis=1)
         columns.append(feats / np.linalg.norm(feats, axis=-1, keepdims=True))
     return np.concatenate(columns).T.astype(np.float32)

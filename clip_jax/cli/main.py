@@ -181,10 +181,10 @@ def run_search(args: argparse.Namespace) -> int:
     import jax.numpy as jnp  # when run: see the module docstring
     import numpy as np
 
+    from ..families import family_of
     from ..hub import load
     from ..jobs.embed_folder import MANIFEST, read_manifest
     from ..jobs.search import INDEX, StaleIndexError, index_search, search
-    from ..tokenizer import tokenize
 
     manifest = Path(args.folder) / MANIFEST
     info = read_manifest(manifest) if manifest.exists() else {}
@@ -197,7 +197,7 @@ def run_search(args: argparse.Namespace) -> int:
     if args.image is not None:
         query = np.asarray(model.encode_image(preprocess.pixels(args.image)[None]))
     else:
-        tokens = tokenize([args.query], context_length=model.config.text.context_length, truncate=args.truncate)
+        tokens = family_of(model).tokenizer(model.config)([args.query], truncate=args.truncate)
         query = np.asarray(model.encode_text(tokens))
     hits = None
     if not args.exact and (Path(args.folder) / INDEX.format(space="image")).exists() and find_spec("faiss"):

@@ -62,7 +62,7 @@ from ..families import family_of
 from ..fileio import atomic_write
 from ..model import flat_params
 from ..parallel import ShardedCLIP
-from ..zeroshot import IMAGENET_TEMPLATES, zeroshot_classifier
+from ..zeroshot import IMAGENET_TEMPLATES, check_templates, zeroshot_classifier
 from .eval_data import CaptionedImages, LabelledImages, read_lines
 
 __all__ = [
@@ -566,17 +566,7 @@ def resolve_templates(spec: str | Sequence[str] | None, data: LabelledImages | N
             templates = [spec]
     else:
         templates = list(spec)
-    templates = [t.replace("{c}", "{}") for t in templates]
-    bad = [t for t in templates if "{}" not in t]
-    if not templates or bad:
-        raise InputError(f"templates must each contain {{c}} or {{}} where the class name goes; got {bad or 'none'}")
-    for t in templates:  # another placeholder would fail at str.format, after the model loaded
-        try:
-            t.format("x")
-        except (ValueError, KeyError, IndexError, AttributeError) as e:
-            raise InputError(f"template {t[:200]!r}: only {{c}} or {{}} may be in braces (write a literal brace as "
-                             f"{{{{ or }}}}): {type(e).__name__} {e}") from None
-    return templates
+    return list(check_templates([t.replace("{c}", "{}") for t in templates], marker="{c} or {}"))
 
 
 def zeroshot_classification(model, preprocess, data: LabelledImages, templates=None, batch_size: int = 256,
