@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from importlib.util import find_spec
 
-__all__ = ["ClipJaxError", "InputError", "LimitError", "MissingExtraError", "ShardError", "require_extra"]
+__all__ = ["ClipJaxError", "InputError", "LimitError", "MissingExtraError", "ShardError", "SourceFallbackWarning",
+           "require_extra"]
 
 
 class ClipJaxError(Exception):
@@ -30,6 +31,11 @@ class LimitError(InputError):
 
 class MissingExtraError(ClipJaxError, ImportError):
     """An optional dependency is not installed; the message names the pip extra that brings it."""
+
+
+class SourceFallbackWarning(UserWarning):
+    """A pretrained model's URL failed and its Hub copy is loaded instead; the message names both sources.
+    (Here rather than in hub.py so the command line can print it as one line without importing jax.)"""
 
 
 class ShardError(ClipJaxError, OSError):

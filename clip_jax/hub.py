@@ -55,7 +55,7 @@ from .download import (
     reach,
     sha256_file,
 )
-from .errors import InputError
+from .errors import InputError, SourceFallbackWarning
 from .families import family_of
 from .model import CLIP, build
 from .pos_embed import resize_pos_embed
@@ -67,10 +67,6 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 Params = dict[str, np.ndarray]
 _OPENAI_WEIGHTS = ConfigSource(None, "OpenAI's weights (clip_jax registry)")
-
-
-class SourceFallbackWarning(UserWarning):
-    """A registry entry's URL failed and its Hub copy is loaded instead; the message names both sources."""
 
 
 def available_models() -> list[str]:

@@ -14,7 +14,7 @@ import clip_jax
 from clip_jax.cli import demo, main as cli
 from clip_jax.cli.common import is_user_error
 from clip_jax.config import MissingTensorError, config_from_state_dict
-from clip_jax.errors import ClipJaxError, InputError, MissingExtraError, ShardError
+from clip_jax.errors import ClipJaxError, InputError, MissingExtraError, ShardError, SourceFallbackWarning
 from clip_jax.fileio import DiskFullError, PathError
 from clip_jax.jobs import search
 from clip_jax.jobs.embed_folder import read_manifest
@@ -52,6 +52,22 @@ def test_a_user_error_is_one_line(monkeypatch, capsys, error):
     assert cli.main(["index", "folder"]) == 1
     out, err = capsys.readouterr()
     assert out == "" and err.splitlines() == [f"clip-jax: error: {error}"]
+
+
+def test_a_fallback_warning_is_one_line_before_the_error_it_explains(monkeypatch, capsys):
+    """load's SourceFallbackWarning (a pretrained model's URL failed, its Hub copy is tried) is printed as
+    one line, and before the error when the fallback fails too."""
+    import warnings
+
+    def run_index(args):
+        warnings.warn("ViT-B/32: can't reach a.example; loading it from the Hugging Face Hub", SourceFallbackWarning)
+        raise InputError("ViT-B/32: can't reach a.example nor b.example")
+
+    monkeypatch.setattr(cli, "run_index", run_index)
+    assert cli.main(["index", "folder"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: ViT-B/32: can't reach a.example; loading it from the Hugging Face Hub",
+        "clip-jax: error: ViT-B/32: can't reach a.example nor b.example"]
 
 
 @pytest.mark.parametrize("error", BUGS, ids=repr)

@@ -84,11 +84,14 @@ def initialize_distributed(args: argparse.Namespace) -> None:
 def one_line_warnings(category: type[Warning]) -> Iterator[None]:
     """The `category` warnings raised inside the block, printed when it ends as one line each on stderr
     ("warning: ..."); any other warning as Python shows it."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", category)
-        yield
-    for w in caught:
-        if issubclass(w.category, category):
-            print(f"warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", category)
+            yield
+    finally:  # also when the block fails: a warning may explain the error printed after it
+        for w in caught:
+            if issubclass(w.category, category):
+                print(f"warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)

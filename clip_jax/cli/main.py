@@ -13,7 +13,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from ..dtypes import EMBEDDING_DTYPES, FLOAT_DTYPES
-from ..errors import InputError
+from ..errors import InputError, SourceFallbackWarning
 from .common import (
     add_distributed_args,
     add_model_args,
@@ -246,7 +246,8 @@ def run(p: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     _tolerate_undecodable_names()
     try:
-        return args.run(args) or 0
+        with one_line_warnings(SourceFallbackWarning):  # a pretrained model loaded from its Hub copy
+            return args.run(args) or 0
     except Exception as e:
         if not is_user_error(e):
             raise
