@@ -667,3 +667,41 @@ def _open_clip_preprocess(pp: Mapping[str, Any]) -> dict[str, Any]:
     out = {field: check_field(field, pp.get(name) or defaults[field], f"preprocess_cfg.{name}")
            for name, field in _PREPROCESS_FIELDS.items() if field}
     return {**out, "image_mean": tuple(out["image_mean"]), "image_std": tuple(out["image_std"])}
+
+
+# --- writing open_clip's config ---------------------------------------------------------------------
+#
+# The inverse of config_from_open_clip, so that a file clip_jax writes carries the model it holds (open_clip's
+# hub layout: open_clip_config.json beside the weights). Each tower lists its shape, as open_clip's own model
+# configs do; any other key only where it differs from open_clip's default (older open_clip releases know
+# fewer keys, and a key at its default changes nothing).
+_OPEN_CLIP_SHAPE = ("image_size", "layers", "width", "patch_size", "context_length", "vocab_size", "heads")
+
+
+def config_to_open_clip(config: CLIPConfig) -> dict[str, Any]:
+    """CLIPConfig -> open_clip's open_clip_config.json: {"model_cfg": {...}, "preprocess_cfg": {...}}, which
+    open_clip.create_model("local-dir:FOLDER") and config_from_open_clip read back as the same model."""
+    v, t = config.vision, config.text
+    vision = {**_plain_open_clip(v), "image_size": v.image_size, "layers": list(v.layers) if v.is_resnet else v.layers,
+              "head_width": v.width * (32 if v.is_resnet else 1) // v.heads, "mlp_ratio": v.mlp_ratio,
+              "pool_type": v.pool_type}
+    if not v.is_resnet:
+        vision["patch_size"] = v.patch_size
+    text = {**_plain_open_clip(t), "mlp_ratio": t.mlp_ratio, "pool_type": t.pool_type}
+    if config.layer_norm_eps != _defaults(CLIPConfig)["layer_norm_eps"]:  # a ResNet's towers keep torch's eps
+        text["norm_kwargs"] = vision["norm_kwargs"] = {"eps": config.layer_norm_eps}
+    model_cfg = {"embed_dim": config.embed_dim, "quick_gelu": config.activation == "quick_gelu",
+                 "vision_cfg": _beyond_defaults(vision, _OPEN_CLIP_VISION),
+                 "text_cfg": _beyond_defaults(text, _OPEN_CLIP_TEXT)}
+    preprocess = {name: getattr(config, field) for name, field in _PREPROCESS_FIELDS.items() if field}
+    preprocess = {"size": v.image_size, **{k: list(x) if isinstance(x, tuple) else x for k, x in preprocess.items()}}
+    return {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
+
+
+def _plain_open_clip(tower: VisionConfig | TextConfig) -> dict[str, Any]:
+    """The tower's fields open_clip holds as clip_jax does, by open_clip's names."""
+    return {key: getattr(tower, name) for name, key in source_keys(type(tower), "open_clip", coded=False).items()}
+
+
+def _beyond_defaults(cfg: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: x for k, x in cfg.items() if k in _OPEN_CLIP_SHAPE or k not in defaults or x != defaults[k]}

@@ -7,15 +7,20 @@ Logit tolerance as in test_parity.py: float32 with matmul precision "highest", l
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
+import json
 import os
 import pickle
 import pickletools
 import stat
 import struct
+import warnings
 import zipfile
+from pathlib import Path
 
+import jax
 import ml_dtypes
 import numpy as np
 import open_clip
@@ -254,3 +259,231 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX)
         export({"logit_scale": np.zeros((), np.float32)}, tmp_path / "model.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, new.name, "model.pt"])
+
+
+# --- the model goes with its weights: export -> load is the same model, with no warning ----------------
+#
+# One change of every declared config field (a test below fails when a field has no entry), and ResNets.
+# Each is exported to every format, read back by load and by convert, and must give the same config, the
+# same params bit for bit and the same features, with no warning (nothing assumed).
+
+FIELD_CHANGES = {
+    "vision.image_size": {"vision.image_size": 64}, "vision.layers": {"vision.layers": 1},
+    "vision.width": {"vision.width": 48}, "vision.patch_size": {"vision.patch_size": 16},
+    "vision.heads": {"vision.heads": 4}, "vision.mlp_ratio": {"vision.mlp_ratio": 2.0},
+    "vision.ls_init_value": {"vision.ls_init_value": 0.1}, "vision.pool_type": {"vision.pool_type": "avg"},
+    "vision.final_ln_after_pool": {"vision.final_ln_after_pool": True, "vision.pool_type": "avg"},
+    "vision.no_ln_pre": {"vision.no_ln_pre": True},
+    "text.context_length": {"text.context_length": 24}, "text.vocab_size": {"text.vocab_size": 49500},
+    "text.width": {"text.width": 48}, "text.heads": {"text.heads": 4}, "text.layers": {"text.layers": 1},
+    "text.mlp_ratio": {"text.mlp_ratio": 3.0}, "text.ls_init_value": {"text.ls_init_value": 0.1},
+    "text.no_causal_mask": {"text.no_causal_mask": True}, "text.pool_type": {"text.pool_type": "last"},
+    "text.eos_id": {"text.eos_id": 49407, "text.pool_type": "eos"}, "text.proj_bias": {"text.proj_bias": True},
+    "embed_dim": {"embed_dim": 24}, "activation": {"activation": "gelu"}, "layer_norm_eps": {"layer_norm_eps": 1e-6},
+    "image_mean": {"image_mean": (0.5, 0.4, 0.3)}, "image_std": {"image_std": (0.2, 0.25, 0.3)},
+    "resize_mode": {"resize_mode": "longest"}, "interpolation": {"interpolation": "bilinear"},
+    "fill_color": {"fill_color": 128},
+}
+PREPROCESSING = ("image_mean", "image_std", "resize_mode", "interpolation", "fill_color")  # features unchanged
+RESNETS = {"resnet": {}, "resnet gelu": {"activation": "gelu"}, "resnet heads": {"vision.heads": 4}}
+# Options transformers' CLIP lacks: its format refuses them rather than write another model.
+NOT_IN_TRANSFORMERS = {"vision.ls_init_value", "vision.pool_type", "vision.final_ln_after_pool", "vision.no_ln_pre",
+                       "text.ls_init_value", "text.no_causal_mask", "text.pool_type", "text.proj_bias",
+                       "resize_mode", "fill_color", "resnet", "resnet gelu", "resnet heads"}
+FORMATS = (".pt", ".safetensors", "transformers")
+
+
+def changed(base, changes: dict):
+    """base with {"vision.heads": 4, "embed_dim": 24, ...} set."""
+    from clip_jax.config import CLIPConfig
+
+    parts = {"vision": {}, "text": {}, "": {}}
+    for key, value in changes.items():
+        tower, _, name = key.rpartition(".")
+        parts[tower][name] = value
+    return CLIPConfig(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, **parts[""],
+                         "vision": dataclasses.replace(base.vision, **parts["vision"]),
+                         "text": dataclasses.replace(base.text, **parts["text"])})
+
+
+def variant(name: str):
+    from .tiny import TINY, TINY_RN
+
+    return changed(TINY_RN, RESNETS[name]) if name in RESNETS else changed(TINY, FIELD_CHANGES[name])
+
+
+def test_every_declared_field_has_a_change():
+    """A new config field needs an entry above, so that its export round trip is tested."""
+    from clip_jax.config import CLIPConfig, TextConfig, VisionConfig
+
+    from .tiny import TINY
+
+    towers = (("vision.", VisionConfig), ("text.", TextConfig), ("", CLIPConfig))
+    declared = {f"{prefix}{f.name}" for prefix, cls in towers for f in dataclasses.fields(cls)
+                if f.name not in ("vision", "text")}
+    assert set(FIELD_CHANGES) == declared
+    for name in FIELD_CHANGES:
+        assert getattr(variant(name), name.split(".")[0]) != getattr(TINY, name.split(".")[0]), name
+
+
+@pytest.mark.parametrize("name", [*FIELD_CHANGES, *RESNETS])
+def test_open_clip_config_round_trips(name):
+    """config_to_open_clip is config_from_open_clip's inverse, and open_clip's own config classes take it."""
+    from clip_jax.config import config_from_open_clip, config_to_open_clip
+
+    config = variant(name)
+    written = json.loads(json.dumps(config_to_open_clip(config)))  # what the file holds
+    assert config_from_open_clip(written["model_cfg"], written["preprocess_cfg"]) == config
+    assert written["model_cfg"]["quick_gelu"] is (config.activation == "quick_gelu")
+    open_clip.model.CLIPVisionCfg(**written["model_cfg"]["vision_cfg"])  # no key open_clip doesn't know
+    open_clip.model.CLIPTextCfg(**written["model_cfg"]["text_cfg"])
+
+
+def _export_to(model, fmt: str, folder):
+    folder.mkdir()
+    if fmt == "transformers":
+        return export(model, folder / "hf", format="transformers")
+    return export(model, folder / f"open_clip_model{fmt}")
+
+
+def _features(model, config):
+    from .tiny import tiny_batch
+
+    images, tokens = tiny_batch(config)
+    return np.asarray(model.encode_image(images)), np.asarray(model.encode_text(tokens))
+
+
+def _read_back_quietly(path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, preprocess = clip_jax.load(path)
+        config, params = read_params(path) if Path(path).is_file() else (model.config, clip_jax.flat_params(model))
+    assert not [str(w.message) for w in caught]  # nothing assumed
+    return model, preprocess, config, params
+
+
+# Features cost a compile a variant (~5 s on 2 cores): the default run compares them for a few variants, and
+# config and params (which decide the features) for all; `pytest -m slow` compares the features of the rest.
+FEATURES_IN_DEFAULT_RUN = ("activation", "vision.heads", "text.pool_type", "resnet gelu")
+MODEL_CHANGES = [n for n in (*FIELD_CHANGES, *RESNETS) if n not in PREPROCESSING]
+ROUND_TRIPS = [pytest.param(n, n in FEATURES_IN_DEFAULT_RUN, id=n) for n in MODEL_CHANGES] + [
+    pytest.param(n, True, id=f"{n}-features", marks=pytest.mark.slow)
+    for n in MODEL_CHANGES if n not in FEATURES_IN_DEFAULT_RUN]
+
+
+@pytest.mark.parametrize("name,features", ROUND_TRIPS)
+def test_export_then_load_is_the_same_model(name, features, tmp_path):
+    """For every format: load and read_params give the config, the params bit for bit and the features
+    of the model exported (a file's open_clip config decides QuickGELU or GELU, head width, pooling...)."""
+    from .tiny import tiny_model
+
+    config = variant(name)
+    model = tiny_model(config)
+    want_params = clip_jax.flat_params(model)
+    want = _features(model, config) if features else None
+    for fmt in FORMATS:
+        if fmt == "transformers" and name in NOT_IN_TRANSFORMERS:
+            with pytest.raises(ValueError, match="not supported|transformers"):
+                _export_to(model, fmt, tmp_path / "refused")
+            continue
+        path = _export_to(model, fmt, tmp_path / fmt.strip("."))
+        loaded, _, got_config, params = _read_back_quietly(path)
+        assert loaded.config == config and got_config == config, fmt
+        assert set(params) == set(want_params), fmt
+        for k, v in want_params.items():
+            assert np.asarray(params[k]).dtype == v.dtype and np.array_equal(params[k], v), (fmt, k)
+        for got, expected in zip(_features(loaded, config), want) if features else ():
+            np.testing.assert_array_equal(got, expected, err_msg=fmt)
+
+
+@pytest.mark.parametrize("name", PREPROCESSING)
+def test_export_keeps_the_preprocessing(name, tmp_path):
+    """The preprocessing that belongs to the weights comes back with them (open_clip's preprocess_cfg)."""
+    from .tiny import tiny_params
+
+    config = variant(name)
+    model = clip_jax.build(config, tiny_params(config))
+    for fmt in (".pt", ".safetensors"):
+        path = _export_to(model, fmt, tmp_path / fmt.strip("."))
+        assert _read_back_quietly(path)[2] == config
+        assert clip_jax.convert(path, tmp_path / f"converted{fmt}.safetensors") and \
+            read_params(tmp_path / f"converted{fmt}.safetensors")[0] == config
+
+
+def test_exact_gelu_is_not_read_as_quick_gelu(tmp_path):
+    """The case that went wrong: without its config, an exact-GELU file read back as QuickGELU, features
+    off by ~0.03. With it, load and convert give the model exported; params alone (no config to write)
+    bring back the assumption, its warning, and the other features."""
+    from clip_jax.checkpoint import AssumedActivationWarning, store
+
+    from .tiny import TINY, tiny_model
+
+    # widths of 64 a head, so that the bare weights can be read at all (heads inferred as width // 64)
+    config = changed(TINY, {"activation": "gelu", "vision.width": 64, "vision.heads": 1, "text.width": 64,
+                            "text.heads": 1})
+    model = tiny_model(config)
+    path = export(model, tmp_path / "model.pt")
+    assert json.loads((tmp_path / "open_clip_config.json").read_text())["model_cfg"]["quick_gelu"] is False
+    assert _read_back_quietly(path)[2] == config
+    assert store.load(clip_jax.convert(path))[0] == config
+    (tmp_path / "bare").mkdir()
+    bare = export(clip_jax.flat_params(model), tmp_path / "bare" / "model.pt")
+    assert not (tmp_path / "bare" / "open_clip_config.json").exists()  # params carry no config
+    with pytest.warns(AssumedActivationWarning):
+        assumed, params = read_params(bare)
+    assert assumed == dataclasses.replace(config, activation="quick_gelu")
+    image = _features(clip_jax.build(assumed, params), config)[0]
+    assert np.abs(image - _features(model, config)[0]).max() > 1e-3
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_two_models_in_one_folder(tmp_path, suffix):
+    """Each file carries its own config, so a folder of several exports reads back right; the beside file
+    (open_clip reads one a folder) is the last one's, and replacing another model's says so."""
+    from .tiny import tiny_model
+
+    gelu, quick = variant("activation"), variant("vision.heads")
+    export(tiny_model(gelu), tmp_path / f"a{suffix}")
+    with pytest.warns(UserWarning, match="described another model"):
+        export(tiny_model(quick), tmp_path / f"b{suffix}")
+    assert _read_back_quietly(tmp_path / f"a{suffix}")[2] == gelu
+    assert _read_back_quietly(tmp_path / f"b{suffix}")[2] == quick
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        export(tiny_model(quick), tmp_path / f"c{suffix}")  # the same model again: nothing to say
+
+
+OPEN_CLIP_SIDE = ["activation", "vision.heads", "embed_dim", "vision.ls_init_value", "text.proj_bias",
+                  "vision.final_ln_after_pool", "vision.no_ln_pre", "vision.mlp_ratio", "text.eos_id",
+                  "text.no_causal_mask", "layer_norm_eps", "image_mean", "resnet gelu"]
+OPEN_CLIP_IN_DEFAULT_RUN = ("activation", "vision.heads", "image_mean")  # each ~10 s: the rest with -m slow
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in OPEN_CLIP_IN_DEFAULT_RUN else pytest.mark.slow)
+                                  for n in OPEN_CLIP_SIDE])
+def test_open_clip_reads_the_export(name, tmp_path):
+    """open_clip.create_model_and_transforms("local-dir:FOLDER") on the exported .safetensors and its
+    open_clip_config.json builds the same model: the features agree to test_parity's tolerance, and its
+    transform normalizes with the same mean and std at the same size. The .pt loads strictly into
+    open_clip's CLIP built from that config."""
+    from .test_parity import FEATURE_ATOL
+    from .tiny import tiny_batch, tiny_model
+
+    config = variant(name)
+    model = tiny_model(config)
+    images, tokens = tiny_batch(config)
+    with jax.default_matmul_precision("highest"):
+        want = [np.asarray(clip_jax.l2_normalize(f)) for f in (model.encode_image(images), model.encode_text(tokens))]
+    export(model, tmp_path / "open_clip_model.safetensors")
+    oc, _, transform = open_clip.create_model_and_transforms(f"local-dir:{tmp_path}")
+    normalize = transform.transforms[-1]
+    assert tuple(normalize.mean) == config.image_mean and tuple(normalize.std) == config.image_std
+    cfg = json.loads((tmp_path / "open_clip_config.json").read_text())
+    strict = open_clip.model.CLIP(**cfg["model_cfg"]).eval()
+    strict.load_state_dict(torch.load(export(model, tmp_path / "m.pt"), weights_only=True), strict=True)
+    for m in (oc.eval(), strict):
+        with torch.no_grad():
+            img = m.encode_image(torch.from_numpy(images).permute(0, 3, 1, 2), normalize=True).numpy()
+            txt = m.encode_text(torch.from_numpy(tokens).long(), normalize=True).numpy()
+        np.testing.assert_allclose(img, want[0], atol=FEATURE_ATOL, rtol=0)
+        np.testing.assert_allclose(txt, want[1], atol=FEATURE_ATOL, rtol=0)

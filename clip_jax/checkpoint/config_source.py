@@ -5,8 +5,10 @@ open_clip's exact GELU), a head width other than 64, or the pooling. In order of
 
 1. what the caller says: a CLIPConfig, an open_clip config file or dict (`config=`, `--config`), or an
    open_clip architecture name (`model=`, `--model`: "ViT-B-32", "ViT-B-32-quickgelu", ...);
-2. the `open_clip_config.json` beside the file (a Hugging Face snapshot, open_clip's local-dir layout);
-3. inference from the weights, as OpenAI's build_model does: exact for OpenAI's own TorchScript archives;
+2. the open_clip config clip_jax's export writes into the file: a .safetensors' metadata
+   "open_clip_config", a .pt's record "<root>/open_clip_config.json" beside data.pkl;
+3. the `open_clip_config.json` beside the file (a Hugging Face snapshot, open_clip's local-dir layout);
+4. inference from the weights, as OpenAI's build_model does: exact for OpenAI's own TorchScript archives;
    for any other file QuickGELU is an assumption, said in an `AssumedActivationWarning`.
 
 The origin is recorded in the converted file (metadata "config_source").
@@ -18,14 +20,18 @@ import difflib
 import os
 import zipfile
 from collections.abc import Mapping
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..config import CLIPConfig, config_from_open_clip, read_config_json
+from safetensors import SafetensorError, safe_open
+
+from ..config import MAX_CONFIG_BYTES, CLIPConfig, config_from_open_clip, parse_config_json, read_config_json
 from ..errors import ClipJaxError, InputError
 from ..pretrained import architectures
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
+IN_FILE_KEY = "open_clip_config"  # a .safetensors' metadata key; a .pt's record is <root>/OPEN_CLIP_CONFIG
 QUICKGELU_SUFFIX = "-quickgelu"
 OPENAI_ATTRIBUTES = ("input_resolution", "context_length", "vocab_size")  # OpenAI's archives carry these
 
@@ -49,7 +55,8 @@ ConfigArg = CLIPConfig | ConfigSource | Mapping | str | os.PathLike | None
 def resolve_config(path: str | os.PathLike, config: ConfigArg = None, model: str | None = None) -> ConfigSource:
     """The config to convert the checkpoint at `path` with: config= (a CLIPConfig, an open_clip config
     dict, or a JSON file: open_clip_config.json or a bare model config), else model= (an open_clip
-    architecture name), else an open_clip_config.json beside the file, else None (inferred)."""
+    architecture name), else the config export wrote into the file, else an open_clip_config.json beside
+    the file, else None (inferred)."""
     if config is not None and model is not None:
         raise InputError("give either a config or a model architecture, not both")
     if isinstance(config, ConfigSource):
@@ -62,6 +69,9 @@ def resolve_config(path: str | os.PathLike, config: ConfigArg = None, model: str
         return ConfigSource(read_open_clip_config(config), f"config file {Path(config).name}")
     if model is not None:
         return ConfigSource(architecture(model), f"open_clip architecture {model}")
+    in_file = config_in_file(path)
+    if in_file is not None:
+        return ConfigSource(in_file, "open_clip config in the file")
     beside = Path(path).parent / OPEN_CLIP_CONFIG
     if beside.is_file():
         return ConfigSource(read_open_clip_config(beside), f"{OPEN_CLIP_CONFIG} beside the checkpoint")
@@ -86,6 +96,25 @@ def _from_open_clip_json(data: Any, where: str) -> CLIPConfig:
         return config_from_open_clip(model_cfg, preprocess_cfg)
     except ClipJaxError as e:  # keeps its type: LimitError for a value out of range
         raise type(e)(f"{where}: {e}") from None
+
+
+def config_in_file(path: str | os.PathLike) -> CLIPConfig | None:
+    """The open_clip config clip_jax's export wrote into a .safetensors' metadata or a .pt's archive, or
+    None (another file, or one a reader will refuse: that reader says why)."""
+    text = None
+    with suppress(SafetensorError, OSError, ValueError):
+        with safe_open(str(path), framework="numpy") as f:
+            text = (f.metadata() or {}).get(IN_FILE_KEY)
+    with suppress(OSError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError):
+        if text is None and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                info = next((i for i in zf.infolist() if i.filename.count("/") == 1
+                             and i.filename.endswith("/" + OPEN_CLIP_CONFIG)), None)
+                if info is not None:
+                    with zf.open(info) as f:
+                        text = f.read(MAX_CONFIG_BYTES + 1)  # parse_config_json refuses more
+    return None if text is None else _from_open_clip_json(parse_config_json(text, f"{path} ({IN_FILE_KEY})"),
+                                                          f"{path} ({IN_FILE_KEY})")
 
 
 def architecture(name: str) -> CLIPConfig:

@@ -6,25 +6,32 @@
     export(model, "release.pt", dtype="fp16_mix")    # OpenAI's release mix: fp16 weights, fp32 norms
 
 Either file loads into open_clip's CLIP with `load_state_dict(sd, strict=True)` (and into OpenAI's
-`build_model`), and `python -m convert` reads it back to identical params. The files themselves are
-written by torch_writer.py; transformers' folders by hf_format.py.
+`build_model`). A model's config goes with it, as open_clip's Hub snapshots carry theirs: in
+`open_clip_config.json` beside the file (what `open_clip.create_model("local-dir:FOLDER")` reads) and
+in the file itself (a .safetensors' metadata, a record of the .pt's archive), so `clip_jax.load` and
+`convert` read back the same model, params bit for bit, whatever else the folder holds. The files
+themselves are written by torch_writer.py; transformers' folders by hf_format.py.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 
+from ..config import CLIPConfig, config_to_open_clip
 from ..dtypes import FLOAT_DTYPES
-from ..errors import InputError
-from ..fileio import output_target
+from ..errors import ClipJaxError, InputError
+from ..fileio import atomic_write, output_target
 from ..model import flat_params, model_declarations
 from ..roles import Declared
 from ..towers import kind_of
+from .config_source import IN_FILE_KEY, OPEN_CLIP_CONFIG, read_open_clip_config
 from .declared import declared_by_name
 from .hf_format import write_folder
 from .store import cast_flat
@@ -88,7 +95,8 @@ def export(model, path: str | os.PathLike, *, dtype: str = "keep", compress: boo
     in transformers' format.
 
     path: `.pt`, `.pth` or `.bin` -> torch.save's zip format (an OrderedDict of tensors);
-      `.safetensors` -> safetensors. The file is written atomically. With format="transformers", a
+      `.safetensors` -> safetensors. The file is written atomically; a model's (not a params dict's)
+      open_clip config goes into the file and into open_clip_config.json beside it. With format="transformers", a
       folder: config.json, model.safetensors and preprocessor_config.json that transformers'
       CLIPModel.from_pretrained reads (CLIPTextModel[WithProjection] / CLIPVisionModel[WithProjection]
       for a single tower). A ResNet, or an open_clip option transformers' CLIP lacks, is refused.
@@ -109,14 +117,33 @@ def export(model, path: str | os.PathLike, *, dtype: str = "keep", compress: boo
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{path.parent}: no such directory")
     output_target(path)  # refuse a FIFO or device before the work
+    if suffix == ".safetensors" and compress:
+        raise InputError(f"{path}: compress applies to .pt files only")
     state_dict = torch_state_dict(model, dtype)
+    config = None if isinstance(model, Mapping) else model.config
+    text = None if config is None else json.dumps(config_to_open_clip(config), indent=2) + "\n"
     if suffix == ".safetensors":
-        if compress:
-            raise InputError(f"{path}: compress applies to .pt files only")
-        write_safetensors(path, state_dict)
+        write_safetensors(path, state_dict, None if text is None else {IN_FILE_KEY: text})
     else:
-        write_torch_zip(path, state_dict, compress=compress)
+        write_torch_zip(path, state_dict, compress=compress, extra=None if text is None else {OPEN_CLIP_CONFIG: text})
+    if config is not None:
+        _write_beside(path, config, text)
     return path
+
+
+def _write_beside(path: Path, config: CLIPConfig, text: str) -> None:
+    """open_clip_config.json beside `path`, as open_clip's Hub snapshots and local-dir folders keep it. One
+    that described another model is replaced, with a warning: open_clip reads the folder's one config."""
+    beside = path.parent / OPEN_CLIP_CONFIG
+    if beside.is_file():
+        try:
+            other = read_open_clip_config(beside)
+        except (ClipJaxError, OSError):
+            other = None  # not a config clip_jax reads: replaced by one it does
+        if other is not None and other != config:
+            warnings.warn(f"{beside}: described another model; now {path.name}'s (files exported earlier carry "
+                          "their own config for clip_jax; give open_clip each model its own folder)", stacklevel=3)
+    atomic_write(beside, lambda tmp: Path(tmp).write_text(text))
 
 
 def _export_transformers(model, folder: str | os.PathLike, dtype: str) -> Path:

@@ -142,11 +142,14 @@ def _write_record(zf: zipfile.ZipFile, name: str, data: bytes | np.ndarray, alig
         f.write(payload if isinstance(payload, bytes) else memoryview(payload))
 
 
-def write_torch_zip(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray], *, compress: bool = False) -> None:
+def write_torch_zip(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray], *, compress: bool = False,
+                    extra: Mapping[str, bytes] | None = None) -> None:
     """Write {name: array} as torch.save(OrderedDict of tensors) would, atomically.
 
     compress: deflate the entries (smaller for compressible weights, such as zero rows; torch.load reads
     them, but `torch.load(mmap=True)` needs the default stored, aligned entries).
+    extra: {name: bytes} records beside data.pkl (the model's config); torch.load reads only the records
+    the pickle names, so they change nothing for it.
     """
     path = Path(path)
     # torch names the folder after the file; any single top folder loads.
@@ -165,12 +168,16 @@ def write_torch_zip(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray
             for key, array in enumerate(arrays):
                 _write_record(zf, f"{folder}/data/{key}", array, align=True)
             _write_record(zf, f"{folder}/version", b"3\n", align=False)
+            for name, data in (extra or {}).items():
+                _write_record(zf, f"{folder}/{name}", data, align=False)
 
     atomic_write(path, write)
 
 
-def write_safetensors(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray]) -> None:
-    """{name: array} as a .safetensors file (open_clip reads these with safetensors.torch.load_file)."""
+def write_safetensors(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray],
+                      metadata: Mapping[str, str] | None = None) -> None:
+    """{name: array} as a .safetensors file (open_clip reads these with safetensors.torch.load_file).
+    metadata: strings kept in the header beside torch's {"format": "pt"} (the model's config)."""
     # np.asarray(order="C"), not np.ascontiguousarray, which turns a 0-d logit_scale into shape (1,).
     tensors = {k: np.asarray(_contiguous_le(k, v), order="C") for k, v in state_dict.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={**(metadata or {}), "format": "pt"}))
