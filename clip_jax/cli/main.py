@@ -1,4 +1,4 @@
-"""The `clip-jax` command line: convert, embed, classify, search, index, demo (and eval, in cli/eval.py).
+"""The `clip-jax` command line: convert, export, embed, classify, search, index, demo (and eval, in cli/eval.py).
 
 Start-up: this module and the ones it imports at the top load no jax, numpy or model code; each run_*
 function imports what its command needs when it runs, so `clip-jax --help` and a mistyped argument
@@ -25,16 +25,27 @@ from .common import (
 )
 from .eval import add_eval_args
 
+# checkpoint.export.EXPORT_DTYPES, spelled out here: that module imports numpy (see the module docstring)
+EXPORT_DTYPES = ("keep", *FLOAT_DTYPES, "fp16_mix")
+HF_FOLDER = "a folder CLIPModel.from_pretrained reads"
+
+
+def _add_format_and_dtype(p: argparse.ArgumentParser, formats: dict[str, str], dtypes: tuple[str, ...],
+                          keep: str) -> None:
+    """--format (formats: {name: what it writes}, the first the default) and --dtype (default "keep")."""
+    p.add_argument("--format", default=next(iter(formats)), choices=list(formats),
+                   help="; ".join(f"{name}: {what}" for name, what in formats.items()))
+    p.add_argument("--dtype", default="keep", choices=dtypes,
+                   help=f"dtype of the stored floating tensors (default: {keep})")
+
 
 def add_convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="OpenAI .pt (TorchScript), torch.save .pt/.bin, open_clip .safetensors, or a "
                                "transformers folder (config.json + weights)")
     p.add_argument("-o", "--output", help="output file (default: SRC with the suffix .safetensors), or folder "
                                           "with --format transformers (default: SRC without its suffix)")
-    p.add_argument("--format", default="clip_jax", choices=["clip_jax", "transformers"],
-                   help="clip_jax: one .safetensors (default); transformers: a folder CLIPModel.from_pretrained reads")
-    p.add_argument("--dtype", default="keep", choices=["keep", *FLOAT_DTYPES],
-                   help="dtype of the stored floating tensors (default: keep the checkpoint's)")
+    _add_format_and_dtype(p, {"clip_jax": "one .safetensors (default)", "transformers": HF_FOLDER},
+                          ("keep", *FLOAT_DTYPES), "keep the checkpoint's")
     arch = p.add_mutually_exclusive_group()
     arch.add_argument("--config", metavar="FILE",
                       help="the weights' open_clip config: an open_clip_config.json or a bare open_clip model config "
@@ -52,6 +63,27 @@ def run_convert(args: argparse.Namespace) -> None:
         dst = convert(args.src, args.output, dtype=args.dtype, config=args.config, model=args.model,
                       format=args.format)
     print(f"wrote {dst}")
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL",
+                   help="the model to export: anything clip_jax.load takes (a clip_jax .safetensors, a PyTorch or "
+                        "transformers checkpoint, a pretrained name)")
+    p.add_argument("output", metavar="OUT", help="torch: a .pt/.pth/.bin (torch.save's format) or .safetensors "
+                   "file, with open_clip_config.json beside it; transformers: a folder")
+    _add_format_and_dtype(p, {"torch": "one file with OpenAI/open_clip names (default)", "transformers": HF_FOLDER},
+                          EXPORT_DTYPES, "keep the loaded model's, float32; fp16_mix: OpenAI's release mix")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from ..checkpoint import AssumedActivationWarning  # when run: see the module docstring
+    from ..checkpoint.export import export
+    from ..hub import load
+
+    with one_line_warnings(AssumedActivationWarning):
+        model, _ = load(args.model, progress=False)
+    print(f"wrote {export(model, args.output, dtype=args.dtype, format=args.format)}")
 
 
 def add_embed_args(p: argparse.ArgumentParser) -> None:
@@ -225,10 +257,38 @@ def run_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def version() -> str:
+    """clip-jax's installed version and jax's, from the installed packages' metadata (no jax import)."""
+    from importlib.metadata import PackageNotFoundError, version as installed  # when asked: see the module docstring
+
+    def of(name: str) -> str:
+        try:
+            return installed(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"clip-jax {of('clip-jax')} (jax {of('jax')}, jaxlib {of('jaxlib')})"
+
+
+class _Version(argparse.Action):
+    """--version: computed when asked, not each time the parser is built."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print clip-jax's version (and jax's) and exit", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(version())
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clip-jax", description="OpenAI CLIP in JAX")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True)
     add_convert_args(sub.add_parser("convert", help="convert a PyTorch CLIP checkpoint to a clip_jax .safetensors"))
+    add_export_args(sub.add_parser("export", help="write a model as a PyTorch (.pt, .safetensors: OpenAI/open_clip "
+                                                  "names) or transformers checkpoint"))
     add_embed_args(sub.add_parser("embed", help="embed images and/or captions into a clip-retrieval folder"))
     add_classify_args(sub.add_parser("classify", help="zero-shot classify images with prompt ensembles"))
     add_search_args(sub.add_parser("search", help="the top-k images of an embedding folder for a text or an image"))
