@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from PIL import Image
 
 from clip_jax import synthetic
 from clip_jax.checkpoint import read_params
+from clip_jax.checkpoint.config_source import read_open_clip_config
 from clip_jax.cli.demo import TINY_CLIP, contact_sheet, table, zero_shot, zero_shot_accuracy
 from clip_jax.model import build
 
@@ -192,15 +195,54 @@ def test_demo_reports_a_bad_model(tmp_path):
 @pytest.mark.slow
 def test_train_tiny_runs(tmp_path):
     """examples/train_tiny.py end to end, shortened (the full run takes minutes): it trains, evaluates,
-    exports the fp16-mix .pt and reads it back."""
-    out = tmp_path / "tiny.pt"
+    exports the fp16-mix .pt with its open_clip_config.json beside it, and reads it back. Without --out it
+    writes under the working directory, never over the packaged model."""
+    asset = TINY_CLIP.read_bytes()
     proc = subprocess.run(
-        [sys.executable, "examples/train_tiny.py", "--out", str(out), "--steps", "40", "--warmup", "5", "--pool", "512",
-         "--eval-images", "30"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [sys.executable, str(ROOT / "examples" / "train_tiny.py"), "--steps", "40", "--warmup", "5", "--pool", "512",
+         "--eval-images", "30"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
         env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "zero-shot accuracy read back" in proc.stdout
     losses = [float(m) for m in re.findall(r"loss (\d+\.\d+)", proc.stdout)]
     assert losses[-1] < losses[0]
-    config, params = read_params(out)
-    assert config.vision.patch_size == 16 and params["visual.proj"].dtype == np.float16
+    out = tmp_path / "train_tiny_out" / "tiny_clip.pt"
+    assert TINY_CLIP.read_bytes() == asset
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing assumed: the file says what it is
+        config, params = read_params(out)
+    assert config == read_params(TINY_CLIP)[0] and params["visual.proj"].dtype == np.float16
+    assert read_open_clip_config(out.parent / "open_clip_config.json") == config
+
+
+def _train_tiny():
+    """examples/train_tiny.py as a module (its command line, without training)."""
+    spec = importlib.util.spec_from_file_location("train_tiny", ROOT / "examples" / "train_tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--steps", "60"], "--warmup must be in [0, --steps): got --warmup 100 with --steps 60"),
+    (["--steps", "0", "--warmup", "0"], "--steps must be at least 1, got 0"),
+    (["--batch-size", "64", "--pool", "32"], "--batch-size 64 is more than the --pool of 32 images"),
+])
+def test_train_tiny_refuses_in_one_line(argv, message, capsys):
+    """A combination that can't train is refused before any work, in argparse's one line (exit 2)."""
+    with pytest.raises(SystemExit) as e:
+        _train_tiny().parse_args(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.strip().splitlines()[-1] == f"train_tiny.py: error: {message}"
+    assert "Traceback" not in err
+
+
+def test_train_tiny_help_shows_defaults_and_writes_aside(capsys):
+    """--help shows each default; the default output is train_tiny_out/, not the packaged asset."""
+    module = _train_tiny()
+    with pytest.raises(SystemExit):
+        module.parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    for default in ("(default: 1500)", "(default: 100)", "(default: 128)", "(default: train_tiny_out/tiny_clip.pt)"):
+        assert default in " ".join(help_text.split()), default
+    assert module.parse_args([]).out == Path("train_tiny_out") / "tiny_clip.pt"
