@@ -248,3 +248,31 @@ def test_convert_without_a_config_warns_in_one_line(gelu_model, tmp_path, capsys
     assert _convert_cli(capsys, openai) == (0, "")
     want = "inferred from the weights of OpenAI's TorchScript archive"
     assert _config_source(openai.with_suffix(".safetensors")) == want
+
+
+def test_convert_reads_what_export_wrote(tmp_path, capsys):
+    """An exact-GELU model exported by clip_jax converts back to itself, with nothing assumed and nothing on
+    stderr, by `python -m convert` and `clip-jax convert`, from .pt and .safetensors, to clip_jax's format
+    and to transformers'; even with the beside file gone (the file carries its config too)."""
+    import dataclasses
+
+    from .tiny import TINY, tiny_model
+
+    config = dataclasses.replace(TINY, activation="gelu")
+    model = tiny_model(config)
+    want = clip_jax.flat_params(model)
+    pt = clip_jax.export(model, tmp_path / "model.pt")
+    out = subprocess.run([sys.executable, "-m", "convert", str(pt), "-o", str(tmp_path / "a.safetensors")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and not out.stderr, out.stderr
+    assert read_params(tmp_path / "a.safetensors")[0] == config
+    assert _config_source(tmp_path / "a.safetensors") == "open_clip config in the file"
+    st = clip_jax.export(model, tmp_path / "model.safetensors")
+    (tmp_path / "open_clip_config.json").unlink()
+    for src in (pt, st):
+        dst = tmp_path / f"b{src.suffix}.safetensors"
+        assert _convert_cli(capsys, src, "-o", dst) == (0, "")
+        got_config, params = read_params(dst)
+        assert got_config == config and all(np.array_equal(params[k], v) for k, v in want.items())
+        assert _convert_cli(capsys, src, "-o", tmp_path / f"hf{src.suffix}", "--format", "transformers") == (0, "")
+        assert clip_jax.load(tmp_path / f"hf{src.suffix}")[0].config == config

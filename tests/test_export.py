@@ -487,3 +487,22 @@ def test_open_clip_reads_the_export(name, tmp_path):
             txt = m.encode_text(torch.from_numpy(tokens).long(), normalize=True).numpy()
         np.testing.assert_allclose(img, want[0], atol=FEATURE_ATOL, rtol=0)
         np.testing.assert_allclose(txt, want[1], atol=FEATURE_ATOL, rtol=0)
+
+
+def test_fine_tuning_export_round_trips(tmp_path):
+    """README's fine-tuning recipe ends in `export(trainer.model(state), "finetuned.pt")`: a GELU model with
+    a head width of 32, trained with gradient checkpointing, loads back as itself (config, params, features)."""
+    from clip_jax.train import Trainer, optimizer
+
+    from .tiny import TRAIN, tiny_model, train_batch
+
+    config = changed(TRAIN, {"activation": "gelu", "vision.heads": 2, "text.heads": 2})
+    trainer = Trainer(tiny_model(config), optimizer(1e-3, 10, 1), remat=True)
+    state, _ = trainer.step(trainer.init(), *train_batch())
+    tuned = trainer.model(state)
+    loaded, _, got_config, params = _read_back_quietly(export(tuned, tmp_path / "finetuned.pt"))
+    assert got_config == config and loaded.config == config
+    assert all(np.array_equal(params[k], v) for k, v in clip_jax.flat_params(tuned).items())
+    images, tokens = train_batch()
+    np.testing.assert_array_equal(np.asarray(loaded.encode_image(images)), np.asarray(tuned.encode_image(images)))
+    np.testing.assert_array_equal(np.asarray(loaded.encode_text(tokens)), np.asarray(tuned.encode_text(tokens)))
