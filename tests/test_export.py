@@ -506,3 +506,27 @@ def test_fine_tuning_export_round_trips(tmp_path):
     images, tokens = train_batch()
     np.testing.assert_array_equal(np.asarray(loaded.encode_image(images)), np.asarray(tuned.encode_image(images)))
     np.testing.assert_array_equal(np.asarray(loaded.encode_text(tokens)), np.asarray(tuned.encode_text(tokens)))
+
+
+def test_config_in_the_file_is_input_too(tmp_path):
+    """The config a file carries is checked as any other: bad JSON, too deep, or not the weights' is an
+    error naming the file; a config the caller gives still comes first."""
+    from clip_jax.checkpoint import ConversionError
+    from clip_jax.errors import InputError, LimitError
+
+    from .tiny import TINY, tiny_model
+
+    model = tiny_model(TINY)
+    sd = torch_state_dict(model)
+    for text, error, match in (("{not json", InputError, "not JSON"), ("[" * 10_000, LimitError, "nested"),
+                               (json.dumps({"model_cfg": {"embed_dim": 8}}), ConversionError, "in the file")):
+        path = tmp_path / "bad.pt"
+        torch_writer.write_torch_zip(path, sd, extra={"open_clip_config.json": text.encode()})
+        with pytest.raises(error, match=rf"bad\.pt.*{match}"):
+            read_params(path)
+    path = tmp_path / "bad.safetensors"
+    torch_writer.write_safetensors(path, sd, {"open_clip_config": "{not json"})
+    with pytest.raises(InputError, match=r"bad\.safetensors \(open_clip_config\): not JSON"):
+        read_params(path)
+    gelu = changed(TINY, {"activation": "gelu"})
+    assert read_params(export(model, tmp_path / "ok.pt"), config=gelu)[0] == gelu
