@@ -442,7 +442,7 @@ def test_metadata_reader_fuzz(scratch, data):
 
     def read():
         if _metadata_rows(path, "image_path") == 4:
-            return _metadata(scratch, "0", "image_path", [0, 3])
+            return _metadata(scratch, "0", [0, 3])
 
     bounded(read)
 
@@ -596,3 +596,68 @@ def test_folders_of_format_versions_1_and_2_are_searched_whole(tmp_path, version
     npy.write_bytes(npy.read_bytes()[:-2])
     with pytest.raises(InputError, match=r"img_emb_1\.npy"):
         search(folder, queries, k=5)
+
+
+# --- 6. answers a person (or a script) can read ---------------------------------------------------------
+
+
+def shard_job_folder(folder: Path, model: Path) -> Path:
+    """One shard of a shard job: image_path = key (as clip-retrieval), a caption, a json field, a NaN."""
+    add_shard(folder, 0, np.eye(3, DIM))
+    pq.write_table(pa.table({"image_path": ["a", "b", "c"], "key": ["a", "b", "c"],
+                             "caption": ["a red\ncar", None, "a dog"], "width": [640, 480, 320],
+                             "score": [0.5, float("nan"), 1.0]}), folder / "metadata" / "metadata_0.parquet")
+    (folder / "manifest.json").write_text(json.dumps({"model": str(model), "dtype": "float32", "shards": {}}))
+    return folder
+
+
+def test_hits_carry_the_rows_metadata_and_their_input_shard(tmp_path, model):
+    folder = shard_job_folder(tmp_path / "f", model)
+    hits = search(folder, np.eye(1, DIM), k=2)[0]
+    assert [(h.value, h.source, h.row) for h in hits] == [("a", "00000.tar", 0), ("b", "00000.tar", 1)]
+    assert hits[0].metadata == {"image_path": "a", "key": "a", "caption": "a red\ncar", "width": 640, "score": 0.5}
+    files = search(_files_job(tmp_path / "g"), np.eye(1, DIM), k=1)[0][0]  # image files: the path is the source
+    assert (files.metadata, files.source) == ({"image_path": "imgs/x.png", "caption": "x"}, None)
+
+
+def _files_job(folder: Path) -> Path:
+    add_shard(folder, 0, np.eye(2, DIM))
+    pq.write_table(pa.table({"image_path": ["imgs/x.png", "imgs/y.png"], "caption": ["x", "y"]}),
+                   folder / "metadata" / "metadata_0.parquet")
+    return folder
+
+
+def test_cli_search_prints_source_and_caption(tmp_path, model, capsys, monkeypatch):
+    folder = shard_job_folder(tmp_path / "f", model)
+    assert cli.main(["search", str(folder), "a photo", "-k", "3", "--numpy"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    parsed = {line.split("\t")[1]: line.split("\t")[2:] for line in lines}
+    assert parsed == {"a": ["in 00000.tar", "a red car"], "b": ["in 00000.tar"], "c": ["in 00000.tar", "a dog"]}
+    assert cli.main(["search", str(folder), "a photo", "-k", "3", "--numpy", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    by_key = {r["key"]: r for r in rows}
+    assert by_key["b"] == {"score": by_key["b"]["score"], "shard": "00000.tar", "image_path": "b", "key": "b",
+                           "caption": None, "width": 480, "metadata.score": None}  # NaN: null, not bare NaN
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    assert [line.split("\t")[0] for line in lines] == [f"{r['score']:.4f}" for r in rows]
+
+
+def test_cli_search_of_image_files_prints_the_path_as_given(tmp_path, model, capsys):
+    folder = _files_job(tmp_path / "g")
+    (folder / "manifest.json").write_text(json.dumps({"model": str(model), "dtype": "float32", "shards": {}}))
+    assert cli.main(["search", str(folder), "a photo", "-k", "2", "--numpy"]) == 0
+    lines = sorted(line.split("\t")[1:] for line in capsys.readouterr().out.splitlines())
+    assert lines == [["imgs/x.png", "x"], ["imgs/y.png", "y"]]
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda p: p, "no such folder"),
+    (lambda p: (p.write_text("x"), p)[1], "not a folder"),
+    (lambda p: p.mkdir() or p, "no img_emb_*.npy files"),
+])
+def test_cli_search_of_a_missing_folder_says_so(tmp_path, model, capsys, make, says):
+    folder = make(tmp_path / "out")
+    assert cli.main(["search", str(folder), "a photo"]) == 1
+    line = one_line(capsys.readouterr().err)
+    assert says in line and "manifest" not in line, line

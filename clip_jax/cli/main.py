@@ -8,6 +8,8 @@ answer in ~0.1 s rather than after ~2 s of imports.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 from importlib.util import find_spec
 from pathlib import Path
@@ -206,6 +208,9 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     add_truncate_arg(p, False, "a query")
     p.add_argument("--model", "-m", help="the model (default: the one the folder was embedded with)")
     p.add_argument("--dtype", default=None, choices=FLOAT_DTYPES, help="compute dtype (default: the folder's)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object a line per hit: score, the input shard for shard jobs, and every metadata "
+                        "column of its row (image_path, key, caption, the samples' json fields...)")
     p.set_defaults(run=run_search)
 
 
@@ -216,9 +221,14 @@ def run_search(args: argparse.Namespace) -> int:
     from ..families import family_of
     from ..hub import load
     from ..jobs.embed_folder import MANIFEST, read_manifest
-    from ..jobs.search import INDEX, StaleIndexError, index_search, search
+    from ..jobs.search import INDEX, StaleIndexError, index_search, search, shard_files
 
-    manifest = Path(args.folder) / MANIFEST
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise InputError(f"{args.folder}: {'not a folder' if folder.exists() else 'no such folder'} (give the "
+                         "output folder of `clip-jax embed`)")
+    shard_files(folder)  # not an embedding folder: say so, not that the model is missing
+    manifest = folder / MANIFEST
     info = read_manifest(manifest) if manifest.exists() else {}
     model_path = args.model or info.get("model")
     if not model_path:
@@ -240,8 +250,49 @@ def run_search(args: argparse.Namespace) -> int:
     if hits is None:
         hits = search(args.folder, query, k=args.top_k, device=not args.numpy)[0]
     for hit in hits:
-        print(f"{hit.score:.4f}\t{hit.value}")
+        print(hit_json(hit) if args.json else hit_line(hit))
     return 0
+
+
+def hit_line(hit) -> str:
+    """One line, tab-separated: score, the image (its path as embed was given it, relative paths to where
+    embed ran; or the sample's key), "in SHARD" (the input shard, for shard jobs), and its caption when
+    the row has one (on one line). --json has the same fields, named, for scripts."""
+    meta = hit.metadata or {}
+    fields = [f"{hit.score:.4f}", str(meta.get("image_path", hit.value))]
+    if hit.source is not None:
+        fields.append(f"in {hit.source}")
+    if meta.get("caption") is not None:
+        fields.append(" ".join(str(meta["caption"]).split()))
+    return "\t".join(fields)
+
+
+def hit_json(hit) -> str:
+    """One JSON object: score, shard (the input shard, for shard jobs), then every metadata column of the row
+    (one named score or shard comes as metadata.score, metadata.shard). Values JSON can't hold (NaN, bytes,
+    dates) as null or text."""
+    out: dict = {"score": round(hit.score, 6)}
+    if hit.source is not None:
+        out["shard"] = hit.source
+    for name, value in (hit.metadata or {}).items():
+        out[f"metadata.{name}" if name in out else name] = _plain(value)
+    text = json.dumps(out, ensure_ascii=False, allow_nan=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a name that was not UTF-8 (lone surrogates): JSON's \u escapes instead
+        text = json.dumps(out, allow_nan=False, default=str)
+    return text
+
+
+def _plain(value):
+    """A metadata value JSON can hold: NaN and inf as null, nested lists and dicts likewise."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def add_index_args(p: argparse.ArgumentParser) -> None:

@@ -63,6 +63,10 @@ class Hit(NamedTuple):
     shard: int  # k of img_emb_{k}.npy
     row: int  # row in that shard (and in metadata_{k}.parquet)
     value: str  # the metadata: image_path (or caption for space="text")
+    # The row's whole metadata, {column: value}: image_path and/or caption; from shards also key and the
+    # samples' json fields (or a parquet table's other columns).
+    metadata: dict | None = None
+    source: str | None = None  # the input shard the row came from (its done marker's "shard"), for shard jobs
 
 
 def shard_files(folder: str | os.PathLike, space: str = "image") -> list[tuple[str, Path]]:
@@ -259,14 +263,23 @@ def _shards(folder: Path, space: str, dim: int | None = None) -> list[_Shard]:
     return shards
 
 
-def _metadata(folder: Path, key: str, column: str, rows: list[int]) -> list[str]:
-    """The metadata of `rows` of shard `key` (its row count was checked by _shards)."""
+def _metadata(folder: Path, key: str, rows: list[int]) -> list[dict]:
+    """The metadata of `rows` of shard `key`, every column (its row count was checked by _shards)."""
     path = _metadata_file(folder, key)
     try:
-        values = pq.ParquetFile(path).read(columns=[column]).column(column).take(rows).to_pylist()
-    except (pa.ArrowException, OSError, ValueError, TypeError, IndexError, OverflowError) as e:
+        return pq.ParquetFile(path).read().take(rows).to_pylist()
+    except (pa.ArrowException, OSError, ValueError, TypeError, IndexError, OverflowError, KeyError) as e:
         raise InputError(f"{path}: not a readable parquet file ({str(e)[:200]})") from None
-    return [str(v) for v in values]
+
+
+def _source(folder: Path, key: str, metadata: dict) -> str | None:
+    """The input shard a shard job's row came from (rows with a "key": tar or parquet samples), as its
+    done marker records it; None for image files (their image_path is the source) or without a marker."""
+    marker = folder / DONE / f"done_{key}.json"
+    if "key" not in metadata or not marker.is_file():
+        return None
+    shard = _read_json_record(marker, "a done marker").get("shard")
+    return shard if isinstance(shard, str) else None
 
 
 def _queries(queries: np.ndarray) -> np.ndarray:
@@ -401,11 +414,14 @@ def _hits(folder: Path, space: str, offsets: list[tuple[int, str, int]],
     for scores, ids in best:
         where = np.searchsorted(starts, ids, side="right") - 1
         located = [(offsets[w][1], int(i - offsets[w][0])) for w, i in zip(where, ids)]
-        values: dict[tuple[str, int], str] = {}
+        meta: dict[tuple[str, int], dict] = {}
+        sources: dict[str, str | None] = {}
         for key in dict.fromkeys(s for s, _ in located):
             rows = [r for s, r in located if s == key]
-            values.update({(key, r): v for r, v in zip(rows, _metadata(folder, key, column, rows))})
-        results.append([Hit(float(s), int(key), r, values[key, r]) for s, (key, r) in zip(scores, located)])
+            meta.update({(key, r): m for r, m in zip(rows, _metadata(folder, key, rows))})
+            sources[key] = _source(folder, key, meta[key, rows[0]])
+        results.append([Hit(float(s), int(key), r, str(meta[key, r][column]), meta[key, r], sources[key])
+                         for s, (key, r) in zip(scores, located)])
     return results
 
 
