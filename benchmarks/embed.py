@@ -36,7 +36,7 @@ captions, files written) with a fresh ShardedCLIP each round, so compilation is 
 pays it; model loading is not. Rows:
 
   shards, every batch padded to --batch-size     ShardedCLIP(buckets=()): one program of the full batch
-  shards, short batches padded to a bucket       the default: the smallest of 1, 2, 4, ... x data axis
+  shards, short batches padded to a bucket       the default: the smallest of 8, 16, 32, ... x data axis
   the same images as files (a folder)            for reference
 
     python benchmarks/embed.py --small 14 --batch-size 256 --repeat 1

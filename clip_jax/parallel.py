@@ -225,11 +225,17 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+MIN_BUCKET = 8  # rows per "data" device of the smallest default bucket
+
+
 def _bucket_sizes(batch_size: int, n_data: int, buckets: Sequence[int] | None) -> tuple[int, ...]:
     """The padded batch sizes, ascending, each a multiple of n_data and at most batch_size (included).
-    Default: n_data * 2**k, so a job compiles at most log2(batch_size / n_data) + 1 programs."""
+    Default: n_data * 8 * 2**k, so a job compiles at most log2(batch_size / (8 * n_data)) + 2 programs.
+    Not below 8 rows a device: fewer save little, and a one-row step is a matrix-vector product, whose
+    float32 rounding differs more from a batch's."""
     if buckets is None:
-        buckets = [n_data << k for k in range(max(batch_size // n_data, 1).bit_length())]
+        smallest = MIN_BUCKET * n_data
+        buckets = [smallest << k for k in range(max(batch_size // smallest, 1).bit_length())]
     return tuple(sorted({min(_round_up(max(1, b), n_data), batch_size) for b in buckets} | {batch_size}))
 
 
@@ -251,7 +257,7 @@ class ShardedCLIP:
         this size; a shorter one (the last of a job, or a small job) is padded to the smallest of
         `buckets` that holds it, so each size compiles once and a small job doesn't pay a full batch.
       buckets: the padded sizes a short batch may take, each rounded up to a multiple of the "data" axis
-        (default: the data axis size times 1, 2, 4, ... below batch_size; () pads every batch to
+        (default: the data axis size times 8, 16, 32, ... below batch_size; () pads every batch to
         batch_size: one program per job). See padded_rows. What padding rows hold never changes the real
         rows; on the CPU a row's last float32 bits can follow the padded size (XLA rounds matmuls by shape).
       prefetch: batches moved to the devices ahead of the compute.

@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
 
     logged = Logged(preprocess.n_px, preprocess.mean, preprocess.std, preprocess.resize_mode, preprocess.interpolation)
     # 20 images at batch 16 over 8 devices: 16 rows, then 4 padded to the bucket of 8 (in step on both processes)
-    sharded = parallel.ShardedCLIP(model, parallel.make_mesh(), batch_size=16)
+    sharded = parallel.ShardedCLIP(model, parallel.make_mesh(), batch_size=16, buckets=(8,))
     feats, ok, errors = [], [], []
     for batch in sharded.embed_image_files(paths, logged, num_threads=2):
         feats.append(batch.features)

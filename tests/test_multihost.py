@@ -141,7 +141,7 @@ def test_embed_command_on_two_processes_equals_one(job, tmp_path):
 
     def args(out):
         return ["-m", "clip_jax.cli", "embed", str(folder / "paths.txt"), "-o", str(out), "--model", str(model),
-                "--shard-size", "6", "--batch-size", "16", "--no-progress"]  # 6 rows: the bucket of 8
+                "--shard-size", "6", "--batch-size", "64", "--no-progress"]  # 6 rows: a bucket of 32 (4 devices)
 
     def run(argv, devices, log):
         env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",

@@ -220,9 +220,10 @@ def _record_steps(sharded: parallel.ShardedCLIP) -> list[tuple[str, int]]:
 
 
 def test_bucket_sizes():
-    assert parallel._bucket_sizes(256, 1, None) == (1, 2, 4, 8, 16, 32, 64, 128, 256)
-    assert parallel._bucket_sizes(256, 8, None) == (8, 16, 32, 64, 128, 256)
-    assert parallel._bucket_sizes(24, 8, None) == (8, 16, 24)  # batch_size itself is always one
+    assert parallel._bucket_sizes(256, 1, None) == (8, 16, 32, 64, 128, 256)
+    assert parallel._bucket_sizes(256, 8, None) == (64, 128, 256)  # from 8 rows a device
+    assert parallel._bucket_sizes(24, 1, None) == (8, 16, 24)  # batch_size itself is always one
+    assert parallel._bucket_sizes(4, 2, None) == (4,)
     assert parallel._bucket_sizes(20, 4, (3, 10, 50)) == (4, 12, 20)  # multiples of the data axis, capped
     assert parallel._bucket_sizes(256, 1, ()) == (256,)
 
@@ -239,7 +240,7 @@ def test_short_batches_take_the_smallest_bucket_and_keep_their_rows(tmp_path):
 
     model = tiny_model()
     s, full = parallel.ShardedCLIP(model, batch_size=256), parallel.ShardedCLIP(model, batch_size=256, buckets=())
-    assert [s.padded_rows(n) for n in (1, 3, 14, 129, 256)] == [1, 4, 16, 256, 256]
+    assert [s.padded_rows(n) for n in (1, 3, 14, 129, 256)] == [8, 8, 16, 256, 256]
     steps, full_steps = _record_steps(s), _record_steps(full)
     images = np.random.RandomState(0).randint(0, 256, (300, 32, 32, 3)).astype(np.uint8)
 
@@ -266,7 +267,7 @@ def test_short_batches_take_the_smallest_bucket_and_keep_their_rows(tmp_path):
     paths.insert(1, str(tmp_path / "bad.png"))
     steps.clear()
     batches = list(s.embed_image_files(paths, image_transform(32), num_threads=1, normalized=False))
-    assert steps == [("image", 4)]
+    assert steps == [("image", 8)]
     assert batches[0].ok.tolist() == [True, False, True, True] and not batches[0].features[1].any()
     np.testing.assert_allclose(batches[0].features[[0, 2, 3]], full.encode_image(images[:3]), atol=FEATURE_ATOL,
                                rtol=0)
