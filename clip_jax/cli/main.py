@@ -121,10 +121,7 @@ def add_embed_args(p: argparse.ArgumentParser) -> None:
 
 def run_embed(args: argparse.Namespace) -> int:
     initialize_distributed(args)
-    import jax  # when run: see the module docstring
-
     from ..jobs.embed import embed
-    from ..jobs.embed_folder import ERRORS
 
     if not args.inputs and not args.captions:
         raise InputError("nothing to embed: give image INPUTs and/or --captions FILE")
@@ -133,10 +130,8 @@ def run_embed(args: argparse.Namespace) -> int:
               model_parallel=args.model_parallel, attention=args.attention, progress=not args.no_progress,
               truncate=args.truncate, image_column=args.image_column, caption_column=args.caption_column,
               text=args.text, image_paths=args.image_paths)
-    if jax.process_index() == 0:
-        skipped = f", {s.skipped} skipped (see {args.output.rstrip('/')}/{ERRORS})" if s.errors else ""
-        print(f"{args.output}: {s.rows} rows of {s.items} items in {s.shards} shards{skipped}; "
-              f"{s.shards_done_now} shards done in this run, {s.seconds:.1f} s")
+    for line in s.lines(args.output):  # each process its own line; process 0 also the job's
+        print(line)
     return 0
 
 
