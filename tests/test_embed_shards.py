@@ -384,6 +384,11 @@ def test_two_processes_each_with_only_its_own_shards_equal_one(data, full_run, t
             a, b = json.loads(one[name]), json.loads(two[name])
             assert [s["rows"] for s in a["shards"].values()] == [s["rows"] for s in b["shards"].values()]
     assert two["errors.tsv"].decode().count("\n") == 2
+    # Each process prints its own shards' line; process 0 also the job's.
+    out = [log.read_text() for log in logs]
+    assert ": process 0 of 2: 8 rows of 8 items in its 2 shards; 2 done in this run" in out[0]
+    assert ": process 1 of 2: 6 rows of 7 items in its 1 shard; 1 done in this run" in out[1]
+    assert ": in all: 14 rows of 15 items in 3 shards, 1 skipped" in out[0] and "in all" not in out[1]
 
 
 # --- search -----------------------------------------------------------------------------------------

@@ -162,3 +162,10 @@ def test_embed_command_on_two_processes_equals_one(job, tmp_path):
     for name in ["errors.tsv"] + [f"metadata/metadata_{k}.parquet" for k in range(4)]:
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
     assert (tmp_path / "two" / "errors.tsv").read_text().count("bad.png") == 1
+    # Each process prints its own line (the rows of each batch it read: 20 in all), process 0 also the job's.
+    out = [log.read_text().splitlines() for log in logs]
+    own = [[line for line in out[i] if f": process {i} of 2: " in line] for i in (0, 1)]
+    assert len(own[0]) == len(own[1]) == 1
+    assert sum(int(line.split(" rows of ")[1].split(" items")[0]) for line in own[0] + own[1]) == 20
+    assert [line for line in out[0] if ": in all: 19 rows of 20 items in 4 shards, 1 skipped" in line]
+    assert not [line for line in out[1] if "in all" in line]
