@@ -637,3 +637,21 @@ def test_two_processes_give_the_metrics_of_one(multihost):
     for metric in ("image_retrieval_recall@1", "text_retrieval_recall@1"):  # the data set the fixture spoils
         assert 0.2 < r[9]["retrieval"][metric] < 0.95
     assert 0.2 < r[9]["classification"]["acc1"] < 0.95
+
+
+def test_result_names_the_data_set_not_its_split_folder(tmp_path, capsys):
+    """CLIP_benchmark names a result by its data set ("cifar10"), never by a split folder ("test")."""
+    from clip_jax.cli import main as cli
+
+    write_folder(tmp_path / "shapes" / "test", 6, seed=3, size=32)
+    assert eval_data.dataset_name(tmp_path / "shapes" / "test") == "shapes"
+    assert eval_data.dataset_name(f"{tmp_path}/shapes/Test/") == "shapes"
+    assert eval_data.dataset_name(tmp_path / "shapes") == "shapes"  # the data set itself, or a folder of classes
+    assert eval_data.dataset_name("memory://bucket/cifar10/test") == "cifar10"
+    assert eval_data.dataset_name("memory://test") == "test"  # nothing above it to name
+    args = ["eval", "zeroshot_classification", str(tmp_path / "shapes" / "test"), "--model", str(TINY_CLIP),
+            "--templates", "a {c}", "--no-cache", "--no-progress"]
+    assert cli.main(args) == 0
+    assert json.loads(capsys.readouterr().out)["dataset"] == "shapes"
+    assert cli.main(args + ["--dataset-name", "my_shapes"]) == 0
+    assert json.loads(capsys.readouterr().out)["dataset"] == "my_shapes"

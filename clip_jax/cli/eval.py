@@ -30,7 +30,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--output", "-o", metavar="FILE",
                    help="also write the result JSON here; may use {dataset} {model} {pretrained} {task} {language}")
-    p.add_argument("--dataset-name", help="the result's 'dataset' (default: the data folder's or file's name)")
+    p.add_argument("--dataset-name", help="the result's 'dataset' (default: the data set's folder name, the parent "
+                                          "of a split folder such as test/; or the CSV's name)")
     p.add_argument("--model-name", help="the result's 'model' (default: the --model file's stem, or the name given)")
     p.add_argument("--pretrained",
                    help="the result's 'pretrained' (default: the --model file's name, or the name given)")

@@ -61,7 +61,7 @@ from ..errors import ClipJaxError, InputError, LimitError, ShardError
 
 __all__ = ["LabelledImages", "CaptionedImages", "TarMembers", "ImageFiles", "image_folder", "caption_table",
            "wds_dataset", "classification_data", "retrieval_data", "read_lines", "read_nshards", "IMG_EXTENSIONS",
-           "DataNotFoundError", "MAX_SHARDS", "MAX_TEXT_BYTES"]
+           "DataNotFoundError", "MAX_SHARDS", "MAX_TEXT_BYTES", "dataset_name"]
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, matched case-insensitively as torchvision does
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -523,7 +523,25 @@ def classification_data(root: str | os.PathLike, split: str | None = None,
     if storage.is_url(root) and not storage.isdir(folder):
         nshards = storage.join(root, split or "test", "nshards.txt")
         raise DataNotFoundError(f"{folder}: no such folder (nor {nshards} of CLIP_benchmark's wds layout)")
-    return image_folder(folder, classnames, name=storage.basename(root) if split is not None else None)
+    return image_folder(folder, classnames, name=storage.basename(root) if split is not None else dataset_name(root))
+
+
+# The names CLIP_benchmark's exports and common data sets give their split folders.
+SPLIT_NAMES = frozenset({"train", "test", "val", "valid", "validation", "eval", "dev", "testing", "training"})
+
+
+def dataset_name(folder: str | os.PathLike) -> str:
+    """The data set's name for a folder of its images, as CLIP_benchmark names results by the data set:
+    the folder's own name ("data/imagenette" -> "imagenette"), or its parent's when the folder is a split
+    ("data/cifar10/test" -> "cifar10"). A local path is made absolute first ("." has a name)."""
+    folder = os.fspath(folder)
+    if not storage.is_url(folder):
+        folder = os.path.abspath(folder)
+    name = storage.basename(folder)
+    parent = storage.parent(folder.rstrip("/"))
+    if name.lower() in SPLIT_NAMES and not parent.endswith("://"):  # a bucket's top: no data set's name above
+        return storage.basename(parent) or name
+    return name
 
 
 def retrieval_data(source: str | os.PathLike, split: str = "test", image_column: str | None = None,
