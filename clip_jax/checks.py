@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import InputError
+from .image import LoadedImages
 
 
 def _shape_dtype(x, what: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -16,7 +17,10 @@ def _shape_dtype(x, what: str) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def check_images(images, image_size: int):
-    """images: [N, H, W, 3] (NHWC) float normalized, or uint8 pixels after resize and crop."""
+    """images: [N, H, W, 3] (NHWC) float normalized, or uint8 pixels after resize and crop; or what
+    `load_images` returns (a LoadedImages: its `.pixels` are the images). -> the images array."""
+    if isinstance(images, LoadedImages):
+        images = images.pixels
     shape, dtype = _shape_dtype(images, "images")
     if len(shape) == 3 and shape[-1] == 3:
         raise InputError(f"images must be a batch [N, H, W, 3]; got one image {shape}: use images[None]")

@@ -637,7 +637,8 @@ class Decoder:
 
 
 class LoadedImages(NamedTuple):
-    """Result of `load_images`.
+    """Result of `load_images`. The calls that take images (model.encode_image, clip_logits, ShardedCLIP)
+    take it as its `pixels`.
 
     pixels: uint8 [N_ok, n_px, n_px, 3], the good images in input order.
     errors: `[(source, reason), ...]` for the skipped ones.

@@ -499,3 +499,22 @@ def test_bomb_limits_follow_pillow(tmp_path, monkeypatch):
         tf.pixels(p)
     px, errors, kept = load_images([str(p)], tf, on_error="skip")
     assert px.shape == (0, 32, 32, 3) and len(errors) == 1 and kept.size == 0
+
+
+def test_the_calls_take_load_images_result_as_its_pixels(tmp_path, tiny):
+    """README passes load_images' result to the calls: a LoadedImages is taken as its .pixels."""
+    import clip_jax
+    from clip_jax.parallel import ShardedCLIP
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (40 + 7 * i, 36, 3), dtype=np.uint8)).save(paths[-1])
+    loaded = load_images(paths, image_transform(tiny.config.vision.image_size))
+    want = np.asarray(tiny.encode_image(loaded.pixels))
+    np.testing.assert_array_equal(np.asarray(tiny.encode_image(loaded)), want)
+    np.testing.assert_array_equal(ShardedCLIP(tiny, batch_size=4).encode_image(loaded), want)
+    tokens = clip_jax.tokenize(["a photo"])
+    logits = [np.asarray(clip_jax.clip_logits(tiny, x, tokens)[0]) for x in (loaded, loaded.pixels)]
+    np.testing.assert_array_equal(*logits)
