@@ -121,7 +121,7 @@ def add_embed_args(p: argparse.ArgumentParser) -> None:
 
 def run_embed(args: argparse.Namespace) -> int:
     initialize_distributed(args)
-    from ..jobs.embed import embed
+    from ..jobs.embed import embed  # when run: see the module docstring
 
     if not args.inputs and not args.captions:
         raise InputError("nothing to embed: give image INPUTs and/or --captions FILE")
