@@ -173,3 +173,53 @@ def test_a_missing_fsspec_backend_names_the_extra(url, extra, monkeypatch):
         list(open_source([url]))
     with pytest.raises(MissingExtraError, match=extra):
         open_source([url.rsplit("/", 1)[0] + "/*." + url.rsplit(".", 1)[1]])  # a glob lists the bucket
+
+
+def test_parquet_keeps_the_other_columns_and_the_struct_path_as_json_fields(tmp_path):
+    """As a tar sample's .json fields: the table's text and scalar columns, and the image struct's path,
+    which then become metadata columns of the embedding job (embed_shards._metadata)."""
+    import datetime
+    import decimal
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clip_jax.jobs.embed_shards import _metadata
+
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table({
+        "key": ["a", "b"], "caption": ["one", "two"],
+        "image": pa.array([{"bytes": b"A", "path": "imgs/a.jpg"}, {"bytes": b"B", "path": None}], struct),
+        "url": ["http://x/a.jpg", None], "width": [640, 480], "similarity": [0.25, 0.5], "nsfw": [False, True],
+        "day": pa.array([datetime.date(2021, 5, 1), None]), "price": pa.array([decimal.Decimal("1.50"), None]),
+        "tags": [["x"], ["y"]], "thumb": [b"\x00", b"\x01"],  # nested and binary: not metadata
+        "label": pa.array(["cat", "dog"]).dictionary_encode(),
+    })
+    pq.write_table(table, tmp_path / "t.parquet")
+    got = list(open_source([tmp_path / "t.parquet"]))
+    assert [s["image"] for s in got] == [b"A", b"B"] and [s["txt"] for s in got] == ["one", "two"]
+    assert got[0]["json"] == {"url": "http://x/a.jpg", "width": 640, "similarity": 0.25, "nsfw": False,
+                              "day": "2021-05-01", "price": "1.50", "label": "cat", "path": "imgs/a.jpg"}
+    assert got[1]["json"] == {"width": 480, "similarity": 0.5, "nsfw": True, "label": "dog"}
+    meta = _metadata(got, np.ones(2, bool)).to_pydict()
+    assert meta["width"] == [640, 480] and meta["path"] == ["imgs/a.jpg", None] and meta["url"][0] == "http://x/a.jpg"
+    assert "tags" not in meta and "thumb" not in meta
+
+    pq.write_table(table.append_column("path", pa.array(["p", "q"])), tmp_path / "u.parquet")
+    beside = list(open_source([tmp_path / "u.parquet"]))[0]["json"]  # the table's own "path" column wins the name
+    assert beside["path"] == "p" and beside["image.path"] == "imgs/a.jpg"
+
+
+def test_parquet_metadata_cells_past_the_bound_are_field_errors(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clip_jax.data import sources
+
+    big = "x" * (sources.MAX_TEXT_BYTES + 1)
+    pq.write_table(pa.table({"image": [b"A", b"B"], "note": [big, "short"]}), tmp_path / "t.parquet")
+    first, second = list(open_source([tmp_path / "t.parquet"]))
+    assert first["json"] is None and first["image"] == b"A"
+    assert first["__field_errors__"] == [f"column 'note': {len(big):,} bytes, over the 1 MiB a metadata cell may hold"]
+    assert second["json"] == {"note": "short"} and "__field_errors__" not in second

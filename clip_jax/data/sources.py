@@ -51,7 +51,10 @@ Formats, chosen by the name:
   of the webdataset library and of tarfile's "r|" mode (both copy every block through tarfile's stream
   buffer; benchmarks/embed.py --shards measures it), and it needs no extra dependency.
 - "*.parquet" (or a folder of them): an image column of raw bytes or of Hugging Face datasets'
-  {"bytes", "path"} structs, an optional caption column and key column.
+  {"bytes", "path"} structs, an optional caption column and key column. The table's other columns of
+  text or scalars (numbers, booleans; dates, times and decimals as text) are the samples' "json" fields,
+  as a tar sample's .json, and so is the image struct's "path" (as "path", or "IMAGE.path" beside a
+  column named path): metadata, never opened.
 - anything else: image inputs (folders, globs, .txt lists of paths, image files), grouped into shards of
   `shard_size` files; the samples carry the file's path as "key" and "image_path".
 """
@@ -230,6 +233,7 @@ MAX_PATH_CHARS = 4096  # one path cell (image_paths=True)
 MAX_KEY_BYTES = 4096  # one key cell
 _BATCH_ROWS = 64  # rows decoded by Arrow at a time: a 1 MB file of one repeated 1 MB value is 64 MB, not 10 GB
 _SLICE_BYTES = 16 << 20  # rows turned into Python objects at a time (at least one)
+META = "json:"  # the role of a column kept as a json field: META + its name
 # What pyarrow raises on bytes that are not a valid parquet file, at open or anywhere in the iteration.
 _ARROW_ERRORS = (pa.ArrowException, OSError, ValueError, TypeError, IndexError, KeyError, OverflowError, MemoryError,
                  NotImplementedError)
@@ -330,6 +334,10 @@ class ParquetShard(Shard):
                 if schema.get_field_index(name) < 0:
                     raise ShardError(f"{self.url}: column {name!r} appears more than once")
                 roles[role] = name
+        for f in schema:  # the other columns: kept as the samples' json fields (see _Batch._meta)
+            if (f.name not in roles.values() and _column_kind(f.type) in ("string", "scalar")
+                    and schema.get_field_index(f.name) >= 0):
+                roles[META + f.name] = f.name
         return pf, roles, len(str(max(num_rows - 1, 0)))
 
     def __iter__(self) -> Iterator[dict]:
@@ -383,6 +391,12 @@ class _Batch:
                 self.present["caption"] = caption.is_valid().to_pylist()
         if key is not None and self.kinds["key"] != "other":
             self.cols["key"] = _Column(key, MAX_KEY_BYTES, binary=self.kinds["key"] in ("string", "binary"))
+        for role, arr in arrs.items():
+            if role.startswith(META):
+                self._meta(role, arr)
+        taken = {role[len(META):] for role in self.cols if role.startswith(META)}
+        # the image struct's path, as a json field: "path", or "{image column}.path" if the table has a "path"
+        self.path_field = "path" if "path" not in taken else f"{self.image_column}.path"
         self.sizes = [sum(c.sizes[i] for c in self.cols.values()) for i in range(n)]
         self.values: dict[str, list] = {}
         self.lo = 0
@@ -410,6 +424,37 @@ class _Batch:
         else:  # strings without image_paths, or another type: an error for each cell that is not null
             self.present["image"] = image.is_valid().to_pylist()
 
+    def _meta(self, role: str, arr: pa.Array) -> None:
+        """Another column of the table (text or a scalar), kept as a json field. Dates, times and decimals
+        become text (JSON has no such types); a column Arrow can't make text of is left out."""
+        if pa.types.is_dictionary(arr.type):
+            arr = arr.dictionary_decode()
+        t = arr.type
+        if _column_kind(t) == "string":
+            self.cols[role] = _Column(arr, MAX_TEXT_BYTES)
+        elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t):
+            self.cols[role] = _Column(arr, 0, binary=False)
+        else:
+            try:
+                self.cols[role] = _Column(pc.cast(arr, pa.string()), MAX_TEXT_BYTES)
+            except _ARROW_ERRORS:
+                pass
+
+    def json(self, i: int, errors: list[str] | None = None) -> dict | None:
+        """Row i's other columns (and its image struct's path) as its json fields, or None if it has none;
+        a text cell over MAX_TEXT_BYTES is left out, with a field error in `errors`."""
+        out = {}
+        for role in self.cols:
+            if role.startswith(META):
+                if self._too_big(role, i) and errors is not None:
+                    errors.append(f"column {role[len(META):]!r}: {self._too_big(role, i):,} bytes, over the "
+                                  f"{MAX_TEXT_BYTES >> 20} MiB a metadata cell may hold")
+                elif self._value(role, i) is not None:
+                    out[role[len(META):]] = self._value(role, i)
+        if self.kinds.get("image") == "struct" and self._value("path", i) is not None:
+            out[self.path_field] = self._value("path", i)
+        return out or None
+
     def materialise(self, lo: int, hi: int) -> range:
         """Make Python values of rows lo..hi (cells within their bounds only); returns the rows."""
         self.values = {role: c.values(lo, hi) for role, c in self.cols.items()}
@@ -428,7 +473,8 @@ class _Batch:
         keys, images, captions = (self.values.get(role) or [None] * n for role in ("key", "image", "caption"))
         return [{"key": str(index + j).zfill(width) if k is None else
                  k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else str(k),
-                 "image": image, "txt": caption, "json": None, "cls": None, "__shard__": url, "__index__": index + j}
+                 "image": image, "txt": caption, "json": self.json(lo + j), "cls": None, "__shard__": url,
+                 "__index__": index + j}
                 for j, (k, image, caption) in enumerate(zip(keys, images, captions))]
 
     def _value(self, role: str, i: int):
@@ -445,6 +491,7 @@ class _Batch:
         self._key(sample, i, index, width, errors)
         self._image_cell(sample, i)
         self._caption(sample, i, errors)
+        sample["json"] = self.json(i, errors)
         if errors:
             sample["__field_errors__"] = errors
         return sample
