@@ -212,6 +212,27 @@ def test_a_small_shard_job_steps_buckets_not_the_full_batch(data, full_run, tmp_
         assert (outs["buckets"] / meta).read_bytes() == (outs["full"] / meta).read_bytes()
 
 
+def test_a_shard_equals_the_same_images_as_files_bit_for_bit(data, tmp_path):
+    """At batch 16, a shard of 5 images and a folder of the same 5 both step the bucket of 8, so their
+    rows are the same computation, bit for bit."""
+    import jax
+
+    from clip_jax import parallel
+    from clip_jax.jobs import embed
+
+    tmp, samples, model = data
+    paths = []
+    for sample in samples[0]:
+        paths.append(str(tmp_path / f"{sample['__key__']}.jpg"))
+        Path(paths[-1]).write_bytes(sample["jpg"])
+    sharded, _ = embed._load_sharded(str(model), "float32", None, parallel.make_mesh(devices=jax.local_devices()), 16)
+    for inputs, out in (([str(tmp / "data" / "00000.tar")], "shard"), (paths, "files")):
+        embed.embed(inputs, str(tmp_path / out), str(model), batch_size=16, progress=False, sharded=sharded,
+                    emb_dtype="float32")
+    np.testing.assert_array_equal(np.load(tmp_path / "shard" / "img_emb" / "img_emb_0.npy"),
+                                  np.load(tmp_path / "files" / "img_emb" / "img_emb_0.npy"))
+
+
 def test_parquet_equals_the_same_samples_as_tar(data, full_run, run_embed, tmp_path):
     tmp, samples, model = data
     for k, s in enumerate(samples):  # shard 1's images as {bytes, path} structs, the others as bytes
