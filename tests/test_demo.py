@@ -171,7 +171,7 @@ def test_demo_end_to_end(tmp_path):
     # The bundled file's open_clip_config.json says QuickGELU: no "assumed activation" line.
     assert "assum" not in proc.stderr.lower(), proc.stderr
     out = proc.stdout
-    assert re.search(r"^\$ python -m convert \S*tiny_clip\.pt -o \S*tiny_clip\.safetensors$", out, re.M), out
+    assert re.search(r"^\$ clip-jax convert \S*tiny_clip\.pt -o \S*tiny_clip\.safetensors$", out, re.M), out
     converted = tmp_path / "tiny_clip.safetensors"
     assert converted.is_file()
     config, params = read_params(converted)

@@ -5,7 +5,7 @@ zero-shot against label prompts, report.
     clip-jax demo --model ViT-B/32       # the same with any name or file clip_jax.load takes
     clip-jax demo --out results/ --n 30 --seed 3
 
-Steps: `python -m convert` the checkpoint (the bundled clip_jax/assets/tiny_clip.pt by default) into
+Steps: `clip-jax convert` the checkpoint (the bundled clip_jax/assets/tiny_clip.pt by default) into
 OUT/, load the converted file with clip_jax.load, draw images of colored shapes (clip_jax.synthetic),
 score each against the prompts "a red circle", "an orange star", ... (30 classes), print the top-3
 labels with probabilities and the accuracy, and save OUT/contact_sheet.png with every image and its
@@ -143,10 +143,10 @@ def _display(path: Path) -> str:
 
 
 def convert_checkpoint(src: Path, out_dir: Path) -> Path:
-    """The conversion `python -m convert SRC -o OUT/<name>.safetensors` runs, printing that command and
+    """The conversion `clip-jax convert SRC -o OUT/<name>.safetensors` runs, printing that command and
     what it prints."""
     dst = out_dir / (src.stem + ".safetensors")
-    print(f"$ python -m convert {shlex.quote(_display(src))} -o {shlex.quote(_display(dst))}")
+    print(f"$ clip-jax convert {shlex.quote(_display(src))} -o {shlex.quote(_display(dst))}")
     with one_line_warnings(AssumedActivationWarning):
         dst = clip_jax.convert(src, dst)
     print(f"wrote {dst}")
