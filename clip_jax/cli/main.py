@@ -51,7 +51,8 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
     arch = p.add_mutually_exclusive_group()
     arch.add_argument("--config", metavar="FILE",
                       help="the weights' open_clip config: an open_clip_config.json or a bare open_clip model config "
-                           "(default: open_clip_config.json beside SRC, else inferred from the weights)")
+                           "(default: the config clip_jax's export wrote into SRC, else open_clip_config.json "
+                           "beside SRC, else inferred from the weights)")
     arch.add_argument("--model", metavar="ARCH",
                       help="the weights' open_clip architecture, e.g. ViT-B-32 (exact GELU), ViT-B-32-quickgelu, "
                            "ViT-H-14")
