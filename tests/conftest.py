@@ -12,6 +12,9 @@ import pytest
 # machines have neither, so the suite runs on the CPU unless JAX_PLATFORMS says otherwise (benchmarks/gpu.sh
 # does).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# pyarrow's own allocator (jemalloc, with its background threads) beside torch's and faiss's in one worker:
+# the system allocator rules out one suspect of a rare crash inside pyarrow (tests/test_embed_hostile.py).
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 
 # --- shared models (configs, params and batches: tests/tiny.py) ------------------------------------
