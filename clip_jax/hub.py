@@ -43,6 +43,7 @@ from .checkpoint.config_source import (
     read_open_clip_config,
     resolve_config,
 )
+from .checkpoint.torch_files import LazyArray
 from .config import CLIPConfig
 from .download import (
     ENV_CACHE,
@@ -114,6 +115,9 @@ def load(
         name_or_path, config=config, model=model, cache_dir=cache_dir, progress=progress, subfolder=subfolder)
     if image_size is not None:
         config, params = with_image_size(config, params, image_size)
+    # Each weight read (or, already in memory, handed over) as build places it, then let go: the model's
+    # arrays are the only full copy, at most one tensor more at any time.
+    params = {k: v if isinstance(v, LazyArray) else LazyArray.once(np.asarray(v)) for k, v in params.items()}
     model = build(config, params, dtype=dtype, param_dtype=param_dtype, attention=attention,
                   **family_of(config).build_args(kind, projection))
     return model, family_of(config).transform(config)
@@ -135,7 +139,7 @@ def load_params(
     if checkpoint.kind != "clip":
         raise InputError(f"{name_or_path}: a single {checkpoint.kind} tower; clip_jax.load builds it "
                          "(load_params gives the params of full CLIP models)")
-    return checkpoint.config, checkpoint.params
+    return checkpoint.config, {k: np.asarray(v) for k, v in checkpoint.params.items()}
 
 
 def read_any(
@@ -149,7 +153,8 @@ def read_any(
 ) -> Checkpoint:
     """Anything `load` takes -> Checkpoint (config, params, kind, projection, origin). Every source's params
     are checked here to be floating point before anything is built from them (CheckpointError naming the
-    tensor and its dtype)."""
+    tensor and its dtype). A safetensors file's params are LazyArrays (torch_files): their names, shapes
+    and dtypes from its header, each tensor read (np.asarray) when it is used."""
     checkpoint = _read_any(name_or_path, config, model, cache_dir, progress, subfolder)
     check_param_dtypes(checkpoint.params, name_or_path if isinstance(name_or_path, (str, os.PathLike)) else
                        getattr(name_or_path, "name", str(name_or_path)))
@@ -165,7 +170,7 @@ def _read_any(name_or_path, config, model, cache_dir, progress, subfolder) -> Ch
         if folder.is_dir():
             if config is not None or model is not None:
                 raise InputError("config= is for checkpoint files; a transformers folder brings its config.json")
-            return hf_format.read_folder(folder)
+            return hf_format.read_folder(folder, lazy=True)
         if subfolder is not None:
             raise FileNotFoundError(f"{folder}: no such folder (subfolder={subfolder!r} of {name_or_path})")
     read = _read(name_or_path, config, model, cache_dir, progress, subfolder)
@@ -220,11 +225,11 @@ def with_image_size(config: CLIPConfig, params: Params, image_size: int) -> tupl
 
 def _from_file(path: Path, config: ConfigArg, model: str | None) -> tuple[CLIPConfig, Params]:
     if store.is_converted(path):
-        stored, params = store.load(path)
+        stored, params = store.load(path, lazy=True)
         if (config is not None or model is not None) and _given(path, config, model) != stored:
             raise InputError(f"{path}: a converted file carries its own config, and it differs from config=")
         return stored, params
-    return read_params(path, config, model=model)  # config=, model=, open_clip_config.json beside, inferred
+    return read_params(path, config, model=model, lazy=True)  # config=, model=, open_clip_config.json beside, inferred
 
 
 def _given(path: Path, config: ConfigArg, model: str | None) -> CLIPConfig | None:
@@ -304,7 +309,7 @@ def _from_hub_transformers(repo_id: str, revision: str | None, subfolder: str | 
             if candidate.endswith(hf_format.INDEX_SUFFIX):
                 for shard in hf_format.shard_files(path):
                     fetch(shard)
-            return hf_format.read_folder(config_path.parent)
+            return hf_format.read_folder(config_path.parent, lazy=True)
     offline = " in the local cache (offline mode)" if _offline() else ""
     raise FileNotFoundError(f"{where}: no weights{offline}: {'; '.join(errors)}")
 
@@ -436,7 +441,7 @@ def _converted(src: Path, digest: str, config: CLIPConfig | None, directory: Pat
     dst = directory / f"{stem}.{digest[:16]}.safetensors"
     if dst.is_file():
         try:
-            cached_config, params = store.load(dst)
+            cached_config, params = store.load(dst, lazy=True)
             if config is None or cached_config == config:
                 return cached_config, params
         except (OSError, ValueError):

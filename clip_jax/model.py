@@ -247,7 +247,8 @@ def build(
 ) -> CLIP:
     """The two-tower model of `config`'s family (a CLIP for a CLIPConfig) holding `params` (flat
     clip_jax names, e.g. from checkpoint.store.load), cast to `param_dtype`; random init from `seed` when
-    params is None. Names and shapes are checked first.
+    params is None. A value may be anything np.asarray reads (a LazyArray read from its file as it is
+    placed: shapes are checked from its .shape before any is read). Names and shapes are checked first.
     model_type: another model class taking the config (a single tower: Family.build_args), with
     `options`, (name, value) pairs of its own keyword arguments."""
     if params is None:
@@ -257,10 +258,17 @@ def build(
     graphdef, abstract = abstract_model(config, dtype=dtype, param_dtype=param_dtype, attention=attention,
                                         model_type=model_type, options=options)
     check_params(params, param_shapes(abstract))
-    leaves = [
-        (path, var.replace(jnp.asarray(params[flat_name(path)], dtype=var.dtype)))
-        for path, var in nnx.to_flat_state(abstract)
-    ]
+    leaves = []
+    for path, var in nnx.to_flat_state(abstract):
+        # One weight at a time: a value that is no array yet (a tensor read from its file on np.asarray)
+        # is read here, and its host copy is dropped once the model's array holds it.
+        value = params[flat_name(path)]
+        host = value if isinstance(value, (np.ndarray, jax.Array)) else np.asarray(value)
+        # device_put places a host array as it is; jnp.asarray would also hold a staging copy of it
+        same = isinstance(host, np.ndarray) and host.dtype == var.dtype
+        array = jax.device_put(host) if same else jnp.asarray(host, dtype=var.dtype)
+        leaves.append((path, var.replace(array)))
+        del value, host
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
 

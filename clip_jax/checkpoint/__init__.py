@@ -25,29 +25,30 @@ from .torch_names import ConversionError, from_torch, to_torch_state_dict
 
 
 def read_params(
-    path: str | os.PathLike, config: ConfigArg = None, *, model: str | None = None
+    path: str | os.PathLike, config: ConfigArg = None, *, model: str | None = None, lazy: bool = False
 ) -> tuple[CLIPConfig, dict[str, np.ndarray]]:
     """Any supported file -> (config, flat clip_jax params): a converted .safetensors as it is; a PyTorch
     checkpoint (TorchScript, torch.save zip or legacy, open_clip .bin/.safetensors) converted in memory,
     with the config resolve_config finds (config=, model=, the open_clip config clip_jax's export wrote
-    into the file, an open_clip_config.json beside it, or inferred from the weights)."""
-    config, params, _ = read_checkpoint(path, config, model=model)
+    into the file, an open_clip_config.json beside it, or inferred from the weights). lazy: a .safetensors
+    file's params as LazyArrays, read when used."""
+    config, params, _ = read_checkpoint(path, config, model=model, lazy=lazy)
     return config, params
 
 
 def read_checkpoint(
-    path: str | os.PathLike, config: ConfigArg = None, *, model: str | None = None
+    path: str | os.PathLike, config: ConfigArg = None, *, model: str | None = None, lazy: bool = False
 ) -> tuple[CLIPConfig, dict[str, np.ndarray], str]:
     """read_params, and where the config came from (what `convert` records in the converted file)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if store.is_converted(path):
-        config, params = store.load(path)
+        config, params = store.load(path, lazy)
         check_param_dtypes(params, path)
         return config, params, "the converted file"
     source = resolve_config(path, config, model)
-    state_dict = load_state_dict(path)
+    state_dict = load_state_dict(path, lazy)
     try:
         config, params = from_torch(state_dict, source.config)
     except ConversionError as e:
@@ -72,7 +73,7 @@ def check_param_dtypes(params: dict[str, np.ndarray], where: str | os.PathLike) 
     a CheckpointError naming the file, the tensor and the dtype, not a model silently computing with it."""
     for name, value in params.items():
         try:
-            check_weight_dtype(name, np.asarray(value))
+            check_weight_dtype(name, value if hasattr(value, "dtype") else np.asarray(value))  # a header's dtype
         except CheckpointError as e:
             raise CheckpointError(f"{where}: {e}") from None
 

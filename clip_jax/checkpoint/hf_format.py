@@ -47,7 +47,7 @@ from ..fileio import atomic_write
 from ..model import abstract_model, param_shapes
 from ..param_check import ConversionError, raise_if_any
 from .result import FLOAT_NAMES, Checkpoint, check_weight_dtype
-from .torch_files import CheckpointError, load_state_dict
+from .torch_files import CheckpointError, LazyArray, apply_lazily, load_state_dict
 from .torch_writer import write_safetensors
 
 CONFIG = "config.json"
@@ -127,7 +127,7 @@ def hf_name(name: str) -> tuple[str, str | None]:
 
 def from_hf(state_dict: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     """transformers' state dict (torch layouts) -> flat clip_jax params of the expected names and shapes.
-    Every missing, unexpected or mis-shaped tensor is reported at once."""
+    Every missing, unexpected or mis-shaped tensor is reported at once; LazyArrays stay unread."""
     params, missing, mismatched, used = {}, [], [], set()
     for name, shape in expected.items():
         theirs, transform = hf_name(name)
@@ -137,11 +137,11 @@ def from_hf(state_dict: Mapping[str, np.ndarray], expected: Mapping[str, tuple[i
             missing += absent
             continue
         used.update(sources)
-        arrays = [np.asarray(state_dict[s]) for s in sources]
+        arrays = [a if isinstance(a, LazyArray) else np.asarray(a) for a in (state_dict[s] for s in sources)]
         for source, array in zip(sources, arrays):
             check_weight_dtype(source, array)
-        try:
-            value = _to_jax(arrays, transform)
+        try:  # a LazyArray's layout is changed as it is read (one tensor at a time, as the model is built)
+            value = apply_lazily(lambda xs, transform=transform: _to_jax(xs, transform), arrays)
         except ValueError:
             value = None
         if value is None or tuple(value.shape) != shape:
@@ -440,13 +440,14 @@ def shard_files(index: Path) -> list[str]:
     return files
 
 
-def read_weights(path: Path) -> dict[str, np.ndarray]:
-    """One weights file, or every shard of an index, -> transformers' state dict (torch names, layouts)."""
+def read_weights(path: Path, lazy: bool = False) -> dict[str, Any]:
+    """One weights file, or every shard of an index, -> transformers' state dict (torch names, layouts).
+    lazy: safetensors' tensors as LazyArrays (torch_files), read when used."""
     if not path.name.endswith(INDEX_SUFFIX):
-        return _read_weights_file(path)
+        return _read_weights_file(path, lazy)
     out: dict[str, np.ndarray] = {}
     for name in shard_files(path):  # plain weights files: no recursion
-        shard = _read_weights_file(path.parent / name)
+        shard = _read_weights_file(path.parent / name, lazy)
         twice = set(shard) & set(out)
         if twice:
             raise CheckpointError(f"{path}: {sorted(twice)[0]!r} is in more than one shard")
@@ -454,12 +455,12 @@ def read_weights(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _read_weights_file(path: Path) -> dict[str, np.ndarray]:
+def _read_weights_file(path: Path, lazy: bool) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix == ".msgpack":
         return read_flax_msgpack(path)
-    return load_state_dict(path)
+    return load_state_dict(path, lazy)
 
 
 def read_flax_msgpack(path: Path) -> dict[str, np.ndarray]:
@@ -526,8 +527,9 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_folder(folder: str | os.PathLike) -> Checkpoint:
-    """A transformers CLIP folder -> Checkpoint (config, flat clip_jax params, kind, projection, origin)."""
+def read_folder(folder: str | os.PathLike, lazy: bool = False) -> Checkpoint:
+    """A transformers CLIP folder -> Checkpoint (config, flat clip_jax params, kind, projection, origin).
+    lazy: safetensors weights as LazyArrays, each read (and laid out) when the model is built from it."""
     folder = Path(folder)
     weights = weights_file(folder)
     if not (folder / CONFIG).is_file() or weights is None:
@@ -539,7 +541,7 @@ def read_folder(folder: str | os.PathLike) -> Checkpoint:
         kind = config_from_transformers(cfg, pp)[1]
     except ClipJaxError as e:
         raise type(e)(f"{folder / CONFIG}: {e}") from None
-    state_dict = with_tower_prefix(read_weights(weights), kind)
+    state_dict = with_tower_prefix(read_weights(weights, lazy), kind)
     has_projection = any(k in state_dict for k in ("text_projection.weight", "visual_projection.weight"))
     try:
         config, kind, projection = config_from_transformers(cfg, pp, projection=has_projection)

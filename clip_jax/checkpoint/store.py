@@ -18,7 +18,7 @@ from ..dtypes import FLOAT_DTYPES
 from ..errors import InputError
 from ..families import Family, family_of
 from ..fileio import atomic_write
-from .torch_files import CheckpointError, check_safetensors_dtypes
+from .torch_files import CheckpointError, check_safetensors_dtypes, safetensors_arrays
 
 FORMAT = "clip_jax"
 FORMAT_VERSION = "1"
@@ -60,9 +60,10 @@ def is_converted(path: str | os.PathLike) -> bool:
         return False
 
 
-def load(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, np.ndarray]]:
+def load(path: str | os.PathLike, lazy: bool = False) -> tuple[CLIPConfig, dict[str, Any]]:
     """-> (config, flat params). The file is memory-mapped; each tensor is copied out once. Anything wrong
-    with the file (its header, its config, its tensors) is a CheckpointError naming it."""
+    with the file (its header, its config, its tensors) is a CheckpointError naming it, before any tensor
+    is read. lazy: the params as LazyArrays (torch_files), each read when it is used."""
     try:
         with safe_open(str(path), framework="numpy") as f:
             metadata = f.metadata() or {}
@@ -76,6 +77,8 @@ def load(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, np.ndarray]]:
             contradiction = family.check_header(config, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
             if contradiction:
                 raise CheckpointError(f"{path}: {contradiction}")
+            if lazy:
+                return config, safetensors_arrays(path)
             return config, {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as e:
         raise CheckpointError(f"{path}: unreadable safetensors file: {e}") from None

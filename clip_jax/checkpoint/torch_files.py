@@ -16,17 +16,105 @@ never imported.
 
 from __future__ import annotations
 
+import json
+import math
+import mmap
 import os
 import struct
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import ml_dtypes  # noqa: F401  (registers 'bfloat16' with numpy, which safetensors' numpy reader names)
+import ml_dtypes  # also registers 'bfloat16' with numpy, which safetensors' numpy reader names
 import numpy as np
 
 from .torch_pickle import CheckpointError, brief, strip_prefixes
 from .torch_save_reader import load_legacy, load_zip
 
-__all__ = ["CheckpointError", "check_safetensors_dtypes", "load_state_dict"]
+__all__ = ["CheckpointError", "LazyArray", "check_safetensors_dtypes", "load_state_dict", "safetensors_arrays"]
+
+
+class LazyArray:
+    """A tensor whose shape and dtype are known (from its file's header) and whose data is read when
+    np.asarray asks for it: read afresh each time and never kept, so a model built from these holds
+    each weight once, not once in the model and once more here."""
+
+    __slots__ = ("dtype", "shape", "_read")
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, read: Callable[[], np.ndarray]):
+        self.shape, self.dtype, self._read = tuple(shape), np.dtype(dtype), read
+
+    @classmethod
+    def once(cls, array: np.ndarray) -> LazyArray:
+        """An array in memory, handed over on the first read and then let go (a second read fails)."""
+        cell = [array]
+        return cls(array.shape, array.dtype, cell.pop)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        x = self._read()
+        return x if dtype is None else x.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"LazyArray(shape={self.shape}, dtype={self.dtype})"
+
+
+def apply_lazily(fn: Callable[[list[np.ndarray]], np.ndarray], arrays: Sequence[Any]) -> Any:
+    """fn(arrays) now when every array is in memory; else a LazyArray computing it when read. Its shape
+    comes from fn on zero-byte stand-ins (so a shape fn refuses is refused now, before reading)."""
+    if not any(isinstance(a, LazyArray) for a in arrays):
+        return fn(list(arrays))
+    stand_ins = [np.broadcast_to(np.zeros((), np.uint8), a.shape) for a in arrays]
+    shape = fn(stand_ins).shape
+    return LazyArray(shape, np.result_type(*(a.dtype for a in arrays)), lambda: fn([np.asarray(a) for a in arrays]))
+
+
+# safetensors' dtype names -> numpy's (little-endian, as the format stores them)
+_NUMPY = {"BOOL": "?", "U8": "u1", "I8": "i1", "U16": "<u2", "I16": "<i2", "U32": "<u4", "I32": "<i4", "U64": "<u8",
+          "I64": "<i8", "F16": "<f2", "BF16": ml_dtypes.bfloat16, "F32": "<f4", "F64": "<f8"}
+
+
+def safetensors_arrays(path: str | os.PathLike) -> dict[str, LazyArray]:
+    """A safetensors file whose header safe_open has already validated (offsets, sizes) and whose
+    dtypes check_safetensors_dtypes has passed -> each tensor as a LazyArray, in the file's order.
+    Each read copies one tensor from the file into a fresh array with a plain read, not through a
+    memory map, whose pages would stay resident (and count) as long as the file is open."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    out = {}
+    for key, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+        shape, dtype = entry["shape"], _NUMPY[entry["dtype"]]
+        out[key] = LazyArray(shape, dtype, _reader(path, 8 + n + entry["data_offsets"][0], shape, dtype))
+    return out
+
+
+_OWN_MAPPING = 1 << 16
+
+
+def _reader(path: str, offset: int, shape: list[int], dtype: Any) -> Callable[[], np.ndarray]:
+    def read() -> np.ndarray:
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        # Its own mapping, returned to the system when the array goes: buffers taken from and freed to the
+        # heap between the model's arrays stay resident (about 20% more for a model of a few hundred).
+        buffer = mmap.mmap(-1, nbytes) if nbytes >= _OWN_MAPPING else bytearray(nbytes)
+        out = np.frombuffer(buffer, dtype, math.prod(shape)).reshape(shape)
+        view = memoryview(buffer)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            done = 0
+            while done < len(view):
+                got = f.readinto(view[done:])
+                if not got:
+                    raise CheckpointError(f"{path}: ends inside a tensor (the file changed after it was opened?)")
+                done += got
+        return out
+
+    return read
 
 
 def _looks_like_safetensors(head: bytes, file_size: int) -> bool:
@@ -51,7 +139,7 @@ def check_safetensors_dtypes(f: Any) -> None:
                                   f"(it reads {', '.join(sorted(SAFETENSORS_DTYPES))})")
 
 
-def _load_safetensors(path: str) -> dict[str, np.ndarray]:
+def _load_safetensors(path: str, lazy: bool = False) -> dict[str, Any]:
     # The package does its own bounds checks (header length, JSON, offsets, shapes against byte counts).
     # Imported here: the pickle formats' readers stay numpy and ml_dtypes alone (tests/test_budget.py
     # measures their memory from that baseline).
@@ -61,23 +149,25 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
     try:
         with safe_open(path, framework="np") as f:
             check_safetensors_dtypes(f)
+            lazily = safetensors_arrays(path) if lazy else {}
             for key in f.keys():
                 name = strip_prefixes(key)
                 if name in out:
                     raise CheckpointError(
                         f"two entries map to {brief(name)} after removing module./_orig_mod. prefixes")
-                out[name] = f.get_tensor(key)
+                out[name] = lazily[key] if lazy else f.get_tensor(key)
     except SafetensorError as err:
         raise CheckpointError(f"unreadable safetensors file: {err}") from None
     return out
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_state_dict(path: str | os.PathLike, lazy: bool = False) -> dict[str, Any]:
     """Read a PyTorch checkpoint without torch and without running code from it.
 
     Returns a flat `{name: numpy.ndarray}` dict (bfloat16 as
     `ml_dtypes.bfloat16`).  Raises `CheckpointError` naming the file and
-    the problem for anything refused, malformed or unreadable.
+    the problem for anything refused, malformed or unreadable. lazy: a .safetensors file's tensors as
+    LazyArrays, read when used (the pickle formats are read whole either way).
     """
     path = os.fspath(path)
     try:
@@ -89,7 +179,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
             return load_zip(path)
         if _looks_like_safetensors(head, file_size):
-            return _load_safetensors(path)
+            return _load_safetensors(path, lazy)
         if head.startswith(b"\x80"):  # pickle PROTO opcode: legacy torch.save
             return load_legacy(path)
         if head[8:9] == b"{":  # a safetensors header whose length field is wrong

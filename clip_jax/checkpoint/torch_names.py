@@ -21,6 +21,7 @@ from ..model import abstract_model, param_shapes
 from ..param_check import ConversionError, check_params, raise_if_any
 from ..roles import Declared, declarations
 from .declared import declared_by_name
+from .torch_files import LazyArray, apply_lazily
 
 # Tensors of OpenAI and open_clip checkpoints that aren't parameters.
 IGNORED = re.compile(r"(^|.*\.)(input_resolution|context_length|vocab_size|attn_mask|num_batches_tracked)$")
@@ -58,7 +59,8 @@ def expected_params(config: CLIPConfig) -> dict[str, tuple[int, ...]]:
 
 def from_torch(state_dict: Mapping[str, np.ndarray], config: CLIPConfig | None = None
                ) -> tuple[CLIPConfig, dict[str, np.ndarray]]:
-    """A PyTorch CLIP state_dict (OpenAI names) -> (config, flat clip_jax params). Dtypes are kept."""
+    """A PyTorch CLIP state_dict (OpenAI names) -> (config, flat clip_jax params). Dtypes are kept; a
+    LazyArray stays one (its layout changed when it is read)."""
     if config is None:
         try:
             config = config_from_state_dict(state_dict)
@@ -73,7 +75,8 @@ def from_torch(state_dict: Mapping[str, np.ndarray], config: CLIPConfig | None =
             missing.append(src)
             continue
         used.add(src)
-        value = to_jax(np.asarray(state_dict[src]), info)
+        source = state_dict[src] if isinstance(state_dict[src], LazyArray) else np.asarray(state_dict[src])
+        value = apply_lazily(lambda xs, info=info: to_jax(xs[0], info), [source])  # lazy: read when built
         if tuple(value.shape) != shape:
             want = to_torch(np.empty(shape, np.uint8), info).shape
             mismatched.append(f"{src}: {tuple(state_dict[src].shape)}, expected {want}")
