@@ -1,18 +1,22 @@
-"""Loading a transformers folder: `clip_jax.load(folder)` beside
-`transformers.CLIPModel.from_pretrained(folder)`.
+"""Loading a checkpoint: `clip_jax.load` of a transformers folder, of the converted clip_jax
+.safetensors and of a torch.save .pt, beside `transformers.CLIPModel.from_pretrained(folder)`.
 
 Writes a full-size ViT-B/32-shaped transformers checkpoint (a random-init `CLIPModel` with
-openai/clip-vit-base-patch32's config, float32 model.safetensors, about 577 MB) with save_pretrained, then
-times each load in a fresh process, the two alternating round by round; the figures are medians over the
-rounds, for the load alone and for the load followed by one read of every weight (transformers maps
-model.safetensors and may not have read it when from_pretrained returns):
-  - transformers: CLIPModel.from_pretrained(folder).eval()            (torch)
-  - clip_jax:     clip_jax.load(folder), every parameter on the device (block_until_ready)
+openai/clip-vit-base-patch32's config, float32 model.safetensors, about 577 MB) with save_pretrained, the
+same weights as a converted clip_jax file (clip_jax.convert) and as a torch.save zip of the OpenAI-named
+state dict (about 578 MB each), then times each load in a fresh process, all of them in turn round by round
+(the order reversed every other round); the figures are medians over the rounds, for the load alone and for
+the load followed by one read of every weight (transformers maps model.safetensors and may not have read it
+when from_pretrained returns):
+  - transformers:  CLIPModel.from_pretrained(folder).eval()            (torch)
+  - clip_jax:      clip_jax.load(folder | .safetensors | .pt), every parameter on the device (block_until_ready)
+"x file" divides the peak by the size of the file that load read (the folder's for the folder).
 Imports are not timed: each process imports its library and touches what the load will use (transformers' lazy
 CLIPModel, jax's CPU backend and Flax's module machinery on a small model) before the clock starts. Peak RSS
 is the process's high-water mark (reset after imports) minus its RSS after imports, as in
 benchmarks/convert.py, so torch's and jax's import footprints don't hide the working memory. Usage: python -m
-benchmarks.hf_load [--repeat 5]
+benchmarks.hf_load [--repeat 5] [--root CHECKOUT] (--root: time another checkout's clip_jax, e.g. an older commit
+exported with `git archive`, on the same files)
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ if mode == "transformers":
     model = CLIPModel.from_pretrained(folder).eval()
     n = sum(p.numel() for p in model.parameters())
 else:
+    import warnings
+    warnings.simplefilter("ignore")  # the .pt has no config beside it: QuickGELU is inferred, as it is
     model, _ = clip_jax.load(folder)
     state = jax.block_until_ready(nnx.state(model, nnx.Param))
     n = sum(x.size for x in jax.tree.leaves(state))
@@ -70,11 +76,16 @@ peak2 = status_mb("VmHWM")
 print(f"{dt:.3f} {peak - base:.1f} {dt2:.3f} {peak2 - base:.1f} {n}")
 """
 
-MODES = {"transformers": "transformers CLIPModel.from_pretrained", "clip_jax": "clip_jax.load(folder)"}
+# mode -> (what is timed, the file it reads relative to the folder's parent)
+MODES = {"transformers": ("transformers CLIPModel.from_pretrained", "clip-vit-base-patch32"),
+         "clip_jax": ("clip_jax.load(folder)", "clip-vit-base-patch32"),
+         "clip_jax.safetensors": ("clip_jax.load(converted .safetensors)", "converted.safetensors"),
+         "clip_jax.pt": ("clip_jax.load(torch.save .pt)", "state_dict.pt")}
 
 
 def write_folder(folder: Path) -> None:
     # here: torch and transformers write the checkpoint; each timed run is a child importing what it measures
+    import numpy as np
     import torch
     import transformers
 
@@ -87,11 +98,24 @@ def write_folder(folder: Path) -> None:
                            image_size=224, patch_size=32),
         projection_dim=512)
     transformers.CLIPModel(cfg).save_pretrained(folder)
+    sys.path.insert(0, str(ROOT))
+    import clip_jax.checkpoint as ckpt
+
+    converted = ckpt.convert(folder, folder.parent / "converted.safetensors")
+    _, params = ckpt.store.load(converted)
+    # contiguous, as torch.save writes a model's own state dict
+    state_dict = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ckpt.to_torch_state_dict(params).items()}
+    torch.save(state_dict, folder.parent / "state_dict.pt")
 
 
-def run(mode: str, folder: Path) -> tuple[float, float, float, float, int]:
-    env = {**os.environ, "ROOT": str(ROOT), "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-c", CHILD, mode, str(folder)], env=env, capture_output=True, text=True)
+def size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in (path.iterdir() if path.is_dir() else [path])) / 2**20
+
+
+def run(mode: str, path: Path, root: Path) -> tuple[float, float, float, float, int]:
+    env = {**os.environ, "ROOT": str(root), "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
+    which = "transformers" if mode == "transformers" else "clip_jax"
+    res = subprocess.run([sys.executable, "-c", CHILD, which, str(path)], env=env, capture_output=True, text=True)
     if res.returncode:
         raise RuntimeError(f"{mode} failed:\n{res.stderr[-4000:]}")
     *figures, n = res.stdout.split()[-5:]
@@ -100,19 +124,22 @@ def run(mode: str, folder: Path) -> tuple[float, float, float, float, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeat", type=int, default=5, help="rounds (median); each round runs both, alternating")
+    ap.add_argument("--repeat", type=int, default=5, help="rounds (median); each round runs every load in turn")
+    ap.add_argument("--root", type=Path, default=ROOT, help="the checkout whose clip_jax is timed (default: this one)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d) / "clip-vit-base-patch32"
         write_folder(folder)
-        size = sum(p.stat().st_size for p in folder.iterdir()) / 2**20
-        print(f"folder: {size:.0f} MB (config.json + float32 model.safetensors, ViT-B/32 shapes)")
+        sizes = {m: size_mb(Path(d) / name) for m, (_, name) in MODES.items()}
+        print(f"folder: {sizes['clip_jax']:.0f} MB (config.json + float32 model.safetensors, ViT-B/32 shapes); "
+              f"converted .safetensors {sizes['clip_jax.safetensors']:.0f} MB; .pt {sizes['clip_jax.pt']:.0f} MB")
+        print(f"clip_jax from {args.root}")
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         runs: dict[str, list] = {m: [] for m in MODES}
         for i in range(args.repeat):
             order = list(MODES) if i % 2 == 0 else list(MODES)[::-1]
             for mode in order:
-                runs[mode].append(run(mode, folder))
+                runs[mode].append(run(mode, Path(d) / MODES[mode][1], args.root))
         counts = {runs[m][0][4] for m in MODES}
         if len(counts) != 1:
             raise RuntimeError(f"the two loads hold different parameter counts: {counts}")
@@ -123,10 +150,10 @@ def main() -> None:
                    for m in MODES}
             t_ref, m_ref = med["transformers"]
             print(f"\n{what + ':':40s} {'s':>7s} {'peak MB':>8s} {'x file':>7s} {'time / tf':>10s} {'peak / tf':>10s}")
-            for mode, label in MODES.items():
+            for mode, (label, _) in MODES.items():
                 t, m = med[mode]
-                print(f"{label:40s} {t:7.3f} {m:8.0f} {m / size:7.2f} {t / t_ref:10.2f} {m / m_ref:10.2f}")
-            for mode, label in MODES.items():
+                print(f"{label:40s} {t:7.3f} {m:8.0f} {m / sizes[mode]:7.2f} {t / t_ref:10.2f} {m / m_ref:10.2f}")
+            for mode, (label, _) in MODES.items():
                 print(f"  {label} times: {' '.join(f'{r[k]:.2f}' for r in runs[mode])}")
 
 
