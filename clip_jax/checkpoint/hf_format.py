@@ -42,12 +42,12 @@ from ..config import (
 )
 from ..config_fields import source_default, source_keys
 from ..errors import ClipJaxError, InputError
-from ..families import family_of
 from ..fileio import atomic_write
-from ..model import abstract_model, param_shapes
+from ..model import param_shapes
 from ..param_check import ConversionError, raise_if_any
 from .result import FLOAT_NAMES, Checkpoint, check_weight_dtype
 from .torch_files import CheckpointError, LazyArray, apply_lazily, load_state_dict
+from .torch_names import abstract_as_built
 from .torch_writer import write_safetensors
 
 CONFIG = "config.json"
@@ -545,7 +545,7 @@ def read_folder(folder: str | os.PathLike, lazy: bool = False) -> Checkpoint:
     has_projection = any(k in state_dict for k in ("text_projection.weight", "visual_projection.weight"))
     try:
         config, kind, projection = config_from_transformers(cfg, pp, projection=has_projection)
-        expected = param_shapes(abstract_model(config, **family_of(config).build_args(kind, projection))[1])
+        expected = param_shapes(abstract_as_built(config, kind, projection))
         params = from_hf(state_dict, expected)
     except ClipJaxError as e:  # anything else is a bug: it keeps its traceback
         raise type(e)(f"{folder}: {e}") from None

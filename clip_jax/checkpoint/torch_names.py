@@ -14,9 +14,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from ..config import CLIPConfig, MissingTensorError, config_from_state_dict
+from ..families import family_of
 from ..model import abstract_model, param_shapes
 from ..param_check import ConversionError, check_params, raise_if_any
 from ..roles import Declared, declarations
@@ -52,9 +55,17 @@ def to_torch(x: np.ndarray, info: Declared) -> np.ndarray:
     return x
 
 
+def abstract_as_built(config: CLIPConfig, kind: str = "clip", projection: bool = True) -> nnx.State:
+    """The abstract state (shapes, no memory) of the model of `kind` that load builds from a checkpoint:
+    abstract_model called with build's keywords and defaults, so that its cache holds the one build uses
+    (a second trace of the model costs as much as reading a ViT-B/32 checkpoint)."""
+    return abstract_model(config, dtype=jnp.float32, param_dtype=jnp.float32, attention=None,
+                          **family_of(config).build_args(kind, projection))[1]
+
+
 def expected_params(config: CLIPConfig) -> dict[str, tuple[int, ...]]:
     """The flat param names of a model and their shapes, without allocating it."""
-    return param_shapes(abstract_model(config)[1])
+    return param_shapes(abstract_as_built(config))
 
 
 def from_torch(state_dict: Mapping[str, np.ndarray], config: CLIPConfig | None = None
@@ -66,7 +77,7 @@ def from_torch(state_dict: Mapping[str, np.ndarray], config: CLIPConfig | None =
             config = config_from_state_dict(state_dict)
         except MissingTensorError as e:
             raise ConversionError(f"not a CLIP checkpoint: {e}") from None
-    abstract = abstract_model(config)[1]
+    abstract = abstract_as_built(config)
     shapes = param_shapes(abstract)
     params, missing, mismatched, used = {}, [], [], set()
     for name, info in declarations(abstract).items():
