@@ -185,7 +185,7 @@ def test_flagged_and_mistyped_samples_go_to_errors_tsv_and_the_job_goes_on(model
     out = tmp_path / "out"
     assert cli.main(["embed", "s.tar", "-o", str(out), "--model", str(model), "--batch-size", "4",
                      "--no-progress"]) == 0
-    assert "6 items in 1 shards, 2 skipped (see" in capsys.readouterr().out
+    assert "6 items in 1 shard, 2 skipped (see" in capsys.readouterr().out
     meta = pq.read_table(out / "metadata" / "metadata_0.parquet").to_pydict()
     assert meta["key"] == ["good", "dropped", "int-caption", "list-json"]
     assert meta["caption"] == ["a dog", "a cat", None, "x"]
