@@ -14,7 +14,7 @@ from __future__ import annotations
 from importlib.util import find_spec
 
 __all__ = ["ClipJaxError", "InputError", "LimitError", "MissingExtraError", "ShardError", "SourceFallbackWarning",
-           "require_extra"]
+           "decode_utf8", "require_extra"]
 
 
 class ClipJaxError(Exception):
@@ -41,6 +41,15 @@ class SourceFallbackWarning(UserWarning):
 class ShardError(ClipJaxError, OSError):
     """A shard that could not be read (missing, not a tar or parquet file, cut short): that shard fails
     alone, and a rerun retries it."""
+
+
+def decode_utf8(data: bytes, where: object) -> str:
+    """`data` as UTF-8 text; bytes that are not UTF-8 are an InputError naming `where` (the file) and the
+    offset, not a UnicodeDecodeError (which the command line would show as a bug, with its traceback)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{where}: not UTF-8 text (byte {e.start})") from None
 
 
 def require_extra(extra: str, what: str, *modules: str) -> None:

@@ -118,9 +118,10 @@ def load(
     # Each weight read (or, already in memory, handed over) as build places it, then let go: the model's
     # arrays are the only full copy, at most one tensor more at any time.
     params = {k: v if isinstance(v, LazyArray) else LazyArray.once(np.asarray(v)) for k, v in params.items()}
+    family = family_of(config)
     model = build(config, params, dtype=dtype, param_dtype=param_dtype, attention=attention,
-                  **family_of(config).build_args(kind, projection))
-    return model, family_of(config).transform(config)
+                  **family.build_args(kind, projection))
+    return model, family.transform(config)
 
 
 def load_params(

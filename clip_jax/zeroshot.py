@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from flax import nnx
 
-from .errors import InputError, LimitError
+from .errors import InputError, LimitError, decode_utf8
 from .families import family_of
 from .model import l2_normalize
 
@@ -62,11 +62,7 @@ def read_templates(spec: str) -> tuple[str, ...]:
             data = f.read(MAX_TEMPLATE_BYTES + 1)
         if len(data) > MAX_TEMPLATE_BYTES:
             raise LimitError(f"{spec}: larger than {MAX_TEMPLATE_BYTES} bytes, too large for a templates file")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise InputError(f"{spec}: not UTF-8 text (byte {e.start})") from None
-        templates = tuple(line for line in text.splitlines() if line.strip())
+        templates = tuple(line for line in decode_utf8(data, spec).splitlines() if line.strip())
     else:
         templates = (spec,)
     return check_templates(templates, spec)

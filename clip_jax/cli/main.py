@@ -15,7 +15,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from ..dtypes import EMBEDDING_DTYPES, FLOAT_DTYPES
-from ..errors import InputError, SourceFallbackWarning
+from ..errors import InputError, SourceFallbackWarning, decode_utf8
 from .common import (
     add_distributed_args,
     add_model_args,
@@ -154,10 +154,7 @@ def _labels(args: argparse.Namespace) -> list[str]:
     if args.labels is not None:
         labels = [s.strip() for s in args.labels.split(",")]
     else:
-        try:
-            text = Path(args.labels_file).read_bytes().decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise InputError(f"{args.labels_file}: not UTF-8 text (byte {e.start})") from None
+        text = decode_utf8(Path(args.labels_file).read_bytes(), args.labels_file)
         labels = [s.strip() for s in text.splitlines()]
     labels = [s for s in labels if s]
     if not labels:

@@ -74,7 +74,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..config import json_depth
-from ..errors import ClipJaxError, InputError, ShardError
+from ..errors import ClipJaxError, InputError, ShardError, decode_utf8
 from . import storage
 from .braces import MAX_NAMES, iter_braceexpand
 from .tarstream import TarFormatError, tar_samples
@@ -614,10 +614,7 @@ def _folder_images(folder: Path) -> list[str]:
 def _read_utf8(path: Path) -> str:
     """A text file the user names (a list of images, captions): bytes that are not UTF-8 are an InputError
     naming the file, not a UnicodeDecodeError (the command line shows only clip_jax's errors as one line)."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    return decode_utf8(path.read_bytes(), path)
 
 
 def _file_list(path: Path) -> list[str]:
