@@ -1,0 +1,289 @@
+"""SigLIP's and SigLIP 2's configuration: frozen dataclasses, the released shapes, and what a state dict's
+shapes say.
+
+A SigLIP is a ViT without class token (a MAP head pools it; no projection) and a bidirectional text
+tower pooled at its last position with a biased linear head; logits are exp(t) * cos + b. Widths of the
+MLPs are stored as they are (So400m's 4304 is no ratio of its 1152). Each field is declared once
+(config_fields.declare) with its rule and its name in transformers' SiglipVisionConfig / SiglipTextConfig.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .config import MissingTensorError, field_error, parse_config_json
+from .config_fields import (
+    MAX_CONTEXT,
+    MAX_IMAGE_SIZE,
+    MAX_LAYERS,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    NAME,
+    OBJECT,
+    RGB,
+    WIDTH,
+    declare,
+    int_in,
+    number_in,
+    one_of,
+)
+from .errors import ClipJaxError, InputError, LimitError
+
+__all__ = ["SIGLIP_ACTIVATIONS", "SIGLIP_PRESETS", "SiglipConfig", "SiglipTextConfig", "SiglipVisionConfig",
+           "siglip_config_from_state_dict"]
+
+# "gelu_tanh": transformers' gelu_pytorch_tanh and big_vision's default; "gelu": exact erf GELU, which
+# open_clip's SigLIP 1 text towers use (their text_cfg names no act_kwargs).
+SIGLIP_ACTIVATIONS = ("gelu_tanh", "gelu")
+HF_ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
+                  "gelu": "gelu"}
+
+
+def _validate(config: Any, prefix: str) -> None:
+    """Every field of a SigLIP config passes its declared rule (the same check for every source)."""
+    for f in dataclasses.fields(config):
+        rule = f.metadata.get("rule")
+        value = getattr(config, f.name)
+        if rule is not None and not isinstance(value, (SiglipVisionConfig, SiglipTextConfig)):
+            check, expected = rule
+            if not check(value):
+                raise field_error(f"{prefix}{f.name}", expected, value)
+
+
+def _check_heads(tower: str, width: int, heads: int) -> None:
+    if width % heads:
+        raise InputError(f"config field '{tower}.heads': {tower} width {width} is not divisible by {heads} heads")
+
+
+@dataclass(frozen=True)
+class SiglipVisionConfig:
+    """The image tower: patches (a biased conv) + learned positions, pre-LN blocks, LayerNorm, MAP head."""
+
+    image_size: int = declare(224, int_in(1, MAX_IMAGE_SIZE), hf="image_size")
+    patch_size: int = declare(16, int_in(1, MAX_IMAGE_SIZE), hf="patch_size")
+    width: int = declare(768, WIDTH, hf="hidden_size")
+    layers: int = declare(12, int_in(1, MAX_LAYERS), hf="num_hidden_layers")
+    heads: int = declare(12, int_in(1, MAX_WIDTH), hf="num_attention_heads")
+    mlp_width: int = declare(3072, int_in(1, MAX_WIDTH * 64), hf="intermediate_size")
+    activation: str = declare("gelu_tanh", one_of(*SIGLIP_ACTIVATIONS), hf="hidden_act", coded=("hf",))
+
+    def __post_init__(self):
+        _validate(self, "vision.")
+        _check_heads("vision", self.width, self.heads)
+        if self.patch_size > self.image_size:
+            raise InputError(f"config field 'vision.patch_size': {self.patch_size} is larger than the image "
+                             f"({self.image_size})")
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side; a remainder of the image is dropped, as the reference's VALID convolution."""
+        return self.image_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class SiglipTextConfig:
+    """The text tower: bidirectional pre-LN blocks, a final LayerNorm, the last position pooled, a linear
+    head with bias. The properties below are the CLIP text tower's options as SigLIP fixes them."""
+
+    vocab_size: int = declare(32000, int_in(1, MAX_VOCAB), hf="vocab_size")
+    context_length: int = declare(64, int_in(1, MAX_CONTEXT), hf="max_position_embeddings")
+    width: int = declare(768, WIDTH, hf="hidden_size")
+    layers: int = declare(12, int_in(1, MAX_LAYERS), hf="num_hidden_layers")
+    heads: int = declare(12, int_in(1, MAX_WIDTH), hf="num_attention_heads")
+    mlp_width: int = declare(3072, int_in(1, MAX_WIDTH * 64), hf="intermediate_size")
+    activation: str = declare("gelu_tanh", one_of(*SIGLIP_ACTIVATIONS), hf="hidden_act", coded=("hf",))
+
+    def __post_init__(self):
+        _validate(self, "text.")
+        _check_heads("text", self.width, self.heads)
+
+    # What the shared text tower (text.TextTowerMixin) reads: SigLIP's text tower attends to its
+    # padding (no mask, as big_vision and open_clip), so every position counts and none may be trimmed.
+    ls_init_value = None
+    no_causal_mask = True
+    causal = False
+    pool_type = "last"
+    trimmable = False
+    proj_bias = True
+    eos_id = 1
+
+
+@dataclass(frozen=True)
+class SiglipConfig:
+    """A SigLIP / SigLIP 2 (fixed resolution). image features are the MAP head's output (vision.width),
+    text features text_projection's (embed_dim), so the two must agree."""
+
+    embed_dim: int = declare(768, WIDTH, hf="projection_size")
+    vision: SiglipVisionConfig = declare(rule=OBJECT, default_factory=SiglipVisionConfig)
+    text: SiglipTextConfig = declare(rule=OBJECT, default_factory=SiglipTextConfig)
+    layer_norm_eps: float = declare(1e-6, number_in(1e-12, 0.1), hf="layer_norm_eps")
+    # Preprocessing that belongs to the weights: a square resize ("squash", no crop), bicubic, to [-1, 1].
+    image_mean: tuple[float, float, float] = declare((0.5, 0.5, 0.5), RGB, hf="image_mean")
+    image_std: tuple[float, float, float] = declare((0.5, 0.5, 0.5), RGB, hf="image_std")
+    resize_mode: str = declare("squash", NAME)
+    interpolation: str = declare("bicubic", NAME, hf="resample", coded=("hf",))
+    fill_color: int = declare(0, int_in(0, 255))
+
+    def __post_init__(self):
+        for name, cls in (("vision", SiglipVisionConfig), ("text", SiglipTextConfig)):
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, name, cls(**_known(value, cls, f"{name}.")))
+            elif not isinstance(value, cls):
+                raise InputError(f"config field {name!r}: expected a {cls.__name__}, got {type(value).__name__}")
+        for name in ("image_mean", "image_std"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        _validate(self, "")
+        for name in ("image_mean", "image_std"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        if self.embed_dim != self.vision.width:
+            raise InputError(f"config field 'embed_dim': {self.embed_dim} must equal vision.width "
+                             f"({self.vision.width}): SigLIP's image features are the MAP head's output, unprojected")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SiglipConfig:
+        """The inverse of to_dict, every field checked: InputError / LimitError (ValueErrors) naming it."""
+        if not isinstance(d, Mapping):
+            raise InputError(f"a SigLIP config must be an object of fields, got {type(d).__name__}")
+        return cls(**_known(d, cls, ""))
+
+    @classmethod
+    def from_json(cls, s: str | bytes) -> SiglipConfig:
+        return cls.from_dict(parse_config_json(s))
+
+    @classmethod
+    def from_name(cls, name: str) -> SiglipConfig:
+        """A released shape by big_vision's / open_clip's name: "B/16", "So400m/14-384", "ViT-SO400M-14-SigLIP-384",
+        "siglip2-base-patch16-256" (the vocabulary: SigLIP 2's Gemma 256k, or siglip 1's 32k)."""
+        return siglip_preset(name)
+
+
+def _known(d: Mapping[str, Any], cls: type, prefix: str) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = [f"{prefix}{k!s:.60}" for k in d if k not in names]
+    if unknown:
+        raise InputError(f"unknown config fields: {unknown[:5]}")
+    return dict(d)
+
+
+# --- the released shapes ---------------------------------------------------------------------------
+#
+# big_vision's ViT variants (vit.py decode_variant) and the text towers SigLIP pairs them with.
+# (width, layers, heads, mlp_width) for the image tower; the text tower of the same name but g-opt's,
+# which is So400m's (projected to 1536).
+TOWERS = {
+    "B": (768, 12, 12, 3072),
+    "L": (1024, 24, 16, 4096),
+    "So400m": (1152, 27, 16, 4304),
+    "g-opt": (1536, 40, 16, 6144),
+}
+_TEXT_OF = {"B": "B", "L": "L", "So400m": "So400m", "g-opt": "So400m"}
+VOCAB = {"siglip": 32000, "i18n": 250000, "siglip2": 256000}
+_OPEN_CLIP_TOWER = {"B": "B", "L": "L", "SO400M": "So400m", "GOPT": "g-opt", "gopt": "g-opt", "so400m": "So400m",
+                    "base": "B", "large": "L", "giant-opt": "g-opt"}
+
+
+def siglip_preset(name: str) -> SiglipConfig:
+    """A released SigLIP's config from its name (see SiglipConfig.from_name)."""
+    tower, patch, size, vocab = _parse_name(name)
+    width, layers, heads, mlp = TOWERS[tower]
+    t_width, t_layers, t_heads, t_mlp = TOWERS[_TEXT_OF[tower]]
+    return SiglipConfig(
+        embed_dim=width,
+        vision=SiglipVisionConfig(image_size=size, patch_size=patch, width=width, layers=layers, heads=heads,
+                                  mlp_width=mlp),
+        text=SiglipTextConfig(vocab_size=VOCAB[vocab], width=t_width, layers=t_layers, heads=t_heads, mlp_width=t_mlp),
+    )
+
+
+_NAME_PATTERNS = (
+    # big_vision: "So400m/14", "B/16-256", "g-opt/16-384"; an optional vocabulary tag "siglip2" / "i18n"
+    re.compile(r"(?P<tower>B|L|So400m|g-opt)/(?P<patch>\d+)(?:-(?P<size>\d+))?(?:[-_ ](?P<vocab>siglip2|i18n))?"),
+    # open_clip: "ViT-SO400M-14-SigLIP-384", "ViT-B-16-SigLIP2-256", "ViT-B-16-SigLIP-i18n-256"
+    re.compile(r"ViT-(?P<tower>B|L|SO400M|gopt)-(?P<patch>\d+)-SigLIP(?P<two>2)?(?:-(?P<vocab>i18n))?"
+               r"(?:-(?P<size>\d+))?"),
+    # transformers: "google/siglip-so400m-patch14-384", "siglip2-base-patch16-256", "siglip-base-patch16-256-i18n"
+    re.compile(r"(?:google/)?siglip(?P<two>2)?-(?P<tower>base|large|so400m|giant-opt)-patch(?P<patch>\d+)"
+               r"(?:-(?P<size>\d+))?(?:-(?P<vocab>i18n|multilingual))?"),
+)
+
+
+def _parse_name(name: str) -> tuple[str, int, int, str]:
+    """-> (big_vision tower name, patch, image size, vocabulary key)."""
+    for pattern in _NAME_PATTERNS:
+        m = pattern.fullmatch(name.removeprefix("hf-hub:").removeprefix("timm/"))
+        if m:
+            g = m.groupdict()
+            tower = _OPEN_CLIP_TOWER.get(g["tower"], g["tower"])
+            vocab = "siglip2" if g.get("two") or g.get("vocab") == "siglip2" else (
+                "i18n" if g.get("vocab") in ("i18n", "multilingual") else "siglip")
+            return tower, int(g["patch"]), int(g["size"] or 224), vocab
+    raise InputError(f"unknown SigLIP name {name!r}: expected big_vision's (So400m/14-384), open_clip's "
+                     f"(ViT-SO400M-14-SigLIP-384) or transformers' (google/siglip-so400m-patch14-384)")
+
+
+SIGLIP_PRESETS = ("B/16", "B/16-256", "B/16-384", "B/16-512", "B/32-256", "L/16-256", "L/16-384", "So400m/14",
+                  "So400m/14-384", "So400m/16-256", "So400m/16-384", "So400m/16-512", "g-opt/16-256", "g-opt/16-384")
+
+
+# --- what the weights say --------------------------------------------------------------------------
+
+
+def _heads(width: int) -> int:
+    """SigLIP's heads are not in its weights: the released towers' (B 12, L / So400m / g-opt 16), else
+    heads of width 64 (big_vision's default for other widths)."""
+    for w, _, heads, _ in TOWERS.values():
+        if w == width:
+            return heads
+    return max(1, width // 64)
+
+
+def siglip_config_from_state_dict(state_dict: Mapping[str, Any], heads: tuple[int, int] | None = None,
+                                  **fields: Any) -> SiglipConfig:
+    """A SigLIP's config from its clip_jax-named tensors' shapes (siglip_spec's names: visual.conv1.weight,
+    text.token_embedding.weight, ...). Heads can't be seen in weights: `heads` = (vision, text), else the
+    released towers' for their widths. `fields`: anything else the source states (activations, eps,
+    image_size when it isn't grid * patch). MissingTensorError names a tensor the shapes are read from."""
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in state_dict:
+            raise MissingTensorError(f"cannot infer a SigLIP architecture: the checkpoint has no {key!r}")
+        return tuple(state_dict[key].shape)
+
+    def count(prefix: str) -> int:
+        return len({int(m[1]) for k in state_dict if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))})
+
+    try:
+        width, _, patch, _ = shape("visual.conv1.weight")
+        grid = round(shape("visual.positional_embedding")[0] ** 0.5)
+        vocab, t_width = shape("text.token_embedding.weight")
+        embed_dim = shape("text.text_projection.weight")[0]
+        v_heads, t_heads = heads or (_heads(width), _heads(t_width))
+        vision = dict(image_size=grid * patch, patch_size=patch, width=width, heads=v_heads,
+                      layers=count("visual.transformer.resblocks."),
+                      mlp_width=shape("visual.transformer.resblocks.0.mlp.c_fc.weight")[0])
+        text = dict(vocab_size=vocab, context_length=shape("text.positional_embedding")[0], width=t_width,
+                    layers=count("text.transformer.resblocks."), heads=t_heads,
+                    mlp_width=shape("text.transformer.resblocks.0.mlp.c_fc.weight")[0])
+        vision.update(fields.pop("vision", {}))
+        text.update(fields.pop("text", {}))
+        return SiglipConfig(embed_dim=embed_dim, vision=SiglipVisionConfig(**vision), text=SiglipTextConfig(**text),
+                            **fields)
+    except (MissingTensorError, LimitError):
+        raise
+    except ClipJaxError as e:
+        raise type(e)(f"the SigLIP architecture inferred from the weights' shapes: {e}") from None
+    except (ValueError, TypeError, IndexError) as e:  # shapes of the wrong rank
+        raise InputError(f"cannot infer a SigLIP architecture from the weights' shapes: {type(e).__name__}: "
+                         f"{str(e)[:200]}") from None
