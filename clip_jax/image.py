@@ -17,6 +17,10 @@ per-channel multiply-add on accelerators, within 1 ulp), which lets the host
 ship 4x fewer bytes (uint8 instead of float32).
 
 No EXIF orientation is applied (OpenAI does not apply it either).
+
+SigLIP's transformers checkpoints are preprocessed by transformers' image processor instead
+(`processor="transformers"`, see ImageTransform and image_hf): RGB first, torch's uint8 resize, a fused
+rescale-and-normalize; its open_clip / timm checkpoints by open_clip's squash transform (the above).
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ from .errors import ClipJaxError, InputError
 
 RESIZE_MODES = ("shortest", "longest", "squash")
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+# Whose pipeline a transform reproduces (see ImageTransform): OpenAI / open_clip (torchvision transforms on a
+# PIL image), or transformers' image processors, the torchvision backend (AutoImageProcessor's in transformers
+# 5) or the PIL one. SigLIP's transformers checkpoints: "transformers"; its open_clip / timm ones: "open_clip".
+PROCESSORS = ("open_clip", "transformers", "transformers_pil")
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
 _SOURCE_TYPES = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)
@@ -42,6 +50,7 @@ _SOURCE_TYPES = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)
 __all__ = [
     "OPENAI_MEAN",
     "OPENAI_STD",
+    "PROCESSORS",
     "ImageError",
     "ImageTransform",
     "LoadedImages",
@@ -85,29 +94,39 @@ def _three(v, name: str) -> tuple[float, float, float]:
     return v
 
 
-def pixel_table(mean=OPENAI_MEAN, std=OPENAI_STD) -> np.ndarray:
+def pixel_table(mean=OPENAI_MEAN, std=OPENAI_STD, processor: str = "open_clip") -> np.ndarray:
     """float32 [256, 3]: the normalized value of every uint8 level for each channel.
 
-    Computed with torchvision's float32 operations in its order:
-    `ToTensor` gives `float32(v) / 255`, `Normalize` then `(x - mean) / std`
-    with mean and std rounded to float32. Each is a single correctly-rounded
-    IEEE operation, so the table equals torchvision's numbers bit for bit.
+    Computed with the reference's float32 operations in its order, mean and std rounded to float32; each
+    is a single correctly-rounded IEEE operation, so the table equals the reference's numbers bit for bit:
+    "open_clip": torchvision's `ToTensor` (`float32(v) / 255`), then `Normalize` (`(x - mean) / std`);
+    "transformers": the torchvision backend's fused rescale and normalize, `(v - mean * 255) / (std * 255)`
+    (mean * (1 / rescale_factor) as a float32 tensor times 255);
+    "transformers_pil": numpy's `float32(float64(v) * (1 / 255))`, then `(x - mean) / std` in float32.
     """
     m = np.asarray(_three(mean, "mean"), dtype=np.float32)
     s = np.asarray(_three(std, "std"), dtype=np.float32)
     if np.any(s == 0):
         raise InputError("std must be non-zero in float32")
-    x = np.arange(256, dtype=np.float32)[:, None] / np.float32(255)
+    v = np.arange(256, dtype=np.float32)[:, None]
+    if processor == "transformers":
+        return ((v - m * np.float32(255)) / (s * np.float32(255))).astype(np.float32)
+    if processor == "transformers_pil":
+        x = (np.arange(256, dtype=np.float64)[:, None] * (1 / 255)).astype(np.float32)
+    elif processor == "open_clip":
+        x = v / np.float32(255)
+    else:
+        raise InputError(f"processor must be one of {PROCESSORS}, got {processor!r}")
     return ((x - m) / s).astype(np.float32)
 
 
 def normalize_pixels_np(pixels: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD,
-                        out: np.ndarray | None = None) -> np.ndarray:
-    """Host-side normalization of uint8 `[..., W, 3]` pixels to float32, bit-exact with torchvision.
+                        out: np.ndarray | None = None, processor: str = "open_clip") -> np.ndarray:
+    """Host-side normalization of uint8 `[..., W, 3]` pixels to float32, bit-exact with the reference.
 
-    Same float32 operations as `ToTensor` + `Normalize` (`x / 255`, `- mean`, `/ std`),
+    "open_clip": the same float32 operations as `ToTensor` + `Normalize` (`x / 255`, `- mean`, `/ std`),
     run on rows of `W * 3` contiguous values with mean and std tiled along the row
-    (much faster than broadcasting over a trailing axis of 3).
+    (much faster than broadcasting over a trailing axis of 3). The others: their `pixel_table`, looked up.
     """
     pixels = np.asarray(pixels)
     if pixels.dtype != np.uint8 or pixels.ndim < 2 or pixels.shape[-1] != 3:
@@ -123,6 +142,9 @@ def normalize_pixels_np(pixels: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD,
     rows = out.reshape(-1, w * 3)  # a view: out is C-contiguous when we allocate it
     if not np.may_share_memory(rows, out):
         raise InputError("out must be C-contiguous")
+    if processor != "open_clip":
+        out[...] = pixel_table(mean, std, processor)[pixels, np.arange(3)]
+        return out
     np.copyto(rows, rows_in, casting="unsafe")
     np.divide(rows, np.float32(255), out=rows)
     np.subtract(rows, np.tile(m, w), out=rows)
@@ -152,8 +174,12 @@ AFFINE_ULPS_OPENAI = 1
 AFFINE_ULPS_ANY = 3
 
 
-def normalize_pixels(pixels, mean=OPENAI_MEAN, std=OPENAI_STD, exact: bool | None = None):
+def normalize_pixels(pixels, mean=OPENAI_MEAN, std=OPENAI_STD, exact: bool | None = None,
+                     processor: str = "open_clip"):
     """Device-side normalization, usable inside `jax.jit`: uint8 `[..., 3]` (NHWC) -> float32.
+
+    processor: whose float32 operations the table reproduces (`pixel_table`); the multiply-add is the
+    same for all (SigLIP's mean = std = 0.5: within 1 ulp of each).
 
     exact=None (default) picks per platform when the program is lowered: on the CPU, the
     `pixel_table` lookup (a 768-entry gather, bit-identical to the host path and to
@@ -171,7 +197,7 @@ def normalize_pixels(pixels, mean=OPENAI_MEAN, std=OPENAI_STD, exact: bool | Non
     x = jnp.asarray(pixels)
     if x.dtype != jnp.uint8 or x.ndim < 1 or x.shape[-1] != 3:
         raise TypeError(f"expected uint8 pixels [..., 3], got {x.dtype} {x.shape}")
-    table = pixel_table(mean, std).T.reshape(-1)  # channel c, level v at c * 256 + v
+    table = pixel_table(mean, std, processor).T.reshape(-1)  # channel c, level v at c * 256 + v
     scale, shift = pixel_affine(mean, std)
 
     def lookup(x):
@@ -338,14 +364,15 @@ def _bilinear(x: np.ndarray) -> np.ndarray:
 _FILTERS = {Image.Resampling.BICUBIC: (_bicubic, 2.0), Image.Resampling.BILINEAR: (_bilinear, 1.0)}
 
 
-def _coefficients(in_size: int, out_size: int, start: int, count: int, resample) -> tuple[np.ndarray, np.ndarray]:
-    """Pillow's 1-D resize in_size -> out_size, outputs start..start+count only.
+def _filter_weights(in_size: int, out_size: int, start: int, count: int, filt, support: float,
+                    scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The float64 weights of a 1-D antialiased resize in_size -> out_size (scale = in_size / out_size), outputs
+    start..start+count only, as Pillow's precompute_coeffs and torch's _compute_indices_min_size_weights_aa
+    (the same operations in the same order in both).
 
-    Returns (first int64 [count]: each output's first input index, weights int64 [count, ksize]: the
-    fixed-point weights of inputs first..first+ksize-1, zero past the input's end).
+    Returns (first int64 [count]: each output's first input index, weights float64 [count, ksize]: those of
+    inputs first..first+ksize-1, normalized to sum 1, zero past the input's end).
     """
-    filt, support = _FILTERS[resample]
-    scale = float(np.float32(in_size)) / out_size  # Pillow's box is float32
     filterscale = max(scale, 1.0)
     support *= filterscale
     ksize = int(math.ceil(support)) * 2 + 1
@@ -357,22 +384,40 @@ def _coefficients(in_size: int, out_size: int, start: int, count: int, resample)
     total = np.zeros(count)
     for i in range(ksize):  # in C's order: numpy's sum would pair terms differently
         total = total + w[:, i]
-    w = np.divide(w, total[:, None], out=w, where=total[:, None] != 0.0)
-    scaled = w * (1 << _PRECISION_BITS)
-    return first, np.trunc(np.where(w < 0, scaled - 0.5, scaled + 0.5)).astype(np.int64)
+    return first, np.divide(w, total[:, None], out=w, where=total[:, None] != 0.0)
 
 
-def _resample_axis(pixels: np.ndarray, axis: int, first: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """uint8 pixels [H, W, bands] resampled along `axis` with fixed-point weights, as Pillow's 8bpc passes:
-    output i = clip((2^21 + sum_k pixels[first[i] + k] * weights[i, k]) >> 22, 0, 255)."""
+def _fixed_point(w: np.ndarray, bits: int) -> np.ndarray:
+    """int64 weights w * 2^bits rounded half away from zero, as C's (int)(v +- 0.5) (Pillow and torch alike)."""
+    scaled = w * (1 << bits)
+    return np.trunc(np.where(w < 0, scaled - 0.5, scaled + 0.5)).astype(np.int64)
+
+
+def _coefficients(in_size: int, out_size: int, start: int, count: int, resample) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's 1-D resize in_size -> out_size, outputs start..start+count only.
+
+    Returns (first int64 [count]: each output's first input index, weights int64 [count, ksize]: the
+    fixed-point weights of inputs first..first+ksize-1, zero past the input's end).
+    """
+    filt, support = _FILTERS[resample]
+    scale = float(np.float32(in_size)) / out_size  # Pillow's box is float32
+    first, w = _filter_weights(in_size, out_size, start, count, filt, support, scale)
+    return first, _fixed_point(w, _PRECISION_BITS)
+
+
+def _resample_axis(pixels: np.ndarray, axis: int, first: np.ndarray, weights: np.ndarray,
+                   bits: int = _PRECISION_BITS) -> np.ndarray:
+    """uint8 pixels [H, W, bands] resampled along `axis` with fixed-point weights, as Pillow's 8bpc passes
+    (and torch's uint8 ones, with their `bits`):
+    output i = clip((2^(bits-1) + sum_k pixels[first[i] + k] * weights[i, k]) >> bits, 0, 255)."""
     shape = [1, 1, 1]
     shape[axis] = len(first)
-    acc = np.full(pixels.shape[:axis] + (len(first),) + pixels.shape[axis + 1 :], 1 << (_PRECISION_BITS - 1), np.int64)
+    acc = np.full(pixels.shape[:axis] + (len(first),) + pixels.shape[axis + 1 :], (1 << bits) >> 1, np.int64)
     last = pixels.shape[axis] - 1
     for k in range(weights.shape[1]):
         taps = np.take(pixels, np.minimum(first + k, last), axis=axis)  # past the end: weight 0
         acc += taps * weights[:, k].reshape(shape)
-    return np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
+    return np.clip(acc >> bits, 0, 255).astype(np.uint8)
 
 
 def _as_bands(img: Image.Image) -> np.ndarray:
@@ -441,12 +486,18 @@ def _resize_would_waste(w: int, h: int, size: tuple[int, int], n: int) -> bool:
 
 
 class ImageTransform:
-    """PIL image (or path / bytes) -> CLIP input, the eval transform of OpenAI CLIP / open_clip.
+    """PIL image (or path / bytes) -> model input, the eval transform of OpenAI CLIP / open_clip, or of
+    transformers' image processor (SigLIP's `SiglipImageProcessor`).
 
     `transform(img)` gives float32 `[n_px, n_px, 3]` normalized (HWC);
     `transform.pixels(img)` the uint8 `[n_px, n_px, 3]` RGB pixels before
-    normalization (to normalize on the device with `normalize_pixels`);
+    normalization (to normalize on the device with `normalize_pixels(..., processor=transform.processor)`);
     `transform.prepare(img)` the cropped RGB PIL image.
+
+    processor (see PROCESSORS): "open_clip": Pillow's resize (then the crop), RGB after the crop,
+    torchvision's normalization. "transformers" (resize_mode "squash" only): RGB first (transparency over
+    white), torch's uint8 resize (`image_hf.torch_resize`), the fused normalization; "transformers_pil": the
+    same RGB, Pillow's resize, numpy's normalization. Each bit-exact with its reference (`pixel_table`).
     """
 
     def __init__(
@@ -457,6 +508,7 @@ class ImageTransform:
         resize_mode: str = "shortest",
         interpolation: str = "bicubic",
         fill_color: int = 0,
+        processor: str = "open_clip",
     ):
         if isinstance(n_px, (tuple, list)):
             if len(n_px) != 2 or n_px[0] != n_px[1]:
@@ -469,6 +521,12 @@ class ImageTransform:
             raise InputError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
         if interpolation not in INTERPOLATIONS:
             raise InputError(f"interpolation must be one of {tuple(INTERPOLATIONS)}, got {interpolation!r}")
+        if processor not in PROCESSORS:
+            raise InputError(f"processor must be one of {PROCESSORS}, got {processor!r}")
+        if processor != "open_clip" and resize_mode != "squash":
+            raise InputError(f"processor {processor!r} resizes to a square (resize_mode 'squash'), "
+                             f"got resize_mode {resize_mode!r}")
+        self.processor = processor
         self.n_px = n_px
         self.mean = _three(mean, "mean")
         self.std = _three(std, "std")
@@ -480,6 +538,7 @@ class ImageTransform:
 
     def __repr__(self) -> str:
         extra = f", fill_color={self.fill_color}" if self.fill_color else ""
+        extra += f", processor={self.processor!r}" if self.processor != "open_clip" else ""
         return (
             f"{type(self).__name__}(n_px={self.n_px}, resize_mode={self.resize_mode!r}, "
             f"interpolation={self.interpolation!r}, mean={self.mean}, std={self.std}{extra})"
@@ -492,7 +551,7 @@ class ImageTransform:
         return hash(self._key())
 
     def _key(self):
-        return (self.n_px, self.mean, self.std, self.resize_mode, self.interpolation, self.fill_color)
+        return (self.n_px, self.mean, self.std, self.resize_mode, self.interpolation, self.fill_color, self.processor)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -504,6 +563,8 @@ class ImageTransform:
         w, h = img.size
         if w <= 0 or h <= 0:
             raise _Bad(f"empty image ({w}x{h})")
+        if self.processor != "open_clip":
+            return self._prepare_transformers(img)
         new_w, new_h = _resized_size(w, h, n, self.resize_mode)
         if new_w <= 0 or new_h <= 0:
             raise _Bad(f"aspect ratio too extreme: {w}x{h} resizes to {new_w}x{new_h}")
@@ -517,6 +578,15 @@ class ImageTransform:
         if img.mode != "RGB":  # convert AFTER the crop, as the reference does
             img = img.convert("RGB")
         return img
+
+    def _prepare_transformers(self, img: Image.Image) -> Image.Image:
+        """transformers' square resize: RGB first (its convert_to_rgb), then its backend's resize."""
+        from .image_hf import rgb_like_transformers, torch_resize  # image_hf builds on this module
+
+        n, img = self.n_px, rgb_like_transformers(img)
+        if self.processor == "transformers_pil":
+            return img.resize((n, n), self._resample)
+        return Image.fromarray(torch_resize(np.asarray(img), n, self.interpolation))
 
     def _resize_crop(self, img: Image.Image, size: tuple[int, int]) -> Image.Image:
         """The n x n center of img.resize(size), for a resize too big to hold (see MAX_RESIZE_FACTOR)."""
@@ -558,8 +628,8 @@ class ImageTransform:
         return self._run(source, to_array)
 
     def normalize(self, pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Host-side normalization of uint8 [..., 3] pixels, bit-exact with torchvision."""
-        return normalize_pixels_np(pixels, self.mean, self.std, out=out)
+        """Host-side normalization of uint8 [..., 3] pixels, bit-exact with the processor's reference."""
+        return normalize_pixels_np(pixels, self.mean, self.std, out=out, processor=self.processor)
 
     def __call__(self, source: ImageSource) -> np.ndarray:
         """float32 [n_px, n_px, 3] normalized, HWC."""
@@ -573,15 +643,19 @@ def image_transform(
     resize_mode: str = "shortest",
     interpolation: str = "bicubic",
     fill_color: int = 0,
+    processor: str = "open_clip",
 ) -> ImageTransform:
-    """The CLIP eval transform (OpenAI `_transform` / open_clip `image_transform(is_train=False)`)."""
-    return ImageTransform(n_px, mean, std, resize_mode, interpolation, fill_color)
+    """The CLIP eval transform (OpenAI `_transform` / open_clip `image_transform(is_train=False)`), or
+    transformers' image processor's with `processor="transformers"` (see ImageTransform)."""
+    return ImageTransform(n_px, mean, std, resize_mode, interpolation, fill_color, processor)
 
 
 def transform_for(config) -> ImageTransform:
-    """The eval transform a model of this CLIPConfig expects (the `preprocess` clip_jax.load returns)."""
+    """The eval transform a model of this config expects (the `preprocess` clip_jax.load returns). A config
+    without `image_processor` (CLIPConfig) or `fill_color` gets "open_clip" and 0."""
     return ImageTransform(config.vision.image_size, config.image_mean, config.image_std, config.resize_mode,
-                          config.interpolation, config.fill_color)
+                          config.interpolation, getattr(config, "fill_color", 0),
+                          getattr(config, "image_processor", "open_clip"))
 
 
 def load_image(source: ImageSource, transform: ImageTransform) -> np.ndarray:
