@@ -36,7 +36,7 @@ __all__ = ["BUILTIN", "FAMILIES", "Family", "Tokenizer", "family_of", "register"
 Tokenizer = Callable[..., np.ndarray]  # (texts, truncate=False) -> int32 [N, context_length]
 
 # Family name -> the module that declares it (imported on the first lookup).
-BUILTIN = {"clip": "clip_jax.clip_family"}
+BUILTIN = {"clip": "clip_jax.clip_family", "siglip": "clip_jax.siglip_family"}
 
 
 @dataclass(frozen=True)

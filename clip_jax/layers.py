@@ -75,9 +75,11 @@ def quick_gelu(x: jax.Array) -> jax.Array:
     return x * jax.nn.sigmoid(1.702 * x)
 
 
-# The function of each activation a config may name (config.ACTIVATIONS). Exact erf GELU, as
-# torch.nn.GELU(); Flax's gelu defaults to the tanh approximation.
-ACTIVATION_FUNCTIONS = {"quick_gelu": quick_gelu, "gelu": partial(jax.nn.gelu, approximate=False)}
+# The function of each activation a config may name (config.ACTIVATIONS, siglip_config.SIGLIP_ACTIVATIONS).
+# Exact erf GELU, as torch.nn.GELU() (Flax's gelu defaults to the tanh approximation); "gelu_tanh" is that
+# approximation, torch's gelu(approximate="tanh"), which SigLIP trained with.
+ACTIVATION_FUNCTIONS = {"quick_gelu": quick_gelu, "gelu": partial(jax.nn.gelu, approximate=False),
+                        "gelu_tanh": partial(jax.nn.gelu, approximate=True)}
 
 # Which intermediates a rematerialized block keeps for the backward pass (jax.checkpoint_policies), by
 # name: nothing but its input; also its matmuls' outputs; those of them without batch dimensions.
@@ -155,6 +157,13 @@ class MultiheadAttention(nnx.Module):
         """x: [B, L, D] -> [B, L, D]."""
         q, k, v = jnp.unstack(self._project_in(x, slice(0, 3)), axis=2)
         return self._attend(q, k, v, is_causal=causal)
+
+    def cross(self, queries: jax.Array, x: jax.Array) -> jax.Array:
+        """queries [B, Lq, D] attending to x [B, L, D] (nn.MultiheadAttention(q, x, x)) -> [B, Lq, D]:
+        a MAP head's probe reading a tower's tokens."""
+        q = self._project_in(queries, slice(0, 1))[:, :, 0]
+        k, v = jnp.unstack(self._project_in(x, slice(1, 3)), axis=2)
+        return self._attend(q, k, v)
 
     def query_one(self, x: jax.Array, index: jax.Array, causal: bool = False) -> jax.Array:
         """Attention output at one position per row: x [B, L, D], index int [B] -> [B, 1, D].

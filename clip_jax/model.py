@@ -92,7 +92,8 @@ class CLIP(TextTowerMixin, nnx.Module):
     ):
         dtype, precision = runtime_options(dtype, attention, precision)
         kw = dict(dtype=dtype, precision=precision, attention=attention, rngs=rngs)
-        self._init_text_tower(config, **kw)
+        self._init_text_tower(config.text, embed_dim=config.embed_dim, eps=config.layer_norm_eps,
+                              activation=config.activation, **kw)
         self.config = config
         self.attention = attention  # both read where a program is run (check_platform)
         self.compute_dtype = dtype

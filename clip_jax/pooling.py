@@ -1,4 +1,5 @@
-"""Pooling heads: OpenAI's attention pool, which ends the ModifiedResNet image tower."""
+"""Pooling heads: OpenAI's attention pool, which ends the ModifiedResNet image tower, and the MAP head
+(multihead attention pooling), which ends SigLIP's."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .layers import dense, matmul_precision, normal_param
+from .layers import MLP, MultiheadAttention, dense, layer_norm, matmul_precision, normal_param
 from .roles import EMBEDDING, MODEL
 
 
@@ -39,3 +40,27 @@ class AttentionPool2d(nnx.Module):
         with matmul_precision(self.precision):
             out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention)
         return self.c_proj(out.reshape(n, c))
+
+
+class MAPHead(nnx.Module):
+    """Multihead attention pooling (big_vision's MAPHead, transformers' SiglipMultiheadAttentionPoolingHead,
+    timm's AttentionPoolLatent): a learned probe attends to every token, then a residual MLP block
+    without a LayerNorm before the attention: out = a + mlp(ln(a)), a = attn(probe, x, x).
+
+    Args: width, heads, mlp_width, eps, activation as the tower's blocks; dtype, precision, attention as
+    layers.MultiheadAttention's."""
+
+    def __init__(self, width: int, heads: int, mlp_width: int, *, eps: float, activation: str, dtype, precision,
+                 attention, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.probe = normal_param(rngs, (1, 1, width), width**-0.5, EMBEDDING)
+        self.attn = MultiheadAttention(width, heads, dtype=dtype, precision=precision, attention=attention, rngs=rngs)
+        self.ln = layer_norm(width, eps, rngs)
+        self.mlp = MLP(width, mlp_width, activation, dtype=dtype, precision=precision, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [N, L, width] -> [N, width] float32."""
+        probe = jnp.broadcast_to(self.probe[...].astype(self.dtype), (x.shape[0], 1, x.shape[-1]))
+        a = self.attn.cross(probe, x.astype(self.dtype))
+        out = a.astype(jnp.float32) + self.mlp(self.ln(a).astype(self.dtype)).astype(jnp.float32)
+        return out[:, 0]

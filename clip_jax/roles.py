@@ -59,9 +59,10 @@ EMBEDDING = Role("embedding")  # class and positional embeddings
 GAIN = Role("gain")  # LayerScale's per-channel gamma
 BATCH_STAT = Role("batch_stat", torch_leaf="running_{leaf}")  # BatchNorm's running mean and var
 TEMPERATURE = Role("temperature", scalar=True)  # logit_scale
+LOGIT_BIAS = Role("logit_bias", scalar=True)  # SigLIP's b in exp(t) * cos + b
 
 ROLES: dict[str, Role] = {r.name: r for r in (KERNEL, PROJECTION, BIAS, NORM_SCALE, NORM_BIAS, TOKEN_EMBEDDING,
-                                              EMBEDDING, GAIN, BATCH_STAT, TEMPERATURE)}
+                                              EMBEDDING, GAIN, BATCH_STAT, TEMPERATURE, LOGIT_BIAS)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,7 +35,7 @@ from .config_fields import (
 from .errors import ClipJaxError, InputError, LimitError
 
 __all__ = ["SIGLIP_ACTIVATIONS", "SIGLIP_PRESETS", "SiglipConfig", "SiglipTextConfig", "SiglipVisionConfig",
-           "siglip_config_from_state_dict"]
+           "siglip_config_from_open_clip", "siglip_config_from_state_dict"]
 
 # "gelu_tanh": transformers' gelu_pytorch_tanh and big_vision's default; "gelu": exact erf GELU, which
 # open_clip's SigLIP 1 text towers use (their text_cfg names no act_kwargs).
@@ -78,6 +78,8 @@ class SiglipVisionConfig:
         if self.patch_size > self.image_size:
             raise InputError(f"config field 'vision.patch_size': {self.patch_size} is larger than the image "
                              f"({self.image_size})")
+
+    is_resnet = False  # what the image-tower calls shared with CLIP ask
 
     @property
     def grid_size(self) -> int:
@@ -287,3 +289,56 @@ def siglip_config_from_state_dict(state_dict: Mapping[str, Any], heads: tuple[in
     except (ValueError, TypeError, IndexError) as e:  # shapes of the wrong rank
         raise InputError(f"cannot infer a SigLIP architecture from the weights' shapes: {type(e).__name__}: "
                          f"{str(e)[:200]}") from None
+
+
+# --- open_clip's model config ----------------------------------------------------------------------
+#
+# open_clip builds SigLIP's image tower with timm (`vision_cfg.timm_model_name`, e.g.
+# vit_so400m_patch14_siglip_384: the name is the shape) and its text tower with its own TextTransformer.
+
+_TIMM_SIGLIP = re.compile(r"vit_(?P<tower>base|large|so400m|giantopt)_patch(?P<patch>\d+)_siglip_(?P<size>\d+)")
+_TIMM_TOWER = {"base": "B", "large": "L", "so400m": "So400m", "giantopt": "g-opt"}
+
+
+def _open_clip_refuse(where: str, what: str, value: Any, why: str) -> InputError:
+    return InputError(f"{where}: not supported: {what}={value!r} ({why})")
+
+
+def siglip_config_from_open_clip(model_cfg: Mapping[str, Any], preprocess_cfg: Mapping[str, Any] | None = None,
+                                 where: str = "open_clip config") -> SiglipConfig:
+    """open_clip's SigLIP model config ({"embed_dim", "vision_cfg": {"timm_model_name", ...}, "text_cfg":
+    {...}}) and preprocess_cfg -> SiglipConfig. The text tower's activation is exact GELU unless its
+    act_kwargs say tanh, as open_clip builds it (SigLIP 1's configs name none)."""
+    v, t = model_cfg.get("vision_cfg"), model_cfg.get("text_cfg")
+    if not isinstance(v, Mapping) or not isinstance(t, Mapping):
+        raise InputError(f"{where}: vision_cfg and text_cfg must be objects")
+    name = v.get("timm_model_name")
+    m = _TIMM_SIGLIP.fullmatch(name) if isinstance(name, str) else None
+    if m is None:
+        raise _open_clip_refuse(where, "vision_cfg.timm_model_name", name, "a timm SigLIP ViT with a MAP head, "
+                                "vit_{base,large,so400m,giantopt}_patch{P}_siglip_{size}")
+    for key, want in (("timm_pool", "map"), ("timm_proj", "none")):
+        if v.get(key, want) != want:
+            raise _open_clip_refuse(where, f"vision_cfg.{key}", v.get(key), f"SigLIP's is {want!r}")
+    if t.get("proj_type", "linear") == "none":  # ViT-SO400M-16-SigLIP-i18n-256: features = the pooled token
+        raise _open_clip_refuse(where, "text_cfg.proj_type", "none", "a text tower without its linear head")
+    for key, want in (("no_causal_mask", True), ("proj_bias", True), ("pool_type", "last")):
+        if t.get(key) != want:
+            raise _open_clip_refuse(where, f"text_cfg.{key}", t.get(key), f"SigLIP's is {want!r}")
+    width, layers, heads, mlp = TOWERS[_TIMM_TOWER[m["tower"]]]
+    vision = SiglipVisionConfig(image_size=v.get("image_size", int(m["size"])), patch_size=int(m["patch"]),
+                                width=width, layers=layers, heads=heads, mlp_width=mlp)
+    t_width, ratio = t.get("width", 512), t.get("mlp_ratio", 4.0)
+    approximate = (t.get("act_kwargs") or {}).get("approximate", "none")
+    text = SiglipTextConfig(
+        vocab_size=t.get("vocab_size", 49408), context_length=t.get("context_length", 77), width=t_width,
+        layers=t.get("layers", 12), heads=t.get("heads", 8),
+        mlp_width=int(t_width * ratio) if type(ratio) in (int, float) and type(t_width) is int else ratio,
+        activation="gelu_tanh" if approximate == "tanh" else "gelu")
+    pp = dict(preprocess_cfg or {})
+    image = {k: pp[k] for k in ("image_mean", "image_std") if k in pp}
+    image.update({f"image_{k}": pp[k] for k in ("mean", "std") if k in pp})
+    image.update({k: pp[k] for k in ("resize_mode", "interpolation", "fill_color") if k in pp})
+    eps = (t.get("norm_kwargs") or {}).get("eps", 1e-6)
+    return SiglipConfig(embed_dim=model_cfg.get("embed_dim", width), vision=vision, text=text, layer_norm_eps=eps,
+                        **image)

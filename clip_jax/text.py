@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .config import CLIPConfig, TextConfig
+from .config import TextConfig
 from .errors import InputError
 from .layers import Transformer, dense, layer_norm, lazy_init, normal_param, project, take_rows
 from .roles import EMBEDDING, PROJECTION, TOKEN_EMBEDDING, declare
@@ -19,9 +19,10 @@ class TextTowerMixin:
     `token_embedding`, `transformer.resblocks.0...` and `ln_final` sit beside `visual`, so CLIP (and the
     single TextTower) mix this in and keep those PyTorch names."""
 
-    def _init_text_tower(self, cfg: CLIPConfig, *, dtype, precision, attention, rngs: nnx.Rngs,
-                         projection: bool = True) -> None:
-        t: TextConfig = cfg.text
+    def _init_text_tower(self, t: TextConfig, *, embed_dim: int, eps: float, activation: str, dtype, precision,
+                         attention, rngs: nnx.Rngs, projection: bool = True) -> None:
+        """t: the tower's config (CLIP's TextConfig, or another family's with the same fields); embed_dim:
+        the projection's output; eps, activation: every LayerNorm's and MLP's."""
         self.dtype = dtype
         self.precision = precision
         self.token_embedding = nnx.Embed(
@@ -30,16 +31,16 @@ class TextTowerMixin:
         )
         self.positional_embedding = normal_param(rngs, (t.context_length, t.width), 0.01, EMBEDDING)
         self.transformer = Transformer(
-            t.width, t.layers, t.heads, t.mlp_width, eps=cfg.layer_norm_eps, activation=cfg.activation,
+            t.width, t.layers, t.heads, t.mlp_width, eps=eps, activation=activation,
             ls_init_value=t.ls_init_value, dtype=dtype, precision=precision, attention=attention, rngs=rngs,
         )
-        self.ln_final = layer_norm(t.width, cfg.layer_norm_eps, rngs)
+        self.ln_final = layer_norm(t.width, eps, rngs)
         # None without a projection, as transformers' CLIPTextModel. open_clip's proj_bias: an nn.Linear
         # (weight [out, in] + bias) instead of a matrix.
         if projection and t.proj_bias:
-            self.text_projection = dense(t.width, cfg.embed_dim, dtype, precision, rngs, std=t.width**-0.5)
+            self.text_projection = dense(t.width, embed_dim, dtype, precision, rngs, std=t.width**-0.5)
         elif projection:
-            self.text_projection = normal_param(rngs, (t.width, cfg.embed_dim), t.width**-0.5, PROJECTION)
+            self.text_projection = normal_param(rngs, (t.width, embed_dim), t.width**-0.5, PROJECTION)
         self.text_projected = projection
         self.text_config = t
 

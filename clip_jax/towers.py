@@ -42,8 +42,9 @@ class TextTower(TextTowerMixin, nnx.Module):
                  param_dtype: Dtype = jnp.float32, attention: str | None = None, precision: str | None = None,
                  rngs: nnx.Rngs):
         dtype, precision = runtime_options(dtype, attention, precision)
-        self._init_text_tower(config, dtype=dtype, precision=precision, attention=attention, rngs=rngs,
-                              projection=projection)
+        self._init_text_tower(config.text, embed_dim=config.embed_dim, eps=config.layer_norm_eps,
+                              activation=config.activation, dtype=dtype, precision=precision, attention=attention,
+                              rngs=rngs, projection=projection)
         self.config = config
         self.attention = attention  # both read where a program is run (check_platform)
         self.compute_dtype = dtype

@@ -27,6 +27,7 @@ from clip_jax import config
 from clip_jax.layers import ACTIVATION_FUNCTIONS, MLP, ResidualAttentionBlock
 from clip_jax.pooling import AttentionPool2d
 from clip_jax.resnet import Bottleneck
+from clip_jax.siglip_config import SIGLIP_ACTIVATIONS
 
 ATOL = 3e-6
 GRAD_RTOL = 2e-6
@@ -147,8 +148,9 @@ def test_layer_scale_gelu_block():
 
 
 def test_activations_are_the_configs():
-    """Every activation a config accepts has its function, and no other; another name is refused."""
-    assert tuple(ACTIVATION_FUNCTIONS) == config.ACTIVATIONS
+    """Every activation a config accepts (CLIP's, SigLIP's) has its function, and no other; another name is
+    refused."""
+    assert set(ACTIVATION_FUNCTIONS) == set(config.ACTIVATIONS) | set(SIGLIP_ACTIVATIONS)
     with pytest.raises(ValueError, match="activation must be one of"):
         MLP(8, 32, "relu", rngs=nnx.Rngs(0), **FLOAT32)
 

@@ -13,9 +13,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "clip_jax"
 LAYERS: dict[str, int] = {}
 for layer, names in enumerate([
     # foundations: no clip_jax imports
-    "errors fileio roles config_fields config dtypes ftfy_fast synthetic",
+    "errors fileio roles config_fields config siglip_config dtypes ftfy_fast synthetic",
     # inputs and outputs of the model, without the model
-    "families tokenizer image checks pretrained download param_check pos_embed "
+    "families tokenizer siglip_tokenizer image image_hf checks pretrained download param_check pos_embed "
     "checkpoint.torch_pickle checkpoint.torch_save_reader checkpoint.torch_files checkpoint.torch_writer "
     "checkpoint.store",
     # the model's parts: layers and jitted calls, then the towers and heads built from the layers
@@ -23,10 +23,11 @@ for layer, names in enumerate([
     "pooling vit resnet states text",
     "model",
     "towers",
-    "clip_family",  # the CLIP family's declaration (clip_jax.families)
+    "clip_family siglip siglip_family",  # the families: CLIP's declaration; SigLIP's model and declaration
     # around the model: checkpoints, devices, training, start-up
     "checkpoint.declared checkpoint.config_source checkpoint.result checkpoint.torch_names "
-    "checkpoint.hf_format checkpoint.export checkpoint parallel train compilation",
+    "checkpoint.hf_format checkpoint.siglip_names checkpoint.siglip_hf checkpoint.big_vision checkpoint.export "
+    "checkpoint parallel train compilation",
     "hub",
     "zeroshot",
     "__init__",

@@ -1,0 +1,79 @@
+"""The SigLIP family, declared: SigLIP and SigLIP 2 (fixed resolution), sigmoid-trained, scored as
+exp(t) * cos + b (clip_jax.families says what a family declares and how the code around the model finds
+it).
+
+    from clip_jax.families import family_of
+    family = family_of(config)                      # this SIGLIP_FAMILY for a SiglipConfig
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import jax
+from flax import nnx
+
+from .errors import InputError
+from .families import Family, Tokenizer, register
+from .image import transform_for
+from .siglip import KINDS, sigmoid_logits
+from .siglip_config import SiglipConfig, siglip_config_from_open_clip, siglip_config_from_state_dict
+
+__all__ = ["SIGLIP_FAMILY"]
+
+
+def _siglip_head(model: nnx.Module) -> dict[str, jax.Array]:
+    # raw values: jax.ShapeDtypeStructs in a model built from shapes
+    return {"logit_scale": model.logit_scale.get_raw_value(), "logit_bias": model.logit_bias.get_raw_value()}
+
+
+def _implied_shapes(c: SiglipConfig) -> list[tuple[str, tuple[int, ...], str]]:
+    """(flat clip_jax name, shape, the config fields that set it) for tensors every SigLIP of `c` holds."""
+    v, t = c.vision, c.text
+    return [
+        ("text.token_embedding.embedding", (t.vocab_size, t.width), "text.vocab_size, text.width"),
+        ("text.positional_embedding", (t.context_length, t.width), "text.context_length, text.width"),
+        ("text.transformer.resblocks.0.mlp.c_fc.kernel", (t.width, t.mlp_width), "text.width, text.mlp_width"),
+        ("text.text_projection.kernel", (t.width, c.embed_dim), "text.width, embed_dim"),
+        ("visual.conv1.kernel", (v.patch_size, v.patch_size, 3, v.width), "vision.patch_size, vision.width"),
+        ("visual.positional_embedding", (v.grid_size**2, v.width), "vision.image_size, vision.patch_size"),
+        ("visual.transformer.resblocks.0.mlp.c_fc.kernel", (v.width, v.mlp_width), "vision.width, vision.mlp_width"),
+    ]
+
+
+def _check_header(config: SiglipConfig, shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """What in `config` contradicts a file holding tensors of `shapes`, or None (as CLIP's check)."""
+    for field_name, prefix, n in (("text.layers", "text.transformer.resblocks.", config.text.layers),
+                                  ("vision.layers", "visual.transformer.resblocks.", config.vision.layers)):
+        found = {int(m[1]) for name in shapes if (m := re.match(re.escape(prefix) + r"(\d+)\.", name))}
+        if found != set(range(n)):
+            return f"config field '{field_name}' says {n} blocks, the file holds {len(found)} ({prefix}N)"
+    for name, want, fields in _implied_shapes(config):
+        if shapes.get(name) != want:
+            got = shapes[name] if name in shapes else "no such tensor"
+            return f"config fields {fields} imply {name} of shape {want}, the file holds {got}"
+    return None
+
+
+def _config_from_state_dict(state_dict: Mapping, activation: str | None = None) -> SiglipConfig:
+    return siglip_config_from_state_dict(state_dict)
+
+
+def _tokenizer(config: SiglipConfig) -> Tokenizer:
+    """The vocabulary the config names (SiglipConfig.tokenizer), with its reference's settings."""
+    raise InputError("SigLIP's tokenizer: not wired yet")
+
+
+SIGLIP_FAMILY = register(Family(
+    name="siglip",
+    config_type=SiglipConfig,
+    models=KINDS,
+    config_from_state_dict=_config_from_state_dict,
+    config_from_open_clip=siglip_config_from_open_clip,
+    check_header=_check_header,
+    tokenizer=_tokenizer,
+    transform=transform_for,
+    head=_siglip_head,
+    logits=sigmoid_logits,
+))
