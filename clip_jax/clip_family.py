@@ -7,7 +7,6 @@ family declares and how the code around the model finds it).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -15,7 +14,7 @@ import numpy as np
 from flax import nnx
 
 from .config import CLIPConfig, config_from_open_clip, config_from_state_dict
-from .families import Family, Tokenizer, register
+from .families import Family, Tokenizer, check_shapes, register
 from .image import transform_for
 from .model import logits
 from .tokenizer import tokenize
@@ -72,17 +71,8 @@ def _implied_shapes(c: CLIPConfig) -> list[tuple[str, tuple[int, ...], str]]:
 
 def _check_header(config: CLIPConfig, shapes: Mapping[str, tuple[int, ...]]) -> str | None:
     """What in `config` contradicts a file holding tensors of `shapes` (from its header alone), or None:
-    the number of blocks of each tower and the shapes that fix its widths, sizes and vocabulary. The model
-    built afterwards checks every tensor; this makes a config that matches no file fail before that."""
-    for field_name, prefix, n in _block_counts(config):
-        found = {int(m[1]) for name in shapes if (m := re.match(re.escape(prefix) + r"(\d+)\.", name))}
-        if found != set(range(n)):
-            return f"config field '{field_name}' says {n} blocks, the file holds {len(found)} ({prefix}N)"
-    for name, want, fields in _implied_shapes(config):
-        if shapes.get(name) != want:
-            got = shapes[name] if name in shapes else "no such tensor"
-            return f"config fields {fields} imply {name} of shape {want}, the file holds {got}"
-    return None
+    the number of blocks of each tower and the shapes that fix its widths, sizes and vocabulary."""
+    return check_shapes(_block_counts(config), _implied_shapes(config), shapes)
 
 
 CLIP_FAMILY = register(Family(

@@ -23,6 +23,7 @@ transformers' auto classes do), so low modules such as the converted-file store 
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["BUILTIN", "FAMILIES", "Family", "Tokenizer", "family_of", "register"]
+__all__ = ["BUILTIN", "FAMILIES", "Family", "Tokenizer", "check_shapes", "family_of", "register"]
 
 Tokenizer = Callable[..., np.ndarray]  # (texts, truncate=False) -> int32 [N, context_length]
 
@@ -81,6 +82,23 @@ class Family:
             if type(model) is cls:
                 return kind
         raise InputError(f"{type(model).__name__} is not a {self.name} model ({', '.join(self.models)})")
+
+
+def check_shapes(blocks: list[tuple[str, str, int]], implied: list[tuple[str, tuple[int, ...], str]],
+                 shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """A family's check_header from its tables: what contradicts a file holding tensors of `shapes`, or
+    None. blocks: (config field, tensor name prefix of the blocks, how many); implied: (tensor, shape,
+    the config fields that set it). The model built afterwards checks every tensor; this makes a config
+    that matches no file fail before that."""
+    for field_name, prefix, n in blocks:
+        found = {int(m[1]) for name in shapes if (m := re.match(re.escape(prefix) + r"(\d+)\.", name))}
+        if found != set(range(n)):
+            return f"config field '{field_name}' says {n} blocks, the file holds {len(found)} ({prefix}N)"
+    for name, want, fields in implied:
+        if shapes.get(name) != want:
+            got = shapes[name] if name in shapes else "no such tensor"
+            return f"config fields {fields} imply {name} of shape {want}, the file holds {got}"
+    return None
 
 
 FAMILIES: dict[str, Family] = {}

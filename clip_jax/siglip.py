@@ -159,6 +159,13 @@ def _missing(model: nnx.Module, method: str) -> MissingTowerError:
                              f"and has no {lacks} tower")
 
 
+def _lacks(method: str):
+    """A single tower's method for what it lacks: raises MissingTowerError naming it."""
+    def refuse(self, *args, **kwargs):
+        raise _missing(self, method)
+    return refuse
+
+
 class SiglipTextModel(nnx.Module):
     """The text tower alone (transformers' SiglipTextModel), as `text`. Arguments as Siglip's;
     `projection` is accepted for the family's single-tower interface (SigLIP's head is always there)."""
@@ -173,17 +180,10 @@ class SiglipTextModel(nnx.Module):
     text_features = Siglip.text_features
     text_hidden_states = Siglip.text_hidden_states
 
-    def encode_image(self, *args, **kwargs):
-        raise _missing(self, "encode_image")
-
-    def image_features(self, *args, **kwargs):
-        raise _missing(self, "image_features")
-
-    def image_hidden_states(self, *args, **kwargs):
-        raise _missing(self, "image_hidden_states")
-
-    def __call__(self, *args, **kwargs):
-        raise _missing(self, "__call__ (logits need both towers)")
+    encode_image = _lacks("encode_image")
+    image_features = _lacks("image_features")
+    image_hidden_states = _lacks("image_hidden_states")
+    __call__ = _lacks("__call__ (logits need both towers)")
 
 
 class SiglipVisionModel(nnx.Module):
@@ -199,17 +199,10 @@ class SiglipVisionModel(nnx.Module):
     image_features = Siglip.image_features
     image_hidden_states = Siglip.image_hidden_states
 
-    def encode_text(self, *args, **kwargs):
-        raise _missing(self, "encode_text")
-
-    def text_features(self, *args, **kwargs):
-        raise _missing(self, "text_features")
-
-    def text_hidden_states(self, *args, **kwargs):
-        raise _missing(self, "text_hidden_states")
-
-    def __call__(self, *args, **kwargs):
-        raise _missing(self, "__call__ (logits need both towers)")
+    encode_text = _lacks("encode_text")
+    text_features = _lacks("text_features")
+    text_hidden_states = _lacks("text_hidden_states")
+    __call__ = _lacks("__call__ (logits need both towers)")
 
 
 KINDS = {"clip": Siglip, "text": SiglipTextModel, "vision": SiglipVisionModel}

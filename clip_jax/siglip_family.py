@@ -8,14 +8,13 @@ it).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import jax
 from flax import nnx
 
 from .errors import InputError
-from .families import Family, Tokenizer, register
+from .families import Family, Tokenizer, check_shapes, register
 from .image import transform_for
 from .siglip import KINDS, sigmoid_logits
 from .siglip_config import SiglipConfig, siglip_config_from_open_clip, siglip_config_from_state_dict
@@ -44,16 +43,9 @@ def _implied_shapes(c: SiglipConfig) -> list[tuple[str, tuple[int, ...], str]]:
 
 def _check_header(config: SiglipConfig, shapes: Mapping[str, tuple[int, ...]]) -> str | None:
     """What in `config` contradicts a file holding tensors of `shapes`, or None (as CLIP's check)."""
-    for field_name, prefix, n in (("text.layers", "text.transformer.resblocks.", config.text.layers),
-                                  ("vision.layers", "visual.transformer.resblocks.", config.vision.layers)):
-        found = {int(m[1]) for name in shapes if (m := re.match(re.escape(prefix) + r"(\d+)\.", name))}
-        if found != set(range(n)):
-            return f"config field '{field_name}' says {n} blocks, the file holds {len(found)} ({prefix}N)"
-    for name, want, fields in _implied_shapes(config):
-        if shapes.get(name) != want:
-            got = shapes[name] if name in shapes else "no such tensor"
-            return f"config fields {fields} imply {name} of shape {want}, the file holds {got}"
-    return None
+    blocks = [("text.layers", "text.transformer.resblocks.", config.text.layers),
+              ("vision.layers", "visual.transformer.resblocks.", config.vision.layers)]
+    return check_shapes(blocks, _implied_shapes(config), shapes)
 
 
 def _config_from_state_dict(state_dict: Mapping, activation: str | None = None) -> SiglipConfig:
