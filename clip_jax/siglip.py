@@ -131,7 +131,8 @@ class Siglip(nnx.Module):
     def image_features(self, images: jax.Array) -> jax.Array:
         """images: [N, H, W, 3], float normalized or uint8 pixels -> [N, width] float32."""
         if images.dtype == jnp.uint8:
-            images = normalize_pixels(images, self.config.image_mean, self.config.image_std)
+            c = self.config
+            images = normalize_pixels(images, c.image_mean, c.image_std, processor=c.image_processor)
         return self.visual(images)
 
     def text_features(self, tokens: jax.Array) -> jax.Array:

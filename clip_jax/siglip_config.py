@@ -40,6 +40,7 @@ __all__ = ["SIGLIP_ACTIVATIONS", "SIGLIP_PRESETS", "SiglipConfig", "SiglipTextCo
 # "gelu_tanh": transformers' gelu_pytorch_tanh and big_vision's default; "gelu": exact erf GELU, which
 # open_clip's SigLIP 1 text towers use (their text_cfg names no act_kwargs).
 SIGLIP_ACTIVATIONS = ("gelu_tanh", "gelu")
+PATH = (lambda v: v is None or (type(v) is str and 0 < len(v) <= 4096)), "a path or null"
 HF_ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
                   "gelu": "gelu"}
 
@@ -130,6 +131,15 @@ class SiglipConfig:
     resize_mode: str = declare("squash", NAME)
     interpolation: str = declare("bicubic", NAME, hf="resample", coded=("hf",))
     fill_color: int = declare(0, int_in(0, 255))
+    # Whose image processor the weights were released with (image.PROCESSORS): transformers' (its
+    # torchvision backend, what AutoImageProcessor gives in transformers 5; "transformers_pil" its PIL
+    # one) for Hugging Face and big_vision checkpoints, open_clip's transform for open_clip/timm ones.
+    image_processor: str = declare("transformers", one_of("transformers", "transformers_pil", "open_clip"))
+    # Where the vocabulary is (it comes with the checkpoint, not in its weights): a checkpoint folder or a
+    # spiece.model / tokenizer.json; a relative path is relative to the converted file naming it. style:
+    # whose settings tokenize with it, transformers' processor's ("hf") or open_clip's ("open_clip").
+    tokenizer: str | None = declare(None, PATH)
+    tokenizer_style: str = declare("hf", one_of("hf", "open_clip"))
 
     def __post_init__(self):
         for name, cls in (("vision", SiglipVisionConfig), ("text", SiglipTextConfig)):
@@ -341,4 +351,4 @@ def siglip_config_from_open_clip(model_cfg: Mapping[str, Any], preprocess_cfg: M
     image.update({k: pp[k] for k in ("resize_mode", "interpolation", "fill_color") if k in pp})
     eps = (t.get("norm_kwargs") or {}).get("eps", 1e-6)
     return SiglipConfig(embed_dim=model_cfg.get("embed_dim", width), vision=vision, text=text, layer_norm_eps=eps,
-                        **image)
+                        image_processor="open_clip", tokenizer_style="open_clip", **image)

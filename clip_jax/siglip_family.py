@@ -9,6 +9,7 @@ it).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import jax
 from flax import nnx
@@ -18,6 +19,7 @@ from .families import Family, Tokenizer, check_shapes, register
 from .image import transform_for
 from .siglip import KINDS, sigmoid_logits
 from .siglip_config import SiglipConfig, siglip_config_from_open_clip, siglip_config_from_state_dict
+from .siglip_tokenizer import tokenizer_from_file, tokenizer_from_folder
 
 __all__ = ["SIGLIP_FAMILY"]
 
@@ -53,8 +55,16 @@ def _config_from_state_dict(state_dict: Mapping, activation: str | None = None) 
 
 
 def _tokenizer(config: SiglipConfig) -> Tokenizer:
-    """The vocabulary the config names (SiglipConfig.tokenizer), with its reference's settings."""
-    raise InputError("SigLIP's tokenizer: not wired yet")
+    """The vocabulary the config names (SiglipConfig.tokenizer: a checkpoint folder or a vocabulary
+    file), with the settings of its reference (tokenizer_style)."""
+    if config.tokenizer is None:
+        raise InputError("this SigLIP has no vocabulary: its checkpoint came without one (a big_vision .npz, "
+                         "weights alone); pass tokenizer=FILE (a spiece.model or tokenizer.json, or the "
+                         "checkpoint's folder) to clip_jax.load, or --tokenizer FILE on the command line")
+    path, length, style = Path(config.tokenizer), config.text.context_length, config.tokenizer_style
+    if path.is_dir():
+        return tokenizer_from_folder(path, length, style)
+    return tokenizer_from_file(path, length, style)
 
 
 SIGLIP_FAMILY = register(Family(

@@ -20,8 +20,8 @@ from .errors import InputError, LimitError, decode_utf8
 from .families import family_of
 from .model import l2_normalize
 
-__all__ = ["IMAGENET_TEMPLATES", "zeroshot_classifier", "classify", "top_k", "logit_scale", "read_templates",
-           "check_templates"]
+__all__ = ["IMAGENET_TEMPLATES", "zeroshot_classifier", "classify", "top_k", "logit_scale", "logit_bias",
+           "read_templates", "check_templates"]
 
 # The 80 templates of OpenAI's notebook, in its order.
 IMAGENET_TEMPLATES: tuple[str, ...] = (
@@ -115,9 +115,10 @@ def zeroshot_classifier(model, classnames: Sequence[str], templates: Sequence[st
 
 def classify(model, images, weights: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """images [N, H, W, 3] (uint8 or normalized float) -> (probabilities [N, k], class indices [N, k]),
-    best first: softmax over all classes of exp(logit_scale) * normalized image features @ weights."""
+    best first: softmax over all classes of exp(logit_scale) * normalized image features @ weights; for
+    a sigmoid model (SigLIP) each class's own sigmoid(exp(logit_scale) * cos + logit_bias)."""
     feats = np.asarray(l2_normalize(np.asarray(model.encode_image(images))))
-    return top_k(feats, weights, logit_scale(model), k)
+    return top_k(feats, weights, logit_scale(model), k, bias=logit_bias(model))
 
 
 def logit_scale(model) -> float:
@@ -126,12 +127,29 @@ def logit_scale(model) -> float:
     return float(np.exp(np.asarray(value[...] if isinstance(value, nnx.Variable) else value)))
 
 
-def top_k(image_features: np.ndarray, weights: np.ndarray, scale: float, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Normalized image features [N, D], class weights [D, C] -> (probabilities [N, k], indices [N, k])."""
+def logit_bias(model) -> float | None:
+    """SigLIP's logit_bias (b in exp(t) * cos + b) of a model or a parallel.ShardedCLIP; None for a model
+    scored by softmax (CLIP)."""
+    value = getattr(model, "logit_bias", None)
+    if value is None and hasattr(model, "head"):
+        value = model.head.get("logit_bias")
+    if value is None:
+        return None
+    return float(np.asarray(value[...] if isinstance(value, nnx.Variable) else value))
+
+
+def top_k(image_features: np.ndarray, weights: np.ndarray, scale: float, k: int,
+          bias: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Normalized image features [N, D], class weights [D, C] -> (probabilities [N, k], indices [N, k]).
+    bias None: softmax over the classes (CLIP); a float: each class's sigmoid(scale * cos + bias), as
+    SigLIP was trained (they needn't sum to 1). Either way the ranking is the logits' (CLIP_benchmark's)."""
     logits = scale * (image_features.astype(np.float64) @ weights.astype(np.float64))
-    logits -= logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits)
-    probs /= probs.sum(axis=1, keepdims=True)
+    if bias is not None:
+        probs = 1 / (1 + np.exp(-(logits + bias)))
+    else:
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=1, keepdims=True)
     k = min(k, probs.shape[1])
     idx = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(probs, idx, axis=1).astype(np.float32), idx

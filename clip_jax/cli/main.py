@@ -169,7 +169,7 @@ def run_classify(args: argparse.Namespace) -> int:
     from ..data.sources import collect_images
     from ..hub import load
     from ..parallel import ShardedCLIP
-    from ..zeroshot import logit_scale, read_templates, top_k, zeroshot_classifier
+    from ..zeroshot import logit_bias, logit_scale, read_templates, top_k, zeroshot_classifier
 
     labels, templates = _labels(args), read_templates(args.templates)
     paths = collect_images(args.images)
@@ -178,12 +178,12 @@ def run_classify(args: argparse.Namespace) -> int:
     model, preprocess = load(args.model, dtype=jnp.dtype(args.dtype), attention=args.attention)
     sharded = ShardedCLIP(model, batch_size=args.batch_size)
     weights = zeroshot_classifier(sharded, labels, templates, truncate=args.truncate)
-    scale, failed = logit_scale(model), 0
+    scale, bias, failed = logit_scale(model), logit_bias(model), 0
     for batch in sharded.embed_image_files(paths, preprocess):
         for path, reason in batch.errors:
             print(f"clip-jax: {path}: {reason}", file=sys.stderr)
         failed += len(batch.errors)
-        probs, idx = top_k(batch.features, weights, scale, args.top_k)
+        probs, idx = top_k(batch.features, weights, scale, args.top_k, bias=bias)
         for row in np.flatnonzero(batch.ok):
             print(paths[batch.start + row])
             for prob, c in zip(probs[row], idx[row]):
