@@ -21,17 +21,20 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import given, reject, settings, strategies as st
 from PIL import Image
 
 from clip_jax.errors import InputError
 from clip_jax.image import (
     AFFINE_ULPS_OPENAI,
+    ImageError,
     image_transform,
     normalize_pixels,
     pixel_affine,
     pixel_table,
     transform_for,
 )
+from clip_jax.image_hf import torch_resize
 from tests.images import in_mode, photos
 
 HALF = (0.5, 0.5, 0.5)
@@ -211,3 +214,34 @@ def test_bad_processor_arguments():
         image_transform(224, processor="transformers")  # transformers' SigLIP processor never crops
     with pytest.raises(InputError, match="processor must be one of"):
         pixel_table(HALF, HALF, "tf")
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(h=st.integers(1, 48), w=st.integers(1, 48), n=st.integers(1, 64), seed=st.integers(0, 2**32 - 1),
+       interpolation=st.sampled_from(["bicubic", "bilinear"]))
+def test_torch_resize_equals_torch_on_any_shape(h, w, n, seed, interpolation):
+    """Any up/down factor, either axis alone or both, down to 1 pixel: noise is the hardest content for
+    rounding (every weight and every clip at 0 and 255 counts)."""
+    torch = pytest.importorskip("torch")
+    tvf = pytest.importorskip("torchvision.transforms.v2.functional")
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    mode = {"bicubic": tvf.InterpolationMode.BICUBIC, "bilinear": tvf.InterpolationMode.BILINEAR}[interpolation]
+    try:
+        ref = tvf.resize(torch.from_numpy(pixels).permute(2, 0, 1)[None].contiguous(), [n, n], interpolation=mode,
+                         antialias=True)[0].permute(1, 2, 0).numpy()
+    except RuntimeError:  # torch's AVX kernel asserts on a few tiny shapes (2x1 -> 1x1): no reference there
+        reject()
+    assert np.array_equal(torch_resize(pixels, n, interpolation), ref)
+
+
+def test_bad_files_raise_image_error_on_the_transformers_path(tmp_path, files):
+    """Decoding is shared with the open_clip path: a truncated or foreign file is the same ImageError."""
+    preprocess = image_transform(224, HALF, HALF, "squash", processor="transformers")
+    data = open(files["astronaut"], "rb").read()
+    for name, content in (("cut.png", data[: len(data) // 3]), ("text.png", b"not an image"), ("empty.png", b"")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ImageError) as e:
+            preprocess.pixels(tmp_path / name)
+        assert e.value.source == str(tmp_path / name)
+    with pytest.raises(InputError, match="uint8"):
+        torch_resize(np.zeros((4, 4, 3), np.float32), 2)
