@@ -94,12 +94,14 @@ class SiglipTokenizer:
         items = _as_text_list(texts)
         if self.style == "open_clip":
             items = [canonicalize(basic_clean(t)) for t in items]
-        unique = list(dict.fromkeys(items))  # captions repeat (prompt templates); each distinct text once
-        rows = dict(zip(unique, self._engine.encode(unique, self.context_length)))
-        out = np.empty((len(items), self.context_length), np.int32)
-        for i, text in enumerate(items):
-            out[i] = rows[text]
-        return out
+        first = dict.fromkeys(items)  # captions repeat (prompt templates): each distinct text once
+        unique = list(first)
+        out = np.array(self._engine.encode(unique, self.context_length), np.int32).reshape(-1, self.context_length)
+        if len(unique) == len(items):
+            return out
+        for i, text in enumerate(unique):
+            first[text] = i
+        return out[np.fromiter((first[t] for t in items), np.intp, len(items))]
 
     tokenize = __call__
 
@@ -163,7 +165,8 @@ class _SentencePieceEngine:
         self._special_ids = specials
         self._split = re.compile("(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")")
         self._unk, self._unk_len = tokens["unk"], len(sp.encode(tokens["unk"]))
-        self._underline = sp.piece_to_id(SPIECE_UNDERLINE)
+        underline = sp.piece_to_id(SPIECE_UNDERLINE)  # -1: a model without the piece never drops one
+        self._underline = underline if sp.id_to_piece(underline) == SPIECE_UNDERLINE else -1
 
     def encode(self, texts: list[str], length: int) -> list[list[int]]:
         _check_encodable(texts)
@@ -288,7 +291,7 @@ def _read_json_object(path: Path) -> dict[str, Any]:
 
 def _folder_settings(folder: Path) -> tuple[dict[str, Any], str]:
     """special_tokens_map.json under tokenizer_config.json (whose values win, as in transformers), and
-    config.json's model_type; with the file that each setting came from, for messages."""
+    config.json's model_type; and the names of the files read, for messages."""
     settings: dict[str, Any] = {}
     names = []
     for name in (SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG):
@@ -298,7 +301,7 @@ def _folder_settings(folder: Path) -> tuple[dict[str, Any], str]:
     if (folder / MODEL_CONFIG).exists():
         model_type = _read_json_object(folder / MODEL_CONFIG).get("model_type")
         settings["model_type"] = model_type if isinstance(model_type, str) else None
-    return settings, f"{folder} ({' + '.join(names) or 'no tokenizer config'})"
+    return settings, " + ".join(names) or "no tokenizer config"
 
 
 def _token(settings: dict[str, Any], key: str, default: str, where: str) -> str:
@@ -400,8 +403,9 @@ def find_vocabulary(folder: str | os.PathLike, style: str = "hf") -> Path | None
     spiece, tok_json = folder / SPIECE, folder / TOKENIZER_JSON
     has_spiece, has_json = spiece.is_file(), tok_json.is_file()
     if style == "hf" and has_spiece and has_json:
-        settings, where = _folder_settings(folder)
-        if _name(settings, "tokenizer_class", where) == "SiglipTokenizer" or settings.get("model_type") == "siglip":
+        settings, names = _folder_settings(folder)
+        if _name(settings, "tokenizer_class", f"{folder} ({names})") == "SiglipTokenizer" or settings.get(
+                "model_type") == "siglip":
             return spiece
     if has_json:
         return tok_json
@@ -424,8 +428,8 @@ def tokenizer_from_folder(folder: str | os.PathLike, context_length: int = CONTE
     if vocab is None:
         raise InputError(f"{folder}: no tokenizer vocabulary in it (neither {SPIECE} nor {TOKENIZER_JSON}); "
                          "pass tokenizer=FILE naming one")
-    settings, where = _folder_settings(folder)
-    where = f"{vocab} ({where.split(' (', 1)[1]}"
+    settings, names = _folder_settings(folder)
+    where = f"{vocab} ({names})"
     if vocab.name == TOKENIZER_JSON:
         data = _read_bounded(vocab, MAX_TOKENIZER_JSON_BYTES, "tokenizer.json")
         return _tokenizer_json(data, where, settings, style, lowercase, length)

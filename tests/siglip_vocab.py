@@ -46,14 +46,19 @@ def utf8_ok(text: str) -> bool:
     return True
 
 
-def texts(n: int = 1500, seed: int = 7) -> list[str]:
+def texts(n: int = 1000, seed: int = 7) -> list[str]:
     """The test corpus: captions, the hard cases, the lines above, and texts past 64 tokens."""
     long = [" ".join(captions(40, seed=seed + 1)), "word " * 300, "ab" * 2000, "Ünïcödé " * 100]
     return [t for t in captions(n, seed=seed) + edge_texts() + EXTRA + long + ["", " ", "\t\n"] if utf8_ok(t)]
 
 
+def surrogate_texts() -> list[str]:
+    """The corpus's texts with a lone surrogate: open_clip's ftfy repairs them, transformers refuses them."""
+    return [t for t in edge_texts() if not utf8_ok(t)]
+
+
 def _training_lines() -> list[str]:
-    return [t for t in captions(4000, seed=123) + edge_texts(seed=5) + EXTRA if utf8_ok(t) and t.strip()]
+    return [t for t in captions(2000, seed=123) + edge_texts(seed=5) + EXTRA if utf8_ok(t) and t.strip()]
 
 
 def train_spiece(path: Path, vocab_size: int = 4000, lines: list[str] | None = None) -> Path:
