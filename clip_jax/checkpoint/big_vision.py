@@ -72,7 +72,7 @@ class _Member:
         """The array (or its `index`-th entry along the first axis), in native byte order."""
         try:
             x = self._read(index)
-        except _ZIP_ERRORS as e:
+        except (*_ZIP_ERRORS, RuntimeError) as e:  # RuntimeError: zipfile's for an encrypted member
             raise CheckpointError(f"{self.path}: {self.info.filename}: {type(e).__name__}: {brief(str(e))}") from None
         return x.astype(x.dtype.newbyteorder("=")) if not x.dtype.isnative else x
 
@@ -152,7 +152,7 @@ def npz_members(path: str | os.PathLike) -> dict[str, _Member]:
             members = [_header(path, zf, info, layout) for info in infos]
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    except _ZIP_ERRORS as e:
+    except (*_ZIP_ERRORS, RuntimeError) as e:  # RuntimeError: zipfile's for an encrypted member
         raise CheckpointError(f"{path}: not a readable .npz (zip) file: {type(e).__name__}: {brief(str(e))}") from None
     out = {}
     for m in members:
