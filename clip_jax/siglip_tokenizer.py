@@ -49,13 +49,14 @@ from .config import MAX_CONFIG_BYTES, json_depth, parse_config_json
 from .errors import InputError, LimitError, decode_utf8
 from .tokenizer import _as_text_list, basic_clean  # the CLIP tokenizer's: one argument check, open_clip's clean
 
-__all__ = ["CONTEXT_LENGTH", "STYLES", "SiglipTokenizer", "find_vocabulary", "tokenizer_from_file",
-           "tokenizer_from_folder"]
+__all__ = ["CONTEXT_LENGTH", "STYLES", "SiglipTokenizer", "find_vocabulary", "folder_style", "tokenizer_from_file",
+           "tokenizer_from_folder", "tokenizer_from_path"]
 
 CONTEXT_LENGTH = 64  # every SigLIP and SigLIP 2 text tower (big_vision's max_len, transformers' processors)
 STYLES = ("hf", "open_clip")
 SPIECE, TOKENIZER_JSON = "spiece.model", "tokenizer.json"
 TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, MODEL_CONFIG = "tokenizer_config.json", "special_tokens_map.json", "config.json"
+OPEN_CLIP_CONFIG = "open_clip_config.json"  # what marks an open_clip/timm repository
 # The released files: c4_en 0.8 MB, mc4 4.3 MB, Gemma's tokenizer.json 17 MB (34 MB for Gemma 3's).
 MAX_SPIECE_BYTES = 64 << 20
 MAX_TOKENIZER_JSON_BYTES = 128 << 20
@@ -151,10 +152,14 @@ class _SentencePieceEngine:
 
     def __init__(self, data: bytes, where: str, tokens: dict[str, str], *, hf: bool, lower: bool,
                  padding_side: str):
+        if not data:  # sentencepiece takes b"" for "no model given" and logs on every later call
+            raise InputError(f"{where}: empty, not a SentencePiece model")
         try:
             sp = sentencepiece.SentencePieceProcessor(model_proto=data)
         except Exception as e:  # RuntimeError "could not parse ModelProto", or another refusal of its own
             raise InputError(f"{where}: not a SentencePiece model ({str(e)[:200]})") from None
+        if sp.get_piece_size() < 1:
+            raise InputError(f"{where}: a SentencePiece model without pieces")
         self._sp, self._hf, self._lower, self._side = sp, hf, lower, padding_side
         self.vocab_size = sp.get_piece_size()
         ids = {role: _piece_id(sp, tokens[role], role, where) for role in ("eos", "pad", "unk")}
@@ -412,18 +417,26 @@ def find_vocabulary(folder: str | os.PathLike, style: str = "hf") -> Path | None
     return spiece if has_spiece else None
 
 
-def tokenizer_from_folder(folder: str | os.PathLike, context_length: int = CONTEXT_LENGTH, style: str = "hf",
+def folder_style(folder: str | os.PathLike) -> str:
+    """The reference a checkpoint folder belongs to: "open_clip" for an open_clip/timm repository (it has
+    open_clip_config.json), "hf" for a transformers one."""
+    return "open_clip" if (Path(folder) / OPEN_CLIP_CONFIG).is_file() else "hf"
+
+
+def tokenizer_from_folder(folder: str | os.PathLike, context_length: int = CONTEXT_LENGTH, style: str | None = None,
                           lowercase: bool | None = None) -> SiglipTokenizer:
     """The tokenizer of a SigLIP / SigLIP 2 checkpoint folder (a transformers or timm repository snapshot):
     spiece.model or tokenizer.json, with tokenizer_config.json / special_tokens_map.json / config.json.
 
-    style: "hf" (transformers' class and processor) or "open_clip" (open_clip's HFTokenizer with
-    clean="canonicalize"). lowercase: None for the reference's choice; True / False to force it.
+    style: "hf" (transformers' class and processor), "open_clip" (open_clip's HFTokenizer with
+    clean="canonicalize"), or None: the folder's own (`folder_style`). lowercase: None for the reference's
+    choice; True / False to force it.
     """
-    length = _check_args(context_length, style)
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder")
+    style = folder_style(folder) if style is None else style
+    length = _check_args(context_length, style)
     vocab = find_vocabulary(folder, style)
     if vocab is None:
         raise InputError(f"{folder}: no tokenizer vocabulary in it (neither {SPIECE} nor {TOKENIZER_JSON}); "
@@ -435,6 +448,15 @@ def tokenizer_from_folder(folder: str | os.PathLike, context_length: int = CONTE
         return _tokenizer_json(data, where, settings, style, lowercase, length)
     data = _read_bounded(vocab, MAX_SPIECE_BYTES, "SentencePiece model")
     return _sentencepiece(data, where, settings, style, lowercase, length)
+
+
+def tokenizer_from_path(path: str | os.PathLike, context_length: int = CONTEXT_LENGTH, style: str | None = None,
+                        lowercase: bool | None = None) -> SiglipTokenizer:
+    """`tokenizer_from_folder` for a folder, `tokenizer_from_file` (style None: "hf") for a file: what
+    `clip_jax.get_tokenizer` and `load(..., tokenizer=FILE)` hand a path to."""
+    if Path(path).is_dir():
+        return tokenizer_from_folder(path, context_length, style, lowercase)
+    return tokenizer_from_file(path, context_length, style or "hf", lowercase)
 
 
 def tokenizer_from_file(path: str | os.PathLike, context_length: int = CONTEXT_LENGTH, style: str = "hf",

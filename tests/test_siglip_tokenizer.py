@@ -184,6 +184,23 @@ def test_call_shapes_and_types(vocab):
             t(["fine", "lone \ud83d surrogate"])
 
 
+def test_style_follows_the_folder(vocab, texts, tmp_path):
+    """A timm repository (open_clip_config.json beside the tokenizer) gets open_clip's style by default."""
+    timm = tmp_path / "timm"
+    timm.mkdir()
+    for f in vocab["timm_siglip2"].iterdir():
+        (timm / f.name).write_bytes(f.read_bytes())
+    (timm / "open_clip_config.json").write_text("{}")
+    assert (st.folder_style(timm), st.folder_style(vocab["hf_siglip2"])) == ("open_clip", "hf")
+    some = texts[:300]
+    auto = st.tokenizer_from_path(timm)
+    assert auto.style == "open_clip"
+    assert np.array_equal(auto(some), st.tokenizer_from_folder(timm, style="open_clip")(some))
+    assert not np.array_equal(auto(some), st.tokenizer_from_folder(timm, style="hf")(some))
+    assert st.tokenizer_from_path(vocab["hf_siglip2"]).style == "hf"
+    assert st.tokenizer_from_path(vocab["spiece"]).kind == "sentencepiece"
+
+
 def test_find_vocabulary(vocab, tmp_path):
     assert st.find_vocabulary(vocab["hf_siglip"]).name == "spiece.model"
     assert st.find_vocabulary(vocab["hf_siglip2"]).name == "tokenizer.json"
