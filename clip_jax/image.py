@@ -26,7 +26,6 @@ rescale-and-normalize; its open_clip / timm checkpoints by open_clip's squash tr
 from __future__ import annotations
 
 import io
-import math
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple, Sequence, Union
@@ -36,6 +35,8 @@ from PIL import Image, ImageOps
 
 from .config import OPENAI_MEAN, OPENAI_STD
 from .errors import ClipJaxError, InputError
+from .image_hf import rgb_like_transformers, torch_resize
+from .resample import coefficients, resample_axis
 
 RESIZE_MODES = ("shortest", "longest", "squash")
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
@@ -343,81 +344,8 @@ def _resized_size(w: int, h: int, n: int, resize_mode: str) -> tuple[int, int]:
 
 # A resize may hold at most this many times the crop's pixels (or the source's, if more) in memory.
 MAX_RESIZE_FACTOR = 16
-_PRECISION_BITS = 22  # Pillow's 32 - 8 - 2: fixed-point weights, 2 bits of headroom
 _WINDOW_MODES = {"L", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "RGBa", "La"}
 _PREMULTIPLIED = {"RGBA": "RGBa", "LA": "La"}  # Pillow resizes these premultiplied, as here
-
-
-def _bicubic(x: np.ndarray) -> np.ndarray:
-    """Pillow's bicubic_filter (a = -0.5), the same operations in the same order."""
-    x = np.abs(x)
-    near = (1.5 * x - 2.5) * x * x + 1
-    far = (((x - 5) * x + 8) * x - 4) * -0.5
-    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
-
-
-def _bilinear(x: np.ndarray) -> np.ndarray:
-    x = np.abs(x)
-    return np.where(x < 1.0, 1.0 - x, 0.0)
-
-
-_FILTERS = {Image.Resampling.BICUBIC: (_bicubic, 2.0), Image.Resampling.BILINEAR: (_bilinear, 1.0)}
-
-
-def _filter_weights(in_size: int, out_size: int, start: int, count: int, filt, support: float,
-                    scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """The float64 weights of a 1-D antialiased resize in_size -> out_size (scale = in_size / out_size), outputs
-    start..start+count only, as Pillow's precompute_coeffs and torch's _compute_indices_min_size_weights_aa
-    (the same operations in the same order in both).
-
-    Returns (first int64 [count]: each output's first input index, weights float64 [count, ksize]: those of
-    inputs first..first+ksize-1, normalized to sum 1, zero past the input's end).
-    """
-    filterscale = max(scale, 1.0)
-    support *= filterscale
-    ksize = int(math.ceil(support)) * 2 + 1
-    center = (np.arange(start, start + count, dtype=np.float64) + 0.5) * scale
-    first = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)  # C's (int) truncates
-    taps = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - first
-    x = np.arange(ksize)[None, :]
-    w = np.where(x < taps[:, None], filt(((x + first[:, None]) - center[:, None] + 0.5) * (1.0 / filterscale)), 0.0)
-    total = np.zeros(count)
-    for i in range(ksize):  # in C's order: numpy's sum would pair terms differently
-        total = total + w[:, i]
-    return first, np.divide(w, total[:, None], out=w, where=total[:, None] != 0.0)
-
-
-def _fixed_point(w: np.ndarray, bits: int) -> np.ndarray:
-    """int64 weights w * 2^bits rounded half away from zero, as C's (int)(v +- 0.5) (Pillow and torch alike)."""
-    scaled = w * (1 << bits)
-    return np.trunc(np.where(w < 0, scaled - 0.5, scaled + 0.5)).astype(np.int64)
-
-
-def _coefficients(in_size: int, out_size: int, start: int, count: int, resample) -> tuple[np.ndarray, np.ndarray]:
-    """Pillow's 1-D resize in_size -> out_size, outputs start..start+count only.
-
-    Returns (first int64 [count]: each output's first input index, weights int64 [count, ksize]: the
-    fixed-point weights of inputs first..first+ksize-1, zero past the input's end).
-    """
-    filt, support = _FILTERS[resample]
-    scale = float(np.float32(in_size)) / out_size  # Pillow's box is float32
-    first, w = _filter_weights(in_size, out_size, start, count, filt, support, scale)
-    return first, _fixed_point(w, _PRECISION_BITS)
-
-
-def _resample_axis(pixels: np.ndarray, axis: int, first: np.ndarray, weights: np.ndarray,
-                   bits: int = _PRECISION_BITS) -> np.ndarray:
-    """uint8 pixels [H, W, bands] resampled along `axis` with fixed-point weights, as Pillow's 8bpc passes
-    (and torch's uint8 ones, with their `bits`):
-    output i = clip((2^(bits-1) + sum_k pixels[first[i] + k] * weights[i, k]) >> bits, 0, 255)."""
-    shape = [1, 1, 1]
-    shape[axis] = len(first)
-    acc = np.full(pixels.shape[:axis] + (len(first),) + pixels.shape[axis + 1 :], (1 << bits) >> 1, np.int64)
-    last = pixels.shape[axis] - 1
-    for k in range(weights.shape[1]):
-        taps = np.take(pixels, np.minimum(first + k, last), axis=axis)  # past the end: weight 0
-        acc += taps * weights[:, k].reshape(shape)
-    return np.clip(acc >> bits, 0, 255).astype(np.uint8)
 
 
 def _as_bands(img: Image.Image) -> np.ndarray:
@@ -435,15 +363,15 @@ def _resize_crop_window(img: Image.Image, size: tuple[int, int], n: int, resampl
         img = img.convert(_PREMULTIPLIED[mode])
     (w, h), (new_w, new_h) = img.size, size
     if new_h == n:  # wide: the long axis is Pillow's first (horizontal) pass
-        first, weights = _coefficients(w, new_w, int(round((new_w - n) / 2.0)), n, resample)
+        first, weights = coefficients(w, new_w, int(round((new_w - n) / 2.0)), n, resample)
         lo, hi = int(first[0]), min(w, int(first[-1]) + weights.shape[1])
-        rows = _resample_axis(_as_bands(img.crop((lo, 0, hi, h))), 1, first - lo, weights)
+        rows = resample_axis(_as_bands(img.crop((lo, 0, hi, h))), 1, first - lo, weights)
         out = Image.frombytes(img.mode, (n, h), rows.tobytes()).resize((n, n), resample)
     else:  # tall: the short axis first (Pillow's own pass, on the rows the crop needs), then the long one
-        first, weights = _coefficients(h, new_h, int(round((new_h - n) / 2.0)), n, resample)
+        first, weights = coefficients(h, new_h, int(round((new_h - n) / 2.0)), n, resample)
         lo, hi = int(first[0]), min(h, int(first[-1]) + weights.shape[1])
         strip = img.crop((0, lo, w, hi)).resize((n, hi - lo), resample)
-        cols = _resample_axis(_as_bands(strip), 0, first - lo, weights)
+        cols = resample_axis(_as_bands(strip), 0, first - lo, weights)
         out = Image.frombytes(img.mode, (n, n), cols.tobytes())
     return out.convert(mode) if mode in _PREMULTIPLIED else out
 
@@ -581,7 +509,6 @@ class ImageTransform:
 
     def _prepare_transformers(self, img: Image.Image) -> Image.Image:
         """transformers' square resize: RGB first (its convert_to_rgb), then its backend's resize."""
-        from .image_hf import rgb_like_transformers, torch_resize  # image_hf builds on this module
 
         n, img = self.n_px, rgb_like_transformers(img)
         if self.processor == "transformers_pil":

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import InputError
-from .image import _filter_weights, _fixed_point, _resample_axis
+from .resample import filter_weights, fixed_point, resample_axis
 
 
 def rgb_like_transformers(img: Image.Image) -> Image.Image:
@@ -68,9 +68,9 @@ def torch_coefficients(in_size: int, out_size: int, interpolation: str) -> tuple
     is `(2^(bits-1) + sum_k x[first[i] + k] * weights[i, k]) >> bits`, clipped to 0..255.
     """
     filt, support = _TORCH_FILTERS[interpolation]
-    first, w = _filter_weights(in_size, out_size, 0, out_size, filt, support, in_size / out_size)
+    first, w = filter_weights(in_size, out_size, 0, out_size, filt, support, in_size / out_size)
     bits = _int16_precision(float(w.max(initial=0.0)))  # one precision for the whole pass
-    return first, _fixed_point(w, bits), bits
+    return first, fixed_point(w, bits), bits
 
 
 # Rows per slice of the horizontal pass: ~2^18 output values, so its int64 sums stay ~2 MB (cache-sized)
@@ -84,7 +84,7 @@ def _horizontal(pixels: np.ndarray, n: int, interpolation: str) -> np.ndarray:
     out = np.empty((pixels.shape[0], n, pixels.shape[2]), np.uint8)
     step = max(1, _SLICE_VALUES // (n * pixels.shape[2]))
     for r in range(0, pixels.shape[0], step):
-        out[r : r + step] = _resample_axis(pixels[r : r + step], 1, first, weights, bits)
+        out[r : r + step] = resample_axis(pixels[r : r + step], 1, first, weights, bits)
     return out
 
 
@@ -100,5 +100,5 @@ def torch_resize(pixels: np.ndarray, n: int, interpolation: str = "bicubic") -> 
     if w != n:
         pixels = _horizontal(pixels, n, interpolation)
     if h != n:
-        pixels = _resample_axis(pixels, 0, *torch_coefficients(h, n, interpolation))
+        pixels = resample_axis(pixels, 0, *torch_coefficients(h, n, interpolation))
     return np.ascontiguousarray(pixels)

@@ -202,6 +202,8 @@ TOWERS = {
     "g-opt": (1536, 40, 16, 6144),
 }
 _TEXT_OF = {"B": "B", "L": "L", "So400m": "So400m", "g-opt": "So400m"}
+# SigLIP So400m/14 at 224 px was trained with 16 tokens (google/siglip-so400m-patch14-224); the rest 64.
+_CONTEXT = {("So400m", 14, 224, "siglip"): 16}
 VOCAB = {"siglip": 32000, "i18n": 250000, "siglip2": 256000}
 _OPEN_CLIP_TOWER = {"B": "B", "L": "L", "SO400M": "So400m", "GOPT": "g-opt", "gopt": "g-opt", "so400m": "So400m",
                     "base": "B", "large": "L", "giant-opt": "g-opt"}
@@ -216,7 +218,8 @@ def siglip_preset(name: str) -> SiglipConfig:
         embed_dim=width,
         vision=SiglipVisionConfig(image_size=size, patch_size=patch, width=width, layers=layers, heads=heads,
                                   mlp_width=mlp),
-        text=SiglipTextConfig(vocab_size=VOCAB[vocab], width=t_width, layers=t_layers, heads=t_heads, mlp_width=t_mlp),
+        text=SiglipTextConfig(vocab_size=VOCAB[vocab], width=t_width, layers=t_layers, heads=t_heads, mlp_width=t_mlp,
+                              context_length=_CONTEXT.get((tower, patch, size, vocab), 64)),
     )
 
 
@@ -317,8 +320,10 @@ def _open_clip_refuse(where: str, what: str, value: Any, why: str) -> InputError
 def siglip_config_from_open_clip(model_cfg: Mapping[str, Any], preprocess_cfg: Mapping[str, Any] | None = None,
                                  where: str = "open_clip config") -> SiglipConfig:
     """open_clip's SigLIP model config ({"embed_dim", "vision_cfg": {"timm_model_name", ...}, "text_cfg":
-    {...}}) and preprocess_cfg -> SiglipConfig. The text tower's activation is exact GELU unless its
-    act_kwargs say tanh, as open_clip builds it (SigLIP 1's configs name none)."""
+    {...}}) and preprocess_cfg -> SiglipConfig. Activations as open_clip builds them, which are not
+    big_vision's: timm's SigLIP image towers use exact GELU (nn.GELU, timm's ViT default), and so does
+    the text tower unless its act_kwargs say tanh (SigLIP 1's configs name none). The difference is
+    ~3e-4 in B/16's features: each checkpoint is run as its own reference runs it."""
     v, t = model_cfg.get("vision_cfg"), model_cfg.get("text_cfg")
     if not isinstance(v, Mapping) or not isinstance(t, Mapping):
         raise InputError(f"{where}: vision_cfg and text_cfg must be objects")
@@ -337,7 +342,7 @@ def siglip_config_from_open_clip(model_cfg: Mapping[str, Any], preprocess_cfg: M
             raise _open_clip_refuse(where, f"text_cfg.{key}", t.get(key), f"SigLIP's is {want!r}")
     width, layers, heads, mlp = TOWERS[_TIMM_TOWER[m["tower"]]]
     vision = SiglipVisionConfig(image_size=v.get("image_size", int(m["size"])), patch_size=int(m["patch"]),
-                                width=width, layers=layers, heads=heads, mlp_width=mlp)
+                                width=width, layers=layers, heads=heads, mlp_width=mlp, activation="gelu")
     t_width, ratio = t.get("width", 512), t.get("mlp_ratio", 4.0)
     approximate = (t.get("act_kwargs") or {}).get("approximate", "none")
     text = SiglipTextConfig(

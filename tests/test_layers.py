@@ -15,7 +15,7 @@ for layer, names in enumerate([
     # foundations: no clip_jax imports
     "errors fileio roles config_fields config siglip_config dtypes ftfy_fast synthetic",
     # inputs and outputs of the model, without the model
-    "families tokenizer siglip_tokenizer image image_hf checks pretrained download param_check pos_embed "
+    "families tokenizer siglip_tokenizer resample image_hf image checks pretrained download param_check pos_embed "
     "checkpoint.torch_pickle checkpoint.torch_save_reader checkpoint.torch_files checkpoint.torch_writer "
     "checkpoint.store",
     # the model's parts: layers and jitted calls, then the towers and heads built from the layers

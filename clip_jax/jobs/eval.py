@@ -470,7 +470,8 @@ def _cached(cache_dir, key: str, compute, shape: tuple[int, ...]):
 def _transform_key(preprocess) -> list:
     return [type(preprocess).__name__, getattr(preprocess, "n_px", None), getattr(preprocess, "mean", None),
             getattr(preprocess, "std", None), getattr(preprocess, "resize_mode", None),
-            getattr(preprocess, "interpolation", None), getattr(preprocess, "fill_color", None)]
+            getattr(preprocess, "interpolation", None), getattr(preprocess, "fill_color", None),
+            getattr(preprocess, "processor", None)]  # SigLIP's transformers and open_clip resizes round apart
 
 
 def _key(*parts) -> str:

@@ -1,0 +1,204 @@
+"""SigLIP as a family: its blocks and head against torch, open_clip's timm-tower SigLIP (ViT-B-16-SigLIP,
+random weights) feature for feature, its configs from every open_clip SigLIP config, and the family
+path (save, load, score with the bias, classify with sigmoid probabilities).
+
+Tolerances: float32 with "highest" matmul precision on both sides. Features of a 12-block B/16 differ by
+summation order only (XLA's and torch's matmul and LayerNorm reductions): within 1e-5 absolute of
+values of size ~1 (measured ~2e-6). Logits are exp(t) (10 at init) times a cosine plus b: 1e-4.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+import clip_jax
+from clip_jax import model as M
+from clip_jax.checkpoint import store
+from clip_jax.errors import InputError, LimitError
+from clip_jax.families import family_of
+from clip_jax.layers import ACTIVATION_FUNCTIONS
+from clip_jax.parallel import ShardedCLIP
+from clip_jax.siglip import Siglip, SiglipTextModel, SiglipVisionModel
+from clip_jax.siglip_config import (
+    SIGLIP_PRESETS,
+    SiglipConfig,
+    SiglipTextConfig,
+    SiglipVisionConfig,
+    siglip_config_from_open_clip,
+)
+from clip_jax.towers import MissingTowerError
+from clip_jax.zeroshot import top_k
+
+open_clip = pytest.importorskip("open_clip")
+
+TINY = SiglipConfig(
+    embed_dim=64, vision=SiglipVisionConfig(image_size=32, patch_size=8, width=64, layers=2, heads=4, mlp_width=96),
+    text=SiglipTextConfig(vocab_size=100, context_length=16, width=48, layers=2, heads=4, mlp_width=80))
+
+
+def _moved(model: nnx.Module, seed: int = 1) -> nnx.Module:
+    """Every parameter moved off its init (LayerNorms, biases, the logit bias included)."""
+    rng = np.random.default_rng(seed)
+    state = nnx.state(model, nnx.Param)
+    moved = jax.tree.map(lambda x: x + jnp.asarray(0.2 * rng.standard_normal(x.shape), x.dtype), state)
+    nnx.update(model, moved)
+    return model
+
+
+def test_tanh_gelu_is_torchs():
+    x = np.linspace(-8, 8, 4001, dtype=np.float32)
+    ours = np.asarray(ACTIVATION_FUNCTIONS["gelu_tanh"](jnp.asarray(x)))
+    theirs = torch.nn.functional.gelu(torch.from_numpy(x), approximate="tanh").numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)  # float32 tanh; exact erf GELU differs by 1e-3
+    assert np.abs(ours - np.asarray(ACTIVATION_FUNCTIONS["gelu"](jnp.asarray(x)))).max() > 1e-4
+
+
+OPEN_CLIP_SIGLIPS = [n for n in open_clip.list_models() if "SigLIP" in n and "SO400M-16-SigLIP-i18n" not in n]
+
+
+@pytest.mark.parametrize("name", OPEN_CLIP_SIGLIPS)
+def test_every_open_clip_siglip_config_reads(name):
+    """Each of open_clip's SigLIP configs gives the shapes of its released model (the preset of the
+    same name) and the text activation open_clip builds (exact GELU unless act_kwargs say tanh)."""
+    cfg = open_clip.get_model_config(name)
+    ours = siglip_config_from_open_clip(cfg)
+    preset = SiglipConfig.from_name(name)
+    assert ours.vision == dataclasses.replace(preset.vision, activation="gelu")  # timm's nn.GELU()
+    assert dataclasses.replace(ours.text, activation="gelu_tanh") == dataclasses.replace(
+        preset.text, vocab_size=ours.text.vocab_size)
+    assert ours.text.activation == ("gelu_tanh" if cfg["text_cfg"].get("act_kwargs") else "gelu")
+    assert (ours.image_processor, ours.tokenizer_style) == ("open_clip", "open_clip")
+
+
+def test_a_text_tower_without_its_head_is_refused_by_name():
+    cfg = open_clip.get_model_config("ViT-SO400M-16-SigLIP-i18n-256")
+    with pytest.raises(InputError, match="proj_type"):
+        siglip_config_from_open_clip(cfg)
+
+
+@pytest.mark.parametrize("name", SIGLIP_PRESETS)
+def test_presets_build_from_shapes(name):
+    config = SiglipConfig.from_name(name)
+    _, state = M.abstract_model(config)
+    shapes = M.param_shapes(state)
+    assert family_of(config).check_header(config, shapes) is None
+    v = config.vision
+    assert shapes["visual.positional_embedding"] == ((v.image_size // v.patch_size) ** 2, v.width)
+
+
+@pytest.mark.parametrize("bad, error", [
+    ({"vision": {"layers": 0}}, LimitError), ({"text": {"activation": "relu"}}, InputError),
+    ({"embed_dim": 32}, InputError), ({"vision": {"width": 30, "heads": 4}}, InputError),
+    ({"text": {"heads": True}}, InputError), ({"bogus": 1}, InputError), ([1, 2], InputError),
+    ({"vision": {"patch_size": 500}}, InputError), ({"tokenizer": 5}, InputError),
+])
+def test_bad_configs_are_refused_by_field(bad, error):
+    with pytest.raises(error):
+        SiglipConfig.from_dict(bad)
+
+
+def test_config_round_trips_through_json():
+    config = dataclasses.replace(TINY, tokenizer="vocab/spiece.model", image_processor="open_clip")
+    assert SiglipConfig.from_json(config.to_json()) == config
+
+
+@pytest.fixture(scope="module")
+def b16():
+    """open_clip's ViT-B-16-SigLIP (timm trunk), random weights moved off their init, and ours from its
+    state dict through open_clip's names."""
+    from clip_jax.checkpoint.siglip_names import OPEN_CLIP, as_checkpoint, to_ours
+    torch.manual_seed(0)
+    ref = open_clip.create_model("ViT-B-16-SigLIP").eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if "norm" in name or name.endswith("bias") or "logit" in name or "latent" in name or "ln_" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    sd = {k: v.numpy() for k, v in ref.state_dict().items()}
+    config = siglip_config_from_open_clip(open_clip.get_model_config("ViT-B-16-SigLIP"))
+    checkpoint = as_checkpoint(to_ours(sd, OPEN_CLIP, "clip"), config, "clip", "open_clip", "ViT-B-16-SigLIP")
+    return ref, M.build(config, checkpoint.params)
+
+
+def test_open_clip_timm_siglip_features(b16):
+    ref, ours = b16
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((2, 224, 224, 3)).astype(np.float32)
+    tokens = rng.integers(0, 32000, (3, 64)).astype(np.int32)
+    with torch.no_grad():
+        img = ref.encode_image(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+        txt = ref.encode_text(torch.from_numpy(tokens).long()).numpy()
+        scale, bias = ref.logit_scale.exp().item(), ref.logit_bias.item()
+    np.testing.assert_allclose(np.asarray(ours.encode_image(images)), img, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours.encode_text(tokens)), txt, atol=1e-5)
+    norm = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    per_image, per_text = clip_jax.clip_logits(ours, images, tokens)
+    np.testing.assert_allclose(np.asarray(per_image), scale * norm(img) @ norm(txt).T + bias, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(per_text), np.asarray(per_image).T)
+
+
+def test_single_towers_have_what_they_hold():
+    full = Siglip(TINY, rngs=nnx.Rngs(0))
+    params = M.flat_params(full)
+    family = family_of(TINY)
+    text = M.build(TINY, {k: v for k, v in params.items() if k.startswith("text.")}, **family.build_args("text"))
+    vision = M.build(TINY, {k: v for k, v in params.items() if k.startswith("visual.")},
+                     **family.build_args("vision"))
+    assert (type(text), type(vision)) == (SiglipTextModel, SiglipVisionModel)
+    tokens = np.arange(32, dtype=np.int32).reshape(2, 16)
+    images = np.zeros((1, 32, 32, 3), np.uint8)
+    np.testing.assert_array_equal(np.asarray(text.encode_text(tokens)), np.asarray(full.encode_text(tokens)))
+    np.testing.assert_array_equal(np.asarray(vision.encode_image(images)), np.asarray(full.encode_image(images)))
+    with pytest.raises(MissingTowerError, match="SiglipTextModel.encode_image: .* no image tower"):
+        text.encode_image(images)
+    with pytest.raises(MissingTowerError, match="no text tower"):
+        vision.encode_text(tokens)
+
+
+def test_text_is_never_trimmed_and_needs_its_context():
+    model = Siglip(TINY, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="needs all 16 token columns"):
+        model.encode_text(np.ones((1, 8), np.int32))
+    with pytest.raises(ValueError):
+        model.encode_text(np.full((1, 16), 100, np.int32))  # past the vocabulary
+
+
+def test_states_are_transformers_fields():
+    """pooled is the head's output for both towers (transformers' pooler_output), which are the features."""
+    model = _moved(Siglip(TINY, rngs=nnx.Rngs(0)))
+    tokens = np.random.default_rng(0).integers(0, 100, (2, 16)).astype(np.int32)
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    ts, vs = clip_jax.text_states(model, tokens), clip_jax.image_states(model, images)
+    np.testing.assert_allclose(np.asarray(ts.pooled), np.asarray(model.encode_text(tokens)), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(vs.pooled), np.asarray(model.encode_image(images)), atol=1e-6)
+    assert len(ts.hidden_states) == len(vs.hidden_states) == 3
+    assert vs.last_hidden_state.shape == (2, 16, 64)
+
+
+def test_saved_loaded_sharded_and_classified(tmp_path):
+    """build -> store.save -> clip_jax.load -> ShardedCLIP: the same logits, bias included; zero-shot
+    probabilities are each class's sigmoid."""
+    model = _moved(Siglip(TINY, rngs=nnx.Rngs(0)))
+    path = tmp_path / "tiny_siglip.safetensors"
+    store.save(path, M.flat_params(model), TINY)
+    loaded, preprocess = clip_jax.load(path)
+    assert type(loaded) is Siglip and loaded.config == TINY
+    assert preprocess.processor == "transformers" and preprocess.n_px == 32
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    tokens = rng.integers(0, 100, (4, 16)).astype(np.int32)
+    want = np.asarray(clip_jax.clip_logits(model, images, tokens)[0])
+    np.testing.assert_array_equal(np.asarray(clip_jax.clip_logits(loaded, images, tokens)[0]), want)
+    sharded = ShardedCLIP(loaded, batch_size=4)
+    np.testing.assert_allclose(np.asarray(sharded.clip_logits(images, tokens)[0]), want, atol=1e-5)
+    img = np.asarray(M.l2_normalize(model.encode_image(images)))
+    weights = np.asarray(M.l2_normalize(model.encode_text(tokens))).T
+    probs, idx = top_k(img, weights, float(np.exp(model.logit_scale[...])), 4, bias=float(model.logit_bias[...]))
+    np.testing.assert_allclose(probs, np.take_along_axis(1 / (1 + np.exp(-want)), idx, axis=1), rtol=1e-5)
+    np.testing.assert_array_equal(idx, np.argsort(-want, axis=1, kind="stable"))
