@@ -9,7 +9,6 @@ it).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import jax
 from flax import nnx
@@ -19,7 +18,7 @@ from .families import Family, Tokenizer, check_shapes, register
 from .image import transform_for
 from .siglip import KINDS, sigmoid_logits
 from .siglip_config import SiglipConfig, siglip_config_from_open_clip, siglip_config_from_state_dict
-from .siglip_tokenizer import tokenizer_from_file, tokenizer_from_folder
+from .siglip_tokenizer import tokenizer_from_path
 
 __all__ = ["SIGLIP_FAMILY"]
 
@@ -61,10 +60,7 @@ def _tokenizer(config: SiglipConfig) -> Tokenizer:
         raise InputError("this SigLIP has no vocabulary: its checkpoint came without one (a big_vision .npz, "
                          "weights alone); pass tokenizer=FILE (a spiece.model or tokenizer.json, or the "
                          "checkpoint's folder) to clip_jax.load, or --tokenizer FILE on the command line")
-    path, length, style = Path(config.tokenizer), config.text.context_length, config.tokenizer_style
-    if path.is_dir():
-        return tokenizer_from_folder(path, length, style)
-    return tokenizer_from_file(path, length, style)
+    return tokenizer_from_path(config.tokenizer, config.text.context_length, config.tokenizer_style)
 
 
 SIGLIP_FAMILY = register(Family(
