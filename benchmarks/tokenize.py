@@ -121,17 +121,18 @@ def bench_siglip(texts, repeats):
     with tempfile.TemporaryDirectory() as d:
         for label, ref_name, ref_fn, ours in _siglip_pairs(Path(d)):
             ref_fn(texts[:50]), ours(texts[:50])  # one-time initialisation (ftfy, thread pools) off the clock
-            ref_t = ours_t = float("inf")
-            for _ in range(repeats):
-                wall, _, ref = _time(lambda: ref_fn(texts))
-                ref_t = min(ref_t, wall)
-                wall, _, got = _time(lambda: ours(texts))
-                ours_t = min(ours_t, wall)
+            ref_t, ours_t = [float("inf")] * 2, [float("inf")] * 2  # best wall, best process CPU (all threads)
+            for _ in range(repeats):  # interleaved, so a busy moment of a shared machine hits both
+                wall, cpu, ref = _time(lambda: ref_fn(texts))
+                ref_t = [min(ref_t[0], wall), min(ref_t[1], cpu)]
+                wall, cpu, got = _time(lambda: ours(texts))
+                ours_t = [min(ours_t[0], wall), min(ours_t[1], cpu)]
                 if not np.array_equal(np.asarray(ref), got):
                     raise SystemExit(f"{label}: ids differ from {ref_name}")
             tokens = int(((got == ours.eos_id).argmax(axis=1) + 1).sum())
-            print(f"{label:<19} {len(texts):>6} texts {tokens:>7} tokens  {ref_name:<26} {tokens / ref_t:>9.0f} tok/s"
-                  f"  clip_jax {tokens / ours_t:>9.0f} tok/s  ratio {ref_t / ours_t:5.2f}x  (ids identical)")
+            print(f"{label:<19} {len(texts)} texts {tokens:>6} tokens  {ref_name:<26} {tokens / ref_t[0]:>8.0f} tok/s"
+                  f"  clip_jax {tokens / ours_t[0]:>8.0f} tok/s  ratio {ref_t[0] / ours_t[0]:5.2f}x wall,"
+                  f" {ref_t[1] / ours_t[1]:5.2f}x cpu  (ids identical)")
 
 
 def main():

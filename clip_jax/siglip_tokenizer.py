@@ -95,6 +95,7 @@ class SiglipTokenizer:
         items = _as_text_list(texts)
         if self.style == "open_clip":
             items = [canonicalize(basic_clean(t)) for t in items]
+        _check_encodable(items)
         first = dict.fromkeys(items)  # captions repeat (prompt templates): each distinct text once
         unique = list(first)
         out = np.array(self._engine.encode(unique, self.context_length), np.int32).reshape(-1, self.context_length)
@@ -174,7 +175,6 @@ class _SentencePieceEngine:
         self._underline = underline if sp.id_to_piece(underline) == SPIECE_UNDERLINE else -1
 
     def encode(self, texts: list[str], length: int) -> list[list[int]]:
-        _check_encodable(texts)
         if not self._hf:  # open_clip: the texts are canonicalized already; T5's template is "$A </s>"
             return [_pad_row(ids[:length - 1] + [self.eos_id], length, self.pad_id, self._side)
                     for ids in self._sp.encode(texts)]
@@ -246,7 +246,6 @@ class _TokenizersEngine:
         self._tok = tok
 
     def encode(self, texts: list[str], length: int) -> list[list[int]]:
-        _check_encodable(texts)
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=True)]
 
 
