@@ -15,8 +15,10 @@ from hypothesis import given
 
 from clip_jax import model as clip_model
 from clip_jax.checkpoint import big_vision
-from clip_jax.checkpoint.torch_names import to_torch_state_dict
+from clip_jax.checkpoint.torch_names import abstract_as_built, to_torch_state_dict
 from clip_jax.errors import ClipJaxError
+from clip_jax.model import param_shapes
+from clip_jax.roles import declarations
 from clip_jax.siglip_config import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 
 from .fuzz import FUZZ, bounded, mutated
@@ -257,3 +259,41 @@ def test_big_vision_fuzz(data, tmp_path_factory):
     path.write_bytes(data)
     bounded(lambda: _read_all(path))
 
+
+
+def test_memory_is_one_array_at_a_time(tmp_path):
+    """Reading every weight of a .npz one after the other peaks at about the largest array read, not the
+    file: a scanned block's [layers, ...] member is read one layer at a time (its own bytes only)."""
+    import tracemalloc
+
+    layers, width, mlp = 4, 128, 2048  # the stacked MLP kernels: 4 MiB each, 1 MiB a layer
+    config = SiglipConfig(embed_dim=width, vision=SiglipVisionConfig(image_size=8, patch_size=4, width=width,
+                                                                     layers=layers, heads=2, mlp_width=mlp),
+                          text=SiglipTextConfig(vocab_size=10, context_length=4, width=width, layers=layers, heads=2,
+                                                mlp_width=mlp))
+    from clip_jax.checkpoint.siglip_names import BIG_VISION, from_ours
+
+    abstract = abstract_as_built(config)  # shapes only: random arrays of them, no model built
+    rng = np.random.default_rng(0)
+    flat = {k: rng.standard_normal(shape, dtype=np.float32) for k, shape in param_shapes(abstract).items()}
+    members = dict(from_ours(to_torch_state_dict(flat, declarations(abstract)), BIG_VISION, "clip", (2, 2)))
+    stacked: dict[str, list] = {}
+    for name in [n for n in members if "/encoderblock_" in n]:
+        tower, rest = name.split("/encoderblock_")
+        index, leaf = rest.split("/", 1)
+        stacked.setdefault(f"{tower}/encoderblock/{leaf}", []).append((int(index), members.pop(name)))
+    members.update({k: np.stack([a for _, a in sorted(v)]) for k, v in stacked.items()})
+    np.savez(tmp_path / "scanned.npz", **{f"params/{k}": v for k, v in members.items()})
+    largest_layer = width * mlp * 4
+    assert max(v.nbytes for v in members.values()) == layers * largest_layer
+    tracemalloc.start()
+    try:
+        _, read = big_vision.read_big_vision_state_dict(tmp_path / "scanned.npz")
+        tracemalloc.reset_peak()
+        for value in read.values():
+            np.asarray(value)  # read, laid out, let go
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # a layer read, and its transpose: 2 layers' bytes, not the 4-layer member
+    assert peak < 2.5 * largest_layer, peak

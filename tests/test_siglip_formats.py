@@ -23,6 +23,9 @@ import jax
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+
+from .fuzz import FUZZ, bounded, mutated
 
 transformers = pytest.importorskip("transformers")
 
@@ -40,9 +43,15 @@ from clip_jax.checkpoint.siglip_names import (  # noqa: E402
     to_ours,
 )
 from clip_jax.checkpoint.torch_files import LazyArray  # noqa: E402
+from clip_jax.config import parse_config_json  # noqa: E402
 from clip_jax.errors import ClipJaxError, InputError  # noqa: E402
 from clip_jax.families import family_of  # noqa: E402
-from clip_jax.siglip_config import SiglipConfig, siglip_config_from_state_dict  # noqa: E402
+from clip_jax.siglip_config import (  # noqa: E402
+    SiglipConfig,
+    SiglipTextConfig,
+    SiglipVisionConfig,
+    siglip_config_from_state_dict,
+)
 
 ATOL = 1e-5
 HEADS = 4
@@ -281,6 +290,45 @@ def test_open_clip_names_round_trip(open_clip_model):
                              text=replace(b16.text, activation="gelu"))
 
 
+def test_open_clip_file_read_and_exported(open_clip_model, tmp_path):
+    """An open_clip SigLIP .safetensors with its open_clip_config.json beside -> Checkpoint (flat params,
+    lazily); open_clip_export of those params is open_clip's state dict again, loaded strictly, and its
+    config the one open_clip ships (up to the tokenizer's name)."""
+    from safetensors.numpy import save_file
+
+    sd = _numpy(open_clip_model)
+    save_file(sd, tmp_path / "open_clip_model.safetensors")
+    cfg = _open_clip_config("ViT-B-16-SigLIP")
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    checkpoint = siglip_names.read_open_clip_siglip(tmp_path / "open_clip_model.safetensors", lazy=True)
+    assert checkpoint.config.vision.activation == "gelu" and checkpoint.kind == "clip"
+    assert all(isinstance(v, LazyArray) for v in checkpoint.params.values())
+    exported, exported_cfg = siglip_names.open_clip_export(checkpoint.params, checkpoint.config)
+    assert sorted(exported) == sorted(sd) and all(np.array_equal(exported[k], v) for k, v in sd.items())
+    assert exported_cfg["model_cfg"]["vision_cfg"] == cfg["vision_cfg"]
+    missing, unexpected = open_clip_model.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()})
+    assert not missing and not unexpected
+    (tmp_path / "open_clip_config.json").unlink()
+    with pytest.warns(UserWarning, match="exact GELU"):
+        assumed = siglip_names.read_open_clip_siglip(tmp_path / "open_clip_model.safetensors", lazy=True)
+    assert assumed.config.vision.activation == "gelu_tanh"
+
+
+def test_writers_take_flat_params(ours, config, tmp_path):
+    """write_siglip_folder and write_big_vision take a model's flat clip_jax params as well as ours."""
+    flat = siglip_hf.read_siglip_folder(
+        siglip_hf.write_siglip_folder(tmp_path / "a", ours, config)).params
+    assert any(k.endswith(".kernel") for k in flat)
+    siglip_hf.write_siglip_folder(tmp_path / "b", flat, config)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    big_vision.write_big_vision(tmp_path / "a.npz", ours, config)
+    big_vision.write_big_vision(tmp_path / "b.npz", flat, config)
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    with pytest.raises(ClipJaxError, match="not params of this SigLIP"):
+        big_vision.write_big_vision(tmp_path / "c.npz", {**flat, "visual.extra.kernel": flat["logit_bias"]}, config)
+
+
 def _open_clip_config(name: str) -> dict:
     open_clip = pytest.importorskip("open_clip")
     return open_clip.get_model_config(name)
@@ -343,6 +391,17 @@ def test_open_clip_config_builds_the_model(open_clip_model):
         built = open_clip.model.CustomTextCLIP(**{k: v for k, v in cfg.items() if k != "custom_text"})
     assert {k: tuple(v.shape) for k, v in built.state_dict().items()} == {
         k: tuple(v.shape) for k, v in open_clip_model.state_dict().items()}
+
+
+def test_open_clip_trunk_of_another_gelu():
+    """big_vision's B/16 is tanh GELU; timm's B/16 SigLIP trunk exact: refused unless exact=False."""
+    b16 = SiglipConfig.from_name("B/16")
+    with pytest.raises(InputError, match="no timm SigLIP trunk.*exact=False"):
+        siglip_names.siglip_config_to_open_clip(b16)
+    assert siglip_names.siglip_config_to_open_clip(b16, exact=False)["vision_cfg"]["timm_model_name"] == \
+        "vit_base_patch16_siglip_224"
+    so400m = SiglipConfig.from_name("So400m/16-256")  # timm has it in tanh GELU
+    assert siglip_names.timm_model_name(so400m.vision) == "vit_so400m_patch16_siglip_256"
 
 
 def test_open_clip_refusals():
@@ -516,3 +575,41 @@ def test_lazy_reads_equal_eager(hf_folder, hf_sd, tmp_path):
     np.savez(tmp_path / "bv.npz", **conversion_script_inverse(hf_sd, HEADS, scanned=True))
     lazy_bv = big_vision.read_big_vision(tmp_path / "bv.npz", lazy=True)
     assert all(np.array_equal(np.asarray(lazy_bv.params[k]), eager.params[k]) for k in eager.params)
+
+
+# --- config files from outside: refusals and fuzz ------------------------------------------------------
+
+SMALL = SiglipConfig(embed_dim=64, vision=SiglipVisionConfig(image_size=32, patch_size=8, width=64, layers=2, heads=4,
+                                                             mlp_width=96),
+                     text=SiglipTextConfig(vocab_size=100, context_length=16, width=64, layers=2, heads=4,
+                                           mlp_width=96))
+HF_SEED = json.dumps(siglip_hf.siglip_config_to_hf(SMALL)).encode()
+OPEN_CLIP_SEED = json.dumps({"model_cfg": siglip_names.siglip_config_to_open_clip(SiglipConfig.from_name("B/16"),
+                                                                                 exact=False),
+                             "preprocess_cfg": siglip_names.siglip_preprocess_cfg(SMALL)}).encode()
+
+
+@pytest.mark.parametrize("pp, field", [({"resample": "x"}, "resample"), ({"image_mean": [0.5]}, "image_mean"),
+                                       ({"image_std": [1, 2, float("nan")]}, "image_std"), ([1], "object")])
+def test_hf_preprocessor_refusals(pp, field):
+    with pytest.raises(InputError, match=field):
+        siglip_hf.siglip_config_from_hf(siglip_hf.siglip_config_to_hf(SMALL), "config.json", pp)
+
+
+@FUZZ
+@given(data=mutated(HF_SEED))
+def test_hf_config_fuzz(data):
+    """A mutated config.json: read, or refused with the project's error, in bounds."""
+    bounded(lambda: siglip_hf.siglip_config_from_hf(parse_config_json(data), "config.json"))
+
+
+@FUZZ
+@given(data=mutated(OPEN_CLIP_SEED))
+def test_open_clip_config_fuzz(data):
+    def read():
+        cfg = parse_config_json(data)
+        if not isinstance(cfg, dict):
+            raise InputError("not an object")
+        return siglip_names.siglip_config_from_open_clip(cfg.get("model_cfg"), None, cfg.get("preprocess_cfg"))
+
+    bounded(read)

@@ -256,7 +256,7 @@ def write_big_vision(path: str | os.PathLike, params: Mapping[str, Any], config:
     """A SigLIP's params (our torch-style names, or flat clip_jax names) as big_vision's .npz (`params/...`
     members, one block per layer, as transformers' conversion script reads), written atomically, one
     member at a time (memory: one converted array)."""
-    pairs = from_ours(torch_style(params), BIG_VISION, "clip", (config.vision.heads, config.text.heads))
+    pairs = from_ours(torch_style(params, config), BIG_VISION, "clip", (config.vision.heads, config.text.heads))
 
     def write(tmp: str) -> None:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:

@@ -276,7 +276,7 @@ def write_siglip_folder(folder: str | os.PathLike, params: Mapping[str, Any], co
     cfg = siglip_config_to_hf(config, kind)
     pp = siglip_preprocessor_config(config) if kind != "text" else None
     heads = (config.vision.heads, config.text.heads)
-    state_dict = dict(from_ours(torch_style(params), HF, kind, heads))
+    state_dict = dict(from_ours(torch_style(params, config, kind), HF, kind, heads))
     if kind != "clip":  # as transformers 5 saves a tower: without its prefix
         prefix = _TOWER_PREFIX[kind]
         state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items()}

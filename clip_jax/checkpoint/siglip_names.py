@@ -22,22 +22,26 @@ from open_clip's model config (siglip_config_from_open_clip, below).
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import field_error
+from ..config import field_error, read_config_json
 from ..config_fields import MAX_LAYERS
 from ..errors import ClipJaxError, InputError
 from ..param_check import ConversionError, raise_if_any
 from ..roles import declarations
 from ..siglip_config import TOWERS, SiglipConfig, SiglipTextConfig, SiglipVisionConfig, siglip_config_from_state_dict
+from .config_source import OPEN_CLIP_CONFIG, AssumedActivationWarning
 from .hf_format import _refuse
 from .result import Checkpoint, check_weight_dtype
-from .torch_files import CheckpointError, LazyArray, apply_lazily
+from .torch_files import CheckpointError, LazyArray, apply_lazily, load_state_dict
 from .torch_names import abstract_as_built, from_torch, to_jax, to_torch_state_dict, torch_name
 
 KINDS = ("clip", "text", "vision")
@@ -362,15 +366,17 @@ def from_ours(params: Mapping[str, Any], fmt: Format, kind: str, heads: tuple[in
             yield name, np.ascontiguousarray(part) if part.ndim else part
 
 
-def torch_style(params: Mapping[str, Any]) -> Mapping[str, Any]:
+def torch_style(params: Mapping[str, Any], config: SiglipConfig, kind: str = "clip") -> Mapping[str, Any]:
     """Params by our torch-style names: as they are, or flat clip_jax names (a model's `flat_params`:
-    `.kernel`, `.scale`, `.embedding` leaves) renamed and laid out by the roles the model declares."""
+    `.kernel`, `.scale`, `.embedding` leaves) renamed and laid out by the roles the model of `config` and
+    `kind` declares."""
     if not any(k.endswith((".kernel", ".scale", ".embedding")) for k in params):
         return params
-    try:
-        return to_torch_state_dict(params)
-    except KeyError as e:
-        raise InputError(f"not SigLIP params: {e}") from None
+    declared = declarations(abstract_as_built(config, kind, kind == "text"))
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise ConversionError(f"not params of this SigLIP ({kind}): {', '.join(unknown[:5])}")
+    return to_torch_state_dict(params, declared)
 
 
 def as_checkpoint(ours: Mapping[str, Any], config: SiglipConfig, kind: str, origin: str, where: Any
@@ -521,16 +527,20 @@ def siglip_config_from_open_clip(model_cfg: Mapping[str, Any], shapes: Mapping[s
         raise type(e)(f"open_clip config: {e}") from None
 
 
-def timm_model_name(vision: SiglipVisionConfig) -> str:
+def timm_model_name(vision: SiglipVisionConfig, exact: bool = True) -> str:
     """timm's SigLIP trunk of this image tower: its shapes, patch and activation (preferring the one whose
-    default size is the tower's; open_clip sets the image size either way)."""
+    default size is the tower's; open_clip sets the image size either way). exact=False: another GELU
+    will do where timm has none of the tower's (timm's ViT-B/16 and L/16 SigLIPs are exact GELU, the
+    weights tanh's: open_clip runs them so)."""
     fits = [name for name, (tower, patch, _, act) in TIMM_MODELS.items()
             if TOWERS[tower] == (vision.width, vision.layers, vision.heads, vision.mlp_width)
-            and patch == vision.patch_size and act == vision.activation]
+            and patch == vision.patch_size and (act == vision.activation or not exact)]
+    fits.sort(key=lambda name: TIMM_MODELS[name][3] != vision.activation)  # its own activation first
     if not fits:
         raise InputError(f"no timm SigLIP trunk has this image tower (width {vision.width}, {vision.layers} layers, "
                          f"{vision.heads} heads, MLP {vision.mlp_width}, patch {vision.patch_size}, "
-                         f"{vision.activation}): open_clip can't build it")
+                         f"{vision.activation}): open_clip can't build it" + ("" if not exact else
+                                                                               " (exact=False: with another GELU)"))
     return next((n for n in fits if TIMM_MODELS[n][2] == vision.image_size), fits[0])
 
 
@@ -543,10 +553,11 @@ def _mlp_ratio(width: int, mlp_width: int) -> float:
     raise InputError(f"text.mlp_width {mlp_width}: no mlp_ratio of width {width} gives it in open_clip")
 
 
-def siglip_config_to_open_clip(config: SiglipConfig) -> dict[str, Any]:
+def siglip_config_to_open_clip(config: SiglipConfig, exact: bool = True) -> dict[str, Any]:
     """The model config open_clip.create_model builds this SigLIP from (the released ones' as open_clip
     ships them, up to the tokenizer's name). InputError for what open_clip can't build (an image tower
-    no timm trunk has, an eps other than timm's)."""
+    no timm trunk has, an eps other than timm's); exact=False: the trunk of the tower's shapes whatever
+    its GELU (timm_model_name)."""
     if config.layer_norm_eps != TIMM_EPS:
         _refuse("layer_norm_eps", config.layer_norm_eps, f"open_clip's timm trunk has {TIMM_EPS}")
     t = config.text
@@ -559,7 +570,7 @@ def siglip_config_to_open_clip(config: SiglipConfig) -> dict[str, Any]:
         text["act_kwargs"] = {"approximate": "tanh"}
     if t.vocab_size in TOKENIZERS:
         text["hf_tokenizer_name"] = TOKENIZERS[t.vocab_size]
-    vision = {"image_size": config.vision.image_size, "timm_model_name": timm_model_name(config.vision),
+    vision = {"image_size": config.vision.image_size, "timm_model_name": timm_model_name(config.vision, exact),
               "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": "none"}
     return {"embed_dim": config.embed_dim, "init_logit_bias": -10, "custom_text": True, "vision_cfg": vision,
             "text_cfg": text}
@@ -586,7 +597,42 @@ def open_clip_siglip(state_dict: Mapping[str, Any], model_cfg: Mapping[str, Any]
         raise type(e)(f"{where}{e}") from None
 
 
+def read_open_clip_siglip(path: str | os.PathLike, lazy: bool = False) -> Checkpoint:
+    """An open_clip SigLIP checkpoint file (.safetensors, .bin: torch_files' safe reader) -> Checkpoint.
+    Its config: the open_clip_config.json beside it (as open_clip's Hub repos carry), else the weights'
+    shapes, with an AssumedActivationWarning (open_clip's SigLIP 1 towers use exact GELU where the
+    shapes can't say)."""
+    path = Path(path)
+    state_dict = load_state_dict(path, lazy)
+    beside = path.parent / OPEN_CLIP_CONFIG
+    model_cfg = preprocess = None
+    if beside.is_file():
+        data = read_config_json(beside)
+        if not isinstance(data, Mapping):
+            raise InputError(f"{beside}: expected an object, got {type(data).__name__}")
+        model_cfg, preprocess = (data.get("model_cfg"), data.get("preprocess_cfg")) if "model_cfg" in data \
+            else (data, None)
+    config, ours = open_clip_siglip(state_dict, model_cfg, preprocess, f"{path}: ")
+    origin = f"{OPEN_CLIP_CONFIG} beside the checkpoint" if model_cfg is not None else "the weights' shapes"
+    if model_cfg is None:
+        warnings.warn(f"{path}: no {OPEN_CLIP_CONFIG} beside it says which GELU these weights use; assumed tanh "
+                      f"GELU (big_vision's). open_clip's SigLIP 1 models use exact GELU: put their "
+                      f"{OPEN_CLIP_CONFIG} beside the file", AssumedActivationWarning, stacklevel=2)
+    return as_checkpoint(ours, config, "clip", f"open_clip ({origin})", path)
+
+
+def open_clip_export(params: Mapping[str, Any], config: SiglipConfig, exact: bool = True
+                     ) -> tuple[dict[str, np.ndarray], dict]:
+    """(open_clip's state dict, open_clip_config.json's content) for a SigLIP's params (ours or flat
+    clip_jax names): what `open_clip.create_model("local-dir:FOLDER")` builds and loads strictly. exact:
+    see siglip_config_to_open_clip."""
+    heads = (config.vision.heads, config.text.heads)
+    state_dict = dict(from_ours(torch_style(params, config), OPEN_CLIP, "clip", heads))
+    cfg = {"model_cfg": siglip_config_to_open_clip(config, exact), "preprocess_cfg": siglip_preprocess_cfg(config)}
+    return state_dict, cfg
+
+
 __all__ = ["BIG_VISION", "HF", "KINDS", "LAYOUTS", "OPEN_CLIP", "TEXT_BLOCK", "TIMM_MODELS", "VISION_BLOCK", "Format",
-           "Rule", "as_checkpoint", "count_blocks", "from_ours", "is_open_clip_siglip", "names_of", "open_clip_siglip",
-           "rules", "siglip_config_from_open_clip", "siglip_config_to_open_clip", "siglip_preprocess_cfg", "to_ours",
-           "torch_style"]
+           "Rule", "as_checkpoint", "count_blocks", "from_ours", "is_open_clip_siglip", "names_of", "open_clip_export",
+           "open_clip_siglip", "read_open_clip_siglip", "rules", "siglip_config_from_open_clip",
+           "siglip_config_to_open_clip", "siglip_preprocess_cfg", "to_ours", "torch_style"]
