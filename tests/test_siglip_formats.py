@@ -232,6 +232,35 @@ def test_hf_tower_folders(hf_model, ours, tmp_path, cls, kind):
     assert all(np.array_equal(read[k], ours[k]) for k in read)
 
 
+@pytest.mark.parametrize("save", [dict(max_shard_size="100KB"), dict(safe_serialization=False)],
+                         ids=["sharded", "bin"])
+def test_hf_folder_sharded_or_bin(hf_model, ours, tmp_path, save):
+    """Sharded safetensors (an index) and pytorch_model.bin (the safe unpickler) read alike."""
+    hf_model.save_pretrained(tmp_path, **save)
+    _, read, _ = siglip_hf.read_siglip_state_dict(tmp_path)
+    assert sorted(read) == sorted(ours) and all(np.array_equal(read[k], ours[k]) for k in ours)
+
+
+@pytest.mark.parametrize("edit, needles", [
+    (lambda sd: sd.pop("vision_model.head.probe"), ["missing: vision_model.head.probe"]),
+    (lambda sd: sd.update({"text_model.head.weight": np.zeros((64, 32), np.float32)}), ["text.text_projection"]),
+    (lambda sd: sd.update({"logit_bias": np.zeros(1, np.int64)}), ["logit_bias", "int64"]),
+    (lambda sd: sd.update({"vision_model.encoder.layers.7.mlp.fc1.bias": np.zeros(96, np.float32)}),
+     ["missing: vision_model.encoder.layers.2"]),
+])
+def test_hf_folder_bad_weights(hf_folder, hf_sd, tmp_path, edit, needles):
+    """Weights that don't fit the config.json: the project's error, naming the folder's file and tensor."""
+    from safetensors.numpy import save_file
+
+    sd = dict(hf_sd)
+    edit(sd)
+    (tmp_path / "config.json").write_bytes((hf_folder / "config.json").read_bytes())
+    save_file(sd, tmp_path / "model.safetensors")
+    with pytest.raises(ClipJaxError) as info:
+        siglip_hf.read_siglip_folder(tmp_path)
+    assert str(tmp_path) in str(info.value) and all(n in str(info.value) for n in needles), info.value
+
+
 def test_is_siglip_folder(tmp_path, hf_folder):
     assert not siglip_hf.is_siglip_folder(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "clip", "architectures": ["CLIPModel"]}))
