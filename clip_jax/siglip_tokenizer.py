@@ -152,7 +152,7 @@ class _SentencePieceEngine:
     kind = "sentencepiece"
 
     def __init__(self, data: bytes, where: str, tokens: dict[str, str], *, hf: bool, lower: bool,
-                 padding_side: str):
+                 sides: tuple[str, str]):
         if not data:  # sentencepiece takes b"" for "no model given" and logs on every later call
             raise InputError(f"{where}: empty, not a SentencePiece model")
         try:
@@ -161,7 +161,8 @@ class _SentencePieceEngine:
             raise InputError(f"{where}: not a SentencePiece model ({str(e)[:200]})") from None
         if sp.get_piece_size() < 1:
             raise InputError(f"{where}: a SentencePiece model without pieces")
-        self._sp, self._hf, self._lower, self._side = sp, hf, lower, padding_side
+        self._sp, self._hf, self._lower = sp, hf, lower
+        self._side, self._cut = sides  # padding side, truncation side
         self.vocab_size = sp.get_piece_size()
         ids = {role: _piece_id(sp, tokens[role], role, where) for role in ("eos", "pad", "unk")}
         self.eos_id, self.pad_id = ids["eos"], ids["pad"]
@@ -176,7 +177,7 @@ class _SentencePieceEngine:
 
     def encode(self, texts: list[str], length: int) -> list[list[int]]:
         if not self._hf:  # open_clip: the texts are canonicalized already; T5's template is "$A </s>"
-            return [_pad_row(ids[:length - 1] + [self.eos_id], length, self.pad_id, self._side)
+            return [_pad_row(self._truncate(ids, length - 1) + [self.eos_id], length, self.pad_id, self._side)
                     for ids in self._sp.encode(texts)]
         parts = [self._parts(t) for t in texts]
         chunks = [p for ps in parts for p in ps if isinstance(p, str)]
@@ -203,10 +204,14 @@ class _SentencePieceEngine:
                 ids.extend(got[self._unk_len:] if len(got) >= self._unk_len else got)
         if len(ids) > 1 and ids[0] == self._underline and 1 in special_at:
             ids = ids[1:]  # SiglipTokenizer.tokenize drops a lone leading "▁" before a special token
-        ids = ids[:length - 1]  # truncation leaves room for the end token (prepare_for_model)
+        ids = self._truncate(ids, length - 1)  # room for the end token (prepare_for_model)
         if not ids or ids[-1] != self.eos_id:  # _add_eos_if_not_present
             ids.append(self.eos_id)
         return _pad_row(ids, length, self.pad_id, self._side)
+
+
+    def _truncate(self, ids: list[int], keep: int) -> list[int]:
+        return ids[:keep] if self._cut == "right" else ids[max(len(ids) - keep, 0):]
 
 
 def _piece_id(sp: Any, piece: str, role: str, where: str) -> int:
@@ -223,7 +228,7 @@ class _TokenizersEngine:
     kind = "tokenizers"
 
     def __init__(self, text: str, where: str, tokens: dict[str, str], *, lowercase: bool,
-                 template: tuple[bool, bool] | None, padding_side: str, length: int):
+                 template: tuple[bool, bool] | None, sides: tuple[str, str], length: int):
         try:
             tok = tokenizers.Tokenizer.from_str(text)
         except Exception as e:  # the library's own Exception: a wrong type, a missing field, bad merges
@@ -237,8 +242,8 @@ class _TokenizersEngine:
         if template is not None:
             tok.post_processor = _template(tok, tokens, *template, where)
         try:
-            tok.enable_truncation(max_length=length, stride=0, strategy="longest_first", direction="right")
-            tok.enable_padding(direction=padding_side, pad_id=self.pad_id, pad_type_id=0, pad_token=tokens["pad"],
+            tok.enable_truncation(max_length=length, stride=0, strategy="longest_first", direction=sides[1])
+            tok.enable_padding(direction=sides[0], pad_id=self.pad_id, pad_type_id=0, pad_token=tokens["pad"],
                                length=length)
             tok.encode("", add_special_tokens=True)  # a post-processor longer than the context fails here
         except Exception as e:
@@ -327,11 +332,17 @@ def _flag(settings: dict[str, Any], key: str, where: str) -> bool | None:
     return value
 
 
-def _side(settings: dict[str, Any], where: str) -> str | None:
-    value = settings.get("padding_side")
-    if value is not None and value not in ("left", "right"):
-        raise InputError(f"{where}: 'padding_side' must be 'left' or 'right', got {value!r:.80}")
-    return value
+def _sides(settings: dict[str, Any], where: str) -> tuple[str, str]:
+    """(padding side, truncation side): the config's, else "right" (big_vision's, and the released configs').
+    transformers' Siglip2Tokenizer class alone would pad on the left, where the last-token pooling of the
+    text tower would read a pad."""
+    sides = []
+    for key in ("padding_side", "truncation_side"):
+        value = settings.get(key, "right")
+        if value not in ("left", "right"):
+            raise InputError(f"{where}: {key!r} must be 'left' or 'right', got {value!r:.80}")
+        sides.append(value)
+    return sides[0], sides[1]
 
 
 def _name(settings: dict[str, Any], key: str, where: str) -> str:
@@ -365,14 +376,15 @@ def _sentencepiece(data: bytes, where: str, settings: dict[str, Any], style: str
               "unk": _token(settings, "unk_token", "<unk>", where)}
     lower = lowercase if lowercase is not None else _flag(settings, "do_lower_case", where) is not False
     engine = _SentencePieceEngine(data, where, tokens, hf=style == "hf", lower=lower,
-                                  padding_side=_side(settings, where) or "right")
+                                  sides=_sides(settings, where))
     return SiglipTokenizer(engine, length, style, where)
 
 
 def _tokenizer_json(data: bytes, where: str, settings: dict[str, Any] | None, style: str,
                     lowercase: bool | None, length: int) -> SiglipTokenizer:
     """settings None: a bare tokenizer.json (beside a big_vision .npz): SigLIP 2's conventions, those
-    its transformers and timm repositories were saved with: no <bos>, <eos> appended, lower-cased ("hf")."""
+    its transformers and timm repositories were saved with: no <bos>, <eos> appended (whatever the file's
+    own post-processor says: Gemma's adds <bos>), lower-cased ("hf")."""
     depth = json_depth(data)
     if depth > MAX_JSON_DEPTH:
         raise LimitError(f"{where}: JSON nested {depth} deep (at most {MAX_JSON_DEPTH})")
@@ -380,19 +392,15 @@ def _tokenizer_json(data: bytes, where: str, settings: dict[str, Any] | None, st
     bare = settings is None
     settings = settings or {}
     tokens = {role: _token(settings, f"{role}_token", f"<{role}>", where) for role in ("eos", "pad", "bos")}
-    add_bos, add_eos = _flag(settings, "add_bos_token", where), _flag(settings, "add_eos_token", where)
-    if bare:
-        template: tuple[bool, bool] | None = (False, True)
-    elif add_bos is None and add_eos is None:
-        template = None  # transformers rewrites the file's post-processor only when the config names a flag
-    else:
-        template = (bool(add_bos), bool(add_eos))
+    # In a folder the file's post-processor decides: transformers 5 drops tokenizer_config.json's
+    # add_bos_token / add_eos_token whenever there is a tokenizer.json (PreTrainedTokenizerBase._from_pretrained).
+    template = (False, True) if bare else None
     if lowercase is None:  # AutoTokenizer picks Siglip2Tokenizer for a siglip2 checkpoint's folder
         siglip2 = settings.get("model_type") == "siglip2" or _name(settings, "tokenizer_class", where).startswith(
             "Siglip2Tokenizer")
         lowercase = style == "hf" and (bare or siglip2)
     engine = _TokenizersEngine(text, where, tokens, lowercase=lowercase, template=template,
-                               padding_side=_side(settings, where) or "right", length=length)
+                               sides=_sides(settings, where), length=length)
     return SiglipTokenizer(engine, length, style, where)
 
 

@@ -145,6 +145,40 @@ def test_siglip2_hf_matches_siglip2_tokenizer(vocab, texts):
     assert_same(ref, st.tokenizer_from_file(vocab["gemma"])(texts), texts)  # a bare file: SigLIP 2's settings
 
 
+def test_siglip2_file_post_processor_over_config_flags(vocab, texts, tmp_path):
+    """A tokenizer.json with Gemma's own "<bos> $A": transformers 5 drops tokenizer_config.json's
+    add_bos_token / add_eos_token when a tokenizer.json is there, so the file's template decides, whatever
+    the flags say; so does clip_jax (the released folders' files and flags agree: "$A <eos>")."""
+    from transformers import AutoTokenizer  # the reference
+
+    (tmp_path / "tokenizer.json").write_bytes(vocab["gemma"].read_bytes())  # "<bos> $A", as Gemma's
+    (tmp_path / "config.json").write_text('{"model_type": "siglip2"}')
+    some = texts[:1500]
+    for add_bos, add_eos in ((False, True), (True, False)):
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+            {"tokenizer_class": "GemmaTokenizer", "add_bos_token": add_bos, "add_eos_token": add_eos,
+             "padding_side": "right", "pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>"}))
+        ref = hf_ids(AutoTokenizer.from_pretrained(str(tmp_path)), some)
+        assert (ref[:, 0] == 2).all()  # <bos> from the file, both times
+        assert_same(ref, st.tokenizer_from_folder(tmp_path)(some), some)
+
+
+@pytest.mark.parametrize("name", ["hf_siglip", "hf_siglip2"])
+def test_sides_from_the_config(vocab, texts, tmp_path, name):
+    """padding_side / truncation_side in tokenizer_config.json are transformers' (released configs say right)."""
+    from transformers import AutoTokenizer  # the reference
+
+    for f in vocab[name].iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config.update(padding_side="left", truncation_side="left")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    some = texts[:1500]
+    ref = hf_ids(AutoTokenizer.from_pretrained(str(tmp_path)), some)
+    assert_same(ref, st.tokenizer_from_folder(tmp_path)(some), some)
+    assert not np.array_equal(ref, st.tokenizer_from_folder(vocab[name])(some))
+
+
 def test_siglip2_gemma_fast_without_lowercase(vocab, texts):
     """GemmaTokenizerFast called alone (the SigLIP 2 model card's way) doesn't lower-case: lowercase=False."""
     from transformers import GemmaTokenizerFast  # the reference
@@ -290,8 +324,8 @@ def test_malformed_tokenizer_json(tmp_path, text, match):
 @pytest.mark.parametrize("config, match", [
     ({"pad_token": 5}, "'pad_token' must be a token string"),
     ({"eos_token": {"content": ["x"]}}, "'eos_token' must be a token string"),
-    ({"add_eos_token": "yes"}, "'add_eos_token' must be true or false"),
     ({"padding_side": "up"}, "'padding_side' must be 'left' or 'right'"),
+    ({"truncation_side": 1}, "'truncation_side' must be 'left' or 'right'"),
     ({"tokenizer_class": 3}, "'tokenizer_class' must be a string"),
     ({"do_lower_case": 1}, None),  # read by the SentencePiece folder only; here ignored
     ({"pad_token": "<not in the vocabulary>"}, "pad token '<not in the vocabulary>' is not in its vocabulary"),
