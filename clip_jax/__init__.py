@@ -1,4 +1,4 @@
-"""clip_jax: OpenAI CLIP in JAX/Flax NNX.
+"""clip_jax: CLIP-family models (OpenAI's CLIP, open_clip's variants, SigLIP and SigLIP 2) in JAX/Flax NNX.
 
     model, preprocess = clip_jax.load("ViT-B-32.safetensors")
     logits_per_image, logits_per_text = clip_jax.clip_logits(model, images, clip_jax.tokenize(texts))
@@ -17,13 +17,15 @@ _EXPORTS = {
     "checkpoint.export": ["export"],
     "compilation": ["enable_compilation_cache", "warmup"],
     "config": ["CLIPConfig", "TextConfig", "VisionConfig", "config_from_open_clip", "config_from_state_dict"],
-    "hub": ["available_models", "load", "load_params"],
+    "hub": ["available_models", "get_tokenizer", "load", "load_params"],
     "image": ["ImageError", "image_transform", "load_images"],
     "model": ["CLIP", "build", "clip_logits", "flat_params", "functional", "image_states", "l2_normalize",
               "text_states"],
     "parallel": ["ShardedCLIP", "make_mesh", "pmap_logits"],
     "pos_embed": ["resize_pos_embed"],
     "pretrained": ["list_pretrained"],
+    "siglip": ["Siglip", "SiglipTextModel", "SiglipVisionModel"],
+    "siglip_config": ["SiglipConfig", "SiglipTextConfig", "SiglipVisionConfig"],
     "states": ["TowerStates"],
     "tokenizer": ["tokenize", "trim_tokens"],
     "towers": ["MissingTowerError", "TextTower", "VisionTower"],
@@ -63,7 +65,7 @@ if TYPE_CHECKING:  # what type checkers and editors see: the names above, eagerl
     from .checkpoint.export import export  # noqa: F401
     from .compilation import enable_compilation_cache, warmup  # noqa: F401
     from .config import CLIPConfig, TextConfig, VisionConfig, config_from_open_clip, config_from_state_dict  # noqa: F401
-    from .hub import available_models, load, load_params  # noqa: F401
+    from .hub import available_models, get_tokenizer, load, load_params  # noqa: F401
     from .image import ImageError, image_transform, load_images  # noqa: F401
     from .model import (  # noqa: F401
         CLIP,
@@ -78,6 +80,8 @@ if TYPE_CHECKING:  # what type checkers and editors see: the names above, eagerl
     from .parallel import ShardedCLIP, make_mesh, pmap_logits  # noqa: F401
     from .pos_embed import resize_pos_embed  # noqa: F401
     from .pretrained import list_pretrained  # noqa: F401
+    from .siglip import Siglip, SiglipTextModel, SiglipVisionModel  # noqa: F401
+    from .siglip_config import SiglipConfig, SiglipTextConfig, SiglipVisionConfig  # noqa: F401
     from .states import TowerStates  # noqa: F401
     from .tokenizer import tokenize, trim_tokens  # noqa: F401
     from .towers import MissingTowerError, TextTower, VisionTower  # noqa: F401

@@ -28,6 +28,7 @@ import urllib.parse
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +36,7 @@ from huggingface_hub import constants as hf_constants, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
 
 from . import pretrained
-from .checkpoint import Checkpoint, check_param_dtypes, hf_format, read_params, store
+from .checkpoint import Checkpoint, check_param_dtypes, hf_format, read_params, siglip_hf, store
 from .checkpoint.config_source import (
     OPEN_CLIP_CONFIG,
     ConfigArg,
@@ -61,6 +62,8 @@ from .families import family_of
 from .model import CLIP, build
 from .pos_embed import resize_pos_embed
 from .pretrained import Pretrained
+from .siglip_config import VOCABULARY_FILES, SiglipConfig
+from .siglip_tokenizer import find_vocabulary
 
 HF_PREFIX = "hf-hub:"
 HF_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip's order
@@ -87,6 +90,7 @@ def load(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     subfolder: str | None = None,
+    tokenizer: str | os.PathLike | None = None,
 ) -> tuple[CLIP, Callable]:
     """-> (model, preprocess), like `clip.load`.
 
@@ -108,11 +112,18 @@ def load(
     image_size: run a ViT at another resolution; its positional embedding is resized bicubically as
       open_clip's resize_pos_embed does (see model.resize_pos_embed).
     dtype: compute dtype; param_dtype: storage dtype.
+    tokenizer: a SigLIP's vocabulary (a spiece.model or tokenizer.json, or a checkpoint folder) where the
+      checkpoint came without one (a big_vision .npz); by default the one its folder or repo ships, or
+      the one beside the file. clip_jax.get_tokenizer(model) then tokenizes with it.
+    SigLIP checkpoints load as clip_jax.Siglip: transformers' SiglipModel folders and hf-hub: repos,
+      open_clip/timm's (open_clip_config.json; names like "ViT-B-16-SigLIP" as model=), big_vision .npz.
     preprocess: PIL image -> float32 [n_px, n_px, 3], with the weights' own mean, std, resize mode and
       interpolation.
     """
     config, params, kind, projection, _ = read_any(
         name_or_path, config=config, model=model, cache_dir=cache_dir, progress=progress, subfolder=subfolder)
+    if tokenizer is not None:
+        config = with_vocabulary(config, None, tokenizer)
     if image_size is not None:
         config, params = with_image_size(config, params, image_size)
     # Each weight read (or, already in memory, handed over) as build places it, then let go: the model's
@@ -122,6 +133,28 @@ def load(
     model = build(config, params, dtype=dtype, param_dtype=param_dtype, attention=attention,
                   **family.build_args(kind, projection))
     return model, family.transform(config)
+
+
+def get_tokenizer(name_or_path: Any, *, tokenizer: str | os.PathLike | None = None,
+                  cache_dir: str | os.PathLike | None = None, subfolder: str | None = None) -> Callable:
+    """The tokenizer of a model (open_clip's get_tokenizer): `tok(texts) -> int32 [N, context_length]`,
+    exactly as the checkpoint's own reference tokenizes. name_or_path: a model (its config names the
+    vocabulary), a config, or anything `load` takes (read for its config only: a safetensors file's
+    header, a folder's config.json; a pretrained name's registry entry; a hub repo's files are fetched).
+    CLIP: OpenAI's BPE; SigLIP: its SentencePiece or Gemma vocabulary with its reference's settings.
+    tokenizer: a SigLIP vocabulary file or folder, for a checkpoint without one."""
+    config = getattr(name_or_path, "config", None)
+    if config is None and isinstance(name_or_path, (CLIPConfig, SiglipConfig)):
+        config = name_or_path
+    named = isinstance(name_or_path, tuple) or isinstance(name_or_path, str) and not (
+        Path(name_or_path).exists() or name_or_path.startswith(HF_PREFIX))
+    entry = pretrained.resolve(name_or_path) if config is None and named else None
+    if entry is not None:  # the registry's models are CLIPs: OpenAI's BPE at 77 tokens
+        config = entry.config() or CLIPConfig()
+    if config is None:
+        config = read_any(name_or_path, cache_dir=cache_dir, progress=False, subfolder=subfolder).config
+    config = with_vocabulary(config, None, tokenizer)
+    return family_of(config).tokenizer(config)
 
 
 def load_params(
@@ -171,11 +204,44 @@ def _read_any(name_or_path, config, model, cache_dir, progress, subfolder) -> Ch
         if folder.is_dir():
             if config is not None or model is not None:
                 raise InputError("config= is for checkpoint files; a transformers folder brings its config.json")
-            return hf_format.read_folder(folder, lazy=True)
+            return _read_folder(folder)
         if subfolder is not None:
             raise FileNotFoundError(f"{folder}: no such folder (subfolder={subfolder!r} of {name_or_path})")
     read = _read(name_or_path, config, model, cache_dir, progress, subfolder)
-    return read if isinstance(read, Checkpoint) else Checkpoint(*read, "clip", True, "")
+    read = read if isinstance(read, Checkpoint) else Checkpoint(*read, "clip", True, "")
+    if isinstance(name_or_path, (str, os.PathLike)) and Path(name_or_path).is_file():
+        # a vocabulary beside the file (a relative one named by a converted file: relative to it)
+        return read._replace(config=with_vocabulary(read.config, Path(name_or_path).parent))
+    return read
+
+
+def _read_folder(folder: Path) -> Checkpoint:
+    """A transformers folder (CLIP's or SigLIP's config.json) -> Checkpoint, a SigLIP's with its vocabulary."""
+    if siglip_hf.is_siglip_folder(folder):
+        checkpoint = siglip_hf.read_siglip_folder(folder, lazy=True)
+        return checkpoint._replace(config=with_vocabulary(checkpoint.config, folder))
+    return hf_format.read_folder(folder, lazy=True)
+
+
+def with_vocabulary(config: Any, folder: Path | None, given: str | os.PathLike | None = None) -> Any:
+    """A SigLIP config naming its vocabulary: `given` (load's tokenizer=), else the one it names (relative
+    to `folder`), else the one in `folder` (a repository snapshot, or beside a file), else none (its
+    tokenizer then says how to give one). A CLIP's config as it is (its BPE comes with clip_jax)."""
+    if not isinstance(config, SiglipConfig):
+        if given is not None:
+            raise InputError("tokenizer= is for SigLIP models; CLIP's BPE vocabulary comes with clip_jax")
+        return config
+    if given is not None:
+        if not Path(given).exists():
+            raise FileNotFoundError(f"{given}: no such file or folder (tokenizer=)")
+        return dataclasses.replace(config, tokenizer=os.path.abspath(given))
+    if config.tokenizer is not None:
+        if folder is None or os.path.isabs(config.tokenizer):
+            return config
+        return dataclasses.replace(config, tokenizer=os.path.abspath(folder / config.tokenizer))
+    if folder is not None and find_vocabulary(folder, config.tokenizer_style) is not None:
+        return dataclasses.replace(config, tokenizer=os.path.abspath(folder))
+    return config
 
 
 def _read(name_or_path, config, model, cache_dir, progress, subfolder):
@@ -287,7 +353,16 @@ def _from_hub(repo_id: str, revision: str | None, cache_dir, subfolder: str | No
                     "offline mode") from None
         config = read_open_clip_config(config_path, where)  # before the weights: an unsupported model fetches none
         path = _hf_weights(repo_id, revision, HF_WEIGHTS)
-    return _converted(path, _content_digest(path), config, _hub_dir(cache_dir, repo_id))
+        if isinstance(config, SiglipConfig):
+            _fetch_vocabulary(lambda name: Path(_hf_file(repo_id, name, revision)))
+    config, params = _converted(path, _content_digest(path), config, _hub_dir(cache_dir, repo_id))
+    return with_vocabulary(config, Path(config_path).parent), params
+
+
+def _fetch_vocabulary(fetch: Callable[[str], Path]) -> None:
+    for name in VOCABULARY_FILES:
+        with contextlib.suppress(EntryNotFoundError):
+            fetch(name)
 
 
 def _from_hub_transformers(repo_id: str, revision: str | None, subfolder: str | None, where: str):
@@ -310,7 +385,8 @@ def _from_hub_transformers(repo_id: str, revision: str | None, subfolder: str | 
             if candidate.endswith(hf_format.INDEX_SUFFIX):
                 for shard in hf_format.shard_files(path):
                     fetch(shard)
-            return hf_format.read_folder(config_path.parent, lazy=True)
+            _fetch_vocabulary(fetch)
+            return _read_folder(config_path.parent)
     offline = " in the local cache (offline mode)" if _offline() else ""
     raise FileNotFoundError(f"{where}: no weights{offline}: {'; '.join(errors)}")
 

@@ -40,6 +40,8 @@ __all__ = ["SIGLIP_ACTIVATIONS", "SIGLIP_PRESETS", "SiglipConfig", "SiglipTextCo
 # "gelu_tanh": transformers' gelu_pytorch_tanh and big_vision's default; "gelu": exact erf GELU, which
 # open_clip's SigLIP 1 text towers use (their text_cfg names no act_kwargs).
 SIGLIP_ACTIVATIONS = ("gelu_tanh", "gelu")
+# A SigLIP's vocabulary and its settings, as Hugging Face repositories ship them (each optional).
+VOCABULARY_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 PATH = (lambda v: v is None or (type(v) is str and 0 < len(v) <= 4096)), "a path or null"
 HF_ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
                   "gelu": "gelu"}
@@ -357,3 +359,24 @@ def siglip_config_from_open_clip(model_cfg: Mapping[str, Any], preprocess_cfg: M
     eps = (t.get("norm_kwargs") or {}).get("eps", 1e-6)
     return SiglipConfig(embed_dim=model_cfg.get("embed_dim", width), vision=vision, text=text, layer_norm_eps=eps,
                         image_processor="open_clip", tokenizer_style="open_clip", **image)
+
+
+def is_open_clip_siglip_config(model_cfg: Any) -> bool:
+    """Whether an open_clip model config is a SigLIP's (a timm SigLIP image tower)."""
+    v = model_cfg.get("vision_cfg") if isinstance(model_cfg, Mapping) else None
+    name = v.get("timm_model_name") if isinstance(v, Mapping) else None
+    return isinstance(name, str) and "_siglip" in name
+
+
+def siglip_open_clip_architecture(name: str) -> SiglipConfig | None:
+    """An open_clip SigLIP architecture name ("ViT-B-16-SigLIP", "ViT-SO400M-14-SigLIP2-378") -> its
+    config as open_clip builds it (timm's exact-GELU image tower, the text tower's GELU as the config
+    says: tanh for SigLIP 2; open_clip's preprocessing and tokenizer settings); None for another name."""
+    if not _NAME_PATTERNS[1].fullmatch(name):
+        return None
+    preset = siglip_preset(name)
+    two = "SigLIP2" in name
+    return dataclasses.replace(
+        preset, vision=dataclasses.replace(preset.vision, activation="gelu"),
+        text=dataclasses.replace(preset.text, activation="gelu_tanh" if two else "gelu"),
+        image_processor="open_clip", tokenizer_style="open_clip")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -10,7 +12,10 @@ import numpy as np
 
 from ..config import CLIPConfig
 from ..errors import ClipJaxError, InputError
-from . import hf_format, store
+from ..fileio import atomic_write
+from ..siglip_config import VOCAB, VOCABULARY_FILES, SiglipConfig, siglip_config_from_state_dict
+from ..siglip_tokenizer import find_vocabulary
+from . import big_vision, hf_format, siglip_hf, siglip_names, store
 from .config_source import (
     AssumedActivationWarning,
     ConfigArg,
@@ -20,6 +25,7 @@ from .config_source import (
     resolve_config,
 )
 from .result import Checkpoint, check_weight_dtype
+from .siglip_names import is_open_clip_siglip
 from .torch_files import CheckpointError, load_state_dict
 from .torch_names import ConversionError, from_torch, to_torch_state_dict
 
@@ -47,8 +53,16 @@ def read_checkpoint(
         config, params = store.load(path, lazy)
         check_param_dtypes(params, path)
         return config, params, "the converted file"
+    if big_vision.is_big_vision_npz(path):  # model=: big_vision's variant ("So400m/14-384"), a check
+        if config is not None:
+            raise InputError(f"{path}: a big_vision .npz is configured from its arrays; pass model=VARIANT "
+                             "(e.g. So400m/14-384) to check them")
+        checkpoint = big_vision.read_big_vision(path, model, lazy=lazy)
+        return checkpoint.config, checkpoint.params, checkpoint.origin
     source = resolve_config(path, config, model)
     state_dict = load_state_dict(path, lazy)
+    if isinstance(source.config, SiglipConfig) or is_open_clip_siglip(state_dict):
+        return _open_clip_siglip(path, state_dict, source)
     try:
         config, params = from_torch(state_dict, source.config)
     except ConversionError as e:
@@ -65,6 +79,48 @@ def read_checkpoint(
             warnings.warn(assumed_activation_message(path), AssumedActivationWarning, stacklevel=3)
             origin = "inferred from the weights' shapes; QuickGELU assumed"
     return config, params, origin
+
+
+def _open_clip_siglip(path: Path, state_dict: dict, source: ConfigSource) -> tuple[SiglipConfig, dict, str]:
+    """open_clip's SigLIP state dict (a timm trunk) -> (config, flat clip_jax params, origin). Without a
+    config the shapes give it, with open_clip's activations (timm's exact GELU; the text tower's tanh for
+    SigLIP 2's 256k Gemma vocabulary) and heads of the released towers' widths."""
+    ours = siglip_names.to_ours(state_dict, siglip_names.OPEN_CLIP, "clip", f"{path}: ")
+    config, origin = source.config, source.origin
+    if not isinstance(config, (SiglipConfig, type(None))):
+        raise InputError(f"{path}: open_clip SigLIP weights, but the config ({origin}) is a CLIP's")
+    if config is None:
+        vocab = ours["text.token_embedding.weight"].shape[0]
+        text = {"activation": "gelu_tanh" if vocab == VOCAB["siglip2"] else "gelu"}
+        try:
+            config = siglip_config_from_state_dict(ours, vision={"activation": "gelu"}, text=text,
+                                                   image_processor="open_clip", tokenizer_style="open_clip")
+        except ClipJaxError as e:
+            raise type(e)(f"{path}: {e}") from None
+        origin = "inferred from open_clip SigLIP weights' shapes"
+    checkpoint = siglip_names.as_checkpoint(ours, config, "clip", origin, path)
+    check_param_dtypes(checkpoint.params, path)
+    return config, checkpoint.params, origin
+
+
+VOCABULARY_SUFFIX = ".tokenizer"  # the folder beside a converted SigLIP that holds its vocabulary
+
+
+def carry_vocabulary(config: SiglipConfig, src: Path, folder: Path) -> SiglipConfig:
+    """A SigLIP's vocabulary files copied into `folder` (beside a converted file, or a transformers folder
+    written), and the config naming them relative to the converted file: the vocabulary it names, else
+    the one in src (a folder) or beside it (a file). None found: the config as it is (its tokenizer
+    says how to give one)."""
+    source = Path(config.tokenizer) if config.tokenizer else (src if src.is_dir() else src.parent)
+    files = [source] if source.is_file() else [source / n for n in VOCABULARY_FILES if (source / n).is_file()]
+    if not source.is_file() and find_vocabulary(source, config.tokenizer_style) is None:
+        return config
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        if file.resolve() != (folder / file.name).resolve():
+            atomic_write(folder / file.name, lambda tmp, file=file: shutil.copyfile(file, tmp))
+    name = folder.name if source.is_dir() else f"{folder.name}/{source.name}"
+    return dataclasses.replace(config, tokenizer=name)
 
 
 def check_param_dtypes(params: dict[str, np.ndarray], where: str | os.PathLike) -> None:
@@ -114,12 +170,18 @@ def convert(
     if src.is_dir():
         if config is not None or model is not None:
             raise InputError(f"{src}: a transformers folder brings its config.json; config= and model= are for files")
-        checkpoint = hf_format.read_folder(src)
+        siglip = siglip_hf.is_siglip_folder(src)
+        checkpoint = siglip_hf.read_siglip_folder(src) if siglip else hf_format.read_folder(src)
     else:
         read_config, params, origin = read_checkpoint(src, config, model=model)
         checkpoint = Checkpoint(read_config, params, "clip", True, origin)
+    if isinstance(checkpoint.config, SiglipConfig):
+        vocabulary = dst if format == "transformers" else dst.with_name(dst.stem + VOCABULARY_SUFFIX)
+        checkpoint = checkpoint._replace(config=carry_vocabulary(checkpoint.config, src, vocabulary))
     if format == "transformers":
         params = store.cast_flat(checkpoint.params, dtype)
+        if isinstance(checkpoint.config, SiglipConfig):
+            return siglip_hf.write_siglip_folder(dst, params, checkpoint.config, checkpoint.kind)
         return hf_format.write_folder(dst, params, checkpoint.config, checkpoint.kind, checkpoint.projection)
     if checkpoint.kind != "clip":
         raise InputError(f"{src}: a single {checkpoint.kind} tower; a converted clip_jax file holds a full CLIP: "

@@ -29,6 +29,12 @@ from safetensors import SafetensorError, safe_open
 from ..config import MAX_CONFIG_BYTES, CLIPConfig, config_from_open_clip, parse_config_json, read_config_json
 from ..errors import ClipJaxError, InputError
 from ..pretrained import architectures
+from ..siglip_config import (
+    SiglipConfig,
+    is_open_clip_siglip_config,
+    siglip_config_from_open_clip,
+    siglip_open_clip_architecture,
+)
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 IN_FILE_KEY = "open_clip_config"  # a .safetensors' metadata key; a .pt's record is <root>/OPEN_CLIP_CONFIG
@@ -61,7 +67,7 @@ def resolve_config(path: str | os.PathLike, config: ConfigArg = None, model: str
         raise InputError("give either a config or a model architecture, not both")
     if isinstance(config, ConfigSource):
         return config
-    if isinstance(config, CLIPConfig):
+    if isinstance(config, (CLIPConfig, SiglipConfig)):
         return ConfigSource(config, "config given by the caller")
     if isinstance(config, Mapping):
         return ConfigSource(_from_open_clip_json(config, "config"), "open_clip config given by the caller")
@@ -93,6 +99,8 @@ def _from_open_clip_json(data: Any, where: str) -> CLIPConfig:
     if not isinstance(model_cfg, Mapping) or not isinstance(preprocess_cfg, (Mapping, type(None))):
         raise InputError(f"{where}: 'model_cfg' and 'preprocess_cfg' must be objects")
     try:
+        if is_open_clip_siglip_config(model_cfg):
+            return siglip_config_from_open_clip(model_cfg, preprocess_cfg)
         return config_from_open_clip(model_cfg, preprocess_cfg)
     except ClipJaxError as e:  # keeps its type: LimitError for a value out of range
         raise type(e)(f"{where}: {e}") from None
@@ -120,6 +128,9 @@ def config_in_file(path: str | os.PathLike) -> CLIPConfig | None:
 def architecture(name: str) -> CLIPConfig:
     """An open_clip architecture name -> its config, as open_clip.create_model(name) builds it: exact
     GELU, or QuickGELU for the "-quickgelu" names. From the configs bundled in clip_jax/assets."""
+    siglip = siglip_open_clip_architecture(name)
+    if siglip is not None:
+        return siglip
     models = architectures()
     base = name[: -len(QUICKGELU_SUFFIX)] if name.endswith(QUICKGELU_SUFFIX) else name
     if base not in models:

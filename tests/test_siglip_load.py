@@ -1,0 +1,144 @@
+"""SigLIP through the public path, file to logits: `clip_jax.load` of a transformers folder (weights,
+config.json, preprocessor and tokenizer files as save_pretrained writes them), of an open_clip SigLIP
+file with its open_clip_config.json, of a big_vision .npz with and without a vocabulary; then
+`clip_jax.get_tokenizer`, the returned preprocess and `clip_logits`, compared with transformers'
+SiglipProcessor + SiglipModel on real photographs.
+
+Tolerance: 1e-5 on logits of size ~10 (float32 "highest" on both sides; the tokens and pixels are
+identical, the towers differ in summation order only, measured ~2e-6).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import clip_jax
+from clip_jax import model as M
+from clip_jax.errors import InputError
+from clip_jax.siglip import Siglip
+from tests.siglip_vocab import train_spiece
+
+transformers = pytest.importorskip("transformers")
+
+TEXTS = ["a photo of an astronaut", "A CAT, sleeping!", "coffee", "rocket launch at night", ""]
+
+
+def _moved(hf: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name or name.endswith("bias") or "logit" in name or "probe" in name:
+                p.add_(0.3 * torch.randn_like(p))
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    """A small SiglipModel with a SentencePiece vocabulary trained here, saved as transformers saves one."""
+    folder = tmp_path_factory.mktemp("siglip_hf")
+    spiece = train_spiece(folder.parent / "spiece_for_hf.model", vocab_size=1500)
+    tokenizer = transformers.SiglipTokenizer(vocab_file=str(spiece), model_max_length=16)
+    config = transformers.SiglipConfig(
+        text_config=dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=80,
+                         vocab_size=1500, max_position_embeddings=16, projection_size=64),
+        vision_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+                           image_size=32, patch_size=8))
+    torch.manual_seed(0)
+    hf = transformers.SiglipModel(config).eval()
+    _moved(hf)
+    hf.save_pretrained(folder)
+    processor = transformers.SiglipProcessor(
+        image_processor=transformers.SiglipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
+    processor.save_pretrained(folder)
+    return folder, hf, processor
+
+
+def _photos(tmp_path) -> list:
+    from PIL import Image
+    skimage = pytest.importorskip("skimage")
+    paths = []
+    for name in ("astronaut", "coffee", "chelsea"):
+        path = tmp_path / f"{name}.jpg"
+        Image.fromarray(getattr(skimage.data, name)()).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def test_transformers_folder_file_to_logits(hf_folder, tmp_path):
+    """load(folder) -> preprocess, get_tokenizer(model), clip_logits == SiglipProcessor + SiglipModel."""
+    from PIL import Image
+    folder, hf, processor = hf_folder
+    model, preprocess = clip_jax.load(folder)
+    assert type(model) is Siglip and model.config.tokenizer == str(folder)
+    paths = _photos(tmp_path)
+    tokens = clip_jax.get_tokenizer(model)(TEXTS)
+    images = np.stack([preprocess(p) for p in paths])
+    inputs = processor(text=TEXTS, images=[Image.open(p) for p in paths], padding="max_length", max_length=16,
+                       truncation=True, return_tensors="pt")
+    np.testing.assert_array_equal(tokens, inputs["input_ids"].numpy())
+    np.testing.assert_array_equal(images, inputs["pixel_values"].numpy().transpose(0, 2, 3, 1))
+    # SigLIP attends to its padding (trained so, as big_vision and open_clip run it): transformers called on
+    # input_ids alone. Its tokenizer also returns an attention_mask, and passing it changes the text
+    # features (the padding masked out): not the model as trained.
+    with torch.no_grad():
+        want = hf(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"]).logits_per_image.numpy()
+        masked = hf(**inputs).logits_per_image.numpy()
+    assert np.abs(masked - want).max() > 1e-3
+    np.testing.assert_allclose(np.asarray(clip_jax.clip_logits(model, images, tokens)[0]), want, atol=1e-5)
+    # uint8 pixels normalized on the device: the same logits
+    pixels = np.stack([preprocess.pixels(p) for p in paths])
+    np.testing.assert_allclose(np.asarray(clip_jax.clip_logits(model, pixels, tokens)[0]), want, atol=1e-5)
+    # the folder as a name for get_tokenizer (its config only), equal ids
+    np.testing.assert_array_equal(clip_jax.get_tokenizer(folder)(TEXTS), tokens)
+
+
+def test_converted_siglip_keeps_its_vocabulary(hf_folder, tmp_path):
+    folder, _, _ = hf_folder
+    out = clip_jax.convert(folder, tmp_path / "siglip.safetensors")
+    model, _ = clip_jax.load(out)
+    reference, _ = clip_jax.load(folder)
+    np.testing.assert_array_equal(clip_jax.get_tokenizer(model)(TEXTS), clip_jax.get_tokenizer(reference)(TEXTS))
+    tokens = clip_jax.get_tokenizer(model)(TEXTS)
+    np.testing.assert_array_equal(np.asarray(model.encode_text(tokens)), np.asarray(reference.encode_text(tokens)))
+
+
+def test_open_clip_file_with_its_config(tmp_path):
+    """An open_clip SigLIP's weights (timm names) with open_clip_config.json beside them load as open_clip
+    builds the model (exact GELU image tower): features equal open_clip's."""
+    open_clip = pytest.importorskip("open_clip")
+    from safetensors.torch import save_file
+    ref = open_clip.create_model("ViT-B-16-SigLIP2-256").eval()
+    _moved(ref)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "open_clip_model.safetensors")
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": open_clip.get_model_config("ViT-B-16-SigLIP2-256"),
+         "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "resize_mode": "squash"}}))
+    model, preprocess = clip_jax.load(tmp_path / "open_clip_model.safetensors")
+    assert model.config.vision.activation == "gelu" and model.config.text.activation == "gelu_tanh"
+    assert preprocess.processor == "open_clip"
+    images = np.random.default_rng(0).standard_normal((1, 256, 256, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = ref.encode_image(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(np.asarray(model.encode_image(images)), want, atol=1e-5)
+
+
+def test_npz_without_a_vocabulary_says_what_to_pass(hf_folder, tmp_path):
+    from clip_jax.checkpoint.big_vision import write_big_vision
+    folder, hf, _ = hf_folder
+    model, _ = clip_jax.load(folder)
+    npz = write_big_vision(tmp_path / "siglip.npz", M.flat_params(model), model.config)
+    bare, _ = clip_jax.load(npz)
+    with pytest.raises(InputError, match="pass tokenizer=FILE"):
+        clip_jax.get_tokenizer(bare)
+    given, _ = clip_jax.load(npz, tokenizer=folder / "spiece.model")
+    np.testing.assert_array_equal(clip_jax.get_tokenizer(given)(TEXTS), clip_jax.get_tokenizer(model)(TEXTS))
+    tokens = clip_jax.get_tokenizer(model)(TEXTS)
+    np.testing.assert_allclose(np.asarray(given.encode_text(tokens)), np.asarray(model.encode_text(tokens)),
+                               atol=1e-6)
+
+
+def test_tokenizer_argument_is_for_siglip(tmp_path):
+    with pytest.raises(InputError, match="tokenizer= is for SigLIP"):
+        clip_jax.get_tokenizer("ViT-B/32", tokenizer=tmp_path)
