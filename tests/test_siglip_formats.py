@@ -108,6 +108,24 @@ def open_clip_model():
     return open_clip.create_model("ViT-B-16-SigLIP", pretrained=None).eval()
 
 
+@pytest.fixture(scope="module")
+def small_open_clip():
+    """open_clip's ViT-B-16-SigLIP with one trunk block and a small text tower (width 64, one block, 100
+    tokens of context 16), its biases, norms, logit scale and bias off init: (model, its model config)."""
+    open_clip = pytest.importorskip("open_clip")
+    cfg = open_clip.get_model_config("ViT-B-16-SigLIP")
+    cfg = {**cfg, "text_cfg": {**cfg["text_cfg"], "width": 64, "heads": 4, "layers": 1, "vocab_size": 100,
+                               "context_length": 16}}
+    torch.manual_seed(2)
+    model = open_clip.model.CustomTextCLIP(**{k: v for k, v in cfg.items() if k != "custom_text"}).eval()
+    model.visual.trunk.blocks = model.visual.trunk.blocks[:1]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name or name.startswith(("logit", "text.ln")):
+                p.add_(torch.randn_like(p) * 0.1)
+    return model, cfg
+
+
 # --- transformers: names ------------------------------------------------------------------------------
 
 
@@ -317,30 +335,58 @@ def test_open_clip_names_round_trip(open_clip_model):
     b16 = SiglipConfig.from_name("B/16")  # timm's vit_base_patch16_siglip_224 and SigLIP 1's text: exact GELU
     assert config == replace(b16, vision=replace(b16.vision, activation="gelu"),
                              text=replace(b16.text, activation="gelu"))
+    exported, exported_cfg = siglip_names.open_clip_export(ours, config)
+    assert sorted(exported) == sorted(sd) and all(np.array_equal(exported[k], v) for k, v in sd.items())
+    cfg = _open_clip_config("ViT-B-16-SigLIP")
+    assert exported_cfg["model_cfg"]["vision_cfg"] == cfg["vision_cfg"]
+    assert {k: v for k, v in exported_cfg["model_cfg"]["text_cfg"].items() if k != "hf_tokenizer_name"} == {
+        k: v for k, v in cfg["text_cfg"].items() if k != "hf_tokenizer_name"}
 
 
-def test_open_clip_file_read_and_exported(open_clip_model, tmp_path):
+def test_open_clip_file_read_exported_and_built(small_open_clip, tmp_path):
     """An open_clip SigLIP .safetensors with its open_clip_config.json beside -> Checkpoint (flat params,
-    lazily); open_clip_export of those params is open_clip's state dict again, loaded strictly, and its
-    config the one open_clip ships (up to the tokenizer's name)."""
+    lazily) -> a model within ATOL of open_clip's (timm's trunk here is exact GELU, as the config read
+    says); open_clip_export of the params is open_clip's state dict again, loaded strictly."""
     from safetensors.numpy import save_file
 
-    sd = _numpy(open_clip_model)
+    reference, cfg = small_open_clip
+    sd = _numpy(reference)
     save_file(sd, tmp_path / "open_clip_model.safetensors")
-    cfg = _open_clip_config("ViT-B-16-SigLIP")
     (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
-    checkpoint = siglip_names.read_open_clip_siglip(tmp_path / "open_clip_model.safetensors", lazy=True)
-    assert checkpoint.config.vision.activation == "gelu" and checkpoint.kind == "clip"
-    assert all(isinstance(v, LazyArray) for v in checkpoint.params.values())
-    exported, exported_cfg = siglip_names.open_clip_export(checkpoint.params, checkpoint.config)
+    with pytest.raises(ClipJaxError, match=r"missing: visual\.transformer\.resblocks\.1\."):  # timm says 12
+        siglip_names.read_open_clip_siglip(tmp_path / "open_clip_model.safetensors")
+    config, ours = siglip_names.open_clip_siglip(sd, cfg)
+    config = replace(config, vision=replace(config.vision, layers=1))
+    assert (config.vision.activation, config.text.activation) == ("gelu", "gelu")
+    checkpoint = siglip_names.as_checkpoint(ours, config, "clip", "open_clip", tmp_path)
+    model = clip_model.build(checkpoint.config, checkpoint.params)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((2, 224, 224, 3), dtype=np.float32)
+    tokens = rng.integers(0, 100, (3, 16)).astype(np.int32)
+    with jax.default_matmul_precision("highest"):
+        image_features, text_features = model.encode_image(images), model.encode_text(tokens)
+    with torch.no_grad():
+        ref_image = reference.encode_image(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+        ref_text = reference.encode_text(torch.from_numpy(tokens).long()).numpy()
+    np.testing.assert_allclose(np.asarray(image_features), ref_image, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(np.asarray(text_features), ref_text, atol=ATOL, rtol=0)
+    # the model's flat params back to open_clip's names (open_clip_export's state dict; its config needs
+    # a trunk timm has: test_open_clip_names_round_trip)
+    exported = dict(from_ours(siglip_names.torch_style(checkpoint.params, config), OPEN_CLIP, "clip", (12, 4)))
     assert sorted(exported) == sorted(sd) and all(np.array_equal(exported[k], v) for k, v in sd.items())
-    assert exported_cfg["model_cfg"]["vision_cfg"] == cfg["vision_cfg"]
-    missing, unexpected = open_clip_model.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()})
+    missing, unexpected = reference.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()})
     assert not missing and not unexpected
-    (tmp_path / "open_clip_config.json").unlink()
+
+
+def test_open_clip_file_without_config_warns(open_clip_model, tmp_path):
+    """Without open_clip_config.json beside it: the shapes' config (B/16), tanh GELU assumed, warned."""
+    from safetensors.numpy import save_file
+
+    save_file(_numpy(open_clip_model), tmp_path / "open_clip_model.safetensors")
     with pytest.warns(UserWarning, match="exact GELU"):
-        assumed = siglip_names.read_open_clip_siglip(tmp_path / "open_clip_model.safetensors", lazy=True)
-    assert assumed.config.vision.activation == "gelu_tanh"
+        checkpoint = siglip_names.read_open_clip_siglip(tmp_path / "open_clip_model.safetensors", lazy=True)
+    assert checkpoint.config == SiglipConfig.from_name("B/16")
+    assert all(isinstance(v, LazyArray) for v in checkpoint.params.values())
 
 
 def test_writers_take_flat_params(ours, config, tmp_path):
