@@ -26,7 +26,8 @@ for layer, names in enumerate([
     "clip_family siglip siglip_family",  # the families: CLIP's declaration; SigLIP's model and declaration
     # around the model: checkpoints, devices, training, start-up
     "checkpoint.declared checkpoint.config_source checkpoint.result checkpoint.torch_names "
-    "checkpoint.hf_format checkpoint.siglip_names checkpoint.siglip_hf checkpoint.big_vision checkpoint.export "
+    "checkpoint.hf_format checkpoint.siglip_names checkpoint.siglip_hf checkpoint.big_vision checkpoint.vocabulary "
+    "checkpoint.export "
     "checkpoint parallel train compilation",
     "hub",
     "zeroshot",

@@ -142,3 +142,22 @@ def test_npz_without_a_vocabulary_says_what_to_pass(hf_folder, tmp_path):
 def test_tokenizer_argument_is_for_siglip(tmp_path):
     with pytest.raises(InputError, match="tokenizer= is for SigLIP"):
         clip_jax.get_tokenizer("ViT-B/32", tokenizer=tmp_path)
+
+
+@pytest.mark.parametrize("target", ["model.safetensors", "model.pt", "model.npz", "folder"])
+def test_export_round_trips_exactly(hf_folder, tmp_path, target):
+    """export -> load gives the same model (params bit for bit, same config but where the vocabulary is),
+    with its vocabulary, in open_clip's, big_vision's and transformers' formats."""
+    folder, _, _ = hf_folder
+    model, _ = clip_jax.load(folder)
+    fmt = "transformers" if target == "folder" else "torch"
+    out = clip_jax.export(model, tmp_path / target, format=fmt)
+    back, _ = clip_jax.load(out)
+    assert type(back) is Siglip
+    want, got = M.flat_params(model), M.flat_params(back)
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]), err_msg=name)
+    same = ("vision", "text", "embed_dim", "layer_norm_eps", "image_mean", "image_std")
+    assert all(getattr(back.config, f) == getattr(model.config, f) for f in same)
+    np.testing.assert_array_equal(clip_jax.get_tokenizer(back)(TEXTS), clip_jax.get_tokenizer(model)(TEXTS))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -12,9 +10,7 @@ import numpy as np
 
 from ..config import CLIPConfig
 from ..errors import ClipJaxError, InputError
-from ..fileio import atomic_write
-from ..siglip_config import VOCAB, VOCABULARY_FILES, SiglipConfig, siglip_config_from_state_dict
-from ..siglip_tokenizer import find_vocabulary
+from ..siglip_config import VOCAB, SiglipConfig, siglip_config_from_state_dict
 from . import big_vision, hf_format, siglip_hf, siglip_names, store
 from .config_source import (
     AssumedActivationWarning,
@@ -28,6 +24,7 @@ from .result import Checkpoint, check_weight_dtype
 from .siglip_names import is_open_clip_siglip
 from .torch_files import CheckpointError, load_state_dict
 from .torch_names import ConversionError, from_torch, to_torch_state_dict
+from .vocabulary import VOCABULARY_SUFFIX, carry_vocabulary
 
 
 def read_params(
@@ -101,26 +98,6 @@ def _open_clip_siglip(path: Path, state_dict: dict, source: ConfigSource) -> tup
     checkpoint = siglip_names.as_checkpoint(ours, config, "clip", origin, path)
     check_param_dtypes(checkpoint.params, path)
     return config, checkpoint.params, origin
-
-
-VOCABULARY_SUFFIX = ".tokenizer"  # the folder beside a converted SigLIP that holds its vocabulary
-
-
-def carry_vocabulary(config: SiglipConfig, src: Path, folder: Path) -> SiglipConfig:
-    """A SigLIP's vocabulary files copied into `folder` (beside a converted file, or a transformers folder
-    written), and the config naming them relative to the converted file: the vocabulary it names, else
-    the one in src (a folder) or beside it (a file). None found: the config as it is (its tokenizer
-    says how to give one)."""
-    source = Path(config.tokenizer) if config.tokenizer else (src if src.is_dir() else src.parent)
-    files = [source] if source.is_file() else [source / n for n in VOCABULARY_FILES if (source / n).is_file()]
-    if not source.is_file() and find_vocabulary(source, config.tokenizer_style) is None:
-        return config
-    folder.mkdir(parents=True, exist_ok=True)
-    for file in files:
-        if file.resolve() != (folder / file.name).resolve():
-            atomic_write(folder / file.name, lambda tmp, file=file: shutil.copyfile(file, tmp))
-    name = folder.name if source.is_dir() else f"{folder.name}/{source.name}"
-    return dataclasses.replace(config, tokenizer=name)
 
 
 def check_param_dtypes(params: dict[str, np.ndarray], where: str | os.PathLike) -> None:

@@ -92,7 +92,20 @@ def read_open_clip_config(path: str | os.PathLike, where: str | None = None) -> 
     return _from_open_clip_json(read_config_json(path, where), where)
 
 
-def _from_open_clip_json(data: Any, where: str) -> CLIPConfig:
+# clip_jax's own config in an open_clip_config.json clip_jax wrote (a SigLIP's: open_clip's model_cfg can't
+# say its GELU or preprocessing), read before open_clip's.
+CLIP_JAX_CONFIG_KEY = "clip_jax_config"
+
+
+def _from_open_clip_json(data: Any, where: str) -> CLIPConfig | SiglipConfig:
+    if isinstance(data, Mapping) and isinstance(data.get(CLIP_JAX_CONFIG_KEY), Mapping):
+        own = dict(data[CLIP_JAX_CONFIG_KEY])
+        if own.pop("family", None) != "siglip":
+            raise InputError(f"{where}: {CLIP_JAX_CONFIG_KEY} names no family clip_jax writes there")
+        try:
+            return SiglipConfig.from_dict(own)
+        except ClipJaxError as e:
+            raise type(e)(f"{where} ({CLIP_JAX_CONFIG_KEY}): {e}") from None
     if not isinstance(data, Mapping) or not ("model_cfg" in data or "vision_cfg" in data):
         raise InputError(f"{where}: not an open_clip config (no 'model_cfg' and no 'vision_cfg')")
     model_cfg, preprocess_cfg = (data["model_cfg"], data.get("preprocess_cfg")) if "model_cfg" in data else (data, None)

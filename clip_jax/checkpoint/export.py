@@ -15,6 +15,7 @@ themselves are written by torch_writer.py; transformers' folders by hf_format.py
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -27,20 +28,27 @@ import numpy as np
 from ..config import CLIPConfig, config_to_open_clip
 from ..dtypes import FLOAT_DTYPES
 from ..errors import ClipJaxError, InputError
+from ..families import family_of
 from ..fileio import atomic_write, output_target
 from ..model import flat_params, model_declarations
 from ..roles import Declared
+from ..siglip_config import SiglipConfig
 from ..towers import kind_of
-from .config_source import IN_FILE_KEY, OPEN_CLIP_CONFIG, read_open_clip_config
+from .big_vision import write_big_vision
+from .config_source import CLIP_JAX_CONFIG_KEY, IN_FILE_KEY, OPEN_CLIP_CONFIG, read_open_clip_config
 from .declared import declared_by_name
 from .hf_format import write_folder
+from .siglip_hf import write_siglip_folder
+from .siglip_names import OPEN_CLIP, from_ours, siglip_config_to_open_clip, siglip_preprocess_cfg, torch_style
 from .store import cast_flat
 from .torch_names import to_torch_state_dict
 from .torch_writer import write_safetensors, write_torch_zip
+from .vocabulary import carry_vocabulary
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 FP16_MIX = "fp16_mix"
 EXPORT_DTYPES = ("keep", *FLOAT_DTYPES, FP16_MIX)
+EXPORT_FORMATS = ("torch", "open_clip", "transformers")
 
 
 # --- the state dict ---------------------------------------------------------------------------------
@@ -103,12 +111,19 @@ def export(model, path: str | os.PathLike, *, dtype: str = "keep", compress: boo
     dtype: "keep" (as stored in the params), "float32", "float16", "bfloat16", or "fp16_mix" (OpenAI's
       release mix: fp16 weights, fp32 norms and embeddings).
     compress: deflate a .pt's entries (see write_torch_zip).
+    format "open_clip": the same as "torch" (open_clip's names are OpenAI's).
+    A SigLIP: "torch" / "open_clip" -> open_clip's state dict (timm's trunk names) in a .pt / .safetensors
+    with its open_clip config; a `.npz` path -> big_vision's layout; "transformers" -> a SiglipModel
+    folder (SiglipTextModel / SiglipVisionModel for a tower) with the vocabulary files the model's
+    config names.
     -> the path written.
     """
+    if format not in EXPORT_FORMATS:
+        raise InputError(f"format must be one of {EXPORT_FORMATS}; got {format!r}")
+    if isinstance(getattr(model, "config", None), SiglipConfig):
+        return _export_siglip(model, Path(path), dtype, compress, format)
     if format == "transformers":
         return _export_transformers(model, path, dtype)
-    if format != "torch":
-        raise InputError(f"format must be 'torch' or 'transformers'; got {format!r}")
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (*TORCH_SUFFIXES, ".safetensors"):
@@ -144,6 +159,53 @@ def _write_beside(path: Path, config: CLIPConfig, text: str) -> None:
             warnings.warn(f"{beside}: described another model; now {path.name}'s (files exported earlier carry "
                           "their own config for clip_jax; give open_clip each model its own folder)", stacklevel=3)
     atomic_write(beside, lambda tmp: Path(tmp).write_text(text))
+
+
+def _export_siglip(model, path: Path, dtype: str, compress: bool, format: str) -> Path:
+    """SigLIP's formats: transformers' folder, big_vision's .npz, open_clip's state dict."""
+    config = model.config
+    kind = family_of(config).kind_of(model)
+    flat, declared = _flat(model)
+    params = _cast(flat, dtype, declared)
+    if format == "transformers":
+        folder = write_siglip_folder(path, params, config, kind)
+        if config.tokenizer is not None:
+            carry_vocabulary(config, Path(config.tokenizer), folder)
+        return folder
+    if path.suffix.lower() == ".npz":
+        if kind != "clip":
+            raise InputError(f"{path}: big_vision's .npz holds both towers; this is a single {kind} tower")
+        write_big_vision(path, params, config)
+        if config.tokenizer is not None:  # beside it: big_vision keeps its vocabularies apart from weights
+            carry_vocabulary(config, Path(config.tokenizer), path.parent)
+        return path
+    if path.suffix.lower() not in (*TORCH_SUFFIXES, ".safetensors"):
+        raise InputError(f"{path}: unknown checkpoint suffix {path.suffix!r}; use .safetensors, .pt or .bin "
+                         "(open_clip's state dict), .npz (big_vision's) or format='transformers'")
+    heads = (config.vision.heads, config.text.heads)
+    state_dict = {k: np.asarray(v) for k, v in from_ours(torch_style(params, config, kind), OPEN_CLIP, kind, heads)}
+    text = json.dumps(_siglip_open_clip_json(config), indent=2) + "\n"
+    if path.suffix.lower() == ".safetensors":
+        write_safetensors(path, state_dict, {IN_FILE_KEY: text})
+    else:
+        write_torch_zip(path, state_dict, compress=compress, extra={OPEN_CLIP_CONFIG: text})
+    _write_beside(path, config, text)
+    if config.tokenizer is not None:  # beside the weights, as open_clip's Hub snapshots ship it
+        carry_vocabulary(config, Path(config.tokenizer), path.parent)
+    return path
+
+
+def _siglip_open_clip_json(config: SiglipConfig) -> dict:
+    """open_clip_config.json for a SigLIP: open_clip's model_cfg and preprocess_cfg where open_clip builds
+    this model exactly (a timm trunk of its shapes and GELU), and always clip_jax's own config, which
+    clip_jax reads first: the round trip is exact whatever open_clip can build."""
+    out = {}
+    try:
+        out = {"model_cfg": siglip_config_to_open_clip(config), "preprocess_cfg": siglip_preprocess_cfg(config)}
+    except InputError as e:
+        warnings.warn(f"open_clip can't build this SigLIP ({e}); the file carries clip_jax's config only",
+                      stacklevel=4)
+    return {**out, CLIP_JAX_CONFIG_KEY: {"family": "siglip", **dataclasses.replace(config, tokenizer=None).to_dict()}}
 
 
 def _export_transformers(model, folder: str | os.PathLike, dtype: str) -> Path:
