@@ -402,11 +402,14 @@ def _tokenizer_json(data: bytes, where: str, settings: dict[str, Any] | None, st
     # In a folder the file's post-processor decides: transformers 5 drops tokenizer_config.json's
     # add_bos_token / add_eos_token whenever there is a tokenizer.json (PreTrainedTokenizerBase._from_pretrained).
     template = (False, True) if bare else None
-    if lowercase is None:  # AutoTokenizer picks Siglip2Tokenizer for a siglip2 checkpoint's folder
-        siglip2 = settings.get("model_type") == "siglip2" or _name(settings, "tokenizer_class", where).startswith(
-            "Siglip2Tokenizer")
-        lowercase = style == "hf" and (bare or siglip2)
-    engine = _TokenizersEngine(text, where, tokens, lowercase=lowercase, template=template,
+    if lowercase is None and style == "hf":
+        # AutoTokenizer picks Siglip2Tokenizer for a siglip2 checkpoint's folder (config.json's model_type).
+        # Without a config.json (a bare file, or the vocabulary carried beside a converted SigLIP 2, whose
+        # tokenizer_config.json still says GemmaTokenizer) that checkpoint's reference is Siglip2Tokenizer too.
+        model_type = settings.get("model_type")
+        tokenizer_class = _name(settings, "tokenizer_class", where)
+        lowercase = model_type in (None, "siglip2") or tokenizer_class.startswith("Siglip2Tokenizer")
+    engine = _TokenizersEngine(text, where, tokens, lowercase=bool(lowercase), template=template,
                                sides=_sides(settings, where), length=length)
     return SiglipTokenizer(engine, length, style, where)
 

@@ -131,7 +131,7 @@ def test_siglip_open_clip_from_bare_spiece(vocab, texts):
 # --- SigLIP 2: Gemma's tokenizer.json --------------------------------------------------------------
 
 
-def test_siglip2_hf_matches_siglip2_tokenizer(vocab, texts):
+def test_siglip2_hf_matches_siglip2_tokenizer(vocab, texts, tmp_path):
     """transformers 5 loads Siglip2Tokenizer (Gemma's, lower-cased) for a siglip2 folder."""
     from transformers import AutoTokenizer  # the reference
 
@@ -143,6 +143,11 @@ def test_siglip2_hf_matches_siglip2_tokenizer(vocab, texts):
     assert (ours.kind, ours.pad_id, ours.eos_id) == ("tokenizers", 0, 1)
     assert_same(ref, ours(texts), texts)
     assert_same(ref, st.tokenizer_from_file(vocab["gemma"])(texts), texts)  # a bare file: SigLIP 2's settings
+    carried = tmp_path / "carried"  # the vocabulary files beside a converted SigLIP 2, without config.json
+    carried.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (carried / name).write_bytes((vocab["hf_siglip2"] / name).read_bytes())
+    assert_same(ref, st.tokenizer_from_folder(carried)(texts), texts)
 
 
 def test_siglip2_file_post_processor_over_config_flags(vocab, texts, tmp_path):
