@@ -161,3 +161,31 @@ def test_export_round_trips_exactly(hf_folder, tmp_path, target):
     same = ("vision", "text", "embed_dim", "layer_norm_eps", "image_mean", "image_std")
     assert all(getattr(back.config, f) == getattr(model.config, f) for f in same)
     np.testing.assert_array_equal(clip_jax.get_tokenizer(back)(TEXTS), clip_jax.get_tokenizer(model)(TEXTS))
+
+
+def test_command_line_npz_with_a_vocabulary_then_classify(hf_folder, tmp_path, capsys):
+    """clip-jax convert X.npz --tokenizer FILE -> a converted file carrying it; clip-jax classify with it
+    prints each label's sigmoid probability, the logits' ranking."""
+    from PIL import Image
+
+    from clip_jax.checkpoint.big_vision import write_big_vision
+    from clip_jax.cli import main as cli
+    folder, _, _ = hf_folder
+    model, _ = clip_jax.load(folder)
+    npz = write_big_vision(tmp_path / "bv.npz", M.flat_params(model), model.config)
+    out = tmp_path / "bv.safetensors"
+    assert cli.main(["convert", str(npz), "-o", str(out), "--tokenizer", str(folder / "spiece.model")]) in (0, None)
+    assert (tmp_path / "bv.tokenizer" / "spiece.model").is_file()
+    image = tmp_path / "gray.png"
+    Image.new("RGB", (40, 30), (120, 130, 140)).save(image)
+    capsys.readouterr()
+    assert cli.main(["classify", str(image), "--labels", "cat,dog,car", "--templates", "a photo of a {}.",
+                     "--model", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    probs = [float(line.split("%")[0]) / 100 for line in lines[1:]]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True) and not np.isclose(sum(probs), 1.0)
+    tok = clip_jax.get_tokenizer(model)
+    img = np.asarray(M.l2_normalize(model.encode_image(np.stack([clip_jax.load(out)[1](image)]))))
+    txt = np.asarray(M.l2_normalize(model.encode_text(tok([f"a photo of a {c}." for c in ("cat", "dog", "car")]))))
+    logits = np.exp(float(model.logit_scale[...])) * img @ txt.T + float(model.logit_bias[...])
+    np.testing.assert_allclose(sorted(probs, reverse=True), np.sort(1 / (1 + np.exp(-logits[0])))[::-1], atol=1e-4)

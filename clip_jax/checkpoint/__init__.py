@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -122,6 +123,7 @@ def convert(
     config: ConfigArg = None,
     model: str | None = None,
     format: str = "clip_jax",
+    tokenizer: str | os.PathLike | None = None,
 ) -> Path:
     """Convert a PyTorch CLIP checkpoint to a clip_jax .safetensors (default: beside src). -> dst.
 
@@ -129,7 +131,9 @@ def convert(
     transformers folder instead (default: src without its suffix), which holds single towers too.
 
     config: a CLIPConfig, an open_clip config dict or JSON file (open_clip_config.json or a bare model
-    config); model: an open_clip architecture name ("ViT-B-32", "ViT-B-32-quickgelu", "ViT-H-14", ...).
+    config); model: an open_clip architecture name ("ViT-B-32", "ViT-B-32-quickgelu", "ViT-H-14", ...), or
+    big_vision's variant of a .npz ("So400m/14-384"). tokenizer: a SigLIP's vocabulary (spiece.model,
+    tokenizer.json or a folder) where src has none beside it; it is copied beside dst ("<dst>.tokenizer").
     Neither: the config clip_jax's export wrote into src, else the open_clip_config.json beside src if
     there is one, else inferred from the weights (with an AssumedActivationWarning unless src is one of
     OpenAI's TorchScript archives).
@@ -152,6 +156,13 @@ def convert(
     else:
         read_config, params, origin = read_checkpoint(src, config, model=model)
         checkpoint = Checkpoint(read_config, params, "clip", True, origin)
+    if tokenizer is not None:
+        if not isinstance(checkpoint.config, SiglipConfig):
+            raise InputError("tokenizer= is for SigLIP models; CLIP's BPE vocabulary comes with clip_jax")
+        if not Path(tokenizer).exists():
+            raise FileNotFoundError(f"{tokenizer}: no such file or folder (tokenizer=)")
+        checkpoint = checkpoint._replace(config=dataclasses.replace(checkpoint.config,
+                                                                    tokenizer=os.path.abspath(tokenizer)))
     if isinstance(checkpoint.config, SiglipConfig):
         vocabulary = dst if format == "transformers" else dst.with_name(dst.stem + VOCABULARY_SUFFIX)
         checkpoint = checkpoint._replace(config=carry_vocabulary(checkpoint.config, src, vocabulary))

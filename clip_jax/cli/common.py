@@ -62,6 +62,12 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="images or texts per step, over all devices (default: 256)")
 
 
+def add_tokenizer_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokenizer", metavar="FILE",
+                   help="a SigLIP's vocabulary (spiece.model, tokenizer.json, or a checkpoint folder) where the "
+                        "checkpoint has none beside it (a big_vision .npz)")
+
+
 def add_distributed_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("multi-host (jax.distributed); run the same command in every process")
     g.add_argument("--coordinator", help="host:port of process 0's coordinator")

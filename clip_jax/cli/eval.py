@@ -19,6 +19,7 @@ from types import ModuleType
 from .common import (
     add_distributed_args,
     add_model_args,
+    add_tokenizer_arg,
     add_truncate_arg,
     initialize_distributed,
     one_line_warnings,
@@ -28,6 +29,7 @@ from .common import (
 
 def _common(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
+    add_tokenizer_arg(p)
     p.add_argument("--output", "-o", metavar="FILE",
                    help="also write the result JSON here; may use {dataset} {model} {pretrained} {task} {language}")
     p.add_argument("--dataset-name", help="the result's 'dataset' (default: the data set's folder name, the parent "
@@ -109,7 +111,8 @@ def run_eval(args: argparse.Namespace) -> int:
         check_output(args.output)
     with one_line_warnings(ev.CacheWarning):
         data = _data(args, eval_data, ev)  # a bad data set or template fails before the model loads
-        model, preprocess = load(args.model, dtype=jnp.dtype(args.dtype), attention=args.attention)
+        model, preprocess = load(args.model, dtype=jnp.dtype(args.dtype), attention=args.attention,
+                                 tokenizer=args.tokenizer)
         metrics = _metrics(args, ev, model, preprocess, data, progress=not args.no_progress and first)
         if first:
             _report(args, results, data[0].name, metrics)

@@ -19,6 +19,7 @@ from ..errors import InputError, SourceFallbackWarning, decode_utf8
 from .common import (
     add_distributed_args,
     add_model_args,
+    add_tokenizer_arg,
     add_truncate_arg,
     initialize_distributed,
     is_user_error,
@@ -55,7 +56,8 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
                            "beside SRC, else inferred from the weights)")
     arch.add_argument("--model", metavar="ARCH",
                       help="the weights' open_clip architecture, e.g. ViT-B-32 (exact GELU), ViT-B-32-quickgelu, "
-                           "ViT-H-14")
+                           "ViT-H-14, ViT-B-16-SigLIP; or a big_vision .npz's variant, e.g. So400m/14-384")
+    add_tokenizer_arg(p)
     p.set_defaults(run=run_convert)
 
 
@@ -64,7 +66,7 @@ def run_convert(args: argparse.Namespace) -> None:
 
     with one_line_warnings(AssumedActivationWarning):
         dst = convert(args.src, args.output, dtype=args.dtype, config=args.config, model=args.model,
-                      format=args.format)
+                      format=args.format, tokenizer=args.tokenizer)
     print(f"wrote {dst}")
 
 
@@ -76,6 +78,7 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
                    "file, with open_clip_config.json beside it; transformers: a folder")
     _add_format_and_dtype(p, {"torch": "one file with OpenAI/open_clip names (default)", "transformers": HF_FOLDER},
                           EXPORT_DTYPES, "keep the loaded model's, float32; fp16_mix: OpenAI's release mix")
+    add_tokenizer_arg(p)
     p.set_defaults(run=run_export)
 
 
@@ -85,7 +88,7 @@ def run_export(args: argparse.Namespace) -> None:
     from ..hub import load
 
     with one_line_warnings(AssumedActivationWarning):
-        model, _ = load(args.model, progress=False)
+        model, _ = load(args.model, progress=False, tokenizer=args.tokenizer)
     print(f"wrote {export(model, args.output, dtype=args.dtype, format=args.format)}")
 
 
@@ -147,6 +150,7 @@ def add_classify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", "--top-k", type=positive_int, default=5, help="classes to print per image (default: 5)")
     add_truncate_arg(p, False, "prompts")
     add_model_args(p)
+    add_tokenizer_arg(p)
     p.set_defaults(run=run_classify)
 
 
@@ -175,7 +179,8 @@ def run_classify(args: argparse.Namespace) -> int:
     paths = collect_images(args.images)
     if not paths:
         raise InputError("no images found in the inputs")
-    model, preprocess = load(args.model, dtype=jnp.dtype(args.dtype), attention=args.attention)
+    model, preprocess = load(args.model, dtype=jnp.dtype(args.dtype), attention=args.attention,
+                             tokenizer=args.tokenizer)
     sharded = ShardedCLIP(model, batch_size=args.batch_size)
     weights = zeroshot_classifier(sharded, labels, templates, truncate=args.truncate)
     scale, bias, failed = logit_scale(model), logit_bias(model), 0
