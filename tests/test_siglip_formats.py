@@ -32,6 +32,7 @@ transformers = pytest.importorskip("transformers")
 from clip_jax import model as clip_model  # noqa: E402
 from clip_jax.checkpoint import (  # noqa: E402
     big_vision,
+    read_checkpoint,  # noqa: E402
     siglip_hf,
     siglip_names,
 )
@@ -334,7 +335,8 @@ def test_open_clip_names_round_trip(open_clip_model):
     config, _ = siglip_names.open_clip_siglip(sd, _open_clip_config("ViT-B-16-SigLIP"))
     b16 = SiglipConfig.from_name("B/16")  # timm's vit_base_patch16_siglip_224 and SigLIP 1's text: exact GELU
     assert config == replace(b16, vision=replace(b16.vision, activation="gelu"),
-                             text=replace(b16.text, activation="gelu"))
+                             text=replace(b16.text, activation="gelu"), image_processor="open_clip",
+                             tokenizer_style="open_clip")
     exported, exported_cfg = siglip_names.open_clip_export(ours, config)
     assert sorted(exported) == sorted(sd) and all(np.array_equal(exported[k], v) for k, v in sd.items())
     cfg = _open_clip_config("ViT-B-16-SigLIP")
@@ -354,7 +356,7 @@ def test_open_clip_file_read_exported_and_built(small_open_clip, tmp_path):
     save_file(sd, tmp_path / "open_clip_model.safetensors")
     (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
     with pytest.raises(ClipJaxError, match=r"missing: visual\.transformer\.resblocks\.1\."):  # timm says 12
-        siglip_names.read_open_clip_siglip(tmp_path / "open_clip_model.safetensors")
+        read_checkpoint(tmp_path / "open_clip_model.safetensors")
     config, ours = siglip_names.open_clip_siglip(sd, cfg)
     config = replace(config, vision=replace(config.vision, layers=1))
     assert (config.vision.activation, config.text.activation) == ("gelu", "gelu")
@@ -378,15 +380,16 @@ def test_open_clip_file_read_exported_and_built(small_open_clip, tmp_path):
     assert not missing and not unexpected
 
 
-def test_open_clip_file_without_config_warns(open_clip_model, tmp_path):
-    """Without open_clip_config.json beside it: the shapes' config (B/16), tanh GELU assumed, warned."""
+def test_open_clip_file_read_by_read_checkpoint(open_clip_model, tmp_path):
+    """checkpoint.read_checkpoint (load's path for a file) reads an open_clip SigLIP file through these
+    tables: without a config, the shapes' (B/16, open_clip's exact GELU), lazily."""
     from safetensors.numpy import save_file
 
     save_file(_numpy(open_clip_model), tmp_path / "open_clip_model.safetensors")
-    with pytest.warns(UserWarning, match="exact GELU"):
-        checkpoint = siglip_names.read_open_clip_siglip(tmp_path / "open_clip_model.safetensors", lazy=True)
-    assert checkpoint.config == SiglipConfig.from_name("B/16")
-    assert all(isinstance(v, LazyArray) for v in checkpoint.params.values())
+    config, params, _ = read_checkpoint(tmp_path / "open_clip_model.safetensors", lazy=True)
+    expected = siglip_names.siglip_config_from_open_clip(_open_clip_config("ViT-B-16-SigLIP"))
+    assert (config.vision, config.text.activation) == (expected.vision, expected.text.activation)
+    assert all(isinstance(v, LazyArray) for v in params.values())
 
 
 def test_writers_take_flat_params(ours, config, tmp_path):

@@ -22,26 +22,22 @@ from open_clip's model config (siglip_config_from_open_clip, below).
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import field_error, read_config_json
+from ..config import field_error
 from ..config_fields import MAX_LAYERS
 from ..errors import ClipJaxError, InputError
 from ..param_check import ConversionError, raise_if_any
 from ..roles import declarations
 from ..siglip_config import TOWERS, SiglipConfig, SiglipTextConfig, SiglipVisionConfig, siglip_config_from_state_dict
-from .config_source import OPEN_CLIP_CONFIG, AssumedActivationWarning
 from .hf_format import _refuse
 from .result import Checkpoint, check_weight_dtype
-from .torch_files import CheckpointError, LazyArray, apply_lazily, load_state_dict
+from .torch_files import CheckpointError, LazyArray, apply_lazily
 from .torch_names import abstract_as_built, from_torch, to_jax, to_torch_state_dict, torch_name
 
 KINDS = ("clip", "text", "vision")
@@ -522,7 +518,7 @@ def siglip_config_from_open_clip(model_cfg: Mapping[str, Any], shapes: Mapping[s
                  "resize_mode": "resize_mode"}
         extra = {ours: pp[theirs] for theirs, ours in names.items() if pp.get(theirs) is not None}
         return SiglipConfig(embed_dim=model_cfg.get("embed_dim", vision.width), vision=vision, text=text,
-                            layer_norm_eps=eps, **extra)
+                            layer_norm_eps=eps, image_processor="open_clip", tokenizer_style="open_clip", **extra)
     except ClipJaxError as e:
         raise type(e)(f"open_clip config: {e}") from None
 
@@ -597,30 +593,6 @@ def open_clip_siglip(state_dict: Mapping[str, Any], model_cfg: Mapping[str, Any]
         raise type(e)(f"{where}{e}") from None
 
 
-def read_open_clip_siglip(path: str | os.PathLike, lazy: bool = False) -> Checkpoint:
-    """An open_clip SigLIP checkpoint file (.safetensors, .bin: torch_files' safe reader) -> Checkpoint.
-    Its config: the open_clip_config.json beside it (as open_clip's Hub repos carry), else the weights'
-    shapes, with an AssumedActivationWarning (open_clip's SigLIP 1 towers use exact GELU where the
-    shapes can't say)."""
-    path = Path(path)
-    state_dict = load_state_dict(path, lazy)
-    beside = path.parent / OPEN_CLIP_CONFIG
-    model_cfg = preprocess = None
-    if beside.is_file():
-        data = read_config_json(beside)
-        if not isinstance(data, Mapping):
-            raise InputError(f"{beside}: expected an object, got {type(data).__name__}")
-        model_cfg, preprocess = (data.get("model_cfg"), data.get("preprocess_cfg")) if "model_cfg" in data \
-            else (data, None)
-    config, ours = open_clip_siglip(state_dict, model_cfg, preprocess, f"{path}: ")
-    origin = f"{OPEN_CLIP_CONFIG} beside the checkpoint" if model_cfg is not None else "the weights' shapes"
-    if model_cfg is None:
-        warnings.warn(f"{path}: no {OPEN_CLIP_CONFIG} beside it says which GELU these weights use; assumed tanh "
-                      f"GELU (big_vision's). open_clip's SigLIP 1 models use exact GELU: put their "
-                      f"{OPEN_CLIP_CONFIG} beside the file", AssumedActivationWarning, stacklevel=2)
-    return as_checkpoint(ours, config, "clip", f"open_clip ({origin})", path)
-
-
 def open_clip_export(params: Mapping[str, Any], config: SiglipConfig, exact: bool = True
                      ) -> tuple[dict[str, np.ndarray], dict]:
     """(open_clip's state dict, open_clip_config.json's content) for a SigLIP's params (ours or flat
@@ -634,5 +606,5 @@ def open_clip_export(params: Mapping[str, Any], config: SiglipConfig, exact: boo
 
 __all__ = ["BIG_VISION", "HF", "KINDS", "LAYOUTS", "OPEN_CLIP", "TEXT_BLOCK", "TIMM_MODELS", "VISION_BLOCK", "Format",
            "Rule", "as_checkpoint", "count_blocks", "from_ours", "is_open_clip_siglip", "names_of", "open_clip_export",
-           "open_clip_siglip", "read_open_clip_siglip", "rules", "siglip_config_from_open_clip",
+           "open_clip_siglip", "rules", "siglip_config_from_open_clip",
            "siglip_config_to_open_clip", "siglip_preprocess_cfg", "to_ours", "torch_style"]
