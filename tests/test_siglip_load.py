@@ -189,3 +189,54 @@ def test_command_line_npz_with_a_vocabulary_then_classify(hf_folder, tmp_path, c
     txt = np.asarray(M.l2_normalize(model.encode_text(tok([f"a photo of a {c}." for c in ("cat", "dog", "car")]))))
     logits = np.exp(float(model.logit_scale[...])) * img @ txt.T + float(model.logit_bias[...])
     np.testing.assert_allclose(sorted(probs, reverse=True), np.sort(1 / (1 + np.exp(-logits[0])))[::-1], atol=1e-4)
+
+
+def test_hub_repos_bring_their_vocabulary(hf_folder, hf_cache, tmp_path):
+    """hf-hub: a transformers SigLIP repo (config.json, weights, tokenizer files) and an open_clip/timm one
+    (open_clip_config.json, open_clip_model.safetensors, tokenizer files), from Hugging Face's cache."""
+    from tests.test_hub import COMMIT1, fake_hub
+    folder, _, _ = hf_folder
+    files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    fake_hub(hf_cache, "google/siglip-tiny", files, COMMIT1)
+    model, _ = clip_jax.load("hf-hub:google/siglip-tiny")
+    reference, _ = clip_jax.load(folder)
+    tokens = clip_jax.get_tokenizer(model)(TEXTS)
+    np.testing.assert_array_equal(tokens, clip_jax.get_tokenizer(reference)(TEXTS))
+    np.testing.assert_array_equal(np.asarray(model.encode_text(tokens)), np.asarray(reference.encode_text(tokens)))
+
+    out = clip_jax.export(reference, tmp_path / "open_clip_model.safetensors")
+    vocab = {n: (folder / n).read_bytes() for n in ("spiece.model", "tokenizer_config.json") if (folder / n).exists()}
+    fake_hub(hf_cache, "timm/tiny-siglip", {"open_clip_config.json": (tmp_path / "open_clip_config.json").read_bytes(),
+                                            "open_clip_model.safetensors": out.read_bytes(), **vocab}, COMMIT1)
+    timm, _ = clip_jax.load("hf-hub:timm/tiny-siglip", cache_dir=tmp_path / "cache")
+    assert type(timm) is Siglip and timm.config.tokenizer is not None
+    np.testing.assert_array_equal(np.asarray(timm.encode_text(tokens)), np.asarray(reference.encode_text(tokens)))
+
+
+def test_embed_then_search_with_a_siglip(hf_folder, tmp_path, capsys):
+    """clip-jax embed (images and captions) and search by text with a converted SigLIP: the best hit of a
+    caption's own text is its image's row, scored as the model scores it."""
+    pytest.importorskip("pyarrow")
+    from PIL import Image
+
+    from clip_jax.cli import main as cli
+    from clip_jax.jobs.embed import embed
+    folder, _, _ = hf_folder
+    model_file = clip_jax.convert(folder, tmp_path / "siglip.safetensors")
+    images = tmp_path / "images"
+    images.mkdir()
+    colors = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
+    for name, rgb in colors.items():
+        Image.new("RGB", (48, 40), rgb).save(images / f"{name}.png")
+    embed([str(images)], tmp_path / "emb", str(model_file), batch_size=4)
+    img = np.load(tmp_path / "emb" / "img_emb" / "img_emb_0.npy").astype(np.float32)
+    model, preprocess = clip_jax.load(model_file)
+    want = np.asarray(M.l2_normalize(model.encode_image(np.stack([preprocess(images / f"{n}.png") for n in
+                                                                   sorted(colors)]))))
+    np.testing.assert_allclose(img, want, atol=2e-3)  # stored float16
+    capsys.readouterr()
+    assert cli.main(["search", str(tmp_path / "emb"), "a photo of red", "-k", "3", "--json"]) in (0, None)
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    tokens = clip_jax.get_tokenizer(model)(["a photo of red"])
+    query = np.asarray(M.l2_normalize(model.encode_text(tokens)))[0]
+    assert [h["score"] for h in hits] == pytest.approx(sorted(img @ query, reverse=True), abs=2e-3)
