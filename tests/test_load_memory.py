@@ -1,10 +1,11 @@
 """clip_jax.load holds each weight once: the model's arrays, plus at most about one tensor being read.
 
-A ~45 MB float32 checkpoint (no tensor over 3 MB) is written in each format load reads from safetensors or
-a torch zip; a fresh interpreter (jax and clip_jax imported, its backend warmed) loads it and reports its
-peak resident memory over what it held before the load (VmHWM reset through /proc/self/clear_refs, as
-benchmarks/hf_load.py does). The eager path (every tensor read, then the model built from them) is measured
-the same way, so the measurement is known to see a second copy when there is one.
+A ~55 MB float32 checkpoint (no tensor over 3 MB) is written in each format load reads from safetensors or
+a torch zip (each read a tensor at a time from its place in the file); a fresh interpreter (jax and
+clip_jax imported, its backend warmed) loads it and reports its peak resident memory over what it held
+before the load (VmHWM reset through /proc/self/clear_refs, as benchmarks/hf_load.py does). The eager
+path (every tensor read, then the model built from them) is measured the same way, so the measurement is
+known to see a second copy when there is one.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ from clip_jax.checkpoint.torch_writer import write_safetensors, write_torch_zip
 from clip_jax.config import CLIPConfig, TextConfig, VisionConfig
 
 REPO = Path(__file__).resolve().parents[1]
-LIMIT = 1.3  # peak extra memory / file size
-# A torch zip is read whole by the safe reader (its memory budget), then handed to the model tensor by
-# tensor, each storage freed as its array is made: 1.21x at ViT-B/32's size, up to 1.35x measured at this
-# file's size, where fixed overheads weigh more. Still below the 1.6x the eager path's second copy shows.
-LIMITS = {"torch zip": 1.5}
+# Peak extra memory / file size. Measured at this file's size (where fixed overheads weigh more than at
+# ViT-B/32's 1.00-1.03x): 1.09x for the converted file, 1.12x for the folder and open_clip's .safetensors,
+# 1.14x for the torch zip (read a storage at a time, its CRC-32s checked beside through a 1 MiB buffer).
+# A second copy shows as 1.6x or more (test_the_measurement_sees_a_second_copy).
+LIMIT = 1.25
 
 CHILD = r"""
 import json, sys, warnings
@@ -98,8 +99,7 @@ def test_load_holds_each_weight_once(files, fmt):
     size = _size_mb(files[fmt])
     assert size > 30
     got = _measure("load", files[fmt])
-    limit = LIMITS.get(fmt, LIMIT)
-    assert got["peak_mb"] < limit * size, f"{fmt}: peak {got['peak_mb']:.0f} MB for a {size:.0f} MB file"
+    assert got["peak_mb"] < LIMIT * size, f"{fmt}: peak {got['peak_mb']:.0f} MB for a {size:.0f} MB file"
     assert got["sums"] == files["sums"]  # every weight as written, read once, laid out as clip_jax's
 
 

@@ -46,7 +46,7 @@ from ..fileio import atomic_write
 from ..model import param_shapes
 from ..param_check import ConversionError, raise_if_any
 from .result import FLOAT_NAMES, Checkpoint, check_weight_dtype
-from .torch_files import CheckpointError, LazyArray, apply_lazily, load_state_dict
+from .torch_files import CheckpointError, LazyArray, apply_lazily, copy_into, empty_aligned, load_state_dict
 from .torch_names import abstract_as_built
 from .torch_writer import write_safetensors
 
@@ -178,7 +178,12 @@ def _to_jax(arrays: list[np.ndarray], transform: str | None) -> np.ndarray:
     if transform == "qkv":  # three Linears [out, in] (or biases [out]) -> in_proj [in, 3 out] ([3 out])
         if len({a.shape for a in arrays}) != 1:
             raise ConversionError("q, k, v differ in shape")
-        return np.concatenate([a.T if a.ndim == 2 else a for a in arrays], axis=-1)
+        parts = [a.T if a.ndim == 2 else a for a in arrays]
+        # written once, transposed, into the aligned array the model takes as it is (torch_files.owned)
+        out = empty_aligned((*parts[0].shape[:-1], 3 * parts[0].shape[-1]), np.result_type(*arrays))
+        for i, part in enumerate(np.split(out, 3, axis=-1)):
+            copy_into(part, parts[i])
+        return out
     (x,) = arrays
     if transform == "T":
         return x.T if x.ndim == 2 else x

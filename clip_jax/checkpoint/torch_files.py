@@ -17,58 +17,26 @@ never imported.
 from __future__ import annotations
 
 import json
-import math
-import mmap
 import os
 import struct
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_dtypes  # also registers 'bfloat16' with numpy, which safetensors' numpy reader names
-import numpy as np
 
 from .torch_pickle import CheckpointError, brief, strip_prefixes
-from .torch_save_reader import load_legacy, load_zip
+from .torch_save_reader import (
+    LazyArray,
+    apply_lazily,
+    copy_into,
+    empty_aligned,
+    file_array,
+    load_legacy,
+    load_zip,
+    owned,
+)
 
-__all__ = ["CheckpointError", "LazyArray", "check_safetensors_dtypes", "load_state_dict", "safetensors_arrays"]
-
-
-class LazyArray:
-    """A tensor whose shape and dtype are known (from its file's header) and whose data is read when
-    np.asarray asks for it: read afresh each time and never kept, so a model built from these holds
-    each weight once, not once in the model and once more here."""
-
-    __slots__ = ("dtype", "shape", "_read")
-
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, read: Callable[[], np.ndarray]):
-        self.shape, self.dtype, self._read = tuple(shape), np.dtype(dtype), read
-
-    @classmethod
-    def once(cls, array: np.ndarray) -> LazyArray:
-        """An array in memory, handed over on the first read and then let go (a second read fails)."""
-        cell = [array]
-        return cls(array.shape, array.dtype, cell.pop)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        x = self._read()
-        return x if dtype is None else x.astype(dtype, copy=False)
-
-    def __repr__(self) -> str:
-        return f"LazyArray(shape={self.shape}, dtype={self.dtype})"
-
-
-def apply_lazily(fn: Callable[[list[np.ndarray]], np.ndarray], arrays: Sequence[Any]) -> Any:
-    """fn(arrays) now when every array is in memory; else a LazyArray computing it when read. Its shape
-    comes from fn on zero-byte stand-ins (so a shape fn refuses is refused now, before reading)."""
-    if not any(isinstance(a, LazyArray) for a in arrays):
-        return fn(list(arrays))
-    stand_ins = [np.broadcast_to(np.zeros((), np.uint8), a.shape) for a in arrays]
-    shape = fn(stand_ins).shape
-    return LazyArray(shape, np.result_type(*(a.dtype for a in arrays)), lambda: fn([np.asarray(a) for a in arrays]))
+__all__ = ["CheckpointError", "LazyArray", "apply_lazily", "check_safetensors_dtypes", "copy_into", "empty_aligned",
+           "file_array", "load_state_dict", "owned", "safetensors_arrays"]
 
 
 # safetensors' dtype names -> numpy's (little-endian, as the format stores them)
@@ -79,8 +47,8 @@ _NUMPY = {"BOOL": "?", "U8": "u1", "I8": "i1", "U16": "<u2", "I16": "<i2", "U32"
 def safetensors_arrays(path: str | os.PathLike) -> dict[str, LazyArray]:
     """A safetensors file whose header safe_open has already validated (offsets, sizes) and whose
     dtypes check_safetensors_dtypes has passed -> each tensor as a LazyArray, in the file's order.
-    Each read copies one tensor from the file into a fresh array with a plain read, not through a
-    memory map, whose pages would stay resident (and count) as long as the file is open."""
+    A read copies one tensor from the file into a fresh array with a plain read; a view maps just that
+    tensor's pages (let go with the view), for a layout change or a cast copied straight out of them."""
     path = os.fspath(path)
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
@@ -89,34 +57,8 @@ def safetensors_arrays(path: str | os.PathLike) -> dict[str, LazyArray]:
     out = {}
     for key, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
         shape, dtype = entry["shape"], _NUMPY[entry["dtype"]]
-        out[key] = LazyArray(shape, dtype, _reader(path, 8 + n + entry["data_offsets"][0], shape, dtype))
+        out[key] = file_array(path, 8 + n + entry["data_offsets"][0], shape, dtype)
     return out
-
-
-_OWN_MAPPING = 1 << 16
-# Linux: its pages made at once, not one fault at a time as the read fills them (a third faster)
-_MAPPING = {"flags": mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE} if hasattr(mmap, "MAP_POPULATE") else {}
-
-
-def _reader(path: str, offset: int, shape: list[int], dtype: Any) -> Callable[[], np.ndarray]:
-    def read() -> np.ndarray:
-        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-        # Its own mapping, returned to the system when the array goes: buffers taken from and freed to the
-        # heap between the model's arrays stay resident (about 20% more for a model of a few hundred).
-        buffer = mmap.mmap(-1, nbytes, **_MAPPING) if nbytes >= _OWN_MAPPING else bytearray(nbytes)
-        out = np.frombuffer(buffer, dtype, math.prod(shape)).reshape(shape)
-        view = memoryview(buffer)
-        with open(path, "rb") as f:
-            f.seek(offset)
-            done = 0
-            while done < len(view):
-                got = f.readinto(view[done:])
-                if not got:
-                    raise CheckpointError(f"{path}: ends inside a tensor (the file changed after it was opened?)")
-                done += got
-        return out
-
-    return read
 
 
 def _looks_like_safetensors(head: bytes, file_size: int) -> bool:
@@ -168,8 +110,9 @@ def load_state_dict(path: str | os.PathLike, lazy: bool = False) -> dict[str, An
 
     Returns a flat `{name: numpy.ndarray}` dict (bfloat16 as
     `ml_dtypes.bfloat16`).  Raises `CheckpointError` naming the file and
-    the problem for anything refused, malformed or unreadable. lazy: a .safetensors file's tensors as
-    LazyArrays, read when used (the pickle formats are read whole either way).
+    the problem for anything refused, malformed or unreadable. lazy: a .safetensors file's tensors, and a
+    torch zip's (stored, little-endian: what torch.save writes), as LazyArrays read from the file when
+    used; a compressed or big-endian zip and the legacy format are read whole.
     """
     path = os.fspath(path)
     try:
@@ -179,7 +122,7 @@ def load_state_dict(path: str | os.PathLike, lazy: bool = False) -> dict[str, An
         if file_size == 0:
             raise CheckpointError("file is empty")
         if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-            return load_zip(path)
+            return load_zip(path, lazy)
         if _looks_like_safetensors(head, file_size):
             return _load_safetensors(path, lazy)
         if head.startswith(b"\x80"):  # pickle PROTO opcode: legacy torch.save
