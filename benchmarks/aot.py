@@ -3,6 +3,7 @@
     python -m benchmarks.aot                        # every model x target below (an hour or more)
     python -m benchmarks.aot --models ViT-B/32 --targets v5e:2x2 h200:1x1x1
     python -m benchmarks.aot --models ViT-B/32 --targets v5e:2x2 --trace 12   # the 12 costliest ops
+    python -m benchmarks.aot --models So400m/14-384 --targets v5e:2x2 h200:1x1x1   # SigLIP: any SiglipConfig name
 
 For each model x target it compiles the public image and text programs (`clip_jax.calls.lower`) with bf16
 compute and params, uint8 images, sharded over the target's devices along "data" (and "model" for bigG-14),
@@ -10,9 +11,11 @@ and prints per chip: GFLOPs per image/text (clip_jax's program, counted from the
 convolutions, for the whole item even where "model" splits it over chips; beside it open_clip's, which runs
 the last block over every token, and the TPU compiler's own count), bytes per item two ways (the TPU cost
 analysis's "bytes accessed", and the HBM traffic read from the compiled program's buffer assignment, see
-`hbm_traffic`; the GPU compiler gives no cost analysis), the roofline upper bound on items/s per chip, and the
-memory the compiled program holds at the recommended batch. `--trace N` lists the N instructions that move the
-most HBM bytes, per item.
+`hbm_traffic`; the GPU compiler gives no cost analysis), the arithmetic intensity (FLOPs per HBM byte), the
+roofline upper bound on items/s per chip, and the memory the compiled program holds at the recommended batch
+(arguments, i.e. both towers' params and the batch, + temporaries = the total, against the chip's HBM).
+SigLIP models (`SiglipConfig.from_name` names: "So400m/14-384", "B/16", ...) are compiled the same way.
+`--trace N` lists the N instructions that move the most HBM bytes, per item.
 
 The TPU cost analysis is per chip: it describes the partitioned program one chip runs (the same
 per-chip batch on 1 chip and on 4 gives the same FLOPs and bytes; the same global batch on 1 chip gives
@@ -63,8 +66,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from clip_jax.calls import lower  # noqa: E402
 from clip_jax.config import PRESETS, CLIPConfig, config_from_open_clip  # noqa: E402
+from clip_jax.errors import InputError  # noqa: E402
 from clip_jax.model import abstract_model  # noqa: E402
 from clip_jax.parallel import DATA, make_mesh, pmap_logits, shard_params  # noqa: E402
+from clip_jax.siglip_config import SiglipConfig  # noqa: E402
 from clip_jax.train import Trainer, optimizer  # noqa: E402
 
 # XLA's GpuTargetConfigProto for an H200 (openxla/xla xla/backends/gpu/target_config/specs/h200.txtpb),
@@ -101,15 +106,22 @@ TRAIN_PER_CHIP = {"ViT-B/32": 128}
 TARGETS = ("v5e:2x2", "v5e:16x16", "v5p:2x2x4", "h200:1x1x1", "h200:1x1x8")
 MODELS = ("ViT-B/32", "ViT-L/14", "RN50", "ViT-bigG-14")
 MODEL_PARALLEL = {"ViT-bigG-14": 4}  # the "model" axis of the mesh: Megatron-split blocks
+SIGLIP_MODELS = ("So400m/14-384",)  # SigLIP's largest released fixed-resolution shape most used
 
 
 class Unavailable(Exception):
     """The compiler for a target isn't installed here (the message says what to install)."""
 
 
-def model_config(name: str) -> CLIPConfig:
+def model_config(name: str) -> CLIPConfig | SiglipConfig:
+    """A CLIP preset, a SigLIP name (big_vision's "So400m/14-384", open_clip's, transformers'), or an
+    open_clip architecture ("ViT-bigG-14")."""
     if name in PRESETS:
         return PRESETS[name]
+    try:
+        return SiglipConfig.from_name(name)
+    except InputError:  # no SigLIP name: open_clip's
+        pass
     import open_clip  # the bigG-14 shape: open_clip's config (no weights)
 
     return config_from_open_clip(open_clip.get_model_config(name))
@@ -179,6 +191,13 @@ class Compiled:
         """Bytes the program holds on one chip: arguments + outputs + temporaries (aliases counted once)."""
         m = self.compiled.memory_analysis()
         return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+
+    @property
+    def memory_parts(self) -> tuple[int, int, int]:
+        """(arguments, temporaries, total) bytes on one chip: the params and the batch; what the program
+        allocates; `memory` (arguments + outputs + temporaries, aliases counted once)."""
+        m = self.compiled.memory_analysis()
+        return m.argument_size_in_bytes, m.temp_size_in_bytes, self.memory
 
     @property
     def cost(self) -> dict | None:
@@ -405,8 +424,8 @@ def _subjaxprs(eqn):
                 yield x
 
 
-def flops_per_item(config: CLIPConfig, tower: str) -> tuple[float, float]:
-    """(clip_jax's program, open_clip's) FLOPs per image ("image") or 77-token text ("text")."""
+def flops_per_item(config: CLIPConfig | SiglipConfig, tower: str) -> tuple[float, float]:
+    """(clip_jax's program, open_clip's) FLOPs per image ("image") or context_length-token text ("text")."""
     graphdef, state = abstract_model(config, dtype="bfloat16", param_dtype="bfloat16")
     size = config.vision.image_size
     if tower == "image":
@@ -422,6 +441,8 @@ def flops_per_item(config: CLIPConfig, tower: str) -> tuple[float, float]:
         tokens, width, mlp = t.context_length, t.width, t.mlp_width
     if tower == "image" and config.vision.is_resnet:
         return ours, ours  # the attention pool queries the mean token only, in both
+    if tower == "image" and isinstance(config, SiglipConfig):
+        return ours, ours  # the MAP head reads every token, so every block runs over all of them, in both
     # open_clip runs the last block over every token; clip_jax over the pooled one: add the difference.
     block = lambda n: 2 * n * width * (4 * width + 2 * mlp) + 4 * n * tokens * width
     return ours, ours + block(tokens) - block(1)
@@ -430,13 +451,16 @@ def flops_per_item(config: CLIPConfig, tower: str) -> tuple[float, float]:
 # --- the table ---------------------------------------------------------------------------------------
 
 
-def report(name: str, target: str, attention: str | None = None, trace: int = 0, dump: str | None = None) -> list[dict]:
+def report(name: str, target: str, attention: str | None = None, trace: int = 0, dump: str | None = None,
+           per_chip: int | None = None) -> list[dict]:
+    """One row per tower of `name` compiled for `target` (see the module docstring), `per_chip` items a
+    chip (default: the recommended batch)."""
     config = model_config(name)
     chip = chip_of(target)
     mp = MODEL_PARALLEL.get(name, 1)
     rows = []
     for tower, program in (("image", "image_features"), ("text", "text_features")):
-        c = compile_program(config, target, program, model_parallel=mp, attention=attention)
+        c = compile_program(config, target, program, per_chip=per_chip, model_parallel=mp, attention=attention)
         ours, oc = flops_per_item(config, tower)
         cost = c.cost or {}
         per = lambda x, n=c.per_chip: None if x is None else x / n  # the cost analysis is per chip
@@ -447,11 +471,14 @@ def report(name: str, target: str, attention: str | None = None, trace: int = 0,
         if hbm:
             bound = min(bound, chip.hbm_bandwidth / hbm)
         bound /= mp
+        args, temps, total = c.memory_parts
         rows.append(dict(model=name, target=target, tower=tower, per_chip=c.per_chip, gflops=ours / 1e9,
                          open_clip_gflops=oc / 1e9, xla_gflops=None if xla_flops is None else xla_flops / 1e9,
                          xla_mb=None if xla_bytes is None else xla_bytes / 1e6,
                          hbm_mb=None if hbm is None else hbm / 1e6, roofline=bound,
-                         memory_gb=c.memory / 1e9, hbm_gb=chip.hbm_bytes / 1e9, compile_s=c.seconds,
+                         intensity=ours / mp / hbm if hbm else None,  # FLOPs per HBM byte, a chip's share
+                         args_gb=args / 1e9, temps_gb=temps / 1e9,
+                         memory_gb=total / 1e9, hbm_gb=chip.hbm_bytes / 1e9, compile_s=c.seconds,
                          model_parallel=mp, collectives=len(collectives(c.text))))
         for b, line in hbm_traffic(c.text)[:trace] if platform_of(target) == "tpu" else ():
             print(f"    {tower}: {b / c.per_chip / 1e3:8.1f} KB/item  {line[:160]}")
@@ -462,9 +489,25 @@ def report(name: str, target: str, attention: str | None = None, trace: int = 0,
     return rows
 
 
+HEAD = ("model", "target", "tower", "batch/chip", "GFLOP/item", "open_clip", "XLA GFLOP", "XLA MB/item",
+        "HBM MB/item", "FLOP/HBM byte", "roofline/s/chip", "memory GB (args + temps = total / HBM)", "collectives",
+        "compile s")
+
+
+def row_text(r: dict) -> str:
+    """One row of `report` as a line of the table under HEAD."""
+    fmt = lambda x, f: "-" if x is None else format(x, f)
+    memory = f"{r['args_gb']:.2f} + {r['temps_gb']:.2f} = {r['memory_gb']:.2f} / {r['hbm_gb']:.0f}"
+    return " | ".join([r["model"] + (f" (model {r['model_parallel']})" if r["model_parallel"] > 1 else ""),
+                       r["target"], r["tower"], str(r["per_chip"]), fmt(r["gflops"], ".2f"),
+                       fmt(r["open_clip_gflops"], ".2f"), fmt(r["xla_gflops"], ".2f"), fmt(r["xla_mb"], ".1f"),
+                       fmt(r["hbm_mb"], ".1f"), fmt(r["intensity"], ".0f"), fmt(r["roofline"], ",.0f"), memory,
+                       str(r["collectives"]), f"{r['compile_s']:.0f}"])
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument("--models", nargs="+", default=list(MODELS + SIGLIP_MODELS))
     ap.add_argument("--targets", nargs="+", default=list(TARGETS))
     ap.add_argument("--trace", type=int, default=0, metavar="N",
                     help="list the N instructions of each TPU program that move the most HBM bytes")
@@ -472,6 +515,11 @@ def main(argv=None) -> None:
     ap.add_argument("--train", type=int, default=0, metavar="PER_CHIP",
                     help="also compile the train step (data parallel, bf16 compute, float32 params) at this "
                          "batch per chip, without and with remat, on the TPU targets")
+    ap.add_argument("--per-chip", type=int, default=None, metavar="N",
+                    help="inference batch per chip (default: the recommended one, RECOMMENDED_PER_CHIP)")
+    ap.add_argument("--attention", choices=("xla", "cudnn"), default=None,
+                    help="dot_product_attention's implementation on the GPU targets (default: JAX's choice; "
+                         "tests/test_aot.py's full-size GPU checks use cudnn)")
     args = ap.parse_args(argv)
     print(f"jax {jax.__version__}, libtpu {_version('libtpu')}, CUDA plugin {_version('jax-cuda12-plugin')}; "
           f"bf16 compute and params, uint8 images; per chip; roofline = min(peak bf16 FLOP/s / FLOPs, HBM B/s / "
@@ -479,24 +527,17 @@ def main(argv=None) -> None:
           f"cost analysis there)")
     for t in sorted({t.split(':')[0] for t in args.targets}):
         print(f"  {CHIPS[t].name}: {CHIPS[t].source}")
-    head = ("model", "target", "tower", "batch/chip", "GFLOP/item", "open_clip", "XLA GFLOP", "XLA MB/item",
-            "HBM MB/item", "roofline/s/chip", "memory GB", "collectives", "compile s")
-    print(" | ".join(head))
+    print(" | ".join(HEAD))
     for target in args.targets:
         for name in args.models:
             try:
-                rows = report(name, target, trace=args.trace, dump=args.dump)
+                attention = args.attention if platform_of(target) == "gpu" else None
+                rows = report(name, target, attention, trace=args.trace, dump=args.dump, per_chip=args.per_chip)
             except Unavailable as e:
                 print(f"{name} | {target} | skipped: {e}")
                 continue
             for r in rows:
-                fmt = lambda x, f: "-" if x is None else format(x, f)
-                print(" | ".join([r["model"] + (f" (model {r['model_parallel']})" if r["model_parallel"] > 1 else ""),
-                                  r["target"], r["tower"], str(r["per_chip"]), fmt(r["gflops"], ".2f"),
-                                  fmt(r["open_clip_gflops"], ".2f"), fmt(r["xla_gflops"], ".2f"),
-                                  fmt(r["xla_mb"], ".1f"), fmt(r["hbm_mb"], ".1f"), fmt(r["roofline"], ",.0f"),
-                                  f"{r['memory_gb']:.2f} / {r['hbm_gb']:.0f}", str(r["collectives"]),
-                                  f"{r['compile_s']:.0f}"]), flush=True)
+                print(row_text(r), flush=True)
             if args.train and platform_of(target) == "tpu":
                 for remat in (False, True):
                     c = compile_train_step(model_config(name), target, args.train, remat=remat)
