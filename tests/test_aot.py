@@ -18,6 +18,9 @@ install -e ".[aot-tpu]"; .ci/run installs it; without it these skip, saying so):
 - The text and image steps of ShardedCLIP over the mesh make_mesh builds for a 4-host v5p 2x2x4.
 - The pmap form, the training step (v5e 2x2 and the 4-host v5p) and the model-parallel split, on
   tests/tiny.py's CLIP (widths of 32): the collectives come from the shardings, whatever the widths.
+- SigLIP So400m/14-384's towers, 2 blocks each, at 256 a chip on a v5e 2x2 (memory scaled to 27 blocks
+  by the tower's params), its MAP head's Megatron split on a small SigLIP, and on an H200 its cuDNN
+  attention (every block and the MAP head); the whole model under `pytest -m slow`.
 Compile time grows with the code the TPU backend emits (about 58k instruction bundles per ViT-B/32
 block at 256 a chip, 90% of the time in the backend passes), so a full ViT-B/32 tower takes minutes:
 `pytest -m slow` has the full-size checks (ViT-B/32, ViT-L/14, RN50, bigG-14 with model parallel on
@@ -270,3 +273,112 @@ def test_train_step_full_size(target):
     config = aot.model_config("ViT-B/32")
     c = aot.compile_train_step(config, target, per_chip=aot.TRAIN_PER_CHIP["ViT-B/32"])
     check_train_step(c, config, len(devs))
+
+
+# --- SigLIP: So400m/14-384 ---------------------------------------------------------------------------
+#
+# SigLIP's image program holds only the image tower's params (and its text program the text tower's):
+# its names are all under "visual." or "text.". So the depth of a shallow copy is scaled by that tower's
+# params alone. What the full size measured (pytest -m slow, benchmarks/aot.py), bf16, 256 a chip on a
+# v5e 2x2: image 0.97 GB of arguments + 13.73 GB of temporaries = 14.70 GB of 17.2 (the attention's
+# float32 scores over 729 tokens, 16 heads, are most of it), text 1.63 GB; 670 GFLOP an image.
+
+SIGLIP = "So400m/14-384"
+
+
+def tower_param_bytes(config, tower: str) -> int:
+    """Bytes of one SigLIP tower's params in bf16 (image: "visual.*", text: "text.*")."""
+    from clip_jax.checkpoint.torch_names import expected_params
+
+    prefix = "visual." if tower == "image" else "text."
+    return 2 * sum(int(np.prod(s)) for name, s in expected_params(config).items() if name.startswith(prefix))
+
+
+def check_siglip_program(c: aot.Compiled, config, tower: str, full=None) -> None:
+    """check_program's checks (fits, no batch-sized gather, each chip its own rows, no collective), the
+    memory scaled to `full`'s depth by the params of the one tower the program holds."""
+    check_program(c, config, tower)
+    args, _, _ = c.memory_parts
+    tower_bytes = tower_param_bytes(config, tower)
+    per_item = config.vision.image_size**2 * 3 if tower == "image" else 4 * config.text.context_length
+    assert args == pytest.approx(tower_bytes + c.per_chip * per_item, rel=0.01)  # its tower and rows, not both
+    memory = c.memory + (tower_param_bytes(full, tower) - tower_bytes if full is not None else 0)
+    assert memory < 0.9 * aot.chip_of(c.target).hbm_bytes, f"{memory / 1e9:.1f} GB on {c.target}"
+    if c.target.startswith("h200"):
+        assert memory < 0.9 * 80e9  # an 80 GB H100 holds it too
+
+
+@pytest.mark.parametrize("tower", ["image", "text"])
+def test_siglip_towers_on_a_v5e_slice(tower):
+    """So400m/14-384's widths, 729 patches (27 x 27 of 14 pixels, no class token), MAP head and 64-token
+    text, 2 blocks a tower, bf16, 256 images or texts a chip on a v5e 2x2: fits once scaled to 27 blocks,
+    no collective, no batch-sized gather; the compiler's FLOPs are the jaxpr's."""
+    target_devices("v5e:2x2")
+    full = aot.model_config(SIGLIP)
+    assert (full.vision.grid_size, full.vision.width, full.vision.mlp_width, full.text.context_length) == (
+        27, 1152, 4304, 64)
+    config = aot.shrunk(full)
+    c = aot.compile_program(config, "v5e:2x2", f"{tower}_features")
+    assert c.per_chip == aot.RECOMMENDED_PER_CHIP["tpu"]
+    check_siglip_program(c, config, tower, full=full)
+    counted, open_clip = aot.flops_per_item(config, tower)
+    assert c.cost["flops"] / c.per_chip == pytest.approx(counted, rel=0.03)
+    # The image tower runs every block over every token (the MAP head reads them all), as open_clip;
+    # the text tower's last block over the pooled (last) token only.
+    assert (open_clip == counted) == (tower == "image")
+
+
+def test_siglip_model_parallel_map_head_is_megatron():
+    """A small SigLIP (tests/siglip_parallel_checks.py) with make_mesh(model_parallel=2) on a v5e 2x2: per
+    block and in the MAP head, one all-reduce after out_proj and one after c_proj, each within a "model"
+    pair; nothing gathered or permuted bigger than a vector of the width."""
+    from tests.siglip_parallel_checks import TINY_SIGLIP
+
+    target_devices("v5e:2x2")
+    c = aot.compile_program(TINY_SIGLIP, "v5e:2x2", "image_features", per_chip=8, model_parallel=2)
+    lines = aot.collectives(c.text)
+    groups = [g for line in lines for g in aot.replica_groups(line, 4)]
+    assert lines and all(len({i // 2 for i in g}) == 1 for g in groups), lines[:3]
+    assert len(aot.ops(c.text, "all-reduce")) == 2 * TINY_SIGLIP.vision.layers + 2
+    others = [line for line in lines if " all-reduce" not in line]
+    assert all(aot.shape_elements(line) <= TINY_SIGLIP.vision.width for line in others), others
+
+
+def check_siglip_gpu_kernels(image: aot.Compiled, text: aot.Compiled, config) -> None:
+    """cuDNN fused attention in every block of both towers and in the MAP head, the patch embedding a
+    cuDNN convolution, cuBLASLt matmuls."""
+    for c in (image, text):
+        calls = "\n".join(aot.ops(c.text, "custom-call"))
+        assert "__cudnn$fmha" in calls and "__cublas$lt$matmul" in calls
+    fmha = lambda c: sum("__cudnn$fmha" in line for line in aot.ops(c.text, "custom-call"))
+    assert fmha(image) >= config.vision.layers + 1 and fmha(text) >= config.text.layers
+    assert "__cudnn$conv" in "\n".join(aot.ops(image.text, "custom-call"))
+
+
+def test_siglip_gpu_cudnn_attention():
+    """So400m/14-384, 2 blocks a tower, on an H200 from XLA's spec at 1024 a chip: cuDNN attention and
+    convolutions; fits once scaled to 27 blocks."""
+    target_devices("h200:1x1x1")
+    full = aot.model_config(SIGLIP)
+    config = aot.shrunk(full)
+    image = aot.compile_program(config, "h200:1x1x1", "image_features", attention="cudnn")
+    text = aot.compile_program(config, "h200:1x1x1", "text_features", attention="cudnn")
+    check_siglip_program(image, config, "image", full=full)
+    check_siglip_program(text, config, "text", full=full)
+    check_siglip_gpu_kernels(image, text, config)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["v5e:2x2", "h200:1x1x1"])
+def test_siglip_full_size_compiles_and_fits(target):
+    """So400m/14-384 whole (27 blocks a tower), both towers at the recommended batch a chip."""
+    target_devices(target)
+    config = aot.model_config(SIGLIP)
+    gpu = aot.platform_of(target) == "gpu"
+    attention = "cudnn" if gpu else None
+    image = aot.compile_program(config, target, "image_features", attention=attention)
+    text = aot.compile_program(config, target, "text_features", attention=attention)
+    check_siglip_program(image, config, "image")
+    check_siglip_program(text, config, "text")
+    if gpu:
+        check_siglip_gpu_kernels(image, text, config)
