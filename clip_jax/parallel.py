@@ -251,7 +251,9 @@ class ShardedCLIP:
     """A CLIP whose batches are split over a mesh (params replicated, or split along "model").
 
     Args:
-      model: a clip_jax CLIP (any compute dtype).
+      model: a clip_jax two-tower model of any family (CLIP, Siglip), or a single tower (it embeds, it
+        doesn't score pairs), in any compute dtype. clip_logits scores with the family's logits and head
+        (SigLIP: exp(logit_scale) * cos + logit_bias).
       mesh: from make_mesh; default: all devices along "data".
       batch_size: global rows per step, rounded up to a multiple of the "data" axis. Full batches are
         this size; a shorter one (the last of a job, or a small job) is padded to the smallest of
@@ -484,7 +486,8 @@ class ShardedCLIP:
 
 
 def pmap_logits(model: CLIP, devices: Sequence[jax.Device] | None = None) -> Callable[[Any, Any], jax.Array]:
-    """clip_logits under jax.pmap, params replicated (the older per-device API many TPU codebases use).
+    """clip_logits under jax.pmap, params replicated (the older per-device API many TPU codebases use): the
+    model's own __call__, so each family's logits (SigLIP's with its logit_bias).
 
     Returns f(images [n_dev, B, H, W, 3], tokens [n_dev, T, L]) -> logits_per_image [n_dev, B, T]: each
     device scores its own images against its own texts. devices: jax.pmap's (default: all local ones).
