@@ -12,11 +12,13 @@ when from_pretrained returns):
   - clip_jax:      clip_jax.load(folder | .safetensors | .pt), every parameter on the device (block_until_ready)
 "x file" divides the peak by the size of the file that load read (the folder's for the folder).
 Imports are not timed: each process imports its library and touches what the load will use (transformers' lazy
-CLIPModel, jax's CPU backend and Flax's module machinery on a small model) before the clock starts. Peak RSS
+CLIPModel; jax's CPU backend, Flax's module machinery on a small model and clip_jax's lazy `load`, whose first
+touch imports clip_jax.hub and huggingface_hub) before the clock starts. Peak RSS
 is the process's high-water mark (reset after imports) minus its RSS after imports, as in
 benchmarks/convert.py, so torch's and jax's import footprints don't hide the working memory. Usage: python -m
-benchmarks.hf_load [--repeat 5] [--root CHECKOUT] (--root: time another checkout's clip_jax, e.g. an older commit
-exported with `git archive`, on the same files)
+benchmarks.hf_load [--repeat 5] [--root CHECKOUT] [--before CHECKOUT] (--root: time another checkout's clip_jax,
+e.g. an older commit exported with `git archive`, on the same files; --before: a second checkout, its loads
+alternating with --root's in the same rounds, so a before/after comparison sees the same machine load)
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ else:
     jax.block_until_ready(nnx.state(clip_jax.build(clip_jax.CLIPConfig(  # warm the backend and Flax, as imports
         embed_dim=32, vision=clip_jax.VisionConfig(image_size=32, layers=1, width=64, patch_size=16),
         text=clip_jax.TextConfig(width=64, heads=1, layers=1)))))
+    clip_jax.load  # a lazy attribute: imports clip_jax.hub (huggingface_hub, ...), as CLIPModel above
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset the high-water mark (VmHWM) so import-time peaks don't count
 base = status_mb("VmRSS")
@@ -126,35 +129,44 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5, help="rounds (median); each round runs every load in turn")
     ap.add_argument("--root", type=Path, default=ROOT, help="the checkout whose clip_jax is timed (default: this one)")
+    ap.add_argument("--before", type=Path, help="another checkout, timed in the same rounds (e.g. a git worktree of "
+                                                "an older commit): its clip_jax loads, alternating with --root's")
+    ap.add_argument("--files", type=Path, help="keep the checkpoints in this folder (written once, then reused)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d:
+    roots = {"": args.root, **({"before: ": args.before} if args.before else {})}
+    cases = [(m, tag) for m in MODES for tag in (roots if m != "transformers" else [""])]
+    with tempfile.TemporaryDirectory() as tmp:
+        d = args.files or tmp
         folder = Path(d) / "clip-vit-base-patch32"
-        write_folder(folder)
+        if not folder.is_dir():
+            write_folder(folder)
         sizes = {m: size_mb(Path(d) / name) for m, (_, name) in MODES.items()}
         print(f"folder: {sizes['clip_jax']:.0f} MB (config.json + float32 model.safetensors, ViT-B/32 shapes); "
               f"converted .safetensors {sizes['clip_jax.safetensors']:.0f} MB; .pt {sizes['clip_jax.pt']:.0f} MB")
-        print(f"clip_jax from {args.root}")
+        print("clip_jax from " + ", ".join(f"{tag or 'after: '}{root}" for tag, root in roots.items()))
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        runs: dict[str, list] = {m: [] for m in MODES}
+        runs: dict[tuple, list] = {c: [] for c in cases}
         for i in range(args.repeat):
-            order = list(MODES) if i % 2 == 0 else list(MODES)[::-1]
-            for mode in order:
-                runs[mode].append(run(mode, Path(d) / MODES[mode][1], args.root))
-        counts = {runs[m][0][4] for m in MODES}
+            for mode, tag in cases if i % 2 == 0 else cases[::-1]:
+                runs[mode, tag].append(run(mode, Path(d) / MODES[mode][1], roots[tag]))
+        counts = {r[0][4] for r in runs.values()}
         if len(counts) != 1:
-            raise RuntimeError(f"the two loads hold different parameter counts: {counts}")
+            raise RuntimeError(f"the loads hold different parameter counts: {counts}")
         print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"{args.repeat} rounds, median; {counts.pop() / 1e6:.1f} M parameters each")
         for k, what in ((0, "load"), (2, "load, then read every weight once")):
-            med = {m: (statistics.median(r[k] for r in runs[m]), statistics.median(r[k + 1] for r in runs[m]))
-                   for m in MODES}
-            t_ref, m_ref = med["transformers"]
-            print(f"\n{what + ':':40s} {'s':>7s} {'peak MB':>8s} {'x file':>7s} {'time / tf':>10s} {'peak / tf':>10s}")
-            for mode, (label, _) in MODES.items():
-                t, m = med[mode]
-                print(f"{label:40s} {t:7.3f} {m:8.0f} {m / sizes[mode]:7.2f} {t / t_ref:10.2f} {m / m_ref:10.2f}")
-            for mode, (label, _) in MODES.items():
-                print(f"  {label} times: {' '.join(f'{r[k]:.2f}' for r in runs[mode])}")
+            _report(k, what, runs, sizes)
+
+
+def _report(k: int, what: str, runs: dict[tuple, list], sizes: dict[str, float]) -> None:
+    med = {c: (statistics.median(r[k] for r in rs), statistics.median(r[k + 1] for r in rs)) for c, rs in runs.items()}
+    t_ref, m_ref = med["transformers", ""]
+    print(f"\n{what + ':':48s} {'s':>7s} {'peak MB':>8s} {'x file':>7s} {'time / tf':>10s} {'peak / tf':>10s}")
+    for (mode, tag), (t, m) in med.items():
+        label = tag + MODES[mode][0]
+        print(f"{label:48s} {t:7.3f} {m:8.0f} {m / sizes[mode]:7.2f} {t / t_ref:10.2f} {m / m_ref:10.2f}")
+    for (mode, tag), rs in runs.items():
+        print(f"  {tag + MODES[mode][0]} times: {' '.join(f'{r[k]:.2f}' for r in rs)}")
 
 
 if __name__ == "__main__":
