@@ -19,8 +19,9 @@ install -e ".[aot-tpu]"; .ci/run installs it; without it these skip, saying so):
 - The pmap form, the training step (v5e 2x2 and the 4-host v5p) and the model-parallel split, on
   tests/tiny.py's CLIP (widths of 32): the collectives come from the shardings, whatever the widths.
 - SigLIP So400m/14-384's towers, 2 blocks each, at 256 a chip on a v5e 2x2 (memory scaled to 27 blocks
-  by the tower's params), its MAP head's Megatron split on a small SigLIP, and on an H200 its cuDNN
-  attention (every block and the MAP head); the whole model under `pytest -m slow`.
+  by the tower's params); on a small SigLIP its MAP head's Megatron split, its pmap form and ShardedCLIP's
+  steps over the 4-host v5p; on an H200 its cuDNN attention (every block and the MAP head); the whole
+  model under `pytest -m slow`.
 Compile time grows with the code the TPU backend emits (about 58k instruction bundles per ViT-B/32
 block at 256 a chip, 90% of the time in the backend passes), so a full ViT-B/32 tower takes minutes:
 `pytest -m slow` has the full-size checks (ViT-B/32, ViT-L/14, RN50, bigG-14 with model parallel on
@@ -342,6 +343,22 @@ def test_siglip_model_parallel_map_head_is_megatron():
     assert len(aot.ops(c.text, "all-reduce")) == 2 * TINY_SIGLIP.vision.layers + 2
     others = [line for line in lines if " all-reduce" not in line]
     assert all(aot.shape_elements(line) <= TINY_SIGLIP.vision.width for line in others), others
+
+
+def test_siglip_pmap_form_and_sharded_steps():
+    """A small SigLIP under pmap_logits on a v5e 2x2 (8 pairs a chip) and in ShardedCLIP's image and text
+    steps over the 4-host v5p 2x2x4 mesh: no collective, no batch-sized gather, each chip its own rows."""
+    from tests.siglip_parallel_checks import TINY_SIGLIP
+
+    target_devices("v5e:2x2")
+    c = aot.compile_pmap(TINY_SIGLIP, "v5e:2x2", per_device=8)
+    assert not aot.collectives(c.text), aot.collectives(c.text)[:3]
+    per_pair = max(TINY_SIGLIP.vision.image_size**2 * 3 // 4, TINY_SIGLIP.text.context_length * 64 + 1)
+    assert not aot.batch_sized(aot.ops(c.text, "gather") + aot.ops(c.text, "scatter"), 8, per_pair)
+    target_devices("v5p:2x2x4")
+    for kind in ("image", "text"):
+        _, step = sharded_step(TINY_SIGLIP, "v5p:2x2x4", kind, per_chip=32)
+        check_program(step, TINY_SIGLIP, kind)
 
 
 def check_siglip_gpu_kernels(image: aot.Compiled, text: aot.Compiled, config) -> None:
