@@ -16,7 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config import MissingTensorError, field_error, parse_config_json
+import numpy as np
+
+from .config import MissingTensorError, field_error, parse_config_json, short_repr
 from .config_fields import (
     MAX_CONTEXT,
     MAX_IMAGE_SIZE,
@@ -308,57 +310,124 @@ def siglip_config_from_state_dict(state_dict: Mapping[str, Any], heads: tuple[in
 
 # --- open_clip's model config ----------------------------------------------------------------------
 #
-# open_clip builds SigLIP's image tower with timm (`vision_cfg.timm_model_name`, e.g.
-# vit_so400m_patch14_siglip_384: the name is the shape) and its text tower with its own TextTransformer.
-
-_TIMM_SIGLIP = re.compile(r"vit_(?P<tower>base|large|so400m|giantopt)_patch(?P<patch>\d+)_siglip_(?P<size>\d+)")
-_TIMM_TOWER = {"base": "B", "large": "L", "so400m": "So400m", "giantopt": "g-opt"}
+# open_clip builds SigLIP's image tower with timm (`vision_cfg.timm_model_name`: the name is the shape, and
+# timm's own activation for it) and its text tower with its own TextTransformer.
 
 
-def _open_clip_refuse(where: str, what: str, value: Any, why: str) -> InputError:
-    return InputError(f"{where}: not supported: {what}={value!r} ({why})")
+def _refuse(field: str, value: Any, why: str = "") -> None:
+    raise InputError(f"not supported: {field}={short_repr(value)}" + (f" ({why})" if why else ""))
 
 
-def siglip_config_from_open_clip(model_cfg: Mapping[str, Any], preprocess_cfg: Mapping[str, Any] | None = None,
-                                 where: str = "open_clip config") -> SiglipConfig:
-    """open_clip's SigLIP model config ({"embed_dim", "vision_cfg": {"timm_model_name", ...}, "text_cfg":
-    {...}}) and preprocess_cfg -> SiglipConfig. Activations as open_clip builds them, which are not
-    big_vision's: timm's SigLIP image towers use exact GELU (nn.GELU, timm's ViT default), and so does
-    the text tower unless its act_kwargs say tanh (SigLIP 1's configs name none). The difference is
-    ~3e-4 in B/16's features: each checkpoint is run as its own reference runs it."""
-    v, t = model_cfg.get("vision_cfg"), model_cfg.get("text_cfg")
-    if not isinstance(v, Mapping) or not isinstance(t, Mapping):
-        raise InputError(f"{where}: vision_cfg and text_cfg must be objects")
-    name = v.get("timm_model_name")
-    m = _TIMM_SIGLIP.fullmatch(name) if isinstance(name, str) else None
-    if m is None:
-        raise _open_clip_refuse(where, "vision_cfg.timm_model_name", name, "a timm SigLIP ViT with a MAP head, "
-                                "vit_{base,large,so400m,giantopt}_patch{P}_siglip_{size}")
+# timm's MAP-pooled SigLIP ViTs (timm/models/vision_transformer.py): name -> (big_vision tower, patch,
+# default image size, activation). timm gives some of them tanh GELU (`act_layer='gelu_tanh'`), the
+# others nn.GELU (exact): each as timm builds it.
+TIMM_MODELS = {
+    "vit_base_patch32_siglip_256": ("B", 32, 256, "gelu_tanh"),
+    **{f"vit_base_patch16_siglip_{n}": ("B", 16, n, "gelu") for n in (224, 256, 384, 512)},
+    **{f"vit_large_patch16_siglip_{n}": ("L", 16, n, "gelu") for n in (256, 384)},
+    "vit_large_patch16_siglip_512": ("L", 16, 512, "gelu_tanh"),
+    **{f"vit_so400m_patch14_siglip_{n}": ("So400m", 14, n, "gelu") for n in (224, 378, 384)},
+    **{f"vit_so400m_patch16_siglip_{n}": ("So400m", 16, n, "gelu_tanh") for n in (256, 384, 512)},
+    **{f"vit_giantopt_patch16_siglip_{n}": ("g-opt", 16, n, "gelu_tanh") for n in (256, 384)},
+}
+TIMM_EPS = 1e-6  # timm's ViT LayerNorm
+# open_clip's tokenizer for each SigLIP vocabulary (hf_tokenizer_name), by size
+TOKENIZERS = {32000: "timm/ViT-B-16-SigLIP", 250000: "timm/ViT-B-16-SigLIP-i18n-256", 256000: "timm/ViT-B-16-SigLIP2"}
+# what open_clip's text tower must be for a SigLIP: text_cfg key -> (value, its default when absent)
+_TEXT_FIXED = {"no_causal_mask": (True, False), "proj_bias": (True, False), "pool_type": ("last", "argmax")}
+
+
+def _object(cfg: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = cfg.get(key)
+    if not isinstance(value, Mapping):
+        raise InputError(f"config field '{key}': expected an object, got {type(value).__name__}")
+    return value
+
+
+def _stand_ins(shapes: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Arrays of the given shapes that take no memory (what siglip_config_from_state_dict reads)."""
+    return {k: np.broadcast_to(np.zeros((), np.uint8), tuple(getattr(v, "shape", v))) for k, v in shapes.items()}
+
+
+def _vision(vision_cfg: Mapping[str, Any], shapes: Mapping[str, Any] | None) -> SiglipVisionConfig:
+    """The timm trunk: its shapes from its name, or from the weights for a name clip_jax doesn't know."""
     for key, want in (("timm_pool", "map"), ("timm_proj", "none")):
-        if v.get(key, want) != want:
-            raise _open_clip_refuse(where, f"vision_cfg.{key}", v.get(key), f"SigLIP's is {want!r}")
-    if t.get("proj_type", "linear") == "none":  # ViT-SO400M-16-SigLIP-i18n-256: features = the pooled token
-        raise _open_clip_refuse(where, "text_cfg.proj_type", "none", "a text tower without its linear head")
-    for key, want in (("no_causal_mask", True), ("proj_bias", True), ("pool_type", "last")):
-        if t.get(key) != want:
-            raise _open_clip_refuse(where, f"text_cfg.{key}", t.get(key), f"SigLIP's is {want!r}")
-    width, layers, heads, mlp = TOWERS[_TIMM_TOWER[m["tower"]]]
-    vision = SiglipVisionConfig(image_size=v.get("image_size", int(m["size"])), patch_size=int(m["patch"]),
-                                width=width, layers=layers, heads=heads, mlp_width=mlp, activation="gelu")
-    t_width, ratio = t.get("width", 512), t.get("mlp_ratio", 4.0)
-    approximate = (t.get("act_kwargs") or {}).get("approximate", "none")
-    text = SiglipTextConfig(
-        vocab_size=t.get("vocab_size", 49408), context_length=t.get("context_length", 77), width=t_width,
-        layers=t.get("layers", 12), heads=t.get("heads", 8),
-        mlp_width=int(t_width * ratio) if type(ratio) in (int, float) and type(t_width) is int else ratio,
-        activation="gelu_tanh" if approximate == "tanh" else "gelu")
-    pp = dict(preprocess_cfg or {})
-    image = {k: pp[k] for k in ("image_mean", "image_std") if k in pp}
-    image.update({f"image_{k}": pp[k] for k in ("mean", "std") if k in pp})
-    image.update({k: pp[k] for k in ("resize_mode", "interpolation", "fill_color") if k in pp})
-    eps = (t.get("norm_kwargs") or {}).get("eps", 1e-6)
-    return SiglipConfig(embed_dim=model_cfg.get("embed_dim", width), vision=vision, text=text, layer_norm_eps=eps,
-                        image_processor="open_clip", tokenizer_style="open_clip", **image)
+        if vision_cfg.get(key, want) not in (want, None, ""):
+            _refuse(f"vision_cfg.{key}", vision_cfg[key], f"open_clip's SigLIPs use {want!r}")
+    name = vision_cfg.get("timm_model_name")
+    size = vision_cfg.get("image_size")
+    if name in TIMM_MODELS:
+        tower, patch, default_size, act = TIMM_MODELS[name]
+        width, layers, heads, mlp = TOWERS[tower]
+        size = default_size if size is None else size
+        if type(size) is not int:  # open_clip also takes (h, w); SigLIP's images are square
+            raise field_error("vision_cfg.image_size", "an int", size)
+        return SiglipVisionConfig(image_size=size, patch_size=patch, width=width, layers=layers, heads=heads,
+                                  mlp_width=mlp, activation=act)
+    if shapes is None:
+        _refuse("vision_cfg.timm_model_name", name, f"clip_jax knows {', '.join(TIMM_MODELS)}; for another, "
+                "the weights' shapes are needed")
+    vision = siglip_config_from_state_dict(_stand_ins(shapes)).vision
+    return vision if size is None else dataclasses.replace(vision, image_size=size)
+
+
+def _text(text_cfg: Mapping[str, Any]) -> tuple[SiglipTextConfig, float]:
+    """open_clip's text tower -> (SiglipTextConfig, its LayerNorm eps); what SigLIP can't be is refused."""
+    if text_cfg.get("proj_type", "linear") != "linear":  # ViT-SO400M-16-SigLIP-i18n-256: the pooled token itself
+        _refuse("text_cfg.proj_type", text_cfg["proj_type"], "a SigLIP text tower ends in a Linear with bias")
+    for key, (want, default) in _TEXT_FIXED.items():
+        if text_cfg.get(key, default) != want:
+            _refuse(f"text_cfg.{key}", text_cfg.get(key, default), f"a SigLIP text tower has {want!r}")
+    act = text_cfg.get("act_kwargs") or {}
+    if not isinstance(act, Mapping) or set(act) - {"approximate"} or act.get("approximate", "none") not in (
+            "tanh", "none"):
+        _refuse("text_cfg.act_kwargs", act, "clip_jax builds GELU, exact or approximate='tanh'")
+    norm = text_cfg.get("norm_kwargs") or {}
+    if not isinstance(norm, Mapping) or set(norm) - {"eps"}:
+        _refuse("text_cfg.norm_kwargs", norm, "clip_jax reads its eps alone")
+    fields = {k: text_cfg[k] for k in ("context_length", "vocab_size", "width", "heads", "layers") if k in text_cfg}
+    width = fields.get("width", 512)  # open_clip's CLIPTextCfg defaults
+    ratio = text_cfg.get("mlp_ratio", 4.0)
+    if type(ratio) not in (int, float) or not 0 < ratio <= 64:
+        raise field_error("text_cfg.mlp_ratio", "a number in (0, 64]", ratio)
+    text = SiglipTextConfig(**{"context_length": 77, "vocab_size": 49408, "heads": 8, "layers": 12, **fields},
+                            mlp_width=int(width * ratio),  # open_clip's rounding
+                            activation="gelu_tanh" if act.get("approximate") == "tanh" else "gelu")
+    return text, norm.get("eps", 1e-5)  # nn.LayerNorm's default
+
+
+def siglip_config_from_open_clip(model_cfg: Mapping[str, Any], shapes: Mapping[str, Any] | None = None,
+                                 preprocess: Mapping[str, Any] | None = None) -> SiglipConfig:
+    """open_clip's model config of a SigLIP (open_clip_config.json's model_cfg) -> SiglipConfig.
+    shapes: our names -> shapes (or arrays), for a timm trunk clip_jax doesn't know by name; preprocess:
+    open_clip's preprocess_cfg (mean, std, interpolation, resize_mode). Refusals name the field."""
+    try:
+        if not isinstance(model_cfg, Mapping):
+            raise InputError(f"an open_clip model config must be an object, got {type(model_cfg).__name__}")
+        vision = _vision(_object(model_cfg, "vision_cfg"), shapes)
+        text, eps = _text(_object(model_cfg, "text_cfg"))
+        if eps != TIMM_EPS:
+            _refuse("text_cfg.norm_kwargs.eps", eps, f"timm's trunk has {TIMM_EPS}: clip_jax has one eps")
+        pp = preprocess or {}
+        if not isinstance(pp, Mapping):
+            raise InputError(f"preprocess_cfg: expected an object, got {type(pp).__name__}")
+        names = {"mean": "image_mean", "std": "image_std", "interpolation": "interpolation",
+                 "resize_mode": "resize_mode"}
+        extra = {ours: pp[theirs] for theirs, ours in names.items() if pp.get(theirs) is not None}
+        return SiglipConfig(embed_dim=model_cfg.get("embed_dim", vision.width), vision=vision, text=text,
+                            layer_norm_eps=eps, image_processor="open_clip", tokenizer_style="open_clip", **extra)
+    except ClipJaxError as e:
+        raise type(e)(f"open_clip config: {e}") from None
+
+
+def timm_activation(vision: SiglipVisionConfig) -> str:
+    """The GELU timm builds an image tower of these shapes with (TIMM_MODELS: its trunk of this tower,
+    patch and size, else of this tower and patch); exact GELU, timm's ViT default, for another."""
+    tower = next((name for name, (w, n, h, m) in TOWERS.items()
+                  if (w, n, h, m) == (vision.width, vision.layers, vision.heads, vision.mlp_width)), None)
+    fits = [(size == vision.image_size, act) for t, patch, size, act in TIMM_MODELS.values()
+            if (t, patch) == (tower, vision.patch_size)]
+    return max(fits)[1] if fits else "gelu"
 
 
 def is_open_clip_siglip_config(model_cfg: Any) -> bool:
@@ -377,6 +446,6 @@ def siglip_open_clip_architecture(name: str) -> SiglipConfig | None:
     preset = siglip_preset(name)
     two = "SigLIP2" in name
     return dataclasses.replace(
-        preset, vision=dataclasses.replace(preset.vision, activation="gelu"),
+        preset, vision=dataclasses.replace(preset.vision, activation=timm_activation(preset.vision)),
         text=dataclasses.replace(preset.text, activation="gelu_tanh" if two else "gelu"),
         image_processor="open_clip", tokenizer_style="open_clip")

@@ -63,12 +63,16 @@ def _tokenizer(config: SiglipConfig) -> Tokenizer:
     return tokenizer_from_path(config.tokenizer, config.text.context_length, config.tokenizer_style)
 
 
+def _config_from_open_clip(model_cfg: Mapping, preprocess_cfg: Mapping | None = None) -> SiglipConfig:
+    return siglip_config_from_open_clip(model_cfg, preprocess=preprocess_cfg)
+
+
 SIGLIP_FAMILY = register(Family(
     name="siglip",
     config_type=SiglipConfig,
     models=KINDS,
     config_from_state_dict=_config_from_state_dict,
-    config_from_open_clip=siglip_config_from_open_clip,
+    config_from_open_clip=_config_from_open_clip,
     check_header=_check_header,
     tokenizer=_tokenizer,
     transform=transform_for,

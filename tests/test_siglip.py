@@ -28,10 +28,12 @@ from clip_jax.parallel import ShardedCLIP
 from clip_jax.siglip import Siglip, SiglipTextModel, SiglipVisionModel
 from clip_jax.siglip_config import (
     SIGLIP_PRESETS,
+    TIMM_MODELS,
     SiglipConfig,
     SiglipTextConfig,
     SiglipVisionConfig,
     siglip_config_from_open_clip,
+    siglip_open_clip_architecture,
 )
 from clip_jax.towers import MissingTowerError
 from clip_jax.zeroshot import top_k
@@ -70,7 +72,10 @@ def test_every_open_clip_siglip_config_reads(name):
     cfg = open_clip.get_model_config(name)
     ours = siglip_config_from_open_clip(cfg)
     preset = SiglipConfig.from_name(name)
-    assert ours.vision == dataclasses.replace(preset.vision, activation="gelu")  # timm's nn.GELU()
+    timm_act = TIMM_MODELS[cfg["vision_cfg"]["timm_model_name"]][3]  # checked against timm's source elsewhere
+    assert ours.vision == dataclasses.replace(preset.vision, activation=timm_act)
+    by_name = siglip_open_clip_architecture(name)  # model="ViT-..." without the config file
+    assert (by_name.vision, by_name.text, by_name.image_processor) == (ours.vision, ours.text, "open_clip")
     assert dataclasses.replace(ours.text, activation="gelu_tanh") == dataclasses.replace(
         preset.text, vocab_size=ours.text.vocab_size)
     assert ours.text.activation == ("gelu_tanh" if cfg["text_cfg"].get("act_kwargs") else "gelu")

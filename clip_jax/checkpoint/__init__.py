@@ -11,7 +11,7 @@ import numpy as np
 
 from ..config import CLIPConfig
 from ..errors import ClipJaxError, InputError
-from ..siglip_config import VOCAB, SiglipConfig, siglip_config_from_state_dict
+from ..siglip_config import VOCAB, SiglipConfig, siglip_config_from_state_dict, timm_activation
 from . import big_vision, hf_format, siglip_hf, siglip_names, store
 from .config_source import (
     AssumedActivationWarning,
@@ -91,8 +91,9 @@ def _open_clip_siglip(path: Path, state_dict: dict, source: ConfigSource) -> tup
         vocab = ours["text.token_embedding.weight"].shape[0]
         text = {"activation": "gelu_tanh" if vocab == VOCAB["siglip2"] else "gelu"}
         try:
-            config = siglip_config_from_state_dict(ours, vision={"activation": "gelu"}, text=text,
-                                                   image_processor="open_clip", tokenizer_style="open_clip")
+            shapes = siglip_config_from_state_dict(ours)
+            config = siglip_config_from_state_dict(ours, vision={"activation": timm_activation(shapes.vision)},
+                                                   text=text, image_processor="open_clip", tokenizer_style="open_clip")
         except ClipJaxError as e:
             raise type(e)(f"{path}: {e}") from None
         origin = "inferred from open_clip SigLIP weights' shapes"

@@ -113,7 +113,7 @@ def _from_open_clip_json(data: Any, where: str) -> CLIPConfig | SiglipConfig:
         raise InputError(f"{where}: 'model_cfg' and 'preprocess_cfg' must be objects")
     try:
         if is_open_clip_siglip_config(model_cfg):
-            return siglip_config_from_open_clip(model_cfg, preprocess_cfg)
+            return siglip_config_from_open_clip(model_cfg, preprocess=preprocess_cfg)
         return config_from_open_clip(model_cfg, preprocess_cfg)
     except ClipJaxError as e:  # keeps its type: LimitError for a value out of range
         raise type(e)(f"{where}: {e}") from None

@@ -21,7 +21,6 @@ from open_clip's model config (siglip_config_from_open_clip, below).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,12 +28,20 @@ from typing import Any
 
 import numpy as np
 
-from ..config import field_error
 from ..config_fields import MAX_LAYERS
 from ..errors import ClipJaxError, InputError
 from ..param_check import ConversionError, raise_if_any
 from ..roles import declarations
-from ..siglip_config import TOWERS, SiglipConfig, SiglipTextConfig, SiglipVisionConfig, siglip_config_from_state_dict
+from ..siglip_config import (
+    TIMM_EPS,
+    TIMM_MODELS,
+    TOKENIZERS,
+    TOWERS,
+    SiglipConfig,
+    SiglipVisionConfig,
+    siglip_config_from_open_clip,
+    siglip_config_from_state_dict,
+)
 from .hf_format import _refuse
 from .result import Checkpoint, check_weight_dtype
 from .torch_files import CheckpointError, LazyArray, apply_lazily
@@ -420,108 +427,6 @@ def is_open_clip_siglip(state_dict_keys: Any) -> bool:
 #     config = siglip_config_from_open_clip(model_cfg)                 # open_clip_config.json's model_cfg
 #     model_cfg = siglip_config_to_open_clip(config)                   # what open_clip.create_model builds
 #     config, ours = open_clip_siglip(state_dict, model_cfg)           # a loaded state dict -> ours
-
-# timm's MAP-pooled SigLIP ViTs (timm/models/vision_transformer.py): name -> (big_vision tower, patch,
-# default image size, activation). timm gives some of them tanh GELU (`act_layer='gelu_tanh'`), the
-# others nn.GELU (exact): each as timm builds it.
-TIMM_MODELS = {
-    "vit_base_patch32_siglip_256": ("B", 32, 256, "gelu_tanh"),
-    **{f"vit_base_patch16_siglip_{n}": ("B", 16, n, "gelu") for n in (224, 256, 384, 512)},
-    **{f"vit_large_patch16_siglip_{n}": ("L", 16, n, "gelu") for n in (256, 384)},
-    "vit_large_patch16_siglip_512": ("L", 16, 512, "gelu_tanh"),
-    **{f"vit_so400m_patch14_siglip_{n}": ("So400m", 14, n, "gelu") for n in (224, 378, 384)},
-    **{f"vit_so400m_patch16_siglip_{n}": ("So400m", 16, n, "gelu_tanh") for n in (256, 384, 512)},
-    **{f"vit_giantopt_patch16_siglip_{n}": ("g-opt", 16, n, "gelu_tanh") for n in (256, 384)},
-}
-TIMM_EPS = 1e-6  # timm's ViT LayerNorm
-# open_clip's tokenizer for each SigLIP vocabulary (hf_tokenizer_name), by size
-TOKENIZERS = {32000: "timm/ViT-B-16-SigLIP", 250000: "timm/ViT-B-16-SigLIP-i18n-256", 256000: "timm/ViT-B-16-SigLIP2"}
-# what open_clip's text tower must be for a SigLIP: text_cfg key -> (value, its default when absent)
-_TEXT_FIXED = {"no_causal_mask": (True, False), "proj_bias": (True, False), "pool_type": ("last", "argmax")}
-
-
-def _object(cfg: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = cfg.get(key)
-    if not isinstance(value, Mapping):
-        raise InputError(f"config field '{key}': expected an object, got {type(value).__name__}")
-    return value
-
-
-def _stand_ins(shapes: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Arrays of the given shapes that take no memory (what siglip_config_from_state_dict reads)."""
-    return {k: np.broadcast_to(np.zeros((), np.uint8), tuple(getattr(v, "shape", v))) for k, v in shapes.items()}
-
-
-def _vision(vision_cfg: Mapping[str, Any], shapes: Mapping[str, Any] | None) -> SiglipVisionConfig:
-    """The timm trunk: its shapes from its name, or from the weights for a name clip_jax doesn't know."""
-    for key, want in (("timm_pool", "map"), ("timm_proj", "none")):
-        if vision_cfg.get(key, want) not in (want, None, ""):
-            _refuse(f"vision_cfg.{key}", vision_cfg[key], f"open_clip's SigLIPs use {want!r}")
-    name = vision_cfg.get("timm_model_name")
-    size = vision_cfg.get("image_size")
-    if name in TIMM_MODELS:
-        tower, patch, default_size, act = TIMM_MODELS[name]
-        width, layers, heads, mlp = TOWERS[tower]
-        size = default_size if size is None else size
-        if type(size) is not int:  # open_clip also takes (h, w); SigLIP's images are square
-            raise field_error("vision_cfg.image_size", "an int", size)
-        return SiglipVisionConfig(image_size=size, patch_size=patch, width=width, layers=layers, heads=heads,
-                                  mlp_width=mlp, activation=act)
-    if shapes is None:
-        _refuse("vision_cfg.timm_model_name", name, f"clip_jax knows {', '.join(TIMM_MODELS)}; for another, "
-                "the weights' shapes are needed")
-    vision = siglip_config_from_state_dict(_stand_ins(shapes)).vision
-    return vision if size is None else dataclasses.replace(vision, image_size=size)
-
-
-def _text(text_cfg: Mapping[str, Any]) -> tuple[SiglipTextConfig, float]:
-    """open_clip's text tower -> (SiglipTextConfig, its LayerNorm eps); what SigLIP can't be is refused."""
-    if text_cfg.get("proj_type", "linear") != "linear":  # ViT-SO400M-16-SigLIP-i18n-256: the pooled token itself
-        _refuse("text_cfg.proj_type", text_cfg["proj_type"], "a SigLIP text tower ends in a Linear with bias")
-    for key, (want, default) in _TEXT_FIXED.items():
-        if text_cfg.get(key, default) != want:
-            _refuse(f"text_cfg.{key}", text_cfg.get(key, default), f"a SigLIP text tower has {want!r}")
-    act = text_cfg.get("act_kwargs") or {}
-    if not isinstance(act, Mapping) or set(act) - {"approximate"} or act.get("approximate", "none") not in (
-            "tanh", "none"):
-        _refuse("text_cfg.act_kwargs", act, "clip_jax builds GELU, exact or approximate='tanh'")
-    norm = text_cfg.get("norm_kwargs") or {}
-    if not isinstance(norm, Mapping) or set(norm) - {"eps"}:
-        _refuse("text_cfg.norm_kwargs", norm, "clip_jax reads its eps alone")
-    fields = {k: text_cfg[k] for k in ("context_length", "vocab_size", "width", "heads", "layers") if k in text_cfg}
-    width = fields.get("width", 512)  # open_clip's CLIPTextCfg defaults
-    ratio = text_cfg.get("mlp_ratio", 4.0)
-    if type(ratio) not in (int, float) or not 0 < ratio <= 64:
-        raise field_error("text_cfg.mlp_ratio", "a number in (0, 64]", ratio)
-    text = SiglipTextConfig(**{"context_length": 77, "vocab_size": 49408, "heads": 8, "layers": 12, **fields},
-                            mlp_width=int(width * ratio),  # open_clip's rounding
-                            activation="gelu_tanh" if act.get("approximate") == "tanh" else "gelu")
-    return text, norm.get("eps", 1e-5)  # nn.LayerNorm's default
-
-
-def siglip_config_from_open_clip(model_cfg: Mapping[str, Any], shapes: Mapping[str, Any] | None = None,
-                                 preprocess: Mapping[str, Any] | None = None) -> SiglipConfig:
-    """open_clip's model config of a SigLIP (open_clip_config.json's model_cfg) -> SiglipConfig.
-    shapes: our names -> shapes (or arrays), for a timm trunk clip_jax doesn't know by name; preprocess:
-    open_clip's preprocess_cfg (mean, std, interpolation, resize_mode). Refusals name the field."""
-    try:
-        if not isinstance(model_cfg, Mapping):
-            raise InputError(f"an open_clip model config must be an object, got {type(model_cfg).__name__}")
-        vision = _vision(_object(model_cfg, "vision_cfg"), shapes)
-        text, eps = _text(_object(model_cfg, "text_cfg"))
-        if eps != TIMM_EPS:
-            _refuse("text_cfg.norm_kwargs.eps", eps, f"timm's trunk has {TIMM_EPS}: clip_jax has one eps")
-        pp = preprocess or {}
-        if not isinstance(pp, Mapping):
-            raise InputError(f"preprocess_cfg: expected an object, got {type(pp).__name__}")
-        names = {"mean": "image_mean", "std": "image_std", "interpolation": "interpolation",
-                 "resize_mode": "resize_mode"}
-        extra = {ours: pp[theirs] for theirs, ours in names.items() if pp.get(theirs) is not None}
-        return SiglipConfig(embed_dim=model_cfg.get("embed_dim", vision.width), vision=vision, text=text,
-                            layer_norm_eps=eps, image_processor="open_clip", tokenizer_style="open_clip", **extra)
-    except ClipJaxError as e:
-        raise type(e)(f"open_clip config: {e}") from None
-
 
 def timm_model_name(vision: SiglipVisionConfig, exact: bool = True) -> str:
     """timm's SigLIP trunk of this image tower: its shapes, patch and activation (preferring the one whose
