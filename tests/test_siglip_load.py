@@ -240,3 +240,26 @@ def test_embed_then_search_with_a_siglip(hf_folder, tmp_path, capsys):
     tokens = clip_jax.get_tokenizer(model)(["a photo of red"])
     query = np.asarray(M.l2_normalize(model.encode_text(tokens)))[0]
     assert [h["score"] for h in hits] == pytest.approx(sorted(img @ query, reverse=True), abs=2e-3)
+
+
+def test_zeroshot_eval_ranks_by_the_sigmoid_logits(hf_folder, tmp_path):
+    """clip_jax.jobs.eval's zero-shot classification of a SigLIP: its acc1 is the share of images whose
+    largest logit exp(t) * cos + b (the class's sigmoid probability) is their label's, as CLIP_benchmark
+    ranks sigmoid models."""
+    import clip_jax.jobs.eval as ev
+    from clip_jax import synthetic
+    from clip_jax.jobs import eval_data
+    folder, _, _ = hf_folder
+    images, samples = synthetic.generate(24, seed=3, image_size=40)
+    for i, (im, s) in enumerate(zip(images, samples)):
+        (tmp_path / "data" / "test" / s.label).mkdir(parents=True, exist_ok=True)
+        im.save(tmp_path / "data" / "test" / s.label / f"{i:03d}.png")
+    model, preprocess = clip_jax.load(folder)
+    data = eval_data.classification_data(tmp_path / "data", "test")
+    templates = ["a photo of a {}."]
+    result = ev.zeroshot_classification(model, preprocess, data, templates, batch_size=8, progress=False)
+    tok = clip_jax.get_tokenizer(model)
+    txt = np.asarray(M.l2_normalize(model.encode_text(tok([templates[0].format(c) for c in data.classnames]))))
+    img = np.asarray(M.l2_normalize(model.encode_image(np.stack([preprocess(p) for p in data.images]))))
+    logits = np.exp(float(model.logit_scale[...])) * img @ txt.T + float(model.logit_bias[...])
+    assert result["acc1"] == pytest.approx(np.mean(logits.argmax(1) == np.asarray(data.labels)))
