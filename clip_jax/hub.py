@@ -45,6 +45,7 @@ from .checkpoint.config_source import (
     resolve_config,
 )
 from .checkpoint.torch_files import LazyArray
+from .checkpoint.vocabulary import with_vocabulary
 from .config import CLIPConfig
 from .download import (
     ENV_CACHE,
@@ -63,7 +64,6 @@ from .model import CLIP, build
 from .pos_embed import resize_pos_embed
 from .pretrained import Pretrained
 from .siglip_config import VOCABULARY_FILES, SiglipConfig
-from .siglip_tokenizer import find_vocabulary
 
 HF_PREFIX = "hf-hub:"
 HF_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip's order
@@ -221,27 +221,6 @@ def _read_folder(folder: Path) -> Checkpoint:
         checkpoint = siglip_hf.read_siglip_folder(folder, lazy=True)
         return checkpoint._replace(config=with_vocabulary(checkpoint.config, folder))
     return hf_format.read_folder(folder, lazy=True)
-
-
-def with_vocabulary(config: Any, folder: Path | None, given: str | os.PathLike | None = None) -> Any:
-    """A SigLIP config naming its vocabulary: `given` (load's tokenizer=), else the one it names (relative
-    to `folder`), else the one in `folder` (a repository snapshot, or beside a file), else none (its
-    tokenizer then says how to give one). A CLIP's config as it is (its BPE comes with clip_jax)."""
-    if not isinstance(config, SiglipConfig):
-        if given is not None:
-            raise InputError("tokenizer= is for SigLIP models; CLIP's BPE vocabulary comes with clip_jax")
-        return config
-    if given is not None:
-        if not Path(given).exists():
-            raise FileNotFoundError(f"{given}: no such file or folder (tokenizer=)")
-        return dataclasses.replace(config, tokenizer=os.path.abspath(given))
-    if config.tokenizer is not None:
-        if folder is None or os.path.isabs(config.tokenizer):
-            return config
-        return dataclasses.replace(config, tokenizer=os.path.abspath(folder / config.tokenizer))
-    if folder is not None and find_vocabulary(folder, config.tokenizer_style) is not None:
-        return dataclasses.replace(config, tokenizer=os.path.abspath(folder))
-    return config
 
 
 def _read(name_or_path, config, model, cache_dir, progress, subfolder):

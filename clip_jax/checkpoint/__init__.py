@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -25,7 +24,7 @@ from .result import Checkpoint, check_weight_dtype
 from .siglip_names import is_open_clip_siglip
 from .torch_files import CheckpointError, load_state_dict
 from .torch_names import ConversionError, from_torch, to_torch_state_dict
-from .vocabulary import VOCABULARY_SUFFIX, carry_vocabulary
+from .vocabulary import VOCABULARY_SUFFIX, carry_vocabulary, with_vocabulary
 
 
 def read_params(
@@ -157,13 +156,7 @@ def convert(
     else:
         read_config, params, origin = read_checkpoint(src, config, model=model)
         checkpoint = Checkpoint(read_config, params, "clip", True, origin)
-    if tokenizer is not None:
-        if not isinstance(checkpoint.config, SiglipConfig):
-            raise InputError("tokenizer= is for SigLIP models; CLIP's BPE vocabulary comes with clip_jax")
-        if not Path(tokenizer).exists():
-            raise FileNotFoundError(f"{tokenizer}: no such file or folder (tokenizer=)")
-        checkpoint = checkpoint._replace(config=dataclasses.replace(checkpoint.config,
-                                                                    tokenizer=os.path.abspath(tokenizer)))
+    checkpoint = checkpoint._replace(config=with_vocabulary(checkpoint.config, None, tokenizer))
     if isinstance(checkpoint.config, SiglipConfig):
         vocabulary = dst if format == "transformers" else dst.with_name(dst.stem + VOCABULARY_SUFFIX)
         checkpoint = checkpoint._replace(config=carry_vocabulary(checkpoint.config, src, vocabulary))

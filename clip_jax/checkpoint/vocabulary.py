@@ -5,14 +5,17 @@ beside their weights."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
+from ..errors import InputError
 from ..fileio import atomic_write
 from ..siglip_config import VOCABULARY_FILES, SiglipConfig
 from ..siglip_tokenizer import find_vocabulary
 
-__all__ = ["VOCABULARY_SUFFIX", "carry_vocabulary"]
+__all__ = ["VOCABULARY_SUFFIX", "carry_vocabulary", "with_vocabulary"]
 
 VOCABULARY_SUFFIX = ".tokenizer"  # the folder beside a converted SigLIP that holds its vocabulary
 
@@ -32,3 +35,24 @@ def carry_vocabulary(config: SiglipConfig, src: Path, folder: Path) -> SiglipCon
             atomic_write(folder / file.name, lambda tmp, file=file: shutil.copyfile(file, tmp))
     name = folder.name if source.is_dir() else f"{folder.name}/{source.name}"
     return dataclasses.replace(config, tokenizer=name)
+
+
+def with_vocabulary(config: Any, folder: Path | None, given: str | os.PathLike | None = None) -> Any:
+    """A SigLIP config naming its vocabulary: `given` (load's tokenizer=), else the one it names (relative
+    to `folder`), else the one in `folder` (a repository snapshot, or beside a file), else none (its
+    tokenizer then says how to give one). A CLIP's config as it is (its BPE comes with clip_jax)."""
+    if not isinstance(config, SiglipConfig):
+        if given is not None:
+            raise InputError("tokenizer= is for SigLIP models; CLIP's BPE vocabulary comes with clip_jax")
+        return config
+    if given is not None:
+        if not Path(given).exists():
+            raise FileNotFoundError(f"{given}: no such file or folder (tokenizer=)")
+        return dataclasses.replace(config, tokenizer=os.path.abspath(given))
+    if config.tokenizer is not None:
+        if folder is None or os.path.isabs(config.tokenizer):
+            return config
+        return dataclasses.replace(config, tokenizer=os.path.abspath(folder / config.tokenizer))
+    if folder is not None and find_vocabulary(folder, config.tokenizer_style) is not None:
+        return dataclasses.replace(config, tokenizer=os.path.abspath(folder))
+    return config
