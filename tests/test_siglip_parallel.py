@@ -187,8 +187,6 @@ def test_map_head_and_blocks_split_as_declared(checks):
     assert checks["mp4"]["shards"]["visual.attn_pool.mlp.c_proj.kernel"][:2] == [[128, 64], [32, 64]]
 
 
-@pytest.mark.xfail(strict=True, reason="clip_jax/checkpoint/declared.py's name registry holds CLIP's names "
-                   "only: param_specs of a plain pytree of SigLIP params raises KeyError('logit_bias')")
 def test_param_specs_by_name_match_the_declared_ones(checks):
     """param_specs of the same params as a plain pytree (no Variables: looked up by clip_jax name, as for a
     loaded params dict or an optimizer state) give the splits the Variables declare."""

@@ -10,6 +10,7 @@ from ..config import CLIPConfig, TextConfig, VisionConfig
 from ..config_fields import adds_params
 from ..model import abstract_model
 from ..roles import Declared, declarations
+from ..siglip_config import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 
 # A flat params dict has no metadata: its names are looked up in what the model declares, for models of
 # every variant (digits, the block indices, stand for any index): a ViT with every option that gives it
@@ -21,6 +22,10 @@ _EVERY_VARIANT = (
         image_size=16, layers=2, width=8, patch_size=8, heads=1, **adds_params(VisionConfig))),
     CLIPConfig(embed_dim=8, text=TextConfig(**_TINY_TEXT), vision=VisionConfig(
         image_size=32, layers=(1, 2, 1, 1), width=8, patch_size=None, **adds_params(VisionConfig, resnet=True))),
+    # SigLIP (its names are its own: visual.attn_pool, text.*, logit_bias)
+    SiglipConfig(embed_dim=8, vision=SiglipVisionConfig(image_size=16, patch_size=8, width=8, layers=2, heads=1,
+                                                        mlp_width=8),
+                 text=SiglipTextConfig(vocab_size=8, context_length=4, width=8, layers=2, heads=1, mlp_width=8)),
 )
 
 
