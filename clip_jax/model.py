@@ -147,7 +147,9 @@ def image_hidden_states(visual, config: CLIPConfig, images: jax.Array, layers) -
     """The body of image_hidden_states for any model holding `visual` (a CLIP or a vision tower)."""
     _check_vit(config)
     if images.dtype == jnp.uint8:
-        images = normalize_pixels(images, config.image_mean, config.image_std)
+        # the processor whose float32 steps the weights were released with (SigLIP's transformers ones)
+        images = normalize_pixels(images, config.image_mean, config.image_std,
+                                  processor=getattr(config, "image_processor", "open_clip"))
     last, kept, pooled, features = visual.hidden_states(images, kept_layers(layers, config.vision.layers))
     return TowerStates(last, select_states(kept, layers, config.vision.layers), pooled, features)
 
