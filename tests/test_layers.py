@@ -28,7 +28,7 @@ for layer, names in enumerate([
     "checkpoint.declared checkpoint.config_source checkpoint.result checkpoint.torch_names "
     "checkpoint.hf_format checkpoint.siglip_names checkpoint.siglip_hf checkpoint.big_vision checkpoint.vocabulary "
     "checkpoint.export "
-    "checkpoint parallel train compilation",
+    "checkpoint parallel losses train compilation",
     "hub",
     "zeroshot",
     "__init__",
