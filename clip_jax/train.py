@@ -36,12 +36,14 @@ from .checkpoint.declared import declared_by_name
 from .checks import check_images, check_tokens
 from .errors import InputError
 from .layers import Transformer, check_remat_policy
-from .model import CLIP
+from .losses import sigmoid_loss, sigmoid_loss_sharded, top1_sharded
+from .model import CLIP, l2_normalize
 from .resnet import ResNetStage
 from .roles import DATA as DATA_AXIS, declared, flat_name, is_variable
 
 # OpenAI: "clipped to prevent scaling the logits by more than 100".
 LOGIT_SCALE_MAX = math.log(100.0)
+LOSSES = ("softmax", "sigmoid")
 
 
 # --- the loss ---------------------------------------------------------------------------------------
@@ -184,11 +186,18 @@ class Trainer:
         jax.make_array_from_process_local_data instead).
       donate: let the step reuse the input state's buffers (halves the state's memory; the old state,
         and any model from `model(old_state)`, can't be used afterwards).
+      loss: "softmax" (CLIP's symmetric InfoNCE, `contrastive_loss`, on the model's logits) or "sigmoid"
+        (SigLIP's, `clip_jax.losses.sigmoid_loss`, for a model with a `logit_bias`: a Siglip). The sigmoid
+        loss takes the normalized features, exp(logit_scale) and logit_bias; on a mesh it is computed in a
+        ring over "data" (`sigmoid_loss_sharded`), never the global N x N on one device, with the same result.
     """
 
     def __init__(self, model: CLIP, tx: optax.GradientTransformation, *, remat: bool = False,
-                 remat_policy: str = "nothing_saveable", mesh: Mesh | None = None, donate: bool = False):
+                 remat_policy: str = "nothing_saveable", mesh: Mesh | None = None, donate: bool = False,
+                 loss: str = "softmax"):
+        _check_loss(model, loss)
         self.config = model.config
+        self.loss = loss
         self.tx = tx
         self.mesh = mesh
         if remat:
@@ -247,8 +256,8 @@ class Trainer:
         """One optimizer update on a batch of N matching pairs.
 
         images: [N, H, W, 3] uint8 pixels or float normalized; tokens: int [N, L], L <= context_length.
-        -> (new state, metrics: loss (before the update), logit_scale (exp, after), grad_norm, accuracy
-        (in-batch image->text top-1 before the update)).
+        -> (new state, metrics: loss (before the update), logit_scale (exp, after), logit_bias (after; the
+        sigmoid loss), grad_norm, accuracy (in-batch image->text top-1 before the update)).
         """
         return self._step(state, *self._check(images, tokens))
 
@@ -265,26 +274,42 @@ class Trainer:
         """The step's metrics for a batch, without updating (loss, accuracy, logit_scale)."""
         return self._eval(state, *self._check(images, tokens))
 
-    def _loss(self, params, frozen, images, tokens):
+    def _loss(self, params, frozen, images, tokens) -> tuple[jax.Array, jax.Array]:
+        """-> (loss, in-batch image -> text top-1 accuracy)."""
         model = nnx.merge(self.graphdef, params, frozen)
-        logits_per_image, _ = model(images, tokens)
-        return contrastive_loss(logits_per_image), logits_per_image
+        if self.loss == "softmax":
+            logits_per_image, _ = model(images, tokens)
+            return contrastive_loss(logits_per_image), _accuracy(logits_per_image)
+        img, txt = l2_normalize(model.image_features(images)), l2_normalize(model.text_features(tokens))
+        scale, bias = jnp.exp(model.logit_scale[...].astype(jnp.float32)), model.logit_bias[...]
+        if self.mesh is None:
+            return sigmoid_loss(img, txt, scale, bias), _accuracy(img @ txt.T)  # the order: cosines'
+        return sigmoid_loss_sharded(img, txt, scale, bias, self.mesh), top1_sharded(img, txt, self.mesh)
+
+    def _scalars(self, params) -> dict[str, jax.Array]:
+        scalars = {"logit_scale": jnp.exp(params["logit_scale"][...])}
+        if self.loss == "sigmoid":
+            scalars["logit_bias"] = params["logit_bias"][...]
+        return scalars
 
     def _metrics(self, state: TrainState, images, tokens) -> dict[str, jax.Array]:
-        loss, logits = self._loss(state.params, state.frozen, images, tokens)
-        return {"loss": loss, "accuracy": _accuracy(logits), "logit_scale": jnp.exp(state.params["logit_scale"][...])}
+        loss, accuracy = self._loss(state.params, state.frozen, images, tokens)
+        return {"loss": loss, "accuracy": accuracy, **self._scalars(state.params)}
 
     def _train_step(self, state: TrainState, images, tokens):
-        (loss, logits), grads = jax.value_and_grad(self._loss, has_aux=True)(state.params, state.frozen, images, tokens)
+        (loss, accuracy), grads = jax.value_and_grad(self._loss, has_aux=True)(
+            state.params, state.frozen, images, tokens)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = clamp_logit_scale(optax.apply_updates(state.params, updates))
-        metrics = {
-            "loss": loss,
-            "accuracy": _accuracy(logits),
-            "grad_norm": optax.tree.norm(grads),
-            "logit_scale": jnp.exp(params["logit_scale"][...]),
-        }
+        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads), **self._scalars(params)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def _check_loss(model: nnx.Module, loss: str) -> None:
+    if loss not in LOSSES:
+        raise InputError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss == "sigmoid" and not hasattr(model, "logit_bias"):
+        raise InputError(f"the sigmoid loss needs a model with a logit_bias (a Siglip), got a {type(model).__name__}")
 
 
 def _accuracy(logits_per_image: jax.Array) -> jax.Array:
@@ -342,7 +367,7 @@ def restore_checkpoint(directory: str | os.PathLike, like: TrainState, step: int
 
 
 __all__ = [
-    "LOGIT_SCALE_MAX", "Trainer", "TrainState", "clamp_logit_scale", "contrastive_loss", "decay_mask",
+    "LOGIT_SCALE_MAX", "LOSSES", "Trainer", "TrainState", "clamp_logit_scale", "contrastive_loss", "decay_mask",
     "decays", "latest_step", "optimizer", "restore_checkpoint", "save_checkpoint", "schedule", "set_remat",
-    "with_remat",
+    "sigmoid_loss", "sigmoid_loss_sharded", "with_remat",
 ]
