@@ -283,7 +283,7 @@ class Trainer:
         img, txt = l2_normalize(model.image_features(images)), l2_normalize(model.text_features(tokens))
         scale, bias = jnp.exp(model.logit_scale[...].astype(jnp.float32)), model.logit_bias[...]
         if self.mesh is None:
-            return sigmoid_loss(img, txt, scale, bias), _accuracy(img @ txt.T)  # the order: cosines'
+            return sigmoid_loss(img, txt, scale, bias), _accuracy(jnp.dot(img, txt.T, precision="highest"))
         return sigmoid_loss_sharded(img, txt, scale, bias, self.mesh), top1_sharded(img, txt, self.mesh)
 
     def _scalars(self, params) -> dict[str, jax.Array]:

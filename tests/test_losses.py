@@ -55,7 +55,7 @@ def open_clip_loss(img, txt, scale: float, bias: float):
 def test_sigmoid_loss_equals_open_clip(scale, bias):
     """Value and gradient (features, scale, bias) against SigLipLoss()(img, txt, scale, bias) at big_vision's
     init (10, -10), at (10, -3) and at (1, 0.5). Tolerance: 1e-6 relative on the value and 1e-6 of the largest
-    gradient entry, float32 rounding (both sum N^2 float32 terms, in different orders; measured <= 2.4e-7
+    gradient entry, float32 rounding (both sum N^2 float32 terms, in different orders; measured <= 2.6e-7
     relative). A loss normalized by N^2 instead of N, labels without the -1s or a missing bias is off by far more."""
     img, txt = features(16, 32)
     want, want_grads = open_clip_loss(img, txt, scale, bias)
@@ -72,7 +72,7 @@ def test_tiny_siglip_first_step_loss_equals_open_clip(checks):
     SGD at lr 1, the step moves logit_bias by minus open_clip's gradient w.r.t. the bias, and logit_scale by
     minus its gradient w.r.t. t (through exp). Tolerance: 1e-6 relative on the loss (float32 rounding of a
     sum of 256 terms); 1e-5 on the moves, each the difference of two float32 params ~2-4 (ulp 2.4e-7 to
-    4.8e-7) against a move of ~0.5 (measured 3e-7)."""
+    4.8e-7) against a move of ~0.5-0.7 (measured <= 8.3e-8 relative)."""
     torch = pytest.importorskip("torch")
     from open_clip.loss import SigLipLoss
 
@@ -146,15 +146,16 @@ def test_ring_memory_is_per_device_blocks(checks):
 
 def test_trainer_sigmoid_step_on_a_mesh_equals_one_device(checks):
     """One SGD step (lr 1) of a tiny Siglip with loss="sigmoid" on 4 devices (4 pairs each) equals the step on
-    one device: loss to 1e-6 relative, params to 1e-5 (updates up to ~9: float32 rounding of the gradient
-    sums, measured 3.9e-6, i.e. 5e-7 relative); the compiled step gathers no features (no all-gather)."""
+    one device: loss to 1e-6 relative (measured equal), params to 2e-6 (a few float32 ulps of params up to ~4,
+    moved by up to 0.73: the gradients summed in another order; measured 1.8e-7); the compiled step gathers
+    no features (no all-gather)."""
     t = checks["trainer"]
     assert t["devices"] == 4
     assert t["loss_sharded"] == pytest.approx(t["loss_single"], rel=1e-6)
     assert t["accuracy"][0] == t["accuracy"][1]
     assert t["logit_bias"][0] == pytest.approx(t["logit_bias"][1], abs=1e-6)
     assert t["max_update"] > 1e-2  # the step moved the params: equal params are not two no-ops
-    assert t["max_param_diff"] <= 1e-5, t
+    assert t["max_param_diff"] <= 2e-6, t
     assert t["collectives"]["all-gather"] == 0 and t["collectives"]["collective-permute"] >= 2, t["collectives"]
 
 
@@ -162,10 +163,15 @@ def test_trainer_sigmoid_step_on_a_mesh_equals_one_device(checks):
 def test_softmax_rows_per_device_equal_unsharded(checks, mesh):
     """contrastive_loss_sharded (each device its own rows of both directions, features all-gathered) equals
     contrastive_loss of the global logits on a batch of 64: value to 1e-6 relative and every gradient to 1e-6
-    absolute (unit features: the gradients are at most ~0.2; measured <= 1.2e-7). Labels that ignored the
+    absolute (unit features: the gradients are at most ~0.2; measured <= 6.6e-8). Labels that ignored the
     device's offset, or one direction dropped, are off by far more. Its collectives are what it says: the
     features gathered (all-gather) and their gradients reduce-scattered back."""
     s = checks[f"softmax{mesh}"]
     assert s["loss"] <= 1e-6 * checks["softmax_unsharded"], s
     assert max(s["grads"]) <= 1e-6, s
     assert s["collectives"]["all-gather"] >= 1 and s["collectives"]["collective-permute"] == 0, s
+
+
+def test_ring_refuses_a_batch_the_devices_dont_divide(checks):
+    assert checks["ragged_error"] == ["InputError", "batch size 6 is not divisible by the 4 devices of the mesh axis "
+                                      "'data'"]
