@@ -24,10 +24,11 @@ as in benchmarks/hf_load.py (whose child process this reuses: high-water mark af
                    on the device; the .npz is big_vision's layout, written by clip_jax.export(model, "x.npz")
   - clip_jax:      clip_jax.convert(folder | x.npz, out.safetensors)   (benchmarks/convert.py's child)
 
-The default run takes about 10 minutes on a quiet 2-core machine (a batch-32 image call is 15-40 s there
-for each library), twice that and more when the machine is shared; `--repeat`, `--batch` and `--part` cut it.
+With 3 rounds the run took 13 minutes on the shared 2-core machine at a load average of 7-9 (towers 9, of
+which the batch-32 image row 5; loads 4); the default 2 rounds (their median is their mean) cut a quarter
+of that, by estimate. `--repeat 5` for figures to quote; `--part`, `--batch`, `--calls` to take less.
 
-    python -m benchmarks.siglip                          # both parts, 3 rounds
+    python -m benchmarks.siglip                          # both parts, 2 rounds
     python -m benchmarks.siglip --part towers --batch 1 --repeat 1
     python -m benchmarks.siglip --part load --repeat 5
 """
@@ -238,7 +239,7 @@ def loads(folder: Path, npz: Path, out: Path, rounds: int) -> None:
             runs[label].append(cases[label][0]())
     counts = {label: r[0][4] for label, r in runs.items() if r[0][4] is not None}
     print(f"load average after: {_load_average()}; {rounds} rounds, median; parameters: "
-          + ", ".join(f"{label.split('(')[0]} {n / 1e6:.2f} M" for label, n in counts.items()))
+          + ", ".join(f"{label} {n / 1e6:.2f} M" for label, n in counts.items()))
     _load_table(runs, sizes)
 
 
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--logits-batch", type=int, nargs="+", default=[1],
                     help="batch sizes of the clip_logits rows (default: 1; at 32 a row costs an image and a text "
                          "row together)")
-    ap.add_argument("--repeat", type=int, default=3, help="rounds (median), for the towers and the loads")
+    ap.add_argument("--repeat", type=int, default=2, help="rounds (median), for the towers and the loads")
     ap.add_argument("--threads", type=int, default=None,
                     help="cores for each library (default: every core this process may use)")
     args = ap.parse_args(argv)
