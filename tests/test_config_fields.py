@@ -90,7 +90,8 @@ def test_an_option_transformers_lacks_is_exported_at_its_default_only(cls, tower
 
 
 def test_every_variant_holds_every_value_that_adds_parameters():
-    vit, resnet = _EVERY_VARIANT
+    vit, resnet, siglip = _EVERY_VARIANT
+    assert type(siglip).__name__ == "SiglipConfig"  # the second family's names
     for name, value in F.adds_params(C.VisionConfig).items():
         assert getattr(vit.vision, name) == value
     for name, value in F.adds_params(C.TextConfig).items():
