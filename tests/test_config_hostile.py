@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -446,15 +445,20 @@ def test_fuzz_flax_msgpack(data):
     bounded(lambda: hf_format.flax_state_dict(data))
 
 
-_INDEX_DIR = Path(tempfile.mkdtemp(prefix="clip_jax_index_fuzz_"))
 _INDEX_SEED = json.dumps({"metadata": {"total_size": 8}, "weight_map": {
     "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}).encode()
 
 
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory) -> Path:
+    """One folder for every example (pytest's, so it goes with the run's others)."""
+    return tmp_path_factory.mktemp("index_fuzz")
+
+
 @FUZZ
 @given(data=st.one_of(any_bytes(_INDEX_SEED), mutated(_INDEX_SEED)))
-def test_fuzz_index_json(data):
-    index = _INDEX_DIR / INDEX
+def test_fuzz_index_json(index_dir, data):
+    index = index_dir / INDEX
     index.write_bytes(data)
     names = bounded(lambda: hf_format.shard_files(index))
     for name in names or ():
