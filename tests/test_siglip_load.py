@@ -104,6 +104,7 @@ def test_converted_siglip_keeps_its_vocabulary(hf_folder, tmp_path):
     np.testing.assert_array_equal(np.asarray(model.encode_text(tokens)), np.asarray(reference.encode_text(tokens)))
 
 
+@pytest.mark.slow  # budget: the full-size ViT-B-16-SigLIP2-256; tests/test_siglip_formats.py reads open_clip files too
 def test_open_clip_file_with_its_config(tmp_path):
     """An open_clip SigLIP's weights (timm names) with open_clip_config.json beside them load as open_clip
     builds the model (exact GELU image tower): features equal open_clip's."""
@@ -144,7 +145,8 @@ def test_tokenizer_argument_is_for_siglip(tmp_path):
         clip_jax.get_tokenizer("ViT-B/32", tokenizer=tmp_path)
 
 
-@pytest.mark.parametrize("target", ["model.safetensors", "model.pt", "model.npz", "folder"])
+@pytest.mark.parametrize("target", ["model.safetensors", pytest.param("model.pt", marks=pytest.mark.slow),
+                                    "model.npz", "folder"])  # slow: budget (the .pt writer is CLIP's, tested there)
 def test_export_round_trips_exactly(hf_folder, tmp_path, target):
     """export -> load gives the same model (params bit for bit, same config but where the vocabulary is),
     with its vocabulary, in open_clip's, big_vision's and transformers' formats."""
@@ -250,7 +252,7 @@ def test_zeroshot_eval_ranks_by_the_sigmoid_logits(hf_folder, tmp_path):
     from clip_jax import synthetic
     from clip_jax.jobs import eval_data
     folder, _, _ = hf_folder
-    images, samples = synthetic.generate(24, seed=3, image_size=40)
+    images, samples = synthetic.generate(12, seed=3, image_size=40)
     for i, (im, s) in enumerate(zip(images, samples)):
         (tmp_path / "data" / "test" / s.label).mkdir(parents=True, exist_ok=True)
         im.save(tmp_path / "data" / "test" / s.label / f"{i:03d}.png")
