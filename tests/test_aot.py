@@ -309,7 +309,8 @@ def check_siglip_program(c: aot.Compiled, config, tower: str, full=None) -> None
         assert memory < 0.9 * 80e9  # an 80 GB H100 holds it too
 
 
-@pytest.mark.parametrize("tower", ["image", pytest.param("text", marks=pytest.mark.slow)])  # slow: budget
+@pytest.mark.parametrize("tower", [pytest.param("image", marks=pytest.mark.slow),
+                                   pytest.param("text", marks=pytest.mark.slow)])  # slow: budget (see below)
 def test_siglip_towers_on_a_v5e_slice(tower):
     """So400m/14-384's widths, 729 patches (27 x 27 of 14 pixels, no class token), MAP head and 64-token
     text, 2 blocks a tower, bf16, 256 images or texts a chip on a v5e 2x2: fits once scaled to 27 blocks,

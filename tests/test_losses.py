@@ -20,9 +20,6 @@ from clip_jax.parallel import make_mesh
 from clip_jax.train import Trainer
 from tests.loss_checks import BIAS, SCALE, DeviceRun, features, tiny_siglip
 
-# One worker runs this module: its module-scoped fixture starts a multi-device subprocess, which every
-# xdist worker running part of the module would otherwise start again (pyproject: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("losses_8_devices")
 
 ROOT = Path(__file__).resolve().parents[1]
 

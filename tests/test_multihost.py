@@ -23,9 +23,6 @@ from PIL import Image
 
 from .tiny import save_tiny
 
-# One worker runs this module: its module-scoped fixture starts a multi-device subprocess, which every
-# xdist worker running part of the module would otherwise start again (pyproject: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("multihost")
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "multihost_worker.py"

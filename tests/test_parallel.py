@@ -25,9 +25,6 @@ import pytest
 
 from clip_jax import parallel
 
-# One worker runs this module: its module-scoped fixture starts a multi-device subprocess, which every
-# xdist worker running part of the module would otherwise start again (pyproject: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("parallel_8_devices")
 
 FEATURE_ATOL = 1e-5
 LOGIT_ATOL = 1e-4

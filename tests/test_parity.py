@@ -116,6 +116,7 @@ def test_parity(name, oc_name, vision_layers, text_layers, fmt, tmp_path):
     assert_matches(model, ref, images, tokens, public_api=vision_layers is None)
 
 
+@pytest.mark.slow  # budget: a check of the tolerance itself, not of the model
 def test_tolerance_catches_wrong_eps():
     """The parity tolerance is tight enough to see Flax's default LayerNorm eps (1e-6) instead of 1e-5."""
     ref_model = reference_model("ViT-B-32", 2, 2)

@@ -31,9 +31,6 @@ import clip_jax
 from clip_jax.image import normalize_pixels, normalize_pixels_np
 from tests.siglip_parallel_checks import LOGIT_BIAS, TINY_SIGLIP, siglip_batch, siglip_model
 
-# One worker runs this module: its module-scoped fixture starts a multi-device subprocess, which every
-# xdist worker running part of the module would otherwise start again (pyproject: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("siglip_8_devices")
 
 FEATURE_ATOL = 1e-5
 LOGIT_ATOL = 1e-4
