@@ -20,7 +20,6 @@ from clip_jax.parallel import make_mesh
 from clip_jax.train import Trainer
 from tests.loss_checks import BIAS, SCALE, DeviceRun, features, tiny_siglip
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 

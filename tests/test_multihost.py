@@ -23,7 +23,6 @@ from PIL import Image
 
 from .tiny import save_tiny
 
-
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "multihost_worker.py"
 TIMEOUT = 240  # seconds for the whole two-process run; a hang fails the test instead of stalling the suite

@@ -25,7 +25,6 @@ import pytest
 
 from clip_jax import parallel
 
-
 FEATURE_ATOL = 1e-5
 LOGIT_ATOL = 1e-4
 ROOT = Path(__file__).resolve().parents[1]

@@ -31,7 +31,6 @@ import clip_jax
 from clip_jax.image import normalize_pixels, normalize_pixels_np
 from tests.siglip_parallel_checks import LOGIT_BIAS, TINY_SIGLIP, siglip_batch, siglip_model
 
-
 FEATURE_ATOL = 1e-5
 LOGIT_ATOL = 1e-4
 ROOT = Path(__file__).resolve().parents[1]
