@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -87,12 +88,13 @@ def _open_clip_siglip(path: Path, state_dict: dict, source: ConfigSource) -> tup
     if not isinstance(config, (SiglipConfig, type(None))):
         raise InputError(f"{path}: open_clip SigLIP weights, but the config ({origin}) is a CLIP's")
     if config is None:
-        vocab = ours["text.token_embedding.weight"].shape[0]
-        text = {"activation": "gelu_tanh" if vocab == VOCAB["siglip2"] else "gelu"}
         try:
             shapes = siglip_config_from_state_dict(ours)
-            config = siglip_config_from_state_dict(ours, vision={"activation": timm_activation(shapes.vision)},
-                                                   text=text, image_processor="open_clip", tokenizer_style="open_clip")
+            t = shapes.text
+            config = dataclasses.replace(
+                shapes, vision=dataclasses.replace(shapes.vision, activation=timm_activation(shapes.vision)),
+                text=dataclasses.replace(t, activation="gelu_tanh" if t.vocab_size == VOCAB["siglip2"] else "gelu"),
+                image_processor="open_clip", tokenizer_style="open_clip")
         except ClipJaxError as e:
             raise type(e)(f"{path}: {e}") from None
         origin = "inferred from open_clip SigLIP weights' shapes"
