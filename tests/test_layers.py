@@ -28,16 +28,18 @@ for layer, names in enumerate([
     "checkpoint.declared checkpoint.config_source checkpoint.result checkpoint.torch_names "
     "checkpoint.hf_format checkpoint.siglip_names checkpoint.siglip_hf checkpoint.big_vision checkpoint.vocabulary "
     "checkpoint.export "
-    "checkpoint parallel losses train compilation",
+    "checkpoint parallel losses lit gradient_cache train compilation",
     "hub",
     "zeroshot",
     "__init__",
     # applications (the jobs extra): data sets from anywhere, then the jobs, then the command line
     "data data.braces data.tarstream data.storage",
     "data.sources",
-    "jobs jobs.search jobs.eval_data jobs.results jobs.embed_folder jobs.embed_shards jobs.embed jobs.eval",
+    "data.loader",  # the training input, over the sources
+    "jobs jobs.search jobs.eval_data jobs.results jobs.embed_folder jobs.embed_shards jobs.embed jobs.eval "
+    "jobs.train_log jobs.train_model jobs.train",
     "cli cli.common",
-    "cli.eval cli.demo",  # the demo shows the public API: `import clip_jax`
+    "cli.eval cli.demo cli.train",  # the demo shows the public API: `import clip_jax`
     "cli.main",
     "cli.__main__",
 ]):
