@@ -27,6 +27,7 @@ from clip_jax.errors import InputError, ShardError
 from .fuzz import FUZZ, bounded, mutated
 from .loader_data import TRANSFORM, captions, loader, take, tar_shards, tokenize
 from .shards import END_OF_ARCHIVE, jpeg, make_samples, tar_header, write_tar
+from .test_sources_fuzz import memory_file  # the sources' fuzz tests' memory:// files
 
 GOOD = {f"photo {i} of shard 0" for i in range(6)}
 
@@ -206,16 +207,6 @@ def test_closing_the_iterator_stops_its_threads(tmp_path):
     assert threading.active_count() <= before
 
 
-_names = itertools.count()
-
-
-def _memory_file(data: bytes, suffix: str) -> str:
-    url = f"memory://fuzz-loader/{next(_names)}.{suffix}"
-    with fsspec.open(url, "wb") as f:
-        f.write(data)
-    return url
-
-
 def _seed_tar() -> bytes:
     """3 samples (jpg, txt) as tarfile writes them, the end-of-archive blocks included."""
     buf = io.BytesIO()
@@ -243,7 +234,7 @@ def _three_batches(url: str) -> int:
 @FUZZ
 @given(data=mutated(TAR))
 def test_loader_fuzz(data):
-    url = _memory_file(data, "tar")
+    url = memory_file(data, "tar")
     try:
         bounded(lambda: _three_batches(url))
     finally:
@@ -251,6 +242,6 @@ def test_loader_fuzz(data):
 
 
 def test_fuzz_seed_is_read_whole():
-    url = _memory_file(TAR, "tar")
+    url = memory_file(TAR, "tar")
     assert bounded(lambda: _three_batches(url)) == 6
 
