@@ -24,7 +24,7 @@ from hypothesis import given
 from clip_jax.data.loader import Loader
 from clip_jax.errors import InputError, ShardError
 
-from .fuzz import FUZZ, bounded, mutated
+from .fuzz import FUZZ, any_bytes, bounded
 from .loader_data import TRANSFORM, captions, loader, take, tar_shards, tokenize
 from .shards import END_OF_ARCHIVE, jpeg, make_samples, tar_header, write_tar
 from .test_sources_fuzz import memory_file  # the sources' fuzz tests' memory:// files
@@ -80,6 +80,12 @@ def test_every_shard_unusable_raises_shard_error_without_hanging(tmp_path):
         take(loader(names, errors, batch_size=2), 1)
     assert time.perf_counter() - t0 < 5
     assert {e[0] for e in errors} == {names[0], names[2]}  # the empty tar is no error, just empty
+
+
+def test_a_reader_sharing_a_shard_too_small_for_it_says_so(tmp_path):
+    shard = tar_shards(tmp_path, [2])
+    with pytest.raises(ShardError, match="reader 2: .*fewer shards than readers"):
+        take(loader(shard, batch_size=3, readers=3), 1)
 
 
 def test_one_reader_with_nothing_raises_even_if_others_have_data(tmp_path):
@@ -232,7 +238,7 @@ def _three_batches(url: str) -> int:
 
 
 @FUZZ
-@given(data=mutated(TAR))
+@given(data=any_bytes(TAR))  # mutations, random bytes, every prefix
 def test_loader_fuzz(data):
     url = memory_file(data, "tar")
     try:

@@ -282,6 +282,9 @@ class _Reader:
         urls = [self.shards[i].url for i in self.plan.shards]
         what = urls[0] if len(urls) == 1 else f"{len(urls)} shards ({urls[0]}, ...)"
         why = "; ".join(self.unusable) or "the shards hold no samples"
+        if self.plan.modulo > 1:
+            why += (f" (fewer shards than readers: this reader keeps every {self.plan.modulo}th sample of a shard "
+                    "it shares; fewer readers or more shards would help)")
         return f"reader {self.r}: no usable sample in epoch {epoch} of {what}: {why}"
 
 
