@@ -1,4 +1,5 @@
-"""The `clip-jax` command line: convert, export, embed, classify, search, index, demo (and eval, in cli/eval.py).
+"""The `clip-jax` command line: convert, export, embed, classify, search, index, demo (and eval, train, in
+cli/eval.py, cli/train.py).
 
 Start-up: this module and the ones it imports at the top load no jax, numpy or model code; each run_*
 function imports what its command needs when it runs, so `clip-jax --help` and a mistyped argument
@@ -27,6 +28,7 @@ from .common import (
     positive_int,
 )
 from .eval import add_eval_args
+from .train import add_train_args
 
 # checkpoint.export.EXPORT_DTYPES, spelled out here: that module imports numpy (see the module docstring)
 EXPORT_DTYPES = ("keep", *FLOAT_DTYPES, "fp16_mix")
@@ -344,6 +346,8 @@ def parser() -> argparse.ArgumentParser:
     add_eval_args(sub.add_parser("eval", help="CLIP_benchmark's evaluations: zero-shot classification, "
                                               "retrieval recall@k, linear probe"))
     add_index_args(sub.add_parser("index", help="a faiss index of an embedding folder, which search then uses"))
+    add_train_args(sub.add_parser("train", help="train or fine-tune a CLIP or SigLIP from tar shards or parquet "
+                                                "files; rerun to resume"))
     # Listed for --help; `main` hands the arguments after "demo" to the demo's own parser.
     sub.add_parser("demo", help="the bundled tiny model, offline: zero-shot on generated shapes (clip-jax demo --help)")
     return p
