@@ -156,6 +156,9 @@ def test_parquet_columns_of_the_wrong_types(tmp_path):
                                                       "not opened unless asked: image_paths=True, --image-paths)"] * 2
     assert by_shard[str(no_columns)] == [("", by_shard[str(no_columns)][0][1])]
     assert "neither an image nor a caption column" in by_shard[str(no_columns)][0][1]
+    (tmp_path / "junk.parquet").write_bytes(b"PAR1 not really PAR1")
+    everything = [str(good), str(strings), str(no_columns), str(tmp_path / "junk.parquet")]
+    assert loader(everything, batch_size=1).samples_per_epoch() == 6 + 2 + 2  # the junk file's footer: 0 rows
     with pytest.raises(ShardError, match="caption: int64, not a string"):
         pq.write_table(pa.table({"image": [s["jpg"] for s in samples[:2]], "caption": pa.array([1, 2])}), strings)
         take(loader([str(strings)], batch_size=1), 1)
