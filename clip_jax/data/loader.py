@@ -65,7 +65,7 @@ import pyarrow.parquet as pq
 from ..errors import ClipJaxError, InputError, ShardError
 from .sources import Shard, open_source
 
-__all__ = ["Batch", "Loader", "merge_positions", "reader_shards", "POSITION_VERSION"]
+__all__ = ["Batch", "Loader", "ReaderPlan", "merge_positions", "reader_shards", "POSITION_VERSION"]
 
 POSITION_VERSION = 1
 MAX_IMAGE_BYTES = 32 << 20  # an image's encoded bytes; bigger is a bad sample (the buffer's cap must hold it)
@@ -115,7 +115,7 @@ class _Failed(NamedTuple):
     error: BaseException
 
 
-class _ReaderPlan(NamedTuple):
+class ReaderPlan(NamedTuple):
     """Which shards a reader reads, and which of their samples it keeps (index % modulo == slot)."""
 
     shards: tuple[int, ...]
@@ -123,16 +123,16 @@ class _ReaderPlan(NamedTuple):
     slot: int
 
 
-def reader_shards(num_shards: int, readers: int) -> list[_ReaderPlan]:
+def reader_shards(num_shards: int, readers: int) -> list[ReaderPlan]:
     """Each reader's shards: r::readers when there are at least as many shards as readers, else shard
     r % num_shards shared by the readers on it, sample i going to the (i % sharing)-th of them."""
     if num_shards >= readers:
-        return [_ReaderPlan(tuple(range(r, num_shards, readers)), 1, 0) for r in range(readers)]
+        return [ReaderPlan(tuple(range(r, num_shards, readers)), 1, 0) for r in range(readers)]
     out = []
     for r in range(readers):
         s = r % num_shards
         sharing = len(range(s, readers, num_shards))
-        out.append(_ReaderPlan((s,), sharing, r // num_shards))
+        out.append(ReaderPlan((s,), sharing, r // num_shards))
     return out
 
 
@@ -198,7 +198,7 @@ class _Logger:
 class _Reader:
     """One virtual reader's endless stream of draws: (epoch, index in the epoch, _Item)."""
 
-    def __init__(self, r: int, plan: _ReaderPlan, shards: Sequence[Shard], loader: Loader, log: _Logger):
+    def __init__(self, r: int, plan: ReaderPlan, shards: Sequence[Shard], loader: Loader, log: _Logger):
         self.r, self.plan, self.shards, self.log = r, plan, shards, log
         self.seed, self.capacity = loader.seed, loader.shuffle_buffer
         self.cap_bytes, self.max_image_bytes = loader.shuffle_bytes, loader.max_image_bytes
