@@ -51,7 +51,7 @@ def _record(line: str) -> dict[str, Any] | None:
         return None
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # a damaged line (nested past Python's stack) is dropped like a cut one
         return None
     ok = isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool)
     return record if ok else None
@@ -115,7 +115,10 @@ class TrainLog:
             from tensorboardX import SummaryWriter  # the `train` extra: imported where it is used
 
             purge = (resume_step or 0) + 1 if resume_step else None
-            self._writer = SummaryWriter(str(self.folder / TENSORBOARD), purge_step=purge, flush_secs=10)
+            # The file is named by the second it was opened in and the host; the suffix keeps a rerun in the
+            # same second from overwriting the file before it.
+            self._writer = SummaryWriter(str(self.folder / TENSORBOARD), purge_step=purge, flush_secs=10,
+                                         filename_suffix=f".{os.getpid()}.{resume_step or 0}")
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """One line {"step": step, **metrics} (numbers as floats, NaN as null), flushed; each metric a
