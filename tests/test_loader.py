@@ -12,10 +12,10 @@ import fsspec
 import numpy as np
 import pytest
 
-from clip_jax.data.loader import merge_positions, reader_shards
+from clip_jax.data.loader import Loader, merge_positions, reader_shards
 from clip_jax.errors import InputError
 
-from .loader_data import captions, loader, parquet_shards, same, shard_of, take, tar_shards
+from .loader_data import TRANSFORM, captions, loader, parquet_shards, same, shard_of, take, tar_shards, tokenize
 from .shards import make_samples, write_tar
 
 
@@ -170,3 +170,20 @@ def test_a_position_of_another_stream_is_refused(five):
     for bad in ({**b.position, "at": {"0": [0, -1], "1": [0, 0]}}, {**b.position, "at": {"0": "x"}}, [], "x"):
         with pytest.raises(InputError):
             next(loader(five, batch_size=4, readers=2, shuffle_buffer=5).batches(bad))
+
+
+def test_resume_replays_draws_without_decoding_them(tmp_path):
+    shards = tar_shards(tmp_path, [20, 20])
+    calls: list = []
+
+    def counting(data: bytes):
+        calls.append(1)
+        return TRANSFORM.pixels(data)
+
+    make = lambda: Loader(shards, batch_size=2, readers=1, transform=counting, tokenize=tokenize,  # noqa: E731
+                          shuffle_buffer=8, num_threads=2)
+    run = take(make(), 16)
+    calls.clear()
+    resumed = take(make(), 1, run[14].position)  # 30 draws replayed
+    assert same(resumed[0], run[15])
+    assert len(calls) <= 2 + 2 * 2 + 1  # the batch, two batches ahead, one in hand: none of the 30
