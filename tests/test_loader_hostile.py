@@ -254,3 +254,18 @@ def test_fuzz_seed_is_read_whole():
     url = memory_file(TAR, "tar")
     assert bounded(lambda: _three_batches(url)) == 6
 
+
+
+def test_an_on_error_that_raises_stops_the_loader_with_its_error(tmp_path):
+    """The job's errors.tsv writer failing (a full disk) reaches the caller, from a reader thread (a shard
+    error) or from the batch being built (an image error), instead of a hang."""
+    good = tar_shards(tmp_path, [4], corrupt={0: 1})[0]
+    (tmp_path / "junk.tar").write_bytes(b"junk" * 300)
+
+    def full_disk(*_):
+        raise OSError(28, "No space left on device")
+
+    for names in ([good, str(tmp_path / "junk.tar")], [good]):
+        ld = Loader(names, batch_size=4, readers=1, transform=TRANSFORM.pixels, tokenize=tokenize, on_error=full_disk)
+        with pytest.raises(OSError, match="No space left"):
+            take(ld, 2)
