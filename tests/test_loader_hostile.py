@@ -16,6 +16,7 @@ import tracemalloc
 from collections import Counter
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -273,3 +274,25 @@ def test_an_on_error_that_raises_stops_the_loader_with_its_error(tmp_path):
         ld = Loader(names, batch_size=4, readers=1, transform=TRANSFORM.pixels, tokenize=tokenize, on_error=full_disk)
         with pytest.raises(OSError, match="No space left"):
             take(ld, 2)
+
+
+def test_a_plain_transform_or_tokenizer_error_is_the_sample_s(tmp_path):
+    """A transform of the caller's own (Pillow directly: OSError, ValueError) and a tokenizer's ValueError
+    skip the sample with the error's type in the reason."""
+    from PIL import Image
+
+    good = tar_shards(tmp_path, [6], corrupt={0: 2})
+
+    def plain(data: bytes) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((16, 16)))
+
+    def fussy(texts):
+        if texts == ["photo 4 of shard 0"]:
+            raise ValueError("no fours")
+        return tokenize(texts)
+
+    errors: list = []
+    ld = Loader(good, batch_size=4, readers=1, transform=plain, tokenize=fussy, on_error=lambda *a: errors.append(a))
+    assert set(captions(take(ld, 1)[0])) == {f"photo {i} of shard 0" for i in (0, 1, 3, 5)}
+    reasons = sorted(e[2] for e in errors)
+    assert reasons[0] == "caption: ValueError: no fours" and reasons[1].startswith("image: UnidentifiedImageError")

@@ -69,7 +69,7 @@ __all__ = ["Batch", "Loader", "ReaderPlan", "merge_positions", "reader_shards", 
 
 POSITION_VERSION = 1
 MAX_IMAGE_BYTES = 32 << 20  # an image's encoded bytes; bigger is a bad sample (the buffer's cap must hold it)
-SHUFFLE_BYTES = 256 << 20  # per reader: encoded samples held by the shuffle buffer
+SHUFFLE_BYTES = 256 << 20  # per reader: encoded images (and captions, counted in characters) in the buffer
 _RANDOM_BLOCK = 1024  # uniform numbers drawn from the generator at a time (a scalar draw costs ~1 us each)
 _POLL = 0.05  # seconds between looks at the stop flag while a queue is full
 _STREAM_KEYS = ("seed", "readers", "shuffle_buffer", "shuffle_bytes", "max_image_bytes", "shards")
@@ -233,8 +233,8 @@ class _Reader:
                         self._report_sample(sample, why)
                         continue
                     yield _Item(shard.url, str(sample["key"]), bytes(sample["image"]), _caption(sample))
-            except ClipJaxError as e:  # ShardError, InputError (a parquet file without the columns), ...
-                self._report_shard(shard.url, str(e))
+            except (ClipJaxError, OSError) as e:  # ShardError, InputError (a parquet file without the columns),
+                self._report_shard(shard.url, str(e))  # an fsspec backend's own OSError: the shard is skipped
 
     def _epoch(self, epoch: int) -> Iterator[_Item]:
         """The epoch's items through the shuffle buffer: a random one out each time it is full (by count
@@ -289,18 +289,27 @@ class _Reader:
 
 
 def _decode(transform: Callable, tokenize: Callable, item: _Item) -> tuple[np.ndarray, np.ndarray] | str:
-    """One sample on the pool: (image array, token row), or why it is skipped."""
+    """One sample on the pool: (image array, token row), or why it is skipped. Besides the project's own
+    errors (ImageError: not an image, a decompression bomb; a caption too long without truncation), a
+    transform's or tokenizer's ValueError / OSError is the sample's fault too (a transform of the caller's
+    own built on Pillow raises those); if it is a bug instead, every sample fails and the reader's
+    ShardError ends the run after an epoch, naming it."""
     try:
         image = np.asarray(transform(item.image))
-    except ClipJaxError as e:  # ImageError: not an image, a decompression bomb, ...
-        return f"image: {getattr(e, 'reason', e)}"
+    except (ClipJaxError, ValueError, OSError) as e:
+        return f"image: {e.reason if isinstance(e, ClipJaxError) and hasattr(e, 'reason') else _named(e)}"
     try:
         tokens = np.asarray(tokenize([item.caption]))
-    except ClipJaxError as e:  # a caption the tokenizer refuses (too long without truncation, ...)
-        return f"caption: {e}"
+    except (ClipJaxError, ValueError) as e:
+        return f"caption: {_named(e)}"
     if tokens.ndim != 2 or tokens.shape[0] != 1:
         raise InputError(f"tokenize([caption]) returned shape {tokens.shape}, not [1, L]")
     return image, tokens[0]
+
+
+def _named(e: BaseException) -> str:
+    """An error as a reason: the project's own by its message, another with its type's name."""
+    return str(e) if isinstance(e, ClipJaxError) else f"{type(e).__name__}: {e}"
 
 
 def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
