@@ -23,7 +23,11 @@ Shuffling, per reader and per epoch: the order of the reader's shards is a permu
 epoch, r); their samples stream through a buffer of up to `shuffle_buffer` samples and `shuffle_bytes`
 bytes, and each draw takes a uniformly random sample out of it (random numbers from (seed, epoch, r));
 at the end of the epoch the buffer drains, so an epoch is a permutation of the reader's samples. Each
-reader rolls over into its next epoch on its own (their epochs may differ in length by a shard).
+reader rolls over into its next epoch on its own, and every reader gives each batch the same number of
+rows: a reader holding fewer samples goes through them more often. With a shard count that is a
+multiple of `readers` (and shards of equal size) every sample is seen equally often; with 5 shards over
+4 readers, reader 0's two shards are seen half as often as the others'. Fewer shards than readers cost
+reading: each reader on a shared shard reads all of it to keep its part.
 
 Resume. `Batch.position` (JSON) holds, per reader of this process, (epoch, raw draws): how many samples
 that reader's buffer has handed out in that epoch, bad ones included. `batches(position)` rebuilds each
