@@ -134,7 +134,7 @@ def train(data: Sequence[str | os.PathLike] | str, model: str | os.PathLike, out
     check_args(args)
     run = Path(args.output)
     writer = jax.process_index() == 0
-    check_run_folder(run, args, write=writer)
+    check_run_folder(run, args)
     resolved = resolve_model(args.model, seed=args.seed, dtype=args.dtype, tokenizer=args.tokenizer,
                              progress=args.progress and writer)
     mesh = parallel.make_mesh(args.model_parallel)
@@ -146,14 +146,16 @@ def train(data: Sequence[str | os.PathLike] | str, model: str | os.PathLike, out
     state, step, position = _restore(trainer, run / CHECKPOINTS)
     if step > total:
         raise InputError(f"{run}: its checkpoint is at step {step}, past this run's {total} steps")
-    if writer:
+    if writer:  # only now: a mistyped option leaves no folder behind that a corrected command would refuse
+        write_args(run, args)
         print(f"clip-jax train: {resolved.origin}; {'resuming at step ' + str(step) if step else 'starting'} "
               f"of {total}", file=sys.stderr)
     loop = _Loop(args, run, trainer, total, writer, errors)
     try:
-        if step < total:
-            state = loop.run(state, step, loader.batches(position), resolved, eval_set)
-        _write_final(run, trainer, state, resolved, writer)
+        if step < total or not (run / FINAL).exists():  # a finished run's rerun writes nothing again
+            if step < total:
+                state = loop.run(state, step, loader.batches(position), resolved, eval_set)
+            _write_final(run, trainer, state, resolved, writer)
     finally:
         loop.close()
     records = read_metrics(run / "metrics.jsonl") if writer else []
@@ -189,6 +191,8 @@ def check_args(a: TrainArgs) -> None:
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (name == "lr" and not value):
             raise InputError(f"--{name.replace('_', '-')} must be a {'positive' if name == 'lr' else 'non-negative'} "
                              f"number, got {value!r}")
+    if a.steps is not None and a.warmup >= a.steps:
+        raise InputError(f"--warmup {a.warmup} must be fewer than the run's {a.steps} steps")
     if a.batch_size % a.accumulate:
         raise InputError(f"--accumulate {a.accumulate} must divide --batch-size {a.batch_size}")
     if a.eval_every is not None and a.eval_data is None:
@@ -200,9 +204,9 @@ def _at_least(name: str, value: Any, low: int) -> None:
         raise InputError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
 
 
-def check_run_folder(run: Path, args: TrainArgs, write: bool) -> None:
-    """RUN: new (made), or a run of these same arguments (args.json; resumed), else InputError. A folder
-    with other files and no args.json is not taken over. write: write args.json (process 0)."""
+def check_run_folder(run: Path, args: TrainArgs) -> None:
+    """RUN: new, empty, or a run of these same arguments (its args.json; resumed), else InputError. A
+    folder with other files and no args.json is not taken over."""
     saved_path = run / ARGS
     if saved_path.exists():
         try:
@@ -215,10 +219,13 @@ def check_run_folder(run: Path, args: TrainArgs, write: bool) -> None:
     elif run.exists() and (not run.is_dir() or any(run.iterdir())):
         raise InputError(f"{run}: {'not a folder' if not run.is_dir() else 'a folder with files and no ' + ARGS}; "
                          "give a new or empty folder, or the folder of an earlier clip-jax train run to resume")
-    if write:
-        run.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(dataclasses.asdict(args), indent=1, sort_keys=True) + "\n"
-        atomic_write(saved_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_args(run: Path, args: TrainArgs) -> None:
+    """RUN/args.json (atomically): every argument, the ones a rerun may change included."""
+    run.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(dataclasses.asdict(args), indent=1, sort_keys=True) + "\n"
+    atomic_write(run / ARGS, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _check_same(run: Path, saved: dict, now: dict) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,22 @@ def scalar_tag(name: str) -> str:
     return "train/" + name
 
 
+def _summary_writer() -> type:
+    """tensorboardX's SummaryWriter (the `train` extra: imported where it is used). tensorboardX imports
+    torch, when installed, only to recognize torch tensors among its inputs (4 s here); the scalars
+    written here are floats, so a torch not imported yet is hidden from that import."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter  # the train extra, as above
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError: tensorboardX's own fallback
+    try:
+        from tensorboardX import SummaryWriter  # the train extra, as above
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class TrainLog:
     """metrics.jsonl and TensorBoard events of the run in `folder`.
 
@@ -112,8 +129,7 @@ class TrainLog:
         self.records = truncate_metrics(self.folder / METRICS, resume_step or 0)
         self._file = open(self.folder / METRICS, "a", encoding="utf-8")
         if tensorboard:
-            from tensorboardX import SummaryWriter  # the `train` extra: imported where it is used
-
+            SummaryWriter = _summary_writer()
             purge = (resume_step or 0) + 1 if resume_step else None
             # The file is named by the second it was opened in and the host; the suffix keeps a rerun in the
             # same second from overwriting the file before it.

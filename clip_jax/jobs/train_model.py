@@ -72,7 +72,7 @@ def resolve_model(spec: str | os.PathLike, *, seed: int = 0, dtype: str = "float
         raise InputError("no model: pass --model (an open_clip architecture, a model-config JSON, or weights)")
     config = _architecture_config(spec)
     if config is None:
-        model, preprocess = load(spec, dtype=jnp.dtype(dtype), tokenizer=tokenizer, progress=progress)
+        model, preprocess = _load(spec, dtype, tokenizer, progress)
         _check_two_towers(model, spec)
         return _resolved(model, preprocess, model.config, True, f"{spec}: pretrained weights (fine-tuning)")
     config = with_vocabulary(config, None, tokenizer)
@@ -92,6 +92,18 @@ def _architecture_config(spec: str) -> Any | None:
     if path.exists() or spec.startswith(HF_PREFIX) or "/" in spec or ":" in spec:
         return None
     return architecture(spec) if is_architecture(spec) else None
+
+
+def _load(spec: str, dtype: str, tokenizer, progress: bool) -> tuple[Any, Callable]:
+    """clip_jax.load(spec); a bare name it doesn't know is said to be no architecture either."""
+    try:
+        return load(spec, dtype=jnp.dtype(dtype), tokenizer=tokenizer, progress=progress)
+    except InputError as e:
+        if Path(spec).exists() or "/" in spec or ":" in spec:
+            raise
+        raise InputError(f"{spec!r} is no open_clip architecture (to train from scratch) and no pretrained model "
+                         f"({e}); see clip_jax.pretrained.architectures(), or give a model-config JSON file"
+                         ) from None
 
 
 def _check_two_towers(model: Any, spec: str) -> None:

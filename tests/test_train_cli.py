@@ -1,0 +1,99 @@
+"""`clip-jax train`: a SigLIP from scratch (a model-config JSON and --tokenizer) with the sigmoid loss through
+the command line, its help, and the one-line errors a mistaken command gets before any work."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+import clip_jax
+from clip_jax import synthetic
+from clip_jax.cli.main import main
+from clip_jax.jobs.train_log import METRICS, read_metrics
+from clip_jax.jobs.train_model import is_architecture
+from clip_jax.siglip_config import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+
+from .test_train_job import write_shards
+
+TINY_SIGLIP = SiglipConfig(
+    embed_dim=32,
+    vision=SiglipVisionConfig(image_size=32, patch_size=16, width=32, layers=1, heads=2, mlp_width=64),
+    text=SiglipTextConfig(vocab_size=500, context_length=16, width=32, layers=1, heads=2, mlp_width=64),
+)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_shards(tmp_path_factory.mktemp("cli_shards"))
+
+
+def siglip_json(path):
+    """A SigLIP's architecture as the JSON clip_jax writes into open_clip_config.json (open_clip's own
+    model_cfg can't hold a timm trunk of any width)."""
+    path.write_text(json.dumps({"clip_jax_config": {"family": "siglip", **json.loads(TINY_SIGLIP.to_json())}}))
+    return path
+
+
+def test_sigmoid_from_scratch_logs_the_bias_and_the_vocabulary_travels(tmp_path, shards, capsys):
+    from .siglip_vocab import train_spiece
+
+    captions = [synthetic.Sample(*combo).caption() for combo in itertools.product(
+        synthetic.SHAPES, synthetic.COLORS, synthetic.SIZES, synthetic.POSITIONS)]
+    spiece = train_spiece(tmp_path / "spiece.model", vocab_size=32, lines=captions)  # the captions' words
+    run = tmp_path / "run"
+    rc = main(["train", shards, "--model", str(siglip_json(tmp_path / "tiny_siglip.json")), "-o", str(run),
+               "--tokenizer", str(spiece), "--loss", "sigmoid", "--batch-size", "8", "--steps", "2",
+               "--log-every", "1", "--seed", "3", "--no-progress"])
+    assert rc == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    records = read_metrics(run / METRICS)
+    assert [r["step"] for r in records] == [1, 2] and last == records[-1]
+    assert all("logit_bias" in r for r in records)
+    # big_vision's init (-10) moved by two AdamW steps of at most lr each, no further
+    assert -10 < records[-1]["logit_bias"] <= -10 + 2 * 5e-4 * 1.01
+    assert records[0]["logit_scale"] == pytest.approx(10, rel=1e-3)  # exp(log 10): a from-scratch SigLIP
+    model, _ = clip_jax.load(run / "final.safetensors")
+    assert type(model).__name__ == "Siglip"
+    assert float(np.asarray(model.logit_bias[...])) == pytest.approx(last["logit_bias"])
+    assert (run / "final.tokenizer" / "spiece.model").read_bytes() == spiece.read_bytes()
+    assert clip_jax.get_tokenizer(run / "final.safetensors")(["a red circle"]).shape == (1, 16)
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--loss", "--batch-size", "--steps", "--epochs", "--lr", "--warmup", "--weight-decay", "--dtype",
+                   "--remat", "--remat-policy", "--fsdp", "--lock-image", "--lock-text", "--unlock-last",
+                   "--accumulate", "--save-every", "--keep", "--eval-data", "--eval-every", "--seed",
+                   "--log-every", "--model-parallel", "--tokenizer", "--coordinator", "--distributed"):
+        assert option in out, option
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--model", "ViT-Q-99"], "'ViT-Q-99' is no open_clip architecture (to train from scratch) and no pretrained"),
+    (["--model", "missing.json"], "missing.json: no such model-config file"),
+    (["--model", "ViT-B-16-SigLIP"], "this SigLIP has no vocabulary"),
+    (["--model", "RN50", "--warmup", "9"], "--warmup 9 must be fewer than the run's 2 steps"),
+])
+def test_one_line_errors_before_any_work(tmp_path, shards, capsys, extra, message):
+    run = tmp_path / "run"
+    rc = main(["train", shards, "-o", str(run), "--steps", "2", "--batch-size", "8", "--no-progress", *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and message in err and len(err.splitlines()) == 1, err
+    assert not run.exists()
+
+
+def test_the_run_length_is_required(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "a.tar", "--model", "RN50", "-o", "RUN"])
+    assert e.value.code == 2 and "--steps" in capsys.readouterr().err
+
+
+def test_which_names_train_from_scratch():
+    assert is_architecture("ViT-B-32") and is_architecture("ViT-B-32-quickgelu") and is_architecture("RN50")
+    assert is_architecture("ViT-B-16-SigLIP")
+    assert not is_architecture("ViT-B/32") and not is_architecture("ViT-B-32/openai")
