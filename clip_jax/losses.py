@@ -25,7 +25,7 @@ from jax.sharding import Mesh, PartitionSpec
 from .errors import InputError
 from .roles import DATA
 
-__all__ = ["contrastive_loss_sharded", "sigmoid_loss", "sigmoid_loss_sharded", "top1_sharded"]
+__all__ = ["contrastive_loss", "contrastive_loss_sharded", "sigmoid_loss", "sigmoid_loss_sharded", "top1_sharded"]
 
 
 def _scalar(x, name: str) -> jax.Array:
@@ -184,7 +184,21 @@ def top1_sharded(image_features: jax.Array, text_features: jax.Array, mesh: Mesh
     return jax.lax.stop_gradient(hits.astype(jnp.float32) / image_features.shape[0])
 
 
-# --- the softmax loss, its rows on each device ----------------------------------------------------------
+# --- CLIP's softmax loss, on one device and by rows on each device -------------------------------------
+
+
+def contrastive_loss(logits_per_image: jax.Array) -> jax.Array:
+    """Symmetric InfoNCE over a batch of N matching pairs.
+
+    logits_per_image: [N, N], row i = image i against every text; the positive is the diagonal.
+    -> float32 []: the mean of cross-entropy image->text (rows) and text->image (columns), as OpenAI's
+    and open_clip's ClipLoss.
+    """
+    logits = logits_per_image.astype(jnp.float32)
+    labels = jnp.arange(logits.shape[0])
+    per_image = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    per_text = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
+    return (per_image + per_text) / 2
 
 
 def _local_infonce(img, txt, scale, axis: str):
@@ -200,7 +214,7 @@ def _local_infonce(img, txt, scale, axis: str):
 
 def contrastive_loss_sharded(image_features: jax.Array, text_features: jax.Array, scale, mesh: Mesh,
                              axis: str = DATA) -> jax.Array:
-    """CLIP's symmetric InfoNCE of the global batch (clip_jax.train.contrastive_loss of scale * img @ txt.T,
+    """CLIP's symmetric InfoNCE of the global batch (contrastive_loss of scale * img @ txt.T,
     open_clip's ClipLoss with gather_with_grad) with each device computing only its own rows: its images
     against every text and its texts against every image, the features all-gathered along `axis`. Memory per
     device: the gathered features [N, D] and two [N / devices, N] blocks of logits.

@@ -19,6 +19,7 @@ devices hold), and the results come back to every process in input order.
 from __future__ import annotations
 
 import collections
+import math
 import os
 import queue
 import threading
@@ -43,8 +44,8 @@ from .roles import DATA, MODEL, declared, flat_name, is_variable
 from .tokenizer import DEFAULT_BUCKETS, trim_tokens
 
 __all__ = [
-    "DATA", "MODEL", "ShardedCLIP", "EmbeddedBatch", "initialize", "make_mesh", "param_specs", "shard_params",
-    "pmap_logits", "prefetch", "gather",
+    "DATA", "FSDP_MIN_SIZE", "MODEL", "ShardedCLIP", "EmbeddedBatch", "initialize", "make_mesh", "param_specs",
+    "place", "shard_params", "pmap_logits", "prefetch", "gather",
 ]
 
 
@@ -91,44 +92,75 @@ def make_mesh(model_parallel: int = 1, devices: Sequence[jax.Device] | None = No
     return Mesh(grid, (DATA, MODEL), axis_types=auto)
 
 
-def param_specs(params: Any, mesh: Mesh) -> Any:
+# FSDP leaves a parameter replicated below this many elements (64 KiB in float32): every gain, bias and
+# LayerNorm vector of a ViT-L/14 (at most 4096 wide), whose all-gather would cost a collective's latency for
+# bytes that don't matter, while every matrix is split. big_vision's fsdp rule has the same kind of floor.
+FSDP_MIN_SIZE = 2**14
+
+
+def _spec(axes: tuple, shape: tuple, sizes: dict, fsdp: bool, min_size: int) -> P:
+    """One parameter's PartitionSpec: its declared "model" split where the axis divides those dims, then (fsdp)
+    "data" on its largest dim that "model" leaves free and the data axis divides."""
+    m, d = sizes.get(MODEL, 1), sizes.get(DATA, 1)
+    dims: list = [None] * len(shape)
+    if m > 1 and len(axes) == len(shape) and all(a is None or shape[i] % m == 0 for i, a in enumerate(axes)):
+        dims = list(axes)
+    if fsdp and d > 1 and math.prod(shape) >= min_size:
+        free = [i for i in range(len(shape)) if dims[i] is None and shape[i] % d == 0]
+        if free:
+            dims[max(free, key=lambda i: (shape[i], -i))] = DATA  # the largest; the first of equals
+    return P(*dims) if any(a is not None for a in dims) else P()
+
+
+def param_specs(params: Any, mesh: Mesh, fsdp: bool = False, min_size: int | None = None) -> Any:
     """A PartitionSpec for every leaf of `params`: the split each parameter declares (model.py: a
     Megatron split of the attention and MLP kernels along "model", the first matmul of each pair by
     output columns, the second by input rows; everything else replicated). A dim the "model" axis
-    doesn't divide leaves that parameter replicated.
+    doesn't divide leaves that parameter replicated along "model".
 
-    params: a model's nnx.State (its Variables carry the declarations), or any pytree of arrays whose
-    paths are clip_jax names (looked up with checkpoint.declared.declared_by_name)."""
-    m = mesh.shape[MODEL]
+    fsdp: also split each parameter of at least `min_size` elements along "data" (ZeRO-3): its largest
+    dim that is not on "model" and that the data axis divides; one with no such dim stays replicated.
+    min_size: default FSDP_MIN_SIZE (read when called).
+    With jit's in/out shardings from these specs, XLA all-gathers a parameter where it is used and
+    reduce-scatters its gradient, so each device keeps 1/data of the params, gradients and Adam moments.
 
-    def spec(axes: tuple, shape: tuple) -> P:
-        if m == 1 or len(axes) != len(shape) or all(a is None for a in axes):
-            return P()
-        if all(a is None or shape[i] % m == 0 for i, a in enumerate(axes)):
-            return P(*axes)
-        return P()
+    params: a model's nnx.State (its Variables carry the declarations; leaves that are not Variables, e.g.
+    an optimizer's step count, are replicated), or any pytree of arrays whose paths are clip_jax names
+    (looked up with checkpoint.declared.declared_by_name)."""
+    sizes = dict(mesh.shape)
+    floor = FSDP_MIN_SIZE if min_size is None else min_size
+    spec = lambda axes, shape: _spec(axes, tuple(shape), sizes, fsdp, floor)
 
     if any(is_variable(x) for x in jax.tree.leaves(params, is_leaf=is_variable)):
-        return jax.tree.map(lambda v: v.replace(spec(declared(v).axes, v.shape)), params, is_leaf=is_variable)
+        return jax.tree.map(lambda v: v.replace(spec(declared(v).axes, v.shape)) if is_variable(v) else P(),
+                            params, is_leaf=is_variable)
+    if sizes.get(MODEL, 1) == 1 and not fsdp:
+        return jax.tree.map(lambda x: P(), params)
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: P() if m == 1 else spec(declared_by_name(flat_name(path)).axes, tuple(x.shape)), params)
+        lambda path, x: spec(declared_by_name(flat_name(path)).axes, x.shape), params)
 
 
-def shard_params(params: Any, mesh: Mesh) -> Any:
-    """Place `params` on the mesh: replicated along "data", split along "model" by param_specs.
-    Every process must pass the same values (e.g. loaded from the same file)."""
-    specs = param_specs(params, mesh)
+def shard_params(params: Any, mesh: Mesh, fsdp: bool = False) -> Any:
+    """Place `params` on the mesh: split along "model" (and along "data" with fsdp) by param_specs,
+    replicated along the rest. Every process must pass the same values (e.g. loaded from the same file)."""
+    return place(params, jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(params, mesh, fsdp)))
 
-    def place(x, spec):
-        sharding = NamedSharding(mesh, spec)
-        if isinstance(x, jax.ShapeDtypeStruct):  # an abstract model, to compile for a target ahead of time
+
+def place(tree: Any, shardings: Any) -> Any:
+    """Each leaf of `tree` put on the devices as the matching NamedSharding of `shardings` (a pytree of the
+    same structure) says; a jax.ShapeDtypeStruct gets the sharding attached (an abstract model, to compile
+    for a target ahead of time). With several processes every one must pass the same values: each fills
+    its own devices from its copy."""
+
+    def put(x, sharding):
+        if isinstance(x, jax.ShapeDtypeStruct):
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
         if jax.process_count() == 1:
             return jax.device_put(x, sharding)
-        host = np.asarray(x)  # the same on every process; each one fills its own devices
+        host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
-    return jax.tree.map(place, params, specs)
+    return jax.tree.map(put, tree, shardings)
 
 
 def gather(x: jax.Array) -> np.ndarray:

@@ -27,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -36,31 +37,15 @@ from .checkpoint.declared import declared_by_name
 from .checks import check_images, check_tokens
 from .errors import InputError
 from .layers import Transformer, check_remat_policy
-from .losses import sigmoid_loss, sigmoid_loss_sharded, top1_sharded
+from .losses import contrastive_loss, contrastive_loss_sharded, sigmoid_loss, sigmoid_loss_sharded, top1_sharded
 from .model import CLIP, l2_normalize
+from .parallel import param_specs, place
 from .resnet import ResNetStage
 from .roles import DATA as DATA_AXIS, declared, flat_name, is_variable
 
 # OpenAI: "clipped to prevent scaling the logits by more than 100".
 LOGIT_SCALE_MAX = math.log(100.0)
 LOSSES = ("softmax", "sigmoid")
-
-
-# --- the loss ---------------------------------------------------------------------------------------
-
-
-def contrastive_loss(logits_per_image: jax.Array) -> jax.Array:
-    """Symmetric InfoNCE over a batch of N matching pairs.
-
-    logits_per_image: [N, N], row i = image i against every text; the positive is the diagonal.
-    -> float32 []: the mean of cross-entropy image->text (rows) and text->image (columns), as OpenAI's
-    and open_clip's ClipLoss.
-    """
-    logits = logits_per_image.astype(jnp.float32)
-    labels = jnp.arange(logits.shape[0])
-    per_image = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    per_text = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
-    return (per_image + per_text) / 2
 
 
 # --- the optimizer ----------------------------------------------------------------------------------
@@ -170,49 +155,56 @@ class TrainState(struct.PyTreeNode):
 
 
 class Trainer:
-    """Contrastive training of a CLIP with an optax optimizer.
+    """Contrastive training of a CLIP or a Siglip with an optax optimizer.
 
     Args:
-      model: the CLIP to train (its dtype is the compute dtype: build(..., dtype="bfloat16") trains in
+      model: the model to train (its dtype is the compute dtype: build(..., dtype="bfloat16") trains in
         bf16 with float32 params, LayerNorm, softmax and loss). The model itself is not changed.
       tx: the optimizer, e.g. `optimizer(...)`.
       remat: gradient checkpointing over the residual blocks (see `set_remat`), keeping what the
         jax.checkpoint policy named `remat_policy` saves ("nothing_saveable": each block's input only).
       mesh: data parallelism, e.g. clip_jax.parallel.make_mesh(): the batch is split over the mesh axis
-        "data"; params and optimizer state are replicated (also over a "model" axis, if any). The loss
-        is over the global batch: each image is scored against every text of every device (jit
-        gathers the features along "data"), so the result equals single-device training on the whole
-        batch. One process: batches are host numpy arrays placed by jit (several hosts would feed
-        jax.make_array_from_process_local_data instead).
+        "data"; params and optimizer state are replicated over it (split along a "model" axis as the
+        params declare). The loss is over the global batch: each image is scored against every text of
+        every device, so the result equals single-device training on the whole batch. Feed batches as
+        host numpy arrays (one process) or through `global_batch` (any number of processes).
       donate: let the step reuse the input state's buffers (halves the state's memory; the old state,
         and any model from `model(old_state)`, can't be used afterwards).
-      loss: "softmax" (CLIP's symmetric InfoNCE, `contrastive_loss`, on the model's logits) or "sigmoid"
-        (SigLIP's, `clip_jax.losses.sigmoid_loss`, for a model with a `logit_bias`: a Siglip). The sigmoid
-        loss takes the normalized features, exp(logit_scale) and logit_bias; on a mesh it is computed in a
-        ring over "data" (`sigmoid_loss_sharded`), never the global N x N on one device, with the same result.
+      loss: "softmax" (CLIP's symmetric InfoNCE, `contrastive_loss`) or "sigmoid" (SigLIP's,
+        `clip_jax.losses.sigmoid_loss`, for a model with a `logit_bias`: a Siglip). Both take the
+        normalized features and exp(logit_scale) (and the sigmoid loss logit_bias); on a mesh the sigmoid
+        loss is a ring over "data" (`sigmoid_loss_sharded`) and the softmax loss each device's rows
+        (`contrastive_loss_sharded`), never the global N x N on one device, with the same result.
+      fsdp: (with a mesh) params, gradients and optimizer state split over "data" too (ZeRO-3,
+        `clip_jax.parallel.param_specs(..., fsdp=True)`): each device keeps 1/data of them, XLA gathers
+        a parameter where the step uses it and reduce-scatters its gradient. The same numbers as without.
+
+    Attributes: state_sharding (None without a mesh): a TrainState of NamedShardings, how `init`, `step`
+    and a restored checkpoint (`restore_checkpoint(dir, like=trainer.init())`) place the state.
     """
 
     def __init__(self, model: CLIP, tx: optax.GradientTransformation, *, remat: bool = False,
                  remat_policy: str = "nothing_saveable", mesh: Mesh | None = None, donate: bool = False,
-                 loss: str = "softmax"):
+                 loss: str = "softmax", fsdp: bool = False):
         _check_loss(model, loss)
-        self.config = model.config
-        self.loss = loss
-        self.tx = tx
-        self.mesh = mesh
+        _check_mesh(mesh, fsdp)
+        self.config, self.loss, self.tx, self.mesh, self.fsdp = model.config, loss, tx, mesh, fsdp
         if remat:
             model = with_remat(model, remat_policy)
         self.graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
         self._init_params, self._init_frozen = params, frozen
-        kw = {}
+        self.state_sharding = None if mesh is None else self._state_sharding(fsdp)
+        # with fsdp, where the step uses the params: whole along "data" (each gathered where it is used)
+        self._in_use = self.state_sharding if not fsdp else self._state_sharding(False)
+        kw, eval_kw = {}, {}
         if mesh is not None:
-            if DATA_AXIS not in mesh.axis_names:
-                raise InputError(f"the mesh needs an axis named {DATA_AXIS!r}, got {mesh.axis_names}")
-            replicated, batch = self.replicated(), self.batch_sharding()
-            kw = dict(in_shardings=(replicated, batch, batch), out_shardings=(replicated, replicated))
+            batch = self.batch_sharding()
+            kw = dict(in_shardings=(self.state_sharding, batch, batch),
+                      out_shardings=(self.state_sharding, self.replicated()))
+            eval_kw = dict(in_shardings=kw["in_shardings"], out_shardings=self.replicated())
         self._step = jax.jit(self._train_step, donate_argnums=(0,) if donate else (), **kw)
-        self._eval = jax.jit(self._metrics, **({} if mesh is None else dict(
-            in_shardings=kw["in_shardings"], out_shardings=self.replicated())))
+        self._eval = jax.jit(self._metrics, **eval_kw)
+        self._init = jax.jit(self._fresh_state, **({} if mesh is None else dict(out_shardings=self.state_sharding)))
 
     # --- shardings
 
@@ -223,18 +215,52 @@ class Trainer:
         """Leading (batch) axis split over "data"."""
         return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
 
+    def _state_sharding(self, fsdp: bool) -> TrainState:
+        """Every leaf's NamedSharding: params, their optimizer moments (Variables carrying the params'
+        declarations) and the frozen state as `param_specs` says; the step and other scalars replicated."""
+        specs = param_specs(self._abstract_state(), self.mesh, fsdp=fsdp)
+        return jax.tree.map(lambda spec: NamedSharding(self.mesh, spec), specs)
+
+    def global_batch(self, images_local, tokens_local) -> tuple[jax.Array, jax.Array]:
+        """This process's rows of a global batch -> the global arrays, split over "data".
+
+        images_local: [n, H, W, 3] uint8 or float; tokens_local: int [n, L]: block `jax.process_index()`
+        of the global batch of n * jax.process_count() pairs (on one process: the whole batch). The token
+        ids are checked here, on the host. Without a mesh: the arrays on the default device.
+        """
+        images = check_images(np.asarray(images_local), self.config.vision.image_size)
+        tokens = check_tokens(np.asarray(tokens_local), self.config.text.context_length, self.config.text.vocab_size)
+        if images.shape[0] != tokens.shape[0]:
+            raise InputError(f"a batch of matching pairs needs as many images as texts, got images "
+                             f"{tuple(images.shape)} and tokens {tuple(tokens.shape)}")
+        if self.mesh is None:
+            return jnp.asarray(images), jnp.asarray(tokens)
+        batch = self.batch_sharding()
+        return (jax.make_array_from_process_local_data(batch, images),
+                jax.make_array_from_process_local_data(batch, tokens))
+
     # --- state
 
+    def _fresh_state(self, params: nnx.State, frozen: nnx.State) -> TrainState:
+        # jit's outputs are new buffers: donating the state never frees the model's arrays
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params), frozen=frozen)
+
+    def _abstract_state(self) -> TrainState:
+        return jax.eval_shape(self._fresh_state, self._init_params, self._init_frozen)
+
     def init(self) -> TrainState:
-        """A fresh state from the model's current params: step 0, the optimizer's initial state."""
-        params = jax.tree.map(jnp.array, self._init_params)  # copies: donation never frees the model's arrays
-        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
-                           frozen=jax.tree.map(jnp.array, self._init_frozen))
-        return jax.device_put(state, self.replicated()) if self.mesh is not None else state
+        """A fresh state from the model's current params: step 0, the optimizer's initial state; on a mesh
+        placed as `state_sharding` says (each process passes the same model)."""
+        params, frozen = self._init_params, self._init_frozen
+        if self.mesh is not None:
+            params = place(params, self.state_sharding.params)
+            frozen = place(frozen, self.state_sharding.frozen)
+        return self._init(params, frozen)
 
     def model(self, state: TrainState) -> CLIP:
-        """A CLIP holding the state's arrays (not copies; without gradient checkpointing), e.g. to
-        evaluate it or to `export` it."""
+        """A model holding the state's arrays (not copies; without gradient checkpointing), e.g. to
+        evaluate it or to `export` it. On a mesh its params keep the state's sharding (with fsdp: split;
+        `clip_jax.parallel.gather` brings one to the host whole)."""
         model = nnx.merge(self.graphdef, state.params, state.frozen)
         set_remat(model, False)
         return model
@@ -265,26 +291,48 @@ class Trainer:
         """The jitted step lowered for a batch of these shapes (arrays or jax.ShapeDtypeStruct); state
         default: the shapes of `init()`'s. `.compile()` it ahead of time, e.g. for a mesh of a TPU
         topology's devices and a model built from shapes (clip_jax.model.abstract_model)."""
-        if state is None:
-            state = jax.eval_shape(lambda p, f: TrainState(jnp.zeros((), jnp.int32), p, self.tx.init(p), f),
-                                   self._init_params, self._init_frozen)
-        return self._step.lower(state, images, tokens)
+        return self._step.lower(self._abstract_state() if state is None else state, images, tokens)
 
     def evaluate(self, state: TrainState, images, tokens) -> dict[str, jax.Array]:
         """The step's metrics for a batch, without updating (loss, accuracy, logit_scale)."""
         return self._eval(state, *self._check(images, tokens))
 
-    def _loss(self, params, frozen, images, tokens) -> tuple[jax.Array, jax.Array]:
-        """-> (loss, in-batch image -> text top-1 accuracy)."""
-        model = nnx.merge(self.graphdef, params, frozen)
-        if self.loss == "softmax":
-            logits_per_image, _ = model(images, tokens)
-            return contrastive_loss(logits_per_image), _accuracy(logits_per_image)
-        img, txt = l2_normalize(model.image_features(images)), l2_normalize(model.text_features(tokens))
-        scale, bias = jnp.exp(model.logit_scale[...].astype(jnp.float32)), model.logit_bias[...]
+    # --- the loss
+
+    def _merge(self, params, frozen) -> CLIP:
+        if self.fsdp:
+            # Gathered over "data" where they are used: left to itself, XLA carries the params' "data" split
+            # into the activations (against the batch's) and reshards them whole. The transpose of this
+            # constraint is the gradient's reduce-scatter back to each device's share.
+            params = jax.lax.with_sharding_constraint(params, self._in_use.params)
+            frozen = jax.lax.with_sharding_constraint(frozen, self._in_use.frozen)
+        return nnx.merge(self.graphdef, params, frozen)
+
+    def _image(self, params, frozen, images) -> jax.Array:
+        """images [n, H, W, 3] -> L2-normalized float32 image features [n, E]."""
+        return l2_normalize(self._merge(params, frozen).image_features(images))
+
+    def _text(self, params, frozen, tokens) -> jax.Array:
+        """tokens int [n, L] -> L2-normalized float32 text features [n, E]."""
+        return l2_normalize(self._merge(params, frozen).text_features(tokens))
+
+    def _head_loss(self, params, img, txt) -> tuple[jax.Array, jax.Array]:
+        """The loss of normalized features img, txt [N, E] with the params' logit_scale (and logit_bias)
+        -> (loss, in-batch image -> text top-1 accuracy), float32 []."""
+        scale = jnp.exp(params["logit_scale"][...].astype(jnp.float32))
+        if self.loss == "sigmoid":
+            bias = params["logit_bias"][...]
+            if self.mesh is None:
+                return sigmoid_loss(img, txt, scale, bias), _accuracy(jnp.dot(img, txt.T, precision="highest"))
+            return sigmoid_loss_sharded(img, txt, scale, bias, self.mesh), top1_sharded(img, txt, self.mesh)
         if self.mesh is None:
-            return sigmoid_loss(img, txt, scale, bias), _accuracy(jnp.dot(img, txt.T, precision="highest"))
-        return sigmoid_loss_sharded(img, txt, scale, bias, self.mesh), top1_sharded(img, txt, self.mesh)
+            logits = scale * jnp.dot(img, txt.T, precision="highest")  # as clip_jax.model.logits
+            return contrastive_loss(logits), _accuracy(logits)
+        return contrastive_loss_sharded(img, txt, scale, self.mesh), top1_sharded(img, txt, self.mesh)
+
+    def _loss(self, params, frozen, images, tokens) -> tuple[jax.Array, jax.Array]:
+        """-> (loss, in-batch image -> text top-1 accuracy) of a batch, in one pass."""
+        return self._head_loss(params, self._image(params, frozen, images), self._text(params, frozen, tokens))
 
     def _scalars(self, params) -> dict[str, jax.Array]:
         scalars = {"logit_scale": jnp.exp(params["logit_scale"][...])}
@@ -296,13 +344,26 @@ class Trainer:
         loss, accuracy = self._loss(state.params, state.frozen, images, tokens)
         return {"loss": loss, "accuracy": accuracy, **self._scalars(state.params)}
 
+    def _grads(self, state: TrainState, images, tokens):
+        """-> ((loss, accuracy), the loss's gradient w.r.t. state.params)."""
+        grads = jax.value_and_grad(self._loss, has_aux=True)(state.params, state.frozen, images, tokens)
+        return grads
+
     def _train_step(self, state: TrainState, images, tokens):
-        (loss, accuracy), grads = jax.value_and_grad(self._loss, has_aux=True)(
-            state.params, state.frozen, images, tokens)
+        (loss, accuracy), grads = self._grads(state, images, tokens)
+        if self.mesh is not None:  # each device's share of the gradient, as its params (fsdp: a reduce-scatter)
+            grads = jax.lax.with_sharding_constraint(grads, self.state_sharding.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = clamp_logit_scale(optax.apply_updates(state.params, updates))
         metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads), **self._scalars(params)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def _check_mesh(mesh: Mesh | None, fsdp: bool) -> None:
+    if mesh is not None and DATA_AXIS not in mesh.axis_names:
+        raise InputError(f"the mesh needs an axis named {DATA_AXIS!r}, got {mesh.axis_names}")
+    if fsdp and mesh is None:
+        raise InputError("fsdp=True splits the state over the mesh axis 'data': pass mesh=make_mesh()")
 
 
 def _check_loss(model: nnx.Module, loss: str) -> None:

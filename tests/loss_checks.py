@@ -46,6 +46,26 @@ class DeviceRun:
             self.proc.communicate()
 
 
+def module_run(script: str, devices: int, timeout: float) -> tuple:
+    """The two module fixtures of a test module whose checks run in a `devices`-device subprocess: `device_run`
+    (autouse: the script starts before the module's first test, and runs beside them) and `checks` (its JSON,
+    waited for at most `timeout` s). Assign both to module names: `device_run, checks = module_run(...)`."""
+    import pytest
+
+    @pytest.fixture(scope="module", autouse=True, name="device_run")
+    def run(tmp_path_factory):
+        started = DeviceRun(ROOT / "tests" / script, tmp_path_factory.mktemp(Path(script).stem) / "checks.json",
+                            devices)
+        yield started
+        started.stop()
+
+    @pytest.fixture(scope="module", name="checks")
+    def result(device_run) -> dict:
+        return device_run.result(timeout=timeout)
+
+    return run, result
+
+
 SCALE, BIAS = 10.0, -3.0  # off big_vision's init (10, -10): -10 makes the negatives' gradients ~1e-5
 
 

@@ -18,22 +18,13 @@ from clip_jax.errors import InputError
 from clip_jax.losses import sigmoid_loss, sigmoid_loss_sharded
 from clip_jax.parallel import make_mesh
 from clip_jax.train import Trainer
-from tests.loss_checks import BIAS, SCALE, DeviceRun, features, tiny_siglip
+from tests.loss_checks import BIAS, SCALE, features, module_run, tiny_siglip
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def eight_devices(tmp_path_factory):
-    """The 8-device subprocess, started before this module's first test; -> a DeviceRun."""
-    run = DeviceRun(ROOT / "tests" / "loss_checks.py", tmp_path_factory.mktemp("losses") / "checks.json", 8)
-    yield run
-    run.stop()
-
-
-@pytest.fixture(scope="module")
-def checks(eight_devices) -> dict:
-    return eight_devices.result(timeout=300)
+# The 8-device subprocess, started before this module's first test.
+device_run, checks = module_run("loss_checks.py", 8, timeout=300)
 
 
 def open_clip_loss(img, txt, scale: float, bias: float):
