@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,3 +101,17 @@ def test_which_names_train_from_scratch():
     assert is_architecture("ViT-B-32") and is_architecture("ViT-B-32-quickgelu") and is_architecture("RN50")
     assert is_architecture("ViT-B-16-SigLIP")
     assert not is_architecture("ViT-B/32") and not is_architecture("ViT-B-32/openai")
+
+
+@pytest.mark.slow
+def test_the_example_trains_and_loads_its_result(tmp_path):
+    """examples/train_shards.py, shortened: shards, config JSON and eval set written, trained, loaded back."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "examples" / "train_shards.py"), "--out", str(tmp_path), "--steps",
+                          "3", "--batch-size", "8", "--shards", "2", "--per-shard", "16", "--eval-images", "10"],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("step 3: loss ") and "on 10 held-out images" in lines[0]
+    assert lines[1].startswith("an image of a ")
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / METRICS) if "loss" in r] == [1, 2, 3]

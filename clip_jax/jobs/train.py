@@ -301,16 +301,6 @@ def _restore(trainer: Trainer, checkpoints: Path) -> tuple[Any, int, dict | None
     return state, int(state.step), data.get("position")
 
 
-def global_batch(trainer: Trainer, images: np.ndarray, tokens: np.ndarray):
-    """This process's rows -> the global batch (Trainer.global_batch); one process without it: as they are."""
-    fn = getattr(trainer, "global_batch", None)
-    if fn is not None:
-        return fn(images, tokens)
-    if jax.process_count() > 1:
-        raise InputError("several processes need Trainer.global_batch, not in this clip_jax")
-    return images, tokens
-
-
 # --- across processes ------------------------------------------------------------------------------
 
 
@@ -382,7 +372,7 @@ class _Loop:
         try:
             for step in range(start + 1, self.total + 1):
                 batch = next(batches)
-                state, metrics = self.trainer.step(state, *global_batch(self.trainer, batch.images, batch.tokens))
+                state, metrics = self.trainer.step(state, *self.trainer.global_batch(batch.images, batch.tokens))
                 self.bar.update(a.batch_size)
                 last = step == self.total
                 if step % a.log_every == 0 or last:
