@@ -2,8 +2,15 @@
 
 import collections
 import errno
+import fcntl
+import json
 import os
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +50,100 @@ def tiny_rn():
 def hits() -> collections.Counter:
     """Requests by path, for a test's own tests/local_server.serve(handler, hits): counts no other test sees."""
     return collections.Counter()
+
+
+# --- work done once a run, shared by pytest-xdist's workers ------------------------------------------
+#
+# A module fixture runs once per worker that runs any of the module's tests: with `-n 2`, usually twice.
+# The costly ones (8-device subprocesses, multi-process jobs, files of tens of MB) are done once a run in a
+# folder both workers see, and read by each.
+
+ROOT = Path(__file__).resolve().parents[1]
+_started: list[subprocess.Popen] = []
+
+
+def shared_folder(tmp_path_factory, name: str) -> Path:
+    """A folder for `name` that every worker of this run sees (the run's own base folder without xdist)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own (popen-gw0, popen-gw1)
+    folder = root / f"shared-{name}"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def once(tmp_path_factory, name: str, fill: Callable[[Path], None]) -> Path:
+    """fill(folder) once a run, whichever worker comes first; the other waits for it -> the folder."""
+    folder = shared_folder(tmp_path_factory, name)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (folder / ".done").exists():
+            fill(folder)
+            (folder / ".done").touch()
+    return folder
+
+
+# Runs a command, its stderr to FOLDER/stderr.txt, and writes its exit status (or "timeout") to FOLDER/rc
+# last, by a rename: a waiter that sees rc sees everything the command wrote.
+_WRAPPER = """
+import os, subprocess, sys
+folder, timeout, *cmd = sys.argv[1:]
+with open(os.path.join(folder, "stderr.txt"), "w") as err:
+    try:
+        rc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                            timeout=float(timeout)).returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+with open(os.path.join(folder, "rc.tmp"), "w") as f:
+    f.write(str(rc))
+os.replace(os.path.join(folder, "rc.tmp"), os.path.join(folder, "rc"))
+"""
+
+
+def start_once(tmp_path_factory, name: str, command: Callable[[Path], list[str]], env: dict, timeout: float) -> Path:
+    """Start command(folder) (arguments after the interpreter; it writes its results into the folder) in the
+    background, once a run, so that it runs beside other tests -> the folder, for wait_once."""
+    folder = shared_folder(tmp_path_factory, name)
+    try:
+        (folder / "started").mkdir()  # atomic: one worker starts it
+    except FileExistsError:
+        return folder
+    (folder / "timeout").write_text(str(timeout))
+    wrapped = [sys.executable, "-c", _WRAPPER, str(folder), str(timeout), sys.executable, *command(folder)]
+    _started.append(subprocess.Popen(wrapped, env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return folder
+
+
+def wait_once(folder: Path) -> Path:
+    """Wait for what start_once started in `folder` to exit; fail with its stderr unless it succeeded."""
+    while not (folder / "timeout").exists():  # the starting worker is between its mkdir and its write
+        time.sleep(0.05)
+    deadline = time.monotonic() + float((folder / "timeout").read_text()) + 60
+    while not (folder / "rc").exists():
+        assert time.monotonic() < deadline, f"{folder.name}: no exit status after its timeout"
+        time.sleep(0.1)
+    rc = (folder / "rc").read_text()
+    assert rc == "0", f"{folder.name} exited {rc}:\n{(folder / 'stderr.txt').read_text()[-4000:]}"
+    return folder
+
+
+def start_device_checks(tmp_path_factory, script: str, devices: int = 8) -> Path:
+    """Start tests/{script}.py OUT.json once a run with `devices` host CPU devices (JAX fixes its device
+    count at import: the rest of the suite keeps one) -> the folder, for device_checks."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    command = lambda folder: [str(ROOT / "tests" / f"{script}.py"), str(folder / "checks.json")]
+    return start_once(tmp_path_factory, script, command, env, timeout=300)
+
+
+def device_checks(folder: Path) -> dict:
+    """What start_device_checks' script measured, once it has exited."""
+    return json.loads((wait_once(folder) / "checks.json").read_text())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for proc in _started:  # bounded by the wrapper's timeout; usually long finished
+        proc.wait()
 
 
 # --- no network ------------------------------------------------------------------------------------

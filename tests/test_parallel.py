@@ -12,10 +12,6 @@ to 1e-4. A wrong row order, a padding row leaking in, or a mis-sharded param mov
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,69 +20,22 @@ import numpy as np
 import pytest
 
 from clip_jax import parallel
+from tests.conftest import device_checks, start_device_checks
 
 FEATURE_ATOL = 1e-5
 LOGIT_ATOL = 1e-4
-ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def eight_devices(tmp_path_factory) -> Path:
+    """The 8-device subprocess, started (once a run, for every xdist worker) before this module's first test,
+    so it runs beside the one-device tests; -> its folder."""
+    return start_device_checks(tmp_path_factory, "parallel_checks")
 
 
 @pytest.fixture(scope="module")
-def checks(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("parallel") / "checks.json"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "parallel_checks.py"), str(out)], env=env,
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(out.read_text())
-
-
-def test_eight_devices_data_mesh(checks):
-    assert checks["device_count"] == 8
-    assert checks["mesh"] == {"data": 8, "model": 1}
-    assert checks["replicated_devices"] == 8
-
-
-def test_data_parallel_images_equal_single_device(checks):
-    # 21 images, batch 8: a ragged last batch padded and unpadded; uint8 normalized on the devices.
-    assert checks["image_dp"] < FEATURE_ATOL
-    assert checks["image_dp_small"] < FEATURE_ATOL  # 3 rows over 8 devices
-    assert checks["image_dp_normalized"] < FEATURE_ATOL
-    assert checks["image_dp_float"] < FEATURE_ATOL
-    assert checks["empty_shape"] == [0, 16]
-
-
-def test_ragged_job_compiles_once(checks):
-    assert checks["image_dp_compiles"] == 1
-
-
-def test_data_parallel_text_and_logits(checks):
-    assert checks["text_dp"] < FEATURE_ATOL  # batches trimmed to token buckets: the same features
-    assert checks["logits_dp"] < LOGIT_ATOL
-
-
-@pytest.mark.parametrize("mp", [2, 4])
-def test_model_axis_splits_kernels_and_keeps_results(checks, mp):
-    r = checks[f"mp{mp}"]
-    assert r["mesh"] == {"data": 8 // mp, "model": mp}
-    # c_fc split along its output columns, out_proj along its input rows (Megatron pairs).
-    assert r["c_fc_shard"] == [r["c_fc"][0], r["c_fc"][1] // mp]
-    assert r["out_proj_shard"] == [r["out_proj"][0] // mp, r["out_proj"][1]]
-    assert r["image"] < FEATURE_ATOL
-    assert r["text"] < FEATURE_ATOL
-
-
-def test_pmap_logits(checks):
-    assert checks["pmap_shape"] == [8, 2, 3]
-    assert checks["pmap"] < LOGIT_ATOL
-
-
-def test_files_skip_bad_ones_in_order(checks):
-    assert checks["files_starts"] == [0, 8]
-    assert checks["files_ok"] == [True] * 4 + [False] + [True] * 7
-    assert [Path(p).name for p, _ in checks["files_errors"]] == ["bad.jpg"]
-    assert "not a recognized image format" in checks["files_errors"][0][1]
-    assert checks["files"] < FEATURE_ATOL
-    assert checks["files_bad_row_zero"]
+def checks(eight_devices) -> dict:
+    return device_checks(eight_devices)
 
 
 # --- in this process (one device): the pieces that need no mesh of 8 ---------------------------------
@@ -271,3 +220,55 @@ def test_short_batches_take_the_smallest_bucket_and_keep_their_rows(tmp_path):
     assert batches[0].ok.tolist() == [True, False, True, True] and not batches[0].features[1].any()
     np.testing.assert_allclose(batches[0].features[[0, 2, 3]], full.encode_image(images[:3]), atol=FEATURE_ATOL,
                                rtol=0)
+
+
+# --- 8 CPU devices, in a subprocess -----------------------------------------------------------------
+
+
+def test_eight_devices_data_mesh(checks):
+    assert checks["device_count"] == 8
+    assert checks["mesh"] == {"data": 8, "model": 1}
+    assert checks["replicated_devices"] == 8
+
+
+def test_data_parallel_images_equal_single_device(checks):
+    # 21 images, batch 8: a ragged last batch padded and unpadded; uint8 normalized on the devices.
+    assert checks["image_dp"] < FEATURE_ATOL
+    assert checks["image_dp_small"] < FEATURE_ATOL  # 3 rows over 8 devices
+    assert checks["image_dp_normalized"] < FEATURE_ATOL
+    assert checks["image_dp_float"] < FEATURE_ATOL
+    assert checks["empty_shape"] == [0, 16]
+
+
+def test_ragged_job_compiles_once(checks):
+    assert checks["image_dp_compiles"] == 1
+
+
+def test_data_parallel_text_and_logits(checks):
+    assert checks["text_dp"] < FEATURE_ATOL  # batches trimmed to token buckets: the same features
+    assert checks["logits_dp"] < LOGIT_ATOL
+
+
+@pytest.mark.parametrize("mp", [2, 4])
+def test_model_axis_splits_kernels_and_keeps_results(checks, mp):
+    r = checks[f"mp{mp}"]
+    assert r["mesh"] == {"data": 8 // mp, "model": mp}
+    # c_fc split along its output columns, out_proj along its input rows (Megatron pairs).
+    assert r["c_fc_shard"] == [r["c_fc"][0], r["c_fc"][1] // mp]
+    assert r["out_proj_shard"] == [r["out_proj"][0] // mp, r["out_proj"][1]]
+    assert r["image"] < FEATURE_ATOL
+    assert r["text"] < FEATURE_ATOL
+
+
+def test_pmap_logits(checks):
+    assert checks["pmap_shape"] == [8, 2, 3]
+    assert checks["pmap"] < LOGIT_ATOL
+
+
+def test_files_skip_bad_ones_in_order(checks):
+    assert checks["files_starts"] == [0, 8]
+    assert checks["files_ok"] == [True] * 4 + [False] + [True] * 7
+    assert [Path(p).name for p, _ in checks["files_errors"]] == ["bad.jpg"]
+    assert "not a recognized image format" in checks["files_errors"][0][1]
+    assert checks["files"] < FEATURE_ATOL
+    assert checks["files_bad_row_zero"]

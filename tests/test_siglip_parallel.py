@@ -16,10 +16,6 @@ A dropped logit_bias moves logits by 3.7, a wrong row or a mis-split kernel by >
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -29,11 +25,11 @@ import pytest
 
 import clip_jax
 from clip_jax.image import normalize_pixels, normalize_pixels_np
+from tests.conftest import device_checks, start_device_checks
 from tests.siglip_parallel_checks import LOGIT_BIAS, TINY_SIGLIP, siglip_batch, siglip_model
 
 FEATURE_ATOL = 1e-5
 LOGIT_ATOL = 1e-4
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -117,25 +113,15 @@ def test_uint8_pixels_normalized_on_the_device_equal_the_host_path(model, batch)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def eight_devices(tmp_path_factory):
-    """The 8-device subprocess, started before this module's first test so it runs beside the
-    one-device tests; -> (process, its output file)."""
-    out = tmp_path_factory.mktemp("siglip_parallel") / "checks.json"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "siglip_parallel_checks.py"), str(out)], env=env,
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    yield proc, out
-    if proc.poll() is None:
-        proc.kill()
-        proc.communicate()
+def eight_devices(tmp_path_factory) -> Path:
+    """The 8-device subprocess, started (once a run, for every xdist worker) before this module's first
+    test, so it runs beside the one-device tests; -> its folder."""
+    return start_device_checks(tmp_path_factory, "siglip_parallel_checks")
 
 
 @pytest.fixture(scope="module")
 def checks(eight_devices) -> dict:
-    proc, out = eight_devices
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-4000:]
-    return json.loads(out.read_text())
+    return device_checks(eight_devices)
 
 
 def test_eight_devices(checks):
