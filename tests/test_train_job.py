@@ -26,6 +26,7 @@ from clip_jax.jobs.train import (
     make_trainer,
     total_steps,
     train,
+    write_args,
 )
 from clip_jax.jobs.train_log import METRICS, TENSORBOARD, read_metrics
 from clip_jax.jobs.train_model import resolve_model
@@ -184,6 +185,20 @@ def test_changed_arguments_are_refused(finished, data):
     # Those that don't change the numbers may change.
     check_run_folder(run, TrainArgs([data["shards"]], data["model"], str(run),
                                     **options(save_every=3, keep=5, log_every=1, remat=True)))
+
+
+def test_args_json_written_before_a_field_existed_resumes_at_its_default(tmp_path, data):
+    args = TrainArgs([data["shards"]], data["model"], str(tmp_path), **options())
+    write_args(tmp_path, args)
+    saved = json.loads((tmp_path / "args.json").read_text())
+    del saved["unlock_last"]
+    (tmp_path / "args.json").write_text(json.dumps(saved))
+    check_run_folder(tmp_path, args)
+    with pytest.raises(InputError, match="unlock_last: 0 then, 1 now"):
+        check_run_folder(tmp_path, TrainArgs([data["shards"]], data["model"], str(tmp_path), **options(unlock_last=1)))
+    (tmp_path / "args.json").write_text('{"steps": ')
+    with pytest.raises(InputError, match="not the JSON clip-jax train writes"):
+        check_run_folder(tmp_path, args)
 
 
 def test_a_folder_that_is_no_run_is_not_taken_over(tmp_path, data):

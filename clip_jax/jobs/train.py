@@ -130,7 +130,8 @@ def train(data: Sequence[str | os.PathLike] | str, model: str | os.PathLike, out
     """
     require_extra("train", "clip-jax train", "orbax", "tensorboardX")  # checkpoints and TensorBoard events
     names = [os.fspath(data)] if isinstance(data, (str, os.PathLike)) else [os.fspath(d) for d in data]
-    args = TrainArgs(data=names, model=os.fspath(model), output=os.fspath(output), **options)
+    paths = {k: os.fspath(v) for k, v in options.items() if isinstance(v, os.PathLike)}  # args.json holds text
+    args = TrainArgs(data=names, model=os.fspath(model), output=os.fspath(output), **{**options, **paths})
     check_args(args)
     run = Path(args.output)
     writer = jax.process_index() == 0
@@ -229,9 +230,12 @@ def write_args(run: Path, args: TrainArgs) -> None:
 
 
 def _check_same(run: Path, saved: dict, now: dict) -> None:
-    differ = [k for k in now if saved.get(k) != now[k]]
+    """A field args.json doesn't hold (written before the field existed) counts as its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainArgs)}
+    then = {k: saved.get(k, defaults.get(k)) for k in now}
+    differ = [k for k in now if then[k] != now[k]]
     if differ:
-        said = "; ".join(f"{k}: {json.dumps(saved.get(k))} then, {json.dumps(now[k])} now" for k in differ)
+        said = "; ".join(f"{k}: {json.dumps(then[k])} then, {json.dumps(now[k])} now" for k in differ)
         raise InputError(f"{run} holds a run with other arguments ({said}). Rerun with the same ones to resume it, "
                          "or give another -o folder for a new run")
 
