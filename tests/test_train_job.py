@@ -196,9 +196,13 @@ def test_args_json_written_before_a_field_existed_resumes_at_its_default(tmp_pat
     check_run_folder(tmp_path, args)
     with pytest.raises(InputError, match="unlock_last: 0 then, 1 now"):
         check_run_folder(tmp_path, TrainArgs([data["shards"]], data["model"], str(tmp_path), **options(unlock_last=1)))
-    (tmp_path / "args.json").write_text('{"steps": ')
-    with pytest.raises(InputError, match="not the JSON clip-jax train writes"):
-        check_run_folder(tmp_path, args)
+
+
+@pytest.mark.parametrize("text", [b'{"steps": ', b"[" * 100_000, b"\xff\xfe", b"[1, 2]", b"null"])
+def test_a_damaged_args_json_is_an_input_error(tmp_path, data, text):
+    (tmp_path / "args.json").write_bytes(text)
+    with pytest.raises(InputError, match="args.json: not the JSON"):
+        check_run_folder(tmp_path, TrainArgs([data["shards"]], data["model"], str(tmp_path), **options()))
 
 
 def test_a_folder_that_is_no_run_is_not_taken_over(tmp_path, data):

@@ -212,8 +212,8 @@ def check_run_folder(run: Path, args: TrainArgs) -> None:
     if saved_path.exists():
         try:
             saved = json.loads(saved_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InputError(f"{saved_path}: not the JSON clip-jax train writes ({e})") from None
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+            raise InputError(f"{saved_path}: not the JSON clip-jax train writes ({type(e).__name__})") from None
         if not isinstance(saved, dict):
             raise InputError(f"{saved_path}: not the JSON object clip-jax train writes")
         _check_same(run, saved, args.identity())
