@@ -184,7 +184,7 @@ def test_changed_arguments_are_refused(finished, data):
         check_run_folder(run, args)
     # Those that don't change the numbers may change.
     check_run_folder(run, TrainArgs([data["shards"]], data["model"], str(run),
-                                    **options(save_every=3, keep=5, log_every=1, remat=True)))
+                                    **options(save_every=3, keep=5, log_every=1, remat=True, accumulate=2, fsdp=True)))
 
 
 def test_args_json_written_before_a_field_existed_resumes_at_its_default(tmp_path, data):

@@ -19,7 +19,7 @@ Running the same command again resumes from the newest checkpoint: the train sta
 position in the data, so the run continues with the batches an uninterrupted run would have seen next
 (bit for bit on the CPU). What may change on a rerun: the process and device counts (the global batch
 does not depend on them, see clip_jax.data.loader), --save-every, --keep, --log-every, --eval-*, --remat,
---fsdp, --model-parallel and the progress bar. Anything else that differs is refused (InputError naming
+--fsdp, --accumulate, --model-parallel and the progress bar. Anything else that differs is refused (InputError naming
 each field), since it would make a run that is neither the old one nor a new one.
 
 Multi-process (after clip_jax.parallel.initialize, every process calls train with the same arguments):
@@ -65,8 +65,10 @@ CHECKPOINTS = "checkpoints"
 ERRORS = "errors.tsv"
 FINAL = "final.safetensors"
 # The arguments a rerun may change: they don't change which batches are seen or what a step computes.
+# --accumulate and --fsdp change how a step is computed, not what (its gradient to float rounding): a run
+# resumed on fewer chips may need them.
 RESUMABLE = ("output", "save_every", "keep", "log_every", "eval_data", "eval_every", "remat", "remat_policy",
-             "fsdp", "model_parallel", "progress", "num_threads")
+             "fsdp", "accumulate", "model_parallel", "progress", "num_threads")
 
 
 @dataclasses.dataclass
