@@ -32,11 +32,14 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from . import gradient_cache
 from .calls import rebind
 from .checkpoint.declared import declared_by_name
 from .checks import check_images, check_tokens
 from .errors import InputError
+from .gradient_cache import check_chunks
 from .layers import Transformer, check_remat_policy
+from .lit import locked_params, tower_of, trainable_filter
 from .losses import contrastive_loss, contrastive_loss_sharded, sigmoid_loss, sigmoid_loss_sharded, top1_sharded
 from .model import CLIP, l2_normalize
 from .parallel import param_specs, place
@@ -185,26 +188,38 @@ class Trainer:
 
     def __init__(self, model: CLIP, tx: optax.GradientTransformation, *, remat: bool = False,
                  remat_policy: str = "nothing_saveable", mesh: Mesh | None = None, donate: bool = False,
-                 loss: str = "softmax", fsdp: bool = False):
+                 loss: str = "softmax", fsdp: bool = False, lock_image: bool = False, lock_text: bool = False,
+                 unlock_last: int = 0, accumulate: int = 1):
         _check_loss(model, loss)
         _check_mesh(mesh, fsdp)
+        check_chunks(accumulate, accumulate)  # a whole number >= 1
         self.config, self.loss, self.tx, self.mesh, self.fsdp = model.config, loss, tx, mesh, fsdp
+        self.accumulate = accumulate
         if remat:
             model = with_remat(model, remat_policy)
-        self.graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
+        names = [flat_name(path) for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+        self.locked = locked_params(names, lock_image=lock_image, lock_text=lock_text, unlock_last=unlock_last)
+        self.graphdef, params, frozen = nnx.split(model, trainable_filter(self.locked), ...)
         self._init_params, self._init_frozen = params, frozen
+        # which towers have a trained param (the gradient cache runs a tower's chunks again only for those)
+        self._trains = {tower_of(n) for n in names if n not in self.locked}
         self.state_sharding = None if mesh is None else self._state_sharding(fsdp)
         # with fsdp, where the step uses the params: whole along "data" (each gathered where it is used)
         self._in_use = self.state_sharding if not fsdp else self._state_sharding(False)
-        kw, eval_kw = {}, {}
-        if mesh is not None:
+        self._jit(donate)
+
+    def _jit(self, donate: bool) -> None:
+        """The jitted step, evaluation and init, with the state's and the batch's shardings on a mesh."""
+        kw, eval_kw, init_kw = {}, {}, {}
+        if self.mesh is not None:
             batch = self.batch_sharding()
             kw = dict(in_shardings=(self.state_sharding, batch, batch),
                       out_shardings=(self.state_sharding, self.replicated()))
             eval_kw = dict(in_shardings=kw["in_shardings"], out_shardings=self.replicated())
+            init_kw = dict(out_shardings=self.state_sharding)
         self._step = jax.jit(self._train_step, donate_argnums=(0,) if donate else (), **kw)
         self._eval = jax.jit(self._metrics, **eval_kw)
-        self._init = jax.jit(self._fresh_state, **({} if mesh is None else dict(out_shardings=self.state_sharding)))
+        self._init = jax.jit(self._fresh_state, **init_kw)
 
     # --- shardings
 
@@ -276,7 +291,12 @@ class Trainer:
         if self.mesh is not None and images.shape[0] % self.mesh.shape[DATA_AXIS]:
             raise InputError(f"batch size {images.shape[0]} is not divisible by the {self.mesh.shape[DATA_AXIS]} "
                              f"devices of the mesh axis {DATA_AXIS!r}")
+        check_chunks(images.shape[0], self.accumulate, self._devices())
         return images, tokens
+
+    def _devices(self) -> int:
+        """The devices the batch is split over."""
+        return 1 if self.mesh is None else self.mesh.shape[DATA_AXIS]
 
     def step(self, state: TrainState, images, tokens) -> tuple[TrainState, dict[str, jax.Array]]:
         """One optimizer update on a batch of N matching pairs.
@@ -345,9 +365,15 @@ class Trainer:
         return {"loss": loss, "accuracy": accuracy, **self._scalars(state.params)}
 
     def _grads(self, state: TrainState, images, tokens):
-        """-> ((loss, accuracy), the loss's gradient w.r.t. state.params)."""
-        grads = jax.value_and_grad(self._loss, has_aux=True)(state.params, state.frozen, images, tokens)
-        return grads
+        """-> ((loss, accuracy), the loss's gradient w.r.t. state.params): in one pass, or with accumulate=K
+        by the gradient cache (clip_jax.gradient_cache: the towers in K chunks, the loss over the whole batch)."""
+        if self.accumulate == 1:
+            return jax.value_and_grad(self._loss, has_aux=True)(state.params, state.frozen, images, tokens)
+        frozen = state.frozen
+        return gradient_cache.value_and_grad(
+            self._head_loss, lambda p, x: self._image(p, frozen, x), lambda p, t: self._text(p, frozen, t),
+            state.params, images, tokens, chunks=self.accumulate, devices=self._devices(),
+            image_grad="image" in self._trains, text_grad="text" in self._trains)
 
     def _train_step(self, state: TrainState, images, tokens):
         (loss, accuracy), grads = self._grads(state, images, tokens)
