@@ -24,6 +24,7 @@ from clip_jax.checkpoint.hf_format import write_folder
 from clip_jax.checkpoint.torch_names import expected_params
 from clip_jax.checkpoint.torch_writer import write_safetensors, write_torch_zip
 from clip_jax.config import CLIPConfig, TextConfig, VisionConfig
+from tests.conftest import once
 
 REPO = Path(__file__).resolve().parents[1]
 # Peak extra memory / file size. Measured at this file's size (where fixed overheads weigh more than at
@@ -65,22 +66,29 @@ def _config() -> CLIPConfig:
                       text=TextConfig(vocab_size=1000, width=256, heads=4, layers=4))
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict:
+NAMES = {"converted": "converted.safetensors", "open_clip": "open_clip.safetensors", "torch zip": "state_dict.pt",
+         "transformers": "transformers"}
+
+
+def write_files(d: Path) -> None:
     """The same random weights as a converted file, a transformers folder, an open_clip .safetensors and a
-    torch.save zip."""
-    config, d = _config(), tmp_path_factory.mktemp("load_memory")
+    torch.save zip in `d`, and the sums of the weights (sums.json)."""
+    config = _config()
     rng = np.random.default_rng(0)
     params = {k: rng.standard_normal(shape, np.float32) * 0.02 for k, shape in expected_params(config).items()}
-    out = {"converted": d / "converted.safetensors", "open_clip": d / "open_clip.safetensors",
-           "torch zip": d / "state_dict.pt"}
-    store.save(out["converted"], params, config)
+    store.save(d / NAMES["converted"], params, config)
     torch_sd = {k: np.ascontiguousarray(v) for k, v in to_torch_state_dict(params).items()}
-    write_safetensors(out["open_clip"], torch_sd)
-    write_torch_zip(out["torch zip"], torch_sd)
-    out["transformers"] = write_folder(d / "transformers", params, config, "clip", True)
-    out["sums"] = sorted(float(np.asarray(v, np.float64).sum()) for v in params.values())
-    return out
+    write_safetensors(d / NAMES["open_clip"], torch_sd)
+    write_torch_zip(d / NAMES["torch zip"], torch_sd)
+    write_folder(d / NAMES["transformers"], params, config, "clip", True)
+    (d / "sums.json").write_text(json.dumps(sorted(float(np.asarray(v, np.float64).sum()) for v in params.values())))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict:
+    """write_files' paths by format and "sums", written once a run for every xdist worker."""
+    d = once(tmp_path_factory, "load_memory", write_files)
+    return {**{fmt: d / name for fmt, name in NAMES.items()}, "sums": json.loads((d / "sums.json").read_text())}
 
 
 def _measure(how: str, path: Path) -> dict:

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from .conftest import once
 from .tiny import save_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,9 +74,8 @@ def wait_all(procs: list[subprocess.Popen], logs: list[Path]) -> None:
         assert p.returncode == 0, f"worker exited {p.returncode}:\n{log.read_text()[-3000:]}"
 
 
-@pytest.fixture(scope="module")
-def job(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("multihost")
+def run_job(tmp: Path) -> None:
+    """Two processes of 4 devices each and the one-process reference embed the same files into `tmp`."""
     rng = np.random.RandomState(0)
     paths = []
     for i in range(19):
@@ -93,6 +93,13 @@ def job(tmp_path_factory):
         procs = [start(common + [f"127.0.0.1:{port}", "2", str(i)], 4, logs[i]) for i in range(2)]
         procs.append(start(common + ["-", "1", "9"], 1, logs[2]))  # the one-process reference, one device
         wait_all(procs, logs)
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """run_job's files and results, once a run for every xdist worker (tests/conftest.py's once)."""
+    tmp = once(tmp_path_factory, "multihost", run_job)
+    paths = (tmp / "paths.txt").read_text().splitlines()
     results = {i: dict(np.load(tmp / f"result_{i}.npz")) for i in (0, 1, 9)}
     return paths, results
 
