@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 # The aot-tpu and aot-gpu extras install libtpu and the CUDA plugin (tests/test_aot.py compiles for TPU and
@@ -22,6 +23,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # pyarrow's own allocator (jemalloc, with its background threads) beside torch's and faiss's in one worker:
 # the system allocator rules out one suspect of a rare crash inside pyarrow (tests/test_embed_hostile.py).
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+
+# Examples per property test (tests/fuzz.py's FUZZ and any @given without its own count): 50 in the default
+# run, 1000 with `--hypothesis-profile=ci-deep`. No per-example deadline: on 2 shared cores an example's time
+# says more about the machine than about the code (fuzz.bounded has its own time bound).
+hypothesis.settings.register_profile("default-run", max_examples=50, deadline=None)
+hypothesis.settings.register_profile("ci-deep", max_examples=1000, deadline=None)
+hypothesis.settings.load_profile("default-run")
 
 
 # --- shared models (configs, params and batches: tests/tiny.py) ------------------------------------

@@ -29,9 +29,11 @@ from hypothesis import HealthCheck, settings, strategies as st
 
 from clip_jax.errors import ClipJaxError
 
-# Enough examples to reach past the first header of each format, few enough for the default run
-# (each reader's fuzz test takes a few seconds on 2 cores). `-m slow` runs the same tests longer.
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
+# Examples per test from the hypothesis profile (tests/conftest.py): 50 in the default run, enough to reach
+# past the first header of each format (mutations of a valid file), about a second a reader on 2 cores;
+# 1000 with `pytest --hypothesis-profile=ci-deep`. Derandomized: a run is repeatable. (`-m slow` also runs
+# test_fuzz_checkpoints' test_fuzz_long, 3000 examples a format.)
+FUZZ = settings(deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 SECONDS = 5.0  # per input: readers are linear in their input, which is a few KB here
