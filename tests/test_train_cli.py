@@ -17,7 +17,8 @@ import clip_jax
 from clip_jax import synthetic
 from clip_jax.cli.main import main
 from clip_jax.jobs.train_log import METRICS, read_metrics
-from clip_jax.jobs.train_model import is_architecture
+from clip_jax.jobs.train_model import is_architecture, resolve_model
+from clip_jax.model import flat_params
 from clip_jax.siglip_config import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 
 from .test_train_job import write_shards
@@ -41,7 +42,9 @@ def siglip_json(path):
     return path
 
 
-def test_sigmoid_from_scratch_logs_the_bias_and_the_vocabulary_travels(tmp_path, shards, capsys):
+def test_sigmoid_lit_from_scratch_logs_the_bias_and_the_vocabulary_travels(tmp_path, shards, capsys):
+    """A SigLIP from a config JSON (random init from --seed, --tokenizer its vocabulary), the sigmoid loss,
+    the image tower locked (LiT) and the batch in 2 chunks (gradient cache)."""
     from .siglip_vocab import train_spiece
 
     captions = [synthetic.Sample(*combo).caption() for combo in itertools.product(
@@ -50,7 +53,7 @@ def test_sigmoid_from_scratch_logs_the_bias_and_the_vocabulary_travels(tmp_path,
     run = tmp_path / "run"
     rc = main(["train", shards, "--model", str(siglip_json(tmp_path / "tiny_siglip.json")), "-o", str(run),
                "--tokenizer", str(spiece), "--loss", "sigmoid", "--batch-size", "8", "--steps", "2",
-               "--log-every", "1", "--seed", "3", "--no-progress"])
+               "--log-every", "1", "--seed", "3", "--lock-image", "--accumulate", "2", "--no-progress"])
     assert rc == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     records = read_metrics(run / METRICS)
@@ -64,6 +67,12 @@ def test_sigmoid_from_scratch_logs_the_bias_and_the_vocabulary_travels(tmp_path,
     assert float(np.asarray(model.logit_bias[...])) == pytest.approx(last["logit_bias"])
     assert (run / "final.tokenizer" / "spiece.model").read_bytes() == spiece.read_bytes()
     assert clip_jax.get_tokenizer(run / "final.safetensors")(["a red circle"]).shape == (1, 16)
+    # LiT: the image tower's bytes are those of the random init; the text tower trained.
+    start = flat_params(resolve_model(tmp_path / "tiny_siglip.json", seed=3, tokenizer=spiece).model)
+    final = flat_params(model)
+    image = [k for k in final if k.startswith("visual.")]
+    assert image and all(np.array_equal(final[k], start[k]) for k in image)
+    assert not np.array_equal(final["text.token_embedding.embedding"], start["text.token_embedding.embedding"])
 
 
 def test_help_lists_the_options(capsys):

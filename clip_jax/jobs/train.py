@@ -30,7 +30,6 @@ each process reads its own rows of every global batch, every process takes part 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -254,13 +253,9 @@ def total_steps(args: TrainArgs, samples_per_epoch: int | None) -> int:
 
 # --- the model, the trainer and the data ----------------------------------------------------------------
 
-# The Trainer's options a run passes on, and the value that means "off".
-_TRAINER_OPTIONS = {"fsdp": False, "lock_image": False, "lock_text": False, "unlock_last": 0, "accumulate": 1}
-
-
 def make_trainer(model: Any, args: TrainArgs, total: int, mesh: Any) -> Trainer:
     """The Trainer: AdamW with warmup then cosine decay over `total` steps, on `mesh`, with the run's
-    options. An option this Trainer doesn't have is refused if it is set (never silently dropped)."""
+    options (remat, loss, FSDP, LiT's locks, the gradient cache's chunks); the state's buffers donated."""
     if args.warmup >= total:
         raise InputError(f"--warmup {args.warmup} must be fewer than the run's {total} steps")
     data_devices = mesh.shape[DATA_AXIS]
@@ -268,16 +263,9 @@ def make_trainer(model: Any, args: TrainArgs, total: int, mesh: Any) -> Trainer:
         raise InputError(f"--batch-size {args.batch_size} must divide by the {data_devices} devices of the mesh's "
                          "data axis")
     tx = optimizer(args.lr, total, args.warmup, weight_decay=args.weight_decay)
-    known = inspect.signature(Trainer).parameters
-    kw = {}
-    for name, off in _TRAINER_OPTIONS.items():
-        value = getattr(args, name)
-        if name in known:
-            kw[name] = value
-        elif value != off:
-            raise InputError(f"--{name.replace('_', '-')}: not available in this clip_jax's Trainer")
     return Trainer(model, tx, remat=args.remat, remat_policy=args.remat_policy, mesh=mesh, donate=True,
-                   loss=args.loss, **kw)
+                   loss=args.loss, fsdp=args.fsdp, lock_image=args.lock_image, lock_text=args.lock_text,
+                   unlock_last=args.unlock_last, accumulate=args.accumulate)
 
 
 def _loader(args: TrainArgs, resolved: ResolvedModel, errors: ErrorLog) -> Loader:
