@@ -362,6 +362,8 @@ class _Loop:
         self.log = TrainLog(self.folder, resume_step=start, enabled=self.writer)
         self.bar = progress_bar(self.total * a.batch_size, start * a.batch_size, "sample", a.progress and self.writer)
         self.bar.unit_scale = True
+        # samples_per_s: samples over the time between two points where the device is idle (a logged step,
+        # the first step, an evaluation, a checkpoint), so neither compiling nor evaluating nor saving counts.
         clock = (time.perf_counter(), start)
         try:
             for step in range(start + 1, self.total + 1):
@@ -371,16 +373,24 @@ class _Loop:
                 last = step == self.total
                 if step % a.log_every == 0 or last:
                     clock = self._log(step, metrics, batch.epoch, clock)
+                elif step == start + 1:
+                    clock = (_after(metrics), step)
                 if eval_set is not None and ((a.eval_every and step % a.eval_every == 0) or last):
                     self.log.write(step, self._evaluate(state, resolved, eval_set))
+                    clock = (time.perf_counter(), step)
                 if step % a.save_every == 0 or last:
-                    self.errors.drain()
-                    position = merge_positions(allgather_json(batch.position))
-                    save_checkpoint(self.folder / CHECKPOINTS, state, {"position": position, "step": step},
-                                    max_to_keep=a.keep)
+                    self._save(step, state, batch.position)
+                    clock = (time.perf_counter(), step)
         finally:
             batches.close()
         return state
+
+    def _save(self, step: int, state, position: dict) -> None:
+        """A checkpoint of `state` with every process's data position (merged), errors.tsv brought up to date."""
+        self.errors.drain()
+        merged = merge_positions(allgather_json(position))
+        save_checkpoint(self.folder / CHECKPOINTS, state, {"position": merged, "step": step},
+                        max_to_keep=self.args.keep)
 
     def _log(self, step: int, metrics: dict, epoch: int, clock: tuple[float, int]) -> tuple[float, int]:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}  # waits for the step
@@ -392,7 +402,7 @@ class _Loop:
         self.log.write(step, {k: v for k, v in record.items() if v is not None})
         self.errors.drain()
         self.bar.set_postfix(step=step, loss=f"{record['loss']:.4f}", refresh=False)
-        return now, step
+        return time.perf_counter(), step  # the next window starts once this bookkeeping is done
 
     def _evaluate(self, state, resolved: ResolvedModel, eval_set) -> dict[str, float]:
         """Zero-shot classification on eval_set (clip_jax.jobs.eval) -> {"eval_acc1", "eval_acc5", ...}."""
@@ -411,6 +421,12 @@ class _Loop:
 
 
 # --- the end ---------------------------------------------------------------------------------------
+
+
+def _after(metrics: dict) -> float:
+    """The time once the step that gave `metrics` is done."""
+    jax.block_until_ready(metrics)
+    return time.perf_counter()
 
 
 def _write_final(run: Path, trainer: Trainer, state, resolved: ResolvedModel, writer: bool) -> Path:
