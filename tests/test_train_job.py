@@ -20,6 +20,7 @@ from clip_jax.jobs.train import (
     CHECKPOINTS,
     ERRORS,
     FINAL,
+    ErrorLog,
     TrainArgs,
     check_args,
     check_run_folder,
@@ -203,6 +204,21 @@ def test_a_damaged_args_json_is_an_input_error(tmp_path, data, text):
     (tmp_path / "args.json").write_bytes(text)
     with pytest.raises(InputError, match="args.json: not the JSON"):
         check_run_folder(tmp_path, TrainArgs([data["shards"]], data["model"], str(tmp_path), **options()))
+
+
+def test_errors_tsv_each_error_once_and_a_cut_line_dropped(tmp_path):
+    path = tmp_path / ERRORS
+    path.write_text("a.tar\tk1\tbad image\nb.tar\tk2\tno cap")  # killed mid-line
+    log = ErrorLog(path, enabled=True)
+    assert path.read_text() == "a.tar\tk1\tbad image\n"
+    for shard, key, reason in [("a.tar", "k1", "bad image"), ("b.tar", "k2", "no caption"),
+                               ("b.tar", "k2", "no caption"), ("c.tar", "k\t3", "line\nbreak")]:
+        log.add(shard, key, reason)
+    log.drain()
+    assert path.read_text().splitlines() == ["a.tar\tk1\tbad image", "b.tar\tk2\tno caption", "c.tar\tk 3\tline break"]
+    log.add("a.tar", "k1", "bad image")
+    log.drain()
+    assert len(path.read_text().splitlines()) == 3
 
 
 def test_a_folder_that_is_no_run_is_not_taken_over(tmp_path, data):

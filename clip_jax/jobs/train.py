@@ -322,8 +322,11 @@ class ErrorLog:
         self.pending: list[tuple[str, str, str]] = []
         self.seen: set[tuple[str, ...]] = set()
         if enabled and path.exists():
-            self.seen = {tuple(line.split("\t")) for line in path.read_text(encoding="utf-8",
-                                                                             errors="replace").splitlines()}
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if not text.endswith("\n") and text:  # a line cut short by a kill: dropped
+                text = text[:text.rfind("\n") + 1]
+                atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+            self.seen = {tuple(line.split("\t")) for line in text.splitlines()}
 
     def add(self, shard: str, key: str, reason: str) -> None:
         self.pending.append((shard, key, reason))
