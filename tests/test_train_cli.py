@@ -124,3 +124,11 @@ def test_the_example_trains_and_loads_its_result(tmp_path):
     assert lines[0].startswith("step 3: loss ") and "on 10 held-out images" in lines[0]
     assert lines[1].startswith("an image of a ")
     assert [r["step"] for r in read_metrics(tmp_path / "run" / METRICS) if "loss" in r] == [1, 2, 3]
+
+
+def test_the_choices_spelled_out_for_a_fast_help_are_the_library_s():
+    from clip_jax import layers, train
+    from clip_jax.cli import train as cli_train
+
+    assert cli_train.LOSSES == train.LOSSES
+    assert cli_train.REMAT_POLICIES == tuple(layers.REMAT_POLICIES)
