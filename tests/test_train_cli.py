@@ -132,3 +132,17 @@ def test_the_choices_spelled_out_for_a_fast_help_are_the_library_s():
 
     assert cli_train.LOSSES == train.LOSSES
     assert cli_train.REMAT_POLICIES == tuple(layers.REMAT_POLICIES)
+
+
+def test_xla_cache_turns_the_persistent_cache_on_before_training(monkeypatch, tmp_path, capsys):
+    import clip_jax.compilation
+    import clip_jax.jobs.train
+
+    calls = []
+    monkeypatch.setattr(clip_jax.compilation, "enable_compilation_cache", lambda path: calls.append(("cache", path)))
+    monkeypatch.setattr(clip_jax.jobs.train, "train", lambda *a, **kw: calls.append(("train", kw["steps"])) or {})
+    assert main(["train", "a.tar", "--model", "RN50", "-o", str(tmp_path), "--steps", "3",
+                 "--xla-cache", str(tmp_path / "xla")]) == 0
+    assert calls == [("cache", str(tmp_path / "xla")), ("train", 3)]
+    assert main(["train", "a.tar", "--model", "RN50", "-o", str(tmp_path), "--steps", "3"]) == 0
+    assert calls[2:] == [("train", 3)]  # off by default

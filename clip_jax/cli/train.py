@@ -100,6 +100,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-threads", type=positive_int, metavar="N",
                    help="image decoding threads per process (default: CPU count)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--xla-cache", metavar="DIR",
+                   help="keep compiled programs in DIR (JAX's persistent compilation cache), so a resumed run "
+                        "doesn't compile its step again (default: off)")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -107,6 +110,11 @@ def run_train(args: argparse.Namespace) -> int:
     import jax  # when run: see cli/main.py's docstring
 
     from ..jobs.train import TrainArgs, train
+
+    if args.xla_cache:
+        from ..compilation import enable_compilation_cache  # only with --xla-cache
+
+        enable_compilation_cache(args.xla_cache)
 
     fields = set(TrainArgs.__dataclass_fields__) - {"data", "model", "output", "progress"}
     options = {k: getattr(args, k) for k in fields}
