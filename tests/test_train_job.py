@@ -237,9 +237,11 @@ def test_a_folder_that_is_no_run_is_not_taken_over(tmp_path, data):
     ({"eval_every": 2}, "--eval-every needs --eval-data"),
     ({"remat_policy": "all"}, "--remat-policy must be"),
     ({"dtype": "int8"}, "--dtype must be"),
+    ({"output": "gs://bucket/run"}, "must be a path"),
 ])
 def test_bad_arguments(change, message, data):
-    args = TrainArgs([data["shards"]], data["model"], "RUN", **{**options(), **change})
+    change = dict(change)  # the parameter itself stays as it is
+    args = TrainArgs([data["shards"]], data["model"], change.pop("output", "RUN"), **{**options(), **change})
     with pytest.raises(InputError, match=message):
         check_args(args)
 

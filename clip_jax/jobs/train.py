@@ -171,6 +171,9 @@ def check_args(a: TrainArgs) -> None:
     """Every argument in its range, before anything is loaded: InputError naming the option."""
     if not a.data:
         raise InputError("no training data: give tar shards or parquet files")
+    if "://" in a.output:
+        raise InputError(f"-o {a.output}: the run's folder must be a path (for several hosts, on a file system they "
+                         "share: NFS, a GCS FUSE mount); URLs are not supported for it yet")
     if a.loss not in LOSSES:
         raise InputError(f"--loss must be {one_of(LOSSES)}, got {a.loss!r}")
     if a.dtype not in FLOAT_DTYPES:
