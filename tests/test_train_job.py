@@ -45,7 +45,7 @@ CONFIG = CLIPConfig(
     vision=VisionConfig(image_size=32, layers=1, width=32, patch_size=16, heads=2),
     text=TextConfig(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
 )
-STEPS, SAVE_EVERY, KEEP, LOG_EVERY, BATCH = 6, 2, 2, 2, 8
+STEPS, SAVE_EVERY, KEEP, LOG_EVERY, BATCH, EVAL_EVERY = 6, 2, 2, 2, 8, 4
 BAD_KEY = "00001_0003"  # undecodable image bytes: skipped, logged in errors.tsv
 
 
@@ -97,9 +97,10 @@ def options(**kw):
 
 @pytest.fixture(scope="module")
 def finished(data, tmp_path_factory):
-    """An uninterrupted run of STEPS steps with an evaluation at the end: (RUN, its result)."""
+    """An uninterrupted run of STEPS steps, evaluated at step EVAL_EVERY and at the end: (RUN, its result)."""
     run = tmp_path_factory.mktemp("runs") / "run"
-    return run, train([data["shards"]], data["model"], run, eval_data=data["eval"], **options())
+    return run, train([data["shards"]], data["model"], run, eval_data=data["eval"], eval_every=EVAL_EVERY,
+                      **options())
 
 
 def test_the_run_folder(finished):
@@ -114,13 +115,13 @@ def test_the_run_folder(finished):
             assert r["lr"] == pytest.approx(float(lr(r["step"] - 1)))  # the rate that step applied
             assert r["samples_per_s"] > 0 and np.isfinite(r["loss"]) and "logit_bias" not in r
     evals = [r for r in records if "eval_acc1" in r]
-    assert [r["step"] for r in evals] == [STEPS] and 0 <= evals[0]["eval_acc1"] <= 1  # at the end only
-    assert last["step"] == STEPS and last["eval_acc1"] == evals[0]["eval_acc1"]
+    assert [r["step"] for r in evals] == [EVAL_EVERY, STEPS] and all(0 <= r["eval_acc1"] <= 1 for r in evals)
+    assert last["step"] == STEPS and last["eval_acc1"] == evals[-1]["eval_acc1"]
     assert last["loss"] == records[-2 if "loss" not in records[-1] else -1]["loss"]
     tb = scalars(run / TENSORBOARD)
     assert [s for s, _ in tb["train/loss"]] == train_steps
     assert [v for _, v in tb["train/loss"]] == pytest.approx([r["loss"] for r in records if "loss" in r])
-    assert tb["eval/acc1"] == [(STEPS, pytest.approx(evals[0]["eval_acc1"]))]
+    assert tb["eval/acc1"] == [(r["step"], pytest.approx(r["eval_acc1"])) for r in evals]
     assert sorted(p.name for p in (run / CHECKPOINTS).iterdir()) == ["4", "6"]  # --keep 2
     errors = (run / ERRORS).read_text().splitlines()
     assert len(errors) == 1 and errors[0].split("\t")[1] == BAD_KEY  # logged once, though met again each epoch
@@ -157,14 +158,17 @@ def test_a_killed_run_resumes_to_the_same_end(finished, data, tmp_path):
     records = read_metrics(killed / METRICS)
     (killed / METRICS).write_text("".join(json.dumps({**r, "loss": -1.0}) + "\n" for r in records)
                                   + '{"step": 7, "lo')  # the killed run's values, and a line cut short
-    last = train([data["shards"]], data["model"], killed, eval_data=data["eval"], **options())
+    last = train([data["shards"]], data["model"], killed, eval_data=data["eval"], eval_every=EVAL_EVERY,
+                 **options())
     resumed = read_metrics(killed / METRICS)
     assert [r["step"] for r in resumed] == [r["step"] for r in records]
-    assert [r.get("loss") for r in resumed[:2]] == [-1.0, -1.0]  # steps 2 and 4: kept from before the kill
-    for r, same in zip(resumed[2:], records[2:]):  # step 6 and its eval: computed again, the same values
+    assert all(r["loss"] == -1.0 for r in resumed if r["step"] <= 4)  # kept from before the kill
+    redone, same = [r for r in resumed if r["step"] > 4], [r for r in records if r["step"] > 4]
+    assert len(redone) == 2  # step 6 and its eval: computed again, the same values
+    for r, s in zip(redone, same):
         assert {k: v for k, v in r.items() if k != "samples_per_s"} == {
-            k: v for k, v in same.items() if k != "samples_per_s"}
-    assert last["loss"] == records[2]["loss"]
+            k: v for k, v in s.items() if k != "samples_per_s"}
+    assert last["loss"] == same[0]["loss"] and last["eval_acc1"] == same[1]["eval_acc1"]
     a, b = store.load(run / FINAL)[1], store.load(killed / FINAL)[1]
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -173,7 +177,7 @@ def test_a_killed_run_resumes_to_the_same_end(finished, data, tmp_path):
 def test_a_finished_run_reruns_to_its_result(finished, data):
     run, last = finished
     before = {p: p.stat().st_mtime_ns for p in (run / FINAL, run / METRICS)}
-    again = train([data["shards"]], data["model"], run, eval_data=data["eval"], **options())
+    again = train([data["shards"]], data["model"], run, eval_data=data["eval"], eval_every=EVAL_EVERY, **options())
     assert again == last
     assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing trained or written again
 
