@@ -55,7 +55,30 @@ def compare(model, batches, mesh, loss: str) -> dict:
         "collectives": [off["ops"], on["ops"]],
         "argument_bytes": [off["argument_bytes"], on["argument_bytes"]],
         "shards": shards(on["state"]),
+        "resume": resume(on["trainer"], on["state"]),
         "sharded_fraction": sharded_fraction(on["state"]),
+    }
+
+
+def resume(trainer, state) -> dict:
+    """save_checkpoint of the split state, restore_checkpoint into `trainer.init()`: the same bits, each leaf
+    placed as trainer.state_sharding says (every device keeping its own shard)."""
+    import tempfile
+
+    import jax
+    import numpy as np
+
+    from clip_jax.train import restore_checkpoint, save_checkpoint
+
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint(folder, state, data={"next_batch": STEPS})
+        restored, data = restore_checkpoint(folder, like=trainer.init())
+    pairs = list(zip(jax.tree.leaves(state), jax.tree.leaves(restored)))
+    shardings = jax.tree.leaves(trainer.state_sharding)
+    return {
+        "equal": all(np.array_equal(np.asarray(a), np.asarray(b)) and a.dtype == b.dtype for a, b in pairs),
+        "placed": all(b.sharding.is_equivalent_to(s, b.ndim) for (_, b), s in zip(pairs, shardings)),
+        "leaves": len(pairs), "data": data,
     }
 
 

@@ -108,6 +108,15 @@ def test_fsdp_splits_the_state(checks, case):
     assert c["collectives"][1]["all-gather"] > c["collectives"][0]["all-gather"]
 
 
+@pytest.mark.parametrize("case", ["softmax8", "sigmoid8"])
+def test_fsdp_state_resumes_bit_exact(checks, case):
+    """The split state saved with save_checkpoint and restored into trainer.init() comes back bit for bit, each
+    leaf placed as trainer.state_sharding says."""
+    r = checks[case]["resume"]
+    assert r["equal"] and r["placed"] and r["leaves"] > 50, r
+    assert r["data"] == {"next_batch": 3}
+
+
 def test_global_batch_on_one_process(checks):
     """global_batch: on one process the whole batch, split over the 8 devices (2 rows each), values as given;
     unequal images and texts refused."""
