@@ -415,7 +415,8 @@ class _Loop:
         from . import eval as ev  # only with --eval-data
 
         model = self.trainer.model(state)
-        metrics = ev.zeroshot_classification(model, resolved.preprocess, eval_set, batch_size=self.args.batch_size,
+        batch = self.args.batch_size // self.args.accumulate  # what the devices' memory takes in one pass
+        metrics = ev.zeroshot_classification(model, resolved.preprocess, eval_set, batch_size=batch,
                                              cache_dir=None, progress=False)
         return {f"eval_{k}": v for k, v in metrics.items()}
 
