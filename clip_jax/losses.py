@@ -201,23 +201,64 @@ def contrastive_loss(logits_per_image: jax.Array) -> jax.Array:
     return (per_image + per_text) / 2
 
 
-def _local_infonce(img, txt, scale, axis: str):
-    """Inside shard_map: this device's rows of both directions of CLIP's loss, summed over devices. The other
-    devices' features are gathered ([N, D] each); the logits are only this device's rows, [n, N] twice."""
-    everyone = lambda x: jax.lax.all_gather(x, axis, tiled=True)
-    n = img.shape[0]
-    labels = jax.lax.axis_index(axis) * n + jnp.arange(n)  # row r of device k is pair k * n + r
-    rows = lambda a, b: optax.softmax_cross_entropy_with_integer_labels(
-        scale * jnp.dot(a, everyone(b).T, precision="highest"), labels).sum()
-    return jax.lax.psum(rows(img, txt) + rows(txt, img), axis)
+def _infonce_block(img, txt, scale, axis: str):
+    """Inside shard_map: this device's block of the global logits, scale * img @ every text^T, [n, N], the
+    texts gathered along `axis`; and the global column of each of its rows' matching text."""
+    txt_all = jax.lax.all_gather(txt, axis, tiled=True)
+    labels = jax.lax.axis_index(axis) * img.shape[0] + jnp.arange(img.shape[0])  # row r of device k: pair k n + r
+    return scale * jnp.dot(img, txt_all.T, precision="highest"), txt_all, labels
+
+
+def _column_lse(logits, axis: str):
+    """log-sum-exp of each column of the global logits, [N], from each device's rows: the max first (pmax),
+    so that exp never overflows, then the sums of exp across devices (psum)."""
+    top = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(logits, axis=0)), axis)
+    return top + jnp.log(jax.lax.psum(jnp.sum(jnp.exp(logits - top), axis=0), axis))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _infonce_sum(img, txt, scale, axis: str):
+    """Inside shard_map: both directions' cross-entropies summed over the global batch, on every device.
+    img, txt: this device's [n, D] float32; scale: []. -> []. One [n, N] block of logits per device: the
+    rows' log-sum-exp is local, the columns' is reduced across devices, and the backward pass computes the
+    block again instead of keeping it."""
+    return _infonce_forward(img, txt, scale, axis)[0]
+
+
+def _infonce_forward(img, txt, scale, axis):
+    logits, _, labels = _infonce_block(img, txt, scale, axis)
+    rows = jax.nn.logsumexp(logits, axis=1)
+    columns = _column_lse(logits, axis)  # the same [N] on every device
+    positives = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+    # every positive appears once per direction: in its image's row and in its text's column
+    total = jax.lax.psum(jnp.sum(rows) - 2 * jnp.sum(positives), axis) + jnp.sum(columns)
+    return total, (img, txt, scale, rows, columns)
+
+
+def _infonce_backward(axis, residuals, ct):
+    img, txt, scale, rows, columns = residuals
+    logits, txt_all, labels = _infonce_block(img, txt, scale, axis)
+    # d total / d logits: the row softmax plus the column softmax, minus 2 at each positive
+    d_logits = (jnp.exp(logits - rows[:, None]) + jnp.exp(logits - columns[None, :])
+                - 2 * jax.nn.one_hot(labels, logits.shape[1], dtype=logits.dtype))
+    d_img = scale * jnp.dot(d_logits, txt_all, precision="highest")
+    # every device's rows add to every text's gradient: summed and scattered back to the texts' devices
+    d_txt = jax.lax.psum_scatter(scale * jnp.dot(d_logits.T, img, precision="highest"), axis, tiled=True)
+    d_scale = jax.lax.psum(jnp.sum(d_logits * logits), axis) / scale
+    return ct * d_img, ct * d_txt, ct * d_scale
+
+
+_infonce_sum.defvjp(_infonce_forward, _infonce_backward)
 
 
 def contrastive_loss_sharded(image_features: jax.Array, text_features: jax.Array, scale, mesh: Mesh,
                              axis: str = DATA) -> jax.Array:
     """CLIP's symmetric InfoNCE of the global batch (contrastive_loss of scale * img @ txt.T,
-    open_clip's ClipLoss with gather_with_grad) with each device computing only its own rows: its images
-    against every text and its texts against every image, the features all-gathered along `axis`. Memory per
-    device: the gathered features [N, D] and two [N / devices, N] blocks of logits.
+    open_clip's ClipLoss with gather_with_grad) with each device computing only its own block of the logits:
+    its images against every text (the texts all-gathered along `axis`), the rows' log-sum-exp on the device
+    and the columns' reduced across devices (a max, then a sum of [N] vectors), and a custom gradient that
+    computes the block again and reduce-scatters the texts' gradients home. Memory per device: the gathered
+    text features [N, D] and one [N / devices, N] block of logits (with its gradient in the backward pass).
 
     image_features, text_features: [N, D], L2-normalized, N divisible by mesh.shape[axis]; scale: the
     exponentiated logit scale. -> float32 [], replicated; usable inside jit and under jax.grad."""
@@ -225,7 +266,7 @@ def contrastive_loss_sharded(image_features: jax.Array, text_features: jax.Array
     n = image_features.shape[0]
     _ring_size(mesh, axis, n)
     rows = PartitionSpec(axis)
-    local = jax.shard_map(lambda i, t, s: _local_infonce(i, t, s, axis), mesh=mesh,
+    local = jax.shard_map(lambda i, t, s: _infonce_sum(i, t, s, axis), mesh=mesh,
                           in_specs=(rows, rows, PartitionSpec()), out_specs=PartitionSpec())
     total = local(image_features.astype(jnp.float32), text_features.astype(jnp.float32), _scalar(scale, "scale"))
     return total / (2 * n)  # the mean over images and over texts, halved: the two directions' mean

@@ -45,7 +45,7 @@ from .errors import InputError
 from .gradient_cache import check_chunks
 from .layers import Transformer, check_remat_policy
 from .lit import locked_params, tower_of, trainable_filter
-from .losses import contrastive_loss, sigmoid_loss, sigmoid_loss_sharded, top1_sharded
+from .losses import contrastive_loss, contrastive_loss_sharded, sigmoid_loss, sigmoid_loss_sharded, top1_sharded
 from .model import CLIP, l2_normalize
 from .parallel import param_specs, place
 from .resnet import ResNetStage
@@ -181,8 +181,8 @@ class Trainer:
       loss: "softmax" (CLIP's symmetric InfoNCE, `contrastive_loss`) or "sigmoid" (SigLIP's,
         `clip_jax.losses.sigmoid_loss`, for a model with a `logit_bias`: a Siglip). Both take the
         normalized features and exp(logit_scale) (and the sigmoid loss logit_bias); on a mesh the sigmoid
-        loss is a ring over "data" (`sigmoid_loss_sharded`), never the global N x N on one device, and
-        XLA keeps the softmax loss's logits split over the devices; both with the same result.
+        loss is a ring over "data" (`sigmoid_loss_sharded`) and the softmax loss one block of rows per
+        device (`contrastive_loss_sharded`), never the global N x N on one device, with the same result.
       fsdp: (with a mesh) params, gradients and optimizer state split over "data" too (ZeRO-3,
         `clip_jax.parallel.param_specs(..., fsdp=True)`): each device keeps 1/data of them, XLA gathers
         a parameter where the step uses it and reduce-scatters its gradient. The same numbers as without.
@@ -358,12 +358,12 @@ class Trainer:
             if self.mesh is None:
                 return sigmoid_loss(img, txt, scale, bias), _accuracy(jnp.dot(img, txt.T, precision="highest"))
             return sigmoid_loss_sharded(img, txt, scale, bias, self.mesh), top1_sharded(img, txt, self.mesh)
-        # On a mesh too: XLA keeps these [N, N] logits split over "data". Value and gradient at N = 8192
-        # over 8 CPU devices measured 4.1 [N / 8, N] blocks of scratch per device (half the N x N), less
-        # than contrastive_loss_sharded's 5.1 (two row blocks, images' and texts', each with its softmax
-        # in the backward pass), so that one isn't used here.
-        logits = scale * jnp.dot(img, txt.T, precision="highest")  # as clip_jax.model.logits
-        return contrastive_loss(logits), _accuracy(logits)
+        if self.mesh is None:
+            logits = scale * jnp.dot(img, txt.T, precision="highest")  # as clip_jax.model.logits
+            return contrastive_loss(logits), _accuracy(logits)
+        # One [N / devices, N] block of logits per device: value and gradient at N = 8192 over 8 CPU devices
+        # measured 2.1 blocks of scratch, where XLA's own split of the N x N logits above took 4.1.
+        return contrastive_loss_sharded(img, txt, scale, self.mesh), top1_sharded(img, txt, self.mesh)
 
     def _loss(self, params, frozen, images, tokens) -> tuple[jax.Array, jax.Array]:
         """-> (loss, in-batch image -> text top-1 accuracy) of a batch, in one pass."""

@@ -179,7 +179,24 @@ def memory_checks(r: dict) -> None:
     one = grad(sigmoid_loss).lower(spec, spec, scalar, scalar).compile().memory_analysis()
     ring = grad(lambda *a: sigmoid_loss_sharded(*a, mesh)).lower(spec, spec, scalar, scalar).compile().memory_analysis()
     r["memory"] = {"n": n, "d": d, "devices": 8, "temp_unsharded": int(one.temp_size_in_bytes),
-                   "temp_ring": int(ring.temp_size_in_bytes)}
+                   "temp_ring": int(ring.temp_size_in_bytes), **softmax_memory(n, d, mesh)}
+
+
+def softmax_memory(n: int, d: int, mesh) -> dict:
+    """Scratch bytes per device of CLIP's loss, value and gradient, on features split over "data": XLA's own
+    split of contrastive_loss(scale * img @ txt.T) against contrastive_loss_sharded's one block of rows."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from clip_jax.losses import contrastive_loss, contrastive_loss_sharded
+
+    spec = jax.ShapeDtypeStruct((n, d), "float32", sharding=NamedSharding(mesh, PartitionSpec("data")))
+    scalar = jax.ShapeDtypeStruct((), "float32")
+    temp = lambda f: int(jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2))).lower(spec, spec, scalar).compile()
+                         .memory_analysis().temp_size_in_bytes)
+    return {"temp_softmax_xla": temp(lambda i, t, s: contrastive_loss(s * jnp.dot(i, t.T, precision="highest"))),
+            "temp_softmax_rows": temp(lambda i, t, s: contrastive_loss_sharded(i, t, s, mesh))}
 
 
 def trainer_checks(r: dict) -> None:

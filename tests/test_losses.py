@@ -156,11 +156,22 @@ def test_softmax_rows_per_device_equal_unsharded(checks, mesh):
     contrastive_loss of the global logits on a batch of 64: value to 1e-6 relative and every gradient to 1e-6
     absolute (unit features: the gradients are at most ~0.2; measured <= 6.6e-8). Labels that ignored the
     device's offset, or one direction dropped, are off by far more. Its collectives are what it says: the
-    features gathered (all-gather) and their gradients reduce-scattered back."""
+    text features gathered (all-gather), the columns' max and sums reduced, the texts' gradients
+    reduce-scattered back; nothing passed around a ring."""
     s = checks[f"softmax{mesh}"]
     assert s["loss"] <= 1e-6 * checks["softmax_unsharded"], s
     assert max(s["grads"]) <= 1e-6, s
     assert s["collectives"]["all-gather"] >= 1 and s["collectives"]["collective-permute"] == 0, s
+
+
+def test_softmax_memory_is_one_block_of_rows(checks):
+    """At N = 2048 over 8 devices (features split over "data"), contrastive_loss_sharded's value and gradient
+    hold under three [256, 2048] float32 blocks of scratch (2 MiB each; measured 2.1 at N = 8192: the block and
+    its gradient), and less than XLA's own split of the N x N logits (measured 4.1 blocks)."""
+    m = checks["memory"]
+    block = m["n"] // m["devices"] * m["n"] * 4
+    assert m["temp_softmax_rows"] <= 3 * block, m
+    assert m["temp_softmax_rows"] < 0.75 * m["temp_softmax_xla"], m
 
 
 def test_ring_refuses_a_batch_the_devices_dont_divide(checks):
