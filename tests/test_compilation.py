@@ -42,7 +42,9 @@ def test_cache_is_written_and_reused(tmp_path):
     """The first process writes what it compiles to the cache; the second compiles nothing: each of its
     compilations, warmup's two programs among them, is served from the cache, and none is written."""
     cache = tmp_path / "xla"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    # Without the suite's own cache settings (tests/conftest.py): the library's, as a user's process has them.
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT"))},
+           "JAX_PLATFORMS": "cpu"}
 
     def run() -> dict:
         proc = subprocess.run([sys.executable, "-c", SCRIPT, str(cache)], cwd=ROOT, env=env, capture_output=True,
