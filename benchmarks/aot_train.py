@@ -44,6 +44,7 @@ if __name__ == "__main__":  # run as a script: benchmarks/'s names must not shad
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import inspect  # noqa: E402
+import re  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
@@ -149,8 +150,22 @@ def compile_train(config, target: str, per_chip: int, *, loss: str, fsdp: bool =
 
 
 def collective_counts(text: str) -> dict[str, int]:
-    """How many of each collective the HLO holds (async starts counted once, in loop bodies once)."""
-    return {name: len(aot.ops(text, name)) for name in aot.COLLECTIVES}
+    """How many of each collective the HLO holds (async starts counted once, in loop bodies once), and how
+    many all-reduce-scatter fusions (see reduce_scattered)."""
+    counts = {name: len(aot.ops(text, name)) for name in aot.COLLECTIVES}
+    return {**counts, "all-reduce-scatter": len(_FUSED_RS.findall(text))}
+
+
+# On TPU a reduce-scatter doesn't survive as an op: a pass after layout assignment decomposes it into an
+# all-reduce and a dynamic-slice, and a later one fuses each such pair it can into a fusion that calls a
+# computation named all-reduce-scatter[.N], whose results are the shards only. That fusion is TPU's
+# reduce-scatter.
+_FUSED_RS = re.compile(r"^\s*(?:ROOT\s+)?%[\w.\-]+ = .*\bfusion\(.*\bcalls=%all-reduce-scatter(?:\.\d+)?\b", re.M)
+
+
+def reduce_scattered(text: str) -> list[tuple[int, ...]]:
+    """The result shapes (each chip's shard) of every all-reduce-scatter fusion of the compiled HLO."""
+    return [s for m in _FUSED_RS.finditer(text) for s in aot.result_shapes(m.group(0))]
 
 
 def largest(text: str, name: str) -> tuple[tuple[int, ...], int] | None:

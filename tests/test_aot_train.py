@@ -1,9 +1,9 @@
 """The train step compiled for TPU slices on this CPU machine (benchmarks/aot_train.py's helpers): evidence
-at pod scale without the pod (issue 26, item 5).
+at pod scale without the pod.
 
 What these support: Trainer's step compiles for a TPU topology; its collectives are the ones the design
 implies: the sigmoid loss's ring is collective-permutes through every chip with no all-gather of the
-batch's features, FSDP all-gathers the params and reduce-scatters the gradients over "data", the softmax
+batch's features, FSDP all-gathers the params and reduce-scatters most gradients over "data", the softmax
 loss gathers the [N, D] features and nothing bigger; with FSDP the state a chip holds is a fraction of the
 replicated one. Not its speed nor its numerics on a chip: nothing here ran on a TPU.
 
@@ -136,16 +136,27 @@ def test_fsdp_gathers_params_and_splits_the_state(loss):
 
 
 @needs_fsdp
-@pytest.mark.xfail(strict=True, reason="XLA all-reduces each gathered param's gradient whole (bf16) and keeps its "
-                   "slice: no reduce-scatter (RESULTS.md, Training compiled)")
-@pytest.mark.parametrize("loss", sorted(STEPS))
-def test_fsdp_reduce_scatters_gradients(loss):
-    """ZeRO-3's backward half: each chip receives only its share of a gradient (a reduce-scatter over all
-    chips), and no all-reduce returns a whole matrix (the replicated step's gradient all-reduce)."""
-    c = step(loss, STEPS[loss])
+def test_fsdp_reduce_scatters_gradients_on_a_v5e_2x2():
+    """ZeRO-3's backward half, as TPU compiles it: a gradient comes back to each chip as its share only, through
+    an all-reduce-scatter fusion (TPU's reduce-scatter: XLA decomposes reduce-scatter ops and fuses each
+    all-reduce + dynamic-slice it can; aot_train.reduce_scattered). On the small CLIP's softmax step on a
+    v5e 2x2, at least 10 gradient matrices do (measured 13, plus the loss's own)."""
+    c = step("softmax", STEPS["softmax"])
     n = c.batch // PER_CHIP
-    lines = aot.ops(c.text, "reduce-scatter")
-    assert lines and all(aot.group_size(line, n) == n for line in lines), aot_train.collective_counts(c.text)
+    shards = [s for s in aot_train.reduce_scattered(c.text) if len(s) >= 2 and np.prod(s) * n >= EMBED**2]
+    assert len(shards) >= 10, aot_train.collective_counts(c.text)
+
+
+@needs_fsdp
+@pytest.mark.xfail(strict=True, reason="not every gradient: on a v5e 2x2 the kernels split along their layout's "
+                   "minor dim (the MLP's first, the patch embedding's) and the attention's q/kv pieces are "
+                   "all-reduced whole, then sliced; on the 4-host v5e 4x4 every gradient is (RESULTS.md, "
+                   "Training compiled)")
+@pytest.mark.parametrize("loss", sorted(STEPS))
+def test_fsdp_reduce_scatters_every_gradient(loss):
+    """What ZeRO-3 promises in full: no all-reduce returns a whole matrix (the replicated step's gradient
+    all-reduce); each is reduce-scattered."""
+    c = step(loss, STEPS[loss])
     whole = [s for line in aot.ops(c.text, "all-reduce") for s in aot.result_shapes(line) if np.prod(s) >= EMBED**2]
     assert not whole, whole[:4]
 
@@ -156,7 +167,7 @@ def test_fsdp_reduce_scatters_gradients(loss):
 def check_pod_row(r: dict) -> None:
     """Fits a v5e's HBM with room (the runtime reserves ~0.26 GB); XLA's FLOPs within 10% of the model's
     matmuls (the loss's and the optimizer's are the rest); FSDP: the state a chip receives under 2/256 of
-    the replicated state, whose gradient reduction is the known all-reduce (test_fsdp_reduce_scatters_gradients)."""
+    the replicated state (whose gradients are not all reduce-scattered: test_fsdp_reduce_scatters_every_gradient)."""
     assert r["memory"]["total"] < 0.9 * r["hbm"], r["memory"]
     assert r["flops_step"] == pytest.approx(r["counted_step"], rel=0.1)
     if aot_train.fsdp_supported():
