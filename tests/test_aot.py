@@ -156,14 +156,19 @@ def trainable_elements(config) -> int:
 
 def check_train_step(c: aot.Compiled, config, n_devices: int) -> None:
     """The data-parallel step's collectives: every trainable param's gradient summed over "data", and
-    nothing gathered but the features the global contrastive loss scores against each other."""
+    nothing gathered but the features the global contrastive loss scores against each other; nothing
+    permuted bigger than one chip's chunk of features (the in-batch accuracy's ring, top1_sharded, which
+    XLA serves mostly from the gathered features)."""
     reduces = aot.ops(c.text, "all-reduce")
     assert reduces and all(aot.group_size(line, n_devices) == n_devices for line in reduces), reduces[:3]
     summed = sum(int(np.prod(s)) for line in reduces for s in aot.result_shapes(line))
     assert summed >= trainable_elements(config), (summed, trainable_elements(config))
     gathered = {s for line in aot.ops(c.text, "all-gather") for s in aot.result_shapes(line)}
     assert gathered <= {(c.batch, config.embed_dim)}, gathered
-    assert not aot.ops(c.text, "all-to-all") and not aot.ops(c.text, "collective-permute")
+    assert not aot.ops(c.text, "all-to-all")
+    chunk = c.per_chip * config.embed_dim
+    assert all(np.prod(s) <= chunk for line in aot.ops(c.text, "collective-permute") for s in aot.result_shapes(line)
+               if len(s) == 2), aot.ops(c.text, "collective-permute")[:2]
     assert c.memory < 0.9 * aot.chip_of(c.target).hbm_bytes
 
 

@@ -514,7 +514,9 @@ def test_the_calls_take_load_images_result_as_its_pixels(tmp_path, tiny):
     loaded = load_images(paths, image_transform(tiny.config.vision.image_size))
     want = np.asarray(tiny.encode_image(loaded.pixels))
     np.testing.assert_array_equal(np.asarray(tiny.encode_image(loaded)), want)
-    np.testing.assert_array_equal(ShardedCLIP(tiny, batch_size=4).encode_image(loaded), want)
+    # ShardedCLIP pads the 3 images to its batch of 4: another program, which XLA's CPU code may round apart
+    # from the batch of 3 by an ulp or two of these ~1 features (measured 7.2e-7 on an AVX-512 machine, 0 on others).
+    np.testing.assert_allclose(ShardedCLIP(tiny, batch_size=4).encode_image(loaded), want, rtol=0, atol=2e-6)
     tokens = clip_jax.tokenize(["a photo"])
     logits = [np.asarray(clip_jax.clip_logits(tiny, x, tokens)[0]) for x in (loaded, loaded.pixels)]
     np.testing.assert_array_equal(*logits)
