@@ -43,6 +43,9 @@ def step_diff(model, batch, steps: int, tx, **kw) -> tuple[float, float, list]:
     return diff, move, [losses[1], losses[4]]
 
 
+# budget: 19 s; the default run checks the gradient cache on 4 devices (softmax, sigmoid, fsdp + LiT) and on one
+# device through the command (tests/test_train_cli.py)
+@pytest.mark.slow
 def test_gradient_equals_one_pass_softmax(model):
     """One SGD step at lr 1 (the update is minus the gradient) with accumulate=4 (4 chunks of 4 pairs) equals
     accumulate=1 on the batch of 16: the params within 1e-6 of gradients up to ~2 (float32 rounding: the towers
@@ -71,6 +74,7 @@ def test_gradient_equals_one_pass_sigmoid():
     assert four == pytest.approx(one, rel=1e-6)
 
 
+@pytest.mark.slow  # budget: 20 s, two more compiles of the step's gradient (a README figure, not a code path)
 def test_plain_accumulation_would_be_wrong(model):
     """Why a contrastive loss needs the gradient cache: the mean of the gradients of 4 micro-batch losses (each
     image against the 3 other texts of its chunk only) is another gradient, far from the whole batch's (here

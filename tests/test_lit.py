@@ -85,6 +85,7 @@ def test_bad_unlock_last_refused():
         Trainer(tiny_model(TRAIN), optimizer(1e-3, 10, 1), lock_text=True, unlock_last=2)
 
 
+@pytest.mark.slow  # budget: 9 s; tests/test_train_evidence.py checks the same bytes after `clip-jax train --lock-image`
 def test_locked_image_tower_bytes_unchanged_after_steps():
     """lock_image with unlock_last=1 on a 3-block ViT, 3 AdamW steps: every locked param is bit for bit the
     model's (they sit in state.frozen), every trainable one moved (the text tower, logit_scale, the last image

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,10 +60,13 @@ def start(args: list[str], devices: int, log: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def wait_all(procs: list[subprocess.Popen], logs: list[Path]) -> None:
+def wait_all(procs: list[subprocess.Popen], logs: list[Path], timeout: float = TIMEOUT, what: str = "worker") -> None:
+    """Wait for every process (`timeout` seconds in all); kill what is left (its process group); fail with a
+    log's tail unless all exited 0."""
+    deadline = time.monotonic() + timeout
     try:
         for p in procs:
-            p.wait(timeout=TIMEOUT)
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         pass
     finally:
@@ -71,7 +75,7 @@ def wait_all(procs: list[subprocess.Popen], logs: list[Path]) -> None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
     for p, log in zip(procs, logs):
-        assert p.returncode == 0, f"worker exited {p.returncode}:\n{log.read_text()[-3000:]}"
+        assert p.returncode == 0, f"{what} exited {p.returncode}:\n{log.read_text()[-3000:]}"
 
 
 def run_job(tmp: Path) -> None:

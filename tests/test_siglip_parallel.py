@@ -50,6 +50,8 @@ def normalized(images: np.ndarray) -> np.ndarray:
 # --- one device -------------------------------------------------------------------------------------
 
 
+# budget: 20 s; bf16 compute is checked in the default run on CLIP (tests/test_parity.py), through the same layers
+@pytest.mark.slow
 def test_bf16_compute_is_close_to_float32(model, batch):
     """dtype=bfloat16 (params float32) against float32. bf16 keeps 8 significant bits (a relative rounding
     of 2^-9 = 2e-3 per operation); over 2 blocks the normalized features move by <= 4.0e-3 and the logits

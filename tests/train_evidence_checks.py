@@ -22,7 +22,7 @@ import numpy as np
 
 from clip_jax.checkpoint import store
 
-from .test_multihost import reserved_port
+from .test_multihost import reserved_port, wait_all
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 420  # seconds for one command; a hang fails the test instead of stalling the suite
@@ -54,21 +54,7 @@ def start_train(argv: list[str], devices: int, log: Path) -> subprocess.Popen:
 
 
 def _finish(procs: list[subprocess.Popen], logs: list[Path], timeout: float = TIMEOUT) -> None:
-    """Wait for every process (`timeout` seconds in all); kill what is left; fail with a log's tail unless all
-    exit 0. (tests/test_multihost.py's wait_all, with one deadline for all and a timeout per call.)"""
-    deadline = time.monotonic() + timeout
-    try:
-        for p in procs:
-            p.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, f"clip-jax train exited {p.returncode}:\n{log.read_text()[-3000:]}"
+    wait_all(procs, logs, timeout, what="clip-jax train")
 
 
 def run_train(argv: list[str], devices: int = 1, log: Path | None = None, timeout: float = TIMEOUT) -> None:
