@@ -88,6 +88,8 @@ def check_program(c: aot.Compiled, config, tower: str, full=None) -> None:
     assert not aot.collectives(c.text), aot.collectives(c.text)[:3]
 
 
+# budget: 20 s; the default run compiles the image tower for TPU and checks it (check_program) on the multi-host v5p
+@pytest.mark.slow
 def test_image_tower_on_a_v5e_slice():
     """ViT-B/32's widths and patch grid (2 blocks), bf16, uint8 images, 256 a chip on a v5e 2x2; and
     what the cost analysis counts."""

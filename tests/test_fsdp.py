@@ -26,8 +26,30 @@ from tests.tiny import TRAIN
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# The 8-device subprocess (the softmax and sigmoid cases), started before this module's first test.
+# The 8-device subprocess (the sigmoid case: a Siglip, its ring, FSDP), started before this module's first test.
 device_run, checks = module_run("fsdp_checks.py", 8, timeout=600)
+# budget: the softmax case (a CLIP, FSDP) is slow, another 8-device subprocess of ~30 s; the default run
+# checks FSDP with the softmax loss against one pass in tests/test_gradient_cache.py (fsdp_lit).
+CASES = ["sigmoid8", pytest.param("softmax8", marks=pytest.mark.slow)]
+
+
+def run_checks(out: Path, *names: str) -> dict:
+    """tests/fsdp_checks.py's cases `names` in an 8-device subprocess, waited for. -> its JSON."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "fsdp_checks.py"), str(out), *names],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def softmax8(tmp_path_factory) -> dict:
+    return run_checks(tmp_path_factory.mktemp("fsdp_softmax8") / "checks.json", "softmax8")["softmax8"]
+
+
+def case_checks(case: str, checks: dict, request) -> dict:
+    """The case's results: from the module's subprocess, or (softmax8) from its own."""
+    return checks[case] if case in checks else request.getfixturevalue(case)
 
 
 class Mesh4x2:  # param_specs reads only the axis sizes
@@ -71,8 +93,8 @@ def test_fsdp_needs_a_mesh(tiny):
         Trainer(tiny, optimizer(1e-3, 10, 1), fsdp=True)
 
 
-@pytest.mark.parametrize("case", ["softmax8", "sigmoid8"])
-def test_fsdp_steps_equal_replicated(checks, case):
+@pytest.mark.parametrize("case", CASES)
+def test_fsdp_steps_equal_replicated(checks, case, request):
     """3 AdamW steps with fsdp=True equal those with fsdp=False on the same 8-device mesh (a tiny CLIP with the
     softmax loss; a tiny Siglip with the sigmoid ring). The math is the same; what differs is how the gradient
     reaches each device (one all-reduce of everything vs XLA's reduction of each device's share), so the sums
@@ -80,7 +102,7 @@ def test_fsdp_steps_equal_replicated(checks, case):
     moments to 1e-6 (measured <= 3e-8), and the params to 5e-5 (measured <= 4e-6; Adam's m / sqrt(v) turns a
     rounding difference of a near-zero gradient into a fraction of the learning rate, 1e-3, as in
     tests/test_train.py's data-parallel test). A lost or doubled gradient share moves params by ~1e-3."""
-    c = checks[case]
+    c = case_checks(case, checks, request)
     off, on = c["losses"]
     assert on == pytest.approx(off, rel=1e-6)
     assert off[-1] < off[0]  # it trains
@@ -88,13 +110,13 @@ def test_fsdp_steps_equal_replicated(checks, case):
     assert c["max_update"] > 1e-3  # the params moved: equal params are not two no-ops
 
 
-@pytest.mark.parametrize("case", ["softmax8", "sigmoid8"])
-def test_fsdp_splits_the_state(checks, case):
+@pytest.mark.parametrize("case", CASES)
+def test_fsdp_splits_the_state(checks, case, request):
     """The params and Adam's moments really live split: a big weight's shard on each device is 1/8 of it,
     scalars and small vectors stay whole, most of the params' elements are split, and the compiled step's
     arguments (the state and the batch) per device shrink to well under half; the step gathers params it
     doesn't gather without fsdp."""
-    c = checks[case]
+    c = case_checks(case, checks, request)
     name, shape, shard, spec = {
         "softmax8": ("token_embedding.embedding", [1000, 64], [125, 64], "P('data', None)"),
         "sigmoid8": ("text.transformer.resblocks.0.mlp.c_fc.kernel", [32, 64], [32, 8], "P(None, 'data')"),
@@ -108,11 +130,11 @@ def test_fsdp_splits_the_state(checks, case):
     assert c["collectives"][1]["all-gather"] > c["collectives"][0]["all-gather"]
 
 
-@pytest.mark.parametrize("case", ["softmax8", "sigmoid8"])
-def test_fsdp_state_resumes_bit_exact(checks, case):
+@pytest.mark.parametrize("case", CASES)
+def test_fsdp_state_resumes_bit_exact(checks, case, request):
     """The split state saved with save_checkpoint and restored into trainer.init() comes back bit for bit, each
     leaf placed as trainer.state_sharding says."""
-    r = checks[case]["resume"]
+    r = case_checks(case, checks, request)["resume"]
     assert r["equal"] and r["placed"] and r["leaves"] > 50, r
     assert r["data"] == {"next_batch": 3}
 
@@ -132,12 +154,7 @@ def test_fsdp_composes_with_model_parallel(tmp_path):
     """On a 4 x 2 (data x model) mesh, fsdp=True adds "data" to the Megatron split (an MLP kernel [64, 256]
     declared (None, "model") becomes ("data", "model"): a [16, 128] shard) and steps as fsdp=False does, to the
     tolerances of test_fsdp_steps_equal_replicated (measured: losses within one ulp, params 3.3e-6)."""
-    out = tmp_path / "checks.json"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "fsdp_checks.py"), str(out), "softmax4x2"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    c = json.loads(out.read_text())["softmax4x2"]
+    c = run_checks(tmp_path / "checks.json", "softmax4x2")["softmax4x2"]
     assert c["mesh"] == {"data": 4, "model": 2}
     kernel = "visual.transformer.resblocks.0.mlp.c_fc.kernel"
     assert c["shards"][kernel] == [[64, 256], [16, 128], "P('data', 'model')"]

@@ -91,6 +91,9 @@ def test_plain_accumulation_would_be_wrong(model):
     assert abs(np.mean([float(v) for v, _ in parts]) - float(full_loss)) > 0.5  # log(4) vs log(16) negatives
 
 
+# budget: 16 s, a README figure (two compiles at a batch of 128); the default run checks the gradient cache's
+# values on 4 devices and through the command
+@pytest.mark.slow
 def test_accumulate_keeps_less_memory(model):
     """The compiled step's scratch memory with accumulate=8 is well under one pass's at a batch of 128: what a
     backward pass keeps is one chunk's activations (plus the [N, E] features), not the whole batch's."""

@@ -336,6 +336,9 @@ def run_steps(trainer: Trainer, state, start: int, stop: int):
     return state
 
 
+# budget: 10 s; tests/test_train_evidence.py resumes a SIGKILLed `clip-jax train` (the Trainer's checkpoints)
+# to the same bits in the default run
+@pytest.mark.slow
 def test_resume_is_bit_exact(trainer, tmp_path):
     """4 steps straight == 2 steps, save, restore into a fresh state, 2 more: identical params,
     optimizer state and step; the data position comes back with it."""
