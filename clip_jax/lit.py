@@ -55,7 +55,7 @@ def block_of(name: str) -> tuple[int, int] | None:
     return None if m is None else (int(m.group(1) or 0), int(m.group(2)))
 
 
-def _first(name: str, tower: str) -> str:
+def _first(name: str) -> str:
     """The first name of `name` under its tower's prefix ("visual.conv1.kernel" -> "conv1")."""
     parts = name.split(".")
     return parts[1] if parts[0] in ("visual", "text") and len(parts) > 1 else parts[0]
@@ -72,7 +72,7 @@ def _tower_locked(names: list[str], tower: str, unlock_last: int) -> set[str]:
         if not unlock_last:
             return True
         block = block_of(name)
-        return block not in opened if block is not None else _first(name, tower) in STEM
+        return block not in opened if block is not None else _first(name) in STEM
 
     return {n for n in names if frozen(n)}
 

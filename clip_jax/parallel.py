@@ -121,8 +121,9 @@ def param_specs(params: Any, mesh: Mesh, fsdp: bool = False, min_size: int | Non
     fsdp: also split each parameter of at least `min_size` elements along "data" (ZeRO-3): its largest
     dim that is not on "model" and that the data axis divides; one with no such dim stays replicated.
     min_size: default FSDP_MIN_SIZE (read when called).
-    With jit's in/out shardings from these specs, XLA all-gathers a parameter where it is used and
-    reduce-scatters its gradient, so each device keeps 1/data of the params, gradients and Adam moments.
+    With jit's in/out shardings from these specs, XLA all-gathers a parameter where it is used and reduces
+    its gradient to each device's share (a reduce-scatter where the compiler makes one, else an all-reduce
+    and a slice), so each device keeps 1/data of the params, gradients and Adam moments.
 
     params: a model's nnx.State (its Variables carry the declarations; leaves that are not Variables, e.g.
     an optimizer's step count, are replicated), or any pytree of arrays whose paths are clip_jax names

@@ -185,7 +185,9 @@ class Trainer:
         device (`contrastive_loss_sharded`), never the global N x N on one device, with the same result.
       fsdp: (with a mesh) params, gradients and optimizer state split over "data" too (ZeRO-3,
         `clip_jax.parallel.param_specs(..., fsdp=True)`): each device keeps 1/data of them, XLA gathers
-        a parameter where the step uses it and reduce-scatters its gradient. The same numbers as without.
+        a parameter where the step uses it and reduces its gradient to each device's share (a
+        reduce-scatter where the compiler makes one; on some TPU slices an all-reduce and a slice:
+        benchmarks/RESULTS.md). The same numbers as without.
       lock_image, lock_text: LiT (clip_jax.lit): the locked tower's params live in `TrainState.frozen`,
         with no gradient and no optimizer state; unlock_last=N keeps the last N residual blocks of each
         locked tower (and the norm, pooling head and projection after them) trainable.
@@ -336,7 +338,7 @@ class Trainer:
         if self.fsdp:
             # Gathered over "data" where they are used: left to itself, XLA carries the params' "data" split
             # into the activations (against the batch's) and reshards them whole. The transpose of this
-            # constraint is the gradient's reduce-scatter back to each device's share.
+            # constraint reduces the gradient back to each device's share.
             params = jax.lax.with_sharding_constraint(params, self._in_use.params)
             frozen = jax.lax.with_sharding_constraint(frozen, self._in_use.frozen)
         return nnx.merge(self.graphdef, params, frozen)
@@ -392,7 +394,7 @@ class Trainer:
 
     def _train_step(self, state: TrainState, images, tokens):
         (loss, accuracy), grads = self._grads(state, images, tokens)
-        if self.mesh is not None:  # each device's share of the gradient, as its params (fsdp: a reduce-scatter)
+        if self.mesh is not None:  # each device's share of the gradient, as its params (fsdp: split)
             grads = jax.lax.with_sharding_constraint(grads, self.state_sharding.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = clamp_logit_scale(optax.apply_updates(state.params, updates))

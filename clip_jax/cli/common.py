@@ -62,10 +62,11 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="images or texts per step, over all devices (default: 256)")
 
 
-def add_tokenizer_arg(p: argparse.ArgumentParser) -> None:
+def add_tokenizer_arg(p: argparse.ArgumentParser,
+                      when: str = " where the checkpoint has none beside it (a big_vision .npz)") -> None:
+    """--tokenizer; `when` ends its help: when the command needs one."""
     p.add_argument("--tokenizer", metavar="FILE",
-                   help="a SigLIP's vocabulary (spiece.model, tokenizer.json, or a checkpoint folder) where the "
-                        "checkpoint has none beside it (a big_vision .npz)")
+                   help=f"a SigLIP's vocabulary (spiece.model, tokenizer.json, or a checkpoint folder){when}")
 
 
 def add_distributed_args(p: argparse.ArgumentParser) -> None:

@@ -14,7 +14,7 @@ import argparse
 import json
 
 from ..dtypes import FLOAT_DTYPES
-from .common import add_distributed_args, initialize_distributed, non_negative_int, positive_int
+from .common import add_distributed_args, add_tokenizer_arg, initialize_distributed, non_negative_int, positive_int
 
 # clip_jax.train.LOSSES and layers.REMAT_POLICIES, spelled out: this module imports no jax (cli/main.py's docstring).
 LOSSES = ("softmax", "sigmoid")
@@ -73,9 +73,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accumulate", type=positive_int, default=1, metavar="K",
                    help="gradient cache: the batch in K chunks, the same gradient as one pass (default: 1)")
     _add_run_args(p)
-    p.add_argument("--tokenizer", metavar="FILE",
-                   help="a SigLIP's vocabulary (spiece.model, tokenizer.json, or a checkpoint folder): needed from "
-                        "scratch, and for weights without one beside them (a big_vision .npz)")
+    add_tokenizer_arg(p, ": needed from scratch, and for weights without one beside them (a big_vision .npz)")
     add_distributed_args(p)
     p.set_defaults(run=run_train)
 
