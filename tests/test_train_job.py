@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +132,9 @@ def test_the_run_folder(finished):
 
 def test_final_file_is_the_trained_model(finished, data):
     run, _ = finished
-    model, preprocess = clip_jax.load(run / FINAL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the file holds its config: nothing assumed, nothing to warn about
+        model, preprocess = clip_jax.load(run / FINAL)
     assert model.config == CONFIG and preprocess.n_px == CONFIG.vision.image_size
     final = {k: np.asarray(v) for k, v in flat_params(model).items()}
     # The state of the last checkpoint, restored into a Trainer of the same run, holds the same arrays.
